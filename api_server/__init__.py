@@ -1,0 +1,1 @@
+"""The DynConfig read/write API (``python -m api_server``)."""

@@ -1,0 +1,3 @@
+from api_server.main import main
+
+main()

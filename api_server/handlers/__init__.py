@@ -1,0 +1,1 @@
+"""HTTP handlers, one module per resource: parse, call one domain function, render JSON."""

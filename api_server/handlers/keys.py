@@ -1,0 +1,111 @@
+"""``/keys`` and ``/keys/{key}`` and ``/keys/{key}/history`` (SPEC §4)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from shared.errors import BadRequest
+from shared.timeutil import rfc3339
+from shared.validation import PatchKeySchema, PutKeySchema, load, parse_limit, validate_key, validate_namespace
+from shared.web import json_response, read_json
+
+from .. import store
+from ..store import parse_if_match
+from .common import audit, audited_failures, caller_of, decode_cursor, encode_cursor, store_of
+
+_PUT = PutKeySchema()
+_PATCH = PatchKeySchema()
+
+
+def _written(state: store.KeyState, status: int) -> web.Response:
+    body = {
+        "key": state.key,
+        "version": state.version,
+        "lastModified": rfc3339(state.last_modified),
+        "expiresAt": rfc3339(state.expires_at),
+    }
+    return json_response(body, status=status, headers={"ETag": f'"{state.version}"'})
+
+
+async def put_key(request: web.Request) -> web.Response:
+    """Create (201) or replace (200) a key."""
+    key = validate_key(request.match_info["key"])
+    body = load(_PUT, await read_json(request))
+    async with audited_failures(request, "put", key):
+        state, created = await store.put_key(
+            store_of(request), caller_of(request), key, body, parse_if_match(request.headers.get("If-Match"))
+        )
+    return _written(state, 201 if created else 200)
+
+
+async def patch_key(request: web.Request) -> web.Response:
+    """Update a live key's value (and, for admins, its ttl/acls)."""
+    key = validate_key(request.match_info["key"])
+    body = load(_PATCH, await read_json(request))
+    async with audited_failures(request, "patch", key):
+        state = await store.patch_key(
+            store_of(request), caller_of(request), key, body, parse_if_match(request.headers.get("If-Match"))
+        )
+    return _written(state, 200)
+
+
+async def get_key(request: web.Request) -> web.Response:
+    """A live key's value and metadata, with its version as the ETag."""
+    key = validate_key(request.match_info["key"])
+    async with audited_failures(request, "read", key):
+        state, value = await store.get_key(store_of(request), caller_of(request), key)
+    audit(request, "read", key, "ok")
+    body = {
+        "key": key,
+        "value": value,
+        "version": state.version,
+        "lastModified": rfc3339(state.last_modified),
+        "ttl": state.ttl,
+        "expiresAt": rfc3339(state.expires_at),
+    }
+    return json_response(body, headers={"ETag": f'"{state.version}"'})
+
+
+async def delete_key(request: web.Request) -> web.Response:
+    """Soft-delete a key: 204."""
+    key = validate_key(request.match_info["key"])
+    async with audited_failures(request, "delete", key):
+        await store.delete_key(
+            store_of(request), caller_of(request), key, parse_if_match(request.headers.get("If-Match"))
+        )
+    return web.Response(status=204)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    """Readable keys, sorted, a page at a time."""
+    query = request.query
+    if "since_version" in query:
+        raise BadRequest("Polling with since_version is not available yet on this server")
+    namespace = validate_namespace(query["namespace"]) if "namespace" in query else None
+    limit = parse_limit(query.get("limit"))
+    after = decode_cursor(query.get("cursor"), str) or ""
+    keys, total, more = await store.list_keys(store_of(request), caller_of(request), namespace, after, limit)
+    audit(request, "list", namespace, "ok")
+    body: dict[str, object] = {"keys": keys, "total": total}
+    if more:
+        body["next"] = encode_cursor(keys[-1])
+    return json_response(body)
+
+
+async def key_history(request: web.Request) -> web.Response:
+    """Every version of a key, newest first (GET only; other methods name an invalid key)."""
+    key = request.match_info["key"]
+    if request.method != "GET":
+        validate_key(f"{key}/history")
+    key = validate_key(key)
+    limit = parse_limit(request.query.get("limit"))
+    before = decode_cursor(request.query.get("cursor"), int)
+    async with audited_failures(request, "history", key):
+        versions, next_before = await store.key_history(store_of(request), caller_of(request), key, before, limit)
+    audit(request, "history", key, "ok")
+    for version in versions:
+        version["at"] = rfc3339(version["at"])
+    body: dict[str, object] = {"key": key, "versions": versions}
+    if next_before is not None:
+        body["next"] = encode_cursor(next_before)
+    return json_response(body)

@@ -1,0 +1,62 @@
+"""Assembly of the API server: ``create_app(settings)`` for tests, ``main()`` for ``python -m api_server``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from shared.audit import audit_ctx
+from shared.cache import cache_ctx
+from shared.crypto import Keyring
+from shared.db import pool_ctx
+from shared.jwks import http_session_ctx, verifier_ctx
+from shared.keys import KEYRING, METRICS, PROCESS, RATE_LIMITER, REDIS, SETTINGS
+from shared.metrics import Metrics, metrics_middleware
+from shared.ratelimit import RateLimiter
+from shared.redis import redis_ctx
+from shared.settings import Settings, SettingsError, exit_on_bad_settings
+from shared.web import error_middleware, run, setup_logging
+
+from .middlewares import auth_middleware
+from .routes import setup_routes
+
+PROCESS_NAME = "api_server"
+# A value's compact JSON may be 1 MiB; leave room for formatting and metadata, then check exactly.
+CLIENT_MAX_SIZE = 4 * 1024 * 1024
+
+
+async def _rate_limiter_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    app[RATE_LIMITER] = RateLimiter(app[REDIS], app[SETTINGS].rate_limit)
+    yield
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The API application; resources open on startup and close on cleanup."""
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware, auth_middleware],
+        client_max_size=CLIENT_MAX_SIZE,
+    )
+    app[SETTINGS] = settings
+    app[PROCESS] = PROCESS_NAME
+    app[KEYRING] = Keyring(settings.encryption_keys)
+    app[METRICS] = Metrics(PROCESS_NAME)
+    app.cleanup_ctx.extend(
+        [http_session_ctx, pool_ctx, audit_ctx, redis_ctx, cache_ctx, _rate_limiter_ctx, verifier_ctx]
+    )
+    setup_routes(app)
+    return app
+
+
+def main() -> None:
+    """Read the environment, then serve until SIGTERM."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        exit_on_bad_settings(PROCESS_NAME, exc)
+    setup_logging(settings.log_level)
+    run(
+        create_app(settings),
+        process=PROCESS_NAME,
+        host=settings.host,
+        port=settings.api_port,
+        ssl_context=settings.ssl_context(),
+    )

@@ -1,0 +1,302 @@
+"""``GET /openapi.json``: the API described as OpenAPI 3.1 (kept beside the routes it documents)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from shared.web import json_response
+
+_JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {_JSON: {"schema": schema}}}
+
+
+def _ok(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": description}
+    if schema is not None:
+        answer["content"] = {_JSON: {"schema": schema}}
+    return answer
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    texts = {
+        400: "Invalid key, parameter or body",
+        401: "Missing or invalid JWT",
+        403: "The ACL denies it",
+        404: "Absent, deleted or expired",
+        412: "If-Match does not match the current version",
+        413: "Value over 1 MiB",
+        429: "Rate limited (see Retry-After)",
+    }
+    return {str(code): _ok(texts[code], _ref("Error")) for code in codes}
+
+
+_KEY = {
+    "name": "key",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "e.g. app.feature-toggle.enabled or namespace/app/key",
+}
+_IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": 'ETag ("3") or bare version',
+}
+_LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}
+_CURSOR = {
+    "name": "cursor",
+    "in": "query",
+    "schema": {"type": "string"},
+    "description": "the `next` of the previous page",
+}
+_NS = {"name": "ns", "in": "path", "required": True, "schema": {"type": "string"}}
+_AUTH_ERRORS = (401, 429)
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "DynConfig API", "version": "1.0.0", "description": "Centralized, secure configuration."},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error", "message"],
+                "properties": {
+                    "error": {"type": "string"},
+                    "message": {"type": "string"},
+                    "fields": {"type": "object"},
+                },
+            },
+            "Acls": {
+                "type": "object",
+                "properties": {
+                    "read": {"type": "array", "items": {"type": "string"}},
+                    "write": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "PutKey": {
+                "type": "object",
+                "required": ["value"],
+                "additionalProperties": False,
+                "properties": {
+                    "value": {"description": "any JSON value, at most 1 MiB encoded"},
+                    "ttl": {"type": ["integer", "null"], "minimum": 1},
+                    "acls": {"oneOf": [_ref("Acls"), {"type": "null"}]},
+                },
+            },
+            "PatchKey": {
+                "type": "object",
+                "minProperties": 1,
+                "additionalProperties": False,
+                "properties": {
+                    "value": {},
+                    "ttl": {"type": ["integer", "null"], "minimum": 1},
+                    "acls": {"oneOf": [_ref("Acls"), {"type": "null"}]},
+                },
+            },
+            "Written": {
+                "type": "object",
+                "required": ["key", "version", "lastModified"],
+                "properties": {
+                    "key": {"type": "string"},
+                    "version": {"type": "integer"},
+                    "lastModified": {"type": "string", "format": "date-time"},
+                    "expiresAt": {"type": ["string", "null"], "format": "date-time"},
+                },
+            },
+            "Key": {
+                "type": "object",
+                "required": ["key", "value", "version", "lastModified", "ttl", "expiresAt"],
+                "properties": {
+                    "key": {"type": "string"},
+                    "value": {},
+                    "version": {"type": "integer"},
+                    "lastModified": {"type": "string", "format": "date-time"},
+                    "ttl": {"type": ["integer", "null"]},
+                    "expiresAt": {"type": ["string", "null"], "format": "date-time"},
+                },
+            },
+            "KeyList": {
+                "type": "object",
+                "required": ["keys", "total"],
+                "properties": {
+                    "keys": {"type": "array", "items": {"type": "string"}},
+                    "total": {"type": "integer"},
+                    "next": {"type": "string"},
+                },
+            },
+            "History": {
+                "type": "object",
+                "required": ["key", "versions"],
+                "properties": {
+                    "key": {"type": "string"},
+                    "versions": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "version": {"type": "integer"},
+                                "value": {},
+                                "event": {"enum": ["update", "delete", "expired"]},
+                                "actor": {"type": "string"},
+                                "at": {"type": "string", "format": "date-time"},
+                            },
+                        },
+                    },
+                    "next": {"type": "string"},
+                },
+            },
+            "Namespace": {
+                "type": "object",
+                "required": ["acls"],
+                "properties": {"namespace": {"type": "string"}, "acls": _ref("Acls")},
+            },
+            "Audit": {
+                "type": "object",
+                "required": ["records"],
+                "properties": {
+                    "records": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "id": {"type": "integer"},
+                                "at": {"type": "string", "format": "date-time"},
+                                "actor": {"type": ["string", "null"]},
+                                "action": {"type": "string"},
+                                "key": {"type": ["string", "null"]},
+                                "version": {"type": "integer"},
+                                "outcome": {"type": "string"},
+                                "requestId": {"type": ["string", "null"]},
+                            },
+                        },
+                    },
+                    "next": {"type": "string"},
+                },
+            },
+            "Health": {"type": "object", "properties": {"status": {"type": "string"}, "checks": {"type": "object"}}},
+        },
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/keys/{key}": {
+            "parameters": [_KEY],
+            "put": {
+                "summary": "Create or replace a key",
+                "parameters": [_IF_MATCH],
+                "requestBody": _body(_ref("PutKey")),
+                "responses": {
+                    "201": _ok("Created", _ref("Written")),
+                    "200": _ok("Replaced", _ref("Written")),
+                    **_errors(400, 403, 412, 413, *_AUTH_ERRORS),
+                },
+            },
+            "patch": {
+                "summary": "Update a key's value (ttl/acls: admins only)",
+                "parameters": [_IF_MATCH],
+                "requestBody": _body(_ref("PatchKey")),
+                "responses": {
+                    "200": _ok("Updated", _ref("Written")),
+                    **_errors(400, 403, 404, 412, 413, *_AUTH_ERRORS),
+                },
+            },
+            "get": {
+                "summary": "Fetch a key",
+                "responses": {
+                    "200": _ok("The key (ETag: its version)", _ref("Key")),
+                    **_errors(400, 403, 404, *_AUTH_ERRORS),
+                },
+            },
+            "delete": {
+                "summary": "Soft-delete a key",
+                "parameters": [_IF_MATCH],
+                "responses": {"204": _ok("Deleted"), **_errors(400, 403, 404, 412, *_AUTH_ERRORS)},
+            },
+        },
+        "/keys": {
+            "get": {
+                "summary": "List readable keys",
+                "parameters": [
+                    {"name": "namespace", "in": "query", "schema": {"type": "string"}},
+                    _LIMIT,
+                    _CURSOR,
+                ],
+                "responses": {"200": _ok("A page of keys", _ref("KeyList")), **_errors(400, *_AUTH_ERRORS)},
+            }
+        },
+        "/keys/{key}/history": {
+            "parameters": [_KEY],
+            "get": {
+                "summary": "Every version of a key, newest first",
+                "parameters": [_LIMIT, _CURSOR],
+                "responses": {"200": _ok("Versions", _ref("History")), **_errors(400, 403, 404, *_AUTH_ERRORS)},
+            },
+        },
+        "/namespaces/{ns}": {
+            "parameters": [_NS],
+            "put": {
+                "summary": "Set a namespace ACL (admins)",
+                "requestBody": _body(_ref("Namespace")),
+                "responses": {
+                    "201": _ok("Created", _ref("Namespace")),
+                    "200": _ok("Replaced", _ref("Namespace")),
+                    **_errors(400, 403, *_AUTH_ERRORS),
+                },
+            },
+            "get": {
+                "summary": "A namespace ACL",
+                "responses": {"200": _ok("The ACL", _ref("Namespace")), **_errors(400, 404, *_AUTH_ERRORS)},
+            },
+            "delete": {
+                "summary": "Remove a namespace ACL (admins)",
+                "responses": {"204": _ok("Removed"), **_errors(400, 403, 404, *_AUTH_ERRORS)},
+            },
+        },
+        "/audit": {
+            "get": {
+                "summary": "The audit log, newest first (admins)",
+                "parameters": [
+                    {"name": "key", "in": "query", "schema": {"type": "string"}},
+                    {"name": "actor", "in": "query", "schema": {"type": "string"}},
+                    {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                    _LIMIT,
+                    _CURSOR,
+                ],
+                "responses": {"200": _ok("Records", _ref("Audit")), **_errors(400, 403, *_AUTH_ERRORS)},
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "Health",
+                "security": [],
+                "responses": {"200": _ok("Healthy", _ref("Health")), "503": _ok("Unhealthy", _ref("Health"))},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "security": [],
+                "responses": {"200": {"description": "text/plain"}},
+            }
+        },
+        "/openapi.json": {
+            "get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI"}}}
+        },
+    },
+}
+
+
+async def openapi_handler(request: web.Request) -> web.Response:
+    """The OpenAPI document."""
+    return json_response(SPEC)

@@ -1,0 +1,94 @@
+"""``python -m api_server.reencrypt``: re-seal every stored value with the active key of ENCRYPTION_KEYS.
+
+Rotate by putting a new key first in ENCRYPTION_KEYS (old ids stay listed, so old values still
+decrypt), rolling the processes, running this, and only then dropping the old key from the list.
+Safe to run while the service serves, and to run twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import aiopg
+import redis.asyncio as aioredis
+
+from shared.cache import cache_key
+from shared.crypto import Keyring
+from shared.db import StartupError, connect_pool, migrate
+from shared.redis import REDIS_ERRORS
+from shared.settings import Settings, SettingsError, exit_on_bad_settings
+from shared.sql import reencrypt as sql
+from shared.web import setup_logging
+
+log = logging.getLogger(__name__)
+BATCH = 500
+
+
+async def reencrypt(pool: aiopg.Pool, keyring: Keyring) -> tuple[int, list[str]]:
+    """Re-seal all values not sealed by the active key; return (rows changed, current keys touched)."""
+    active = keyring.active_id.encode()
+    changed = 0
+    touched: list[str] = []
+    while True:
+        async with pool.acquire() as conn, conn.cursor() as cur, cur.begin():
+            await cur.execute(sql.KEYS_BATCH, {"active": active, "limit": BATCH})
+            rows = await cur.fetchall()
+            for key, blob in rows:
+                fresh = keyring.encrypt(keyring.decrypt(bytes(blob), aad=key), aad=key)
+                await cur.execute(sql.UPDATE_KEY, {"blob": fresh, "key": key})
+                touched.append(key)
+        changed += len(rows)
+        if len(rows) < BATCH:
+            break
+    while True:
+        async with pool.acquire() as conn, conn.cursor() as cur, cur.begin():
+            await cur.execute(sql.HISTORY_BATCH, {"active": active, "limit": BATCH})
+            rows = await cur.fetchall()
+            for key, version, blob in rows:
+                fresh = keyring.encrypt(keyring.decrypt(bytes(blob), aad=key), aad=key)
+                await cur.execute(sql.UPDATE_HISTORY, {"blob": fresh, "key": key, "version": version})
+        changed += len(rows)
+        if len(rows) < BATCH:
+            break
+    return changed, touched
+
+
+async def _run(settings: Settings) -> int:
+    keyring = Keyring(settings.encryption_keys)
+    pool = await connect_pool(settings.postgres_url, wait_seconds=settings.startup_timeout_seconds)
+    try:
+        await migrate(pool)
+        changed, touched = await reencrypt(pool, keyring)
+    finally:
+        pool.close()
+        await pool.wait_closed()
+    # Cached entries still hold the old ciphertext at the same version: drop them.
+    client = aioredis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=2.0)
+    try:
+        for start in range(0, len(touched), BATCH):
+            await client.delete(*(cache_key(key) for key in touched[start : start + BATCH]))
+    except REDIS_ERRORS as exc:
+        log.warning("could not clear cached values (%s); they expire within CACHE_TTL_SECONDS", exc)
+    finally:
+        await client.aclose()
+    print(f"re-encrypted {changed} stored values with key {keyring.active_id!r}")
+    return 0
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        exit_on_bad_settings("reencrypt", exc)
+    setup_logging(settings.log_level)
+    try:
+        sys.exit(asyncio.run(_run(settings)))
+    except StartupError as exc:
+        print(f"reencrypt: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""The API's domain operations on keys: each takes the pool and the caller, checks the ACL, and
+returns states; HTTP concerns stay in the handlers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import aiopg
+
+from shared.acl import Acl, Principal, may_access, may_create
+from shared.cache import ValueCache
+from shared.changes import (
+    NewState,
+    all_namespace_acls,
+    claim_key,
+    expire,
+    lock_key,
+    namespace_acls_for,
+    write_change,
+)
+from shared.crypto import Keyring
+from shared.errors import Forbidden, NotFound, PreconditionFailed
+from shared.model import KeyState
+from shared.sql import history as history_sql
+from shared.sql import keys as keys_sql
+from shared.timeutil import utcnow
+from shared.validation import encode_value
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking, and the request id their audit rows carry."""
+
+    principal: Principal
+    request_id: str
+
+    @property
+    def username(self) -> str:
+        return self.principal.username
+
+
+@dataclass(frozen=True)
+class Store:
+    """What the key operations need from the process."""
+
+    pool: aiopg.Pool
+    keyring: Keyring
+    cache: ValueCache
+
+    def seal(self, key: str, value: Any) -> bytes:
+        """Encode (413 past 1 MiB) and encrypt a value for ``key``."""
+        return self.keyring.encrypt(encode_value(value), aad=key)
+
+    def open(self, key: str, blob: bytes) -> Any:
+        """Decrypt and decode a stored value of ``key``."""
+        return json.loads(self.keyring.decrypt(blob, aad=key))
+
+
+def parse_if_match(header: str | None) -> list[str] | None:
+    """``If-Match`` as a list of versions (or ``*``); accepts ``"3"``, ``W/"3"`` and a bare ``3``."""
+    if header is None:
+        return None
+    tags = []
+    for part in header.split(","):
+        tag = part.strip()
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        tags.append(tag.strip('"'))
+    return tags
+
+
+def check_if_match(tags: list[str] | None, state: KeyState | None) -> None:
+    """412 unless the key exists at one of the versions the client expects."""
+    if tags is None:
+        return
+    if state is None:
+        raise PreconditionFailed("If-Match was given but the key does not exist")
+    if "*" not in tags and str(state.version) not in tags:
+        raise PreconditionFailed(f"Key is at version {state.version}, not {', '.join(tags)}")
+
+
+def _deny(action: str, key: str) -> Forbidden:
+    return Forbidden(f"You may not {action} key '{key}'")
+
+
+def _missing_or_denied(who: Principal, key: str, state: KeyState | None, ns_acls: dict[str, Acl]) -> Exception:
+    """404 for a key the caller could read if it existed; otherwise 403 (never reveal existence)."""
+    acl = state.acl if state else None
+    creator = state.creator if state else ""
+    if may_access(who, "read", key=key, key_acl=acl, creator=creator, namespace_acls=ns_acls):
+        return NotFound("Key does not exist")
+    return _deny("read", key)
+
+
+async def put_key(
+    store: Store, caller: Caller, key: str, body: dict[str, Any], if_match: list[str] | None
+) -> tuple[KeyState, bool]:
+    """Create or replace ``key``; return the new state and whether it was created."""
+    who = caller.principal
+    value_enc = store.seal(key, body["value"])
+    now = utcnow()
+    async with store.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
+        state = await claim_key(cur, key, who.username, now)
+        if state.expired(now):
+            state = await expire(cur, state, now, caller.request_id)
+        ns_acls = await namespace_acls_for(cur, key)
+        if state.deleted:
+            check_if_match(if_match, None)
+            if not may_create(who, key=key, namespace_acls=ns_acls):
+                raise _deny("create", key)
+            acls = body.get("acls")
+            new = NewState(value_enc, body.get("ttl"), _acl(acls), who.username)
+            action = "create"
+        else:
+            check_if_match(if_match, state)
+            if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
+                raise _deny("write", key)
+            ttl = body["ttl"] if "ttl" in body else state.ttl
+            acl = _acl(body["acls"]) if "acls" in body else state.acl
+            if not who.is_admin and (ttl != state.ttl or acl != state.acl):
+                raise Forbidden("Only admins may change a key's ttl or acls")
+            new = NewState(value_enc, ttl, acl, state.creator)
+            action = "replace"
+        result = await write_change(
+            cur, state, new, event="update", action=action, actor=who.username, request_id=caller.request_id, now=now
+        )
+    await store.cache.put(result)
+    return result, action == "create"
+
+
+async def patch_key(
+    store: Store, caller: Caller, key: str, body: dict[str, Any], if_match: list[str] | None
+) -> KeyState:
+    """Change the value (and, for admins, ttl/acls) of a live key."""
+    who = caller.principal
+    if not who.is_admin and ("ttl" in body or "acls" in body):
+        raise Forbidden("Only admins may change a key's ttl or acls")
+    value_enc = store.seal(key, body["value"]) if "value" in body else None
+    now = utcnow()
+    async with store.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
+        state = await lock_key(cur, key)
+        ns_acls = await namespace_acls_for(cur, key)
+        if state is None or not state.live(now):
+            raise _missing_or_denied(who, key, state, ns_acls)
+        if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
+            raise _deny("write", key)
+        check_if_match(if_match, state)
+        new = NewState(
+            value_enc if value_enc is not None else state.value_enc,
+            body["ttl"] if "ttl" in body else state.ttl,
+            _acl(body["acls"]) if "acls" in body else state.acl,
+            state.creator,
+        )
+        result = await write_change(
+            cur, state, new, event="update", action="patch", actor=who.username, request_id=caller.request_id, now=now
+        )
+    await store.cache.put(result)
+    return result
+
+
+async def delete_key(store: Store, caller: Caller, key: str, if_match: list[str] | None) -> KeyState:
+    """Soft-delete a live key (version +1, ``delete`` event)."""
+    who = caller.principal
+    now = utcnow()
+    async with store.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
+        state = await lock_key(cur, key)
+        ns_acls = await namespace_acls_for(cur, key)
+        if state is None or not state.live(now):
+            raise _missing_or_denied(who, key, state, ns_acls)
+        if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
+            raise _deny("write", key)
+        check_if_match(if_match, state)
+        tombstone = NewState(None, state.ttl, state.acl, state.creator)
+        result = await write_change(
+            cur,
+            state,
+            tombstone,
+            event="delete",
+            action="delete",
+            actor=who.username,
+            request_id=caller.request_id,
+            now=now,
+        )
+    await store.cache.put(result)
+    return result
+
+
+async def load_state(store: Store, key: str) -> tuple[KeyState | None, bool]:
+    """The key's state from the cache, else from Postgres (filling the cache); and whether it was a hit."""
+    state = await store.cache.get(key)
+    if state is not None:
+        return state, True
+    async with store.pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(keys_sql.SELECT, {"key": key})
+        row = await cur.fetchone()
+    if row is None:
+        return None, False
+    state = KeyState.from_row(row)
+    await store.cache.put(state)
+    return state, False
+
+
+async def _namespace_acls(store: Store, key: str) -> dict[str, Acl]:
+    async with store.pool.acquire() as conn, conn.cursor() as cur:
+        return await namespace_acls_for(cur, key)
+
+
+async def get_key(store: Store, caller: Caller, key: str) -> tuple[KeyState, Any]:
+    """A live key's state and decrypted value, if the caller may read it."""
+    who = caller.principal
+    state, _ = await load_state(store, key)
+    needs_ns = state is None or state.acl is None
+    ns_acls = await _namespace_acls(store, key) if needs_ns and not who.is_admin else {}
+    if state is None or not state.live(utcnow()):
+        raise _missing_or_denied(who, key, state, ns_acls)
+    if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
+        raise _deny("read", key)
+    assert state.value_enc is not None
+    return state, store.open(key, state.value_enc)
+
+
+async def list_keys(
+    store: Store, caller: Caller, namespace: str | None, after: str, limit: int
+) -> tuple[list[str], int, bool]:
+    """Readable live keys in ``namespace`` after ``after``: (page, total readable, more pages?)."""
+    who = caller.principal
+    escaped = _like_escape(namespace or "")
+    async with store.pool.acquire() as conn, conn.cursor() as cur:
+        ns_acls = await all_namespace_acls(cur) if not who.is_admin else {}
+        await cur.execute(
+            keys_sql.LIST_LIVE,
+            {
+                "now": utcnow(),
+                "all": namespace is None,
+                "pattern_dot": escaped + ".%",
+                "pattern_slash": escaped + "/%",
+                "after": "",
+            },
+        )
+        rows = await cur.fetchall()
+    readable = [
+        key
+        for key, acl_read, acl_write, creator in rows
+        if who.is_admin
+        or may_access(
+            who,
+            "read",
+            key=key,
+            key_acl=None if acl_read is None and acl_write is None else Acl.from_lists(acl_read, acl_write),
+            creator=creator,
+            namespace_acls=ns_acls,
+        )
+    ]
+    remaining = [key for key in readable if key > after]
+    return remaining[:limit], len(readable), len(remaining) > limit
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def key_history(
+    store: Store, caller: Caller, key: str, before: int | None, limit: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Versions of ``key`` newest first, below ``before``; and the cursor for the next page."""
+    who = caller.principal
+    async with store.pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(keys_sql.SELECT, {"key": key})
+        row = await cur.fetchone()
+        state = KeyState.from_row(row) if row else None
+        ns_acls = await namespace_acls_for(cur, key)
+        if state is None or state.version == 0:
+            raise _missing_or_denied(who, key, None, ns_acls)
+        if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
+            raise _deny("read", key)
+        await cur.execute(
+            history_sql.PAGE, {"key": key, "before": before if before is not None else 2**62, "limit": limit + 1}
+        )
+        rows = await cur.fetchall()
+    versions = [
+        {
+            "version": version,
+            "value": store.open(key, bytes(blob)) if blob is not None else None,
+            "event": event,
+            "actor": actor,
+            "at": at,
+        }
+        for version, event, blob, actor, at in rows[:limit]
+    ]
+    next_before = versions[-1]["version"] if len(rows) > limit else None
+    return versions, next_before
+
+
+def _acl(acls: dict[str, list[str]] | None) -> Acl | None:
+    return None if acls is None else Acl.from_lists(acls.get("read"), acls.get("write"))

@@ -1,0 +1,202 @@
+"""``./dev/up``: run the whole system locally until Ctrl-C.
+
+Starts Postgres and Redis (unless ``POSTGRES_URL`` / ``REDIS_URL`` or ``REDIS_HOST`` point elsewhere),
+creates dev keys, then every process in :data:`PROCESSES`, each with the same environment. Ctrl-C or
+SIGTERM stops the processes (SIGTERM, then SIGKILL after 10 s) and the servers it started, by pid.
+If any of them dies, everything is stopped and the exit status is non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from devtools.devkeys import DevKeys, ensure_dev_keys
+from devtools.services import PostgresServer, RedisServer, ServerError, die_with_parent, port_in_use
+from devtools.token import default_dev_dir
+
+logger = logging.getLogger(__name__)
+
+#: (module run with ``python -m``, its port variable, default port). Adding a process is one line.
+PROCESSES: list[tuple[str, str, int]] = [
+    ("api_server", "API_PORT", 8080),
+]
+#: The port variable of the process users talk to (the front door, once there is one).
+PUBLIC_PORT_VAR = "API_PORT"
+
+HEALTH_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+class _Stop(Exception):
+    """Raised by the signal handler to leave the wait loops."""
+
+
+@dataclass
+class _Child:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+
+
+def build_env(
+    environ: Mapping[str, str],
+    keys: DevKeys,
+    postgres_url: str | None,
+    redis_url: str | None,
+    processes: Sequence[tuple[str, str, int]] = PROCESSES,
+) -> dict[str, str]:
+    """The environment every child gets: the user's variables, then dev defaults where unset."""
+    env = dict(environ)
+    if postgres_url:
+        env["POSTGRES_URL"] = postgres_url
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    env.setdefault("JWKS_URL", keys.jwks_url)
+    env.setdefault("ENCRYPTION_KEYS", keys.encryption_keys)
+    env.setdefault("LOG_LEVEL", "INFO")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    for _, port_var, default in processes:
+        env.setdefault(port_var, str(default))
+    return env
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _say(message: str) -> None:
+    print(f"dev/up: {message}", file=sys.stderr, flush=True)
+
+
+def _dead(children: Sequence[_Child]) -> _Child | None:
+    return next((c for c in children if c.proc.poll() is not None), None)
+
+
+def _stop_children(children: Sequence[_Child]) -> None:
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for child in children:
+        try:
+            child.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _say(f"{child.name} (pid {child.proc.pid}) did not stop in {STOP_TIMEOUT:.0f}s; killing it")
+            child.proc.kill()
+            child.proc.wait()
+
+
+def _banner(env: Mapping[str, str]) -> str:
+    base = f"http://localhost:{env[PUBLIC_PORT_VAR]}"
+    return "\n".join([
+        "",
+        f"  DynConfig is up at {base}",
+        "  Get a token:   ./dev/token --username admin-user",
+        f"  Try it:        curl -H \"Authorization: Bearer $(./dev/token --username admin-user)\" {base}/keys",
+        "  Stop:          Ctrl-C",
+        "",
+    ])
+
+
+def run(dev_dir: Path, environ: Mapping[str, str], processes: Sequence[tuple[str, str, int]] = PROCESSES) -> int:
+    """Run everything until a signal (exit 0) or until something dies (exit 1)."""
+    if not dev_dir.exists():
+        dev_dir.mkdir(parents=True, mode=0o755)  # the postgres user must traverse it when we are root
+    servers: list[PostgresServer | RedisServer] = []
+    children: list[_Child] = []
+    try:
+        pg_url = redis_url = None
+        if not environ.get("POSTGRES_URL"):
+            pg = PostgresServer(dev_dir / "postgres", int(environ.get("DEV_PG_PORT", "54329")))
+            servers.append(pg)
+            pg.start()
+            pg_url = pg.url
+        if not environ.get("REDIS_URL") and not environ.get("REDIS_HOST"):
+            rd = RedisServer(dev_dir / "redis", int(environ.get("DEV_REDIS_PORT", "63799")))
+            servers.append(rd)
+            rd.start()
+            redis_url = rd.url
+        env = build_env(environ, ensure_dev_keys(dev_dir / "keys"), pg_url, redis_url, processes)
+        for name, port_var, _ in processes:
+            port = int(env[port_var])
+            if port_in_use(port):
+                _say(f"port {port} ({port_var}) is already in use; is another dev/up running?")
+                return 1
+            # Defer Ctrl-C while spawning so that no child can start without being recorded.
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", name], env=env, stdin=subprocess.DEVNULL,
+                    start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+                    preexec_fn=die_with_parent(signal.SIGTERM),
+                )
+                children.append(_Child(name, port, proc))
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        deadline = time.monotonic() + HEALTH_TIMEOUT
+        waiting = list(children)
+        while waiting:
+            if (dead := _dead(children)) is not None:
+                _say(f"{dead.name} exited with status {dead.proc.returncode} during start-up; stopping")
+                return 1
+            waiting = [c for c in waiting if not _healthy(c.port)]
+            if waiting and time.monotonic() > deadline:
+                names = ", ".join(f"{c.name} (:{c.port})" for c in waiting)
+                _say(f"no healthy /health from {names} within {HEALTH_TIMEOUT:.0f}s; stopping")
+                return 1
+            if waiting:
+                time.sleep(0.2)
+        print(_banner(env), file=sys.stderr, flush=True)
+        while True:
+            if (dead := _dead(children)) is not None:
+                _say(f"{dead.name} exited with status {dead.proc.returncode}; stopping everything")
+                return 1
+            if (down := next((s for s in servers if not s.running), None)) is not None:
+                _say(f"{down.name} stopped unexpectedly (log: {down.log_path}); stopping everything")
+                return 1
+            time.sleep(0.2)
+    except _Stop as stop:
+        _say(f"{stop}: stopping")
+        return 0
+    except ServerError as exc:
+        _say(str(exc))
+        return 1
+    finally:
+        # A second Ctrl-C must not interrupt the clean-up half way.
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        _stop_children(children)
+        for server in reversed(servers):
+            server.stop()
+
+
+def main() -> None:
+    """Entry point of ``python -m devtools.up``."""
+    logging.basicConfig(level=logging.INFO, format="dev/up: %(message)s")
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, _on_signal)
+    sys.exit(run(default_dev_dir(), os.environ))
+
+
+if __name__ == "__main__":
+    main()

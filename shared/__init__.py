@@ -1,0 +1,1 @@
+"""Code shared by the DynConfig processes: settings, storage, auth, ACLs, events."""

@@ -1,0 +1,65 @@
+"""The domain errors; one middleware (``shared.web.error_middleware``) turns them into SPEC §4 JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DynConfigError(Exception):
+    """Base of every error a client may see. ``phrase`` is the ``error`` field of the JSON body."""
+
+    status = 500
+    phrase = "Internal Server Error"
+
+    def __init__(self, message: str, *, fields: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        """The JSON error shape of SPEC §4."""
+        body: dict[str, Any] = {"error": self.phrase, "message": self.message}
+        if self.fields:
+            body["fields"] = self.fields
+        return body
+
+
+class BadRequest(DynConfigError):
+    status = 400
+    phrase = "Bad Request"
+
+
+class Unauthorized(DynConfigError):
+    status = 401
+    phrase = "Unauthorized"
+
+
+class Forbidden(DynConfigError):
+    status = 403
+    phrase = "Forbidden"
+
+
+class NotFound(DynConfigError):
+    status = 404
+    phrase = "Not Found"
+
+
+class PreconditionFailed(DynConfigError):
+    status = 412
+    phrase = "Precondition Failed"
+
+
+class PayloadTooLarge(DynConfigError):
+    status = 413
+    phrase = "Payload Too Large"
+
+
+class RateLimited(DynConfigError):
+    status = 429
+    phrase = "Rate Limited"
+
+
+class ServiceUnavailable(DynConfigError):
+    status = 503
+    phrase = "Service Unavailable"

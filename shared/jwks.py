@@ -1,0 +1,53 @@
+"""cleanup_ctx pieces for auth: the process's HTTP session and the JWKS verifier with its refresh loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from .auth import JwksCache, JwksError, TokenVerifier
+from .keys import HTTP_SESSION, SETTINGS, VERIFIER
+from .tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+
+async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One ClientSession per process."""
+    async with aiohttp.ClientSession() as session:
+        app[HTTP_SESSION] = session
+        yield
+
+
+async def verifier_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Load the JWKS (retrying in the background if it is not reachable yet) and refresh it periodically."""
+    settings = app[SETTINGS]
+    jwks = JwksCache(settings.jwks_url, app[HTTP_SESSION])
+    app[VERIFIER] = TokenVerifier(
+        jwks, admins=settings.admin_users, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    )
+
+    async def refresh_loop(delay: float) -> None:
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await jwks.refresh()
+                delay = settings.jwks_refresh_seconds
+            except JwksError as exc:
+                log.warning("%s", exc)
+                delay = 5.0
+
+    try:
+        await jwks.refresh()
+    except JwksError as exc:
+        log.error("%s; tokens are refused until it loads", exc)
+    first_delay = settings.jwks_refresh_seconds if jwks.loaded else 5.0
+    task = asyncio.create_task(refresh_loop(first_delay), name="jwks-refresh")
+    try:
+        yield
+    finally:
+        await cancel_and_wait(task)

@@ -1,0 +1,33 @@
+"""Typed keys for application state; nothing is created at import time."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import aiohttp
+import aiopg
+from aiohttp import web
+
+from .auth import TokenVerifier
+from .crypto import Keyring
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .audit import AuditWriter
+    from .cache import ValueCache
+    from .metrics import Metrics
+    from .ratelimit import RateLimiter
+    from .redis import RedisLink
+
+SETTINGS = web.AppKey("settings", Settings)
+DB_POOL = web.AppKey("db_pool", aiopg.Pool)
+HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+KEYRING = web.AppKey("keyring", Keyring)
+VERIFIER = web.AppKey("verifier", TokenVerifier)
+REDIS: web.AppKey[RedisLink] = web.AppKey("redis")
+CACHE: web.AppKey[ValueCache] = web.AppKey("cache")
+RATE_LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
+AUDIT: web.AppKey[AuditWriter] = web.AppKey("audit")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+#: Name of the process ("api_server", "notifier", …), for logs and metrics.
+PROCESS = web.AppKey("process", str)

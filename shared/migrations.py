@@ -1,0 +1,72 @@
+"""The schema, as numbered migrations. Append only: never edit a migration that has shipped."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "keys, history, outbox, audit, namespaces",
+        """
+        CREATE TABLE keys (
+            key           text PRIMARY KEY,
+            version       bigint NOT NULL,
+            value_enc     bytea,                  -- AES-256-GCM blob (shared/crypto.py); NULL once deleted
+            ttl           integer,
+            expires_at    timestamptz,
+            acl_read      text[],                 -- NULL: inherit from the namespace (SPEC §5)
+            acl_write     text[],
+            creator       text NOT NULL,
+            deleted       boolean NOT NULL DEFAULT false,
+            created_at    timestamptz NOT NULL,
+            last_modified timestamptz NOT NULL
+        );
+        CREATE INDEX keys_expiring ON keys (expires_at) WHERE NOT deleted AND expires_at IS NOT NULL;
+
+        -- Every version of every key, the current one included.
+        CREATE TABLE key_history (
+            key           text NOT NULL,
+            version       bigint NOT NULL,
+            event         text NOT NULL CHECK (event IN ('update', 'delete', 'expired')),
+            value_enc     bytea,
+            actor         text NOT NULL,
+            at            timestamptz NOT NULL,
+            PRIMARY KEY (key, version)
+        );
+
+        -- One row per change, written in the change's transaction. The notifier relays rows in id
+        -- order and gives each its global revision; until then revision is NULL.
+        CREATE TABLE outbox (
+            id            bigserial PRIMARY KEY,
+            key           text NOT NULL,
+            version       bigint NOT NULL,
+            event         text NOT NULL CHECK (event IN ('update', 'delete', 'expired')),
+            at            timestamptz NOT NULL,
+            revision      bigint UNIQUE,
+            relayed_at    timestamptz
+        );
+        CREATE INDEX outbox_pending ON outbox (id) WHERE revision IS NULL;
+
+        CREATE TABLE namespaces (
+            namespace     text PRIMARY KEY,
+            acl_read      text[] NOT NULL,
+            acl_write     text[] NOT NULL,
+            updated_by    text NOT NULL,
+            updated_at    timestamptz NOT NULL
+        );
+
+        CREATE TABLE audit_log (
+            id            bigserial PRIMARY KEY,
+            at            timestamptz NOT NULL,
+            actor         text,
+            action        text NOT NULL,
+            key           text,
+            version       bigint,
+            outcome       text NOT NULL,
+            request_id    text
+        );
+        CREATE INDEX audit_by_key ON audit_log (key, id);
+        CREATE INDEX audit_by_actor ON audit_log (actor, id);
+        CREATE INDEX audit_by_at ON audit_log (at);
+        """,
+    ),
+]

@@ -1,0 +1,92 @@
+"""Per-username rate limit: at most N accepted requests in any 60 s window (SPEC §8).
+
+A sliding log in a Redis sorted set, shared by every replica and timed by Redis's own clock. When
+Redis is unavailable each process falls back to the same algorithm in memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from .redis import REDIS_ERRORS, RedisLink
+
+WINDOW_SECONDS = 60
+_PREFIX = "dynconfig:rl:"
+# KEYS[1] = the user's log; ARGV = limit, window ms, unique member suffix.
+_SLIDING_LOG = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return {1, limit - count - 1, 0}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, 0, tonumber(oldest[2]) + window - now}
+"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    retry_after: int  # whole seconds; 0 when allowed
+
+
+class RateLimiter:
+    """Decides whether one more request of ``username`` is accepted now."""
+
+    def __init__(self, link: RedisLink, limit: int) -> None:
+        self.limit = limit
+        self._link = link
+        self._script = link.client.register_script(_SLIDING_LOG)
+        self._local: dict[str, deque[float]] = {}
+        self._ids = itertools.count()
+        self._tag = f"{os.getpid()}-{os.urandom(4).hex()}"
+
+    async def hit(self, username: str) -> Decision:
+        """Count one request of ``username`` if it is within the limit."""
+        if self._link.usable:
+            member = f"{self._tag}-{next(self._ids)}"
+            try:
+                allowed, remaining, wait_ms = await self._script(
+                    keys=[_PREFIX + username], args=[self.limit, WINDOW_SECONDS * 1000, member]
+                )
+            except REDIS_ERRORS as exc:
+                self._link.failed(exc)
+            else:
+                self._link.succeeded()
+                return Decision(
+                    bool(allowed),
+                    self.limit,
+                    int(remaining),
+                    max(1, math.ceil(int(wait_ms) / 1000)) if not allowed else 0,
+                )
+        return self._hit_local(username)
+
+    def _hit_local(self, username: str) -> Decision:
+        now = time.monotonic()
+        log = self._local.setdefault(username, deque())
+        while log and log[0] <= now - WINDOW_SECONDS:
+            log.popleft()
+        if len(log) < self.limit:
+            log.append(now)
+            if len(self._local) > 100_000:
+                self._prune(now)
+            return Decision(True, self.limit, self.limit - len(log), 0)
+        retry = max(1, math.ceil(log[0] + WINDOW_SECONDS - now))
+        return Decision(False, self.limit, 0, retry)
+
+    def _prune(self, now: float) -> None:
+        for name in [n for n, log in self._local.items() if not log or log[-1] <= now - WINDOW_SECONDS]:
+            del self._local[name]

@@ -1,0 +1,80 @@
+"""The Redis client of a process, with a short circuit breaker.
+
+Redis is an accelerator here, never the source of truth: when it is down, callers fall back (to
+Postgres, to a local rate limiter) and we stop paying a connect timeout on every request for a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from .keys import REDIS, SETTINGS
+
+log = logging.getLogger(__name__)
+
+REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+_RETRY_AFTER_FAILURE = 1.0
+
+
+class RedisLink:
+    """A Redis client plus whether it is worth trying right now."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._down_until = 0.0
+        self._down = False
+
+    @property
+    def usable(self) -> bool:
+        """False for a moment after a failure, so requests don't each wait for a timeout."""
+        return time.monotonic() >= self._down_until
+
+    @property
+    def down(self) -> bool:
+        return self._down
+
+    def failed(self, exc: BaseException) -> None:
+        """Record a failed call (logs once per outage)."""
+        self._down_until = time.monotonic() + _RETRY_AFTER_FAILURE
+        if not self._down:
+            self._down = True
+            log.warning("Redis unavailable (%s: %s); falling back", exc.__class__.__name__, exc)
+
+    def succeeded(self) -> None:
+        """Record a successful call."""
+        if self._down:
+            self._down = False
+            log.warning("Redis is back")
+
+    async def ping(self) -> bool:
+        """True when Redis answers now (used by /health)."""
+        try:
+            await self.client.ping()
+        except REDIS_ERRORS as exc:
+            self.failed(exc)
+            return False
+        self.succeeded()
+        return True
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: one Redis client for the process."""
+    client = aioredis.from_url(
+        app[SETTINGS].redis_url,
+        socket_connect_timeout=0.5,
+        socket_timeout=1.0,
+        health_check_interval=10,
+        decode_responses=False,
+    )
+    app[REDIS] = RedisLink(client)
+    try:
+        yield
+    finally:
+        await client.aclose()

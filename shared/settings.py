@@ -1,0 +1,224 @@
+"""Process settings, read from the environment once at start-up (SPEC §1).
+
+Only ``main()`` functions call :meth:`Settings.from_env`; tests build ``Settings(...)`` directly.
+A missing or malformed variable raises :class:`SettingsError`, which ``main()`` turns into one line
+on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import os
+import re
+import ssl
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+from urllib.parse import urlsplit
+
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+_KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_USERNAME = re.compile(r"^\S{1,256}$")
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a DynConfig process is configured with."""
+
+    postgres_url: str = field(repr=False)
+    redis_url: str = field(repr=False)
+    jwks_url: str
+    encryption_keys: tuple[tuple[str, bytes], ...] = field(repr=False)
+    rate_limit: int = 1000
+    admin_users: frozenset[str] = frozenset({"admin-user"})
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    log_level: str = "INFO"
+    host: str = "0.0.0.0"
+    api_port: int = 8080
+    notifier_port: int = 8081
+    expiry_port: int = 8082
+    #: How long a cached current value may live in Redis (a safety net; writes update it).
+    cache_ttl_seconds: int = 60
+    #: How long a process waits for Postgres at start-up before giving up.
+    startup_timeout_seconds: float = 30.0
+    #: JWKS refresh period (unknown ``kid`` also triggers a refresh, at most once per 30 s).
+    jwks_refresh_seconds: float = 300.0
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A server TLS context (TLS 1.3 minimum) when a certificate is configured."""
+        if not self.tls_cert_file:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        return ctx
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some fields changed (handy in tests)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every setting; raise :class:`SettingsError` naming the first bad one."""
+        env = os.environ if env is None else env
+        cert = _optional(env, "TLS_CERT_FILE")
+        key = _optional(env, "TLS_KEY_FILE")
+        if bool(cert) != bool(key):
+            missing = "TLS_KEY_FILE" if cert else "TLS_CERT_FILE"
+            raise SettingsError(missing, "TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        for name, path in (("TLS_CERT_FILE", cert), ("TLS_KEY_FILE", key)):
+            if path and not Path(path).is_file():
+                raise SettingsError(name, f"no readable file at {path}")
+        settings = cls(
+            postgres_url=parse_postgres_url(_required(env, "POSTGRES_URL")),
+            redis_url=_redis_url(env),
+            jwks_url=parse_jwks_url(_required(env, "JWKS_URL")),
+            encryption_keys=parse_keyring(_required(env, "ENCRYPTION_KEYS")),
+            rate_limit=_int(env, "RATE_LIMIT", 1000, minimum=1),
+            admin_users=_admins(env),
+            jwt_issuer=_optional(env, "JWT_ISSUER"),
+            jwt_audience=_optional(env, "JWT_AUDIENCE"),
+            tls_cert_file=cert,
+            tls_key_file=key,
+            log_level=_log_level(env),
+            host=_optional(env, "HOST") or "0.0.0.0",
+            api_port=_int(env, "API_PORT", 8080, minimum=1, maximum=65535),
+            notifier_port=_int(env, "NOTIFIER_PORT", 8081, minimum=1, maximum=65535),
+            expiry_port=_int(env, "EXPIRY_PORT", 8082, minimum=1, maximum=65535),
+            cache_ttl_seconds=_int(env, "CACHE_TTL_SECONDS", 60, minimum=1),
+            startup_timeout_seconds=float(_int(env, "STARTUP_TIMEOUT_SECONDS", 30, minimum=0)),
+        )
+        if cert:
+            try:
+                settings.ssl_context()
+            except (ssl.SSLError, OSError) as exc:
+                raise SettingsError("TLS_CERT_FILE", f"cannot load certificate/key: {exc}") from None
+        return settings
+
+
+def exit_on_bad_settings(process: str, exc: SettingsError) -> NoReturn:
+    """Print the one line SPEC §1 asks for and stop."""
+    print(f"{process}: invalid setting {exc}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _optional(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = _optional(env, name)
+    if value is None:
+        raise SettingsError(name, "is required but not set")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+    raw = _optional(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(name, f"must be a whole number, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise SettingsError(name, f"must be {bound}, got {value}")
+    return value
+
+
+def parse_postgres_url(url: str) -> str:
+    """Accept ``postgres://`` or ``postgresql://`` URLs with a host and a database name."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise SettingsError("POSTGRES_URL", "must start with postgresql:// (e.g. postgresql://user:pw@host:5432/db)")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise SettingsError("POSTGRES_URL", "has a malformed port") from None
+    if not parts.hostname or parts.path in ("", "/"):
+        raise SettingsError("POSTGRES_URL", "must name a host and a database (postgresql://user@host:5432/db)")
+    return url
+
+
+def _redis_url(env: Mapping[str, str]) -> str:
+    url = _optional(env, "REDIS_URL")
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise SettingsError("REDIS_URL", "must start with redis://, rediss:// or unix://")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise SettingsError("REDIS_URL", "has a malformed port") from None
+        return url
+    host = _optional(env, "REDIS_HOST")
+    if host is None:
+        raise SettingsError("REDIS_HOST", "is required (or set REDIS_URL)")
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", host):
+        raise SettingsError("REDIS_HOST", f"is not a host name: {host!r}")
+    port = _int(env, "REDIS_PORT", 6379, minimum=1, maximum=65535)
+    return f"redis://{host}:{port}/0"
+
+
+def parse_jwks_url(url: str) -> str:
+    """``http(s)://…`` or ``file://…`` (SPEC §1)."""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return url
+    if parts.scheme == "file" and parts.path:
+        return url
+    raise SettingsError("JWKS_URL", "must be an http(s)://… or file://… URL")
+
+
+def parse_keyring(raw: str) -> tuple[tuple[str, bytes], ...]:
+    """``id:base64key,…``; every key 32 bytes (AES-256); the first is the active one."""
+    keys: list[tuple[str, bytes]] = []
+    for item in raw.split(","):
+        item = item.strip()
+        key_id, sep, b64 = item.partition(":")
+        if not sep or not _KEY_ID.match(key_id):
+            raise SettingsError("ENCRYPTION_KEYS", "must be id:base64key[,id:base64key…] with ids of A-Z a-z 0-9 _ . -")
+        try:
+            secret = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise SettingsError("ENCRYPTION_KEYS", f"key {key_id!r} is not valid base64") from None
+        if len(secret) != 32:
+            raise SettingsError("ENCRYPTION_KEYS", f"key {key_id!r} must be 32 bytes (AES-256), got {len(secret)}")
+        if any(key_id == existing for existing, _ in keys):
+            raise SettingsError("ENCRYPTION_KEYS", f"key id {key_id!r} appears twice")
+        keys.append((key_id, secret))
+    return tuple(keys)
+
+
+def _admins(env: Mapping[str, str]) -> frozenset[str]:
+    raw = env.get("ADMIN_USERS")
+    if raw is None:
+        return frozenset({"admin-user"})
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    if not names or not all(_USERNAME.match(n) for n in names):
+        raise SettingsError("ADMIN_USERS", "must be a comma-separated list of usernames")
+    return frozenset(names)
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    level = (_optional(env, "LOG_LEVEL") or "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise SettingsError("LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}")
+    return level

@@ -1,0 +1,1 @@
+"""SQL, one module per table, as named constants with %(name)s parameters."""

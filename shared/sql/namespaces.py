@@ -1,0 +1,18 @@
+"""The ``namespaces`` table: namespace ACLs for inheritance."""
+
+SELECT_ALL = "SELECT namespace, acl_read, acl_write FROM namespaces"
+
+SELECT_MANY = "SELECT namespace, acl_read, acl_write FROM namespaces WHERE namespace = ANY(%(namespaces)s)"
+
+SELECT_ONE = "SELECT namespace, acl_read, acl_write, updated_by, updated_at FROM namespaces WHERE namespace = %(ns)s"
+
+UPSERT = """
+INSERT INTO namespaces (namespace, acl_read, acl_write, updated_by, updated_at)
+VALUES (%(ns)s, %(read)s, %(write)s, %(actor)s, %(now)s)
+ON CONFLICT (namespace) DO UPDATE
+   SET acl_read = EXCLUDED.acl_read, acl_write = EXCLUDED.acl_write,
+       updated_by = EXCLUDED.updated_by, updated_at = EXCLUDED.updated_at
+RETURNING (xmax = 0) AS created
+"""
+
+DELETE = "DELETE FROM namespaces WHERE namespace = %(ns)s"

@@ -1,0 +1,140 @@
+"""What every DynConfig process's web app shares: JSON errors, request ids, logging, health, running."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from .db import StartupError
+from .errors import BadRequest, DynConfigError
+from .metrics import route_template
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID = web.RequestKey("request_id", str)
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A compact JSON response."""
+    return web.Response(
+        text=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(status: int, phrase: str, message: str, **extra: Any) -> web.Response:
+    """The SPEC §4 error shape."""
+    return json_response({"error": phrase, "message": message, **extra}, status=status)
+
+
+async def read_json(request: web.Request) -> Any:
+    """The decoded JSON body, or 400 (malformed) / 413 (over ``client_max_size``)."""
+    raw = await request.read()
+    if not raw.strip():
+        raise BadRequest("A JSON request body is required")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"Malformed JSON body: {exc}") from None
+
+
+def request_id(request: web.Request) -> str:
+    """The request's id: the client's ``X-Request-Id`` when it is sane, else a fresh one."""
+    rid = request.get(REQUEST_ID)
+    if rid is None:
+        supplied = request.headers.get("X-Request-Id", "")
+        rid = supplied if _CLIENT_REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        request[REQUEST_ID] = rid
+    return str(rid)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every failure to the JSON error shape; log unexpected ones (without request bodies)."""
+    rid = request_id(request)
+    try:
+        response = await handler(request)
+    except DynConfigError as exc:
+        response = json_response(exc.body(), status=exc.status, headers=exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = error_response(exc.status, exc.reason, _http_message(request, exc))
+        for name in ("Allow", "Retry-After"):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s (request %s)", request.method, route_template(request), rid)
+        response = error_response(500, "Internal Server Error", f"Unexpected server error (request id {rid})")
+    response.headers["X-Request-Id"] = rid
+    return response
+
+
+def _http_message(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return f"No route for {request.method} {request.path}"
+    if exc.status == 405:
+        return f"Method {request.method} is not allowed on {request.path}"
+    if exc.status == 413:
+        return f"Request body is larger than the server accepts ({request.client_max_size} bytes)"
+    text = exc.text or ""
+    return text if text and not text.startswith(f"{exc.status}:") else exc.reason
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: method, path (never the query string: it may carry a token), status."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %s %.1fms rid=%s",
+            request.method,
+            request.path,
+            response.status,
+            time * 1000,
+            request.get(REQUEST_ID, "-"),
+        )
+
+
+def setup_logging(level: str) -> None:
+    """Plain one-line logs on stderr."""
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run(app: web.Application, *, process: str, host: str, port: int, ssl_context: Any = None) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT; a failed start-up is one line and exit 1."""
+    try:
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            ssl_context=ssl_context,
+            access_log_class=AccessLogger,
+            shutdown_timeout=8.0,
+            print=None,
+            handle_signals=True,
+        )
+    except StartupError as exc:
+        print(f"{process}: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as exc:
+        print(f"{process}: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,0 +1,344 @@
+"""The development tooling itself: dev servers, test JWKS, dev keys, ``dev/token`` and ``dev/up``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiopg
+import jwt
+import psycopg2
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from devtools.devkeys import ensure_dev_keys, load_dev_keys, mint_token
+from devtools.services import PostgresServer, RedisServer, free_port, port_in_use
+from devtools.up import build_env
+from shared.settings import parse_jwks_url, parse_keyring
+
+if TYPE_CHECKING:
+    from tests.conftest import JwksServer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    conn = psycopg2.connect(url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+def _ping(url: str) -> bool:
+    client = redis.Redis.from_url(url)
+    try:
+        return bool(client.ping())
+    finally:
+        client.close()
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+# --- servers ------------------------------------------------------------------------------------
+
+
+def test_free_port_is_bindable() -> None:
+    port = free_port()
+    assert 1024 < port < 65536
+    assert not port_in_use(port)
+
+
+def test_postgres_keeps_data_across_restart_and_crash(pg_server: PostgresServer, unique_prefix: str) -> None:
+    port = pg_server.port
+    _rows(pg_server.url, f"CREATE TABLE {unique_prefix} (n int); INSERT INTO {unique_prefix} VALUES (1)")
+    first_pid = pg_server.pid
+
+    pg_server.restart()
+    assert (pg_server.port, pg_server.running) == (port, True)
+    assert pg_server.pid != first_pid
+    _rows(pg_server.url, f"INSERT INTO {unique_prefix} VALUES (2)")
+
+    pg_server.kill()
+    assert not pg_server.running and pg_server.pid is None
+    pg_server.start()
+    assert _rows(pg_server.url, f"SELECT n FROM {unique_prefix} ORDER BY n") == [(1,), (2,)]
+
+
+def test_stopping_twice_is_harmless_and_the_server_comes_back(pg_server: PostgresServer) -> None:
+    pg_server.stop()
+    pg_server.stop()
+    assert not pg_server.running and pg_server.pid is None
+    assert not port_in_use(pg_server.port)
+    # the autouse fixture restarts it for the next test
+
+
+def test_postgres_server_as_context_manager(tmp_path: Path) -> None:
+    base = Path(tempfile.mkdtemp(prefix="dynconfig-pg-"))
+    try:
+        os.chmod(base, 0o755)
+        if os.geteuid() == 0:
+            shutil.chown(base, "postgres", "postgres")
+        with PostgresServer(base / "data") as server:
+            assert _rows(server.url, "SELECT current_database(), current_user") == [("dynconfig", "dynconfig")]
+            pid = server.pid
+        assert not server.running
+        assert pid is not None and not Path(f"/proc/{pid}").exists()
+        assert (base / "data.log").stat().st_size > 0  # the log went to a file, not our output
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_redis_restart_same_port(redis_server: RedisServer) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        assert client.ping()
+        port, pid = redis_server.port, redis_server.pid
+        redis_server.restart()
+        assert (redis_server.port, redis_server.running) == (port, True)
+        assert redis_server.pid != pid
+        assert client.ping()  # redis-py reconnects
+        redis_server.kill()
+        with pytest.raises(redis.ConnectionError):
+            client.ping()
+    finally:
+        client.close()
+
+
+def test_redis_server_as_context_manager(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis") as server:
+        assert _ping(server.url)
+    server.stop()
+    assert not server.running
+
+
+async def test_pg_and_redis_client_fixtures(pg: aiopg.Pool, redis_client: aioredis.Redis) -> None:
+    async with pg.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("SELECT current_database()")
+        assert await cur.fetchone() == ("dynconfig",)
+    assert await redis_client.ping()
+
+
+# --- the test JWKS ------------------------------------------------------------------------------
+
+
+def _verify(jwks: JwksServer, token: str) -> dict[str, Any]:
+    keyset = jwt.PyJWKSet.from_dict(_get_json(jwks.url))
+    kid = jwt.get_unverified_header(token)["kid"]
+    key = keyset[kid]
+    return jwt.decode(token, key.key, algorithms=[key.algorithm_name])
+
+
+def test_jwks_serves_keys_that_verify_tokens(jwks: JwksServer) -> None:
+    document = _get_json(jwks.url)
+    assert {(k["kid"], k["alg"], k["use"]) for k in document["keys"]} == {
+        ("test-key-1", "ES256", "sig"),
+        ("test-rsa-1", "RS256", "sig"),
+    }
+    assert all("d" not in k for k in document["keys"])  # public halves only
+    assert jwks.fetch_count == 1
+
+    claims = _verify(jwks, jwks.token())
+    assert claims["username"] == claims["sub"] == "admin-user"
+    assert claims["exp"] - claims["iat"] == 3600
+    assert _verify(jwks, jwks.token("alice", key="rsa", role="x"))["role"] == "x"
+    assert jwks.fetch_count == 3
+
+
+def test_jwks_token_options(jwks: JwksServer) -> None:
+    unsigned = jwt.decode(jwks.token(exp_in=None, username=None), options={"verify_signature": False})
+    assert "exp" not in unsigned and "username" not in unsigned
+    header = jwt.get_unverified_header(jwks.token(kid="nope", headers={"typ": "JWT"}))
+    assert header["kid"] == "nope" and header["typ"] == "JWT"
+    with pytest.raises(jwt.ExpiredSignatureError):
+        _verify(jwks, jwks.token(exp_in=-60))
+
+
+def test_jwks_rotation_and_outage(jwks: JwksServer) -> None:
+    new = jwks.new_key("ec", "rotated-1")
+    jwks.add_key(new)
+    assert _verify(jwks, jwks.token("bob", key=new))["username"] == "bob"
+    jwks.remove_key("test-key-1")
+    assert {k["kid"] for k in _get_json(jwks.url)["keys"]} == {"test-rsa-1", "rotated-1"}
+    jwks.set_keys(new)
+    assert [k.kid for k in jwks.keys] == ["rotated-1"]
+
+    jwks.fail_with = 503
+    with pytest.raises(urllib.error.HTTPError) as failure:
+        _get_json(jwks.url)
+    assert failure.value.code == 503
+
+    jwks.reset()
+    assert jwks.fetch_count == 0 and len(_get_json(jwks.url)["keys"]) == 2
+
+
+# --- dev keys and dev/token ---------------------------------------------------------------------
+
+
+def test_dev_keys_are_created_once_and_private(tmp_path: Path) -> None:
+    keys = ensure_dev_keys(tmp_path / "keys")
+    for path in (keys.signing_key_path, keys.jwks_path, tmp_path / "keys" / "encryption-keys"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert ensure_dev_keys(tmp_path / "keys") == keys
+    assert load_dev_keys(tmp_path / "keys") == keys
+    assert load_dev_keys(tmp_path / "elsewhere") is None
+
+    (ring,) = parse_keyring(keys.encryption_keys)
+    assert ring[0] == "dev1" and len(ring[1]) == 32
+    assert parse_jwks_url(keys.jwks_url).startswith("file:///")
+    assert keys.encryption_keys not in repr(keys)
+
+    (jwk,) = json.loads(keys.jwks_path.read_text())["keys"]
+    assert (jwk["kid"], jwk["alg"], jwk["use"], jwk["crv"]) == (keys.kid, "ES256", "sig", "P-256")
+
+
+def test_mint_token_round_trip(tmp_path: Path) -> None:
+    keys = ensure_dev_keys(tmp_path)
+    token = mint_token(keys.signing_key_path, keys.kid, "carol", ttl_seconds=120, team="ops")
+    assert jwt.get_unverified_header(token)["kid"] == keys.kid
+    key = jwt.PyJWKSet.from_dict(json.loads(keys.jwks_path.read_text()))[keys.kid]
+    claims = jwt.decode(token, key.key, algorithms=["ES256"])
+    assert (claims["username"], claims["sub"], claims["team"]) == ("carol", "carol", "ops")
+    assert claims["exp"] - claims["iat"] == 120
+
+
+def _token_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "devtools.token", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_token_cli_without_keys_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = _token_cli("--username", "admin-user", "--dir", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "./dev/up" in result.stderr
+
+
+def test_token_cli_mints_with_the_dev_key(tmp_path: Path) -> None:
+    keys = ensure_dev_keys(tmp_path / "keys")
+    result = _token_cli("--username", "admin-user", "--ttl", "60", "--dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    key = jwt.PyJWKSet.from_dict(json.loads(keys.jwks_path.read_text()))[keys.kid]
+    claims = jwt.decode(result.stdout.strip(), key.key, algorithms=["ES256"])
+    assert claims["username"] == "admin-user" and claims["exp"] - claims["iat"] == 60
+
+
+# --- dev/up -------------------------------------------------------------------------------------
+
+_STUB = """
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+if os.environ.get("STUB_EXIT"):
+    sys.exit(int(os.environ["STUB_EXIT"]))
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"status": "healthy", "env": dict(os.environ)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+HTTPServer(("127.0.0.1", int(os.environ["API_PORT"])), Handler).serve_forever()
+"""
+_RUN_UP = "import devtools.up as up; up.PROCESSES[:] = [('dev_stub', 'API_PORT', 8080)]; up.main()"
+
+
+@pytest.fixture
+def up_dir() -> Iterator[Path]:
+    """A scratch dir for a dev/up run that the postgres user can traverse, with a stub process."""
+    base = Path(tempfile.mkdtemp(prefix="dynconfig-up-"))
+    os.chmod(base, 0o755)
+    (base / "dev_stub.py").write_text(textwrap.dedent(_STUB))
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _up_env(up_dir: Path, **extra: str) -> dict[str, str]:
+    unset = ("POSTGRES_URL", "REDIS_URL", "REDIS_HOST", "JWKS_URL", "ENCRYPTION_KEYS")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env.update(PYTHONPATH=f"{up_dir}{os.pathsep}{REPO_ROOT}", DYNCONFIG_DEV_DIR=str(up_dir / ".dev"), **extra)
+    return env
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_up_runs_everything_and_stops_it_on_sigterm(up_dir: Path) -> None:
+    pg_port, redis_port, api_port = free_port(), free_port(), free_port()
+    env = _up_env(up_dir, DEV_PG_PORT=str(pg_port), DEV_REDIS_PORT=str(redis_port), API_PORT=str(api_port),
+                  MY_SETTING="kept")
+    log = up_dir / "up.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", _RUN_UP], cwd=REPO_ROOT, env=env, stdout=out, stderr=out)
+    try:
+        _wait_for(lambda: "is up at" in log.read_text(), 60, f"the banner; log:\n{log.read_text()}")
+        text = log.read_text()
+        assert f"http://localhost:{api_port}" in text and "./dev/token --username admin-user" in text
+
+        child_env = _get_json(f"http://127.0.0.1:{api_port}/health")["env"]
+        assert child_env["POSTGRES_URL"] == f"postgresql://dynconfig@127.0.0.1:{pg_port}/dynconfig"
+        assert child_env["REDIS_URL"] == f"redis://127.0.0.1:{redis_port}/0"
+        assert child_env["JWKS_URL"] == (up_dir / ".dev" / "keys" / "jwks.json").as_uri()
+        assert child_env["ENCRYPTION_KEYS"].startswith("dev1:")
+        assert child_env["MY_SETTING"] == "kept"
+        assert _rows(child_env["POSTGRES_URL"], "SELECT 1") == [(1,)]
+        assert _ping(child_env["REDIS_URL"])
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert not any(port_in_use(p) for p in (pg_port, redis_port, api_port))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_up_stops_when_a_process_dies(up_dir: Path, pg_server: PostgresServer, redis_server: RedisServer) -> None:
+    env = _up_env(up_dir, POSTGRES_URL=pg_server.url, REDIS_URL=redis_server.url, API_PORT=str(free_port()),
+                  STUB_EXIT="3")
+    result = subprocess.run([sys.executable, "-c", _RUN_UP], cwd=REPO_ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    assert "dev_stub exited with status 3" in result.stderr
+    assert not (up_dir / ".dev" / "postgres").exists()  # an external POSTGRES_URL starts no server
+
+
+def test_build_env_passes_user_settings_through(tmp_path: Path) -> None:
+    keys = ensure_dev_keys(tmp_path)
+    env = build_env({"LOG_LEVEL": "DEBUG", "JWKS_URL": "https://idp/jwks", "X": "1"}, keys, "postgresql://h/db", None,
+                    [("api_server", "API_PORT", 8080), ("notifier", "NOTIFIER_PORT", 8081)])
+    assert env["POSTGRES_URL"] == "postgresql://h/db" and "REDIS_URL" not in env
+    assert (env["LOG_LEVEL"], env["JWKS_URL"], env["X"]) == ("DEBUG", "https://idp/jwks", "1")
+    assert env["ENCRYPTION_KEYS"] == keys.encryption_keys
+    assert (env["API_PORT"], env["NOTIFIER_PORT"]) == ("8080", "8081")
