@@ -19,7 +19,8 @@ CALLER = web.RequestKey("caller", Caller)
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Verify the bearer token and apply the caller's rate limit."""
-    if request.path in OPEN_PATHS or request.match_info.http_exception is not None:
+    # Unknown routes need a token too: an anonymous caller learns nothing about which paths exist.
+    if request.path in OPEN_PATHS:
         return await handler(request)
     token = bearer_token(request.headers.get("Authorization"))
     principal, _exp = await request.app[VERIFIER].verify(token)

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiopg
 
+from shared import changelog
 from shared.acl import Acl, Principal, may_access, may_create
 from shared.cache import ValueCache
 from shared.changes import (
@@ -85,13 +86,16 @@ def _deny(action: str, key: str) -> Forbidden:
     return Forbidden(f"You may not {action} key '{key}'")
 
 
-def _missing_or_denied(who: Principal, key: str, state: KeyState | None, ns_acls: dict[str, Acl]) -> Exception:
-    """404 for a key the caller could read if it existed; otherwise 403 (never reveal existence)."""
+def _missing_or_denied(
+    who: Principal, key: str, state: KeyState | None, ns_acls: dict[str, Acl], action: str = "read"
+) -> Exception:
+    """404 for a key the caller could read if it existed; otherwise the same 403 an existing key would
+    give for ``action`` (never reveal existence, not even through the message)."""
     acl = state.acl if state else None
     creator = state.creator if state else ""
     if may_access(who, "read", key=key, key_acl=acl, creator=creator, namespace_acls=ns_acls):
         return NotFound("Key does not exist")
-    return _deny("read", key)
+    return _deny(action, key)
 
 
 async def put_key(
@@ -109,7 +113,7 @@ async def put_key(
         if state.deleted:
             check_if_match(if_match, None)
             if not may_create(who, key=key, namespace_acls=ns_acls):
-                raise _deny("create", key)
+                raise _deny("write", key)
             acls = body.get("acls")
             new = NewState(value_enc, body.get("ttl"), _acl(acls), who.username)
             action = "create"
@@ -143,7 +147,7 @@ async def patch_key(
         state = await lock_key(cur, key)
         ns_acls = await namespace_acls_for(cur, key)
         if state is None or not state.live(now):
-            raise _missing_or_denied(who, key, state, ns_acls)
+            raise _missing_or_denied(who, key, state, ns_acls, "write")
         if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
             raise _deny("write", key)
         check_if_match(if_match, state)
@@ -168,7 +172,7 @@ async def delete_key(store: Store, caller: Caller, key: str, if_match: list[str]
         state = await lock_key(cur, key)
         ns_acls = await namespace_acls_for(cur, key)
         if state is None or not state.live(now):
-            raise _missing_or_denied(who, key, state, ns_acls)
+            raise _missing_or_denied(who, key, state, ns_acls, "write")
         if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
             raise _deny("write", key)
         check_if_match(if_match, state)
@@ -255,6 +259,34 @@ async def list_keys(
     ]
     remaining = [key for key in readable if key > after]
     return remaining[:limit], len(readable), len(remaining) > limit
+
+
+async def poll_events(
+    store: Store, caller: Caller, since: int, namespace: str | None, limit: int
+) -> tuple[list[dict[str, Any]], int, bool, bool]:
+    """Readable events after revision ``since``: (events, revision to poll from next, more?, reset?)."""
+    who = caller.principal
+    patterns = None if namespace is None else [_like_escape(namespace) + ".%", _like_escape(namespace) + "/%"]
+    async with store.pool.acquire() as conn, conn.cursor() as cur:
+        head_revision, pruned = await changelog.head(cur)
+        if since < pruned:
+            return [], head_revision, False, True
+        ns_acls = await all_namespace_acls(cur)
+        events: list[dict[str, Any]] = []
+        position = since
+        while len(events) < limit and position < head_revision:
+            page = await changelog.events_after(cur, position, through=head_revision, patterns=patterns, limit=limit)
+            for event in page:
+                position = event.revision
+                if changelog.may_read_event(who, event.readers(ns_acls)):
+                    events.append(event.wire(store.keyring))
+                    if len(events) == limit:
+                        break
+            if len(page) < limit:
+                if len(events) < limit:
+                    position = head_revision
+                break
+    return events, position, position < head_revision, False
 
 
 def _like_escape(text: str) -> str:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import psycopg2
 import redis
@@ -152,7 +152,7 @@ class _ChildServer:
         self.stop()
         self.start()
 
-    def __enter__(self) -> _ChildServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -233,8 +233,17 @@ class PostgresServer(_ChildServer):
         os.chmod(self.data_dir, 0o700)
         if (self.data_dir / "PG_VERSION").exists():
             return
-        cmd = [str(self._bindir / "initdb"), "-D", str(self.data_dir), "--auth=trust",
-               "-U", self.user, "-E", "UTF8", "--no-sync"]
+        cmd = [
+            str(self._bindir / "initdb"),
+            "-D",
+            str(self.data_dir),
+            "--auth=trust",
+            "-U",
+            self.user,
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]
         with open(self.log_path, "ab") as log:
             proc = self._spawn(cmd, log, **self._user_kwargs())
             if proc.wait() != 0:
@@ -242,13 +251,24 @@ class PostgresServer(_ChildServer):
 
     def _command(self) -> list[str]:
         return [
-            str(self._bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self._port),
+            str(self._bindir / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(self._port),
             # TCP on 127.0.0.1 only; no Unix socket, so nothing collides with a system cluster.
             # fsync=off survives a killed server (the OS still has the writes), unlike
             # synchronous_commit=off, which could lose commits a crash test expects to find.
-            "-h", "127.0.0.1", "-k", "",
-            "-c", "fsync=off", "-c", "full_page_writes=off",
-            "-c", "max_connections=200",
+            "-h",
+            "127.0.0.1",
+            "-k",
+            "",
+            "-c",
+            "fsync=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=200",
         ]
 
     def _spawn(self, cmd: Sequence[str], log: IO[bytes], **kwargs: Any) -> subprocess.Popen[bytes]:
@@ -297,8 +317,21 @@ class RedisServer(_ChildServer):
 
     def _command(self) -> list[str]:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        return [binary, "--port", str(self._port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.data_dir), "--daemonize", "no"]
+        return [
+            binary,
+            "--port",
+            str(self._port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.data_dir),
+            "--daemonize",
+            "no",
+        ]
 
     def _ready(self) -> bool:
         client = redis.Redis(host="127.0.0.1", port=self._port, socket_connect_timeout=1, socket_timeout=1)

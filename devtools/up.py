@@ -29,10 +29,13 @@ logger = logging.getLogger(__name__)
 
 #: (module run with ``python -m``, its port variable, default port). Adding a process is one line.
 PROCESSES: list[tuple[str, str, int]] = [
-    ("api_server", "API_PORT", 8080),
+    ("api_server", "API_PORT", 8090),
+    ("notifier", "NOTIFIER_PORT", 8081),
+    ("expiry_worker", "EXPIRY_PORT", 8082),
+    ("devtools.frontdoor", "FRONTDOOR_PORT", 8080),  # one origin: /watch → notifier, the rest → API
 ]
-#: The port variable of the process users talk to (the front door, once there is one).
-PUBLIC_PORT_VAR = "API_PORT"
+#: The port variable of the process users talk to.
+PUBLIC_PORT_VAR = "FRONTDOOR_PORT"
 
 HEALTH_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
@@ -66,10 +69,18 @@ def build_env(
     env.setdefault("JWKS_URL", keys.jwks_url)
     env.setdefault("ENCRYPTION_KEYS", keys.encryption_keys)
     env.setdefault("LOG_LEVEL", "INFO")
+    env.setdefault("HOST", "127.0.0.1")  # a dev run listens on loopback only
     env.setdefault("PYTHONUNBUFFERED", "1")
     for _, port_var, default in processes:
         env.setdefault(port_var, str(default))
     return env
+
+
+def _port(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name) or str(default)
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ServerError(f"{name} must be a TCP port number, got {raw!r}")
+    return int(raw)
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -108,14 +119,16 @@ def _stop_children(children: Sequence[_Child]) -> None:
 
 def _banner(env: Mapping[str, str]) -> str:
     base = f"http://localhost:{env[PUBLIC_PORT_VAR]}"
-    return "\n".join([
-        "",
-        f"  DynConfig is up at {base}",
-        "  Get a token:   ./dev/token --username admin-user",
-        f"  Try it:        curl -H \"Authorization: Bearer $(./dev/token --username admin-user)\" {base}/keys",
-        "  Stop:          Ctrl-C",
-        "",
-    ])
+    return "\n".join(
+        [
+            "",
+            f"  DynConfig is up at {base}",
+            "  Get a token:   ./dev/token --username admin-user",
+            f'  Try it:        curl -H "Authorization: Bearer $(./dev/token --username admin-user)" {base}/keys',
+            "  Stop:          Ctrl-C",
+            "",
+        ]
+    )
 
 
 def run(dev_dir: Path, environ: Mapping[str, str], processes: Sequence[tuple[str, str, int]] = PROCESSES) -> int:
@@ -127,32 +140,29 @@ def run(dev_dir: Path, environ: Mapping[str, str], processes: Sequence[tuple[str
     try:
         pg_url = redis_url = None
         if not environ.get("POSTGRES_URL"):
-            pg = PostgresServer(dev_dir / "postgres", int(environ.get("DEV_PG_PORT", "54329")))
+            pg = PostgresServer(dev_dir / "postgres", _port(environ, "DEV_PG_PORT", 54329))
             servers.append(pg)
             pg.start()
             pg_url = pg.url
         if not environ.get("REDIS_URL") and not environ.get("REDIS_HOST"):
-            rd = RedisServer(dev_dir / "redis", int(environ.get("DEV_REDIS_PORT", "63799")))
+            rd = RedisServer(dev_dir / "redis", _port(environ, "DEV_REDIS_PORT", 63799))
             servers.append(rd)
             rd.start()
             redis_url = rd.url
         env = build_env(environ, ensure_dev_keys(dev_dir / "keys"), pg_url, redis_url, processes)
         for name, port_var, _ in processes:
-            port = int(env[port_var])
+            port = _port(env, port_var, 0)
             if port_in_use(port):
                 _say(f"port {port} ({port_var}) is already in use; is another dev/up running?")
                 return 1
-            # Defer Ctrl-C while spawning so that no child can start without being recorded.
-            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-            try:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", name], env=env, stdin=subprocess.DEVNULL,
-                    start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
-                    preexec_fn=die_with_parent(signal.SIGTERM),
-                )
-                children.append(_Child(name, port, proc))
-            finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", name],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+                preexec_fn=die_with_parent(signal.SIGTERM),  # and they die with us even if we are killed
+            )
+            children.append(_Child(name, port, proc))
         deadline = time.monotonic() + HEALTH_TIMEOUT
         waiting = list(children)
         while waiting:
@@ -188,6 +198,7 @@ def run(dev_dir: Path, environ: Mapping[str, str], processes: Sequence[tuple[str
         _stop_children(children)
         for server in reversed(servers):
             server.stop()
+        _say("stopped")
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ class JwksCache:
         self.url = url
         self._session = session
         self._keys: dict[str, jwt.PyJWK] = {}
-        self._last_fetch = float("-inf")
+        self._last_kid_refresh = float("-inf")
         self._lock = asyncio.Lock()
         self.generation = 0  # bumped whenever a kid disappears, to drop cached verifications
 
@@ -54,7 +54,6 @@ class JwksCache:
     async def refresh(self) -> None:
         """Fetch the JWKS now; keep the old keys if the fetch fails."""
         async with self._lock:
-            self._last_fetch = time.monotonic()
             document = await self._fetch()
             keys = parse_jwks(document)
             if set(self._keys) - set(keys):
@@ -64,7 +63,10 @@ class JwksCache:
     async def key_for(self, kid: str | None) -> jwt.PyJWK:
         """The key a token names; refresh (rate-limited) when the kid is unknown."""
         key = self._lookup(kid)
-        if key is None and time.monotonic() - self._last_fetch >= UNKNOWN_KID_REFRESH_SECONDS:
+        if key is None and time.monotonic() - self._last_kid_refresh >= UNKNOWN_KID_REFRESH_SECONDS:
+            # Only refreshes caused by unknown kids count here: anyone can send a token with a random
+            # kid, and that must not make us hammer the JWKS endpoint.
+            self._last_kid_refresh = time.monotonic()
             try:
                 await self.refresh()
             except JwksError as exc:

@@ -14,6 +14,7 @@ import aiopg
 from .acl import Acl
 from .audit import AuditRecord, record
 from .model import KeyState
+from .sql import expiry as expiry_sql
 from .sql import history as history_sql
 from .sql import keys as keys_sql
 from .sql import namespaces as ns_sql
@@ -98,6 +99,8 @@ async def write_change(
     await cur.execute(outbox_sql.INSERT, params)
     await record(cur, AuditRecord(actor, action, before.key, "ok", request_id, version, now))
     await cur.execute(outbox_sql.NOTIFY)
+    if expires_at is not None:
+        await cur.execute(expiry_sql.NOTIFY)
     return KeyState.from_row(row)
 
 

@@ -69,4 +69,22 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX audit_by_at ON audit_log (at);
         """,
     ),
+    (
+        2,
+        "revisions: relay state, revision on history and keys",
+        """
+        -- One row: the last revision the relay assigned and the newest one pruned from the outbox.
+        CREATE TABLE relay_state (
+            id             boolean PRIMARY KEY DEFAULT true CHECK (id),
+            head           bigint NOT NULL DEFAULT 0,
+            pruned_through bigint NOT NULL DEFAULT 0
+        );
+        INSERT INTO relay_state DEFAULT VALUES;
+        -- The revision of each version once relayed (history is kept for ever; the outbox is pruned).
+        ALTER TABLE key_history ADD COLUMN revision bigint;
+        -- The revision of the key's current version, NULL until the relay has assigned it.
+        ALTER TABLE keys ADD COLUMN revision bigint;
+        CREATE INDEX outbox_by_at ON outbox (at) WHERE revision IS NOT NULL;
+        """,
+    ),
 ]

@@ -56,6 +56,8 @@ class Settings:
     cache_ttl_seconds: int = 60
     #: How long a process waits for Postgres at start-up before giving up.
     startup_timeout_seconds: float = 30.0
+    #: How long relayed changes stay in the change log (watch resume and polling reach back this far).
+    changelog_retention_seconds: int = 86400
     #: JWKS refresh period (unknown ``kid`` also triggers a refresh, at most once per 30 s).
     jwks_refresh_seconds: float = 300.0
 
@@ -101,6 +103,7 @@ class Settings:
             notifier_port=_int(env, "NOTIFIER_PORT", 8081, minimum=1, maximum=65535),
             expiry_port=_int(env, "EXPIRY_PORT", 8082, minimum=1, maximum=65535),
             cache_ttl_seconds=_int(env, "CACHE_TTL_SECONDS", 60, minimum=1),
+            changelog_retention_seconds=_int(env, "CHANGELOG_RETENTION_SECONDS", 86400, minimum=60),
             startup_timeout_seconds=float(_int(env, "STARTUP_TIMEOUT_SECONDS", 30, minimum=0)),
         )
         if cert:

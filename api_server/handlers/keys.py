@@ -79,16 +79,31 @@ async def delete_key(request: web.Request) -> web.Response:
 async def list_keys(request: web.Request) -> web.Response:
     """Readable keys, sorted, a page at a time."""
     query = request.query
-    if "since_version" in query:
-        raise BadRequest("Polling with since_version is not available yet on this server")
     namespace = validate_namespace(query["namespace"]) if "namespace" in query else None
     limit = parse_limit(query.get("limit"))
+    if "since_version" in query:
+        return await _poll(request, namespace, limit)
     after = decode_cursor(query.get("cursor"), str) or ""
     keys, total, more = await store.list_keys(store_of(request), caller_of(request), namespace, after, limit)
     audit(request, "list", namespace, "ok")
     body: dict[str, object] = {"keys": keys, "total": total}
     if more:
         body["next"] = encode_cursor(keys[-1])
+    return json_response(body)
+
+
+async def _poll(request: web.Request, namespace: str | None, limit: int) -> web.Response:
+    """The poll fallback: events after ``since_version`` (a revision), for consumers without WebSockets."""
+    raw = request.query["since_version"]
+    if not raw.isdigit():
+        raise BadRequest("since_version must be a whole number >= 0", fields={"since_version": ["not a revision"]})
+    events, revision, more, reset = await store.poll_events(
+        store_of(request), caller_of(request), int(raw), namespace, limit
+    )
+    audit(request, "poll", namespace, "ok")
+    body: dict[str, object] = {"events": events, "revision": revision, "more": more}
+    if reset:
+        body["reset"] = True
     return json_response(body)
 
 

@@ -36,6 +36,7 @@ async def put_namespace(request: web.Request) -> web.Response:
             {"ns": namespace, "read": acls["read"], "write": acls["write"], "actor": caller.username, "now": now},
         )
         (created,) = await cur.fetchone()
+        await cur.execute(sql.NOTIFY)
         await record(cur, AuditRecord(caller.username, "namespace.put", namespace, "ok", caller.request_id, at=now))
     body = {"namespace": namespace, "acls": acls, "updatedBy": caller.username, "updatedAt": rfc3339(now)}
     return json_response(body, status=201 if created else 200)
@@ -71,5 +72,6 @@ async def delete_namespace(request: web.Request) -> web.Response:
             await cur.execute(sql.DELETE, {"ns": namespace})
             if cur.rowcount == 0:
                 raise NotFound(f"Namespace '{namespace}' has no ACL")
+            await cur.execute(sql.NOTIFY)
             await record(cur, AuditRecord(caller.username, "namespace.delete", namespace, "ok", caller.request_id))
     return web.Response(status=204)

@@ -1,0 +1,121 @@
+"""``python -m devtools.frontdoor``: the local run's single origin (what the Ingress is in Kubernetes).
+
+``/watch`` (WebSocket) goes to the notifier, everything else to the API server, so the seed's examples
+(`curl http://localhost:8080/keys/…`, `new WebSocket('ws://localhost:8080/watch')`) work on one port.
+Development only: in production a real ingress or load balancer does this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+log = logging.getLogger(__name__)
+
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+API_URL = web.AppKey("api_url", str)
+NOTIFIER_URL = web.AppKey("notifier_url", str)
+_HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "content-length", "te", "trailer"}
+_WS_FORWARD = ("Authorization", "X-Request-Id")
+
+
+def _bad_gateway(message: str) -> web.Response:
+    return web.json_response({"error": "Bad Gateway", "message": message}, status=502)
+
+
+async def proxy_http(request: web.Request) -> web.StreamResponse:
+    """Forward a plain HTTP request to the API server and its answer back."""
+    url = request.app[API_URL] + request.rel_url.raw_path_qs
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+    body = await request.read()
+    try:
+        async with request.app[SESSION].request(
+            request.method, url, headers=headers, data=body or None, allow_redirects=False
+        ) as upstream:
+            payload = await upstream.read()
+            out = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP | {"content-encoding"}}
+            return web.Response(status=upstream.status, body=payload, headers=out)
+    except aiohttp.ClientError as exc:
+        return _bad_gateway(f"API server unreachable: {exc.__class__.__name__}")
+
+
+async def proxy_watch(request: web.Request) -> web.StreamResponse:
+    """Bridge a WebSocket to the notifier, passing messages and the close code both ways."""
+    url = request.app[NOTIFIER_URL] + request.rel_url.raw_path_qs
+    headers = {name: request.headers[name] for name in _WS_FORWARD if name in request.headers}
+    try:
+        upstream = await request.app[SESSION].ws_connect(url, headers=headers, autoping=True, max_msg_size=0)
+    except aiohttp.ClientError as exc:
+        return _bad_gateway(f"notifier unreachable: {exc.__class__.__name__}")
+    client = web.WebSocketResponse(autoping=True, max_msg_size=0)
+    await client.prepare(request)
+
+    async def downstream() -> None:
+        async for msg in upstream:
+            if msg.type == WSMsgType.TEXT:
+                await client.send_str(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await client.send_bytes(msg.data)
+        await client.close(code=upstream.close_code or 1000, message=b"")
+
+    async def upstream_pump() -> None:
+        async for msg in client:
+            if msg.type == WSMsgType.TEXT:
+                await upstream.send_str(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await upstream.send_bytes(msg.data)
+        await upstream.close(code=client.close_code or 1000)
+
+    tasks = [asyncio.create_task(downstream()), asyncio.create_task(upstream_pump())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await task
+        await upstream.close()
+        await client.close()
+    return client
+
+
+async def _session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        app[SESSION] = session
+        yield
+
+
+def create_app(api_url: str, notifier_url: str) -> web.Application:
+    """The front door, forwarding to ``api_url`` and (``/watch``) ``notifier_url``."""
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app[API_URL] = api_url.rstrip("/")
+    app[NOTIFIER_URL] = notifier_url.rstrip("/")
+    app.cleanup_ctx.append(_session_ctx)
+    app.router.add_get("/watch", proxy_watch)
+    app.router.add_route("*", "/{tail:.*}", proxy_http)
+    return app
+
+
+def main() -> None:
+    env = os.environ
+    try:
+        port = int(env.get("FRONTDOOR_PORT", "8080"))
+        api = f"http://127.0.0.1:{int(env.get('API_PORT', '8090'))}"
+        notifier = f"http://127.0.0.1:{int(env.get('NOTIFIER_PORT', '8081'))}"
+    except ValueError as exc:
+        print(f"frontdoor: invalid port setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(level=env.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s frontdoor: %(message)s")
+    web.run_app(
+        create_app(api, notifier), host="127.0.0.1", port=port, print=None, access_log=None, shutdown_timeout=5.0
+    )
+
+
+if __name__ == "__main__":
+    main()

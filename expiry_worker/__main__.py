@@ -1,0 +1,3 @@
+from expiry_worker.main import main
+
+main()

@@ -1,0 +1,87 @@
+"""Soft-deleting keys whose TTL has run out (SPEC §3): version +1, an ``expired`` event, an audit row.
+
+The worker sleeps until the next known deadline and is woken by ``NOTIFY dynconfig_ttl`` when a write
+sets a new one, so an ``expired`` event leaves well within a second of the deadline. Replicas share
+the work through ``FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+
+import aiopg
+import psycopg2
+from prometheus_client import Counter, Histogram
+
+from shared.changes import expire
+from shared.model import KeyState
+from shared.sql import expiry as sql
+from shared.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+BATCH = 200
+MAX_SLEEP_SECONDS = 5.0
+
+
+class ExpiryWorker:
+    """``run_once()`` expires what is due now; ``run()`` does so for ever."""
+
+    def __init__(self, dsn: str, pool: aiopg.Pool, expiries: Counter, delay: Histogram) -> None:
+        self._dsn = dsn
+        self._pool = pool
+        self._expiries = expiries
+        self._delay = delay
+
+    async def run_once(self) -> int:
+        """Expire every key whose deadline has passed; return how many."""
+        total = 0
+        while True:
+            now = utcnow()
+            async with self._pool.acquire() as conn, conn.cursor() as cur, cur.begin():
+                await cur.execute(sql.DUE, {"now": now, "limit": BATCH})
+                states = [KeyState.from_row(row) for row in await cur.fetchall()]
+                for state in states:
+                    await expire(cur, state, now)
+            for state in states:
+                assert state.expires_at is not None
+                self._delay.observe(max(0.0, (now - state.expires_at).total_seconds()))
+            self._expiries.inc(len(states))
+            total += len(states)
+            if len(states) < BATCH:
+                return total
+
+    async def next_deadline(self) -> datetime | None:
+        async with self._pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(sql.NEXT_DEADLINE)
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def run(self) -> None:
+        """Expire due keys, then sleep until the next deadline or a wake-up, for ever."""
+        delay = 0.5
+        while True:
+            try:
+                async with aiopg.connect(self._dsn, timeout=10.0) as conn, conn.cursor() as cur:
+                    await cur.execute("LISTEN dynconfig_ttl")
+                    delay = 0.5
+                    while True:
+                        expired = await self.run_once()
+                        if expired:
+                            log.info("expired %d keys", expired)
+                        deadline = await self.next_deadline()
+                        sleep = MAX_SLEEP_SECONDS
+                        if deadline is not None:
+                            sleep = min(sleep, max(0.0, (deadline - utcnow()).total_seconds()))
+                        try:
+                            await asyncio.wait_for(conn.notifies.get(), timeout=sleep)
+                        except TimeoutError:
+                            pass
+                        while not conn.notifies.empty():
+                            conn.notifies.get_nowait()
+            except (psycopg2.Error, OSError, TimeoutError) as exc:
+                log.warning("expiry: %s; retrying", exc.__class__.__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -1,0 +1,73 @@
+"""Assembly of the expiry worker: an aiohttp app serving /health and /metrics around its loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import psycopg2
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+
+from shared.db import pool_ctx
+from shared.keys import DB_POOL, METRICS, PROCESS, SETTINGS
+from shared.metrics import Metrics, metrics_handler, metrics_middleware
+from shared.settings import Settings, SettingsError, exit_on_bad_settings
+from shared.tasks import cancel_and_wait
+from shared.web import error_middleware, json_response, run, setup_logging
+
+from .expiry import ExpiryWorker
+
+PROCESS_NAME = "expiry_worker"
+WORKER = web.AppKey("worker", ExpiryWorker)
+
+
+async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
+    registry = app[METRICS].registry
+    expiries = Counter("dynconfig_expiries_total", "Keys soft-deleted by expiry.", registry=registry)
+    delay = Histogram(
+        "dynconfig_expiry_delay_seconds",
+        "From a key's deadline to its expiry being committed.",
+        registry=registry,
+        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
+    )
+    worker = ExpiryWorker(app[SETTINGS].postgres_url, app[DB_POOL], expiries, delay)
+    app[WORKER] = worker
+    task = asyncio.create_task(worker.run(), name="expiry")
+    try:
+        yield
+    finally:
+        await cancel_and_wait(task)
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 while Postgres answers."""
+    try:
+        async with request.app[DB_POOL].acquire() as conn, conn.cursor() as cur:
+            await asyncio.wait_for(cur.execute("SELECT 1"), timeout=2.0)
+    except (psycopg2.Error, OSError, TimeoutError):
+        body = {"status": "unhealthy", "error": "Service Unavailable", "message": "Postgres is unavailable"}
+        return json_response({**body, "checks": {"postgres": "unavailable"}}, status=503)
+    return json_response({"status": "healthy", "checks": {"postgres": "ok"}})
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The expiry worker application."""
+    app = web.Application(middlewares=[metrics_middleware, error_middleware])
+    app[SETTINGS] = settings
+    app[PROCESS] = PROCESS_NAME
+    app[METRICS] = Metrics(PROCESS_NAME)
+    app.cleanup_ctx.extend([pool_ctx, _worker_ctx])
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics_handler)
+    return app
+
+
+def main() -> None:
+    """Read the environment, then run until SIGTERM."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        exit_on_bad_settings(PROCESS_NAME, exc)
+    setup_logging(settings.log_level)
+    run(create_app(settings), process=PROCESS_NAME, host=settings.host, port=settings.expiry_port)

@@ -1,0 +1,268 @@
+"""The hub: one per notifier replica. It follows the event stream and fans each event out.
+
+Events arrive from Redis pub/sub in batches. The hub keeps the last revision it fanned out; an event
+that skips ahead makes it backfill the gap from Postgres first, one it has seen is dropped. While
+Redis is down it reads Postgres instead (woken by ``NOTIFY dynconfig_revisions``), and it polls once a
+second regardless, so no event is ever lost on the way. Each event is encoded into one WebSocket frame
+that is written to every entitled subscriber (:mod:`notifier.frames`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Iterable
+from typing import Protocol
+
+import aiopg
+import psycopg2
+
+from shared.acl import Acl, Principal
+from shared.changelog import ChangeEvent, events_after, head, may_read_event
+from shared.changes import all_namespace_acls
+from shared.crypto import Keyring
+from shared.redis import REDIS_ERRORS, RedisLink
+from shared.tasks import cancel_and_wait
+from shared.timeutil import utcnow
+from shared.wire import CHANNEL, decode_batch
+
+from .frames import json_frame
+from .metrics import NotifierMetrics
+
+log = logging.getLogger(__name__)
+
+BACKFILL_PAGE = 1000
+SAFETY_POLL_SECONDS = 1.0
+NAMESPACE_REFRESH_SECONDS = 5.0
+
+
+class Subscriber(Protocol):
+    """What the hub needs of a watch connection."""
+
+    principal: Principal
+
+    def deliver(self, revision: int, frame: bytes) -> None: ...
+
+
+class Patterns:
+    """An index of watch patterns: exact keys and prefixes (``app.*`` → prefix ``app.``; ``*`` → ``""``)."""
+
+    def __init__(self) -> None:
+        self.exact: dict[str, set[Subscriber]] = {}
+        self.prefix: dict[str, set[Subscriber]] = {}
+
+    @staticmethod
+    def _slot(pattern: str) -> tuple[bool, str]:
+        return (True, pattern[:-1]) if pattern.endswith("*") else (False, pattern)
+
+    def add(self, subscriber: Subscriber, patterns: Iterable[str]) -> None:
+        for pattern in patterns:
+            is_prefix, text = self._slot(pattern)
+            (self.prefix if is_prefix else self.exact).setdefault(text, set()).add(subscriber)
+
+    def remove(self, subscriber: Subscriber, patterns: Iterable[str]) -> None:
+        for pattern in patterns:
+            is_prefix, text = self._slot(pattern)
+            index = self.prefix if is_prefix else self.exact
+            members = index.get(text)
+            if members is not None:
+                members.discard(subscriber)
+                if not members:
+                    del index[text]
+
+    def matching(self, key: str) -> set[Subscriber]:
+        """Everyone with a pattern that matches ``key``."""
+        found: set[Subscriber] = set(self.exact.get(key, ()))
+        prefix = self.prefix
+        if prefix:
+            for end in range(len(key) + 1):
+                members = prefix.get(key[:end])
+                if members:
+                    found |= members
+        return found
+
+
+def pattern_matches(pattern: str, key: str) -> bool:
+    """Does one watch pattern match ``key``?"""
+    return key.startswith(pattern[:-1]) if pattern.endswith("*") else key == pattern
+
+
+class Hub:
+    """Follows the change stream for this replica and fans it out to :class:`Subscriber` objects."""
+
+    def __init__(self, dsn: str, pool: aiopg.Pool, link: RedisLink, keyring: Keyring, metrics: NotifierMetrics):
+        self._dsn = dsn
+        self._pool = pool
+        self._link = link
+        self.keyring = keyring
+        self._metrics = metrics
+        self.patterns = Patterns()
+        self.namespace_acls: dict[str, Acl] = {}
+        self.last = 0
+        self.redis_ok = False
+        self._inbox: deque[list[ChangeEvent]] = deque()
+        self._wake = asyncio.Event()
+        self._poll_now = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.ready = asyncio.Event()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read the current head and the namespace ACLs, then start the background tasks."""
+        async with self._pool.acquire() as conn, conn.cursor() as cur:
+            self.last, _ = await head(cur)
+            self.namespace_acls = await all_namespace_acls(cur)
+        self._metrics.hub_revision.set(self.last)
+        self._tasks = [
+            asyncio.create_task(self._pump(), name="hub-pump"),
+            asyncio.create_task(self._redis_listener(), name="hub-redis"),
+            asyncio.create_task(self._pg_listener(), name="hub-pg"),
+            asyncio.create_task(self._ticker(), name="hub-tick"),
+        ]
+        self.ready.set()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            await cancel_and_wait(task)
+
+    # --- inputs ------------------------------------------------------------------------------------
+
+    async def _redis_listener(self) -> None:
+        delay = 0.2
+        while True:
+            pubsub = self._link.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(CHANNEL)
+                self._set_redis_ok(True)
+                delay = 0.2
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is None:
+                        await pubsub.ping()  # notice a dead connection even when nothing is published
+                        continue
+                    if message.get("type") == "message":
+                        self._inbox.append(decode_batch(message["data"]))
+                        self._wake.set()
+            except REDIS_ERRORS as exc:
+                if self.redis_ok:
+                    log.warning("hub: Redis subscription lost (%s); reading events from Postgres", exc)
+                self._set_redis_ok(False)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except REDIS_ERRORS:
+                    pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _set_redis_ok(self, ok: bool) -> None:
+        if ok and not self.redis_ok:
+            log.info("hub: subscribed to Redis channel %s", CHANNEL)
+            self._poll_now = True  # catch up on anything published while we were away
+            self._wake.set()
+        self.redis_ok = ok
+
+    async def _pg_listener(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                async with aiopg.connect(self._dsn, timeout=10.0) as conn, conn.cursor() as cur:
+                    await cur.execute("LISTEN dynconfig_revisions")
+                    await cur.execute("LISTEN dynconfig_namespaces")
+                    await self._reload_namespaces()
+                    delay = 0.5
+                    while True:
+                        try:
+                            note = await asyncio.wait_for(conn.notifies.get(), timeout=10.0)
+                        except TimeoutError:
+                            await cur.execute("SELECT 1")
+                            continue
+                        if note.channel == "dynconfig_namespaces":
+                            await self._reload_namespaces()
+                        elif not self.redis_ok:
+                            self._poll_now = True
+                            self._wake.set()
+            except (TimeoutError, psycopg2.Error, OSError) as exc:
+                log.warning("hub: Postgres listener: %s; retrying", exc.__class__.__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _ticker(self) -> None:
+        elapsed = 0.0
+        while True:
+            await asyncio.sleep(SAFETY_POLL_SECONDS)
+            elapsed += SAFETY_POLL_SECONDS
+            self._poll_now = True
+            self._wake.set()
+            if elapsed >= NAMESPACE_REFRESH_SECONDS:
+                elapsed = 0.0
+                try:
+                    await self._reload_namespaces()
+                except (psycopg2.Error, OSError) as exc:
+                    log.warning("hub: cannot refresh namespace ACLs: %s", exc.__class__.__name__)
+
+    async def _reload_namespaces(self) -> None:
+        async with self._pool.acquire() as conn, conn.cursor() as cur:
+            self.namespace_acls = await all_namespace_acls(cur)
+
+    # --- the pump: the only place that advances ``last`` -----------------------------------------
+
+    async def _pump(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                while self._inbox:
+                    for event in self._inbox.popleft():
+                        await self._accept(event)
+                if self._poll_now:
+                    self._poll_now = False
+                    await self._backfill(through=None)
+            except (TimeoutError, psycopg2.Error, OSError) as exc:
+                log.warning("hub: cannot read events from Postgres (%s); retrying", exc.__class__.__name__)
+                self._poll_now = True
+                await asyncio.sleep(0.5)
+                self._wake.set()
+
+    async def _accept(self, event: ChangeEvent) -> None:
+        if event.revision <= self.last:
+            return
+        if event.revision > self.last + 1:
+            await self._backfill(through=event.revision - 1)
+            if event.revision != self.last + 1:
+                return  # the backfill already covered it
+        self._fan_out(event)
+
+    async def _backfill(self, through: int | None) -> None:
+        async with self._pool.acquire() as conn, conn.cursor() as cur:
+            while through is None or self.last < through:
+                events = await events_after(cur, self.last, through=through, limit=BACKFILL_PAGE)
+                for event in events:
+                    self._fan_out(event)
+                self._metrics.backfilled.inc(len(events))
+                if len(events) < BACKFILL_PAGE:
+                    if through is not None and self.last < through:
+                        # Revisions are contiguous, but pruning may have removed the oldest ones.
+                        self.last = through
+                    break
+
+    def _fan_out(self, event: ChangeEvent) -> None:
+        self.last = event.revision
+        self._metrics.hub_revision.set(event.revision)
+        self._metrics.propagation_lag.observe(max(0.0, (utcnow() - event.at).total_seconds()))
+        subscribers = self.patterns.matching(event.key)
+        if not subscribers:
+            return
+        readers = event.readers(self.namespace_acls)
+        frame: bytes | None = None
+        delivered = 0
+        for subscriber in subscribers:
+            if not may_read_event(subscriber.principal, readers):
+                continue
+            if frame is None:
+                frame = json_frame(event.wire(self.keyring))
+            subscriber.deliver(event.revision, frame)
+            delivered += 1
+        self._metrics.events_delivered.inc(delivered)

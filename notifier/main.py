@@ -1,0 +1,145 @@
+"""Assembly of the notifier: the relay, the hub and ``/watch`` (``python -m notifier``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import psycopg2
+from aiohttp import WSCloseCode, web
+
+from shared.audit import audit_ctx
+from shared.crypto import Keyring
+from shared.db import pool_ctx
+from shared.jwks import http_session_ctx, verifier_ctx
+from shared.keys import AUDIT, DB_POOL, KEYRING, METRICS, PROCESS, REDIS, SETTINGS, VERIFIER
+from shared.metrics import metrics_handler, metrics_middleware
+from shared.redis import redis_ctx
+from shared.settings import Settings, SettingsError, exit_on_bad_settings
+from shared.tasks import cancel_and_wait
+from shared.web import error_middleware, json_response, request_id, run, setup_logging
+
+from .hub import Hub
+from .metrics import NotifierMetrics
+from .relay import Relay
+from .watch import WatchConnection, serve
+
+PROCESS_NAME = "notifier"
+HUB = web.AppKey("hub", Hub)
+RELAY = web.AppKey("relay", Relay)
+CONNECTIONS = web.AppKey("connections", set[WatchConnection])
+NOTIFIER_METRICS = web.AppKey("notifier_metrics", NotifierMetrics)
+
+
+async def watch(request: web.Request) -> web.WebSocketResponse:
+    """``GET /watch``: upgrade, authenticate, subscribe, stream."""
+    app = request.app
+    ws = web.WebSocketResponse(heartbeat=20.0, compress=False, max_msg_size=1024 * 1024)
+    await ws.prepare(request)
+    assert request.transport is not None
+    conn = WatchConnection(
+        ws,
+        request.transport,  # type: ignore[arg-type]
+        hub=app[HUB],
+        verifier=app[VERIFIER],
+        pool=app[DB_POOL],
+        audit=app[AUDIT],
+        metrics=app[NOTIFIER_METRICS],
+        request_id=request_id(request),
+    )
+    app[CONNECTIONS].add(conn)
+    app[NOTIFIER_METRICS].connections.inc()
+    try:
+        await serve(conn, request)
+    finally:
+        app[CONNECTIONS].discard(conn)
+        app[NOTIFIER_METRICS].connections.dec()
+        await conn.finish()
+    return ws
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 while Postgres answers and the hub runs; Redis is reported (events flow without it)."""
+    checks: dict[str, object] = {}
+    try:
+        async with request.app[DB_POOL].acquire() as conn, conn.cursor() as cur:
+            await asyncio.wait_for(cur.execute("SELECT 1"), timeout=2.0)
+        checks["postgres"] = "ok"
+    except (TimeoutError, psycopg2.Error, OSError):
+        checks["postgres"] = "unavailable"
+    hub = request.app[HUB]
+    checks["redis"] = "ok" if hub.redis_ok else "unavailable (degraded: events read from Postgres)"
+    checks["relay"] = "active" if request.app[RELAY].is_leader else "standby"
+    checks["revision"] = hub.last
+    checks["connections"] = len(request.app[CONNECTIONS])
+    if checks["postgres"] != "ok":
+        body = {"status": "unhealthy", "error": "Service Unavailable", "message": "Postgres is unavailable"}
+        return json_response({**body, "checks": checks}, status=503)
+    return json_response({"status": "healthy", "checks": checks})
+
+
+async def _streams_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    metrics = app[NOTIFIER_METRICS]
+    hub = Hub(settings.postgres_url, app[DB_POOL], app[REDIS], app[KEYRING], metrics)
+    relay = Relay(
+        settings.postgres_url,
+        app[DB_POOL],
+        app[REDIS],
+        metrics,
+        retention_seconds=settings.changelog_retention_seconds,
+    )
+    app[HUB] = hub
+    app[RELAY] = relay
+    connections: set[WatchConnection] = set()
+    app[CONNECTIONS] = connections
+    await hub.start()
+    relay_task = asyncio.create_task(relay.run(), name="relay")
+    try:
+        yield
+    finally:
+        await cancel_and_wait(relay_task)
+        await hub.stop()
+
+
+async def _close_watchers(app: web.Application) -> None:
+    """On shutdown, close every watch socket with 1001 (going away)."""
+    connections = app[CONNECTIONS]
+    sockets = [conn.ws for conn in connections]
+    await asyncio.gather(
+        *(ws.close(code=WSCloseCode.GOING_AWAY, message=b"Server shutting down") for ws in sockets),
+        return_exceptions=True,
+    )
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The notifier application."""
+    app = web.Application(middlewares=[metrics_middleware, error_middleware])
+    app[SETTINGS] = settings
+    app[PROCESS] = PROCESS_NAME
+    app[KEYRING] = Keyring(settings.encryption_keys)
+    metrics = NotifierMetrics(PROCESS_NAME)
+    app[METRICS] = metrics
+    app[NOTIFIER_METRICS] = metrics
+    app.cleanup_ctx.extend([http_session_ctx, pool_ctx, audit_ctx, redis_ctx, verifier_ctx, _streams_ctx])
+    app.on_shutdown.append(_close_watchers)
+    app.router.add_get("/watch", watch)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics_handler)
+    return app
+
+
+def main() -> None:
+    """Read the environment, then serve until SIGTERM."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        exit_on_bad_settings(PROCESS_NAME, exc)
+    setup_logging(settings.log_level)
+    run(
+        create_app(settings),
+        process=PROCESS_NAME,
+        host=settings.host,
+        port=settings.notifier_port,
+        ssl_context=settings.ssl_context(),
+    )

@@ -1,0 +1,42 @@
+"""The notifier's Prometheus series (on top of the request metrics every process has)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from shared.metrics import Metrics
+
+_LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class NotifierMetrics(Metrics):
+    def __init__(self, process: str) -> None:
+        super().__init__(process)
+        r = self.registry
+        self.connections = Gauge("dynconfig_ws_connections", "Open WebSocket watch connections.", registry=r)
+        self.events_delivered = Counter(
+            "dynconfig_events_delivered_total", "Change events written to watch connections.", registry=r
+        )
+        self.propagation_lag = Histogram(
+            "dynconfig_propagation_lag_seconds",
+            "From a change's commit to its push to watchers (per event, at fan-out).",
+            registry=r,
+            buckets=_LAG_BUCKETS,
+        )
+        self.relay_lag = Histogram(
+            "dynconfig_relay_lag_seconds",
+            "From a change's commit to its revision being assigned.",
+            registry=r,
+            buckets=_LAG_BUCKETS,
+        )
+        self.outbox_backlog = Gauge("dynconfig_outbox_backlog", "Outbox rows waiting for a revision.", registry=r)
+        self.relay_leader = Gauge("dynconfig_relay_leader", "1 on the replica that currently relays.", registry=r)
+        self.slow_consumers = Counter(
+            "dynconfig_ws_slow_consumer_closes_total",
+            "Watch connections closed (4008) for falling behind.",
+            registry=r,
+        )
+        self.backfilled = Counter(
+            "dynconfig_events_backfilled_total", "Events the hub read from Postgres instead of Redis.", registry=r
+        )
+        self.hub_revision = Gauge("dynconfig_hub_revision", "Last revision this hub fanned out.", registry=r)

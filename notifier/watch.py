@@ -1,0 +1,343 @@
+"""``GET /watch``: one WebSocket connection of a watcher (SPEC §6).
+
+One reader loop per socket handles the client's messages; events are written by the hub straight to
+the socket's transport (:meth:`WatchConnection.deliver`), never awaited one socket at a time. The
+transport's write buffer is the per-connection bound: a consumer that lets it grow past
+``MAX_BUFFER_BYTES`` is closed with 4008 and resumes losslessly with ``since_version``.
+
+Ordering: a subscribe registers its patterns first (live events for it are held back), then replays
+or snapshots up to the hub's revision at that moment, then releases the held events. The replayed
+range and the held range cannot overlap, so nothing is sent twice and nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from typing import Any
+
+import aiopg
+from aiohttp import WSMsgType, web
+
+from shared.acl import Principal
+from shared.audit import AuditRecord, AuditWriter
+from shared.auth import LEEWAY_SECONDS, TokenVerifier, bearer_token
+from shared.changelog import events_after, head, like_patterns, may_read_event, snapshot
+from shared.errors import DynConfigError, Unauthorized
+from shared.validation import key_problem
+
+from .frames import json_frame
+from .hub import Hub, pattern_matches
+from .metrics import NotifierMetrics
+
+log = logging.getLogger(__name__)
+
+MAX_PATTERNS = 1000
+AUTH_TIMEOUT_SECONDS = 10.0
+MAX_BUFFER_BYTES = 4 * 1024 * 1024
+MAX_HELD_EVENTS = 10_000
+REPLAY_PAGE = 1000
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_BAD_REQUEST = 4400
+_PREFIX = re.compile(r"^[A-Za-z0-9._:/-]{0,255}\*$")
+
+
+class BadMessage(Exception):
+    """A client message we answer with an error event (the connection stays open)."""
+
+
+def pattern_problem(pattern: Any) -> str | None:
+    """Why ``pattern`` is not a valid watch pattern (exact key, or a prefix ending in ``*``)."""
+    if not isinstance(pattern, str):
+        return "patterns are strings"
+    if pattern.endswith("*"):
+        return None if _PREFIX.match(pattern) else f"invalid prefix pattern {pattern!r}"
+    problem = key_problem(pattern)
+    return f"invalid pattern {pattern!r}: {problem}" if problem else None
+
+
+class WatchConnection:
+    """The state of one watcher: who it is, what it watches, what it has been sent."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
+        *,
+        hub: Hub,
+        verifier: TokenVerifier,
+        pool: aiopg.Pool,
+        audit: AuditWriter,
+        metrics: NotifierMetrics,
+        request_id: str,
+    ) -> None:
+        self.ws = ws
+        self._transport = transport
+        self._hub = hub
+        self._verifier = verifier
+        self._pool = pool
+        self._audit = audit
+        self._metrics = metrics
+        self._request_id = request_id
+        self.principal: Principal = Principal("", False)
+        self.authenticated = False
+        self.patterns: set[str] = set()
+        self.last_sent = 0
+        self._holding = False
+        self._held: list[tuple[int, bytes]] = []
+        self._closing = False
+        self._expiry: asyncio.TimerHandle | None = None
+        self._close_task: asyncio.Task[bool] | None = None
+
+    # --- what the hub calls ------------------------------------------------------------------------
+
+    def deliver(self, revision: int, frame: bytes) -> None:
+        """Send one live event (already encoded) unless it was sent before; never blocks."""
+        if self._closing or revision <= self.last_sent:
+            return
+        if self._holding:
+            self._held.append((revision, frame))
+            if len(self._held) > MAX_HELD_EVENTS:
+                self._kick(CLOSE_SLOW_CONSUMER, "Too many events while catching up; resume with since_version")
+            return
+        self._write(revision, frame)
+
+    def _write(self, revision: int, frame: bytes) -> None:
+        transport = self._transport
+        if transport.is_closing():
+            return
+        transport.write(frame)
+        self.last_sent = revision
+        if transport.get_write_buffer_size() > MAX_BUFFER_BYTES:
+            self._metrics.slow_consumers.inc()
+            self._kick(CLOSE_SLOW_CONSUMER, "Slow consumer: send buffer full; resume with since_version")
+
+    # --- closing -----------------------------------------------------------------------------------
+
+    def _kick(self, code: int, message: str, error_event: dict[str, Any] | None = None) -> None:
+        """Stop sending events and close the socket (in the background)."""
+        if self._closing:
+            return
+        self._closing = True
+        self._hub.patterns.remove(self, self.patterns)
+        if error_event is not None and not self._transport.is_closing():
+            self._transport.write(json_frame(error_event))
+        self._close_task = asyncio.create_task(self.ws.close(code=code, message=message.encode()[:120]))
+
+    def _token_expired(self) -> None:
+        self._kick(
+            CLOSE_UNAUTHORIZED,
+            "Token expired",
+            {"event": "error", "error": "Unauthorized", "message": "Token expired; reconnect with a fresh token"},
+        )
+
+    async def finish(self) -> None:
+        """Release everything the connection holds (called once, when the socket is done)."""
+        self._closing = True
+        self._hub.patterns.remove(self, self.patterns)
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._close_task is not None:
+            try:
+                await self._close_task
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+
+    # --- messages ----------------------------------------------------------------------------------
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """A connection-specific message (subscribed, errors, replay), in order with live events."""
+        if not self._closing and not self._transport.is_closing():
+            await self.ws.send_str(json.dumps(message, separators=(",", ":"), ensure_ascii=False))
+
+    async def authenticate(self, token: Any) -> bool:
+        """Verify a token (first or fresh); on failure an error event. Returns success."""
+        try:
+            if not isinstance(token, str) or not token:
+                raise Unauthorized("token must be a non-empty string")
+            principal, exp = await self._verifier.verify(token)
+        except DynConfigError as exc:
+            await self.send({"event": "error", **exc.body()})
+            return False
+        if self.authenticated and principal.username != self.principal.username:
+            await self.send(
+                {"event": "error", "error": "Unauthorized", "message": "A fresh token must be for the same user"}
+            )
+            return False
+        self.principal = principal
+        self.authenticated = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+        delay = max(0.0, exp + LEEWAY_SECONDS - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._token_expired)
+        return True
+
+    async def handle(self, text: str, query_since: int | None) -> None:
+        """One client message."""
+        try:
+            message = json.loads(text)
+        except ValueError:
+            raise BadMessage("messages are JSON objects") from None
+        if not isinstance(message, dict):
+            raise BadMessage("messages are JSON objects")
+        if "token" in message:
+            ok = await self.authenticate(message["token"])
+            if not ok and not self.authenticated:
+                self._kick(CLOSE_UNAUTHORIZED, "Unauthorized")
+                return
+        if not self.authenticated:
+            await self.send({"event": "error", "error": "Unauthorized", "message": "Send a token first"})
+            self._kick(CLOSE_UNAUTHORIZED, "Unauthorized")
+            return
+        if "subscribe" in message:
+            await self.subscribe(message, query_since)
+        elif "unsubscribe" in message:
+            await self.unsubscribe(message["unsubscribe"])
+        elif "token" not in message:
+            raise BadMessage("expected subscribe, unsubscribe or token")
+
+    async def unsubscribe(self, patterns: Any) -> None:
+        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+            raise BadMessage("unsubscribe takes a list of patterns")
+        gone = [p for p in dict.fromkeys(patterns) if p in self.patterns]
+        self._hub.patterns.remove(self, gone)
+        self.patterns.difference_update(gone)
+        await self.send({"event": "unsubscribed", "patterns": patterns})
+
+    async def subscribe(self, message: dict[str, Any], query_since: int | None) -> None:
+        """Register patterns, then replay (``since_version``) or snapshot, then go live."""
+        patterns = message["subscribe"]
+        if not isinstance(patterns, list) or not patterns:
+            raise BadMessage("subscribe takes a non-empty list of patterns")
+        for pattern in patterns:
+            problem = pattern_problem(pattern)
+            if problem:
+                raise BadMessage(problem)
+        since = message.get("since_version", query_since if not self.patterns else None)
+        if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
+            raise BadMessage("since_version must be a whole number >= 0")
+        want_snapshot = message.get("snapshot", False)
+        if not isinstance(want_snapshot, bool):
+            raise BadMessage("snapshot must be true or false")
+        new = [p for p in dict.fromkeys(patterns) if p not in self.patterns]
+        if len(self.patterns) + len(new) > MAX_PATTERNS:
+            raise BadMessage(f"at most {MAX_PATTERNS} patterns per connection")
+        old = set(self.patterns)
+        first = not old
+        self._holding = True
+        try:
+            self._hub.patterns.add(self, new)
+            self.patterns.update(new)
+            through = self._hub.last
+            self._audit.add(
+                AuditRecord(self.principal.username, "watch", ",".join(new)[:1000] or None, "ok", self._request_id)
+            )
+            await self.send({"event": "subscribed", "patterns": patterns, "revision": through})
+            if new and since is not None:
+                await self._replay(new, old, since, through)
+                if first and since > through:
+                    self.last_sent = max(self.last_sent, since)  # the client already has those
+            elif new and want_snapshot:
+                await self._snapshot(new, old, through)
+            if first:
+                self.last_sent = max(self.last_sent, through)
+        finally:
+            self._holding = False
+            held, self._held = self._held, []
+            for revision, frame in held:
+                if self._closing:
+                    break
+                if revision > self.last_sent:
+                    self._write(revision, frame)
+
+    async def _replay(self, new: list[str], old: set[str], since: int, through: int) -> None:
+        async with self._pool.acquire() as conn, conn.cursor() as cur:
+            _, pruned = await head(cur)
+            if since < pruned:
+                await self.send({"event": "reset", "revision": through})
+                await self._snapshot_with(cur, new, old, through)
+                return
+            patterns = like_patterns(new)
+            after = since
+            while after < through and not self._closing:
+                events = await events_after(cur, after, through=through, patterns=patterns, limit=REPLAY_PAGE)
+                if not events:
+                    break
+                for event in events:
+                    after = event.revision
+                    await self._send_event(event, old)
+                if len(events) < REPLAY_PAGE:
+                    break
+
+    async def _snapshot(self, new: list[str], old: set[str], through: int) -> None:
+        async with self._pool.acquire() as conn, conn.cursor() as cur:
+            await self._snapshot_with(cur, new, old, through)
+
+    async def _snapshot_with(self, cur: aiopg.Cursor, new: list[str], old: set[str], through: int) -> None:
+        for event in await snapshot(cur, like_patterns(new), through):
+            await self._send_event(event, old)
+
+    async def _send_event(self, event: Any, old: set[str]) -> None:
+        if old and any(pattern_matches(p, event.key) for p in old):
+            return  # the client gets this key through an earlier subscription
+        if not may_read_event(self.principal, event.readers(self._hub.namespace_acls)):
+            return
+        await self.send(event.wire(self._hub.keyring))
+        self._metrics.events_delivered.inc()
+
+
+def token_from_request(request: web.Request) -> str | None:
+    """A token from the Authorization header or the ``access_token`` query parameter."""
+    header = request.headers.get("Authorization")
+    if header:
+        try:
+            return bearer_token(header)
+        except Unauthorized:
+            return ""
+    return request.query.get("access_token")
+
+
+def since_from_request(request: web.Request) -> int | None:
+    raw = request.query.get("since_version")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise BadMessage("since_version must be a whole number >= 0")
+    return int(raw)
+
+
+async def serve(conn: WatchConnection, request: web.Request) -> None:
+    """Authenticate, then read the client's messages until the socket closes."""
+    ws = conn.ws
+    try:
+        query_since = since_from_request(request)
+    except BadMessage as exc:
+        await conn.send({"event": "error", "error": "Bad Request", "message": str(exc)})
+        await ws.close(code=CLOSE_BAD_REQUEST, message=b"Bad Request")
+        return
+    token = token_from_request(request)
+    if token is not None and not await conn.authenticate(token):
+        await ws.close(code=CLOSE_UNAUTHORIZED, message=b"Unauthorized")
+        return
+    deadline = time.monotonic() + AUTH_TIMEOUT_SECONDS
+    while not ws.closed:
+        timeout = None if conn.authenticated else max(0.0, deadline - time.monotonic())
+        try:
+            msg = await ws.receive(timeout=timeout)
+        except TimeoutError:
+            await conn.send({"event": "error", "error": "Unauthorized", "message": "No valid token within 10 s"})
+            await ws.close(code=CLOSE_UNAUTHORIZED, message=b"Unauthorized")
+            return
+        if msg.type == WSMsgType.TEXT:
+            try:
+                await conn.handle(msg.data, query_since)
+            except BadMessage as exc:
+                await conn.send({"event": "error", "error": "Bad Request", "message": str(exc)})
+        elif msg.type == WSMsgType.BINARY:
+            await conn.send({"event": "error", "error": "Bad Request", "message": "messages are JSON text"})
+        else:  # CLOSE, CLOSING, CLOSED, ERROR
+            return

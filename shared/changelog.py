@@ -1,0 +1,107 @@
+"""Reading the change log: events after a revision, snapshots, and who may see an event.
+
+Events are read here and encoded by :mod:`shared.events` only, for every consumer (notifier live
+stream and replay, the HTTP poll fallback, snapshots).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiopg
+
+from .acl import Acl, Principal, entries_match, governing_namespace
+from .crypto import Keyring
+from .events import change_event
+from .sql import changelog as sql
+from .timeutil import utcnow
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """One relayed change, with its (encrypted) value and the key's current ACL."""
+
+    revision: int
+    key: str
+    version: int
+    event: str
+    at: datetime
+    value_enc: bytes | None
+    acl: Acl | None
+    creator: str
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> ChangeEvent:
+        revision, key, version, event, at, value_enc, acl_read, acl_write, creator = row
+        acl = None if acl_read is None and acl_write is None else Acl.from_lists(acl_read, acl_write)
+        blob = bytes(value_enc) if value_enc is not None and event == "update" else None
+        return cls(revision, key, version, event, at, blob, acl, creator)
+
+    def wire(self, keyring: Keyring) -> dict[str, Any]:
+        """The event as clients see it (value decrypted)."""
+        value = json.loads(keyring.decrypt(self.value_enc, aad=self.key)) if self.value_enc is not None else None
+        return change_event(
+            event=self.event, key=self.key, version=self.version, at=self.at, revision=self.revision, value=value
+        )
+
+    def readers(self, namespace_acls: Mapping[str, Acl]) -> tuple[str, ...]:
+        """The ACL entries that may read this key now (admins aside)."""
+        if self.acl is not None:
+            return self.acl.read
+        governing = governing_namespace(self.key, namespace_acls)
+        if governing is not None:
+            return governing[1].read
+        return (self.creator,)
+
+
+def may_read_event(who: Principal, readers: Iterable[str]) -> bool:
+    """May ``who`` see an event whose key has ``readers``?"""
+    return who.is_admin or entries_match(tuple(readers), who.username)
+
+
+def like_patterns(patterns: Iterable[str]) -> list[str] | None:
+    """Watch patterns as SQL LIKE patterns; None when one of them is ``*`` (everything)."""
+    out = []
+    for pattern in patterns:
+        if pattern == "*":
+            return None
+        escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        out.append(escaped[:-1] + "%" if escaped.endswith("*") else escaped)
+    return out
+
+
+async def head(cur: aiopg.Cursor) -> tuple[int, int]:
+    """(last assigned revision, newest revision pruned from the log)."""
+    await cur.execute(sql.HEAD)
+    row = await cur.fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+async def events_after(
+    cur: aiopg.Cursor, after: int, *, through: int | None = None, patterns: list[str] | None = None, limit: int = 500
+) -> list[ChangeEvent]:
+    """Relayed events with ``after < revision <= through`` for keys matching LIKE ``patterns``."""
+    await cur.execute(
+        sql.EVENTS_AFTER,
+        {
+            "after": after,
+            "through": through if through is not None else 2**62,
+            "all": patterns is None,
+            "patterns": patterns or [],
+            "limit": limit,
+        },
+    )
+    return [ChangeEvent.from_row(row) for row in await cur.fetchall()]
+
+
+async def snapshot(cur: aiopg.Cursor, patterns: list[str] | None, through: int) -> list[ChangeEvent]:
+    """The state at revision ``through``: the newest version (relayed by then) of every live key
+    matching ``patterns``, as ``update`` events in revision order. Revisions up to ``through`` never
+    change, so this needs no special isolation."""
+    params = {"all": patterns is None, "patterns": patterns or [], "now": utcnow(), "through": through}
+    await cur.execute(sql.SNAPSHOT, params)
+    return [ChangeEvent.from_row(row) for row in await cur.fetchall()]

@@ -1,0 +1,82 @@
+"""The change log: relayed outbox rows (revision order), joined with their values and current ACLs.
+
+Used by the relay (assigning revisions), the notifier's backfill and replay, the poll fallback and
+snapshots, so every path reads events the same way.
+"""
+
+# Columns of an event row, decoded by shared.changelog.ChangeEvent.from_row.
+_EVENT_COLUMNS = """
+o.revision, o.key, o.version, o.event, o.at, h.value_enc, k.acl_read, k.acl_write, k.creator
+"""
+
+HEAD = "SELECT head, pruned_through FROM relay_state"
+
+# --- relay -----------------------------------------------------------------------------------------
+
+LOCK_HEAD = "SELECT head FROM relay_state FOR UPDATE"
+
+# Committed outbox rows without a revision, in id order (per-key id order is version order: a
+# writer inserts its outbox row only after it holds the key's row lock).
+PENDING = "SELECT id, key, version FROM outbox WHERE revision IS NULL ORDER BY id LIMIT %(limit)s FOR UPDATE"
+
+ASSIGN = """
+UPDATE outbox o SET revision = a.revision, relayed_at = %(now)s
+  FROM unnest(%(ids)s::bigint[], %(revisions)s::bigint[]) AS a(id, revision)
+ WHERE o.id = a.id
+"""
+
+ASSIGN_HISTORY = """
+UPDATE key_history h SET revision = a.revision
+  FROM unnest(%(keys)s::text[], %(versions)s::bigint[], %(revisions)s::bigint[]) AS a(key, version, revision)
+ WHERE h.key = a.key AND h.version = a.version
+"""
+
+ASSIGN_KEYS = """
+UPDATE keys k SET revision = a.revision
+  FROM unnest(%(keys)s::text[], %(versions)s::bigint[], %(revisions)s::bigint[]) AS a(key, version, revision)
+ WHERE k.key = a.key AND k.version = a.version
+"""
+
+SET_HEAD = "UPDATE relay_state SET head = %(head)s"
+
+# Wakes notifiers that are catching up from Postgres (while Redis is down).
+NOTIFY_REVISIONS = "SELECT pg_notify('dynconfig_revisions', %(head)s::text)"
+
+BACKLOG = "SELECT count(*), min(at) FROM outbox WHERE revision IS NULL"
+
+PRUNE = """
+WITH gone AS (
+    DELETE FROM outbox WHERE revision IS NOT NULL AND at < %(before)s RETURNING revision
+)
+UPDATE relay_state SET pruned_through = GREATEST(pruned_through, (SELECT max(revision) FROM gone))
+ WHERE EXISTS (SELECT 1 FROM gone)
+"""
+
+# --- readers -------------------------------------------------------------------------------------
+
+# Events after a revision, optionally limited to keys matching LIKE patterns (``{}`` = all keys).
+EVENTS_AFTER = f"""
+SELECT {_EVENT_COLUMNS}
+  FROM outbox o
+  JOIN key_history h ON h.key = o.key AND h.version = o.version
+  JOIN keys k ON k.key = o.key
+ WHERE o.revision > %(after)s AND o.revision <= %(through)s
+   AND (%(all)s OR o.key LIKE ANY(%(patterns)s))
+ ORDER BY o.revision
+ LIMIT %(limit)s
+"""
+
+# Snapshot at revision %(through)s: per matching key, its newest version relayed by then, if live.
+SNAPSHOT = """
+SELECT h.revision, k.key, h.version, h.event, h.at, h.value_enc, k.acl_read, k.acl_write, k.creator
+  FROM keys k
+ CROSS JOIN LATERAL (
+        SELECT revision, version, event, at, value_enc FROM key_history
+         WHERE key = k.key AND revision IS NOT NULL AND revision <= %(through)s
+         ORDER BY version DESC LIMIT 1
+       ) h
+ WHERE k.version > 0 AND h.event = 'update' AND (%(all)s OR k.key LIKE ANY(%(patterns)s))
+   -- leave out a key whose deadline has passed even if the expiry worker has not got to it yet
+   AND (k.expires_at IS NULL OR k.expires_at > %(now)s OR k.version <> h.version)
+ ORDER BY h.revision
+"""
