@@ -121,7 +121,6 @@ class Relay:
                 await cur.execute(sql.ASSIGN, {"ids": ids, "revisions": revisions, "now": now})
                 params = {"keys": keys, "versions": versions, "revisions": revisions}
                 await cur.execute(sql.ASSIGN_HISTORY, params)
-                await cur.execute(sql.ASSIGN_KEYS, params)
                 await cur.execute(sql.SET_HEAD, {"head": revisions[-1]})
                 await cur.execute(sql.NOTIFY_REVISIONS, {"head": revisions[-1]})
                 events = await events_after(cur, current, through=revisions[-1], limit=len(rows))

@@ -71,7 +71,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     ),
     (
         2,
-        "revisions: relay state, revision on history and keys",
+        "revisions: relay state, revision on history",
         """
         -- One row: the last revision the relay assigned and the newest one pruned from the outbox.
         CREATE TABLE relay_state (
@@ -82,8 +82,6 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         INSERT INTO relay_state DEFAULT VALUES;
         -- The revision of each version once relayed (history is kept for ever; the outbox is pruned).
         ALTER TABLE key_history ADD COLUMN revision bigint;
-        -- The revision of the key's current version, NULL until the relay has assigned it.
-        ALTER TABLE keys ADD COLUMN revision bigint;
         CREATE INDEX outbox_by_at ON outbox (at) WHERE revision IS NOT NULL;
         """,
     ),

@@ -57,7 +57,10 @@ def namespaces_of(key: str) -> list[str]:
 
 def encode_value(value: Any) -> bytes:
     """Compact JSON of a value; 413 past 1 MiB (SPEC §3)."""
-    encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    try:
+        encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, RecursionError):
+        raise BadRequest("Value is not representable as JSON (NaN, Infinity or nested too deeply)") from None
     if len(encoded) > MAX_VALUE_BYTES:
         raise PayloadTooLarge(f"Value is {len(encoded)} bytes of JSON; the limit is {MAX_VALUE_BYTES}")
     return encoded

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import sys
 import uuid
@@ -15,7 +16,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from .db import StartupError
-from .errors import BadRequest, DynConfigError
+from .errors import BadRequest, DynConfigError, PayloadTooLarge
 from .metrics import route_template
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,22 @@ async def read_json(request: web.Request) -> Any:
     if not raw.strip():
         raise BadRequest("A JSON request body is required")
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise BadRequest("Malformed JSON body: nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(f"Malformed JSON body: {exc}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return number
 
 
 def request_id(request: web.Request) -> str:
@@ -72,7 +86,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = error_response(exc.status, exc.reason, _http_message(request, exc))
+        phrase = PayloadTooLarge.phrase if exc.status == 413 else exc.reason
+        response = error_response(exc.status, phrase, _http_message(request, exc))
         for name in ("Allow", "Retry-After"):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]

@@ -33,7 +33,11 @@ from devtools.services import PostgresServer, RedisServer
 from shared.settings import Settings
 
 #: One keyring for the whole session: values written by one test stay readable in the next.
-TEST_ENCRYPTION_KEYS: tuple[tuple[str, bytes], ...] = (("k1", os.urandom(32)),)
+# Kept in the environment so that a second import of this module (``tests.conftest`` vs ``conftest``)
+# and the processes tests start all see the same key.
+TEST_ENCRYPTION_KEYS: tuple[tuple[str, bytes], ...] = (
+    ("k1", bytes.fromhex(os.environ.setdefault("DYNCONFIG_TEST_KEY_HEX", os.urandom(32).hex()))),
+)
 ADMIN = "admin-user"
 
 _RUNNING: list[PostgresServer | RedisServer] = []
@@ -174,7 +178,7 @@ class JwksServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 status, body = server._document() if self.path.split("?")[0] == "/jwks.json" else (404, b"{}")
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -182,7 +186,7 @@ class JwksServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         return Handler
@@ -315,3 +319,123 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redi
         yield client
     finally:
         await client.aclose()
+
+
+# --- the notifier, the expiry worker and real processes -----------------------------------------
+
+
+@pytest.fixture
+def make_notifier(aiohttp_server: Any, settings: Settings) -> Callable[..., Awaitable[Any]]:
+    """``await make_notifier(settings=None)``: a running notifier app (aiohttp TestServer).
+
+    ``server.make_url("/watch")`` is its watch URL; ``server.app`` the application (``notifier.main.HUB``,
+    ``RELAY``, ``CONNECTIONS`` keys). The hub and the relay are running when it returns.
+    """
+
+    async def make(custom: Settings | None = None) -> Any:
+        from notifier.main import create_app
+
+        return await aiohttp_server(create_app(custom or settings))
+
+    return make
+
+
+@pytest.fixture
+async def notifier_server(make_notifier: Callable[..., Awaitable[Any]]) -> Any:
+    """A notifier with the default test settings."""
+    return await make_notifier()
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a real DynConfig process needs to run against the test services."""
+    import base64
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "COV_"))}
+    env.update(
+        POSTGRES_URL=settings.postgres_url,
+        REDIS_URL=settings.redis_url,
+        JWKS_URL=settings.jwks_url,
+        ENCRYPTION_KEYS=",".join(f"{kid}:{base64.b64encode(key).decode()}" for kid, key in settings.encryption_keys),
+        RATE_LIMIT=str(settings.rate_limit),
+        HOST="127.0.0.1",
+        LOG_LEVEL="WARNING",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Proc:
+    """A DynConfig process started by a test; stopped (by pid) at teardown."""
+
+    name: str
+    port: int
+    popen: Any
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """``spawn("notifier", **env) -> Proc``: run ``python -m <module>`` for real and wait for /health.
+
+    The process's port variable (API_PORT, NOTIFIER_PORT or EXPIRY_PORT) is set to a free port. Every
+    process still running at teardown is sent SIGTERM, then SIGKILL.
+    """
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from devtools.services import free_port
+
+    ports = {"api_server": "API_PORT", "notifier": "NOTIFIER_PORT", "expiry_worker": "EXPIRY_PORT"}
+    started: list[Proc] = []
+
+    def start(module: str, wait: bool = True, **extra: str) -> Proc:
+        port = free_port()
+        log_path = tmp_path / f"{module}-{len(started)}.log"
+        env = process_env(settings, **{ports[module]: str(port)}, **extra)
+        with open(log_path, "wb") as log_file:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", module],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=str(Path(__file__).resolve().parent.parent),
+            )
+        proc = Proc(module, port, popen, log_path)
+        started.append(proc)
+        if wait:
+            deadline = time.monotonic() + 30
+            while True:
+                if popen.poll() is not None:
+                    raise RuntimeError(f"{module} exited with {popen.returncode}: {proc.log()[-2000:]}")
+                try:
+                    with urllib.request.urlopen(f"{proc.url}/health", timeout=1) as resp:
+                        if resp.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{module} not healthy in 30 s: {proc.log()[-2000:]}")
+                time.sleep(0.1)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGTERM)
+    for proc in started:
+        try:
+            proc.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait()

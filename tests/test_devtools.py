@@ -187,6 +187,7 @@ def test_jwks_rotation_and_outage(jwks: JwksServer) -> None:
     with pytest.raises(urllib.error.HTTPError) as failure:
         _get_json(jwks.url)
     assert failure.value.code == 503
+    failure.value.close()
 
     jwks.reset()
     assert jwks.fetch_count == 0 and len(_get_json(jwks.url)["keys"]) == 2
@@ -267,7 +268,10 @@ class Handler(BaseHTTPRequestHandler):
 
 HTTPServer(("127.0.0.1", int(os.environ["API_PORT"])), Handler).serve_forever()
 """
-_RUN_UP = "import devtools.up as up; up.PROCESSES[:] = [('dev_stub', 'API_PORT', 8080)]; up.main()"
+_RUN_UP = (
+    "import devtools.up as up; up.PROCESSES[:] = [('dev_stub', 'API_PORT', 8080)]; "
+    "up.PUBLIC_PORT_VAR = 'API_PORT'; up.main()"
+)
 
 
 @pytest.fixture
@@ -296,8 +300,9 @@ def _wait_for(predicate: Any, timeout: float, what: str) -> None:
 
 def test_up_runs_everything_and_stops_it_on_sigterm(up_dir: Path) -> None:
     pg_port, redis_port, api_port = free_port(), free_port(), free_port()
-    env = _up_env(up_dir, DEV_PG_PORT=str(pg_port), DEV_REDIS_PORT=str(redis_port), API_PORT=str(api_port),
-                  MY_SETTING="kept")
+    env = _up_env(
+        up_dir, DEV_PG_PORT=str(pg_port), DEV_REDIS_PORT=str(redis_port), API_PORT=str(api_port), MY_SETTING="kept"
+    )
     log = up_dir / "up.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", _RUN_UP], cwd=REPO_ROOT, env=env, stdout=out, stderr=out)
@@ -315,8 +320,10 @@ def test_up_runs_everything_and_stops_it_on_sigterm(up_dir: Path) -> None:
         assert _rows(child_env["POSTGRES_URL"], "SELECT 1") == [(1,)]
         assert _ping(child_env["REDIS_URL"])
 
+        started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+        assert time.monotonic() - started < 8, log.read_text()  # nobody needed the 10 s SIGKILL
         assert not any(port_in_use(p) for p in (pg_port, redis_port, api_port))
     finally:
         if proc.poll() is None:
@@ -325,10 +332,12 @@ def test_up_runs_everything_and_stops_it_on_sigterm(up_dir: Path) -> None:
 
 
 def test_up_stops_when_a_process_dies(up_dir: Path, pg_server: PostgresServer, redis_server: RedisServer) -> None:
-    env = _up_env(up_dir, POSTGRES_URL=pg_server.url, REDIS_URL=redis_server.url, API_PORT=str(free_port()),
-                  STUB_EXIT="3")
-    result = subprocess.run([sys.executable, "-c", _RUN_UP], cwd=REPO_ROOT, env=env, capture_output=True,
-                            text=True, timeout=60)
+    env = _up_env(
+        up_dir, POSTGRES_URL=pg_server.url, REDIS_URL=redis_server.url, API_PORT=str(free_port()), STUB_EXIT="3"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", _RUN_UP], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 1
     assert "dev_stub exited with status 3" in result.stderr
     assert not (up_dir / ".dev" / "postgres").exists()  # an external POSTGRES_URL starts no server
@@ -336,8 +345,13 @@ def test_up_stops_when_a_process_dies(up_dir: Path, pg_server: PostgresServer, r
 
 def test_build_env_passes_user_settings_through(tmp_path: Path) -> None:
     keys = ensure_dev_keys(tmp_path)
-    env = build_env({"LOG_LEVEL": "DEBUG", "JWKS_URL": "https://idp/jwks", "X": "1"}, keys, "postgresql://h/db", None,
-                    [("api_server", "API_PORT", 8080), ("notifier", "NOTIFIER_PORT", 8081)])
+    env = build_env(
+        {"LOG_LEVEL": "DEBUG", "JWKS_URL": "https://idp/jwks", "X": "1"},
+        keys,
+        "postgresql://h/db",
+        None,
+        [("api_server", "API_PORT", 8080), ("notifier", "NOTIFIER_PORT", 8081)],
+    )
     assert env["POSTGRES_URL"] == "postgresql://h/db" and "REDIS_URL" not in env
     assert (env["LOG_LEVEL"], env["JWKS_URL"], env["X"]) == ("DEBUG", "https://idp/jwks", "1")
     assert env["ENCRYPTION_KEYS"] == keys.encryption_keys

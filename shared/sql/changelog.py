@@ -31,12 +31,6 @@ UPDATE key_history h SET revision = a.revision
  WHERE h.key = a.key AND h.version = a.version
 """
 
-ASSIGN_KEYS = """
-UPDATE keys k SET revision = a.revision
-  FROM unnest(%(keys)s::text[], %(versions)s::bigint[], %(revisions)s::bigint[]) AS a(key, version, revision)
- WHERE k.key = a.key AND k.version = a.version
-"""
-
 SET_HEAD = "UPDATE relay_state SET head = %(head)s"
 
 # Wakes notifiers that are catching up from Postgres (while Redis is down).

@@ -1,0 +1,452 @@
+"""The real ``python -m api_server`` process: start-up checks, serving, logs, TLS, SIGTERM (SPEC §1, §8)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import ipaddress
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import psycopg2
+import pytest
+from aiohttp.test_utils import TestClient
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from devtools.services import PostgresServer, RedisServer, die_with_parent, free_port
+from shared.migrations import MIGRATIONS
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.conftest import JwksServer
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 20.0
+QUICK_EXIT_TIMEOUT = 15.0
+
+
+# --- running the process ------------------------------------------------------------------------
+
+
+def _base_env() -> dict[str, str]:
+    """Only what a Python process needs from our environment: none of DynConfig's own variables."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
+    return {name: os.environ[name] for name in keep if name in os.environ}
+
+
+@pytest.fixture
+def process_env(
+    settings: Settings, pg_server: PostgresServer, redis_server: RedisServer, jwks: JwksServer
+) -> dict[str, str]:
+    """A complete, valid environment for one api_server on a free port.
+
+    The keyring comes from the ``settings`` fixture, i.e. conftest's ``TEST_ENCRYPTION_KEYS``
+    (importing ``tests.conftest`` here would load a second copy of conftest with another random key).
+    """
+    key_id, key = settings.encryption_keys[0]
+    return {
+        **_base_env(),
+        "POSTGRES_URL": pg_server.url,
+        "REDIS_URL": redis_server.url,
+        "JWKS_URL": jwks.url,
+        "ENCRYPTION_KEYS": f"{key_id}:{base64.b64encode(key).decode()}",
+        "API_PORT": str(free_port()),
+        "HOST": "127.0.0.1",
+    }
+
+
+def run_to_exit(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m api_server`` expecting it to stop by itself (it must not hang)."""
+    return subprocess.run(
+        [sys.executable, "-m", "api_server"],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=QUICK_EXIT_TIMEOUT,
+        preexec_fn=die_with_parent(signal.SIGKILL),
+    )
+
+
+class ApiProcess:
+    """One running api_server; stderr goes to a file so a chatty process never blocks on a pipe."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = int(env["API_PORT"])
+        self.scheme = "https" if env.get("TLS_CERT_FILE") else "http"
+        self.log_path = log_path
+        self._log: IO[bytes] = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "api_server"],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            preexec_fn=die_with_parent(signal.SIGKILL),
+        )
+
+    @property
+    def base(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def stderr(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait; the exit code (raises TimeoutExpired when it does not stop)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        """Make sure the process is gone (teardown)."""
+        try:
+            if self.proc.poll() is None:
+                try:
+                    self.terminate()
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+        finally:
+            self._log.close()
+
+    async def wait_healthy(self, ssl_ctx: ssl.SSLContext | None = None) -> dict[str, Any]:
+        """Poll ``/health`` until 200; fail with the process's stderr if it exits or never gets there."""
+        deadline = time.monotonic() + START_TIMEOUT
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                code = self.proc.poll()
+                if code is not None:
+                    pytest.fail(f"api_server exited with {code} before it was healthy:\n{self.stderr()}")
+                try:
+                    async with session.get(f"{self.base}/health", ssl=ssl_ctx if ssl_ctx else True) as resp:
+                        if resp.status == 200:
+                            body: dict[str, Any] = await resp.json()
+                            return body
+                except (TimeoutError, aiohttp.ClientError):
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"api_server not healthy within {START_TIMEOUT:.0f}s:\n{self.stderr()}")
+                await asyncio.sleep(0.1)
+
+
+StartApi = Callable[[dict[str, str]], ApiProcess]
+
+
+@pytest.fixture
+def start_api(tmp_path: Path) -> Iterator[StartApi]:
+    """``start_api(env)`` starts a process; every one started is stopped at teardown."""
+    started: list[ApiProcess] = []
+
+    def start(env: dict[str, str]) -> ApiProcess:
+        proc = ApiProcess(env, tmp_path / f"api-{len(started)}.stderr")
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+async def api(start_api: StartApi, process_env: dict[str, str]) -> ApiProcess:
+    """One healthy api_server with the default test environment."""
+    proc = start_api(process_env)
+    await proc.wait_healthy()
+    return proc
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def stderr_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+# --- bad settings stop the process with one line ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("POSTGRES_URL", None),
+        ("RATE_LIMIT", "abc"),
+        ("ENCRYPTION_KEYS", "bad"),
+        ("JWKS_URL", "ftp://example.com/jwks.json"),
+        ("API_PORT", "70000"),
+    ],
+)
+def test_bad_setting_exits_with_one_line_naming_the_variable(
+    process_env: dict[str, str], variable: str, value: str | None
+) -> None:
+    env = dict(process_env)
+    if value is None:
+        del env[variable]
+    else:
+        env[variable] = value
+    result = run_to_exit(env)
+    assert result.returncode != 0
+    lines = stderr_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_postgres_exits_with_a_line_naming_postgres(process_env: dict[str, str]) -> None:
+    password = "pw-" + uuid.uuid4().hex[:8]
+    env = {
+        **process_env,
+        "POSTGRES_URL": f"postgresql://dynconfig:{password}@127.0.0.1:{free_port()}/dynconfig",
+        "STARTUP_TIMEOUT_SECONDS": "1",
+    }
+    result = run_to_exit(env)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = stderr_lines(result.stderr)
+    assert lines, "no explanation on stderr"
+    assert "postgres" in lines[-1].lower(), result.stderr
+    assert password not in result.stderr
+
+
+# --- serving --------------------------------------------------------------------------------------
+
+
+async def test_health_answers_healthy(api: ApiProcess) -> None:
+    async with aiohttp.ClientSession() as session, session.get(f"{api.base}/health") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "application/json"
+        body = await resp.json()
+    assert body["status"] == "healthy"
+
+
+async def test_put_then_get_round_trip_over_http(
+    api: ApiProcess, token: Callable[..., str], unique_prefix: str
+) -> None:
+    key = f"{unique_prefix}.process.roundtrip"
+    value = {"enabled": True, "level": [1, 2, 3]}
+    async with aiohttp.ClientSession(headers=auth(token())) as session:
+        async with session.put(f"{api.base}/keys/{key}", json={"value": value}) as resp:
+            assert resp.status == 201
+            written = await resp.json()
+        assert written["key"] == key
+        assert written["version"] == 1
+        async with session.get(f"{api.base}/keys/{key}") as resp:
+            assert resp.status == 200
+            assert resp.headers["ETag"] == '"1"'
+            body = await resp.json()
+    assert body["key"] == key
+    assert body["value"] == value
+    assert body["version"] == 1
+    assert body["lastModified"] == written["lastModified"]
+
+
+async def test_sigterm_exits_zero_within_10s(api: ApiProcess) -> None:
+    assert api.terminate(timeout=10.0) == 0
+    assert "Traceback" not in api.stderr()
+
+
+async def test_access_log_has_path_but_no_query_value_no_stored_value_no_token(
+    api: ApiProcess, token: Callable[..., str], unique_prefix: str
+) -> None:
+    key = f"{unique_prefix}.process.logged"
+    secret_query = "SECRETVALUE" + uuid.uuid4().hex
+    stored = "STOREDVALUE" + uuid.uuid4().hex
+    jwt = token()
+    async with aiohttp.ClientSession(headers=auth(jwt)) as session:
+        async with session.put(f"{api.base}/keys/{key}", json={"value": stored}) as resp:
+            assert resp.status == 201
+        async with session.get(f"{api.base}/keys/{key}", params={"access_token": secret_query}) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["value"] == stored
+    assert api.terminate() == 0
+    log = api.stderr()
+    assert f"/keys/{key}" in log
+    assert secret_query not in log
+    assert stored not in log
+    assert jwt not in log
+    assert jwt.split(".")[2] not in log  # not even the signature
+
+
+# --- concurrent start-up against a fresh database -----------------------------------------------
+
+
+@pytest.fixture
+def fresh_database_url(pg_server: PostgresServer) -> Iterator[str]:
+    """A new, empty database on the session Postgres; dropped afterwards."""
+    name = f"dynconfig_{uuid.uuid4().hex}"
+    admin = psycopg2.connect(pg_server.url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        parts = urlsplit(pg_server.url)
+        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.close()
+
+
+async def test_two_processes_migrate_a_fresh_database_together(
+    start_api: StartApi, process_env: dict[str, str], fresh_database_url: str
+) -> None:
+    envs = [
+        {**process_env, "POSTGRES_URL": fresh_database_url, "API_PORT": str(port)}
+        for port in (free_port(), free_port())
+    ]
+    assert envs[0]["API_PORT"] != envs[1]["API_PORT"]
+    procs = [start_api(env) for env in envs]
+    bodies = await asyncio.gather(*(p.wait_healthy() for p in procs))
+    assert [b["status"] for b in bodies] == ["healthy", "healthy"]
+
+    conn = psycopg2.connect(fresh_database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY version")
+            rows = cur.fetchall()
+    finally:
+        conn.close()
+    assert rows == [(version, 1) for version in sorted(v for v, _, _ in MIGRATIONS)]
+    for proc in procs:
+        assert proc.terminate() == 0
+
+
+# --- TLS ------------------------------------------------------------------------------------------
+
+
+def write_self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "tls-cert.pem", tmp_path / "tls-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+async def tls_api(start_api: StartApi, process_env: dict[str, str], tmp_path: Path) -> tuple[ApiProcess, Path]:
+    cert, key = write_self_signed(tmp_path)
+    proc = start_api({**process_env, "TLS_CERT_FILE": str(cert), "TLS_KEY_FILE": str(key)})
+    await proc.wait_healthy(ssl.create_default_context(cafile=str(cert)))
+    return proc, cert
+
+
+async def test_tls_serves_https_with_tls13(tls_api: tuple[ApiProcess, Path]) -> None:
+    proc, cert = tls_api
+    ctx = ssl.create_default_context(cafile=str(cert))
+    async with aiohttp.ClientSession() as session, session.get(f"{proc.base}/health", ssl=ctx) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["status"] == "healthy"
+
+    # The same handshake on a bare connection, to read the negotiated version.
+    reader, writer = await asyncio.open_connection("127.0.0.1", proc.port, ssl=ctx, server_hostname="127.0.0.1")
+    try:
+        assert writer.get_extra_info("ssl_object").version() == "TLSv1.3"
+        writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=10)
+        assert status_line.startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_tls_refuses_a_tls12_client(tls_api: tuple[ApiProcess, Path]) -> None:
+    proc, cert = tls_api
+    ctx = ssl.create_default_context(cafile=str(cert))
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        with pytest.raises(aiohttp.ClientConnectorError):
+            async with session.get(f"{proc.base}/health", ssl=ctx):
+                pass
+
+
+async def test_plain_http_to_the_tls_port_gets_no_api_answer(tls_api: tuple[ApiProcess, Path]) -> None:
+    proc, _ = tls_api
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        with pytest.raises(aiohttp.ClientError):
+            async with session.get(f"http://127.0.0.1:{proc.port}/health") as resp:
+                await resp.read()
+                raise AssertionError(f"plain HTTP got {resp.status}")
+
+
+# --- Postgres down while running (in-process) -----------------------------------------------------
+
+
+async def test_postgres_down_health_503_reads_5xx_then_recovers(
+    client: TestClient[Any, Any],
+    pg_server: PostgresServer,
+    token: Callable[..., str],
+    unique_prefix: str,
+) -> None:
+    resp = await client.get("/health")
+    assert resp.status == 200
+    timeout = aiohttp.ClientTimeout(total=15)
+
+    pg_server.stop()
+
+    resp = await client.get("/health", timeout=timeout)
+    assert resp.status == 503
+    assert resp.content_type == "application/json"
+    body = await resp.json()
+    assert body["error"] == "Service Unavailable"
+    assert isinstance(body["message"], str) and body["message"]
+    assert body.get("status") != "healthy"
+    assert "postgres" in json.dumps(body).lower()
+
+    resp = await client.get(f"/keys/{unique_prefix}.pg-down", headers=auth(token()), timeout=timeout)
+    assert 500 <= resp.status < 600
+    assert resp.content_type == "application/json"
+    body = await resp.json()
+    assert set(body) >= {"error", "message"}
+    assert body["error"] == HTTPStatus(resp.status).phrase
+
+    pg_server.start()
+    deadline = time.monotonic() + 15
+    while True:
+        resp = await client.get("/health", timeout=timeout)
+        if resp.status == 200:
+            assert (await resp.json())["status"] == "healthy"
+            break
+        await resp.release()
+        assert time.monotonic() < deadline, "still unhealthy 15 s after Postgres came back"
+        await asyncio.sleep(0.2)
+
+    resp = await client.get(f"/keys/{unique_prefix}.pg-down", headers=auth(token()), timeout=timeout)
+    assert resp.status == 404
+    assert (await resp.json())["error"] == "Not Found"
