@@ -13,8 +13,8 @@ from shared.keys import KEYRING, METRICS, PROCESS, RATE_LIMITER, REDIS, SETTINGS
 from shared.metrics import Metrics, metrics_middleware
 from shared.ratelimit import RateLimiter
 from shared.redis import redis_ctx
-from shared.settings import Settings, SettingsError, exit_on_bad_settings
-from shared.web import error_middleware, run, setup_logging
+from shared.settings import Settings
+from shared.web import error_middleware, main_for
 
 from .middlewares import auth_middleware
 from .routes import setup_routes
@@ -48,15 +48,4 @@ def create_app(settings: Settings) -> web.Application:
 
 def main() -> None:
     """Read the environment, then serve until SIGTERM."""
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        exit_on_bad_settings(PROCESS_NAME, exc)
-    setup_logging(settings.log_level)
-    run(
-        create_app(settings),
-        process=PROCESS_NAME,
-        host=settings.host,
-        port=settings.api_port,
-        ssl_context=settings.ssl_context(),
-    )
+    main_for(PROCESS_NAME, create_app, lambda settings: settings.api_port)

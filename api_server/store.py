@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import aiopg
@@ -134,6 +135,20 @@ async def put_key(
     return result, action == "create"
 
 
+async def _lock_writable(
+    cur: aiopg.Cursor, who: Principal, key: str, if_match: list[str] | None, now: datetime
+) -> KeyState:
+    """Lock a live key the caller may write and whose version matches ``If-Match``; else raise."""
+    state = await lock_key(cur, key)
+    ns_acls = await namespace_acls_for(cur, key)
+    if state is None or not state.live(now):
+        raise _missing_or_denied(who, key, state, ns_acls, "write")
+    if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
+        raise _deny("write", key)
+    check_if_match(if_match, state)
+    return state
+
+
 async def patch_key(
     store: Store, caller: Caller, key: str, body: dict[str, Any], if_match: list[str] | None
 ) -> KeyState:
@@ -144,13 +159,7 @@ async def patch_key(
     value_enc = store.seal(key, body["value"]) if "value" in body else None
     now = utcnow()
     async with store.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-        state = await lock_key(cur, key)
-        ns_acls = await namespace_acls_for(cur, key)
-        if state is None or not state.live(now):
-            raise _missing_or_denied(who, key, state, ns_acls, "write")
-        if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-            raise _deny("write", key)
-        check_if_match(if_match, state)
+        state = await _lock_writable(cur, who, key, if_match, now)
         new = NewState(
             value_enc if value_enc is not None else state.value_enc,
             body["ttl"] if "ttl" in body else state.ttl,
@@ -169,13 +178,7 @@ async def delete_key(store: Store, caller: Caller, key: str, if_match: list[str]
     who = caller.principal
     now = utcnow()
     async with store.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-        state = await lock_key(cur, key)
-        ns_acls = await namespace_acls_for(cur, key)
-        if state is None or not state.live(now):
-            raise _missing_or_denied(who, key, state, ns_acls, "write")
-        if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-            raise _deny("write", key)
-        check_if_match(if_match, state)
+        state = await _lock_writable(cur, who, key, if_match, now)
         tombstone = NewState(None, state.ttl, state.acl, state.creator)
         result = await write_change(
             cur,

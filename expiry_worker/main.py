@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import psycopg2
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from shared.db import pool_ctx
 from shared.keys import DB_POOL, METRICS, PROCESS, SETTINGS
 from shared.metrics import Metrics, metrics_handler, metrics_middleware
-from shared.settings import Settings, SettingsError, exit_on_bad_settings
+from shared.settings import Settings
 from shared.tasks import cancel_and_wait
-from shared.web import error_middleware, json_response, run, setup_logging
+from shared.web import error_middleware, health_response, main_for, postgres_check
 
 from .expiry import ExpiryWorker
 
@@ -42,13 +41,7 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def health(request: web.Request) -> web.Response:
     """200 while Postgres answers."""
-    try:
-        async with request.app[DB_POOL].acquire() as conn, conn.cursor() as cur:
-            await asyncio.wait_for(cur.execute("SELECT 1"), timeout=2.0)
-    except (psycopg2.Error, OSError, TimeoutError):
-        body = {"status": "unhealthy", "error": "Service Unavailable", "message": "Postgres is unavailable"}
-        return json_response({**body, "checks": {"postgres": "unavailable"}}, status=503)
-    return json_response({"status": "healthy", "checks": {"postgres": "ok"}})
+    return health_response({"postgres": await postgres_check(request.app[DB_POOL])})
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -65,9 +58,4 @@ def create_app(settings: Settings) -> web.Application:
 
 def main() -> None:
     """Read the environment, then run until SIGTERM."""
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        exit_on_bad_settings(PROCESS_NAME, exc)
-    setup_logging(settings.log_level)
-    run(create_app(settings), process=PROCESS_NAME, host=settings.host, port=settings.expiry_port)
+    main_for(PROCESS_NAME, create_app, lambda settings: settings.expiry_port)

@@ -12,12 +12,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psycopg2
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from .db import StartupError
 from .errors import BadRequest, DynConfigError, PayloadTooLarge
 from .metrics import route_template
+from .settings import Settings, SettingsError, exit_on_bad_settings
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,42 @@ def setup_logging(level: str) -> None:
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
+    )
+
+
+async def postgres_check(pool: Any) -> str:
+    """``"ok"`` when Postgres answers ``SELECT 1`` within 2 s, else ``"unavailable"`` (for /health)."""
+    try:
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            await asyncio.wait_for(cur.execute("SELECT 1"), timeout=2.0)
+    except (psycopg2.Error, OSError, TimeoutError):
+        return "unavailable"
+    return "ok"
+
+
+def health_response(checks: dict[str, Any]) -> web.Response:
+    """200 ``{"status": "healthy", "checks"}`` unless Postgres failed: then 503 in the error shape."""
+    if checks.get("postgres") != "ok":
+        body = {"status": "unhealthy", "error": "Service Unavailable", "message": "Postgres is unavailable"}
+        return json_response({**body, "checks": checks}, status=503)
+    return json_response({"status": "healthy", "checks": checks})
+
+
+def main_for(
+    process: str, create_app: Callable[[Settings], web.Application], port_of: Callable[[Settings], int]
+) -> None:
+    """The ``main()`` of a process: read the environment (one line and exit 2 if bad), then serve."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        exit_on_bad_settings(process, exc)
+    setup_logging(settings.log_level)
+    run(
+        create_app(settings),
+        process=process,
+        host=settings.host,
+        port=port_of(settings),
+        ssl_context=settings.ssl_context(),
     )
 
 
