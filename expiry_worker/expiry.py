@@ -76,7 +76,8 @@ class ExpiryWorker:
                         if deadline is not None:
                             sleep = min(sleep, max(0.0, (deadline - utcnow()).total_seconds()))
                         try:
-                            await asyncio.wait_for(conn.notifies.get(), timeout=sleep)
+                            async with asyncio.timeout(sleep):
+                                await conn.notifies.get()
                         except TimeoutError:
                             pass
                         while not conn.notifies.empty():

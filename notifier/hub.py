@@ -175,7 +175,8 @@ class Hub:
                     delay = 0.5
                     while True:
                         try:
-                            note = await asyncio.wait_for(conn.notifies.get(), timeout=10.0)
+                            async with asyncio.timeout(10.0):
+                                note = await conn.notifies.get()
                         except TimeoutError:
                             await cur.execute("SELECT 1")
                             continue

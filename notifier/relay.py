@@ -94,7 +94,8 @@ class Relay:
                 await self._publish_backlog()
                 await self._maybe_prune()
                 try:
-                    await asyncio.wait_for(conn.notifies.get(), timeout=POLL_SECONDS)
+                    async with asyncio.timeout(POLL_SECONDS):
+                        await conn.notifies.get()
                 except TimeoutError:
                     pass
                 while not conn.notifies.empty():

@@ -87,7 +87,8 @@ class AuditWriter:
         delay = _FLUSH_SECONDS
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()

@@ -7,6 +7,7 @@ Tests keep apart by using ``unique_prefix`` in every key they create.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
@@ -326,16 +327,22 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redi
 
 @pytest.fixture
 def make_notifier(aiohttp_server: Any, settings: Settings) -> Callable[..., Awaitable[Any]]:
-    """``await make_notifier(settings=None)``: a running notifier app (aiohttp TestServer).
+    """``await make_notifier(settings=None, *, relay=True)``: a running notifier app (aiohttp TestServer).
 
     ``server.make_url("/watch")`` is its watch URL; ``server.app`` the application (``notifier.main.HUB``,
-    ``RELAY``, ``CONNECTIONS`` keys). The hub and the relay are running when it returns.
+    ``RELAY``, ``CONNECTIONS`` keys). It returns once the hub is subscribed to Redis and, with
+    ``relay=True``, once this notifier holds the relay lock (pass False for a second, standby replica).
     """
 
-    async def make(custom: Settings | None = None) -> Any:
-        from notifier.main import create_app
+    async def make(custom: Settings | None = None, *, relay: bool = True) -> Any:
+        from notifier.main import HUB, RELAY, create_app
 
-        return await aiohttp_server(create_app(custom or settings))
+        server = await aiohttp_server(create_app(custom or settings))
+        deadline = time.monotonic() + 15
+        while not (server.app[HUB].redis_ok and (server.app[RELAY].is_leader or not relay)):
+            assert time.monotonic() < deadline, "notifier not ready in 15 s (Redis subscription, relay lock)"
+            await asyncio.sleep(0.02)
+        return server
 
     return make
 
