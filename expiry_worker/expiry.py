@@ -18,6 +18,7 @@ from prometheus_client import Counter, Histogram
 from shared.changes import expire
 from shared.model import KeyState
 from shared.sql import expiry as sql
+from shared.tasks import complete_then_cancel
 from shared.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class ExpiryWorker:
                     await cur.execute("LISTEN dynconfig_ttl")
                     delay = 0.5
                     while True:
-                        expired = await self.run_once()
+                        expired = await complete_then_cancel(self.run_once())
                         if expired:
                             log.info("expired %d keys", expired)
                         deadline = await self.next_deadline()

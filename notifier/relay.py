@@ -19,6 +19,7 @@ import psycopg2
 from shared.changelog import ChangeEvent, events_after, head
 from shared.redis import REDIS_ERRORS, RedisLink
 from shared.sql import changelog as sql
+from shared.tasks import complete_then_cancel
 from shared.timeutil import utcnow
 from shared.wire import CHANNEL, encode_batch
 
@@ -88,11 +89,11 @@ class Relay:
             self._set_leader(True)
             last_check = time.monotonic()
             while True:
-                relayed = await self.relay_once()
+                relayed = await complete_then_cancel(self.relay_once())
                 if len(relayed) == BATCH:
                     continue
                 await self._publish_backlog()
-                await self._maybe_prune()
+                await complete_then_cancel(self._maybe_prune())
                 try:
                     async with asyncio.timeout(POLL_SECONDS):
                         await conn.notifies.get()

@@ -305,7 +305,7 @@ def since_from_request(request: web.Request) -> int | None:
     raw = request.query.get("since_version")
     if raw is None:
         return None
-    if not raw.isdigit():
+    if not raw.isascii() or not raw.isdigit():
         raise BadMessage("since_version must be a whole number >= 0")
     return int(raw)
 

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from .keys import AUDIT, DB_POOL
 from .sql import audit as sql
-from .tasks import cancel_and_wait
+from .tasks import cancel_and_wait, complete_then_cancel
 from .timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class AuditWriter:
                 pass
             self._wake.clear()
             try:
-                await self.flush()
+                await complete_then_cancel(self.flush())
                 delay = _FLUSH_SECONDS
             except psycopg2.Error as exc:
                 log.warning("audit flush failed (%s); retrying", exc.__class__.__name__)

@@ -183,7 +183,9 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def connect(session: aiohttp.ClientSession, notifier_server: TestServer, token: Token) -> AsyncIterator[Connect]:
+async def connect(
+    session: aiohttp.ClientSession, notifier_server: TestServer, token: Token, pg: aiopg.Pool
+) -> AsyncIterator[Connect]:
     """``await connect(user=ADMIN, *, auth="header"|"query"|None, jwt=None, query=None, server=None)``."""
     opened: list[aiohttp.ClientWebSocketResponse] = []
 
@@ -202,7 +204,9 @@ async def connect(session: aiohttp.ClientSession, notifier_server: TestServer, t
             headers["Authorization"] = f"Bearer {jwt}"
         elif auth == "query":
             params["access_token"] = jwt
-        url = (server or notifier_server).make_url("/watch")
+        target = server or notifier_server
+        await wait_caught_up(pg, target)
+        url = target.make_url("/watch")
         ws = await session.ws_connect(url, params=params, headers=headers, heartbeat=None, autoping=True)
         opened.append(ws)
         return Watcher(ws)
@@ -210,6 +214,20 @@ async def connect(session: aiohttp.ClientSession, notifier_server: TestServer, t
     yield open_
     for ws in opened:
         await ws.close()
+
+
+async def wait_caught_up(pg: aiopg.Pool, server: TestServer) -> None:
+    """Synchronisation only: wait until every committed change is relayed and fanned out by ``server``,
+    so a watcher that connects now is not sent changes made before it connected."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        async with pg.acquire() as conn, conn.cursor() as cur:
+            await cur.execute("SELECT (SELECT count(*) FROM outbox WHERE revision IS NULL), head FROM relay_state")
+            pending, head = await cur.fetchone()
+        if pending == 0 and server.app[HUB].last >= head:
+            return
+        assert time.monotonic() < deadline, "notifier did not catch up with the change log"
+        await asyncio.sleep(0.01)
 
 
 async def relay_state(pg: aiopg.Pool) -> tuple[int, int]:

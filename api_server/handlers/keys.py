@@ -95,7 +95,7 @@ async def list_keys(request: web.Request) -> web.Response:
 async def _poll(request: web.Request, namespace: str | None, limit: int) -> web.Response:
     """The poll fallback: events after ``since_version`` (a revision), for consumers without WebSockets."""
     raw = request.query["since_version"]
-    if not raw.isdigit():
+    if not raw.isascii() or not raw.isdigit():
         raise BadRequest("since_version must be a whole number >= 0", fields={"since_version": ["not a revision"]})
     events, revision, more, reset = await store.poll_events(
         store_of(request), caller_of(request), int(raw), namespace, limit

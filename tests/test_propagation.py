@@ -1,0 +1,522 @@
+"""Propagation end to end (SPEC §3 revisions, §6 guarantees, §7 failure handling).
+
+Real Postgres and Redis, the notifier in-process or as real processes (``spawn``), writes through the
+API. The database is shared by the whole session, so every assertion is about this test's own keys
+(``unique_prefix``) and about revisions being strictly increasing, never about their exact values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import random
+import signal
+import statistics
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import aiopg
+from aiohttp.test_utils import TestClient
+
+from shared.changes import NewState, claim_key, write_change
+from shared.crypto import Keyring
+from shared.settings import Settings
+from shared.timeutil import parse_rfc3339, utcnow
+
+Client = TestClient[Any, Any]
+Proc = Any  # tests.conftest.Proc (importing conftest again would load a second copy with another keyring)
+ADMIN = "admin-user"
+
+#: Exactly the fields of a change event (SPEC §6): ``value`` on updates only.
+EVENT_FIELDS = {
+    "update": {"event", "key", "version", "revision", "value", "lastModified"},
+    "delete": {"event", "key", "version", "revision", "lastModified"},
+    "expired": {"event", "key", "version", "revision", "lastModified"},
+}
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+class Watcher:
+    """One real /watch connection; a reader task collects change events and control messages."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, subscribed: dict[str, Any]) -> None:
+        self.ws = ws
+        self.subscribed = subscribed
+        self.events: list[dict[str, Any]] = []
+        self.received_at: list[float] = []  # time.time() when each event arrived
+        self.control: list[dict[str, Any]] = []
+        self._changed = asyncio.Event()
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for msg in self.ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                data = json.loads(msg.data)
+                if data.get("event") in EVENT_FIELDS:
+                    self.events.append(data)
+                    self.received_at.append(time.time())
+                else:
+                    self.control.append(data)
+                self._changed.set()
+        finally:
+            self._changed.set()
+
+    @property
+    def closed(self) -> bool:
+        return self.task.done()
+
+    def last_versions(self) -> dict[str, dict[str, Any]]:
+        """The newest event seen per key."""
+        out: dict[str, dict[str, Any]] = {}
+        for event in self.events:
+            out[event["key"]] = event
+        return out
+
+    async def wait_until(self, predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out waiting for {what}; last events {self.events[-5:]}, {self.control}")
+            self._changed.clear()
+            if predicate():
+                return
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 0.5))
+            except TimeoutError:
+                pass
+
+    async def wait_for_count(self, count: int, timeout: float = 10.0) -> None:
+        await self.wait_until(lambda: len(self.events) >= count, f"{count} events", timeout)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.task
+
+
+async def open_watch(
+    session: aiohttp.ClientSession, url: Any, token: str, patterns: list[str], since: int | None = None
+) -> Watcher:
+    """Connect, subscribe and wait for ``subscribed``."""
+    ws = await session.ws_connect(url, headers={"Authorization": f"Bearer {token}"}, heartbeat=None)
+    message: dict[str, Any] = {"subscribe": patterns}
+    if since is not None:
+        message["since_version"] = since
+    await ws.send_json(message)
+    first = await asyncio.wait_for(ws.receive_json(), timeout=10)
+    assert first["event"] == "subscribed", first
+    assert first["patterns"] == patterns, first
+    assert isinstance(first["revision"], int) and not isinstance(first["revision"], bool), first
+    return Watcher(ws, first)
+
+
+def assert_event_shape(event: dict[str, Any]) -> None:
+    assert set(event) == EVENT_FIELDS[event["event"]], event
+    assert isinstance(event["version"], int) and event["version"] >= 1, event
+    assert isinstance(event["revision"], int) and event["revision"] >= 1, event
+    assert event["lastModified"].endswith("Z"), event
+    parse_rfc3339(event["lastModified"])
+
+
+def assert_ordered_stream(events: list[dict[str, Any]], first_version: int | None = None) -> None:
+    """Revisions strictly increasing; per key, versions consecutive (from ``first_version`` if given)."""
+    revisions = [e["revision"] for e in events]
+    assert all(a < b for a, b in zip(revisions, revisions[1:])), revisions
+    per_key: dict[str, list[int]] = {}
+    for event in events:
+        assert_event_shape(event)
+        per_key.setdefault(event["key"], []).append(event["version"])
+    for key, versions in per_key.items():
+        start = versions[0] if first_version is None else first_version
+        assert versions == list(range(start, start + len(versions))), (key, versions)
+
+
+async def outbox_rows(pg: aiopg.Pool, prefix: str) -> list[tuple[int, str, int, int | None]]:
+    """(id, key, version, revision) of this test's outbox rows, in id order."""
+    async with pg.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "SELECT id, key, version, revision FROM outbox WHERE key LIKE %s ORDER BY id", (prefix + "%",)
+        )
+        return list(await cur.fetchall())
+
+
+async def assert_outbox_revision_order_is_version_order(pg: aiopg.Pool, prefix: str) -> None:
+    rows = await outbox_rows(pg, prefix)
+    assert rows
+    per_key: dict[str, list[tuple[int, int]]] = {}
+    for _id, key, version, revision in rows:
+        assert revision is not None, (key, version)
+        per_key.setdefault(key, []).append((version, revision))
+    for key, pairs in per_key.items():
+        pairs.sort()
+        versions = [v for v, _ in pairs]
+        revisions = [r for _, r in pairs]
+        assert versions == list(range(1, len(versions) + 1)), (key, versions)
+        assert all(a < b for a, b in zip(revisions, revisions[1:])), (key, pairs)
+
+
+async def relay_head(pg: aiopg.Pool) -> int:
+    async with pg.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("SELECT head FROM relay_state")
+        (head,) = await cur.fetchone()
+        return int(head)
+
+
+def health_of(proc: Proc) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{proc.url}/health", timeout=2) as resp:
+        body: dict[str, Any] = json.loads(resp.read())
+        return body
+
+
+async def wait_relay_state(proc: Proc, state: str, timeout: float) -> float:
+    """Poll the process's /health until ``checks.relay == state``; return how long it took."""
+    start = time.monotonic()
+    last: Any = None
+    while time.monotonic() - start < timeout:
+        try:
+            last = await asyncio.to_thread(health_of, proc)
+            if last["checks"]["relay"] == state:
+                return time.monotonic() - start
+        except OSError as exc:
+            last = exc
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{proc.name} relay not {state!r} within {timeout} s: {last}\n{proc.log()[-2000:]}")
+
+
+async def send(client: Client, method: str, key: str, headers: dict[str, str], body: Any = None) -> tuple[int, Any]:
+    resp = await client.request(method, f"/keys/{key}", json=body, headers=headers)
+    text = await resp.text()
+    return resp.status, (json.loads(text) if text else None)
+
+
+def admin_headers(token: Callable[..., str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token()}"}
+
+
+# --- ordering and completeness ---------------------------------------------------------------------
+
+
+async def test_concurrent_writers_every_watcher_gets_every_version_in_order(
+    client: Client, notifier_server: Any, token: Callable[..., str], pg: aiopg.Pool, unique_prefix: str
+) -> None:
+    admin = admin_headers(token)
+    keys = [f"{unique_prefix}.k{i}" for i in range(3)]
+    url = notifier_server.make_url("/watch")
+    async with aiohttp.ClientSession() as session:
+        watchers = [await open_watch(session, url, token(), [f"{unique_prefix}.*"]) for _ in range(20)]
+        for key in keys:
+            status, body = await send(client, "PUT", key, admin, {"value": {"n": -1}})
+            assert status == 201, body
+
+        async def writer(n: int) -> None:
+            rng = random.Random(n)
+            for i in range(40):
+                key = rng.choice(keys)
+                op = rng.choice(["PATCH", "PUT", "DELETE"])
+                status, body = await send(client, op, key, admin, None if op == "DELETE" else {"value": [n, i]})
+                allowed = {"PUT": {200, 201}, "PATCH": {200, 404}, "DELETE": {204, 404}}[op]
+                assert status in allowed, (op, status, body)
+
+        await asyncio.gather(*(writer(n) for n in range(4)))
+
+        final: dict[str, tuple[int, str]] = {}
+        histories: dict[str, dict[int, dict[str, Any]]] = {}
+        for key in keys:
+            resp = await client.get(f"/keys/{key}/history?limit=1000", headers=admin)
+            assert resp.status == 200, await resp.text()
+            versions = (await resp.json())["versions"]
+            histories[key] = {v["version"]: v for v in versions}
+            resp = await client.get(f"/keys/{key}", headers=admin)
+            if resp.status == 200:
+                body = await resp.json()
+                final[key] = (body["version"], "update")
+                assert body["version"] == versions[0]["version"]
+            else:
+                assert resp.status == 404, await resp.text()
+                assert versions[0]["event"] == "delete", versions[0]
+                final[key] = (versions[0]["version"], "delete")
+
+        def complete(w: Watcher) -> bool:
+            last = w.last_versions()
+            return all(key in last and last[key]["version"] >= final[key][0] for key in keys)
+
+        deadline = time.monotonic() + 20
+        for w in watchers:
+            await w.wait_until(
+                functools.partial(complete, w), "final versions", timeout=max(0.1, deadline - time.monotonic())
+            )
+
+        reference = [(e["revision"], e["key"], e["version"]) for e in watchers[0].events]
+        for w in watchers:
+            assert_ordered_stream(w.events, first_version=1)
+            last = w.last_versions()
+            for key in keys:
+                assert (last[key]["version"], last[key]["event"]) == final[key], (key, last[key], final[key])
+            for event in w.events:
+                stored = histories[event["key"]][event["version"]]
+                assert event["event"] == stored["event"], (event, stored)
+                if event["event"] == "update":
+                    assert event["value"] == stored["value"], (event, stored)
+            assert [(e["revision"], e["key"], e["version"]) for e in w.events] == reference
+        for w in watchers:
+            await w.close()
+    await assert_outbox_revision_order_is_version_order(pg, unique_prefix + ".")
+
+
+async def test_writer_blocked_on_row_lock_commits_after_a_later_writer_and_order_holds(
+    client: Client, notifier_server: Any, token: Callable[..., str], pg: aiopg.Pool, unique_prefix: str
+) -> None:
+    admin = admin_headers(token)
+    k1, k2 = f"{unique_prefix}.one", f"{unique_prefix}.two"
+    for key in (k1, k2):
+        assert (await send(client, "PUT", key, admin, {"value": 0}))[0] == 201
+    async with aiohttp.ClientSession() as session:
+        w = await open_watch(session, notifier_server.make_url("/watch"), token(), [f"{unique_prefix}.*"], since=0)
+        await w.wait_for_count(2)
+        async with pg.acquire() as conn, conn.cursor() as cur:
+            async with cur.begin():
+                await cur.execute("SELECT version FROM keys WHERE key = %s FOR UPDATE", (k1,))
+                blocked = asyncio.create_task(send(client, "PATCH", k1, admin, {"value": 1}))
+                await asyncio.sleep(0.3)
+                assert not blocked.done(), "PATCH did not wait for the row lock"
+                status, body = await send(client, "PATCH", k2, admin, {"value": 2})
+                assert (status, body["version"]) == (200, 2), body
+                await w.wait_until(lambda: any(e["key"] == k2 and e["version"] == 2 for e in w.events), "k2 v2")
+                assert not blocked.done()
+        status, body = await blocked
+        assert (status, body["version"]) == (200, 2), body
+        await w.wait_until(lambda: any(e["key"] == k1 and e["version"] == 2 for e in w.events), "k1 v2")
+        await w.close()
+    assert_ordered_stream(w.events, first_version=1)
+    assert [(e["key"], e["version"]) for e in w.events[2:]] == [(k2, 2), (k1, 2)]
+    await assert_outbox_revision_order_is_version_order(pg, unique_prefix + ".")
+
+
+async def test_transaction_committing_after_a_later_outbox_row_still_gets_a_later_revision(
+    client: Client,
+    notifier_server: Any,
+    token: Callable[..., str],
+    pg: aiopg.Pool,
+    settings: Settings,
+    unique_prefix: str,
+) -> None:
+    """A real out-of-order commit: our transaction writes k1 through the same code the API uses
+    (``write_change``), so its outbox row has the smaller id, but commits only after the API's write of
+    k2 was relayed. Revisions follow commit (visibility) order, and a PATCH of k1 queued behind our
+    row lock lands after it in both version and revision."""
+    admin = admin_headers(token)
+    k1, k2 = f"{unique_prefix}.one", f"{unique_prefix}.two"
+    for key in (k1, k2):
+        assert (await send(client, "PUT", key, admin, {"value": 0}))[0] == 201
+    keyring = Keyring(settings.encryption_keys)
+    async with aiohttp.ClientSession() as session:
+        w = await open_watch(session, notifier_server.make_url("/watch"), token(), [f"{unique_prefix}.*"], since=0)
+        await w.wait_for_count(2)
+        async with pg.acquire() as conn, conn.cursor() as cur:
+            async with cur.begin():
+                now = utcnow()
+                state = await claim_key(cur, k1, ADMIN, now)
+                new = NewState(keyring.encrypt(b'"held"', aad=k1), state.ttl, state.acl, state.creator)
+                await write_change(
+                    cur, state, new, event="update", action="patch", actor=ADMIN, request_id=None, now=now
+                )
+                queued = asyncio.create_task(send(client, "PATCH", k1, admin, {"value": "queued"}))
+                status, body = await send(client, "PATCH", k2, admin, {"value": 2})
+                assert (status, body["version"]) == (200, 2), body
+                await w.wait_until(lambda: any(e["key"] == k2 and e["version"] == 2 for e in w.events), "k2 v2")
+                assert not queued.done()
+        status, body = await queued
+        assert (status, body["version"]) == (200, 3), body
+        await w.wait_until(lambda: any(e["key"] == k1 and e["version"] == 3 for e in w.events), "k1 v3")
+        await w.close()
+    assert_ordered_stream(w.events, first_version=1)
+    tail = [(e["key"], e["version"], e.get("value")) for e in w.events[2:]]
+    assert tail == [(k2, 2, 2), (k1, 2, "held"), (k1, 3, "queued")]
+    rows = {(key, version): (oid, rev or 0) for oid, key, version, rev in await outbox_rows(pg, unique_prefix + ".")}
+    (held_id, held_rev), (later_id, later_rev) = rows[(k1, 2)], rows[(k2, 2)]
+    assert held_id < later_id, "the held transaction's outbox row should have the smaller id"
+    assert held_rev > later_rev, "revisions must follow commit order, not id order"
+    await assert_outbox_revision_order_is_version_order(pg, unique_prefix + ".")
+
+
+# --- failures -------------------------------------------------------------------------------------
+
+
+async def test_redis_outage_writes_succeed_and_watchers_get_every_event_from_postgres(
+    client: Client, notifier_server: Any, token: Callable[..., str], redis_server: Any, unique_prefix: str
+) -> None:
+    admin = admin_headers(token)
+    key = f"{unique_prefix}.flag"
+    async with aiohttp.ClientSession() as session:
+        w = await open_watch(session, notifier_server.make_url("/watch"), token(), [f"{unique_prefix}.*"])
+        assert (await send(client, "PUT", key, admin, {"value": 0}))[0] == 201
+        await w.wait_for_count(1)
+
+        redis_server.stop()
+        for i in range(1, 11):
+            status, body = await send(client, "PATCH", key, admin, {"value": i})
+            assert (status, body["version"]) == (200, i + 1), body
+        await w.wait_for_count(11, timeout=15)
+        assert [(e["version"], e["value"]) for e in w.events] == [(v, v - 1) for v in range(1, 12)]
+
+        redis_server.start()
+        for i in range(11, 16):
+            status, body = await send(client, "PATCH", key, admin, {"value": i})
+            assert (status, body["version"]) == (200, i + 1), body
+        await w.wait_for_count(16, timeout=15)
+        await asyncio.sleep(1.5)  # room for a late duplicate (the relay republishes its backlog)
+        await w.close()
+    assert_ordered_stream(w.events, first_version=1)
+    assert [(e["version"], e["value"]) for e in w.events] == [(v, v - 1) for v in range(1, 17)]
+
+
+async def test_notifier_crash_standby_takes_over_and_resume_is_exactly_once(
+    client: Client, spawn: Callable[..., Proc], token: Callable[..., str], unique_prefix: str
+) -> None:
+    admin = admin_headers(token)
+    a = spawn("notifier")
+    await wait_relay_state(a, "active", timeout=15)
+    b = spawn("notifier")
+    await wait_relay_state(b, "standby", timeout=5)
+    keys = [f"{unique_prefix}.x", f"{unique_prefix}.y"]
+    async with aiohttp.ClientSession() as session:
+        wa = await open_watch(session, f"{a.url}/watch", token(), [f"{unique_prefix}.*"])
+        for key in keys:
+            assert (await send(client, "PUT", key, admin, {"value": 0}))[0] == 201
+        for i in range(3):
+            assert (await send(client, "PATCH", keys[0], admin, {"value": i + 1}))[0] == 200
+        await wa.wait_for_count(5)
+
+        a.popen.kill()
+        a.popen.wait(10)
+        await wa.wait_until(lambda: wa.closed, "the socket to notifier A to drop")
+        for i in range(3):
+            for key in keys:
+                assert (await send(client, "PATCH", key, admin, {"value": 10 + i}))[0] == 200
+        # SPEC §7: a standby takes over within 10 s (2 s of slack for a loaded CI machine).
+        took = await wait_relay_state(b, "active", timeout=12)
+        print(f"standby took over after {took:.2f} s")
+
+        last_applied = wa.events[-1]["revision"]
+        wb = await open_watch(session, f"{b.url}/watch", token(), [f"{unique_prefix}.*"], since=last_applied)
+        for key in keys:
+            assert (await send(client, "PATCH", key, admin, {"value": "after"}))[0] == 200
+        final = {keys[0]: 8, keys[1]: 5}
+        await wb.wait_until(
+            lambda: all(wb.last_versions().get(k, {}).get("version") == v for k, v in final.items()),
+            "final versions on B",
+            timeout=15,
+        )
+        await asyncio.sleep(0.5)  # room for a duplicate
+        await wb.close()
+    union = wa.events + wb.events
+    assert len({e["revision"] for e in union}) == len(union), "an event was delivered twice"
+    assert_ordered_stream(union, first_version=1)
+    assert {k: [e["version"] for e in union if e["key"] == k] for k in keys} == {
+        k: list(range(1, v + 1)) for k, v in final.items()
+    }
+
+
+async def test_writes_made_while_no_notifier_runs_wait_in_the_outbox_and_flow_later(
+    client: Client, spawn: Callable[..., Proc], token: Callable[..., str], pg: aiopg.Pool, unique_prefix: str
+) -> None:
+    admin = admin_headers(token)
+    key = f"{unique_prefix}.k"
+    since = await relay_head(pg)
+    assert (await send(client, "PUT", key, admin, {"value": 0}))[0] == 201
+    assert (await send(client, "PATCH", key, admin, {"value": 1}))[0] == 200
+    assert (await send(client, "DELETE", key, admin))[0] == 204
+    await asyncio.sleep(0.5)
+    rows = await outbox_rows(pg, key)
+    assert [(version, revision) for _id, _key, version, revision in rows] == [(1, None), (2, None), (3, None)]
+
+    proc = spawn("notifier")
+    async with aiohttp.ClientSession() as session:
+        w = await open_watch(session, f"{proc.url}/watch", token(), [key], since=since)
+        await w.wait_for_count(3, timeout=15)
+        await w.close()
+    assert [(e["event"], e["version"], e.get("value")) for e in w.events] == [
+        ("update", 1, 0),
+        ("update", 2, 1),
+        ("delete", 3, None),
+    ]
+    assert_ordered_stream(w.events, first_version=1)
+    assert all(e["revision"] > since for e in w.events)
+
+
+async def test_api_crash_right_after_a_put_loses_nothing(
+    notifier_server: Any, spawn: Callable[..., Proc], token: Callable[..., str], unique_prefix: str
+) -> None:
+    key = f"{unique_prefix}.crash"
+    api = spawn("api_server")
+    async with aiohttp.ClientSession() as session:
+        w = await open_watch(session, notifier_server.make_url("/watch"), token(), [key])
+        async with session.put(
+            f"{api.url}/keys/{key}", json={"value": {"on": True}}, headers={"Authorization": f"Bearer {token()}"}
+        ) as resp:
+            assert resp.status == 201, await resp.text()
+            body = await resp.json()
+        api.popen.kill()
+        api.popen.wait(10)
+        await w.wait_for_count(1)
+        await w.close()
+    assert body["version"] == 1
+    assert [(e["event"], e["key"], e["version"], e["value"]) for e in w.events] == [("update", key, 1, {"on": True})]
+    assert_ordered_stream(w.events, first_version=1)
+
+
+# --- latency (reported, not asserted) ---------------------------------------------------------------
+
+
+async def test_commit_to_receive_latency_is_reported(
+    client: Client, notifier_server: Any, token: Callable[..., str], unique_prefix: str
+) -> None:
+    admin = admin_headers(token)
+    key = f"{unique_prefix}.lat"
+    async with aiohttp.ClientSession() as session:
+        w = await open_watch(session, notifier_server.make_url("/watch"), token(), [key])
+        assert (await send(client, "PUT", key, admin, {"value": 0}))[0] == 201
+        await w.wait_for_count(1)
+        for i in range(20):
+            assert (await send(client, "PATCH", key, admin, {"value": i}))[0] == 200
+            await w.wait_for_count(i + 2)
+        await w.close()
+    assert_ordered_stream(w.events, first_version=1)
+    lags = sorted(
+        received - parse_rfc3339(event["lastModified"]).timestamp()
+        for event, received in zip(w.events[1:], w.received_at[1:])
+    )
+    p99 = lags[min(len(lags) - 1, int(0.99 * len(lags)))]
+    p50 = statistics.median(lags)
+    print(f"commit->receive over {len(lags)} updates: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
+
+
+async def test_relaying_notifier_exits_0_within_10s_of_sigterm_right_after_relaying(
+    client: Client, spawn: Callable[..., Proc], token: Callable[..., str], unique_prefix: str
+) -> None:
+    """SPEC §1: every process stops cleanly on SIGTERM within 10 s and exits 0 — also the relay,
+    told to stop while it is still busy with the writes it just relayed."""
+    admin = admin_headers(token)
+    key = f"{unique_prefix}.k"
+    proc = spawn("notifier")
+    await wait_relay_state(proc, "active", timeout=15)
+    assert (await send(client, "PUT", key, admin, {"value": 0}))[0] == 201
+    for i in range(5):
+        assert (await send(client, "PATCH", key, admin, {"value": i}))[0] == 200
+    proc.popen.send_signal(signal.SIGTERM)
+    try:
+        code = await asyncio.to_thread(proc.popen.wait, 10)
+    except subprocess.TimeoutExpired:
+        code = None
+        proc.popen.kill()
+        proc.popen.wait(5)
+    assert code == 0, f"notifier exit code {code} 10 s after SIGTERM\n{proc.log()[-2000:]}"
