@@ -391,9 +391,11 @@ class Proc:
 
 @pytest.fixture
 def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
-    """``spawn("notifier", **env) -> Proc``: run ``python -m <module>`` for real and wait for /health.
+    """``spawn("notifier", wait=True, port=None, **env) -> Proc``: run ``python -m <module>`` for real and
+    wait for /health.
 
-    The process's port variable (API_PORT, NOTIFIER_PORT or EXPIRY_PORT) is set to a free port. Every
+    The process's port variable (API_PORT, NOTIFIER_PORT or EXPIRY_PORT) is set to ``port`` or a free
+    port (pass a killed process's port to restart it at the same address). Every
     process still running at teardown is sent SIGTERM, then SIGKILL.
     """
     import signal
@@ -406,8 +408,8 @@ def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     ports = {"api_server": "API_PORT", "notifier": "NOTIFIER_PORT", "expiry_worker": "EXPIRY_PORT"}
     started: list[Proc] = []
 
-    def start(module: str, wait: bool = True, **extra: str) -> Proc:
-        port = free_port()
+    def start(module: str, wait: bool = True, port: int | None = None, **extra: str) -> Proc:
+        port = port or free_port()
         log_path = tmp_path / f"{module}-{len(started)}.log"
         env = process_env(settings, **{ports[module]: str(port)}, **extra)
         with open(log_path, "wb") as log_file:
