@@ -1,0 +1,271 @@
+"""``dynconfig``: the command line of DynConfig.
+
+    export DYNCONFIG_URL=http://localhost:8080
+    export DYNCONFIG_TOKEN=$(dynconfig token --username admin-user)
+    dynconfig put app.feature.enabled true --ttl 3600 --acl-read '*' --acl-write admin-user
+    dynconfig get app.feature.enabled            # true
+    dynconfig watch 'app.*' --snapshot           # one JSON line per event until Ctrl-C
+
+Exit status: 0 success, 1 the server refused or could not be reached (the reason on stderr), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .client import UNSET, Client, watch_url
+from .errors import DynConfigClientError
+from .models import Acls, Unset
+
+PROG = "dynconfig"
+DEFAULT_URL = "http://localhost:8080"
+
+
+class UsageError(Exception):
+    """A mistake in the command line: one line on stderr, exit 2."""
+
+
+Command = Callable[[argparse.Namespace, Client], Coroutine[Any, Any, None]]
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, ensure_ascii=False), flush=True)
+
+
+def _time(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat().replace("+00:00", "Z")
+
+
+def _value(args: argparse.Namespace) -> Any:
+    if args.string:
+        return args.value
+    try:
+        return json.loads(args.value)
+    except ValueError:
+        raise UsageError(f"VALUE is not JSON: {args.value!r} (add --string to store it as a string)") from None
+
+
+def _if_match(raw: str | None) -> int | str | None:
+    return int(raw) if raw is not None and raw.isdigit() else raw
+
+
+def _acls(args: argparse.Namespace) -> Acls | Unset:
+    if args.acl_read is None and args.acl_write is None:
+        return UNSET
+    return {"read": _entries(args.acl_read), "write": _entries(args.acl_write)}
+
+
+def _entries(raw: str | None) -> list[str]:
+    return [entry.strip() for entry in (raw or "").split(",") if entry.strip()]
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+async def cmd_get(args: argparse.Namespace, client: Client) -> None:
+    item = await client.get(args.key)
+    if not args.json:
+        _print(item.value)
+        return
+    record = {
+        "key": item.key,
+        "value": item.value,
+        "version": item.version,
+        "lastModified": _time(item.last_modified),
+        "ttl": item.ttl,
+        "expiresAt": _time(item.expires_at),
+    }
+    _print(record)
+
+
+def _print_write(result: Any) -> None:
+    _print(
+        {
+            "key": result.key,
+            "version": result.version,
+            "lastModified": _time(result.last_modified),
+            "expiresAt": _time(result.expires_at),
+            "created": result.created,
+        }
+    )
+
+
+async def cmd_put(args: argparse.Namespace, client: Client) -> None:
+    ttl = UNSET if args.ttl is None else args.ttl
+    result = await client.put(args.key, _value(args), ttl=ttl, acls=_acls(args), if_match=_if_match(args.if_match))
+    _print_write(result)
+
+
+async def cmd_patch(args: argparse.Namespace, client: Client) -> None:
+    _print_write(await client.patch(args.key, _value(args), if_match=_if_match(args.if_match)))
+
+
+async def cmd_rm(args: argparse.Namespace, client: Client) -> None:
+    await client.delete(args.key, if_match=_if_match(args.if_match))
+
+
+async def cmd_ls(args: argparse.Namespace, client: Client) -> None:
+    async for key in client.list(args.namespace, page_size=1000):
+        print(key, flush=True)
+
+
+async def cmd_history(args: argparse.Namespace, client: Client) -> None:
+    async for v in client.history(args.key):
+        _print({"version": v.version, "value": v.value, "event": v.event, "actor": v.actor, "at": _time(v.at)})
+
+
+async def cmd_watch(args: argparse.Namespace, client: Client) -> None:
+    from .stream import EventStream  # late: only this command needs the WebSocket machinery
+
+    url = args.watch_url or os.environ.get("DYNCONFIG_WATCH_URL") or watch_url(client.base_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def follow(stream: EventStream) -> None:
+        async for event in stream:
+            _print(event)
+
+    async with EventStream(url, args.token, args.patterns, since_version=args.since, snapshot=args.snapshot) as stream:
+        printer = asyncio.ensure_future(follow(stream))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            done, _ = await asyncio.wait({printer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (printer, stopper):
+                task.cancel()
+            await asyncio.gather(printer, stopper, return_exceptions=True)
+        if printer in done:
+            printer.result()  # the stream gave up: raise its error
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Mint a dev token with the local run's signing key (no server involved)."""
+    from devtools.devkeys import load_dev_keys, mint_token
+    from devtools.token import default_dev_dir
+
+    if not args.username.strip():
+        raise UsageError("--username must not be empty")
+    if args.ttl < 1:
+        raise UsageError("--ttl must be at least 1")
+    keys_dir = (args.dir or default_dev_dir()) / "keys"
+    keys = load_dev_keys(keys_dir)
+    if keys is None:
+        print(f"{PROG}: no dev keys in {keys_dir}; run ./dev/up first", file=sys.stderr)
+        return 2
+    print(mint_token(keys.signing_key_path, keys.kid, args.username, ttl_seconds=args.ttl))
+    return 0
+
+
+# --- the parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (global options are accepted before or after the command)."""
+
+    def connection_options(parser: argparse.ArgumentParser, top: bool) -> None:
+        # On subcommands the defaults are suppressed so they do not override values given before the command.
+        url_default = (os.environ.get("DYNCONFIG_URL") or DEFAULT_URL) if top else argparse.SUPPRESS
+        token_default = os.environ.get("DYNCONFIG_TOKEN") if top else argparse.SUPPRESS
+        parser.add_argument("--url", default=url_default, help=f"server URL (env DYNCONFIG_URL, default {DEFAULT_URL})")
+        parser.add_argument("--token", default=token_default, help="bearer token (env DYNCONFIG_TOKEN)")
+
+    parser = argparse.ArgumentParser(prog=PROG, description="Read, write and watch DynConfig keys.")
+    connection_options(parser, top=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Command, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        connection_options(sub, top=False)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def value_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("key", metavar="KEY")
+        sub.add_argument("value", metavar="VALUE", help="a JSON value (true, 42, '\"text\"', '{\"a\": 1}')")
+        sub.add_argument("--string", action="store_true", help="store VALUE as a string, literally")
+        sub.add_argument("--if-match", metavar="V", help="only if the key is at version V (or ETag V)")
+
+    get = command("get", cmd_get, "print a key's value as JSON")
+    get.add_argument("key", metavar="KEY")
+    get.add_argument("--json", action="store_true", help="print the whole record (value, version, ttl, ...)")
+
+    put = command("put", cmd_put, "create or replace a key")
+    value_options(put)
+    put.add_argument("--ttl", type=int, metavar="N", help="expire N seconds after this write")
+    put.add_argument("--acl-read", metavar="A,B", help="who may read (usernames, '*', 'prefix*')")
+    put.add_argument("--acl-write", metavar="A,B", help="who may write")
+
+    value_options(command("patch", cmd_patch, "change the value of an existing key"))
+
+    rm = command("rm", cmd_rm, "delete a key")
+    rm.add_argument("key", metavar="KEY")
+    rm.add_argument("--if-match", metavar="V", help="only if the key is at version V (or ETag V)")
+
+    ls = command("ls", cmd_ls, "list the keys you may read, one per line")
+    ls.add_argument("namespace", metavar="NAMESPACE", nargs="?")
+
+    watch = command("watch", cmd_watch, "print change events as JSON lines until interrupted")
+    watch.add_argument("patterns", metavar="PATTERN", nargs="+", help="a key, or a prefix ending in '*'")
+    watch.add_argument("--since", type=int, metavar="R", help="replay every change after revision R first")
+    watch.add_argument("--snapshot", action="store_true", help="start with the current value of every match")
+    watch.add_argument("--watch-url", help="WebSocket URL (env DYNCONFIG_WATCH_URL, default: --url as ws + /watch)")
+
+    history = command("history", cmd_history, "print every version of a key, newest first, as JSON lines")
+    history.add_argument("key", metavar="KEY")
+
+    token = commands.add_parser("token", help="mint a dev token for the local run (./dev/up)")
+    token.add_argument("--username", required=True, help="the token's username (admins: admin-user)")
+    token.add_argument("--ttl", type=int, default=3600, metavar="S", help="lifetime in seconds (default 3600)")
+    token.add_argument("--dir", type=Path, help="dev data directory with keys/ (default: .dev of the repository)")
+    token.set_defaults(handler=None)
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> None:
+    async with Client(args.url, args.token) as client:
+        await args.handler(args, client)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # The library's warnings (a watch reconnecting, say) as "dynconfig: ..." lines on stderr.
+    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s", stream=sys.stderr)
+    try:
+        if args.command == "token":
+            return cmd_token(args)
+        if not args.token:
+            raise UsageError("no token: pass --token or set DYNCONFIG_TOKEN (`dynconfig token` mints a dev one)")
+        if args.command in ("put", "patch"):
+            _value(args)  # a bad VALUE is a usage error, found before any request
+        asyncio.run(_run(args))
+    except UsageError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    except DynConfigClientError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`dynconfig ls | head`): not an error; keep Python from complaining at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""The async HTTP client: every route of SPEC §4, typed results, typed errors::
+
+async with Client("http://localhost:8080", token) as client:
+    await client.put("app.feature.enabled", True, ttl=3600)
+    item = await client.get("app.feature.enabled")
+    await client.patch(item.key, False, if_match=item.etag)
+    async for key in client.list("app"):
+        print(key)
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from .auth import TokenSource, resolve_token
+from .errors import ApiError, ConnectionFailed, RateLimited, error_class
+from .models import (
+    UNSET,
+    Acls,
+    AuditRecord,
+    KeyPage,
+    KeyValue,
+    Namespace,
+    PollResult,
+    Unset,
+    Version,
+    WriteResult,
+    parse_time,
+)
+
+__all__ = [
+    "UNSET",
+    "AuditRecord",
+    "Client",
+    "KeyPage",
+    "KeyValue",
+    "Namespace",
+    "PollResult",
+    "Version",
+    "WriteResult",
+    "watch_url",
+]
+
+logger = logging.getLogger(__name__)
+
+_STREAM_OVER = 256 * 1024
+
+
+def watch_url(base_url: str) -> str:
+    """The WebSocket URL of ``/watch`` behind ``base_url``: ``http://h:8080`` → ``ws://h:8080/watch``."""
+    url = URL(base_url)
+    schemes = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+    if url.scheme not in schemes:
+        raise ValueError(f"not an http(s) URL: {base_url!r}")
+    return str(url.with_scheme(schemes[url.scheme]).with_path(url.path.rstrip("/") + "/watch").with_query(None))
+
+
+class Client:
+    """Async client of the DynConfig REST API.
+
+    ``token`` is a JWT string or a callable (sync or async) returning a fresh one; it is resolved for every
+    request, and after a 401 a callable is asked once more and the request retried. Errors raise the typed
+    exceptions of :mod:`dynconfig_client.errors`; an unreachable server raises ``ConnectionFailed``. The
+    client owns (and closes) its ``aiohttp.ClientSession`` unless one is passed in.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: TokenSource,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._session = session
+        self._owns_session = session is None
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP session if this client created it."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- keys ---------------------------------------------------------------------------------
+
+    async def get(self, key: str) -> KeyValue:
+        """The current value of ``key`` (``NotFound`` if absent, deleted or expired)."""
+        body, headers, _ = await self._call("GET", _key_path(key))
+        return KeyValue(
+            key=body["key"],
+            value=body["value"],
+            version=body["version"],
+            last_modified=_time(body["lastModified"]),
+            ttl=body.get("ttl"),
+            expires_at=parse_time(body.get("expiresAt")),
+            etag=headers.get("ETag") or f'"{body["version"]}"',
+        )
+
+    async def put(
+        self,
+        key: str,
+        value: Any,
+        *,
+        ttl: int | Unset | None = UNSET,
+        acls: Acls | Unset | None = UNSET,
+        if_match: int | str | None = None,
+    ) -> WriteResult:
+        """Create or replace ``key``. ``ttl``/``acls`` left UNSET keep the stored ones; ``None`` clears them."""
+        body = _write_body(value, ttl, acls)
+        return _written(*await self._call("PUT", _key_path(key), json_body=body, if_match=if_match))
+
+    async def patch(
+        self,
+        key: str,
+        value: Any = UNSET,
+        *,
+        ttl: int | Unset | None = UNSET,
+        acls: Acls | Unset | None = UNSET,
+        if_match: int | str | None = None,
+    ) -> WriteResult:
+        """Change a live key's value and/or (admins only) its ttl and acls."""
+        body = _write_body(value, ttl, acls)
+        return _written(*await self._call("PATCH", _key_path(key), json_body=body, if_match=if_match))
+
+    async def delete(self, key: str, *, if_match: int | str | None = None) -> None:
+        """Delete ``key`` (a soft delete: its version grows by one)."""
+        await self._call("DELETE", _key_path(key), if_match=if_match)
+
+    async def list_page(self, namespace: str | None = None, *, limit: int = 100, cursor: str | None = None) -> KeyPage:
+        """One page of the readable keys (of ``namespace``), sorted; pass ``page.next`` as ``cursor``."""
+        params = _params(namespace=namespace, limit=limit, cursor=cursor)
+        body, _, _ = await self._call("GET", "/keys", params=params)
+        return KeyPage(keys=body["keys"], total=body["total"], next=body.get("next"))
+
+    async def list(self, namespace: str | None = None, *, page_size: int = 100) -> AsyncIterator[str]:
+        """Every readable key (of ``namespace``), sorted, fetching page after page."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_page(namespace, limit=page_size, cursor=cursor)
+            for key in page.keys:
+                yield key
+            if page.next is None:
+                return
+            cursor = page.next
+
+    async def history(self, key: str, *, page_size: int = 100) -> AsyncIterator[Version]:
+        """Every version of ``key``, newest first (the current one included)."""
+        cursor: str | None = None
+        while True:
+            params = _params(limit=page_size, cursor=cursor)
+            body, _, _ = await self._call("GET", _key_path(key) + "/history", params=params)
+            for item in body["versions"]:
+                yield Version(item["version"], item.get("value"), item["event"], item.get("actor"), _time(item["at"]))
+            cursor = body.get("next")
+            if cursor is None:
+                return
+
+    async def poll(self, since_version: int, *, namespace: str | None = None, limit: int = 100) -> PollResult:
+        """Readable change events with a revision above ``since_version``, in revision order."""
+        params = _params(since_version=since_version, namespace=namespace, limit=limit)
+        body, _, _ = await self._call("GET", "/keys", params=params)
+        return PollResult(body["events"], body["revision"], bool(body.get("more")), bool(body.get("reset")))
+
+    # --- namespaces, audit, health --------------------------------------------------------------
+
+    async def get_namespace(self, namespace: str) -> Namespace:
+        """The ACL of ``namespace`` (``NotFound`` when it has none)."""
+        body, _, _ = await self._call("GET", "/namespaces/" + _quote(namespace))
+        return _namespace(body)
+
+    async def put_namespace(self, namespace: str, acls: Acls) -> Namespace:
+        """Set the ACL of ``namespace`` (admins only)."""
+        payload = {"acls": {kind: builtins.list(entries) for kind, entries in acls.items()}}
+        body, _, _ = await self._call("PUT", "/namespaces/" + _quote(namespace), json_body=payload)
+        return _namespace(body)
+
+    async def delete_namespace(self, namespace: str) -> None:
+        """Remove the ACL of ``namespace`` (admins only; ``NotFound`` when it has none)."""
+        await self._call("DELETE", "/namespaces/" + _quote(namespace))
+
+    async def audit(
+        self,
+        key: str | None = None,
+        actor: str | None = None,
+        since: datetime | str | None = None,
+        limit: int = 100,
+    ) -> AsyncIterator[AuditRecord]:
+        """The audit log, newest first, filtered by key, actor and time (admins only); ``limit`` per page."""
+        if isinstance(since, datetime):
+            since = since.isoformat().replace("+00:00", "Z")
+        cursor: str | None = None
+        while True:
+            params = _params(key=key, actor=actor, since=since, limit=limit, cursor=cursor)
+            body, _, _ = await self._call("GET", "/audit", params=params)
+            for r in body["records"]:
+                yield AuditRecord(
+                    r["id"],
+                    _time(r["at"]),
+                    r["actor"],
+                    r["action"],
+                    r.get("key"),
+                    r.get("version"),
+                    r["outcome"],
+                    r.get("requestId"),
+                )
+            cursor = body.get("next")
+            if cursor is None:
+                return
+
+    async def health(self) -> dict[str, Any]:
+        """``{"status": "healthy", "checks": {...}}``; an unhealthy server raises ``ServerError`` (503)."""
+        body, _, _ = await self._call("GET", "/health", auth=False)
+        return body
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json_body: dict[str, Any] | None = None,
+        if_match: int | str | None = None,
+        auth: bool = True,
+    ) -> tuple[Any, Mapping[str, str], int]:
+        """Send one request (again once after a 401 when the token is a callable); the decoded body."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        url = URL(self.base_url + path, encoded=True)
+        if params:
+            url = url.update_query(params)
+        headers = {"Accept": "application/json"}
+        if if_match is not None:
+            headers["If-Match"] = f'"{if_match}"' if isinstance(if_match, int) else if_match
+        data = None
+        if json_body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        retry = auth and not isinstance(self._token, str)
+        while True:
+            if auth:
+                headers["Authorization"] = "Bearer " + await resolve_token(self._token)
+            status, raw, resp_headers = await self._send(method, url, headers, data)
+            logger.debug("%s %s -> %s", method, path, status)
+            if status == 401 and retry:
+                retry = False
+                continue
+            break
+        body: Any = None
+        if raw.strip():
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+        if status >= 400:
+            raise _api_error(status, body, resp_headers)
+        if raw.strip() and body is None:
+            raise ApiError(status, "Invalid Response", f"{method} {path} answered with non-JSON content")
+        return body, resp_headers, status
+
+    async def _send(
+        self, method: str, url: URL, headers: dict[str, str], data: bytes | None
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        assert self._session is not None
+        try:
+            # aiohttp warns about (and would block on) big raw byte bodies; a stream is written in chunks.
+            body = io.BytesIO(data) if data is not None and len(data) > _STREAM_OVER else data
+            async with self._session.request(method, url, headers=headers, data=body, timeout=self._timeout) as resp:
+                return resp.status, await resp.read(), resp.headers
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = f"no answer within {self._timeout.total} s" if isinstance(exc, TimeoutError) else str(exc)
+            raise ConnectionFailed(f"cannot reach {self.base_url}: {reason}") from exc
+
+
+def _quote(name: str) -> str:
+    return quote(name, safe="/:")
+
+
+def _key_path(key: str) -> str:
+    return "/keys/" + _quote(key)
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _params(**values: object) -> dict[str, str]:
+    return {name: str(value) for name, value in values.items() if value is not None}
+
+
+def _write_body(value: Any, ttl: int | Unset | None, acls: Acls | Unset | None) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if value is not UNSET:
+        body["value"] = value
+    if ttl is not UNSET:
+        body["ttl"] = ttl
+    if acls is not UNSET:
+        body["acls"] = None if acls is None else {kind: list(entries) for kind, entries in acls.items()}
+    return body
+
+
+def _written(body: Any, headers: Mapping[str, str], status: int) -> WriteResult:
+    return WriteResult(
+        key=body["key"],
+        version=body["version"],
+        last_modified=_time(body["lastModified"]),
+        expires_at=parse_time(body.get("expiresAt")),
+        created=status == 201,
+    )
+
+
+def _namespace(body: Any) -> Namespace:
+    return Namespace(body["namespace"], body["acls"], body.get("updatedBy"), parse_time(body.get("updatedAt")))
+
+
+def _api_error(status: int, body: Any, headers: Mapping[str, str]) -> ApiError:
+    """The typed exception for an error answer, with the server's ``error`` and ``message``."""
+    if not isinstance(body, dict):
+        body = {}
+    error = str(body.get("error") or f"HTTP {status}")
+    message = str(body.get("message") or "the server gave no message")
+    cls = error_class(status)
+    if cls is RateLimited:
+        retry_after: float | None
+        try:
+            retry_after = float(headers.get("Retry-After", ""))
+        except ValueError:
+            retry_after = None
+        return RateLimited(status, error, message, body, retry_after=retry_after)
+    return cls(status, error, message, body)

@@ -1,0 +1,362 @@
+"""``EventStream``: the ``/watch`` WebSocket as an endless, lossless async iterator of change events.
+
+    async with EventStream("ws://localhost:8080/watch", token, ["app.*"], snapshot=True) as stream:
+        async for event in stream:          # {"event": "update", "key": ..., "revision": 17, ...}
+            ...
+
+It reconnects forever (exponential backoff with jitter) and resumes with ``since_version`` set to the
+revision of the last event it yielded, so across reconnects every change arrives exactly once and in
+revision order. Yielded kinds: ``update``, ``delete``, ``expired``, ``reset`` (and, with
+``markers=True``, ``synced``); ``subscribed``, ``unsubscribed`` and ``error`` are handled here.
+The one exception to "revisions only grow": after a ``reset`` comes the snapshot to replace your state
+with, whose events keep their original (possibly older) revisions; all of them are yielded. If the
+connection drops before that snapshot is complete, the stream resubscribes with a fresh snapshot and
+yields another ``reset`` first.
+
+How the end of a replay is found: right after each ``subscribe`` the stream sends ``{"unsubscribe": []}``.
+The server handles one message at a time, so its answer (``unsubscribed`` with no patterns) arrives
+after every replayed or snapshot event of that subscription and before any live one. That barrier ends
+a post-``reset`` snapshot exactly (no guessing with quiet periods) and is what ``synced`` reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import random
+import time
+from collections import deque
+from typing import Any
+
+import aiohttp
+from aiohttp import WSMsgType
+
+from .auth import TokenSource, resolve_token
+from .errors import BadRequest, Unauthorized
+
+log = logging.getLogger(__name__)
+
+CHANGE_KINDS = frozenset({"update", "delete", "expired"})
+CLOSE_UNAUTHORIZED = 4401
+REFRESH_MARGIN_SECONDS = 60.0
+_CONNECT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
+
+
+def token_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT (read without verifying it; only used to plan a refresh), or None."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        exp = claims.get("exp") if isinstance(claims, dict) else None
+    except (IndexError, ValueError):
+        return None
+    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+
+
+def refresh_delay(exp: float, now: float) -> float:
+    """Seconds until a token expiring at ``exp`` should be replaced: 60 s before, or at half-life."""
+    remaining = exp - now
+    delay = remaining - REFRESH_MARGIN_SECONDS if remaining > 2 * REFRESH_MARGIN_SECONDS else remaining / 2
+    return max(delay, 1.0)
+
+
+class EventStream:
+    """A resumable subscription to ``patterns`` on a notifier's ``/watch`` (see the module docstring).
+
+    ``since_version`` resumes after a known revision; otherwise ``snapshot=True`` starts with the current
+    value of every matching key. ``token`` is a string or a (sync or async) callable; a callable is asked
+    for a fresh token at every connect and shortly before the current one expires (sent in-band, so the
+    connection stays open). ``markers=True`` also yields ``{"event": "synced", "revision": R}`` each time
+    a (re)subscription has delivered everything up to revision ``R`` (the replay or snapshot is complete).
+
+    Also readable: ``connects`` (connections made so far), ``last_close_code``, and ``last_message_at``
+    (``time.monotonic()`` when the last frame, ping or pong arrived; None before the first).
+    """
+
+    def __init__(
+        self,
+        watch_url: str,
+        token: TokenSource,
+        patterns: list[str],
+        *,
+        since_version: int | None = None,
+        snapshot: bool = False,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        session: aiohttp.ClientSession | None = None,
+        heartbeat: float = 15.0,
+        markers: bool = False,
+    ) -> None:
+        if not patterns:
+            raise ValueError("at least one pattern is needed")
+        self.watch_url = watch_url
+        self.patterns = list(patterns)
+        self._token = token
+        self._since = since_version
+        self._snapshot = snapshot
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._delay = backoff_initial
+        self._session = session
+        self._own_session = session is None
+        self._heartbeat = heartbeat
+        self._markers = markers
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._revision: int | None = None
+        self._reset_through: int | None = None  # inside a post-reset snapshot (ends at the barrier)
+        self._snap_last = -1
+        self._resnapshot = False  # resubscribed with a snapshot to finish an interrupted reset
+        self._through = 0  # the server's head when the current subscription started
+        self._subscribed = False
+        self._error: dict[str, Any] | None = None
+        self._refusal: BadRequest | Unauthorized | None = None
+        self._pending: deque[dict[str, Any]] = deque()
+        self._attempts = 0
+        self._closed = False
+        self._wake: asyncio.Event | None = None
+        self.connects = 0
+        self.last_close_code: int | None = None
+        self.last_message_at: float | None = None
+
+    @property
+    def revision(self) -> int | None:
+        """The revision the stream would resume after (the last one yielded or synced), or None."""
+        return self._revision
+
+    @property
+    def connected(self) -> bool:
+        """True while the socket is open and the subscription was accepted."""
+        return self._ws is not None and not self._ws.closed and self._subscribed
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        """The next event; reconnects as often as needed. Raises BadRequest if the server refuses the
+        subscription (invalid pattern), StopAsyncIteration once closed."""
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._pending:
+                return self._pending.popleft()
+            ws = self._ws
+            if ws is None:
+                await self._connect()
+                continue
+            msg = await ws.receive()
+            self.last_message_at = time.monotonic()
+            if msg.type == WSMsgType.TEXT:
+                try:
+                    event = json.loads(msg.data)
+                except ValueError:
+                    log.warning("ignoring a frame that is not JSON")
+                    continue
+                if isinstance(event, dict):
+                    self._handle(event)
+                if self._refusal is not None:
+                    await self.close()
+                    raise self._refusal
+            elif msg.type == WSMsgType.PING:
+                await ws.pong(msg.data)
+            elif msg.type in (WSMsgType.PONG, WSMsgType.BINARY):
+                continue
+            else:  # CLOSE, CLOSING, CLOSED, ERROR
+                await self._disconnected(ws)
+                if self._refusal is not None:
+                    await self.close()
+                    raise self._refusal
+
+    async def close(self) -> None:
+        """Stop: close the socket (and the session if the stream made it); iteration ends."""
+        self._closed = True
+        if self._wake is not None:
+            self._wake.set()
+        await self._drop_socket()
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- events ------------------------------------------------------------------------------------
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        revision = event.get("revision")
+        if kind in CHANGE_KINDS and isinstance(revision, int):
+            self._change(event, revision)
+        elif kind == "reset" and isinstance(revision, int):
+            log.warning("the server no longer has the change log after revision %s: reset and snapshot", self._revision)
+            self._reset_through, self._snap_last = revision, -1
+            self._pending.append(event)
+        elif kind == "subscribed":
+            self._subscribed = True
+            self._through = revision if isinstance(revision, int) else 0
+            if self._resnapshot:  # a reset snapshot was cut short: this snapshot replaces it
+                self._resnapshot, self._reset_through, self._snap_last = False, self._through, -1
+                self._pending.append({"event": "reset", "revision": self._through})
+            self._delay = self._backoff_initial
+            log.info("subscribed to %d pattern(s) at revision %s", len(self.patterns), self._through)
+        elif kind == "unsubscribed" and event.get("patterns") == []:
+            self._barrier()
+        elif kind == "error":
+            self._error = event
+            log.warning("server error: %s: %s", event.get("error"), event.get("message"))
+
+    def _change(self, event: dict[str, Any], revision: int) -> None:
+        through = self._reset_through
+        if through is not None:
+            if revision <= through:
+                if revision > self._snap_last:  # part of the post-reset snapshot
+                    self._snap_last = revision
+                    self._pending.append(event)
+                return
+            self._end_reset(through)
+        if self._revision is not None and revision <= self._revision:
+            return
+        self._revision = revision
+        self._pending.append(event)
+
+    def _end_reset(self, through: int) -> None:
+        self._reset_through = None
+        self._revision = max(self._revision or 0, through)
+
+    def _barrier(self) -> None:
+        """Everything of the current subscription's replay or snapshot has arrived."""
+        if not self._subscribed:  # the server answered the subscribe with an error event
+            error = self._error or {}
+            phrase, message = str(error.get("error", "Bad Request")), str(error.get("message", ""))
+            self._refusal = BadRequest(400, phrase, message, error)
+            return
+        if self._reset_through is not None:
+            self._end_reset(self._reset_through)
+        # Nothing matching happened up to the head announced by `subscribed`: resume from there.
+        self._revision = max(self._revision or 0, self._through)
+        if self._markers:
+            self._pending.append({"event": "synced", "revision": self._revision})
+
+    # --- connection --------------------------------------------------------------------------------
+
+    def _subscribe_message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"subscribe": self.patterns}
+        self._resnapshot = self._reset_through is not None
+        if self._resnapshot:
+            message["snapshot"] = True
+            return message
+        since = self._revision if self._revision is not None else self._since
+        if since is not None:
+            message["since_version"] = since
+        elif self._snapshot:
+            message["snapshot"] = True
+        return message
+
+    async def _connect(self) -> None:
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+        while not self._closed:
+            if self._attempts:
+                await self._backoff()
+                if self._closed:
+                    return
+            self._attempts += 1
+            try:
+                token = await resolve_token(self._token)
+            except Exception:  # a failing token callable must not end the stream
+                log.exception("the token source failed")
+                continue
+            try:
+                ws = await self._session.ws_connect(
+                    self.watch_url,
+                    headers={"Authorization": f"Bearer {token}"},
+                    heartbeat=self._heartbeat,
+                    autoping=False,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+                )
+            except _CONNECT_ERRORS as exc:
+                if not self._closed:
+                    log.warning("cannot connect to %s: %s", self.watch_url, exc.__class__.__name__)
+                continue
+            except RuntimeError:
+                if self._closed:  # close() closed the session under us
+                    return
+                raise
+            if self._closed:
+                await ws.close()
+                return
+            self.connects += 1
+            self._ws, self._subscribed, self._error = ws, False, None
+            try:
+                await ws.send_json(self._subscribe_message())
+                await ws.send_json({"unsubscribe": []})  # the end-of-replay barrier
+            except _CONNECT_ERRORS:
+                await self._disconnected(ws)
+                continue
+            if not isinstance(self._token, str):
+                self._refresher = asyncio.create_task(self._refresh(ws, token), name="dynconfig-token-refresh")
+            return
+
+    async def _backoff(self) -> None:
+        delay = random.uniform(self._delay / 2, self._delay)
+        self._delay = min(self._delay * 2, self._backoff_max)
+        assert self._wake is not None
+        try:
+            await asyncio.wait_for(self._wake.wait(), delay)
+        except TimeoutError:
+            pass
+
+    async def _disconnected(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        code = ws.close_code
+        self.last_close_code = code
+        await self._drop_socket()
+        if self._closed:
+            return
+        if code == CLOSE_UNAUTHORIZED and isinstance(self._token, str):
+            # A fixed token will not get better by retrying: give up with the server's reason.
+            error = self._error or {}
+            message = str(error.get("message", "the server refused the token"))
+            self._refusal = Unauthorized(401, "Unauthorized", message, error)
+        elif code == CLOSE_UNAUTHORIZED:
+            log.warning("the server closed the watch (4401, token expired or invalid); reconnecting with a fresh token")
+        else:
+            log.warning("watch connection lost (close code %s); resuming after revision %s", code, self._revision)
+
+    async def _drop_socket(self) -> None:
+        ws, self._ws = self._ws, None
+        self._subscribed = False
+        refresher, self._refresher = self._refresher, None
+        if refresher is not None:
+            refresher.cancel()
+            await asyncio.wait([refresher])
+        if ws is not None and not ws.closed:
+            try:
+                await ws.close()
+            except _CONNECT_ERRORS:
+                pass
+
+    async def _refresh(self, ws: aiohttp.ClientWebSocketResponse, token: str) -> None:
+        """Send a fresh token before the current one expires, for as long as this socket lives."""
+        while not ws.closed:
+            exp = token_expiry(token)
+            if exp is None:
+                return  # not a JWT we can read: rely on reconnect-after-4401
+            await asyncio.sleep(refresh_delay(exp, time.time()))
+            try:
+                fresh = await resolve_token(self._token)
+                await ws.send_json({"token": fresh})
+            except _CONNECT_ERRORS:
+                return
+            except Exception:
+                log.exception("the token source failed; retrying")
+                await asyncio.sleep(min(5.0, max(1.0, exp - time.time()) / 2))
+                continue
+            log.debug("sent a fresh token")
+            token = fresh

@@ -1,0 +1,274 @@
+"""The ``dynconfig`` command line, run as a real subprocess against real api_server and notifier processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from devtools.devkeys import ensure_dev_keys
+from devtools.services import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+Token = Callable[..., str]
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def cli_env(url: str, token: str | None, **extra: str) -> dict[str, str]:
+    """The caller's environment without any DYNCONFIG_* setting of its own, plus URL and token."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DYNCONFIG_", "PYTEST"))}
+    env["DYNCONFIG_TEST_KEY_HEX"] = os.environ.get("DYNCONFIG_TEST_KEY_HEX", "")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env["DYNCONFIG_URL"] = url
+    if token is not None:
+        env["DYNCONFIG_TOKEN"] = token
+    env.update(extra)
+    return env
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dynconfig_client", *args]
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cli_command(*args), env=env, cwd=REPO, capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def api_proc(spawn: Callable[..., Any]) -> Any:
+    """A real api_server process."""
+    return spawn("api_server")
+
+
+@pytest.fixture
+def admin_token(token: Token) -> str:
+    return token()
+
+
+@pytest.fixture
+def cli(api_proc: Any, admin_token: str) -> Run:
+    """``cli("get", "k")``: run dynconfig as the admin against the api_server process."""
+    env = cli_env(api_proc.url, admin_token)
+    return lambda *args, **extra: run_cli(*args, env={**env, **extra})
+
+
+def http_get(url: str, token: str) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    return result.stdout
+
+
+class LineReader:
+    """Lines of a subprocess's stdout, read by a thread so the test can wait with a timeout."""
+
+    def __init__(self, stream: Any) -> None:
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: Any) -> None:
+        for line in stream:
+            self._lines.put(line)
+
+    def next_json(self, timeout: float = 15.0) -> dict[str, Any]:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no line from the watch process in {timeout} s") from None
+        event: dict[str, Any] = json.loads(line)
+        return event
+
+
+# --- the round trip --------------------------------------------------------------------------------
+
+
+def test_round_trip_put_get_watch_rm(
+    cli: Run, spawn: Callable[..., Any], api_proc: Any, admin_token: str, unique_prefix: str
+) -> None:
+    notifier = spawn("notifier")
+    key = f"{unique_prefix}.feature.enabled"
+    put = json.loads(ok(cli("put", key, '{"on": true}')))
+    assert (put["key"], put["version"], put["created"], put["expiresAt"]) == (key, 1, True, None)
+    assert ok(cli("get", key)) == '{"on": true}\n'
+
+    watch_env = cli_env(api_proc.url, admin_token, DYNCONFIG_WATCH_URL=f"ws://127.0.0.1:{notifier.port}/watch")
+    watcher = subprocess.Popen(
+        cli_command("watch", f"{unique_prefix}.*", "--snapshot"),
+        env=watch_env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = LineReader(watcher.stdout)
+        snapshot = lines.next_json()  # the current value first: the subscription is in place
+        assert (snapshot["event"], snapshot["key"], snapshot["version"]) == ("update", key, 1)
+        assert snapshot["value"] == {"on": True}
+
+        ok(cli("put", key, "false"))
+        live = lines.next_json()
+        assert (live["event"], live["key"], live["version"], live["value"]) == ("update", key, 2, False)
+        assert live["revision"] > snapshot["revision"]
+
+        assert ok(cli("rm", key)) == ""
+        deleted = lines.next_json()
+        assert (deleted["event"], deleted["key"], deleted["version"]) == ("delete", key, 3)
+        assert deleted["revision"] > live["revision"]
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        _, stderr = watcher.communicate(timeout=15)
+    assert watcher.returncode == 0, stderr
+    assert admin_token not in stderr
+
+    gone = cli("get", key)
+    assert (gone.returncode, gone.stdout, gone.stderr) == (1, "", "dynconfig: 404 Not Found: Key does not exist\n")
+
+
+# --- values and options ----------------------------------------------------------------------------
+
+
+def test_value_is_json_unless_string(cli: Run, api_proc: Any, admin_token: str, unique_prefix: str) -> None:
+    ok(cli("put", f"{unique_prefix}.bool", "true"))
+    ok(cli("put", f"{unique_prefix}.str", "true", "--string"))
+    ok(cli("put", f"{unique_prefix}.text", "hello world", "--string"))
+    assert ok(cli("get", f"{unique_prefix}.bool")) == "true\n"
+    assert ok(cli("get", f"{unique_prefix}.str")) == '"true"\n'
+    assert http_get(f"{api_proc.url}/keys/{unique_prefix}.text", admin_token)[1]["value"] == "hello world"
+
+    record = json.loads(ok(cli("get", f"{unique_prefix}.bool", "--json")))
+    assert {k: record[k] for k in ("key", "value", "version", "ttl", "expiresAt")} == {
+        "key": f"{unique_prefix}.bool",
+        "value": True,
+        "version": 1,
+        "ttl": None,
+        "expiresAt": None,
+    }
+    assert record["lastModified"].endswith("Z")
+
+
+def test_value_that_is_not_json_is_a_usage_error(cli: Run, unique_prefix: str) -> None:
+    result = cli("put", f"{unique_prefix}.k", "not json")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.count("\n") == 1 and "--string" in result.stderr
+    assert cli("get", f"{unique_prefix}.k").returncode == 1  # nothing was written
+
+
+def test_put_ttl_acls_and_if_match(cli: Run, api_proc: Any, token: Token, unique_prefix: str) -> None:
+    key = f"{unique_prefix}.guarded"
+    ok(cli("put", key, "1", "--ttl", "60", "--acl-read", "*", "--acl-write", "svc:*, ops"))
+    record = json.loads(ok(cli("get", key, "--json")))
+    assert (record["value"], record["ttl"]) == (1, 60)
+
+    bob = cli_env(api_proc.url, token(f"{unique_prefix}-bob"))
+    assert ok(run_cli("get", key, env=bob)) == "1\n"  # read: *
+    denied = run_cli("patch", key, "2", env=bob)  # write: svc:*, ops
+    assert (denied.returncode, denied.stderr) == (1, f"dynconfig: 403 Forbidden: You may not write key '{key}'\n")
+    svc = cli_env(api_proc.url, token("svc:billing"))
+    assert json.loads(ok(run_cli("patch", key, "2", "--if-match", "1", env=svc)))["version"] == 2
+
+    stale = cli("patch", key, "3", "--if-match", "1")
+    assert (stale.returncode, stale.stderr) == (1, "dynconfig: 412 Precondition Failed: Key is at version 2, not 1\n")
+    assert cli("rm", key, "--if-match", '"1"').returncode == 1
+    ok(cli("rm", key, "--if-match", '"2"'))
+
+
+def test_ls_lists_every_key_and_history_prints_versions(cli: Run, unique_prefix: str) -> None:
+    keys = [f"{unique_prefix}.b", f"{unique_prefix}.a", f"{unique_prefix}/c/d"]
+    for key in keys:
+        ok(cli("put", key, "0"))
+    ok(cli("patch", keys[0], '"second"'))
+    assert ok(cli("ls", unique_prefix)).splitlines() == sorted(keys)
+
+    history = [json.loads(line) for line in ok(cli("history", keys[0])).splitlines()]
+    assert [(h["version"], h["event"], h["value"], h["actor"]) for h in history] == [
+        (2, "update", "second", "admin-user"),
+        (1, "update", 0, "admin-user"),
+    ]
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def test_get_missing_key_prints_server_message_and_exits_1(
+    cli: Run, api_proc: Any, admin_token: str, unique_prefix: str
+) -> None:
+    key = f"{unique_prefix}.missing"
+    status, body = http_get(f"{api_proc.url}/keys/{key}", admin_token)
+    assert status == 404
+    result = cli("get", key)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == f"dynconfig: 404 {body['error']}: {body['message']}\n"
+
+
+def test_bad_token_prints_unauthorized_without_the_token(api_proc: Any, token: Token, unique_prefix: str) -> None:
+    expired = token(exp_in=-120)
+    result = run_cli("ls", env=cli_env(api_proc.url, expired))
+    assert result.returncode == 1
+    assert result.stderr.startswith("dynconfig: 401 Unauthorized: ") and result.stderr.count("\n") == 1
+    assert expired not in result.stderr + result.stdout
+
+
+def test_unreachable_server_exits_1_with_one_line(token: Token) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = run_cli("get", "app.x", env=cli_env(url, token()))
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.startswith(f"dynconfig: cannot reach {url}: ") and result.stderr.count("\n") == 1
+
+
+def test_missing_token_is_a_usage_error() -> None:
+    result = run_cli("ls", env=cli_env("http://127.0.0.1:9", None))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("dynconfig: no token") and result.stderr.count("\n") == 1
+
+
+def test_options_are_accepted_after_the_command(cli: Run, api_proc: Any, admin_token: str, unique_prefix: str) -> None:
+    env = cli_env("http://127.0.0.1:9", None)
+    result = run_cli("put", f"{unique_prefix}.k", "7", "--url", api_proc.url, "--token", admin_token, env=env)
+    assert json.loads(ok(result))["version"] == 1
+    assert ok(run_cli("--url", api_proc.url, "--token", admin_token, "get", f"{unique_prefix}.k", env=env)) == "7\n"
+
+
+# --- token ---------------------------------------------------------------------------------------
+
+
+def test_token_mints_a_jwt_the_local_run_accepts(spawn: Callable[..., Any], tmp_path: Path) -> None:
+    keys = ensure_dev_keys(tmp_path / "dev" / "keys")
+    dev_dir = str(tmp_path / "dev")
+    result = run_cli("token", "--username", "alice", "--ttl", "120", "--dir", dev_dir, env=cli_env("", None))
+    minted = ok(result).strip()
+    assert result.stdout == minted + "\n"
+
+    [jwk] = json.loads(keys.jwks_path.read_text())["keys"]
+    claims = jwt.decode(minted, jwt.PyJWK(jwk).key, algorithms=["ES256"])
+    assert (claims["username"], claims["exp"] - claims["iat"]) == ("alice", 120)
+    assert jwt.get_unverified_header(minted)["kid"] == keys.kid
+
+    api = spawn("api_server", JWKS_URL=keys.jwks_url)  # verifies tokens with the dev JWKS only
+    ok(run_cli("ls", "nothing-here", env=cli_env(api.url, minted)))
+
+
+def test_token_without_dev_keys_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = run_cli("token", "--username", "alice", "--dir", str(tmp_path / "empty"), env=cli_env("", None))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"dynconfig: no dev keys in {tmp_path / 'empty' / 'keys'}; run ./dev/up first\n"
