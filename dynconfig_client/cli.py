@@ -43,7 +43,8 @@ def _print(obj: Any) -> None:
 
 
 def _time(at: datetime | None) -> str | None:
-    return None if at is None else at.isoformat().replace("+00:00", "Z")
+    # The server's own format: RFC 3339, UTC, milliseconds, "Z".
+    return None if at is None else at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _value(args: argparse.Namespace) -> Any:
