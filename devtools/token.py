@@ -21,6 +21,22 @@ def default_dev_dir() -> Path:
     return Path(os.environ.get("DYNCONFIG_DEV_DIR") or REPO_ROOT / ".dev")
 
 
+class NoDevKeys(Exception):
+    """The local run's keys do not exist yet."""
+
+    def __init__(self, keys_dir: Path) -> None:
+        super().__init__(f"no dev keys in {keys_dir}; run ./dev/up first")
+
+
+def dev_token(username: str, ttl_seconds: int, dev_dir: Path | None = None) -> str:
+    """A token for ``username`` signed with the local run's key (``dev_dir`` defaults to ``.dev``)."""
+    keys_dir = (dev_dir or default_dev_dir()) / "keys"
+    keys = load_dev_keys(keys_dir)
+    if keys is None:
+        raise NoDevKeys(keys_dir)
+    return mint_token(keys.signing_key_path, keys.kid, username, ttl_seconds=ttl_seconds)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, mint, print; exit 2 with one line when the dev keys are missing."""
     parser = argparse.ArgumentParser(prog="dev/token", description="Mint a JWT for the local DynConfig run.")
@@ -32,12 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--username must not be empty")
     if args.ttl < 1:
         parser.error("--ttl must be at least 1")
-    keys_dir = (args.dir or default_dev_dir()) / "keys"
-    keys = load_dev_keys(keys_dir)
-    if keys is None:
-        print(f"dev/token: no dev keys in {keys_dir}; run ./dev/up first", file=sys.stderr)
+    try:
+        print(dev_token(args.username, args.ttl, args.dir))
+    except NoDevKeys as exc:
+        print(f"dev/token: {exc}", file=sys.stderr)
         return 2
-    print(mint_token(keys.signing_key_path, keys.kid, args.username, ttl_seconds=args.ttl))
     return 0
 
 

@@ -153,19 +153,17 @@ async def cmd_watch(args: argparse.Namespace, client: Client) -> None:
 
 def cmd_token(args: argparse.Namespace) -> int:
     """Mint a dev token with the local run's signing key (no server involved)."""
-    from devtools.devkeys import load_dev_keys, mint_token
-    from devtools.token import default_dev_dir
+    from devtools.token import NoDevKeys, dev_token
 
     if not args.username.strip():
         raise UsageError("--username must not be empty")
     if args.ttl < 1:
         raise UsageError("--ttl must be at least 1")
-    keys_dir = (args.dir or default_dev_dir()) / "keys"
-    keys = load_dev_keys(keys_dir)
-    if keys is None:
-        print(f"{PROG}: no dev keys in {keys_dir}; run ./dev/up first", file=sys.stderr)
+    try:
+        print(dev_token(args.username, args.ttl, args.dir))
+    except NoDevKeys as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    print(mint_token(keys.signing_key_path, keys.kid, args.username, ttl_seconds=args.ttl))
     return 0
 
 
