@@ -75,13 +75,22 @@ async def _run(api: str, watch_url: str, token: str, watchers: int, updates: int
     sent_at: dict[int, float] = {}
     received = 0
     done = asyncio.Event()
-    async with aiohttp.ClientSession() as session:
+    # No connector limit: every watcher holds its connection for the whole run.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async with session.put(f"{api}/keys/{key}", json={"value": 0}, headers=auth) as resp:
             assert resp.status in (200, 201), await resp.text()
-        sockets = [await session.ws_connect(watch_url, headers=auth) for _ in range(watchers)]
-        for ws in sockets:
+        async def open_watcher() -> aiohttp.ClientWebSocketResponse:
+            ws = await session.ws_connect(watch_url, headers=auth, heartbeat=None)
             await ws.send_json({"subscribe": [key]})
             assert (await ws.receive_json())["event"] == "subscribed"
+            return ws
+
+        sockets: list[aiohttp.ClientWebSocketResponse] = []
+        started = time.monotonic()
+        while len(sockets) < watchers:
+            batch = min(200, watchers - len(sockets))
+            sockets += await asyncio.gather(*(open_watcher() for _ in range(batch)))
+        connect_seconds = time.monotonic() - started
 
         async def reader(ws: aiohttp.ClientWebSocketResponse) -> None:
             nonlocal received
@@ -115,6 +124,7 @@ async def _run(api: str, watch_url: str, token: str, watchers: int, updates: int
         "watchers": watchers,
         "updates": updates,
         "delivered": received,
+        "connect_seconds": round(connect_seconds, 1),
         "commit_to_recv_ms": _percentiles(commit_to_recv),
         "send_to_recv_ms": _percentiles(send_to_recv),
     }
