@@ -25,14 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 
 import aiohttp
 
 from devtools.devkeys import ensure_dev_keys, mint_token
-from devtools.services import PostgresServer, RedisServer, free_port
+from devtools.services import PostgresServer, RedisServer, free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,20 +52,6 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{url}: process exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{url} not healthy within 30 s")
-
-
 async def _run(api: str, watch_url: str, token: str, watchers: int, updates: int, interval: float) -> dict[str, object]:
     key = f"bench.latency.k{os.getpid()}"
     auth = {"Authorization": f"Bearer {token}"}
@@ -79,6 +64,7 @@ async def _run(api: str, watch_url: str, token: str, watchers: int, updates: int
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async with session.put(f"{api}/keys/{key}", json={"value": 0}, headers=auth) as resp:
             assert resp.status in (200, 201), await resp.text()
+
         async def open_watcher() -> aiohttp.ClientWebSocketResponse:
             ws = await session.ws_connect(watch_url, headers=auth, heartbeat=None)
             await ws.send_json({"subscribe": [key]})
@@ -166,7 +152,7 @@ def main() -> None:
         for module in ("api_server", "notifier"):
             proc = subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT)
             procs.append(proc)
-            _wait_healthy(f"http://127.0.0.1:{ports[module]}", proc)
+            wait_healthy(f"http://127.0.0.1:{ports[module]}", proc)
         token = mint_token(keys.signing_key_path, keys.kid, "admin-user", ttl_seconds=3600)
         result = asyncio.run(
             _run(

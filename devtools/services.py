@@ -348,3 +348,22 @@ def _child_env(user: str) -> dict[str, str]:
     entry = pwd.getpwnam(user)
     env.update(HOME=entry.pw_dir, USER=user, LOGNAME=user, LC_ALL="C.UTF-8")
     return env
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Wait until ``url``/health answers 200; raise :class:`ServerError` if ``proc`` exits or time runs out."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise ServerError(f"{url}: process exited with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise ServerError(f"{url} not healthy within {timeout:.0f} s")
+        time.sleep(0.1)

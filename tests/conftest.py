@@ -401,9 +401,8 @@ def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     import signal
     import subprocess
     import sys
-    import urllib.request
 
-    from devtools.services import free_port
+    from devtools.services import ServerError, free_port, wait_healthy
 
     ports = {"api_server": "API_PORT", "notifier": "NOTIFIER_PORT", "expiry_worker": "EXPIRY_PORT"}
     started: list[Proc] = []
@@ -423,19 +422,10 @@ def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         proc = Proc(module, port, popen, log_path)
         started.append(proc)
         if wait:
-            deadline = time.monotonic() + 30
-            while True:
-                if popen.poll() is not None:
-                    raise RuntimeError(f"{module} exited with {popen.returncode}: {proc.log()[-2000:]}")
-                try:
-                    with urllib.request.urlopen(f"{proc.url}/health", timeout=1) as resp:
-                        if resp.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{module} not healthy in 30 s: {proc.log()[-2000:]}")
-                time.sleep(0.1)
+            try:
+                wait_healthy(proc.url, popen)
+            except ServerError as exc:
+                raise RuntimeError(f"{module}: {exc}: {proc.log()[-2000:]}") from None
         return proc
 
     yield start
