@@ -13,8 +13,9 @@ from shared.keys import KEYRING, METRICS, PROCESS, RATE_LIMITER, REDIS, SETTINGS
 from shared.metrics import Metrics, metrics_middleware
 from shared.ratelimit import RateLimiter
 from shared.redis import redis_ctx
+from shared.serve import main_for
 from shared.settings import Settings
-from shared.web import error_middleware, main_for
+from shared.web import error_middleware
 
 from .middlewares import auth_middleware
 from .routes import setup_routes

@@ -51,7 +51,10 @@ _IF_MATCH = {
     "in": "header",
     "required": False,
     "schema": {"type": "string"},
-    "description": 'ETag ("3") or bare version',
+    "description": (
+        'ETag ("3") or bare version (3); a comma-separated list passes if any matches; * needs the key to '
+        'exist; weak tags (W/"3") never match; malformed -> 400. Checked after authorization.'
+    ),
 }
 _LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}
 _CURSOR = {

@@ -18,9 +18,9 @@ from shared.cache import cache_key
 from shared.crypto import Keyring
 from shared.db import StartupError, connect_pool, migrate
 from shared.redis import REDIS_ERRORS
+from shared.serve import setup_logging
 from shared.settings import Settings, SettingsError, exit_on_bad_settings
 from shared.sql import reencrypt as sql
-from shared.web import setup_logging
 
 log = logging.getLogger(__name__)
 BATCH = 500

@@ -4,6 +4,7 @@ returns states; HTTP concerns stay in the handlers."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,7 +24,7 @@ from shared.changes import (
     write_change,
 )
 from shared.crypto import Keyring
-from shared.errors import Forbidden, NotFound, PreconditionFailed
+from shared.errors import BadRequest, Forbidden, NotFound, PreconditionFailed
 from shared.model import KeyState
 from shared.sql import history as history_sql
 from shared.sql import keys as keys_sql
@@ -60,27 +61,49 @@ class Store:
         return json.loads(self.keyring.decrypt(blob, aad=key))
 
 
-def parse_if_match(header: str | None) -> list[str] | None:
-    """``If-Match`` as a list of versions (or ``*``); accepts ``"3"``, ``W/"3"`` and a bare ``3``."""
+@dataclass(frozen=True)
+class IfMatch:
+    """A parsed ``If-Match`` (SPEC §4, RFC 9110 §13.1.1): ``*``, or the versions its strong tags name."""
+
+    any: bool
+    versions: frozenset[str]
+    shown: str  # the versions named (weak tags as sent), for the 412 message
+
+    def check(self, state: KeyState | None) -> None:
+        """412 unless the key exists (``*``) or is at one of the named versions. Weak tags never match."""
+        if state is None:
+            raise PreconditionFailed("If-Match was given but the key does not exist")
+        if not self.any and str(state.version) not in self.versions:
+            raise PreconditionFailed(f"Key is at version {state.version}, not {self.shown}")
+
+
+# One element of the list: a strong tag "3", a weak tag W/"3", or (our extension) a bare version 3.
+_ETAG = r'(W/)?"([\x21\x23-\x7e\x80-\U0010ffff]*)"|([0-9]{1,18})'
+_ETAG_ELEMENT = re.compile(_ETAG)
+_ETAG_LIST = re.compile(rf"\s*(?:{_ETAG})?\s*(?:,\s*(?:{_ETAG})?\s*)*")
+
+
+def parse_if_match(header: str | None) -> IfMatch | None:
+    """The ``If-Match`` header (several header lines joined by commas), or 400 when malformed."""
     if header is None:
         return None
-    tags = []
-    for part in header.split(","):
-        tag = part.strip()
-        if tag.startswith("W/"):
-            tag = tag[2:]
-        tags.append(tag.strip('"'))
-    return tags
+    if header.strip() == "*":
+        return IfMatch(True, frozenset(), "*")
+    elements = list(_ETAG_ELEMENT.finditer(header)) if _ETAG_LIST.fullmatch(header) else []
+    if not elements:
+        raise BadRequest(
+            'If-Match must be *, or a comma-separated list of entity tags ("3") or versions',
+            fields={"If-Match": ["malformed"]},
+        )
+    strong = [m.group(2) if m.group(3) is None else m.group(3) for m in elements if not m.group(1)]
+    shown = ", ".join(m.group(0) if m.group(1) else m.group(2) if m.group(3) is None else m.group(3) for m in elements)
+    return IfMatch(False, frozenset(strong), shown)
 
 
-def check_if_match(tags: list[str] | None, state: KeyState | None) -> None:
-    """412 unless the key exists at one of the versions the client expects."""
-    if tags is None:
-        return
-    if state is None:
-        raise PreconditionFailed("If-Match was given but the key does not exist")
-    if "*" not in tags and str(state.version) not in tags:
-        raise PreconditionFailed(f"Key is at version {state.version}, not {', '.join(tags)}")
+def check_if_match(if_match: IfMatch | None, state: KeyState | None) -> None:
+    """412 unless ``If-Match`` (when given) admits ``state`` (None: the key does not exist)."""
+    if if_match is not None:
+        if_match.check(state)
 
 
 def _deny(action: str, key: str) -> Forbidden:
@@ -100,7 +123,7 @@ def _missing_or_denied(
 
 
 async def put_key(
-    store: Store, caller: Caller, key: str, body: dict[str, Any], if_match: list[str] | None
+    store: Store, caller: Caller, key: str, body: dict[str, Any], if_match: IfMatch | None
 ) -> tuple[KeyState, bool]:
     """Create or replace ``key``; return the new state and whether it was created."""
     who = caller.principal
@@ -111,34 +134,44 @@ async def put_key(
         if state.expired(now):
             state = await expire(cur, state, now, caller.request_id)
         ns_acls = await namespace_acls_for(cur, key)
-        if state.deleted:
-            check_if_match(if_match, None)
+        # Authorization first, then If-Match: a caller without access learns nothing (SPEC §5).
+        if state.version == 0:  # never existed: a create
             if not may_create(who, key=key, namespace_acls=ns_acls):
                 raise _deny("write", key)
-            acls = body.get("acls")
-            new = NewState(value_enc, body.get("ttl"), _acl(acls), who.username)
-            action = "create"
+            new = NewState(value_enc, body.get("ttl"), _acl(body.get("acls")), who.username)
         else:
-            check_if_match(if_match, state)
+            # Live, deleted or expired alike: the key keeps its own ACL and creator, so writing it
+            # again is a replace governed by them (SPEC §5). A ttl belongs to a live value: writing
+            # a deleted key again starts without one unless the body sets it, as a create does.
             if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
                 raise _deny("write", key)
-            ttl = body["ttl"] if "ttl" in body else state.ttl
+            ttl = body["ttl"] if "ttl" in body else None if state.deleted else state.ttl
             acl = _acl(body["acls"]) if "acls" in body else state.acl
-            if not who.is_admin and (ttl != state.ttl or acl != state.acl):
+            if not who.is_admin and (acl != state.acl or (ttl != state.ttl and not state.deleted)):
                 raise Forbidden("Only admins may change a key's ttl or acls")
             new = NewState(value_enc, ttl, acl, state.creator)
-            action = "replace"
+        check_if_match(if_match, None if state.deleted else state)
+        created = state.deleted
         result = await write_change(
-            cur, state, new, event="update", action=action, actor=who.username, request_id=caller.request_id, now=now
+            cur,
+            state,
+            new,
+            event="update",
+            action="create" if created else "replace",
+            actor=who.username,
+            request_id=caller.request_id,
+            now=now,
+            namespace_acls=ns_acls,
         )
     await store.cache.put(result)
-    return result, action == "create"
+    return result, created
 
 
 async def _lock_writable(
-    cur: aiopg.Cursor, who: Principal, key: str, if_match: list[str] | None, now: datetime
-) -> KeyState:
-    """Lock a live key the caller may write and whose version matches ``If-Match``; else raise."""
+    cur: aiopg.Cursor, who: Principal, key: str, if_match: IfMatch | None, now: datetime
+) -> tuple[KeyState, dict[str, Acl]]:
+    """Lock a live key the caller may write and whose version matches ``If-Match``; else raise.
+    Returns its state and the namespace ACLs above it."""
     state = await lock_key(cur, key)
     ns_acls = await namespace_acls_for(cur, key)
     if state is None or not state.live(now):
@@ -146,12 +179,10 @@ async def _lock_writable(
     if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
         raise _deny("write", key)
     check_if_match(if_match, state)
-    return state
+    return state, ns_acls
 
 
-async def patch_key(
-    store: Store, caller: Caller, key: str, body: dict[str, Any], if_match: list[str] | None
-) -> KeyState:
+async def patch_key(store: Store, caller: Caller, key: str, body: dict[str, Any], if_match: IfMatch | None) -> KeyState:
     """Change the value (and, for admins, ttl/acls) of a live key."""
     who = caller.principal
     if not who.is_admin and ("ttl" in body or "acls" in body):
@@ -159,7 +190,7 @@ async def patch_key(
     value_enc = store.seal(key, body["value"]) if "value" in body else None
     now = utcnow()
     async with store.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-        state = await _lock_writable(cur, who, key, if_match, now)
+        state, ns_acls = await _lock_writable(cur, who, key, if_match, now)
         new = NewState(
             value_enc if value_enc is not None else state.value_enc,
             body["ttl"] if "ttl" in body else state.ttl,
@@ -167,18 +198,26 @@ async def patch_key(
             state.creator,
         )
         result = await write_change(
-            cur, state, new, event="update", action="patch", actor=who.username, request_id=caller.request_id, now=now
+            cur,
+            state,
+            new,
+            event="update",
+            action="patch",
+            actor=who.username,
+            request_id=caller.request_id,
+            now=now,
+            namespace_acls=ns_acls,
         )
     await store.cache.put(result)
     return result
 
 
-async def delete_key(store: Store, caller: Caller, key: str, if_match: list[str] | None) -> KeyState:
+async def delete_key(store: Store, caller: Caller, key: str, if_match: IfMatch | None) -> KeyState:
     """Soft-delete a live key (version +1, ``delete`` event)."""
     who = caller.principal
     now = utcnow()
     async with store.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-        state = await _lock_writable(cur, who, key, if_match, now)
+        state, ns_acls = await _lock_writable(cur, who, key, if_match, now)
         tombstone = NewState(None, state.ttl, state.acl, state.creator)
         result = await write_change(
             cur,
@@ -189,6 +228,7 @@ async def delete_key(store: Store, caller: Caller, key: str, if_match: list[str]
             actor=who.username,
             request_id=caller.request_id,
             now=now,
+            namespace_acls=ns_acls,
         )
     await store.cache.put(result)
     return result
@@ -310,10 +350,20 @@ async def key_history(
             raise _missing_or_denied(who, key, None, ns_acls)
         if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
             raise _deny("read", key)
-        await cur.execute(
-            history_sql.PAGE, {"key": key, "before": before if before is not None else 2**62, "limit": limit + 1}
-        )
-        rows = await cur.fetchall()
+        # Leave out versions the caller could not read when they were written (SPEC §5); read on
+        # until the page is full, so paging stays exact.
+        rows: list[tuple[Any, ...]] = []
+        position = before if before is not None else 2**62
+        while len(rows) <= limit:
+            await cur.execute(history_sql.PAGE, {"key": key, "before": position, "limit": limit + 1})
+            page = await cur.fetchall()
+            for row in page:
+                readers = changelog.stored_audience(row[5], row[6])
+                if who.is_admin or readers is None or readers.admits(who.username):
+                    rows.append(row)
+            if len(page) <= limit:
+                break
+            position = page[-1][0]
     versions = [
         {
             "version": version,
@@ -322,7 +372,7 @@ async def key_history(
             "actor": actor,
             "at": at,
         }
-        for version, event, blob, actor, at in rows[:limit]
+        for version, event, blob, actor, at, _, _ in rows[:limit]
     ]
     next_before = versions[-1]["version"] if len(rows) > limit else None
     return versions, next_before

@@ -16,6 +16,8 @@ import sys
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from shared.serve import run, setup_logging
+
 log = logging.getLogger(__name__)
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
@@ -111,9 +113,14 @@ def main() -> None:
     except ValueError as exc:
         print(f"frontdoor: invalid port setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    logging.basicConfig(level=env.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s frontdoor: %(message)s")
-    web.run_app(
-        create_app(api, notifier), host="127.0.0.1", port=port, print=None, access_log=None, shutdown_timeout=5.0
+    setup_logging(env.get("LOG_LEVEL", "INFO"), "%(asctime)s %(levelname)s frontdoor: %(message)s")
+    run(
+        create_app(api, notifier),
+        process="frontdoor",
+        host="127.0.0.1",
+        port=port,
+        access_log=False,
+        shutdown_timeout=5.0,
     )
 
 

@@ -11,9 +11,10 @@ from prometheus_client import Counter, Histogram
 from shared.db import pool_ctx
 from shared.keys import DB_POOL, METRICS, PROCESS, SETTINGS
 from shared.metrics import Metrics, metrics_handler, metrics_middleware
+from shared.serve import main_for
 from shared.settings import Settings
 from shared.tasks import cancel_and_wait
-from shared.web import error_middleware, health_response, main_for, postgres_check
+from shared.web import error_middleware, health_response, postgres_check
 
 from .expiry import ExpiryWorker
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, web
@@ -14,14 +15,17 @@ from shared.jwks import http_session_ctx, verifier_ctx
 from shared.keys import AUDIT, DB_POOL, KEYRING, METRICS, PROCESS, REDIS, SETTINGS, VERIFIER
 from shared.metrics import metrics_handler, metrics_middleware
 from shared.redis import redis_ctx
+from shared.serve import main_for
 from shared.settings import Settings
 from shared.tasks import cancel_and_wait
-from shared.web import error_middleware, health_response, main_for, postgres_check, request_id
+from shared.web import error_middleware, health_response, postgres_check, request_id
 
 from .hub import Hub
 from .metrics import NotifierMetrics
 from .relay import Relay
 from .watch import WatchConnection, serve
+
+log = logging.getLogger(__name__)
 
 PROCESS_NAME = "notifier"
 HUB = web.AppKey("hub", Hub)
@@ -50,6 +54,10 @@ async def watch(request: web.Request) -> web.WebSocketResponse:
     app[NOTIFIER_METRICS].connections.inc()
     try:
         await serve(conn, request)
+    except Exception:
+        # The socket is upgraded: an HTTP 500 can no longer be sent (the client would see 1002).
+        log.exception("watch connection failed (request %s)", request_id(request))
+        await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"Internal server error")
     finally:
         app[CONNECTIONS].discard(conn)
         app[NOTIFIER_METRICS].connections.dec()
@@ -63,6 +71,7 @@ async def health(request: web.Request) -> web.Response:
     return health_response(
         {
             "postgres": await postgres_check(request.app[DB_POOL]),
+            "audit": request.app[AUDIT].status,
             "redis": "ok" if hub.redis_ok else "unavailable (degraded: events read from Postgres)",
             "relay": "active" if request.app[RELAY].is_leader else "standby",
             "revision": hub.last,

@@ -64,6 +64,31 @@ class Principal:
     is_admin: bool
 
 
+@dataclass(frozen=True)
+class Audience:
+    """Who (admins aside) may do one action on a key: the entries of the ACL that governs it, or, for
+    a key no ACL governs, its creator alone (matched exactly: a username may contain ``*``)."""
+
+    entries: tuple[str, ...] = ()
+    owner: str | None = None
+
+    def admits(self, username: str) -> bool:
+        return username == self.owner if self.owner is not None else entries_match(self.entries, username)
+
+
+def audience(
+    action: Action, *, key: str, key_acl: Acl | None, creator: str, namespace_acls: Mapping[str, Acl]
+) -> Audience:
+    """The key's own ACL, else its nearest namespace ACL, else its creator: the one rule of SPEC §5."""
+    if key_acl is not None:
+        return Audience(key_acl.read if action == "read" else key_acl.write)
+    governing = governing_namespace(key, namespace_acls)
+    if governing is not None:
+        acl = governing[1]
+        return Audience(acl.read if action == "read" else acl.write)
+    return Audience(owner=creator)
+
+
 def may_access(
     who: Principal,
     action: Action,
@@ -76,12 +101,8 @@ def may_access(
     """May ``who`` read or write the existing key ``key``?"""
     if who.is_admin:
         return True
-    if key_acl is not None:
-        return key_acl.allows(who.username, action)
-    governing = governing_namespace(key, namespace_acls)
-    if governing is not None:
-        return governing[1].allows(who.username, action)
-    return who.username == creator
+    rule = audience(action, key=key, key_acl=key_acl, creator=creator, namespace_acls=namespace_acls)
+    return rule.admits(who.username)
 
 
 def may_create(who: Principal, *, key: str, namespace_acls: Mapping[str, Acl]) -> bool:

@@ -3,6 +3,10 @@
 Changes are audited inside their own transaction (:func:`record`). Reads and denials go through
 :class:`AuditWriter`, which batches them into one INSERT every few hundred milliseconds so a read does
 not pay a Postgres round trip; it flushes on shutdown.
+
+No record can stop the writer: text with control characters is stored escaped (and counted), a row
+Postgres still refuses is stored in a safe form or, failing that, dropped with a log line, and the rest
+of its batch is written. A writer whose loop has stopped turns ``/health`` 503.
 """
 
 from __future__ import annotations
@@ -10,16 +14,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
+from typing import Any
 
 import aiopg
 import psycopg2
 from aiohttp import web
 
-from .keys import AUDIT, DB_POOL
+from .keys import AUDIT, DB_POOL, METRICS
+from .metrics import Metrics
 from .sql import audit as sql
 from .tasks import cancel_and_wait, complete_then_cancel
+from .text import escape_control
 from .timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -27,6 +34,9 @@ log = logging.getLogger(__name__)
 _BATCH = 500
 _FLUSH_SECONDS = 0.25
 _MAX_BUFFERED = 50_000
+_MAX_TEXT = 1000
+#: Errors that mean "Postgres is unreachable now": keep the batch and retry it later.
+_UNAVAILABLE = (psycopg2.OperationalError, psycopg2.InterfaceError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -39,51 +49,121 @@ class AuditRecord:
     version: int | None = None
     at: datetime | None = None
 
+    def made_safe(self) -> AuditRecord:
+        """This record with control characters escaped and every text bounded (SPEC §8: the audit
+        keeps what happened, in a form Postgres and a log reader can take)."""
+        return replace(
+            self,
+            actor=_safe(self.actor),
+            action=_safe(self.action) or "?",
+            key=_safe(self.key),
+            outcome=_safe(self.outcome) or "?",
+            request_id=_safe(self.request_id),
+        )
+
+
+def _safe(text: str | None) -> str | None:
+    return None if text is None else escape_control(text)[:_MAX_TEXT]
+
+
+def _needs_repair(entry: AuditRecord) -> bool:
+    return any(
+        text is not None and (len(text) > _MAX_TEXT or escape_control(text) != text)
+        for text in (entry.actor, entry.action, entry.key, entry.outcome, entry.request_id)
+    )
+
+
+def _params(entry: AuditRecord) -> dict[str, Any]:
+    params = asdict(entry)
+    params["at"] = entry.at or utcnow()
+    return params
+
 
 async def record(cur: aiopg.Cursor, entry: AuditRecord) -> None:
     """Write one audit row with ``cur`` (inside the caller's transaction)."""
-    params = asdict(entry)
-    params["at"] = entry.at or utcnow()
-    await cur.execute(sql.INSERT, params)
+    await cur.execute(sql.INSERT, _params(entry.made_safe() if _needs_repair(entry) else entry))
 
 
 class AuditWriter:
-    """A bounded buffer of audit rows flushed in batches by a background task."""
+    """A bounded buffer of audit rows flushed in batches by a supervised background task."""
 
-    def __init__(self, pool: aiopg.Pool) -> None:
+    def __init__(self, pool: aiopg.Pool, metrics: Metrics) -> None:
         self._pool = pool
-        self._buffer: list[dict[str, object]] = []
+        self._metrics = metrics
+        self._buffer: list[AuditRecord] = []
         self._wake = asyncio.Event()
-        self.dropped = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        """True while the flush loop runs (``/health`` reports 503 otherwise)."""
+        return self._task is not None and not self._task.done()
+
+    @property
+    def status(self) -> str:
+        """The ``audit`` check of ``/health``: ``"ok"`` while the loop runs, else ``"stopped"``."""
+        return "ok" if self.running else "stopped"
 
     def add(self, entry: AuditRecord) -> None:
         """Queue a row (never blocks; past the bound, counts a drop and logs)."""
         if len(self._buffer) >= _MAX_BUFFERED:
-            self.dropped += 1
-            if self.dropped % 1000 == 1:
-                log.error("audit buffer full; %d read/denial records dropped so far", self.dropped)
+            self._metrics.audit_dropped.inc()
+            log.error("audit buffer full (%d records): a %s record was dropped", _MAX_BUFFERED, entry.action)
             return
-        params = asdict(entry)
-        params["at"] = entry.at or utcnow()
-        self._buffer.append(params)
+        if _needs_repair(entry):
+            self._repaired(entry, "control characters or over-long text")
+            entry = entry.made_safe()
+        if entry.at is None:
+            entry = replace(entry, at=utcnow())
+        self._buffer.append(entry)
         if len(self._buffer) >= _BATCH:
             self._wake.set()
 
+    def _repaired(self, entry: AuditRecord, why: str) -> None:
+        self._metrics.audit_repaired.inc()
+        safe = entry.made_safe()
+        log.warning("audit record repaired (%s): action=%s actor=%s key=%s", why, safe.action, safe.actor, safe.key)
+
     async def flush(self) -> None:
-        """Write everything buffered so far."""
+        """Write everything buffered so far; on a Postgres outage the batch stays buffered and this raises."""
         while self._buffer:
             batch, self._buffer = self._buffer[:_BATCH], self._buffer[_BATCH:]
             try:
-                async with self._pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-                    for params in batch:
-                        await cur.execute(sql.INSERT, params)
-            except psycopg2.Error:
-                # Put it back and let the next round retry; the bound above caps memory.
-                self._buffer[:0] = batch
+                await self._write(batch)
+            except _UNAVAILABLE:
+                self._buffer[:0] = batch  # retried next round; the bound in add() caps memory
                 raise
 
+    async def _write(self, batch: list[AuditRecord]) -> None:
+        async with self._pool.acquire() as conn, conn.cursor() as cur:
+            try:
+                async with cur.begin():
+                    await cur.execute(sql.INSERT_MANY, _columns(batch))
+                return
+            except _UNAVAILABLE:
+                raise
+            except (psycopg2.Error, ValueError, TypeError) as exc:
+                # One row Postgres refuses must not cost the others: write them one by one.
+                log.warning("audit batch of %d refused (%s); writing it row by row", len(batch), type(exc).__name__)
+            for entry in batch:
+                await self._write_one(cur, entry)
+
+    async def _write_one(self, cur: aiopg.Cursor, entry: AuditRecord) -> None:
+        for attempt in (entry, entry.made_safe()):
+            try:
+                await cur.execute(sql.INSERT, _params(attempt))
+                if attempt is not entry:
+                    self._repaired(entry, "refused by Postgres")
+                return
+            except _UNAVAILABLE:
+                raise
+            except (psycopg2.Error, ValueError, TypeError):
+                continue
+        self._metrics.audit_dropped.inc()
+        log.error("audit record could not be stored even in safe form: action=%s", escape_control(entry.action))
+
     async def run(self) -> None:
-        """Flush periodically until cancelled."""
+        """Flush periodically until cancelled; any failure is logged, counted and retried with backoff."""
         delay = _FLUSH_SECONDS
         while True:
             try:
@@ -95,21 +175,41 @@ class AuditWriter:
             try:
                 await complete_then_cancel(self.flush())
                 delay = _FLUSH_SECONDS
-            except psycopg2.Error as exc:
-                log.warning("audit flush failed (%s); retrying", exc.__class__.__name__)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._metrics.audit_flush_errors.inc()
+                if isinstance(exc, _UNAVAILABLE):
+                    log.warning("audit flush failed (%s); %d records wait", type(exc).__name__, len(self._buffer))
+                else:
+                    log.exception("audit flush failed unexpectedly; %d records wait", len(self._buffer))
                 delay = min(delay * 2, 5.0)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="audit-flush")
+
+    async def stop(self) -> None:
+        """Stop the loop and write what is left."""
+        if self._task is not None:
+            await cancel_and_wait(self._task)
+        try:
+            await self.flush()
+        except _UNAVAILABLE:
+            log.error("could not flush %d audit records at shutdown", len(self._buffer))
+
+
+def _columns(batch: list[AuditRecord]) -> dict[str, list[Any]]:
+    """The batch as one array per column, for :data:`sql.INSERT_MANY`."""
+    rows = [_params(entry) for entry in batch]
+    return {name: [row[name] for row in rows] for name in sql.COLUMNS}
 
 
 async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the audit writer and its flush loop (needs ``pool_ctx`` first)."""
-    writer = AuditWriter(app[DB_POOL])
+    writer = AuditWriter(app[DB_POOL], app[METRICS])
     app[AUDIT] = writer
-    task = asyncio.create_task(writer.run(), name="audit-flush")
+    writer.start()
     try:
         yield
     finally:
-        await cancel_and_wait(task)
-        try:
-            await writer.flush()
-        except psycopg2.Error:
-            log.error("could not flush %d audit records at shutdown", len(writer._buffer))
+        await writer.stop()

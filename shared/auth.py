@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -21,6 +22,7 @@ from jwt.exceptions import PyJWKError, PyJWTError
 
 from .acl import Principal
 from .errors import Unauthorized
+from .text import CONTROL_CHARACTERS
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,11 @@ ASYMMETRIC = frozenset(
 )
 LEEWAY_SECONDS = 30
 UNKNOWN_KID_REFRESH_SECONDS = 30.0
+MAX_USERNAME_LENGTH = 256
 _TOKEN_CACHE_SIZE = 10_000
+MAX_TOKEN_LENGTH = 16 * 1024
+# A JWT is three base64url parts; anything else is refused before any parsing (SPEC §2).
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 class JwksError(Exception):
@@ -150,15 +156,19 @@ class TokenVerifier:
         return principal, exp
 
     async def _verify_uncached(self, token: str) -> tuple[Principal, float]:
+        if len(token) > MAX_TOKEN_LENGTH or not _TOKEN_SHAPE.fullmatch(token):
+            raise Unauthorized("Invalid JWT: malformed token")
         try:
             header = jwt.get_unverified_header(token)
-        except PyJWTError:
+        except (PyJWTError, ValueError, TypeError):
             raise Unauthorized("Invalid JWT: malformed token") from None
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise Unauthorized("Invalid JWT: malformed kid")
-        if header.get("alg") not in ASYMMETRIC:
-            raise Unauthorized(f"Invalid JWT: algorithm {header.get('alg')!r} is not accepted")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in ASYMMETRIC:
+            shown = repr(alg)[:40] if isinstance(alg, str) else "of the wrong type"
+            raise Unauthorized(f"Invalid JWT: algorithm {shown} is not accepted")
         key = await self.jwks.key_for(kid)
         try:
             claims = jwt.decode(
@@ -185,12 +195,27 @@ class TokenVerifier:
         except PyJWTError:
             raise Unauthorized("Invalid JWT: signature verification failed") from None
         username = claims.get("username")
-        if not isinstance(username, str) or not username.strip():
+        if not isinstance(username, str):
             raise Unauthorized("Invalid JWT: 'username' claim must be a non-empty string")
+        problem = username_problem(username)
+        if problem:
+            raise Unauthorized(f"Invalid JWT: 'username' claim {problem}")
         exp = claims["exp"]
         if not isinstance(exp, (int, float)):
             raise Unauthorized("Invalid JWT: 'exp' must be a number")
         return Principal(username=username, is_admin=username in self.admins), float(exp)
+
+
+def username_problem(username: str) -> str | None:
+    """Why a ``username`` claim is refused (SPEC §2), or None: it names the caller in ACLs, the audit
+    log and the logs, so it is a non-empty string of at most 256 characters with no control character."""
+    if not username.strip():
+        return "must be a non-empty string"
+    if len(username) > MAX_USERNAME_LENGTH:
+        return f"must be at most {MAX_USERNAME_LENGTH} characters"
+    if CONTROL_CHARACTERS.search(username):
+        return "must not contain control characters"
+    return None
 
 
 def bearer_token(authorization: str | None) -> str:

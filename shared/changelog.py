@@ -14,7 +14,7 @@ from typing import Any
 
 import aiopg
 
-from .acl import Acl, Principal, entries_match, governing_namespace
+from .acl import Acl, Audience, Principal, audience
 from .crypto import Keyring
 from .events import change_event
 from .sql import changelog as sql
@@ -33,13 +33,15 @@ class ChangeEvent:
     value_enc: bytes | None
     acl: Acl | None
     creator: str
+    #: Who could read this version when it was written (None: written before that was recorded).
+    version_readers: Audience | None = None
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> ChangeEvent:
-        revision, key, version, event, at, value_enc, acl_read, acl_write, creator = row
+        revision, key, version, event, at, value_enc, acl_read, acl_write, creator, read_entries, read_owner = row
         acl = None if acl_read is None and acl_write is None else Acl.from_lists(acl_read, acl_write)
         blob = bytes(value_enc) if value_enc is not None and event == "update" else None
-        return cls(revision, key, version, event, at, blob, acl, creator)
+        return cls(revision, key, version, event, at, blob, acl, creator, stored_audience(read_entries, read_owner))
 
     def wire(self, keyring: Keyring) -> dict[str, Any]:
         """The event as clients see it (value decrypted)."""
@@ -48,19 +50,27 @@ class ChangeEvent:
             event=self.event, key=self.key, version=self.version, at=self.at, revision=self.revision, value=value
         )
 
-    def readers(self, namespace_acls: Mapping[str, Acl]) -> tuple[str, ...]:
-        """The ACL entries that may read this key now (admins aside)."""
-        if self.acl is not None:
-            return self.acl.read
-        governing = governing_namespace(self.key, namespace_acls)
-        if governing is not None:
-            return governing[1].read
-        return (self.creator,)
+    def readers(self, namespace_acls: Mapping[str, Acl]) -> Readers:
+        """Who may see this event (admins aside): readers of the key today and, when known, readers
+        of this version when it was written (SPEC §5); a reader must be in both."""
+        today = audience("read", key=self.key, key_acl=self.acl, creator=self.creator, namespace_acls=namespace_acls)
+        return (today,) if self.version_readers is None else (today, self.version_readers)
 
 
-def may_read_event(who: Principal, readers: Iterable[str]) -> bool:
-    """May ``who`` see an event whose key has ``readers``?"""
-    return who.is_admin or entries_match(tuple(readers), who.username)
+#: Audiences a reader must be admitted by, every one of them.
+Readers = tuple[Audience, ...]
+
+
+def stored_audience(read_entries: Sequence[str] | None, read_owner: str | None) -> Audience | None:
+    """The readers of a version as stored in ``key_history`` (both NULL: not recorded)."""
+    if read_owner is not None:
+        return Audience(owner=read_owner)
+    return Audience(tuple(read_entries)) if read_entries is not None else None
+
+
+def may_read_event(who: Principal, readers: Readers) -> bool:
+    """May ``who`` see an event whose key and version have ``readers``?"""
+    return who.is_admin or all(rule.admits(who.username) for rule in readers)
 
 
 def like_patterns(patterns: Iterable[str]) -> list[str] | None:

@@ -6,12 +6,13 @@ the transaction. The API server and the expiry worker both write through :func:`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import aiopg
 
-from .acl import Acl
+from .acl import Acl, audience
 from .audit import AuditRecord, record
 from .model import KeyState
 from .sql import expiry as expiry_sql
@@ -71,8 +72,18 @@ async def write_change(
     actor: str,
     request_id: str | None,
     now: datetime,
+    namespace_acls: Mapping[str, Acl] | None = None,
 ) -> KeyState:
-    """Write the next version of a locked key and its history, outbox and audit rows."""
+    """Write the next version of a locked key and its history, outbox and audit rows.
+
+    The history row records who may read this version (SPEC §5: a past version is served only to
+    readers it had then as well as now); ``namespace_acls`` saves a query when the caller has them.
+    """
+    if new.acl is None and namespace_acls is None:
+        namespace_acls = await namespace_acls_for(cur, before.key)
+    readers = audience(
+        "read", key=before.key, key_acl=new.acl, creator=new.creator, namespace_acls=namespace_acls or {}
+    )
     deleted = new.value_enc is None
     version = before.version + 1
     expires_at = now + timedelta(seconds=new.ttl) if new.ttl and not deleted else None
@@ -95,7 +106,16 @@ async def write_change(
     )
     row = await cur.fetchone()
     params = {"key": before.key, "version": version, "event": event, "now": now}
-    await cur.execute(history_sql.INSERT, {**params, "value_enc": new.value_enc, "actor": actor})
+    await cur.execute(
+        history_sql.INSERT,
+        {
+            **params,
+            "value_enc": new.value_enc,
+            "actor": actor,
+            "read_entries": list(readers.entries) if readers.owner is None else None,
+            "read_owner": readers.owner,
+        },
+    )
     await cur.execute(outbox_sql.INSERT, params)
     await record(cur, AuditRecord(actor, action, before.key, "ok", request_id, version, now))
     await cur.execute(outbox_sql.NOTIFY)

@@ -32,9 +32,19 @@ class Metrics:
         self.rate_limited = Counter(
             "dynconfig_rate_limited_total", "Requests refused with 429.", registry=self.registry
         )
-        self.audit_dropped = Gauge(
-            "dynconfig_audit_dropped_total",
-            "Read/denial audit records dropped because the buffer was full.",
+        self.audit_dropped = Counter(
+            "dynconfig_audit_dropped",
+            "Read/denial audit records dropped (buffer full, or refused by Postgres even in safe form).",
+            registry=self.registry,
+        )
+        self.audit_repaired = Counter(
+            "dynconfig_audit_records_repaired",
+            "Audit records stored in a safe form (control characters escaped, text bounded).",
+            registry=self.registry,
+        )
+        self.audit_flush_errors = Counter(
+            "dynconfig_audit_flush_errors",
+            "Failed rounds of the audit writer (retried with backoff).",
             registry=self.registry,
         )
         self.redis_up = Gauge("dynconfig_redis_up", "1 when Redis answered the last call.", registry=self.registry)

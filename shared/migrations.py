@@ -85,4 +85,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX outbox_by_at ON outbox (at) WHERE revision IS NOT NULL;
         """,
     ),
+    (
+        3,
+        "history: the read ACL that governed each version",
+        """
+        -- Who could read this version when it was written: the key's own read list or its governing
+        -- namespace's (read_entries), else its creator alone (read_owner). A past version is served
+        -- only to a reader admitted both by this and by today's ACL (SPEC §5). Both NULL on versions
+        -- written before this migration: those are checked against today's ACL alone.
+        ALTER TABLE key_history ADD COLUMN read_entries text[], ADD COLUMN read_owner text;
+        """,
+    ),
 ]

@@ -21,6 +21,11 @@ log = logging.getLogger(__name__)
 
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 _RETRY_AFTER_FAILURE = 1.0
+#: Connections per process. A burst beyond this waits for a free connection (back-pressure) instead
+#: of failing: a full pool is not an outage, and must never switch on the per-process fallbacks.
+POOL_SIZE = 64
+#: How long a call may wait for a connection before Redis counts as unavailable.
+POOL_WAIT_SECONDS = 10.0
 
 
 class RedisLink:
@@ -65,14 +70,16 @@ class RedisLink:
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: one Redis client for the process."""
-    client = aioredis.from_url(
+    """cleanup_ctx: one Redis client for the process, on a blocking connection pool."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         app[SETTINGS].redis_url,
+        max_connections=POOL_SIZE,
+        timeout=POOL_WAIT_SECONDS,
         socket_connect_timeout=0.5,
         socket_timeout=1.0,
         health_check_interval=10,
-        decode_responses=False,
     )
+    client = aioredis.Redis.from_pool(pool)
     app[REDIS] = RedisLink(client)
     try:
         yield

@@ -9,6 +9,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from .errors import BadRequest, PayloadTooLarge
+from .text import CONTROL_CHARACTERS
 
 MAX_KEY_LENGTH = 256
 MAX_VALUE_BYTES = 1_048_576
@@ -16,8 +17,10 @@ MAX_ACL_ENTRIES = 1000
 RESERVED_SUFFIXES = ("history", "rollback")
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _EMPTY_SEGMENT = re.compile(r"\.\.|//|[./]$|[./][./]")
-_ACL_ENTRY = re.compile(r"^(\*|[^\s*]{1,256}\*?)$")
+# A username (no space, control character, lone surrogate or '*'), optionally ending in '*'; or '*'.
+_ACL_ENTRY = re.compile(r"(\*|[^\s*\x00-\x1f\x7f\ud800-\udfff]{1,256}\*?)")
 
 
 def key_problem(key: str) -> str | None:
@@ -59,6 +62,8 @@ def encode_value(value: Any) -> bytes:
     """Compact JSON of a value; 413 past 1 MiB (SPEC §3)."""
     try:
         encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except UnicodeEncodeError:
+        raise BadRequest("Value contains a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text") from None
     except (ValueError, RecursionError):
         raise BadRequest("Value is not representable as JSON (NaN, Infinity or nested too deeply)") from None
     if len(encoded) > MAX_VALUE_BYTES:
@@ -69,7 +74,7 @@ def encode_value(value: Any) -> bytes:
 class _AclEntry(fields.String):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
-        if not _ACL_ENTRY.match(text):
+        if not _ACL_ENTRY.fullmatch(text):
             raise ValidationError("an ACL entry is a username, '*', or a prefix ending in '*' (no spaces)")
         return text
 
@@ -137,6 +142,17 @@ def _first(message: Any) -> str:
         key, inner = next(iter(message.items()))
         return f"{key}: {_first(inner)}"
     return str(message)
+
+
+def text_filter(raw: str | None, name: str) -> str | None:
+    """A free-text query parameter compared against stored names (``actor``, ``key``): at most 256
+    characters of printable text, else 400 (it goes to Postgres as is)."""
+    if raw is None:
+        return None
+    if len(raw) > MAX_KEY_LENGTH or CONTROL_CHARACTERS.search(raw) or _SURROGATE.search(raw):
+        problem = "at most 256 characters, without control characters"
+        raise BadRequest(f"Invalid {name}: {problem}", fields={name: [problem]})
+    return raw
 
 
 def parse_limit(raw: str | None, *, default: int = 100, maximum: int = 1000) -> int:

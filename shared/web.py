@@ -1,4 +1,4 @@
-"""What every DynConfig process's web app shares: JSON errors, request ids, logging, health, running."""
+"""What every DynConfig process's web app shares: JSON bodies and errors, request ids, health."""
 
 from __future__ import annotations
 
@@ -7,19 +7,15 @@ import json
 import logging
 import math
 import re
-import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg2
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 
-from .db import StartupError
 from .errors import BadRequest, DynConfigError, PayloadTooLarge
 from .metrics import route_template
-from .settings import Settings, SettingsError, exit_on_bad_settings
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +41,10 @@ def error_response(status: int, phrase: str, message: str, **extra: Any) -> web.
 
 async def read_json(request: web.Request) -> Any:
     """The decoded JSON body, or 400 (malformed) / 413 (over ``client_max_size``)."""
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.RequestPayloadError:
+        raise BadRequest("The request body could not be decoded (check its Content-Encoding)") from None
     if not raw.strip():
         raise BadRequest("A JSON request body is required")
     try:
@@ -113,29 +112,6 @@ def _http_message(request: web.Request, exc: web.HTTPException) -> str:
     return text if text and not text.startswith(f"{exc.status}:") else exc.reason
 
 
-class AccessLogger(AbstractAccessLogger):
-    """One line per request: method, path (never the query string: it may carry a token), status."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info(
-            "%s %s %s %.1fms rid=%s",
-            request.method,
-            request.path,
-            response.status,
-            time * 1000,
-            request.get(REQUEST_ID, "-"),
-        )
-
-
-def setup_logging(level: str) -> None:
-    """Plain one-line logs on stderr."""
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 async def postgres_check(pool: Any) -> str:
     """``"ok"`` when Postgres answers ``SELECT 1`` within 2 s, else ``"unavailable"`` (for /health)."""
     try:
@@ -146,48 +122,16 @@ async def postgres_check(pool: Any) -> str:
     return "ok"
 
 
+#: Checks that make a process unhealthy (503, so Kubernetes restarts it) when they are not "ok";
+#: the others (Redis, the relay role) are reported only: the process works without them.
+REQUIRED_CHECKS = ("postgres", "audit")
+
+
 def health_response(checks: dict[str, Any]) -> web.Response:
-    """200 ``{"status": "healthy", "checks"}`` unless Postgres failed: then 503 in the error shape."""
-    if checks.get("postgres") != "ok":
-        body = {"status": "unhealthy", "error": "Service Unavailable", "message": "Postgres is unavailable"}
+    """200 ``{"status": "healthy", "checks"}`` unless a required check failed: then 503 in the error shape."""
+    failing = [name for name in REQUIRED_CHECKS if name in checks and checks[name] != "ok"]
+    if failing:
+        message = "Failing checks: " + ", ".join(f"{name} {checks[name]}" for name in failing)
+        body = {"status": "unhealthy", "error": "Service Unavailable", "message": message}
         return json_response({**body, "checks": checks}, status=503)
     return json_response({"status": "healthy", "checks": checks})
-
-
-def main_for(
-    process: str, create_app: Callable[[Settings], web.Application], port_of: Callable[[Settings], int]
-) -> None:
-    """The ``main()`` of a process: read the environment (one line and exit 2 if bad), then serve."""
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        exit_on_bad_settings(process, exc)
-    setup_logging(settings.log_level)
-    run(
-        create_app(settings),
-        process=process,
-        host=settings.host,
-        port=port_of(settings),
-        ssl_context=settings.ssl_context(),
-    )
-
-
-def run(app: web.Application, *, process: str, host: str, port: int, ssl_context: Any = None) -> None:
-    """Serve ``app`` until SIGTERM/SIGINT; a failed start-up is one line and exit 1."""
-    try:
-        web.run_app(
-            app,
-            host=host,
-            port=port,
-            ssl_context=ssl_context,
-            access_log_class=AccessLogger,
-            shutdown_timeout=8.0,
-            print=None,
-            handle_signals=True,
-        )
-    except StartupError as exc:
-        print(f"{process}: cannot start: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except OSError as exc:
-        print(f"{process}: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
-        raise SystemExit(1) from None

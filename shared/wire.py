@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .acl import Acl
-from .changelog import ChangeEvent
+from .changelog import ChangeEvent, stored_audience
 
 CHANNEL = "dynconfig:events"
 
@@ -28,6 +28,7 @@ def decode_batch(data: bytes | str) -> list[ChangeEvent]:
 
 
 def _encode(event: ChangeEvent) -> dict[str, Any]:
+    readers = event.version_readers
     return {
         "r": event.revision,
         "k": event.key,
@@ -38,6 +39,8 @@ def _encode(event: ChangeEvent) -> dict[str, Any]:
         "ar": list(event.acl.read) if event.acl else None,
         "aw": list(event.acl.write) if event.acl else None,
         "c": event.creator,
+        "vr": list(readers.entries) if readers else None,
+        "vo": readers.owner if readers else None,
     }
 
 
@@ -52,4 +55,5 @@ def _decode(item: dict[str, Any]) -> ChangeEvent:
         value_enc=base64.b64decode(item["x"]) if item["x"] is not None else None,
         acl=acl,
         creator=item["c"],
+        version_readers=stored_audience(item.get("vr"), item.get("vo")),
     )

@@ -8,7 +8,7 @@ from shared.errors import BadRequest, Forbidden
 from shared.keys import DB_POOL
 from shared.sql import audit as sql
 from shared.timeutil import parse_rfc3339, rfc3339
-from shared.validation import parse_limit
+from shared.validation import parse_limit, text_filter
 from shared.web import json_response
 
 from .common import audit, audited_failures, caller_of, decode_cursor, encode_cursor
@@ -28,8 +28,8 @@ async def list_audit(request: web.Request) -> web.Response:
             raise BadRequest("since must be an RFC 3339 timestamp", fields={"since": ["not RFC 3339"]}) from None
     limit = parse_limit(query.get("limit"))
     params = {
-        "key": query.get("key"),
-        "actor": query.get("actor"),
+        "key": text_filter(query.get("key"), "key"),
+        "actor": text_filter(query.get("actor"), "actor"),
         "since": since,
         "before": decode_cursor(query.get("cursor"), int),
         "limit": limit + 1,

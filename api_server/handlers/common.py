@@ -65,6 +65,7 @@ def decode_cursor(cursor: str | None, kind: type) -> Any:
         position = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, ValueError, UnicodeDecodeError):
         position = None
-    if not isinstance(position, kind) or isinstance(position, bool):
+    out_of_range = isinstance(position, int) and not 0 <= position < 2**62  # a bigint in SQL
+    if not isinstance(position, kind) or isinstance(position, bool) or out_of_range:
         raise BadRequest("Invalid cursor", fields={"cursor": ["not a cursor this server issued"]})
     return position

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.keys import DB_POOL, REDIS
+from shared.keys import AUDIT, DB_POOL, REDIS
 from shared.web import health_response, postgres_check
 
 
@@ -14,6 +14,7 @@ async def health(request: web.Request) -> web.Response:
     return health_response(
         {
             "postgres": await postgres_check(request.app[DB_POOL]),
+            "audit": request.app[AUDIT].status,
             "redis": "ok" if redis_ok else "unavailable (degraded: cache and shared rate limit off)",
         }
     )

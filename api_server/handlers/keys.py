@@ -10,11 +10,17 @@ from shared.validation import PatchKeySchema, PutKeySchema, load, parse_limit, v
 from shared.web import json_response, read_json
 
 from .. import store
-from ..store import parse_if_match
+from ..store import IfMatch, parse_if_match
 from .common import audit, audited_failures, caller_of, decode_cursor, encode_cursor, store_of
 
 _PUT = PutKeySchema()
 _PATCH = PatchKeySchema()
+
+
+def _if_match(request: web.Request) -> IfMatch | None:
+    """``If-Match``, several header lines read as one list (RFC 9110 §5.3); 400 when malformed."""
+    lines = request.headers.getall("If-Match", [])
+    return parse_if_match(", ".join(lines)) if lines else None
 
 
 def _written(state: store.KeyState, status: int) -> web.Response:
@@ -32,9 +38,7 @@ async def put_key(request: web.Request) -> web.Response:
     key = validate_key(request.match_info["key"])
     body = load(_PUT, await read_json(request))
     async with audited_failures(request, "put", key):
-        state, created = await store.put_key(
-            store_of(request), caller_of(request), key, body, parse_if_match(request.headers.get("If-Match"))
-        )
+        state, created = await store.put_key(store_of(request), caller_of(request), key, body, _if_match(request))
     return _written(state, 201 if created else 200)
 
 
@@ -43,9 +47,7 @@ async def patch_key(request: web.Request) -> web.Response:
     key = validate_key(request.match_info["key"])
     body = load(_PATCH, await read_json(request))
     async with audited_failures(request, "patch", key):
-        state = await store.patch_key(
-            store_of(request), caller_of(request), key, body, parse_if_match(request.headers.get("If-Match"))
-        )
+        state = await store.patch_key(store_of(request), caller_of(request), key, body, _if_match(request))
     return _written(state, 200)
 
 
@@ -70,9 +72,7 @@ async def delete_key(request: web.Request) -> web.Response:
     """Soft-delete a key: 204."""
     key = validate_key(request.match_info["key"])
     async with audited_failures(request, "delete", key):
-        await store.delete_key(
-            store_of(request), caller_of(request), key, parse_if_match(request.headers.get("If-Match"))
-        )
+        await store.delete_key(store_of(request), caller_of(request), key, _if_match(request))
     return web.Response(status=204)
 
 

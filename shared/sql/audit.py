@@ -1,8 +1,17 @@
 """The ``audit_log`` table."""
 
+COLUMNS = ("at", "actor", "action", "key", "version", "outcome", "request_id")
+
 INSERT = """
 INSERT INTO audit_log (at, actor, action, key, version, outcome, request_id)
 VALUES (%(at)s, %(actor)s, %(action)s, %(key)s, %(version)s, %(outcome)s, %(request_id)s)
+"""
+
+# A batch in one statement: one array per column, rows in order (ids follow the array order).
+INSERT_MANY = """
+INSERT INTO audit_log (at, actor, action, key, version, outcome, request_id)
+SELECT * FROM unnest(%(at)s::timestamptz[], %(actor)s::text[], %(action)s::text[], %(key)s::text[],
+                     %(version)s::bigint[], %(outcome)s::text[], %(request_id)s::text[])
 """
 
 # Newest first; each filter is skipped when its parameter is NULL.

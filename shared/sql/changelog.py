@@ -6,7 +6,8 @@ snapshots, so every path reads events the same way.
 
 # Columns of an event row, decoded by shared.changelog.ChangeEvent.from_row.
 _EVENT_COLUMNS = """
-o.revision, o.key, o.version, o.event, o.at, h.value_enc, k.acl_read, k.acl_write, k.creator
+o.revision, o.key, o.version, o.event, o.at, h.value_enc, k.acl_read, k.acl_write, k.creator,
+h.read_entries, h.read_owner
 """
 
 HEAD = "SELECT head, pruned_through FROM relay_state"
@@ -62,10 +63,11 @@ SELECT {_EVENT_COLUMNS}
 
 # Snapshot at revision %(through)s: per matching key, its newest version relayed by then, if live.
 SNAPSHOT = """
-SELECT h.revision, k.key, h.version, h.event, h.at, h.value_enc, k.acl_read, k.acl_write, k.creator
+SELECT h.revision, k.key, h.version, h.event, h.at, h.value_enc, k.acl_read, k.acl_write, k.creator,
+       h.read_entries, h.read_owner
   FROM keys k
  CROSS JOIN LATERAL (
-        SELECT revision, version, event, at, value_enc FROM key_history
+        SELECT revision, version, event, at, value_enc, read_entries, read_owner FROM key_history
          WHERE key = k.key AND revision IS NOT NULL AND revision <= %(through)s
          ORDER BY version DESC LIMIT 1
        ) h
