@@ -355,3 +355,11 @@ async def test_history_cursor_out_of_range_is_400(client: Client, token: Token, 
     cursor = b64url(str(-(2**70)).encode())
     async with client.get(f"/keys/{key}/history?cursor={cursor}", headers=bearer(token(ADMIN))) as resp:
         assert_error(resp.status, await resp.json(), 400)
+
+
+async def test_requests_the_http_parser_refuses_get_the_json_error_shape(spawn: Callable[..., Any]) -> None:
+    """A made-up method or a broken request line never reaches our middlewares; the answer is JSON all the same."""
+    api = spawn("api_server")
+    for request in (b"FROBNICATE /keys HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /keys HTTP/9\r\nHost: x\r\n\r\n"):
+        status, headers, body = await raw_http(api.port, request)
+        assert_error(status, json_error_of(status, headers, body), 400)
