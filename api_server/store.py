@@ -20,6 +20,7 @@ from shared.changes import (
     claim_key,
     expire,
     lock_key,
+    namespace_acls_and_now,
     namespace_acls_for,
     write_change,
 )
@@ -128,12 +129,11 @@ async def put_key(
     """Create or replace ``key``; return the new state and whether it was created."""
     who = caller.principal
     value_enc = store.seal(key, body["value"])
-    now = utcnow()
     async with store.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-        state = await claim_key(cur, key, who.username, now)
+        state = await claim_key(cur, key, who.username)
+        ns_acls, now = await namespace_acls_and_now(cur, key, state)
         if state.expired(now):
             state = await expire(cur, state, now, caller.request_id)
-        ns_acls = await namespace_acls_for(cur, key)
         # Authorization first, then If-Match: a caller without access learns nothing (SPEC §5).
         if state.version == 0:  # never existed: a create
             if not may_create(who, key=key, namespace_acls=ns_acls):
@@ -168,18 +168,18 @@ async def put_key(
 
 
 async def _lock_writable(
-    cur: aiopg.Cursor, who: Principal, key: str, if_match: IfMatch | None, now: datetime
-) -> tuple[KeyState, dict[str, Acl]]:
+    cur: aiopg.Cursor, who: Principal, key: str, if_match: IfMatch | None
+) -> tuple[KeyState, dict[str, Acl], datetime]:
     """Lock a live key the caller may write and whose version matches ``If-Match``; else raise.
-    Returns its state and the namespace ACLs above it."""
+    Returns its state, the namespace ACLs above it and the time of the change."""
     state = await lock_key(cur, key)
-    ns_acls = await namespace_acls_for(cur, key)
-    if state is None or not state.live(now):
+    ns_acls, now = await namespace_acls_and_now(cur, key, state)
+    if state is None or not state.live(now):  # expired while we waited for the lock: gone, as for readers
         raise _missing_or_denied(who, key, state, ns_acls, "write")
     if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
         raise _deny("write", key)
     check_if_match(if_match, state)
-    return state, ns_acls
+    return state, ns_acls, now
 
 
 async def patch_key(store: Store, caller: Caller, key: str, body: dict[str, Any], if_match: IfMatch | None) -> KeyState:
@@ -188,9 +188,8 @@ async def patch_key(store: Store, caller: Caller, key: str, body: dict[str, Any]
     if not who.is_admin and ("ttl" in body or "acls" in body):
         raise Forbidden("Only admins may change a key's ttl or acls")
     value_enc = store.seal(key, body["value"]) if "value" in body else None
-    now = utcnow()
     async with store.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-        state, ns_acls = await _lock_writable(cur, who, key, if_match, now)
+        state, ns_acls, now = await _lock_writable(cur, who, key, if_match)
         new = NewState(
             value_enc if value_enc is not None else state.value_enc,
             body["ttl"] if "ttl" in body else state.ttl,
@@ -215,9 +214,8 @@ async def patch_key(store: Store, caller: Caller, key: str, body: dict[str, Any]
 async def delete_key(store: Store, caller: Caller, key: str, if_match: IfMatch | None) -> KeyState:
     """Soft-delete a live key (version +1, ``delete`` event)."""
     who = caller.principal
-    now = utcnow()
     async with store.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-        state, ns_acls = await _lock_writable(cur, who, key, if_match, now)
+        state, ns_acls, now = await _lock_writable(cur, who, key, if_match)
         tombstone = NewState(None, state.ttl, state.acl, state.creator)
         result = await write_change(
             cur,

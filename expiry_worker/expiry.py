@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime
 
 import aiopg
 import psycopg2
@@ -19,12 +18,15 @@ from shared.changes import expire
 from shared.model import KeyState
 from shared.sql import expiry as sql
 from shared.tasks import complete_then_cancel
-from shared.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
 BATCH = 200
 MAX_SLEEP_SECONDS = 5.0
+#: When a due key is locked by someone else (a writer, another worker), look again after this,
+#: doubling up to MAX_RECHECK_SECONDS: whoever holds it will write it, and we must not spin.
+RECHECK_SECONDS = 0.05
+MAX_RECHECK_SECONDS = 0.5
 
 
 class ExpiryWorker:
@@ -40,25 +42,26 @@ class ExpiryWorker:
         """Expire every key whose deadline has passed; return how many."""
         total = 0
         while True:
-            now = utcnow()
             async with self._pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-                await cur.execute(sql.DUE, {"now": now, "limit": BATCH})
-                states = [KeyState.from_row(row) for row in await cur.fetchall()]
-                for state in states:
-                    await expire(cur, state, now)
-            for state in states:
+                await cur.execute(sql.DUE, {"limit": BATCH})
+                rows = await cur.fetchall()
+                states = [KeyState.from_row(row[:-1]) for row in rows]
+                for state, row in zip(states, rows, strict=True):
+                    await expire(cur, state, max(row[-1], state.last_modified))
+            for state, row in zip(states, rows, strict=True):
                 assert state.expires_at is not None
-                self._delay.observe(max(0.0, (now - state.expires_at).total_seconds()))
+                self._delay.observe(max(0.0, (row[-1] - state.expires_at).total_seconds()))
             self._expiries.inc(len(states))
             total += len(states)
             if len(states) < BATCH:
                 return total
 
-    async def next_deadline(self) -> datetime | None:
+    async def seconds_to_next_deadline(self) -> float | None:
+        """How long until the next deadline by Postgres's clock (≤ 0: one is due), None without one."""
         async with self._pool.acquire() as conn, conn.cursor() as cur:
             await cur.execute(sql.NEXT_DEADLINE)
             row = await cur.fetchone()
-        return row[0] if row else None
+        return None if row is None or row[1] is None else float(row[1])
 
     async def run(self) -> None:
         """Expire due keys, then sleep until the next deadline or a wake-up, for ever."""
@@ -68,14 +71,17 @@ class ExpiryWorker:
                 async with aiopg.connect(self._dsn, timeout=10.0) as conn, conn.cursor() as cur:
                     await cur.execute("LISTEN dynconfig_ttl")
                     delay = 0.5
+                    recheck = RECHECK_SECONDS
                     while True:
                         expired = await complete_then_cancel(self.run_once())
                         if expired:
                             log.info("expired %d keys", expired)
-                        deadline = await self.next_deadline()
-                        sleep = MAX_SLEEP_SECONDS
-                        if deadline is not None:
-                            sleep = min(sleep, max(0.0, (deadline - utcnow()).total_seconds()))
+                        due_in = await self.seconds_to_next_deadline()
+                        sleep = MAX_SLEEP_SECONDS if due_in is None else min(MAX_SLEEP_SECONDS, due_in)
+                        if sleep <= 0:  # due but locked by someone else: back off, don't spin
+                            sleep, recheck = recheck, min(recheck * 2, MAX_RECHECK_SECONDS)
+                        else:
+                            recheck = RECHECK_SECONDS
                         try:
                             async with asyncio.timeout(sleep):
                                 await conn.notifies.get()

@@ -16,10 +16,10 @@ from datetime import timedelta
 import aiopg
 import psycopg2
 
-from shared.changelog import ChangeEvent, events_after, head
+from shared.changelog import ChangeEvent, events_after
 from shared.redis import REDIS_ERRORS, RedisLink
 from shared.sql import changelog as sql
-from shared.tasks import complete_then_cancel
+from shared.tasks import cancel_and_wait, complete_then_cancel
 from shared.timeutil import utcnow
 from shared.wire import CHANNEL, encode_batch
 
@@ -32,6 +32,7 @@ BATCH = 1000
 POLL_SECONDS = 0.5
 STANDBY_POLL_SECONDS = 1.0
 PRUNE_EVERY_SECONDS = 60.0
+PRUNE_BATCH = 5000
 
 
 class Relay:
@@ -52,8 +53,6 @@ class Relay:
         self._metrics = metrics
         self._retention = timedelta(seconds=retention_seconds)
         self.is_leader = False
-        self.published_through = 0
-        self._last_prune = 0.0
 
     async def run(self) -> None:
         """Forever: take the lock when free, then relay until the lock connection fails."""
@@ -84,26 +83,28 @@ class Relay:
                     break
                 await asyncio.sleep(STANDBY_POLL_SECONDS)
             await cur.execute("LISTEN dynconfig_outbox")
-            async with self._pool.acquire() as pconn, pconn.cursor() as pcur:
-                self.published_through = (await head(pcur))[0]
             self._set_leader(True)
-            last_check = time.monotonic()
-            while True:
-                relayed = await complete_then_cancel(self.relay_once())
-                if len(relayed) == BATCH:
-                    continue
-                await self._publish_backlog()
-                await complete_then_cancel(self._maybe_prune())
-                try:
-                    async with asyncio.timeout(POLL_SECONDS):
-                        await conn.notifies.get()
-                except TimeoutError:
-                    pass
-                while not conn.notifies.empty():
-                    conn.notifies.get_nowait()
-                if time.monotonic() - last_check > 5.0:
-                    await cur.execute("SELECT 1")  # is the lock connection still alive?
-                    last_check = time.monotonic()
+            # Pruning runs beside the relay, in bounded batches: it never delays a revision.
+            pruner = asyncio.create_task(self._prune_forever(), name="relay-prune")
+            try:
+                last_check = time.monotonic()
+                while True:
+                    relayed = await complete_then_cancel(self.relay_once())
+                    if len(relayed) == BATCH:
+                        continue
+                    await self._update_backlog()
+                    try:
+                        async with asyncio.timeout(POLL_SECONDS):
+                            await conn.notifies.get()
+                    except TimeoutError:
+                        pass
+                    while not conn.notifies.empty():
+                        conn.notifies.get_nowait()
+                    if time.monotonic() - last_check > 5.0:
+                        await cur.execute("SELECT 1")  # is the lock connection still alive?
+                        last_check = time.monotonic()
+            finally:
+                await cancel_and_wait(pruner)
 
     async def relay_once(self) -> list[ChangeEvent]:
         """Assign revisions to one batch of pending outbox rows and publish it; return its events."""
@@ -128,11 +129,12 @@ class Relay:
                 events = await events_after(cur, current, through=revisions[-1], limit=len(rows))
         for event in events:
             self._metrics.relay_lag.observe(max(0.0, (now - event.at).total_seconds()))
-        if self.published_through == current:
-            await self._publish(events)
+        await self._publish(events)
         return events
 
     async def _publish(self, events: list[ChangeEvent]) -> None:
+        """Publish a batch; if Redis is unavailable, skip it: hubs read what they missed from Postgres
+        (a gap in revisions, or their 1 s poll), so an outage's backlog is never republished here."""
         if not events or not self._link.usable:
             return
         try:
@@ -141,30 +143,31 @@ class Relay:
             self._link.failed(exc)
             return
         self._link.succeeded()
-        self.published_through = events[-1].revision
 
-    async def _publish_backlog(self) -> None:
-        """After a Redis outage, publish what was relayed meanwhile (hubs drop what they already have)."""
-        if not self._link.usable:
-            return
+    async def _update_backlog(self) -> None:
         async with self._pool.acquire() as conn, conn.cursor() as cur:
-            current, _ = await head(cur)
-            while self.published_through < current and self._link.usable:
-                events = await events_after(cur, self.published_through, through=current, limit=BATCH)
-                if not events:
-                    self.published_through = current
-                    break
-                before = self.published_through
-                await self._publish(events)
-                if self.published_through == before:
-                    break
             await cur.execute(sql.BACKLOG)
             pending, _oldest = await cur.fetchone()
         self._metrics.outbox_backlog.set(pending)
 
-    async def _maybe_prune(self) -> None:
-        if time.monotonic() - self._last_prune < PRUNE_EVERY_SECONDS:
-            return
-        self._last_prune = time.monotonic()
-        async with self._pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-            await cur.execute(sql.PRUNE, {"before": utcnow() - self._retention})
+    async def _prune_forever(self) -> None:
+        """Every ``PRUNE_EVERY_SECONDS`` (the first time one interval after taking over), drop relayed
+        rows older than the retention, ``PRUNE_BATCH`` at a time, each batch its own short transaction."""
+        while True:
+            await asyncio.sleep(PRUNE_EVERY_SECONDS)
+            try:
+                await self.prune()
+            except (TimeoutError, psycopg2.Error, OSError) as exc:
+                log.warning("relay: prune failed (%s); next round in %.0f s", type(exc).__name__, PRUNE_EVERY_SECONDS)
+
+    async def prune(self) -> int:
+        """Remove every relayed row past retention, in batches; return how many."""
+        total = 0
+        while True:
+            async with self._pool.acquire() as conn, conn.cursor() as cur, cur.begin():
+                await cur.execute(sql.PRUNE, {"before": utcnow() - self._retention, "limit": PRUNE_BATCH})
+                (removed,) = await cur.fetchone()
+            total += removed
+            if removed < PRUNE_BATCH:
+                return total
+            await asyncio.sleep(0)  # let the relay's own transactions in between

@@ -42,18 +42,31 @@ async def lock_key(cur: aiopg.Cursor, key: str) -> KeyState | None:
     return KeyState.from_row(row) if row else None
 
 
-async def claim_key(cur: aiopg.Cursor, key: str, actor: str, now: datetime) -> KeyState:
+async def claim_key(cur: aiopg.Cursor, key: str, actor: str) -> KeyState:
     """Lock the key's row, inserting a deleted placeholder first if it never existed."""
-    await cur.execute(keys_sql.CLAIM, {"key": key, "actor": actor, "now": now})
-    state = await lock_key(cur, key)
-    assert state is not None
-    return state
+    await cur.execute(keys_sql.CLAIM, {"key": key, "actor": actor})
+    await cur.execute(keys_sql.SELECT, {"key": key})  # the lock is ours: this sees the latest version
+    row = await cur.fetchone()
+    return KeyState.from_row(row)
 
 
 async def namespace_acls_for(cur: aiopg.Cursor, key: str) -> dict[str, Acl]:
     """The ACLs of every namespace above ``key`` that has one."""
     await cur.execute(ns_sql.SELECT_MANY, {"namespaces": namespaces_of(key)})
     return {ns: Acl.from_lists(read, write) for ns, read, write in await cur.fetchall()}
+
+
+async def namespace_acls_and_now(
+    cur: aiopg.Cursor, key: str, state: KeyState | None
+) -> tuple[dict[str, Acl], datetime]:
+    """The namespace ACLs above ``key``, and the time of a change to it. Call it holding the key's row
+    lock: the time is Postgres's clock after any wait for that lock (a writer that queued past a
+    deadline sees the key expired, as readers did), and never earlier than the key's last change."""
+    await cur.execute(ns_sql.SELECT_MANY_AND_NOW, {"namespaces": namespaces_of(key)})
+    now, acls = await cur.fetchone()
+    if state is not None and state.version > 0:
+        now = max(now, state.last_modified)
+    return {ns: Acl.from_lists(read, write) for ns, read, write in acls}, now
 
 
 async def all_namespace_acls(cur: aiopg.Cursor) -> dict[str, Acl]:

@@ -96,4 +96,18 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE key_history ADD COLUMN read_entries text[], ADD COLUMN read_owner text;
         """,
     ),
+    (
+        4,
+        "audit: newest first by time, then id",
+        """
+        -- Batched read/denial records carry their real time but land after later writes (higher id),
+        -- so GET /audit orders by (at, id), and pages with a cursor on both.
+        DROP INDEX IF EXISTS audit_by_key;
+        DROP INDEX IF EXISTS audit_by_actor;
+        DROP INDEX IF EXISTS audit_by_at;
+        CREATE INDEX audit_by_key ON audit_log (key, at, id);
+        CREATE INDEX audit_by_actor ON audit_log (actor, at, id);
+        CREATE INDEX audit_by_at ON audit_log (at, id);
+        """,
+    ),
 ]

@@ -23,10 +23,10 @@ import aiohttp
 import aiopg
 from aiohttp.test_utils import TestClient
 
-from shared.changes import NewState, claim_key, write_change
+from shared.changes import NewState, claim_key, namespace_acls_and_now, write_change
 from shared.crypto import Keyring
 from shared.settings import Settings
-from shared.timeutil import parse_rfc3339, utcnow
+from shared.timeutil import parse_rfc3339
 
 Client = TestClient[Any, Any]
 Proc = Any  # tests.conftest.Proc (importing conftest again would load a second copy with another keyring)
@@ -323,8 +323,8 @@ async def test_transaction_committing_after_a_later_outbox_row_still_gets_a_late
         await w.wait_for_count(2)
         async with pg.acquire() as conn, conn.cursor() as cur:
             async with cur.begin():
-                now = utcnow()
-                state = await claim_key(cur, k1, ADMIN, now)
+                state = await claim_key(cur, k1, ADMIN)
+                _, now = await namespace_acls_and_now(cur, k1, state)
                 new = NewState(keyring.encrypt(b'"held"', aad=k1), state.ttl, state.acl, state.creator)
                 await write_change(
                     cur, state, new, event="update", action="patch", actor=ADMIN, request_id=None, now=now

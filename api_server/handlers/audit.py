@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from aiohttp import web
 
 from shared.errors import BadRequest, Forbidden
@@ -27,11 +29,13 @@ async def list_audit(request: web.Request) -> web.Response:
         except ValueError:
             raise BadRequest("since must be an RFC 3339 timestamp", fields={"since": ["not RFC 3339"]}) from None
     limit = parse_limit(query.get("limit"))
+    before_at, before_id = _position(decode_cursor(query.get("cursor"), list))
     params = {
         "key": text_filter(query.get("key"), "key"),
         "actor": text_filter(query.get("actor"), "actor"),
         "since": since,
-        "before": decode_cursor(query.get("cursor"), int),
+        "before_at": before_at,
+        "before_id": before_id,
         "limit": limit + 1,
     }
     async with request.app[DB_POOL].acquire() as conn, conn.cursor() as cur:
@@ -53,5 +57,20 @@ async def list_audit(request: web.Request) -> web.Response:
     ]
     body: dict[str, object] = {"records": records}
     if len(rows) > limit:
-        body["next"] = encode_cursor(records[-1]["id"])
+        last_id, last_at = rows[limit - 1][0], rows[limit - 1][1]
+        body["next"] = encode_cursor([last_at.isoformat(), last_id])
     return json_response(body)
+
+
+def _position(cursor: list[object] | None) -> tuple[datetime | None, int | None]:
+    """The (at, id) a cursor from :func:`list_audit` points at; 400 for anything else."""
+    if cursor is None:
+        return None, None
+    if len(cursor) == 2:
+        at_text, rid = cursor
+        if isinstance(at_text, str) and type(rid) is int and 0 <= rid < 2**62:
+            try:
+                return datetime.fromisoformat(at_text), rid
+            except ValueError:
+                pass
+    raise BadRequest("Invalid cursor", fields={"cursor": ["not a cursor this server issued"]})

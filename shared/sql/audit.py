@@ -14,13 +14,14 @@ SELECT * FROM unnest(%(at)s::timestamptz[], %(actor)s::text[], %(action)s::text[
                      %(version)s::bigint[], %(outcome)s::text[], %(request_id)s::text[])
 """
 
-# Newest first; each filter is skipped when its parameter is NULL.
+# Newest first by time, then id; each filter is skipped when its parameter is NULL. The cursor is the
+# (at, id) of the last record of the previous page.
 PAGE = """
 SELECT id, at, actor, action, key, version, outcome, request_id FROM audit_log
  WHERE (%(key)s::text IS NULL OR key = %(key)s)
    AND (%(actor)s::text IS NULL OR actor = %(actor)s)
    AND (%(since)s::timestamptz IS NULL OR at >= %(since)s)
-   AND (%(before)s::bigint IS NULL OR id < %(before)s)
- ORDER BY id DESC
+   AND (%(before_at)s::timestamptz IS NULL OR (at, id) < (%(before_at)s, %(before_id)s::bigint))
+ ORDER BY at DESC, id DESC
  LIMIT %(limit)s
 """

@@ -39,12 +39,18 @@ NOTIFY_REVISIONS = "SELECT pg_notify('dynconfig_revisions', %(head)s::text)"
 
 BACKLOG = "SELECT count(*), min(at) FROM outbox WHERE revision IS NULL"
 
+# One bounded batch of the oldest relayed rows past retention, in revision order (so everything up to
+# pruned_through is gone); returns how many went. Called until it removes fewer than %(limit)s.
 PRUNE = """
 WITH gone AS (
-    DELETE FROM outbox WHERE revision IS NOT NULL AND at < %(before)s RETURNING revision
+    DELETE FROM outbox WHERE id IN (
+        SELECT id FROM outbox WHERE revision IS NOT NULL AND at < %(before)s ORDER BY revision LIMIT %(limit)s
+    ) RETURNING revision
+), mark AS (
+    UPDATE relay_state SET pruned_through = GREATEST(pruned_through, (SELECT max(revision) FROM gone))
+     WHERE EXISTS (SELECT 1 FROM gone)
 )
-UPDATE relay_state SET pruned_through = GREATEST(pruned_through, (SELECT max(revision) FROM gone))
- WHERE EXISTS (SELECT 1 FROM gone)
+SELECT count(*) FROM gone
 """
 
 # --- readers -------------------------------------------------------------------------------------

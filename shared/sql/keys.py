@@ -8,11 +8,12 @@ SELECT_MANY = f"SELECT {KEY_COLUMNS} FROM keys WHERE key = ANY(%(keys)s)"
 
 SELECT_FOR_UPDATE = SELECT + " FOR UPDATE"
 
-# Makes sure a row exists to lock, so two concurrent creates of one key serialise on it.
+# Locks the key's row, inserting a deleted placeholder first if it never existed, so two concurrent
+# creates of one key serialise on it. (DO UPDATE ... WHERE false locks the existing row, writes nothing.)
 CLAIM = """
 INSERT INTO keys (key, version, creator, deleted, created_at, last_modified)
-VALUES (%(key)s, 0, %(actor)s, true, %(now)s, %(now)s)
-ON CONFLICT (key) DO NOTHING
+VALUES (%(key)s, 0, %(actor)s, true, clock_timestamp(), clock_timestamp())
+ON CONFLICT (key) DO UPDATE SET version = keys.version WHERE false
 """
 
 UPSERT = f"""

@@ -4,6 +4,14 @@ SELECT_ALL = "SELECT namespace, acl_read, acl_write FROM namespaces"
 
 SELECT_MANY = "SELECT namespace, acl_read, acl_write FROM namespaces WHERE namespace = ANY(%(namespaces)s)"
 
+# The same, with the time of the change in one round trip: run by a writer once it holds the key's row
+# lock, so the clock is read after any wait for that lock (Postgres's clock, the same for every replica).
+SELECT_MANY_AND_NOW = """
+SELECT clock_timestamp(),
+       coalesce(json_agg(json_build_array(namespace, acl_read, acl_write)), '[]')
+  FROM namespaces WHERE namespace = ANY(%(namespaces)s)
+"""
+
 SELECT_ONE = "SELECT namespace, acl_read, acl_write, updated_by, updated_at FROM namespaces WHERE namespace = %(ns)s"
 
 UPSERT = """
