@@ -267,39 +267,45 @@ async def get_key(store: Store, caller: Caller, key: str) -> tuple[KeyState, Any
 
 
 async def list_keys(
-    store: Store, caller: Caller, namespace: str | None, after: str, limit: int
+    store: Store, caller: Caller, namespace: str | None, after: str, limit: int, total: int | None
 ) -> tuple[list[str], int, bool]:
-    """Readable live keys in ``namespace`` after ``after``: (page, total readable, more pages?)."""
+    """Readable live keys in ``namespace`` after ``after``: (page, total readable, more pages?).
+
+    A page reads about a page of rows (keyset on the key). ``total`` is counted by Postgres for an
+    admin; for anyone else it needs every key's ACL, so it is counted on the first page and carried in
+    the cursor (pass it back as ``total``)."""
     who = caller.principal
     escaped = _like_escape(namespace or "")
+    params: dict[str, Any] = {
+        "now": utcnow(),
+        "all": namespace is None,
+        "pattern_dot": escaped + ".%",
+        "pattern_slash": escaped + "/%",
+    }
+    page: list[str] = []
     async with store.pool.acquire() as conn, conn.cursor() as cur:
         ns_acls = await all_namespace_acls(cur) if not who.is_admin else {}
-        await cur.execute(
-            keys_sql.LIST_LIVE,
-            {
-                "now": utcnow(),
-                "all": namespace is None,
-                "pattern_dot": escaped + ".%",
-                "pattern_slash": escaped + "/%",
-                "after": "",
-            },
-        )
-        rows = await cur.fetchall()
-    readable = [
-        key
-        for key, acl_read, acl_write, creator in rows
-        if who.is_admin
-        or may_access(
-            who,
-            "read",
-            key=key,
-            key_acl=None if acl_read is None and acl_write is None else Acl.from_lists(acl_read, acl_write),
-            creator=creator,
-            namespace_acls=ns_acls,
-        )
-    ]
-    remaining = [key for key in readable if key > after]
-    return remaining[:limit], len(readable), len(remaining) > limit
+
+        def readable(row: tuple[Any, ...]) -> bool:
+            key, acl_read, acl_write, creator = row
+            acl = None if acl_read is None and acl_write is None else Acl.from_lists(acl_read, acl_write)
+            return may_access(who, "read", key=key, key_acl=acl, creator=creator, namespace_acls=ns_acls)
+
+        if total is None and who.is_admin:
+            await cur.execute(keys_sql.COUNT_LIVE, params)
+            (total,) = await cur.fetchone()
+        elif total is None:
+            await cur.execute(keys_sql.LIST_PAGE, {**params, "after": "", "limit": None})
+            total = sum(1 for row in await cur.fetchall() if readable(row))
+        position, chunk = after, limit + 1
+        while len(page) <= limit:
+            await cur.execute(keys_sql.LIST_PAGE, {**params, "after": position, "limit": chunk})
+            rows = await cur.fetchall()
+            page.extend(row[0] for row in rows if who.is_admin or readable(row))
+            if len(rows) < chunk:
+                break
+            position, chunk = rows[-1][0], min(chunk * 2, 5000)
+    return page[:limit], total, len(page) > limit
 
 
 async def poll_events(

@@ -14,7 +14,7 @@ import aiopg
 import psycopg2
 from prometheus_client import Counter, Histogram
 
-from shared.changes import expire
+from shared.changes import all_namespace_acls, expiry, write_changes
 from shared.model import KeyState
 from shared.sql import expiry as sql
 from shared.tasks import complete_then_cancel
@@ -43,11 +43,17 @@ class ExpiryWorker:
         total = 0
         while True:
             async with self._pool.acquire() as conn, conn.cursor() as cur, cur.begin():
+                # A batch in a few round trips: due rows, the namespace ACLs once, one write.
                 await cur.execute(sql.DUE, {"limit": BATCH})
                 rows = await cur.fetchall()
                 states = [KeyState.from_row(row[:-1]) for row in rows]
-                for state, row in zip(states, rows, strict=True):
-                    await expire(cur, state, max(row[-1], state.last_modified))
+                if states:
+                    ns_acls = await all_namespace_acls(cur) if any(s.acl is None for s in states) else {}
+                    changes = [
+                        expiry(state, max(row[-1], state.last_modified), ns_acls)
+                        for state, row in zip(states, rows, strict=True)
+                    ]
+                    await write_changes(cur, changes)
             for state, row in zip(states, rows, strict=True):
                 assert state.expires_at is not None
                 self._delay.observe(max(0.0, (row[-1] - state.expires_at).total_seconds()))

@@ -79,9 +79,14 @@ def _params(entry: AuditRecord) -> dict[str, Any]:
     return params
 
 
+def safe_record(entry: AuditRecord) -> AuditRecord:
+    """``entry``, or its safe form when it has text Postgres or a log reader should not take as is."""
+    return entry.made_safe() if _needs_repair(entry) else entry
+
+
 async def record(cur: aiopg.Cursor, entry: AuditRecord) -> None:
     """Write one audit row with ``cur`` (inside the caller's transaction)."""
-    await cur.execute(sql.INSERT, _params(entry.made_safe() if _needs_repair(entry) else entry))
+    await cur.execute(sql.INSERT, _params(safe_record(entry)))
 
 
 class AuditWriter:

@@ -6,20 +6,20 @@ the transaction. The API server and the expiry worker both write through :func:`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import aiopg
 
-from .acl import Acl, audience
-from .audit import AuditRecord, record
+from .acl import Acl, Audience, audience
+from .audit import AuditRecord, safe_record
 from .model import KeyState
-from .sql import expiry as expiry_sql
-from .sql import history as history_sql
+from .sql import changes as changes_sql
 from .sql import keys as keys_sql
 from .sql import namespaces as ns_sql
-from .sql import outbox as outbox_sql
 from .validation import namespaces_of
 
 EXPIRY_ACTOR = "system:expiry"
@@ -75,6 +75,73 @@ async def all_namespace_acls(cur: aiopg.Cursor) -> dict[str, Acl]:
     return {ns: Acl.from_lists(read, write) for ns, read, write in await cur.fetchall()}
 
 
+@dataclass(frozen=True)
+class Change:
+    """One new version of a locked key: what it becomes, why, by whom, when, and who may read it."""
+
+    before: KeyState
+    new: NewState
+    event: str
+    action: str
+    actor: str
+    request_id: str | None
+    now: datetime
+    readers: Audience
+
+
+def change(
+    before: KeyState,
+    new: NewState,
+    *,
+    event: str,
+    action: str,
+    actor: str,
+    request_id: str | None,
+    now: datetime,
+    namespace_acls: Mapping[str, Acl],
+) -> Change:
+    """A :class:`Change`, with the readers of the new version decided now (SPEC §5: a past version is
+    served only to readers it had then as well as now)."""
+    readers = audience("read", key=before.key, key_acl=new.acl, creator=new.creator, namespace_acls=namespace_acls)
+    return Change(before, new, event, action, actor, request_id, now, readers)
+
+
+async def write_changes(cur: aiopg.Cursor, changes: Sequence[Change]) -> list[KeyState]:
+    """Write the next version of each locked key, with its history, outbox and audit rows, in one
+    statement; return the new states in the same order. Each key at most once per batch."""
+    columns: dict[str, list[Any]] = {name: [] for name in changes_sql.COLUMNS}
+    deadline = False
+    for c in changes:
+        deleted = c.new.value_enc is None
+        expires_at = c.now + timedelta(seconds=c.new.ttl) if c.new.ttl and not deleted else None
+        deadline = deadline or expires_at is not None
+        acl, readers = c.new.acl, c.readers
+        audit = safe_record(AuditRecord(c.actor, c.action, c.before.key, "ok", c.request_id))
+        row = {
+            "key": c.before.key,
+            "version": c.before.version + 1,
+            "value_enc": c.new.value_enc,
+            "ttl": c.new.ttl,
+            "expires_at": expires_at,
+            "acl_read": json.dumps(acl.read) if acl else None,
+            "acl_write": json.dumps(acl.write) if acl else None,
+            "creator": c.new.creator,
+            "deleted": deleted,
+            "created_at": c.now if c.before.deleted and not deleted else c.before.created_at,
+            "now": c.now,
+            "event": c.event,
+            "actor": audit.actor,
+            "action": audit.action,
+            "request_id": audit.request_id,
+            "read_entries": json.dumps(readers.entries) if readers.owner is None else None,
+            "read_owner": readers.owner,
+        }
+        for name, value in row.items():
+            columns[name].append(value)
+    await cur.execute(changes_sql.WRITE_WITH_DEADLINE if deadline else changes_sql.WRITE, columns)
+    return [KeyState.from_row(row) for row in await cur.fetchall()]
+
+
 async def write_change(
     cur: aiopg.Cursor,
     before: KeyState,
@@ -87,59 +154,41 @@ async def write_change(
     now: datetime,
     namespace_acls: Mapping[str, Acl] | None = None,
 ) -> KeyState:
-    """Write the next version of a locked key and its history, outbox and audit rows.
+    """Write the next version of one locked key (see :func:`write_changes`); ``namespace_acls`` saves a
+    query when the caller has them."""
+    if namespace_acls is None:
+        namespace_acls = await namespace_acls_for(cur, before.key) if new.acl is None else {}
+    item = change(
+        before,
+        new,
+        event=event,
+        action=action,
+        actor=actor,
+        request_id=request_id,
+        now=now,
+        namespace_acls=namespace_acls,
+    )
+    (state,) = await write_changes(cur, [item])
+    return state
 
-    The history row records who may read this version (SPEC §5: a past version is served only to
-    readers it had then as well as now); ``namespace_acls`` saves a query when the caller has them.
-    """
-    if new.acl is None and namespace_acls is None:
-        namespace_acls = await namespace_acls_for(cur, before.key)
-    readers = audience(
-        "read", key=before.key, key_acl=new.acl, creator=new.creator, namespace_acls=namespace_acls or {}
+
+def expiry(state: KeyState, now: datetime, namespace_acls: Mapping[str, Acl], request_id: str | None = None) -> Change:
+    """The change that soft-deletes an expired key (version +1, ``expired`` event), as the system."""
+    tombstone = NewState(value_enc=None, ttl=state.ttl, acl=state.acl, creator=state.creator)
+    return change(
+        state,
+        tombstone,
+        event="expired",
+        action="expire",
+        actor=EXPIRY_ACTOR,
+        request_id=request_id,
+        now=now,
+        namespace_acls=namespace_acls,
     )
-    deleted = new.value_enc is None
-    version = before.version + 1
-    expires_at = now + timedelta(seconds=new.ttl) if new.ttl and not deleted else None
-    created_at = now if before.deleted and not deleted else before.created_at
-    await cur.execute(
-        keys_sql.UPSERT,
-        {
-            "key": before.key,
-            "version": version,
-            "value_enc": new.value_enc,
-            "ttl": new.ttl,
-            "expires_at": expires_at,
-            "acl_read": list(new.acl.read) if new.acl else None,
-            "acl_write": list(new.acl.write) if new.acl else None,
-            "creator": new.creator,
-            "deleted": deleted,
-            "created_at": created_at,
-            "now": now,
-        },
-    )
-    row = await cur.fetchone()
-    params = {"key": before.key, "version": version, "event": event, "now": now}
-    await cur.execute(
-        history_sql.INSERT,
-        {
-            **params,
-            "value_enc": new.value_enc,
-            "actor": actor,
-            "read_entries": list(readers.entries) if readers.owner is None else None,
-            "read_owner": readers.owner,
-        },
-    )
-    await cur.execute(outbox_sql.INSERT, params)
-    await record(cur, AuditRecord(actor, action, before.key, "ok", request_id, version, now))
-    await cur.execute(outbox_sql.NOTIFY)
-    if expires_at is not None:
-        await cur.execute(expiry_sql.NOTIFY)
-    return KeyState.from_row(row)
 
 
 async def expire(cur: aiopg.Cursor, state: KeyState, now: datetime, request_id: str | None = None) -> KeyState:
-    """Soft-delete an expired key as the expiry worker would (version +1, ``expired`` event)."""
-    tombstone = NewState(value_enc=None, ttl=state.ttl, acl=state.acl, creator=state.creator)
-    return await write_change(
-        cur, state, tombstone, event="expired", action="expire", actor=EXPIRY_ACTOR, request_id=request_id, now=now
-    )
+    """Soft-delete one expired key as the expiry worker would (version +1, ``expired`` event)."""
+    namespace_acls = await namespace_acls_for(cur, state.key) if state.acl is None else {}
+    (new,) = await write_changes(cur, [expiry(state, now, namespace_acls, request_id)])
+    return new

@@ -110,4 +110,13 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX audit_by_at ON audit_log (at, id);
         """,
     ),
+    (
+        5,
+        "keys in byte order, for keyset listing",
+        """
+        -- Listing pages walk keys in byte order (as clients compare them) from a cursor, whatever the
+        -- database's collation; prefix LIKE on a namespace uses it too.
+        CREATE INDEX keys_by_key_bytes ON keys (key COLLATE "C");
+        """,
+    ),
 ]

@@ -83,13 +83,22 @@ async def list_keys(request: web.Request) -> web.Response:
     limit = parse_limit(query.get("limit"))
     if "since_version" in query:
         return await _poll(request, namespace, limit)
-    after = decode_cursor(query.get("cursor"), str) or ""
-    keys, total, more = await store.list_keys(store_of(request), caller_of(request), namespace, after, limit)
+    after, total = _list_position(decode_cursor(query.get("cursor"), list))
+    keys, total, more = await store.list_keys(store_of(request), caller_of(request), namespace, after, limit, total)
     audit(request, "list", namespace, "ok")
     body: dict[str, object] = {"keys": keys, "total": total}
     if more:
-        body["next"] = encode_cursor(keys[-1])
+        body["next"] = encode_cursor([keys[-1], total])
     return json_response(body)
+
+
+def _list_position(cursor: list[object] | None) -> tuple[str, int | None]:
+    """(last key of the previous page, total counted on the first page) from a listing cursor."""
+    if cursor is None:
+        return "", None
+    if len(cursor) == 2 and isinstance(cursor[0], str) and type(cursor[1]) is int and 0 <= cursor[1] < 2**62:
+        return cursor[0], cursor[1]
+    raise BadRequest("Invalid cursor", fields={"cursor": ["not a cursor this server issued"]})
 
 
 async def _poll(request: web.Request, namespace: str | None, limit: int) -> web.Response:

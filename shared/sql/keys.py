@@ -16,19 +16,19 @@ VALUES (%(key)s, 0, %(actor)s, true, clock_timestamp(), clock_timestamp())
 ON CONFLICT (key) DO UPDATE SET version = keys.version WHERE false
 """
 
-UPSERT = f"""
-UPDATE keys SET version = %(version)s, value_enc = %(value_enc)s, ttl = %(ttl)s, expires_at = %(expires_at)s,
-       acl_read = %(acl_read)s, acl_write = %(acl_write)s, creator = %(creator)s, deleted = %(deleted)s,
-       created_at = %(created_at)s, last_modified = %(now)s
- WHERE key = %(key)s
-RETURNING {KEY_COLUMNS}
+# Live keys in a namespace (or all); %(pattern_dot)s etc. are LIKE patterns. Byte order (COLLATE "C",
+# as Python compares strings) whatever the database's collation, on the index of migration 5.
+_LIVE_IN_NAMESPACE = """
+ WHERE NOT deleted AND (expires_at IS NULL OR expires_at > %(now)s)
+   AND (%(all)s OR key COLLATE "C" LIKE %(pattern_dot)s OR key COLLATE "C" LIKE %(pattern_slash)s)
 """
 
-# Live keys in a namespace (or all), after a cursor, in key order. %(pattern_dot)s etc. are LIKE patterns.
-LIST_LIVE = """
-SELECT key, acl_read, acl_write, creator FROM keys
- WHERE NOT deleted AND (expires_at IS NULL OR expires_at > %(now)s)
-   AND (%(all)s OR key LIKE %(pattern_dot)s OR key LIKE %(pattern_slash)s)
-   AND key > %(after)s
- ORDER BY key
+# One keyset page: the next %(limit)s live keys after %(after)s, in key order.
+LIST_PAGE = f"""
+SELECT key, acl_read, acl_write, creator FROM keys {_LIVE_IN_NAMESPACE}
+   AND key COLLATE "C" > %(after)s
+ ORDER BY key COLLATE "C"
+ LIMIT %(limit)s
 """
+
+COUNT_LIVE = f"SELECT count(*) FROM keys {_LIVE_IN_NAMESPACE}"

@@ -1,0 +1,72 @@
+"""Writing changes: one statement writes a batch of key versions across ``keys``, ``key_history``,
+``outbox`` and ``audit_log`` (one round trip whatever the batch size), inside the caller's transaction.
+
+Parameters are one array per column, a change per index. ACL lists vary in length, which Postgres
+arrays of arrays cannot hold, so they travel as JSON arrays (``jsonb[]``, NULL for "no ACL").
+"""
+
+from shared.model import KEY_COLUMNS
+
+from .expiry import NOTIFY as NOTIFY_TTL
+from .outbox import NOTIFY as NOTIFY_OUTBOX
+
+COLUMNS = (
+    "key",
+    "version",
+    "value_enc",
+    "ttl",
+    "expires_at",
+    "acl_read",
+    "acl_write",
+    "creator",
+    "deleted",
+    "created_at",
+    "now",
+    "event",
+    "actor",
+    "action",
+    "request_id",
+    "read_entries",
+    "read_owner",
+)
+
+
+def _text_array(column: str) -> str:
+    return f"CASE WHEN c.{column} IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(c.{column})) END"
+
+
+_WRITE = f"""
+WITH c AS (
+    SELECT * FROM unnest(
+        %(key)s::text[], %(version)s::bigint[], %(value_enc)s::bytea[], %(ttl)s::integer[],
+        %(expires_at)s::timestamptz[], %(acl_read)s::jsonb[], %(acl_write)s::jsonb[], %(creator)s::text[],
+        %(deleted)s::boolean[], %(created_at)s::timestamptz[], %(now)s::timestamptz[], %(event)s::text[],
+        %(actor)s::text[], %(action)s::text[], %(request_id)s::text[], %(read_entries)s::jsonb[],
+        %(read_owner)s::text[]
+    ) WITH ORDINALITY AS c({", ".join(COLUMNS)}, n)
+), changed AS (
+    UPDATE keys k
+       SET version = c.version, value_enc = c.value_enc, ttl = c.ttl, expires_at = c.expires_at,
+           acl_read = {_text_array("acl_read")}, acl_write = {_text_array("acl_write")},
+           creator = c.creator, deleted = c.deleted, created_at = c.created_at, last_modified = c.now
+      FROM c
+     WHERE k.key = c.key
+ RETURNING {", ".join("k." + column.strip() for column in KEY_COLUMNS.split(","))}, c.n
+), history AS (
+    INSERT INTO key_history (key, version, event, value_enc, actor, at, read_entries, read_owner)
+    SELECT key, version, event, value_enc, actor, now, {_text_array("read_entries")}, read_owner FROM c ORDER BY n
+), outbox AS (
+    -- in batch order: per key, outbox id order is version order (a writer holds the key's row lock)
+    INSERT INTO outbox (key, version, event, at) SELECT key, version, event, now FROM c ORDER BY n
+), audit AS (
+    INSERT INTO audit_log (at, actor, action, key, version, outcome, request_id)
+    SELECT now, actor, action, key, version, 'ok', request_id FROM c ORDER BY n
+)
+SELECT {KEY_COLUMNS} FROM changed ORDER BY n
+"""
+
+#: Wakes the relay; the new states come back in batch order.
+WRITE = NOTIFY_OUTBOX + ";\n" + _WRITE
+
+#: The same, also waking the expiry worker (a change in the batch sets a deadline).
+WRITE_WITH_DEADLINE = NOTIFY_OUTBOX + ";\n" + NOTIFY_TTL + ";\n" + _WRITE
