@@ -9,13 +9,13 @@ from shared.cache import cache_ctx
 from shared.crypto import Keyring
 from shared.db import pool_ctx
 from shared.jwks import http_session_ctx, verifier_ctx
-from shared.keys import KEYRING, METRICS, PROCESS, RATE_LIMITER, REDIS, SETTINGS
-from shared.metrics import Metrics, metrics_middleware
+from shared.keys import KEYRING, RATE_LIMITER, REDIS, SETTINGS
+from shared.metrics import Metrics
 from shared.ratelimit import RateLimiter
 from shared.redis import redis_ctx
 from shared.serve import main_for
 from shared.settings import Settings
-from shared.web import error_middleware
+from shared.web import process_app
 
 from .middlewares import auth_middleware
 from .routes import setup_routes
@@ -32,14 +32,8 @@ async def _rate_limiter_ctx(app: web.Application):  # type: ignore[no-untyped-de
 
 def create_app(settings: Settings) -> web.Application:
     """The API application; resources open on startup and close on cleanup."""
-    app = web.Application(
-        middlewares=[metrics_middleware, error_middleware, auth_middleware],
-        client_max_size=CLIENT_MAX_SIZE,
-    )
-    app[SETTINGS] = settings
-    app[PROCESS] = PROCESS_NAME
+    app = process_app(PROCESS_NAME, settings, Metrics(PROCESS_NAME), [auth_middleware], client_max_size=CLIENT_MAX_SIZE)
     app[KEYRING] = Keyring(settings.encryption_keys)
-    app[METRICS] = Metrics(PROCESS_NAME)
     app.cleanup_ctx.extend(
         [http_session_ctx, pool_ctx, audit_ctx, redis_ctx, cache_ctx, _rate_limiter_ctx, verifier_ctx]
     )

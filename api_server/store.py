@@ -316,7 +316,8 @@ async def poll_events(
     patterns = None if namespace is None else [_like_escape(namespace) + ".%", _like_escape(namespace) + "/%"]
     async with store.pool.acquire() as conn, conn.cursor() as cur:
         head_revision, pruned = await changelog.head(cur)
-        if since < pruned:
+        # Older than the log, or newer than its head (a database restored from a backup): start over.
+        if since < pruned or since > head_revision:
             return [], head_revision, False, True
         ns_acls = await all_namespace_acls(cur)
         events: list[dict[str, Any]] = []
@@ -333,6 +334,10 @@ async def poll_events(
                 if len(events) < limit:
                     position = head_revision
                 break
+        # A prune between reading the boundary and the events would leave a silent gap: look again.
+        _, pruned = await changelog.head(cur)
+        if since < pruned:
+            return [], head_revision, False, True
     return events, position, position < head_revision, False
 
 

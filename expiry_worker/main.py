@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from shared.db import pool_ctx
-from shared.keys import DB_POOL, METRICS, PROCESS, SETTINGS
-from shared.metrics import Metrics, metrics_handler, metrics_middleware
+from shared.keys import DB_POOL, METRICS, SETTINGS, SUPERVISOR
+from shared.metrics import Metrics, metrics_handler
 from shared.serve import main_for
 from shared.settings import Settings
 from shared.tasks import cancel_and_wait
-from shared.web import error_middleware, health_response, postgres_check
+from shared.web import base_checks, health_response, process_app
 
 from .expiry import ExpiryWorker
 
@@ -33,7 +32,7 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     worker = ExpiryWorker(app[SETTINGS].postgres_url, app[DB_POOL], expiries, delay)
     app[WORKER] = worker
-    task = asyncio.create_task(worker.run(), name="expiry")
+    task = app[SUPERVISOR].spawn("expiry", worker.run)
     try:
         yield
     finally:
@@ -41,16 +40,13 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def health(request: web.Request) -> web.Response:
-    """200 while Postgres answers."""
-    return health_response({"postgres": await postgres_check(request.app[DB_POOL])})
+    """200 while Postgres answers and the expiry loop is not failing."""
+    return health_response(await base_checks(request.app))
 
 
 def create_app(settings: Settings) -> web.Application:
     """The expiry worker application."""
-    app = web.Application(middlewares=[metrics_middleware, error_middleware])
-    app[SETTINGS] = settings
-    app[PROCESS] = PROCESS_NAME
-    app[METRICS] = Metrics(PROCESS_NAME)
+    app = process_app(PROCESS_NAME, settings, Metrics(PROCESS_NAME))
     app.cleanup_ctx.extend([pool_ctx, _worker_ctx])
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_handler)

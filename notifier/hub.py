@@ -23,7 +23,7 @@ from shared.changelog import ChangeEvent, events_after, head, may_read_event
 from shared.changes import all_namespace_acls
 from shared.crypto import Keyring
 from shared.redis import REDIS_ERRORS, RedisLink
-from shared.tasks import cancel_and_wait
+from shared.tasks import Supervisor, cancel_and_wait
 from shared.timeutil import utcnow
 from shared.wire import CHANNEL, decode_batch
 
@@ -43,6 +43,8 @@ class Subscriber(Protocol):
     principal: Principal
 
     def deliver(self, revision: int, frame: bytes) -> None: ...
+
+    def resync(self, revision: int) -> None: ...
 
 
 class Patterns:
@@ -71,6 +73,14 @@ class Patterns:
                 if not members:
                     del index[text]
 
+    def everyone(self) -> set[Subscriber]:
+        """Every subscriber with at least one pattern."""
+        found: set[Subscriber] = set()
+        for index in (self.exact, self.prefix):
+            for members in index.values():
+                found |= members
+        return found
+
     def matching(self, key: str) -> set[Subscriber]:
         """Everyone with a pattern that matches ``key``."""
         found: set[Subscriber] = set(self.exact.get(key, ()))
@@ -91,8 +101,17 @@ def pattern_matches(pattern: str, key: str) -> bool:
 class Hub:
     """Follows the change stream for this replica and fans it out to :class:`Subscriber` objects."""
 
-    def __init__(self, dsn: str, pool: aiopg.Pool, link: RedisLink, keyring: Keyring, metrics: NotifierMetrics):
+    def __init__(
+        self,
+        dsn: str,
+        pool: aiopg.Pool,
+        link: RedisLink,
+        keyring: Keyring,
+        metrics: NotifierMetrics,
+        supervisor: Supervisor,
+    ) -> None:
         self._dsn = dsn
+        self._supervisor = supervisor
         self._pool = pool
         self._link = link
         self.keyring = keyring
@@ -115,11 +134,12 @@ class Hub:
             self.last, _ = await head(cur)
             self.namespace_acls = await all_namespace_acls(cur)
         self._metrics.hub_revision.set(self.last)
+        spawn = self._supervisor.spawn
         self._tasks = [
-            asyncio.create_task(self._pump(), name="hub-pump"),
-            asyncio.create_task(self._redis_listener(), name="hub-redis"),
-            asyncio.create_task(self._pg_listener(), name="hub-pg"),
-            asyncio.create_task(self._ticker(), name="hub-tick"),
+            spawn("hub-pump", self._pump),
+            spawn("hub-redis", self._redis_listener),
+            spawn("hub-pg", self._pg_listener),
+            spawn("hub-tick", self._ticker),
         ]
         self.ready.set()
 
@@ -211,16 +231,23 @@ class Hub:
     # --- the pump: the only place that advances ``last`` -----------------------------------------
 
     async def _pump(self) -> None:
+        """Fan out events in revision order. Anything unexpected (an event that cannot be decrypted)
+        propagates to the supervisor, which restarts the pump with backoff and reports it failing;
+        ``last`` has not passed that event, so it is retried, never skipped."""
+        self._poll_now = True  # (re)started: catch up from Postgres first
+        self._wake.set()
         while True:
             await self._wake.wait()
             self._wake.clear()
             try:
                 while self._inbox:
-                    for event in self._inbox.popleft():
+                    for event in self._inbox[0]:
                         await self._accept(event)
+                    self._inbox.popleft()
                 if self._poll_now:
                     self._poll_now = False
                     await self._backfill(through=None)
+                self._supervisor.ok("hub-pump")
             except (TimeoutError, psycopg2.Error, OSError) as exc:
                 log.warning("hub: cannot read events from Postgres (%s); retrying", exc.__class__.__name__)
                 self._poll_now = True
@@ -238,6 +265,11 @@ class Hub:
 
     async def _backfill(self, through: int | None) -> None:
         async with self._pool.acquire() as conn, conn.cursor() as cur:
+            if through is None:
+                current, _ = await head(cur)
+                if current < self.last:
+                    self._restart_numbering(current)
+                    return
             while through is None or self.last < through:
                 events = await events_after(cur, self.last, through=through, limit=BACKFILL_PAGE)
                 for event in events:
@@ -249,21 +281,28 @@ class Hub:
                         self.last = through
                     break
 
+    def _restart_numbering(self, current: int) -> None:
+        """The log's head is behind what we fanned out (a database restored from a backup): every
+        watcher gets a ``reset`` and a snapshot at the new head, and we follow from there."""
+        log.warning("hub: the change log's head went back from %d to %d; resynchronising watchers", self.last, current)
+        self._inbox.clear()
+        self.last = current
+        self._metrics.hub_revision.set(current)
+        for subscriber in self.patterns.everyone():
+            subscriber.resync(current)
+
     def _fan_out(self, event: ChangeEvent) -> None:
+        entitled = []
+        subscribers = self.patterns.matching(event.key)
+        if subscribers:
+            readers = event.readers(self.namespace_acls)
+            entitled = [s for s in subscribers if may_read_event(s.principal, readers)]
+        # Encode before moving on: an event that cannot be encoded (its value cannot be decrypted)
+        # raises here, with ``last`` still before it, so it is retried rather than skipped.
+        frame = json_frame(event.wire(self.keyring)) if entitled else b""
         self.last = event.revision
         self._metrics.hub_revision.set(event.revision)
         self._metrics.propagation_lag.observe(max(0.0, (utcnow() - event.at).total_seconds()))
-        subscribers = self.patterns.matching(event.key)
-        if not subscribers:
-            return
-        readers = event.readers(self.namespace_acls)
-        frame: bytes | None = None
-        delivered = 0
-        for subscriber in subscribers:
-            if not may_read_event(subscriber.principal, readers):
-                continue
-            if frame is None:
-                frame = json_frame(event.wire(self.keyring))
+        for subscriber in entitled:
             subscriber.deliver(event.revision, frame)
-            delivered += 1
-        self._metrics.events_delivered.inc(delivered)
+        self._metrics.events_delivered.inc(len(entitled))

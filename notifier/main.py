@@ -6,19 +6,20 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+import aiopg
 from aiohttp import WSCloseCode, web
 
 from shared.audit import audit_ctx
 from shared.crypto import Keyring
-from shared.db import pool_ctx
+from shared.db import connect_pool, pool_ctx
 from shared.jwks import http_session_ctx, verifier_ctx
-from shared.keys import AUDIT, DB_POOL, KEYRING, METRICS, PROCESS, REDIS, SETTINGS, VERIFIER
-from shared.metrics import metrics_handler, metrics_middleware
+from shared.keys import AUDIT, DB_POOL, KEYRING, REDIS, SETTINGS, SUPERVISOR, VERIFIER
+from shared.metrics import metrics_handler
 from shared.redis import redis_ctx
 from shared.serve import main_for
 from shared.settings import Settings
 from shared.tasks import cancel_and_wait
-from shared.web import error_middleware, health_response, postgres_check, request_id
+from shared.web import base_checks, health_response, process_app, request_id
 
 from .hub import Hub
 from .metrics import NotifierMetrics
@@ -32,6 +33,23 @@ HUB = web.AppKey("hub", Hub)
 RELAY = web.AppKey("relay", Relay)
 CONNECTIONS = web.AppKey("connections", set[WatchConnection])
 NOTIFIER_METRICS = web.AppKey("notifier_metrics", NotifierMetrics)
+#: Connections for watchers' replays and snapshots, apart from the pool of the relay and the hub, so
+#: no number of subscribing watchers can take what propagation needs.
+WATCH_POOL = web.AppKey("watch_pool", aiopg.Pool)
+WATCH_POOL_SIZE = 10
+
+
+async def _watch_pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    pool = await connect_pool(
+        settings.postgres_url, wait_seconds=settings.startup_timeout_seconds, maxsize=WATCH_POOL_SIZE
+    )
+    app[WATCH_POOL] = pool
+    try:
+        yield
+    finally:
+        pool.close()
+        await pool.wait_closed()
 
 
 async def watch(request: web.Request) -> web.WebSocketResponse:
@@ -45,7 +63,7 @@ async def watch(request: web.Request) -> web.WebSocketResponse:
         request.transport,  # type: ignore[arg-type]
         hub=app[HUB],
         verifier=app[VERIFIER],
-        pool=app[DB_POOL],
+        pool=app[WATCH_POOL],
         audit=app[AUDIT],
         metrics=app[NOTIFIER_METRICS],
         request_id=request_id(request),
@@ -70,7 +88,7 @@ async def health(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     return health_response(
         {
-            "postgres": await postgres_check(request.app[DB_POOL]),
+            **await base_checks(request.app),
             "audit": request.app[AUDIT].status,
             "redis": "ok" if hub.redis_ok else "unavailable (degraded: events read from Postgres)",
             "relay": "active" if request.app[RELAY].is_leader else "standby",
@@ -83,12 +101,14 @@ async def health(request: web.Request) -> web.Response:
 async def _streams_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     metrics = app[NOTIFIER_METRICS]
-    hub = Hub(settings.postgres_url, app[DB_POOL], app[REDIS], app[KEYRING], metrics)
+    supervisor = app[SUPERVISOR]
+    hub = Hub(settings.postgres_url, app[DB_POOL], app[REDIS], app[KEYRING], metrics, supervisor)
     relay = Relay(
         settings.postgres_url,
         app[DB_POOL],
         app[REDIS],
         metrics,
+        supervisor,
         retention_seconds=settings.changelog_retention_seconds,
     )
     app[HUB] = hub
@@ -96,7 +116,7 @@ async def _streams_ctx(app: web.Application) -> AsyncIterator[None]:
     connections: set[WatchConnection] = set()
     app[CONNECTIONS] = connections
     await hub.start()
-    relay_task = asyncio.create_task(relay.run(), name="relay")
+    relay_task = supervisor.spawn("relay", relay.run)
     try:
         yield
     finally:
@@ -116,14 +136,13 @@ async def _close_watchers(app: web.Application) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     """The notifier application."""
-    app = web.Application(middlewares=[metrics_middleware, error_middleware])
-    app[SETTINGS] = settings
-    app[PROCESS] = PROCESS_NAME
-    app[KEYRING] = Keyring(settings.encryption_keys)
     metrics = NotifierMetrics(PROCESS_NAME)
-    app[METRICS] = metrics
+    app = process_app(PROCESS_NAME, settings, metrics)
+    app[KEYRING] = Keyring(settings.encryption_keys)
     app[NOTIFIER_METRICS] = metrics
-    app.cleanup_ctx.extend([http_session_ctx, pool_ctx, audit_ctx, redis_ctx, verifier_ctx, _streams_ctx])
+    app.cleanup_ctx.extend(
+        [http_session_ctx, pool_ctx, _watch_pool_ctx, audit_ctx, redis_ctx, verifier_ctx, _streams_ctx]
+    )
     app.on_shutdown.append(_close_watchers)
     app.router.add_get("/watch", watch)
     app.router.add_get("/health", health)

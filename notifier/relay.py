@@ -19,7 +19,7 @@ import psycopg2
 from shared.changelog import ChangeEvent, events_after
 from shared.redis import REDIS_ERRORS, RedisLink
 from shared.sql import changelog as sql
-from shared.tasks import cancel_and_wait, complete_then_cancel
+from shared.tasks import Supervisor, cancel_and_wait, complete_then_cancel
 from shared.timeutil import utcnow
 from shared.wire import CHANNEL, encode_batch
 
@@ -44,9 +44,11 @@ class Relay:
         pool: aiopg.Pool,
         link: RedisLink,
         metrics: NotifierMetrics,
+        supervisor: Supervisor,
         *,
         retention_seconds: int,
     ) -> None:
+        self._supervisor = supervisor
         self._dsn = dsn
         self._pool = pool
         self._link = link
@@ -85,7 +87,7 @@ class Relay:
             await cur.execute("LISTEN dynconfig_outbox")
             self._set_leader(True)
             # Pruning runs beside the relay, in bounded batches: it never delays a revision.
-            pruner = asyncio.create_task(self._prune_forever(), name="relay-prune")
+            pruner = self._supervisor.spawn("relay-prune", self._prune_forever)
             try:
                 last_check = time.monotonic()
                 while True:

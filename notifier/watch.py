@@ -92,6 +92,7 @@ class WatchConnection:
         self._closing = False
         self._expiry: asyncio.TimerHandle | None = None
         self._close_task: asyncio.Task[bool] | None = None
+        self._resyncing: asyncio.Task[None] | None = None
 
     # --- what the hub calls ------------------------------------------------------------------------
 
@@ -238,48 +239,78 @@ class WatchConnection:
             )
             await self.send({"event": "subscribed", "patterns": patterns, "revision": through})
             if new and since is not None:
-                await self._replay(new, old, since, through)
-                if first and since > through:
+                reset = await self._replay(new, old, since, through)
+                if first and since > through and not reset:
                     self.last_sent = max(self.last_sent, since)  # the client already has those
             elif new and want_snapshot:
                 await self._snapshot(new, old, through)
             if first:
                 self.last_sent = max(self.last_sent, through)
         finally:
-            self._holding = False
-            held, self._held = self._held, []
-            for revision, frame in held:
-                if self._closing:
-                    break
-                if revision > self.last_sent:
-                    self._write(revision, frame)
+            self._release_held()
 
-    async def _replay(self, new: list[str], old: set[str], since: int, through: int) -> None:
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
-            _, pruned = await head(cur)
-            if since < pruned:
-                await self.send({"event": "reset", "revision": through})
-                await self._snapshot_with(cur, new, old, through)
-                return
-            patterns = like_patterns(new)
-            after = since
-            while after < through and not self._closing:
-                events = await events_after(cur, after, through=through, patterns=patterns, limit=REPLAY_PAGE)
-                if not events:
-                    break
-                for event in events:
-                    after = event.revision
-                    await self._send_event(event, old)
-                if len(events) < REPLAY_PAGE:
-                    break
+    def _release_held(self) -> None:
+        """Go live: write the live events held back while replaying, those not already sent."""
+        self._holding = False
+        held, self._held = self._held, []
+        for revision, frame in held:
+            if self._closing:
+                break
+            if revision > self.last_sent:
+                self._write(revision, frame)
+
+    async def _replay(self, new: list[str], old: set[str], since: int, through: int) -> bool:
+        """Every event after ``since`` up to ``through``, a page at a time. A database connection is held
+        only to read a page, never while a send waits on the client (a slow watcher must not take
+        what the relay and the hub need). The boundary is read again after each page, so a prune in
+        between gives a ``reset``, never a silent gap. Returns whether it sent a reset instead."""
+        patterns = like_patterns(new)
+        after = since
+        while not self._closing:
+            async with self._pool.acquire() as conn, conn.cursor() as cur:
+                current, pruned = await head(cur)
+                if after == since and since > current:  # newer than the log: a restored database
+                    pruned = since + 1
+                events = []
+                if pruned <= after < through:
+                    events = await events_after(cur, after, through=through, patterns=patterns, limit=REPLAY_PAGE)
+                    _, pruned = await head(cur)
+            if pruned > after:
+                await self._reset(new, old, through)
+                return True
+            for event in events:
+                after = event.revision
+                await self._send_event(event, old)
+            if len(events) < REPLAY_PAGE:
+                break
+        return False
+
+    async def _reset(self, new: list[str], old: set[str], through: int) -> None:
+        await self.send({"event": "reset", "revision": through})
+        await self._snapshot(new, old, through)
 
     async def _snapshot(self, new: list[str], old: set[str], through: int) -> None:
         async with self._pool.acquire() as conn, conn.cursor() as cur:
-            await self._snapshot_with(cur, new, old, through)
-
-    async def _snapshot_with(self, cur: aiopg.Cursor, new: list[str], old: set[str], through: int) -> None:
-        for event in await snapshot(cur, like_patterns(new), through):
+            events = await snapshot(cur, like_patterns(new), through)
+        for event in events:  # sent with the connection back in the pool
             await self._send_event(event, old)
+
+    def resync(self, revision: int) -> None:
+        """The change log started again below what we sent (a restored database): ``reset`` and a
+        snapshot at ``revision``, then live events from there (called by the hub)."""
+        if self._closing or not self.patterns:
+            return
+        self._resyncing = asyncio.create_task(self._resync(revision), name="watch-resync")
+
+    async def _resync(self, revision: int) -> None:
+        self._holding = True
+        try:
+            self.last_sent = 0
+            self._held = [(r, frame) for r, frame in self._held if r > revision]
+            await self._reset(sorted(self.patterns), set(), revision)
+            self.last_sent = max(self.last_sent, revision)
+        finally:
+            self._release_held()
 
     async def _send_event(self, event: Any, old: set[str]) -> None:
         if old and any(pattern_matches(p, event.key) for p in old):

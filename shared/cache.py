@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import psycopg2
 from aiohttp import web
 
-from .keys import CACHE, DB_POOL, REDIS, SETTINGS
+from .keys import CACHE, DB_POOL, REDIS, SETTINGS, SUPERVISOR
 from .model import KeyState
 from .redis import REDIS_ERRORS, RedisLink
 from .sql import keys as keys_sql
@@ -120,10 +120,10 @@ async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(1.0)
             try:
                 await cache.retry_pending(load)
-            except Exception:  # keep the loop alive; the next round tries again
-                log.exception("cache invalidation retry failed")
+            except (psycopg2.Error, OSError, TimeoutError) as exc:  # Postgres away: the next round tries again
+                log.warning("cache invalidation retry failed (%s)", type(exc).__name__)
 
-    task = asyncio.create_task(retry_loop(), name="cache-retry")
+    task = app[SUPERVISOR].spawn("cache-retry", retry_loop)
     try:
         yield
     finally:

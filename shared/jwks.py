@@ -10,7 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from .auth import JwksCache, JwksError, TokenVerifier
-from .keys import HTTP_SESSION, SETTINGS, VERIFIER
+from .keys import HTTP_SESSION, SETTINGS, SUPERVISOR, VERIFIER
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,10 @@ async def verifier_ctx(app: web.Application) -> AsyncIterator[None]:
         jwks, admins=settings.admin_users, issuer=settings.jwt_issuer, audience=settings.jwt_audience
     )
 
-    async def refresh_loop(delay: float) -> None:
+    delay = settings.jwks_refresh_seconds
+
+    async def refresh_loop() -> None:
+        nonlocal delay
         while True:
             await asyncio.sleep(delay)
             try:
@@ -45,8 +48,8 @@ async def verifier_ctx(app: web.Application) -> AsyncIterator[None]:
         await jwks.refresh()
     except JwksError as exc:
         log.error("%s; tokens are refused until it loads", exc)
-    first_delay = settings.jwks_refresh_seconds if jwks.loaded else 5.0
-    task = asyncio.create_task(refresh_loop(first_delay), name="jwks-refresh")
+    delay = settings.jwks_refresh_seconds if jwks.loaded else 5.0
+    task = app[SUPERVISOR].spawn("jwks-refresh", refresh_loop)
     try:
         yield
     finally:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .ratelimit import RateLimiter
     from .redis import RedisLink
+    from .tasks import Supervisor
 
 SETTINGS = web.AppKey("settings", Settings)
 DB_POOL = web.AppKey("db_pool", aiopg.Pool)
@@ -29,5 +30,6 @@ CACHE: web.AppKey[ValueCache] = web.AppKey("cache")
 RATE_LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
 AUDIT: web.AppKey[AuditWriter] = web.AppKey("audit")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor")
 #: Name of the process ("api_server", "notifier", …), for logs and metrics.
 PROCESS = web.AppKey("process", str)

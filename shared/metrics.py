@@ -47,6 +47,12 @@ class Metrics:
             "Failed rounds of the audit writer (retried with backoff).",
             registry=self.registry,
         )
+        self.background_errors = Counter(
+            "dynconfig_background_errors",
+            "Unexpected failures of a background loop (each is logged and the loop restarted).",
+            ["loop"],
+            registry=self.registry,
+        )
         self.redis_up = Gauge("dynconfig_redis_up", "1 when Redis answered the last call.", registry=self.registry)
 
 

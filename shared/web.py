@@ -8,14 +8,18 @@ import logging
 import math
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import psycopg2
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from .errors import BadRequest, DynConfigError, PayloadTooLarge
-from .metrics import route_template
+from .keys import DB_POOL, METRICS, PROCESS, SETTINGS, SUPERVISOR
+from .metrics import Metrics, metrics_middleware, route_template
+from .settings import Settings
+from .tasks import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +116,24 @@ def _http_message(request: web.Request, exc: web.HTTPException) -> str:
     return text if text and not text.startswith(f"{exc.status}:") else exc.reason
 
 
+def process_app(
+    process: str, settings: Settings, metrics: Metrics, middlewares: Sequence[Middleware] = (), **kwargs: Any
+) -> web.Application:
+    """A DynConfig process's application: the shared middlewares (metrics, JSON errors, then
+    ``middlewares``), its settings, name, metrics, and the supervisor of its background loops."""
+    app = web.Application(middlewares=[metrics_middleware, error_middleware, *middlewares], **kwargs)
+    app[SETTINGS] = settings
+    app[PROCESS] = process
+    app[METRICS] = metrics
+    app[SUPERVISOR] = Supervisor(metrics.background_errors)
+    return app
+
+
+async def base_checks(app: web.Application) -> dict[str, Any]:
+    """The ``/health`` checks every process has: Postgres answers, no background loop is failing."""
+    return {"postgres": await postgres_check(app[DB_POOL]), "background": app[SUPERVISOR].status}
+
+
 async def postgres_check(pool: Any) -> str:
     """``"ok"`` when Postgres answers ``SELECT 1`` within 2 s, else ``"unavailable"`` (for /health)."""
     try:
@@ -124,7 +146,7 @@ async def postgres_check(pool: Any) -> str:
 
 #: Checks that make a process unhealthy (503, so Kubernetes restarts it) when they are not "ok";
 #: the others (Redis, the relay role) are reported only: the process works without them.
-REQUIRED_CHECKS = ("postgres", "audit")
+REQUIRED_CHECKS = ("postgres", "audit", "background")
 
 
 def health_response(checks: dict[str, Any]) -> web.Response:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.keys import AUDIT, DB_POOL, REDIS
-from shared.web import health_response, postgres_check
+from shared.keys import AUDIT, REDIS
+from shared.web import base_checks, health_response
 
 
 async def health(request: web.Request) -> web.Response:
@@ -13,7 +13,7 @@ async def health(request: web.Request) -> web.Response:
     redis_ok = await request.app[REDIS].ping()
     return health_response(
         {
-            "postgres": await postgres_check(request.app[DB_POOL]),
+            **await base_checks(request.app),
             "audit": request.app[AUDIT].status,
             "redis": "ok" if redis_ok else "unavailable (degraded: cache and shared rate limit off)",
         }
