@@ -163,7 +163,8 @@ async def put_key(
             now=now,
             namespace_acls=ns_acls,
         )
-    await store.cache.put(result)
+        recorded = await store.cache.announce(cur, result.key, result.version)
+    await store.cache.written(result, recorded)
     return result, created
 
 
@@ -207,7 +208,8 @@ async def patch_key(store: Store, caller: Caller, key: str, body: dict[str, Any]
             now=now,
             namespace_acls=ns_acls,
         )
-    await store.cache.put(result)
+        recorded = await store.cache.announce(cur, result.key, result.version)
+    await store.cache.written(result, recorded)
     return result
 
 
@@ -228,7 +230,8 @@ async def delete_key(store: Store, caller: Caller, key: str, if_match: IfMatch |
             now=now,
             namespace_acls=ns_acls,
         )
-    await store.cache.put(result)
+        recorded = await store.cache.announce(cur, result.key, result.version)
+    await store.cache.written(result, recorded)
     return result
 
 

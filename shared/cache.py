@@ -1,29 +1,46 @@
-"""A Redis cache of current key states (ciphertext only, SPEC §8).
+"""A Redis cache of current key states (ciphertext only, SPEC §8) that never serves a version older than
+one a write has committed and acknowledged, on any replica (read-your-writes; README "How it works").
 
-Entries carry the key's version and are only ever replaced by a newer version (a Lua compare-and-set),
-so a slow reader filling the cache cannot overwrite a newer write. A write that cannot update Redis
-remembers the key and retries the invalidation in the background; entries also expire on their own
-after ``CACHE_TTL_SECONDS`` as a last safety net.
+- Every entry holds the cached ``version`` and ``pending``, the highest version a writer has announced.
+  It is served only while clean (``version >= pending``), and only ever replaced by a newer version
+  that is not older than ``pending`` (Lua), so a slow reader's fill cannot bring an old version back.
+- A writer announces the version it is about to commit inside its transaction, before COMMIT
+  (:meth:`ValueCache.announce`), and stores the new state after it (:meth:`ValueCache.written`). One
+  that dies in between leaves the entry unclean: readers go to Postgres, and their fill cleans it.
+- A writer that cannot reach Redis records the key in Postgres instead, in the same transaction
+  (``cache_dirty`` + ``NOTIFY dynconfig_cache``). Every api_server listens (:class:`CacheGuard`): a key
+  it hears of is not served from the cache until a replica that reaches Redis has made the entry
+  unclean and removed the row. Such a writer answers only once its own listener has heard its notice
+  (at most 1 s), and a replica takes in the notices that have reached it before it trusts a hit.
+- A replica trusts the cache only while its listener is connected and has scanned ``cache_dirty``
+  since it connected and since its own last Redis failure. Entries also expire after
+  ``CACHE_TTL_SECONDS``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from typing import Any
 
+import aiopg
 import psycopg2
 from aiohttp import web
 
-from .keys import CACHE, DB_POOL, REDIS, SETTINGS, SUPERVISOR
+from .keys import CACHE, DB_POOL, METRICS, REDIS, SETTINGS, SUPERVISOR
+from .metrics import Metrics
 from .model import KeyState
 from .redis import REDIS_ERRORS, RedisLink
-from .sql import keys as keys_sql
+from .sql import cache as sql
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 _PREFIX = "dynconfig:key:"
+#: How long a writer that could not reach Redis waits for its own notice before answering.
+HEARD_WAIT_SECONDS = 1.0
+SCAN_SECONDS = 1.0
 
 
 def cache_key(key: str) -> str:
@@ -31,10 +48,21 @@ def cache_key(key: str) -> str:
     return _PREFIX + key
 
 
-# KEYS[1] = entry; ARGV = version, payload, ttl ms. Replace only with a strictly newer version.
-_SET_IF_NEWER = """
-local current = redis.call('HGET', KEYS[1], 'version')
-if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
+# KEYS[1] = entry; ARGV = version, ttl ms. Raise ``pending`` to the version about to be committed.
+_ANNOUNCE = """
+local pending = tonumber(redis.call('HGET', KEYS[1], 'pending') or '0')
+if tonumber(ARGV[1]) > pending then redis.call('HSET', KEYS[1], 'pending', ARGV[1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS[1] = entry; ARGV = version, payload, ttl ms. Store a state strictly newer than the cached one
+# and not older than an announced one.
+_PUT = """
+local version = tonumber(ARGV[1])
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
+local pending = tonumber(redis.call('HGET', KEYS[1], 'pending') or '0')
+if version <= current or version < pending then return 0 end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'state', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
@@ -42,93 +70,181 @@ return 1
 
 
 class ValueCache:
-    """Get/put key states in Redis; every failure degrades to a miss."""
+    """Get/put key states in Redis; every failure degrades to a miss (Postgres answers)."""
 
-    def __init__(self, link: RedisLink, ttl_seconds: int) -> None:
+    def __init__(self, link: RedisLink, ttl_seconds: int, metrics: Metrics) -> None:
         self._link = link
         self._ttl_ms = ttl_seconds * 1000
-        self._script = link.client.register_script(_SET_IF_NEWER)
-        self.pending: set[str] = set()
-        self.hits = 0
-        self.misses = 0
+        self._metrics = metrics
+        self._announce = link.client.register_script(_ANNOUNCE)
+        self._put = link.client.register_script(_PUT)
+        self.guard = CacheGuard(self)
 
     async def get(self, key: str) -> KeyState | None:
-        """The cached state of ``key``, or None on a miss or when Redis is unavailable."""
-        if not self._link.usable or key in self.pending:
+        """The cached state of ``key`` if it can be trusted, else None (read Postgres)."""
+        if not self._link.usable or not self.guard.trusted:
             return None
         try:
-            data = await self._link.client.hget(cache_key(key), "state")
+            version, pending, data = await self._link.client.hmget(cache_key(key), "version", "pending", "state")
         except REDIS_ERRORS as exc:
-            self._link.failed(exc)
+            self._failed(exc)
             return None
         self._link.succeeded()
-        if data is None:
-            self.misses += 1
+        clean = data is not None and version is not None and int(version) >= int(pending or 0)
+        # Notices that reached us while we waited for Redis count: a write acknowledged before this
+        # read began has been heard by now.
+        if not clean or self.guard.distrusts(key):
+            self._metrics.cache_lookups.labels("miss").inc()
             return None
-        self.hits += 1
+        self._metrics.cache_lookups.labels("hit").inc()
+        assert data is not None
         return KeyState.from_cache(data)
 
-    async def put(self, state: KeyState) -> None:
-        """Store ``state`` unless the cache already holds a newer version."""
+    async def put(self, state: KeyState) -> bool:
+        """Store ``state`` (a fill after a miss, or a writer's new state); True when Redis took the call."""
         if not self._link.usable:
-            self.pending.add(state.key)
-            return
+            return False
         try:
-            await self._script(keys=[cache_key(state.key)], args=[state.version, state.to_cache(), self._ttl_ms])
+            await self._put(keys=[cache_key(state.key)], args=[state.version, state.to_cache(), self._ttl_ms])
         except REDIS_ERRORS as exc:
-            self._link.failed(exc)
-            self.pending.add(state.key)
-            return
+            self._failed(exc)
+            return False
         self._link.succeeded()
+        return True
 
-    async def retry_pending(self, load: Callable[[list[str]], Awaitable[list[KeyState]]]) -> None:
-        """Refresh entries whose writes could not reach Redis, from Postgres, so nobody reads them stale.
-
-        Refreshing (rather than deleting) keeps a slow reader from re-filling an older version later.
-        """
-        if not self.pending or not self._link.usable:
-            return
-        batch = list(self.pending)[:500]
-        states = await load(batch)
+    async def mark_unclean(self, key: str, version: int) -> bool:
+        """Announce ``version`` of ``key``: no replica serves an older cached state from now on."""
+        if not self._link.usable:
+            return False
         try:
-            found = {state.key for state in states}
-            gone = [cache_key(key) for key in batch if key not in found]
-            if gone:
-                await self._link.client.delete(*gone)
-            for state in states:
-                await self._script(keys=[cache_key(state.key)], args=[state.version, state.to_cache(), self._ttl_ms])
+            await self._announce(keys=[cache_key(key)], args=[version, self._ttl_ms])
         except REDIS_ERRORS as exc:
-            self._link.failed(exc)
-            return
+            self._failed(exc)
+            return False
         self._link.succeeded()
-        self.pending.difference_update(batch)
+        return True
+
+    async def announce(self, cur: aiopg.Cursor, key: str, version: int) -> bool:
+        """Inside the writer's transaction, before COMMIT: announce ``version`` in Redis, or, if Redis
+        cannot be reached, record it in Postgres (same transaction). True when it was recorded."""
+        if await self.mark_unclean(key, version):
+            return False
+        await cur.execute(sql.RECORD_DIRTY, {"key": key, "version": version, "notice": f"{version}:{key}"})
+        return True
+
+    async def written(self, state: KeyState, recorded: bool) -> None:
+        """After COMMIT: store the new state; if the write was recorded in Postgres, wait until our own
+        listener has heard of it (so has every replica's), at most ``HEARD_WAIT_SECONDS``."""
+        await self.put(state)
+        if recorded:
+            await self.guard.wait_heard(state.key, state.version, HEARD_WAIT_SECONDS)
+
+    def _failed(self, exc: BaseException) -> None:
+        self._link.failed(exc)
+        self.guard.redis_failed()
+
+
+class CacheGuard:
+    """Listens on ``dynconfig_cache`` and works off ``cache_dirty``; decides whether hits are trusted."""
+
+    def __init__(self, cache: ValueCache) -> None:
+        self._cache = cache
+        self._conn: aiopg.Connection | None = None
+        self._scanned = False
+        self._distrusted: dict[str, int] = {}
+        self._heard: dict[str, int] = {}
+        self._heard_changed = asyncio.Condition()
+
+    @property
+    def trusted(self) -> bool:
+        """Listening, and ``cache_dirty`` worked off since connecting and since the last Redis failure."""
+        return self._conn is not None and not self._conn.closed and self._scanned
+
+    def redis_failed(self) -> None:
+        self._scanned = False
+
+    def distrusts(self, key: str) -> bool:
+        """Is ``key`` recorded dirty (by a notice taken in now, or the last scan)?"""
+        self._take_notices()
+        return key in self._distrusted
+
+    async def wait_heard(self, key: str, version: int, within: float) -> None:
+        """Until our listener has heard that ``version`` of ``key`` was recorded (at most ``within`` s)."""
+
+        def heard() -> bool:
+            self._take_notices()
+            return self._heard.get(key, 0) >= version
+
+        try:
+            async with asyncio.timeout(within), self._heard_changed:
+                await self._heard_changed.wait_for(heard)
+        except TimeoutError:
+            log.warning("cache: no notice of %s v%d within %.1f s", key, version, within)
+
+    def _take_notices(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        while not conn.notifies.empty():
+            self._note(conn.notifies.get_nowait())
+
+    def _note(self, notice: Any) -> None:
+        version_text, _, key = notice.payload.partition(":")
+        version = int(version_text)
+        self._distrusted[key] = max(version, self._distrusted.get(key, 0))
+        if len(self._heard) > 10_000:
+            self._heard.clear()
+        self._heard[key] = max(version, self._heard.get(key, 0))
+
+    async def run(self, dsn: str, pool: aiopg.Pool) -> None:
+        """Listen, and scan ``cache_dirty`` every ``SCAN_SECONDS`` (supervised; reconnects on failure)."""
+        try:
+            async with aiopg.connect(dsn, timeout=10.0) as conn, conn.cursor() as cur:
+                await cur.execute(sql.LISTEN)
+                self._conn = conn
+                while True:
+                    await self._scan(pool)
+                    try:
+                        async with asyncio.timeout(SCAN_SECONDS):
+                            self._note(await conn.notifies.get())
+                    except TimeoutError:
+                        pass
+                    self._take_notices()
+                    async with self._heard_changed:
+                        self._heard_changed.notify_all()
+        except (psycopg2.Error, OSError, TimeoutError) as exc:
+            log.warning("cache: listener lost (%s); the cache is not trusted until it is back", type(exc).__name__)
+        finally:
+            self._conn = None
+            self._scanned = False
+        await asyncio.sleep(1.0)
+
+    async def _scan(self, pool: aiopg.Pool) -> None:
+        """Make every recorded key unclean in Redis, then drop its row; what remains stays distrusted."""
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(sql.SELECT_DIRTY)
+            rows = await cur.fetchall()
+            remaining: dict[str, int] = {}
+            for key, version in rows:
+                if await self._cache.mark_unclean(key, version):
+                    await cur.execute(sql.DELETE_CLEANED, {"key": key, "version": version})
+                else:
+                    remaining[key] = version
+        self._take_notices()
+        # Notices newer than the rows we cleaned stay distrusted until the next scan.
+        cleaned = dict(rows)
+        fresh = {k: v for k, v in self._distrusted.items() if v > cleaned.get(k, 0)}
+        self._distrusted = {**remaining, **fresh}
+        if not remaining and self._cache._link.usable:
+            self._scanned = True
 
 
 async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: the cache and its invalidation-retry loop (needs ``redis_ctx`` first)."""
-    cache = ValueCache(app[REDIS], app[SETTINGS].cache_ttl_seconds)
+    """cleanup_ctx: the cache and its guard (needs ``redis_ctx`` and ``pool_ctx`` first)."""
+    cache = ValueCache(app[REDIS], app[SETTINGS].cache_ttl_seconds, app[METRICS])
     app[CACHE] = cache
-    pool = app[DB_POOL]
-
-    async def load(keys: list[str]) -> list[KeyState]:
-        async with pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(keys_sql.SELECT_MANY, {"keys": keys})
-            return [KeyState.from_row(row) for row in await cur.fetchall()]
-
-    async def retry_loop() -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await cache.retry_pending(load)
-            except (psycopg2.Error, OSError, TimeoutError) as exc:  # Postgres away: the next round tries again
-                log.warning("cache invalidation retry failed (%s)", type(exc).__name__)
-
-    task = app[SUPERVISOR].spawn("cache-retry", retry_loop)
+    task = app[SUPERVISOR].spawn("cache-guard", lambda: cache.guard.run(app[SETTINGS].postgres_url, app[DB_POOL]))
     try:
         yield
     finally:
         await cancel_and_wait(task)
-        try:
-            await cache.retry_pending(load)
-        except psycopg2.Error:
-            log.warning("could not refresh %d cache entries at shutdown", len(cache.pending))

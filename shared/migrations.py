@@ -119,4 +119,17 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX keys_by_key_bytes ON keys (key COLLATE "C");
         """,
     ),
+    (
+        6,
+        "cache_dirty: writes that could not reach the Redis cache",
+        """
+        -- A writer that cannot make a key's Redis entry unclean before committing records it here in
+        -- the same transaction; api_servers keep such keys out of the cache until one has (shared/cache.py).
+        CREATE TABLE cache_dirty (
+            key     text PRIMARY KEY,
+            version bigint NOT NULL,
+            at      timestamptz NOT NULL DEFAULT now()
+        );
+        """,
+    ),
 ]
