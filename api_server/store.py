@@ -152,20 +152,38 @@ async def put_key(
             new = NewState(value_enc, ttl, acl, state.creator)
         check_if_match(if_match, None if state.deleted else state)
         created = state.deleted
-        result = await write_change(
-            cur,
-            state,
-            new,
-            event="update",
-            action="create" if created else "replace",
-            actor=who.username,
-            request_id=caller.request_id,
-            now=now,
-            namespace_acls=ns_acls,
-        )
-        recorded = await store.cache.announce(cur, result.key, result.version)
+        action = "create" if created else "replace"
+        result, recorded = await _write(store, cur, caller, state, new, "update", action, now, ns_acls)
     await store.cache.written(result, recorded)
     return result, created
+
+
+async def _write(
+    store: Store,
+    cur: aiopg.Cursor,
+    caller: Caller,
+    before: KeyState,
+    new: NewState,
+    event: str,
+    action: str,
+    now: datetime,
+    ns_acls: dict[str, Acl],
+) -> tuple[KeyState, bool]:
+    """Inside the transaction: write the change, then announce it to the cache before COMMIT (see
+    shared/cache.py). Returns the new state and whether the announcement went to Postgres; pass both
+    to ``store.cache.written`` after COMMIT."""
+    result = await write_change(
+        cur,
+        before,
+        new,
+        event=event,
+        action=action,
+        actor=caller.username,
+        request_id=caller.request_id,
+        now=now,
+        namespace_acls=ns_acls,
+    )
+    return result, await store.cache.announce(cur, result.key, result.version)
 
 
 async def _lock_writable(
@@ -197,18 +215,7 @@ async def patch_key(store: Store, caller: Caller, key: str, body: dict[str, Any]
             _acl(body["acls"]) if "acls" in body else state.acl,
             state.creator,
         )
-        result = await write_change(
-            cur,
-            state,
-            new,
-            event="update",
-            action="patch",
-            actor=who.username,
-            request_id=caller.request_id,
-            now=now,
-            namespace_acls=ns_acls,
-        )
-        recorded = await store.cache.announce(cur, result.key, result.version)
+        result, recorded = await _write(store, cur, caller, state, new, "update", "patch", now, ns_acls)
     await store.cache.written(result, recorded)
     return result
 
@@ -219,18 +226,7 @@ async def delete_key(store: Store, caller: Caller, key: str, if_match: IfMatch |
     async with store.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
         state, ns_acls, now = await _lock_writable(cur, who, key, if_match)
         tombstone = NewState(None, state.ttl, state.acl, state.creator)
-        result = await write_change(
-            cur,
-            state,
-            tombstone,
-            event="delete",
-            action="delete",
-            actor=who.username,
-            request_id=caller.request_id,
-            now=now,
-            namespace_acls=ns_acls,
-        )
-        recorded = await store.cache.announce(cur, result.key, result.version)
+        result, recorded = await _write(store, cur, caller, state, tombstone, "delete", "delete", now, ns_acls)
     await store.cache.written(result, recorded)
     return result
 

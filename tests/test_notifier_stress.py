@@ -23,8 +23,7 @@ import aiohttp
 import aiopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-
-from notifier.main import HUB
+from support import client_frame, wait_caught_up
 
 Client = TestClient[Any, Any]
 Token = Callable[..., str]
@@ -54,19 +53,6 @@ async def relay_state(pg: aiopg.Pool) -> tuple[int, int]:
         await cur.execute("SELECT head, pruned_through FROM relay_state")
         head, pruned = await cur.fetchone()
     return int(head), int(pruned)
-
-
-async def wait_caught_up(pg: aiopg.Pool, server: TestServer, timeout: float = TIMEOUT) -> None:
-    """Synchronisation only: every committed change is relayed and fanned out by ``server``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        async with pg.acquire() as conn, conn.cursor() as cur:
-            await cur.execute("SELECT (SELECT count(*) FROM outbox WHERE revision IS NULL), head FROM relay_state")
-            pending, head = await cur.fetchone()
-        if pending == 0 and server.app[HUB].last >= head:
-            return
-        assert time.monotonic() < deadline, "notifier did not catch up with the change log"
-        await asyncio.sleep(0.02)
 
 
 class LiveWatcher:
@@ -122,19 +108,6 @@ class LiveWatcher:
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
         yield s
-
-
-def client_frame(opcode: int, payload: bytes) -> bytes:
-    """A masked client frame (RFC 6455 §5.2)."""
-    mask = os.urandom(4)
-    size = len(payload)
-    if size < 126:
-        header = bytes((0x80 | opcode, 0x80 | size))
-    elif size < 1 << 16:
-        header = bytes((0x80 | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
-    else:
-        header = bytes((0x80 | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def parse_frame(data: bytes) -> tuple[int, bytes, int] | None:

@@ -23,6 +23,7 @@ import aiopg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
+from support import wait_caught_up
 
 from notifier.main import HUB
 from shared.cache import cache_key
@@ -159,19 +160,6 @@ async def wait_relayed(pg: aiopg.Pool, prefix: str, count: int) -> list[tuple[st
             assert len(rows) == count, rows
             return rows
         assert time.monotonic() < deadline, f"only {len(rows)} of {count} changes relayed"
-        await asyncio.sleep(0.02)
-
-
-async def wait_caught_up(pg: aiopg.Pool, server: TestServer) -> None:
-    """Synchronisation only: every committed change is relayed and the hub of ``server`` has passed it."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        async with pg.acquire() as conn, conn.cursor() as cur:
-            await cur.execute("SELECT (SELECT count(*) FROM outbox WHERE revision IS NULL), head FROM relay_state")
-            pending, head = await cur.fetchone()
-        if pending == 0 and server.app[HUB].last >= head:
-            return
-        assert time.monotonic() < deadline, "notifier did not catch up with the change log"
         await asyncio.sleep(0.02)
 
 

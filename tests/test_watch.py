@@ -26,6 +26,7 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
+from support import client_frame, wait_caught_up
 
 import notifier.watch
 from notifier.main import CONNECTIONS, HUB
@@ -214,20 +215,6 @@ async def connect(
     yield open_
     for ws in opened:
         await ws.close()
-
-
-async def wait_caught_up(pg: aiopg.Pool, server: TestServer) -> None:
-    """Synchronisation only: wait until every committed change is relayed and fanned out by ``server``,
-    so a watcher that connects now is not sent changes made before it connected."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        async with pg.acquire() as conn, conn.cursor() as cur:
-            await cur.execute("SELECT (SELECT count(*) FROM outbox WHERE revision IS NULL), head FROM relay_state")
-            pending, head = await cur.fetchone()
-        if pending == 0 and server.app[HUB].last >= head:
-            return
-        assert time.monotonic() < deadline, "notifier did not catch up with the change log"
-        await asyncio.sleep(0.01)
 
 
 async def relay_state(pg: aiopg.Pool) -> tuple[int, int]:
@@ -916,19 +903,6 @@ async def test_fresh_token_for_another_user_is_refused(
 
 
 # --- slow consumer ------------------------------------------------------------------------------
-
-
-def client_frame(opcode: int, payload: bytes) -> bytes:
-    """A masked client frame (RFC 6455 §5.2)."""
-    mask = os.urandom(4)
-    size = len(payload)
-    if size < 126:
-        header = bytes((0x80 | opcode, 0x80 | size))
-    elif size < 1 << 16:
-        header = bytes((0x80 | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
-    else:
-        header = bytes((0x80 | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
