@@ -7,14 +7,13 @@ the work through ``FOR UPDATE SKIP LOCKED``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import aiopg
-import psycopg2
 from prometheus_client import Counter, Histogram
 
 from shared.changes import all_namespace_acls, expiry, write_changes
+from shared.db import listen, wait_notices
 from shared.model import KeyState
 from shared.sql import expiry as sql
 from shared.tasks import complete_then_cancel
@@ -71,31 +70,18 @@ class ExpiryWorker:
 
     async def run(self) -> None:
         """Expire due keys, then sleep until the next deadline or a wake-up, for ever."""
-        delay = 0.5
+        await listen(self._dsn, [sql.CHANNEL], self._serve, name="expiry")
+
+    async def _serve(self, conn: aiopg.Connection) -> None:
+        recheck = RECHECK_SECONDS
         while True:
-            try:
-                async with aiopg.connect(self._dsn, timeout=10.0) as conn, conn.cursor() as cur:
-                    await cur.execute("LISTEN dynconfig_ttl")
-                    delay = 0.5
-                    recheck = RECHECK_SECONDS
-                    while True:
-                        expired = await complete_then_cancel(self.run_once())
-                        if expired:
-                            log.info("expired %d keys", expired)
-                        due_in = await self.seconds_to_next_deadline()
-                        sleep = MAX_SLEEP_SECONDS if due_in is None else min(MAX_SLEEP_SECONDS, due_in)
-                        if sleep <= 0:  # due but locked by someone else: back off, don't spin
-                            sleep, recheck = recheck, min(recheck * 2, MAX_RECHECK_SECONDS)
-                        else:
-                            recheck = RECHECK_SECONDS
-                        try:
-                            async with asyncio.timeout(sleep):
-                                await conn.notifies.get()
-                        except TimeoutError:
-                            pass
-                        while not conn.notifies.empty():
-                            conn.notifies.get_nowait()
-            except (psycopg2.Error, OSError, TimeoutError) as exc:
-                log.warning("expiry: %s; retrying", exc.__class__.__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            expired = await complete_then_cancel(self.run_once())
+            if expired:
+                log.info("expired %d keys", expired)
+            due_in = await self.seconds_to_next_deadline()
+            sleep = MAX_SLEEP_SECONDS if due_in is None else min(MAX_SLEEP_SECONDS, due_in)
+            if sleep <= 0:  # due but locked by someone else: back off, don't spin
+                sleep, recheck = recheck, min(recheck * 2, MAX_RECHECK_SECONDS)
+            else:
+                recheck = RECHECK_SECONDS
+            await wait_notices(conn, sleep)  # a write that sets a deadline wakes us early

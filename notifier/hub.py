@@ -22,7 +22,10 @@ from shared.acl import Acl, Principal
 from shared.changelog import ChangeEvent, events_after, head, may_read_event
 from shared.changes import all_namespace_acls
 from shared.crypto import Keyring
+from shared.db import listen, wait_notices
 from shared.redis import REDIS_ERRORS, RedisLink
+from shared.sql import changelog as changelog_sql
+from shared.sql import namespaces as ns_sql
 from shared.tasks import Supervisor, cancel_and_wait
 from shared.timeutil import utcnow
 from shared.wire import CHANNEL, decode_batch
@@ -185,30 +188,21 @@ class Hub:
         self.redis_ok = ok
 
     async def _pg_listener(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                async with aiopg.connect(self._dsn, timeout=10.0) as conn, conn.cursor() as cur:
-                    await cur.execute("LISTEN dynconfig_revisions")
-                    await cur.execute("LISTEN dynconfig_namespaces")
+        await listen(self._dsn, [changelog_sql.REVISIONS_CHANNEL, ns_sql.CHANNEL], self._on_notices, name="hub")
+
+    async def _on_notices(self, conn: aiopg.Connection) -> None:
+        await self._reload_namespaces()
+        async with conn.cursor() as cur:
+            while True:
+                notices = await wait_notices(conn, 10.0)
+                if not notices:
+                    await cur.execute("SELECT 1")  # notice a dead connection even when all is quiet
+                    continue
+                if any(n.channel == ns_sql.CHANNEL for n in notices):
                     await self._reload_namespaces()
-                    delay = 0.5
-                    while True:
-                        try:
-                            async with asyncio.timeout(10.0):
-                                note = await conn.notifies.get()
-                        except TimeoutError:
-                            await cur.execute("SELECT 1")
-                            continue
-                        if note.channel == "dynconfig_namespaces":
-                            await self._reload_namespaces()
-                        elif not self.redis_ok:
-                            self._poll_now = True
-                            self._wake.set()
-            except (TimeoutError, psycopg2.Error, OSError) as exc:
-                log.warning("hub: Postgres listener: %s; retrying", exc.__class__.__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+                if not self.redis_ok and any(n.channel == changelog_sql.REVISIONS_CHANNEL for n in notices):
+                    self._poll_now = True
+                    self._wake.set()
 
     async def _ticker(self) -> None:
         elapsed = 0.0

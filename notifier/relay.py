@@ -17,8 +17,10 @@ import aiopg
 import psycopg2
 
 from shared.changelog import ChangeEvent, events_after
+from shared.db import listen, wait_notices
 from shared.redis import REDIS_ERRORS, RedisLink
 from shared.sql import changelog as sql
+from shared.sql import outbox as outbox_sql
 from shared.tasks import Supervisor, cancel_and_wait, complete_then_cancel
 from shared.timeutil import utcnow
 from shared.wire import CHANNEL, encode_batch
@@ -58,17 +60,7 @@ class Relay:
 
     async def run(self) -> None:
         """Forever: take the lock when free, then relay until the lock connection fails."""
-        delay = 0.5
-        while True:
-            try:
-                async with aiopg.connect(self._dsn, timeout=10.0) as conn:
-                    await self._lead(conn)
-            except (TimeoutError, psycopg2.Error, OSError) as exc:
-                log.warning("relay: %s: %s; retrying", exc.__class__.__name__, str(exc).strip()[:200])
-            finally:
-                self._set_leader(False)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        await listen(self._dsn, [outbox_sql.CHANNEL], self._lead, name="relay")
 
     def _set_leader(self, leader: bool) -> None:
         if leader != self.is_leader:
@@ -77,6 +69,13 @@ class Relay:
         self._metrics.relay_leader.set(1 if leader else 0)
 
     async def _lead(self, conn: aiopg.Connection) -> None:
+        """On the lock connection (which also listens for new outbox rows): wait for the lock, relay."""
+        try:
+            await self._relay_while_leader(conn)
+        finally:
+            self._set_leader(False)
+
+    async def _relay_while_leader(self, conn: aiopg.Connection) -> None:
         async with conn.cursor() as cur:
             while True:
                 await cur.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,))
@@ -84,7 +83,7 @@ class Relay:
                 if acquired:
                     break
                 await asyncio.sleep(STANDBY_POLL_SECONDS)
-            await cur.execute("LISTEN dynconfig_outbox")
+                await wait_notices(conn, 0)  # standing by: drop the wake-ups meant for the leader
             self._set_leader(True)
             # Pruning runs beside the relay, in bounded batches: it never delays a revision.
             pruner = self._supervisor.spawn("relay-prune", self._prune_forever)
@@ -95,13 +94,7 @@ class Relay:
                     if len(relayed) == BATCH:
                         continue
                     await self._update_backlog()
-                    try:
-                        async with asyncio.timeout(POLL_SECONDS):
-                            await conn.notifies.get()
-                    except TimeoutError:
-                        pass
-                    while not conn.notifies.empty():
-                        conn.notifies.get_nowait()
+                    await wait_notices(conn, POLL_SECONDS)
                     if time.monotonic() - last_check > 5.0:
                         await cur.execute("SELECT 1")  # is the lock connection still alive?
                         last_check = time.monotonic()

@@ -25,9 +25,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiopg
-import psycopg2
 from aiohttp import web
 
+from .db import listen, wait_notices
 from .keys import CACHE, DB_POOL, METRICS, REDIS, SETTINGS, SUPERVISOR
 from .metrics import Metrics
 from .model import KeyState
@@ -197,27 +197,21 @@ class CacheGuard:
         self._heard[key] = max(version, self._heard.get(key, 0))
 
     async def run(self, dsn: str, pool: aiopg.Pool) -> None:
-        """Listen, and scan ``cache_dirty`` every ``SCAN_SECONDS`` (supervised; reconnects on failure)."""
+        """Listen, and scan ``cache_dirty`` every ``SCAN_SECONDS``, for ever (reconnecting)."""
+        await listen(dsn, [sql.CHANNEL], lambda conn: self._serve(conn, pool), name="cache")
+
+    async def _serve(self, conn: aiopg.Connection, pool: aiopg.Pool) -> None:
+        self._conn = conn
         try:
-            async with aiopg.connect(dsn, timeout=10.0) as conn, conn.cursor() as cur:
-                await cur.execute(sql.LISTEN)
-                self._conn = conn
-                while True:
-                    await self._scan(pool)
-                    try:
-                        async with asyncio.timeout(SCAN_SECONDS):
-                            self._note(await conn.notifies.get())
-                    except TimeoutError:
-                        pass
-                    self._take_notices()
-                    async with self._heard_changed:
-                        self._heard_changed.notify_all()
-        except (psycopg2.Error, OSError, TimeoutError) as exc:
-            log.warning("cache: listener lost (%s); the cache is not trusted until it is back", type(exc).__name__)
+            while True:
+                await self._scan(pool)
+                for notice in await wait_notices(conn, SCAN_SECONDS):
+                    self._note(notice)
+                async with self._heard_changed:
+                    self._heard_changed.notify_all()
         finally:
             self._conn = None
             self._scanned = False
-        await asyncio.sleep(1.0)
 
     async def _scan(self, pool: aiopg.Pool) -> None:
         """Make every recorded key unclean in Redis, then drop its row; what remains stays distrusted."""

@@ -1,11 +1,12 @@
-"""The Postgres pool (one per process) and the migration runner."""
+"""The Postgres pool (one per process), the migration runner, and LISTEN on a dedicated connection."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import aiopg
 import psycopg2
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from .keys import DB_POOL, SETTINGS
 from .migrations import MIGRATIONS
+from .tasks import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,7 @@ class StartupError(Exception):
 async def connect_pool(dsn: str, *, wait_seconds: float, minsize: int = 1, maxsize: int = 20) -> aiopg.Pool:
     """Open a pool, retrying while Postgres comes up (containers start in any order)."""
     deadline = time.monotonic() + wait_seconds
-    delay = 0.2
+    backoff = Backoff(cap=2.0)
     while True:
         try:
             return await aiopg.create_pool(dsn, minsize=minsize, maxsize=maxsize, timeout=10.0)
@@ -36,8 +38,47 @@ async def connect_pool(dsn: str, *, wait_seconds: float, minsize: int = 1, maxsi
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
                 raise StartupError(f"Postgres unreachable at POSTGRES_URL: {reason}") from None
             log.info("waiting for Postgres: %s", str(exc).strip().splitlines()[:1])
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            await asyncio.sleep(backoff.next())
+
+
+#: What a lost or unreachable Postgres connection raises.
+CONNECTION_ERRORS = (psycopg2.Error, OSError, TimeoutError)
+
+
+async def listen(
+    dsn: str, channels: Sequence[str], serve: Callable[[aiopg.Connection], Awaitable[None]], *, name: str
+) -> None:
+    """For ever: open a dedicated connection, ``LISTEN`` on ``channels`` and run ``serve(conn)``; when
+    the connection fails, log it and reconnect with backoff. ``serve`` reads ``conn.notifies`` (a
+    notice is a wake-up hint; a periodic look is the safety net) and may use ``conn`` for its own
+    statements (the relay holds its advisory lock on it)."""
+    backoff = Backoff(first=0.5)
+    while True:
+        try:
+            async with aiopg.connect(dsn, timeout=10.0) as conn:
+                async with conn.cursor() as cur:
+                    for channel in channels:
+                        await cur.execute(f"LISTEN {channel}")
+                backoff.reset()
+                await serve(conn)
+        except CONNECTION_ERRORS as exc:
+            log.warning("%s: Postgres connection lost (%s); reconnecting", name, type(exc).__name__)
+        await asyncio.sleep(backoff.next())
+
+
+async def wait_notices(conn: aiopg.Connection, within: float) -> list[Any]:
+    """The notices on ``conn``: those queued, else the next ones to arrive within ``within`` seconds
+    (``[]`` when none did). Each has ``.channel`` and ``.payload``."""
+    notices = []
+    if conn.notifies.empty():
+        try:
+            async with asyncio.timeout(within):
+                notices.append(await conn.notifies.get())
+        except TimeoutError:
+            return []
+    while not conn.notifies.empty():
+        notices.append(conn.notifies.get_nowait())
+    return notices
 
 
 async def migrate(pool: aiopg.Pool) -> list[int]:

@@ -3,8 +3,6 @@ shared/cache.py), and the channel that tells every api_server at once."""
 
 CHANNEL = "dynconfig_cache"
 
-LISTEN = f"LISTEN {CHANNEL}"
-
 # In the writer's transaction: record the key and tell every listener ("<version>:<key>") at commit.
 RECORD_DIRTY = f"""
 INSERT INTO cache_dirty (key, version) VALUES (%(key)s, %(version)s)

@@ -35,7 +35,8 @@ UPDATE key_history h SET revision = a.revision
 SET_HEAD = "UPDATE relay_state SET head = %(head)s"
 
 # Wakes notifiers that are catching up from Postgres (while Redis is down).
-NOTIFY_REVISIONS = "SELECT pg_notify('dynconfig_revisions', %(head)s::text)"
+REVISIONS_CHANNEL = "dynconfig_revisions"
+NOTIFY_REVISIONS = f"SELECT pg_notify('{REVISIONS_CHANNEL}', %(head)s::text)"
 
 BACKLOG = "SELECT count(*), min(at) FROM outbox WHERE revision IS NULL"
 

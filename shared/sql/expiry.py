@@ -18,4 +18,5 @@ SELECT min(expires_at), extract(epoch FROM min(expires_at) - clock_timestamp())
 """
 
 # Sent by a write that sets a deadline, so a sleeping worker re-reads the next one.
-NOTIFY = "SELECT pg_notify('dynconfig_ttl', '')"
+CHANNEL = "dynconfig_ttl"
+NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"

@@ -26,4 +26,5 @@ RETURNING (xmax = 0) AS created
 DELETE = "DELETE FROM namespaces WHERE namespace = %(ns)s"
 
 # Tells notifiers to reload namespace ACLs (watch deliveries check them per event).
-NOTIFY = "SELECT pg_notify('dynconfig_namespaces', '')"
+CHANNEL = "dynconfig_namespaces"
+NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
