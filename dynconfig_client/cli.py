@@ -1,12 +1,15 @@
 """``dynconfig``: the command line of DynConfig.
 
     export DYNCONFIG_URL=http://localhost:8080
-    export DYNCONFIG_TOKEN=$(dynconfig token --username admin-user)
+    export DYNCONFIG_TOKEN=$(./dev/token --username admin-user)   # a dev token for the local run
     dynconfig put app.feature.enabled true --ttl 3600 --acl-read '*' --acl-write admin-user
     dynconfig get app.feature.enabled            # true
     dynconfig watch 'app.*' --snapshot           # one JSON line per event until Ctrl-C
 
 Exit status: 0 success, 1 the server refused or could not be reached (the reason on stderr), 2 usage.
+
+The client never imports the dev tooling (``devtools``): minting dev tokens is ``./dev/token``'s job,
+so an installation with only ``dynconfig_client`` has a complete command line.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from .client import UNSET, Client, watch_url
@@ -151,22 +153,6 @@ async def cmd_watch(args: argparse.Namespace, client: Client) -> None:
             printer.result()  # the stream gave up: raise its error
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    """Mint a dev token with the local run's signing key (no server involved)."""
-    from devtools.token import NoDevKeys, dev_token
-
-    if not args.username.strip():
-        raise UsageError("--username must not be empty")
-    if args.ttl < 1:
-        raise UsageError("--ttl must be at least 1")
-    try:
-        print(dev_token(args.username, args.ttl, args.dir))
-    except NoDevKeys as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
 # --- the parser ----------------------------------------------------------------------------------
 
 
@@ -224,11 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
     history = command("history", cmd_history, "print every version of a key, newest first, as JSON lines")
     history.add_argument("key", metavar="KEY")
 
-    token = commands.add_parser("token", help="mint a dev token for the local run (./dev/up)")
-    token.add_argument("--username", required=True, help="the token's username (admins: admin-user)")
-    token.add_argument("--ttl", type=int, default=3600, metavar="S", help="lifetime in seconds (default 3600)")
-    token.add_argument("--dir", type=Path, help="dev data directory with keys/ (default: .dev of the repository)")
-    token.set_defaults(handler=None)
     return parser
 
 
@@ -244,10 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The library's warnings (a watch reconnecting, say) as "dynconfig: ..." lines on stderr.
     logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s", stream=sys.stderr)
     try:
-        if args.command == "token":
-            return cmd_token(args)
         if not args.token:
-            raise UsageError("no token: pass --token or set DYNCONFIG_TOKEN (`dynconfig token` mints a dev one)")
+            raise UsageError("no token: pass --token or set DYNCONFIG_TOKEN (for the local run: ./dev/token)")
         if args.command in ("put", "patch"):
             _value(args)  # a bad VALUE is a usage error, found before any request
         asyncio.run(_run(args))

@@ -1,7 +1,12 @@
-"""The ``dynconfig`` command line, run as a real subprocess against real api_server and notifier processes."""
+"""The ``dynconfig`` command line, run as a real subprocess against real api_server and notifier processes.
+
+Every run is a client-only installation: importing any other first-party package (``devtools``,
+``shared``, the servers) fails in the CLI's process, as it would for a user who installed only the client.
+"""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import queue
@@ -25,6 +30,24 @@ REPO = Path(__file__).resolve().parent.parent
 Token = Callable[..., str]
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
+# What a user who installs only the client does not have: every other first-party package.
+NOT_THE_CLIENT = (frozenset(p.parent.name for p in REPO.glob("*/__init__.py")) - {"dynconfig_client"}) | {"tests"}
+
+# ``python -c CLIENT_ONLY MODULE ARGS...`` runs ``python -m MODULE ARGS...`` with those packages
+# unimportable (even though the repository is on sys.path and the editable install maps them).
+CLIENT_ONLY = f"""
+import importlib.abc, runpy, sys
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {sorted(NOT_THE_CLIENT)!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (only the client is installed)", name=name)
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)
+"""
+
 
 def cli_env(url: str, token: str | None, **extra: str) -> dict[str, str]:
     """The caller's environment without any DYNCONFIG_* setting of its own, plus URL and token."""
@@ -39,7 +62,7 @@ def cli_env(url: str, token: str | None, **extra: str) -> dict[str, str]:
 
 
 def cli_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dynconfig_client", *args]
+    return [sys.executable, "-c", CLIENT_ONLY, "dynconfig_client", *args]
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -249,26 +272,55 @@ def test_options_are_accepted_after_the_command(cli: Run, api_proc: Any, admin_t
     assert ok(run_cli("--url", api_proc.url, "--token", admin_token, "get", f"{unique_prefix}.k", env=env)) == "7\n"
 
 
-# --- token ---------------------------------------------------------------------------------------
+# --- only the client -----------------------------------------------------------------------------
 
 
-def test_token_mints_a_jwt_the_local_run_accepts(spawn: Callable[..., Any], tmp_path: Path) -> None:
+def test_the_client_package_imports_no_other_first_party_package() -> None:
+    """Imports inside functions count too: a lazy import is exactly what a few runs of the CLI can miss."""
+    assert {"devtools", "shared", "api_server"} <= NOT_THE_CLIENT
+    offenders = []
+    for path in sorted((REPO / "dynconfig_client").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            offenders += [
+                f"{path.relative_to(REPO)}:{node.lineno} imports {name}"
+                for name in names
+                if name.partition(".")[0] in NOT_THE_CLIENT
+            ]
+    assert offenders == []
+
+
+def test_the_cli_works_with_only_the_client_installed(cli: Run, unique_prefix: str) -> None:
+    env = cli_env("", None)
+    # The harness really hides the dev tooling: ./dev/token's module cannot be imported under it.
+    hidden = subprocess.run(
+        [sys.executable, "-c", CLIENT_ONLY, "devtools.token", "--username", "admin-user"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert hidden.returncode == 1
+    assert "ModuleNotFoundError: No module named 'devtools' (only the client is installed)" in hidden.stderr
+
+    usage = ok(run_cli("--help", env=env))
+    for command in ("get", "put", "patch", "rm", "ls", "watch", "history"):
+        assert command in usage
+    assert json.loads(ok(cli("put", f"{unique_prefix}.k", "[1, 2]")))["created"] is True
+    assert ok(cli("get", f"{unique_prefix}.k")) == "[1, 2]\n"
+
+
+def test_a_dev_token_from_dev_token_works_with_the_cli(spawn: Callable[..., Any], tmp_path: Path) -> None:
     keys = ensure_dev_keys(tmp_path / "dev" / "keys")
-    dev_dir = str(tmp_path / "dev")
-    result = run_cli("token", "--username", "alice", "--ttl", "120", "--dir", dev_dir, env=cli_env("", None))
-    minted = ok(result).strip()
-    assert result.stdout == minted + "\n"
-
-    [jwk] = json.loads(keys.jwks_path.read_text())["keys"]
-    claims = jwt.decode(minted, jwt.PyJWK(jwk).key, algorithms=["ES256"])
-    assert (claims["username"], claims["exp"] - claims["iat"]) == ("alice", 120)
+    dev_token = [sys.executable, "-m", "devtools.token", "--username", "alice", "--dir", str(tmp_path / "dev")]
+    minted = ok(subprocess.run(dev_token, cwd=REPO, capture_output=True, text=True, timeout=30)).strip()  # ./dev/token
     assert jwt.get_unverified_header(minted)["kid"] == keys.kid
 
     api = spawn("api_server", JWKS_URL=keys.jwks_url)  # verifies tokens with the dev JWKS only
     ok(run_cli("ls", "nothing-here", env=cli_env(api.url, minted)))
-
-
-def test_token_without_dev_keys_exits_2_with_one_line(tmp_path: Path) -> None:
-    result = run_cli("token", "--username", "alice", "--dir", str(tmp_path / "empty"), env=cli_env("", None))
-    assert (result.returncode, result.stdout) == (2, "")
-    assert result.stderr == f"dynconfig: no dev keys in {tmp_path / 'empty' / 'keys'}; run ./dev/up first\n"
