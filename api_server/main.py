@@ -5,19 +5,19 @@ from __future__ import annotations
 from aiohttp import web
 
 from shared.audit import audit_ctx
-from shared.cache import cache_ctx
 from shared.crypto import Keyring
 from shared.db import pool_ctx
 from shared.jwks import http_session_ctx, verifier_ctx
-from shared.keys import KEYRING, RATE_LIMITER, REDIS, SETTINGS
-from shared.metrics import Metrics
-from shared.ratelimit import RateLimiter
+from shared.keys import KEYRING, REDIS, SETTINGS
 from shared.redis import redis_ctx
 from shared.serve import main_for
 from shared.settings import Settings
 from shared.web import process_app
 
+from .cache import cache_ctx
+from .metrics import API_METRICS, ApiMetrics
 from .middlewares import auth_middleware
+from .ratelimit import RATE_LIMITER, RateLimiter
 from .routes import setup_routes
 
 PROCESS_NAME = "api_server"
@@ -32,8 +32,10 @@ async def _rate_limiter_ctx(app: web.Application):  # type: ignore[no-untyped-de
 
 def create_app(settings: Settings) -> web.Application:
     """The API application; resources open on startup and close on cleanup."""
-    app = process_app(PROCESS_NAME, settings, Metrics(PROCESS_NAME), [auth_middleware], client_max_size=CLIENT_MAX_SIZE)
+    metrics = ApiMetrics(PROCESS_NAME)
+    app = process_app(PROCESS_NAME, settings, metrics, [auth_middleware], client_max_size=CLIENT_MAX_SIZE)
     app[KEYRING] = Keyring(settings.encryption_keys)
+    app[API_METRICS] = metrics
     app.cleanup_ctx.extend(
         [http_session_ctx, pool_ctx, audit_ctx, redis_ctx, cache_ctx, _rate_limiter_ctx, verifier_ctx]
     )

@@ -6,10 +6,12 @@ from aiohttp import web
 
 from shared.auth import bearer_token
 from shared.errors import DynConfigError, RateLimited
-from shared.keys import METRICS, RATE_LIMITER, VERIFIER
+from shared.keys import VERIFIER
 from shared.metrics import Handler
 from shared.web import request_id
 
+from .metrics import API_METRICS
+from .ratelimit import RATE_LIMITER
 from .store import Caller
 
 OPEN_PATHS = frozenset({"/health", "/metrics", "/openapi.json"})
@@ -27,7 +29,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     decision = await request.app[RATE_LIMITER].hit(principal.username)
     limit_headers = {"X-RateLimit-Limit": str(decision.limit), "X-RateLimit-Remaining": str(decision.remaining)}
     if not decision.allowed:
-        request.app[METRICS].rate_limited.inc()
+        request.app[API_METRICS].rate_limited.inc()
         raise RateLimited(
             f"Exceed {decision.limit} req/min",
             headers={**limit_headers, "Retry-After": str(decision.retry_after)},

@@ -14,13 +14,14 @@ import sys
 import aiopg
 import redis.asyncio as aioredis
 
-from shared.cache import cache_key
 from shared.crypto import Keyring
 from shared.db import StartupError, connect_pool, migrate
 from shared.redis import REDIS_ERRORS
 from shared.serve import setup_logging
 from shared.settings import Settings, SettingsError, exit_on_bad_settings
 from shared.sql import reencrypt as sql
+
+from .cache import cache_key
 
 log = logging.getLogger(__name__)
 BATCH = 500

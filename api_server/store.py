@@ -13,7 +13,6 @@ import aiopg
 
 from shared import changelog
 from shared.acl import Acl, Principal, may_access, may_create
-from shared.cache import ValueCache
 from shared.changes import (
     NewState,
     all_namespace_acls,
@@ -31,6 +30,8 @@ from shared.sql import history as history_sql
 from shared.sql import keys as keys_sql
 from shared.timeutil import utcnow
 from shared.validation import encode_value
+
+from .cache import ValueCache
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ async def _write(
     ns_acls: dict[str, Acl],
 ) -> tuple[KeyState, bool]:
     """Inside the transaction: write the change, then announce it to the cache before COMMIT (see
-    shared/cache.py). Returns the new state and whether the announcement went to Postgres; pass both
+    api_server/cache.py). Returns the new state and whether the announcement went to Postgres; pass both
     to ``store.cache.written`` after COMMIT."""
     result = await write_change(
         cur,

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 
 import aiopg
-from prometheus_client import Counter, Histogram
 
 from shared.changes import all_namespace_acls, expiry, write_changes
 from shared.db import listen, wait_notices
 from shared.model import KeyState
 from shared.sql import expiry as sql
 from shared.tasks import complete_then_cancel
+
+from .metrics import ExpiryMetrics
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,10 @@ MAX_RECHECK_SECONDS = 0.5
 class ExpiryWorker:
     """``run_once()`` expires what is due now; ``run()`` does so for ever."""
 
-    def __init__(self, dsn: str, pool: aiopg.Pool, expiries: Counter, delay: Histogram) -> None:
+    def __init__(self, dsn: str, pool: aiopg.Pool, metrics: ExpiryMetrics) -> None:
         self._dsn = dsn
         self._pool = pool
-        self._expiries = expiries
-        self._delay = delay
+        self._metrics = metrics
 
     async def run_once(self) -> int:
         """Expire every key whose deadline has passed; return how many."""
@@ -55,8 +55,8 @@ class ExpiryWorker:
                     await write_changes(cur, changes)
             for state, row in zip(states, rows, strict=True):
                 assert state.expires_at is not None
-                self._delay.observe(max(0.0, (row[-1] - state.expires_at).total_seconds()))
-            self._expiries.inc(len(states))
+                self._metrics.expiry_delay.observe(max(0.0, (row[-1] - state.expires_at).total_seconds()))
+            self._metrics.expiries.inc(len(states))
             total += len(states)
             if len(states) < BATCH:
                 return total

@@ -5,32 +5,25 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from prometheus_client import Counter, Histogram
 
 from shared.db import pool_ctx
-from shared.keys import DB_POOL, METRICS, SETTINGS, SUPERVISOR
-from shared.metrics import Metrics, metrics_handler
+from shared.keys import DB_POOL, SETTINGS, SUPERVISOR
+from shared.metrics import metrics_handler
 from shared.serve import main_for
 from shared.settings import Settings
 from shared.tasks import cancel_and_wait
 from shared.web import base_checks, health_response, process_app
 
 from .expiry import ExpiryWorker
+from .metrics import ExpiryMetrics
 
 PROCESS_NAME = "expiry_worker"
 WORKER = web.AppKey("worker", ExpiryWorker)
+EXPIRY_METRICS = web.AppKey("expiry_metrics", ExpiryMetrics)
 
 
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
-    registry = app[METRICS].registry
-    expiries = Counter("dynconfig_expiries_total", "Keys soft-deleted by expiry.", registry=registry)
-    delay = Histogram(
-        "dynconfig_expiry_delay_seconds",
-        "From a key's deadline to its expiry being committed.",
-        registry=registry,
-        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
-    )
-    worker = ExpiryWorker(app[SETTINGS].postgres_url, app[DB_POOL], expiries, delay)
+    worker = ExpiryWorker(app[SETTINGS].postgres_url, app[DB_POOL], app[EXPIRY_METRICS])
     app[WORKER] = worker
     task = app[SUPERVISOR].spawn("expiry", worker.run)
     try:
@@ -46,7 +39,9 @@ async def health(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings) -> web.Application:
     """The expiry worker application."""
-    app = process_app(PROCESS_NAME, settings, Metrics(PROCESS_NAME))
+    metrics = ExpiryMetrics(PROCESS_NAME)
+    app = process_app(PROCESS_NAME, settings, metrics)
+    app[EXPIRY_METRICS] = metrics
     app.cleanup_ctx.extend([pool_ctx, _worker_ctx])
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_handler)

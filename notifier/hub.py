@@ -28,10 +28,10 @@ from shared.sql import changelog as changelog_sql
 from shared.sql import namespaces as ns_sql
 from shared.tasks import Supervisor, cancel_and_wait
 from shared.timeutil import utcnow
-from shared.wire import CHANNEL, decode_batch
 
 from .frames import json_frame
 from .metrics import NotifierMetrics
+from .wire import CHANNEL, decode_batch
 
 log = logging.getLogger(__name__)
 

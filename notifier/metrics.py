@@ -1,15 +1,15 @@
-"""The notifier's Prometheus series (on top of the request metrics every process has)."""
+"""The notifier's Prometheus series (on top of those of every serving process)."""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from shared.metrics import Metrics
+from shared.metrics import ServingMetrics
 
 _LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-class NotifierMetrics(Metrics):
+class NotifierMetrics(ServingMetrics):
     def __init__(self, process: str) -> None:
         super().__init__(process)
         r = self.registry

@@ -23,9 +23,9 @@ from shared.sql import changelog as sql
 from shared.sql import outbox as outbox_sql
 from shared.tasks import Supervisor, cancel_and_wait, complete_then_cancel
 from shared.timeutil import utcnow
-from shared.wire import CHANNEL, encode_batch
 
 from .metrics import NotifierMetrics
+from .wire import CHANNEL, encode_batch
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import psycopg2
 from aiohttp import web
 
 from .keys import AUDIT, DB_POOL, METRICS
-from .metrics import Metrics
+from .metrics import ServingMetrics
 from .sql import audit as sql
 from .tasks import cancel_and_wait, complete_then_cancel
 from .text import escape_control
@@ -92,7 +92,7 @@ async def record(cur: aiopg.Cursor, entry: AuditRecord) -> None:
 class AuditWriter:
     """A bounded buffer of audit rows flushed in batches by a supervised background task."""
 
-    def __init__(self, pool: aiopg.Pool, metrics: Metrics) -> None:
+    def __init__(self, pool: aiopg.Pool, metrics: ServingMetrics) -> None:
         self._pool = pool
         self._metrics = metrics
         self._buffer: list[AuditRecord] = []
@@ -211,7 +211,9 @@ def _columns(batch: list[AuditRecord]) -> dict[str, list[Any]]:
 
 async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the audit writer and its flush loop (needs ``pool_ctx`` first)."""
-    writer = AuditWriter(app[DB_POOL], app[METRICS])
+    metrics = app[METRICS]
+    assert isinstance(metrics, ServingMetrics), "the audit writer runs in a serving process"
+    writer = AuditWriter(app[DB_POOL], metrics)
     app[AUDIT] = writer
     writer.start()
     try:

@@ -14,9 +14,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .audit import AuditWriter
-    from .cache import ValueCache
     from .metrics import Metrics
-    from .ratelimit import RateLimiter
     from .redis import RedisLink
     from .tasks import Supervisor
 
@@ -26,8 +24,6 @@ HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 KEYRING = web.AppKey("keyring", Keyring)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 REDIS: web.AppKey[RedisLink] = web.AppKey("redis")
-CACHE: web.AppKey[ValueCache] = web.AppKey("cache")
-RATE_LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
 AUDIT: web.AppKey[AuditWriter] = web.AppKey("audit")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor")

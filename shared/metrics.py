@@ -14,10 +14,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Metrics:
-    """The series every process exports; process-specific ones are added by the process."""
+    """The series every process exports; each process adds its own in its ``metrics.py``."""
 
     def __init__(self, process: str) -> None:
         self.registry = CollectorRegistry()
+        self.process = process
         self.requests = Histogram(
             "dynconfig_http_request_duration_seconds",
             "HTTP request latency by route template and status code.",
@@ -25,35 +26,35 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
-        self.process = process
-        self.cache_lookups = Counter(
-            "dynconfig_cache_lookups_total", "Value cache lookups.", ["result"], registry=self.registry
-        )
-        self.rate_limited = Counter(
-            "dynconfig_rate_limited_total", "Requests refused with 429.", registry=self.registry
-        )
-        self.audit_dropped = Counter(
-            "dynconfig_audit_dropped",
-            "Read/denial audit records dropped (buffer full, or refused by Postgres even in safe form).",
-            registry=self.registry,
-        )
-        self.audit_repaired = Counter(
-            "dynconfig_audit_records_repaired",
-            "Audit records stored in a safe form (control characters escaped, text bounded).",
-            registry=self.registry,
-        )
-        self.audit_flush_errors = Counter(
-            "dynconfig_audit_flush_errors",
-            "Failed rounds of the audit writer (retried with backoff).",
-            registry=self.registry,
-        )
         self.background_errors = Counter(
             "dynconfig_background_errors",
             "Unexpected failures of a background loop (each is logged and the loop restarted).",
             ["loop"],
             registry=self.registry,
         )
-        self.redis_up = Gauge("dynconfig_redis_up", "1 when Redis answered the last call.", registry=self.registry)
+
+
+class ServingMetrics(Metrics):
+    """Series of the processes that serve clients, with a Redis link and an audit writer (the API
+    server and the notifier)."""
+
+    def __init__(self, process: str) -> None:
+        super().__init__(process)
+        r = self.registry
+        self.audit_dropped = Counter(
+            "dynconfig_audit_dropped",
+            "Read/denial audit records dropped (buffer full, or refused by Postgres even in safe form).",
+            registry=r,
+        )
+        self.audit_repaired = Counter(
+            "dynconfig_audit_records_repaired",
+            "Audit records stored in a safe form (control characters escaped, text bounded).",
+            registry=r,
+        )
+        self.audit_flush_errors = Counter(
+            "dynconfig_audit_flush_errors", "Failed rounds of the audit writer (retried with backoff).", registry=r
+        )
+        self.redis_up = Gauge("dynconfig_redis_up", "1 when Redis answered the last call.", registry=r)
 
 
 def route_template(request: web.Request) -> str:

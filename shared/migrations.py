@@ -124,7 +124,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "cache_dirty: writes that could not reach the Redis cache",
         """
         -- A writer that cannot make a key's Redis entry unclean before committing records it here in
-        -- the same transaction; api_servers keep such keys out of the cache until one has (shared/cache.py).
+        -- the same transaction; api_servers keep such keys out of the cache until one has (api_server/cache.py).
         CREATE TABLE cache_dirty (
             key     text PRIMARY KEY,
             version bigint NOT NULL,

@@ -13,9 +13,11 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from prometheus_client import Gauge
 from redis.exceptions import RedisError
 
-from .keys import REDIS, SETTINGS
+from .keys import METRICS, REDIS, SETTINGS
+from .metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +33,11 @@ POOL_WAIT_SECONDS = 10.0
 class RedisLink:
     """A Redis client plus whether it is worth trying right now."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, up: Gauge | None = None) -> None:
         self.client = client
         self._down_until = 0.0
         self._down = False
+        self._up = up  # dynconfig_redis_up
 
     @property
     def usable(self) -> bool:
@@ -48,12 +51,16 @@ class RedisLink:
     def failed(self, exc: BaseException) -> None:
         """Record a failed call (logs once per outage)."""
         self._down_until = time.monotonic() + _RETRY_AFTER_FAILURE
+        if self._up is not None:
+            self._up.set(0)
         if not self._down:
             self._down = True
             log.warning("Redis unavailable (%s: %s); falling back", exc.__class__.__name__, exc)
 
     def succeeded(self) -> None:
         """Record a successful call."""
+        if self._up is not None:
+            self._up.set(1)
         if self._down:
             self._down = False
             log.warning("Redis is back")
@@ -80,7 +87,8 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         health_check_interval=10,
     )
     client = aioredis.Redis.from_pool(pool)
-    app[REDIS] = RedisLink(client)
+    metrics = app[METRICS]
+    app[REDIS] = RedisLink(client, metrics.redis_up if isinstance(metrics, ServingMetrics) else None)
     try:
         yield
     finally:

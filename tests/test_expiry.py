@@ -18,9 +18,9 @@ import aiohttp
 import aiopg
 import pytest
 from aiohttp.test_utils import TestClient
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from expiry_worker.expiry import ExpiryWorker
+from expiry_worker.metrics import ExpiryMetrics
 from shared.settings import Settings
 from shared.timeutil import parse_rfc3339
 
@@ -97,13 +97,7 @@ async def expiry_app(aiohttp_server: Any, settings: Settings) -> Any:
 
 
 def make_worker(settings: Settings, pool: aiopg.Pool) -> ExpiryWorker:
-    registry = CollectorRegistry()
-    return ExpiryWorker(
-        settings.postgres_url,
-        pool,
-        Counter("expiries", "test", registry=registry),
-        Histogram("expiry_delay", "test", registry=registry),
-    )
+    return ExpiryWorker(settings.postgres_url, pool, ExpiryMetrics("test"))
 
 
 async def put(client: Client, key: str, headers: dict[str, str], **body: Any) -> tuple[int, dict[str, Any]]:

@@ -17,8 +17,8 @@ import aiohttp
 import aiopg
 import redis.asyncio as aioredis
 
+from api_server.cache import cache_key
 from devtools.services import free_port
-from shared.cache import cache_key
 
 ADMIN = "admin-user"
 Token = Callable[..., str]

@@ -18,8 +18,8 @@ import redis.asyncio as aioredis
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
+from api_server.cache import cache_key
 from api_server.reencrypt import reencrypt
-from shared.cache import cache_key
 from shared.crypto import DecryptionError, Keyring
 from shared.db import migrate
 from shared.migrations import MIGRATIONS

@@ -25,8 +25,8 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 from support import wait_caught_up
 
+from api_server.cache import cache_key
 from notifier.main import HUB
-from shared.cache import cache_key
 from shared.crypto import Keyring
 from shared.settings import Settings
 

@@ -13,8 +13,9 @@ from aiohttp import web
 
 from shared.audit import AuditRecord
 from shared.errors import BadRequest, DynConfigError, Forbidden, NotFound, PreconditionFailed
-from shared.keys import AUDIT, CACHE, DB_POOL, KEYRING
+from shared.keys import AUDIT, DB_POOL, KEYRING
 
+from ..cache import CACHE
 from ..middlewares import CALLER
 from ..store import Caller, Store
 

@@ -1,5 +1,5 @@
 """``cache_dirty``: keys whose Redis entry a writer could not make unclean before committing (see
-shared/cache.py), and the channel that tells every api_server at once."""
+api_server/cache.py), and the channel that tells every api_server at once."""
 
 CHANNEL = "dynconfig_cache"
 

@@ -13,7 +13,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from .redis import REDIS_ERRORS, RedisLink
+from aiohttp import web
+
+from shared.redis import REDIS_ERRORS, RedisLink
 
 WINDOW_SECONDS = 60
 _PREFIX = "dynconfig:rl:"
@@ -90,3 +92,6 @@ class RateLimiter:
     def _prune(self, now: float) -> None:
         for name in [n for n, log in self._local.items() if not log or log[-1] <= now - WINDOW_SECONDS]:
             del self._local[name]
+
+
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)

@@ -27,13 +27,14 @@ from typing import Any
 import aiopg
 from aiohttp import web
 
-from .db import listen, wait_notices
-from .keys import CACHE, DB_POOL, METRICS, REDIS, SETTINGS, SUPERVISOR
-from .metrics import Metrics
-from .model import KeyState
-from .redis import REDIS_ERRORS, RedisLink
-from .sql import cache as sql
-from .tasks import cancel_and_wait
+from shared.db import listen, wait_notices
+from shared.keys import DB_POOL, REDIS, SETTINGS, SUPERVISOR
+from shared.model import KeyState
+from shared.redis import REDIS_ERRORS, RedisLink
+from shared.sql import cache as sql
+from shared.tasks import cancel_and_wait
+
+from .metrics import API_METRICS, ApiMetrics
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ _PREFIX = "dynconfig:key:"
 #: How long a writer that could not reach Redis waits for its own notice before answering.
 HEARD_WAIT_SECONDS = 1.0
 SCAN_SECONDS = 1.0
+
+
+CACHE: web.AppKey[ValueCache] = web.AppKey("cache")
 
 
 def cache_key(key: str) -> str:
@@ -72,7 +76,7 @@ return 1
 class ValueCache:
     """Get/put key states in Redis; every failure degrades to a miss (Postgres answers)."""
 
-    def __init__(self, link: RedisLink, ttl_seconds: int, metrics: Metrics) -> None:
+    def __init__(self, link: RedisLink, ttl_seconds: int, metrics: ApiMetrics) -> None:
         self._link = link
         self._ttl_ms = ttl_seconds * 1000
         self._metrics = metrics
@@ -235,7 +239,7 @@ class CacheGuard:
 
 async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the cache and its guard (needs ``redis_ctx`` and ``pool_ctx`` first)."""
-    cache = ValueCache(app[REDIS], app[SETTINGS].cache_ttl_seconds, app[METRICS])
+    cache = ValueCache(app[REDIS], app[SETTINGS].cache_ttl_seconds, app[API_METRICS])
     app[CACHE] = cache
     task = app[SUPERVISOR].spawn("cache-guard", lambda: cache.guard.run(app[SETTINGS].postgres_url, app[DB_POOL]))
     try:

@@ -1,0 +1,19 @@
+"""The API server's Prometheus series (on top of those of every serving process)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import Counter
+
+from shared.metrics import ServingMetrics
+
+
+class ApiMetrics(ServingMetrics):
+    def __init__(self, process: str) -> None:
+        super().__init__(process)
+        r = self.registry
+        self.cache_lookups = Counter("dynconfig_cache_lookups", "Value cache lookups.", ["result"], registry=r)
+        self.rate_limited = Counter("dynconfig_rate_limited", "Requests refused with 429.", registry=r)
+
+
+API_METRICS = web.AppKey("api_metrics", ApiMetrics)
