@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from shared.events import EventKind
 from shared.web import json_response
 
 _JSON = "application/json"
@@ -151,7 +152,7 @@ SPEC: dict[str, Any] = {
                             "properties": {
                                 "version": {"type": "integer"},
                                 "value": {},
-                                "event": {"enum": ["update", "delete", "expired"]},
+                                "event": {"enum": [kind.value for kind in EventKind]},
                                 "actor": {"type": "string"},
                                 "at": {"type": "string", "format": "date-time"},
                             },

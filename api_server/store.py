@@ -25,6 +25,7 @@ from shared.changes import (
 )
 from shared.crypto import Keyring
 from shared.errors import BadRequest, Forbidden, NotFound, PreconditionFailed
+from shared.events import EventKind
 from shared.model import KeyState
 from shared.sql import history as history_sql
 from shared.sql import keys as keys_sql
@@ -154,7 +155,7 @@ async def put_key(
         check_if_match(if_match, None if state.deleted else state)
         created = state.deleted
         action = "create" if created else "replace"
-        result, recorded = await _write(store, cur, caller, state, new, "update", action, now, ns_acls)
+        result, recorded = await _write(store, cur, caller, state, new, EventKind.UPDATE, action, now, ns_acls)
     await store.cache.written(result, recorded)
     return result, created
 
@@ -165,7 +166,7 @@ async def _write(
     caller: Caller,
     before: KeyState,
     new: NewState,
-    event: str,
+    event: EventKind,
     action: str,
     now: datetime,
     ns_acls: dict[str, Acl],
@@ -216,7 +217,7 @@ async def patch_key(store: Store, caller: Caller, key: str, body: dict[str, Any]
             _acl(body["acls"]) if "acls" in body else state.acl,
             state.creator,
         )
-        result, recorded = await _write(store, cur, caller, state, new, "update", "patch", now, ns_acls)
+        result, recorded = await _write(store, cur, caller, state, new, EventKind.UPDATE, "patch", now, ns_acls)
     await store.cache.written(result, recorded)
     return result
 
@@ -227,7 +228,7 @@ async def delete_key(store: Store, caller: Caller, key: str, if_match: IfMatch |
     async with store.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
         state, ns_acls, now = await _lock_writable(cur, who, key, if_match)
         tombstone = NewState(None, state.ttl, state.acl, state.creator)
-        result, recorded = await _write(store, cur, caller, state, tombstone, "delete", "delete", now, ns_acls)
+        result, recorded = await _write(store, cur, caller, state, tombstone, EventKind.DELETE, "delete", now, ns_acls)
     await store.cache.written(result, recorded)
     return result
 

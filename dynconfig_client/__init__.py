@@ -21,7 +21,7 @@ from .errors import (
     Unauthorized,
 )
 from .live import Change, LiveConfig
-from .models import AuditRecord, KeyPage, KeyValue, Namespace, PollResult, Version, WriteResult
+from .models import AuditRecord, EventKind, KeyPage, KeyValue, Namespace, PollResult, Version, WriteResult
 from .stream import EventStream
 from .sync import SyncLiveConfig
 
@@ -34,6 +34,7 @@ __all__ = [
     "Client",
     "ConnectionFailed",
     "DynConfigClientError",
+    "EventKind",
     "EventStream",
     "Forbidden",
     "KeyPage",

@@ -1,4 +1,4 @@
-"""The values the client returns: keys, write results, pages, history, poll results, namespaces, audit."""
+"""The values the client returns: event kinds, keys, write results, pages, history, poll results, namespaces, audit."""
 
 from __future__ import annotations
 
@@ -17,6 +17,18 @@ class Unset(enum.Enum):
 
 #: "Leave it as it is": the default of optional write fields (``None`` means clear them).
 UNSET = Unset.UNSET
+
+
+class EventKind(enum.StrEnum):
+    """What a change did to a key (SPEC §6). A ``str``: it compares equal to its wire value.
+
+    The client's own copy of the server's ``shared.events.EventKind`` (the client does not depend on
+    the server packages); ``tests/test_event_kinds.py`` checks that the two agree."""
+
+    UPDATE = "update"
+    DELETE = "delete"
+    EXPIRED = "expired"
+
 
 Acls = Mapping[str, Sequence[str]]
 
@@ -61,7 +73,8 @@ class KeyPage:
 
 @dataclass(frozen=True)
 class Version:
-    """One entry of a key's history (``event`` is update, delete or expired; ``value`` None unless update)."""
+    """One entry of a key's history. ``event`` is the server's text, one of :class:`EventKind`'s values
+    (left as text so a kind from a newer server passes through); ``value`` is None unless ``update``."""
 
     version: int
     value: Any

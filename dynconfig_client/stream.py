@@ -35,10 +35,12 @@ from aiohttp import WSMsgType
 
 from .auth import TokenSource, resolve_token
 from .errors import BadRequest, Unauthorized
+from .models import EventKind
 
 log = logging.getLogger(__name__)
 
-CHANGE_KINDS = frozenset({"update", "delete", "expired"})
+#: The kinds of change events, for membership tests on the text of received events.
+CHANGE_KINDS = frozenset(EventKind)
 CLOSE_UNAUTHORIZED = 4401
 REFRESH_MARGIN_SECONDS = 60.0
 _CONNECT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError)

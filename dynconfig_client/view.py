@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .disk_cache import Entry
+from .models import EventKind
 
 
 @dataclass(frozen=True)
 class Change:
-    """One change of the view: ``kind`` is ``update``, ``delete`` or ``expired``; ``old``/``new`` are
+    """One change of the view: ``kind`` is what happened to the key; ``old``/``new`` are
     values (None when absent). After a reset, keys that disappeared come as ``delete`` with
     ``version`` None and the reset's ``revision``."""
 
@@ -26,7 +27,7 @@ class Change:
     new: Any
     version: int | None
     revision: int
-    kind: str
+    kind: EventKind
 
 
 def pattern_matches(pattern: str, key: str) -> bool:
@@ -77,17 +78,17 @@ class View:
             return changes
         if self.revision is not None and revision <= self.revision:
             return changes
-        key = event["key"]
+        key, kind = event["key"], EventKind(kind)  # past synced and reset, the stream yields change events only
         with self.lock:
             old = self.entries.get(key)
-            if kind == "update":
+            if kind == EventKind.UPDATE:
                 self.entries[key] = Entry(event.get("value"), event["version"], revision)
             else:
                 self.entries.pop(key, None)
             self.revision = revision
         self._changed()
-        if old is not None or kind == "update":
-            new = event.get("value") if kind == "update" else None
+        if old is not None or kind == EventKind.UPDATE:
+            new = event.get("value") if kind == EventKind.UPDATE else None
             changes.append(Change(key, None if old is None else old.value, new, event["version"], revision, kind))
         return changes
 
@@ -110,17 +111,17 @@ class View:
         self._changed()
         if not report:
             return []
-        changes = [Change(k, e.value, None, None, through, "delete") for k, e in old.items() if k not in new]
+        changes = [Change(k, e.value, None, None, through, EventKind.DELETE) for k, e in old.items() if k not in new]
         for key, entry in new.items():
             before = old.get(key)
             if before is None or before.version != entry.version:
                 was = None if before is None else before.value
-                changes.append(Change(key, was, entry.value, entry.version, entry.revision, "update"))
+                changes.append(Change(key, was, entry.value, entry.version, entry.revision, EventKind.UPDATE))
         return sorted(changes, key=lambda c: (c.revision, c.key))
 
 
 def _put(entries: dict[str, Entry], event: dict[str, Any]) -> None:
-    if event["event"] == "update":
+    if event["event"] == EventKind.UPDATE:
         entries[event["key"]] = Entry(event.get("value"), event["version"], event["revision"])
     else:
         entries.pop(event["key"], None)

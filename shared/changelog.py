@@ -16,7 +16,7 @@ import aiopg
 
 from .acl import Acl, Audience, Principal, audience
 from .crypto import Keyring
-from .events import change_event
+from .events import EventKind, change_event
 from .sql import changelog as sql
 from .timeutil import utcnow
 
@@ -28,7 +28,7 @@ class ChangeEvent:
     revision: int
     key: str
     version: int
-    event: str
+    event: EventKind
     at: datetime
     value_enc: bytes | None
     acl: Acl | None
@@ -36,11 +36,15 @@ class ChangeEvent:
     #: Who could read this version when it was written (None: written before that was recorded).
     version_readers: Audience | None = None
 
+    def __post_init__(self) -> None:
+        # Rows and pub/sub messages (shared.wire) carry the kind as text: hold it as the enum.
+        object.__setattr__(self, "event", EventKind(self.event))
+
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> ChangeEvent:
         revision, key, version, event, at, value_enc, acl_read, acl_write, creator, read_entries, read_owner = row
         acl = None if acl_read is None and acl_write is None else Acl.from_lists(acl_read, acl_write)
-        blob = bytes(value_enc) if value_enc is not None and event == "update" else None
+        blob = bytes(value_enc) if value_enc is not None and event == EventKind.UPDATE else None
         return cls(revision, key, version, event, at, blob, acl, creator, stored_audience(read_entries, read_owner))
 
     def wire(self, keyring: Keyring) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import aiopg
 
 from .acl import Acl, Audience, audience
 from .audit import AuditRecord, safe_record
+from .events import EventKind
 from .model import KeyState
 from .sql import changes as changes_sql
 from .sql import keys as keys_sql
@@ -81,7 +82,7 @@ class Change:
 
     before: KeyState
     new: NewState
-    event: str
+    event: EventKind
     action: str
     actor: str
     request_id: str | None
@@ -93,7 +94,7 @@ def change(
     before: KeyState,
     new: NewState,
     *,
-    event: str,
+    event: EventKind,
     action: str,
     actor: str,
     request_id: str | None,
@@ -147,7 +148,7 @@ async def write_change(
     before: KeyState,
     new: NewState,
     *,
-    event: str,
+    event: EventKind,
     action: str,
     actor: str,
     request_id: str | None,
@@ -178,7 +179,7 @@ def expiry(state: KeyState, now: datetime, namespace_acls: Mapping[str, Acl], re
     return change(
         state,
         tombstone,
-        event="expired",
+        event=EventKind.EXPIRED,
         action="expire",
         actor=EXPIRY_ACTOR,
         request_id=request_id,

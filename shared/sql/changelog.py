@@ -4,6 +4,8 @@ Used by the relay (assigning revisions), the notifier's backfill and replay, the
 snapshots, so every path reads events the same way.
 """
 
+from shared.events import EventKind
+
 # Columns of an event row, decoded by shared.changelog.ChangeEvent.from_row.
 _EVENT_COLUMNS = """
 o.revision, o.key, o.version, o.event, o.at, h.value_enc, k.acl_read, k.acl_write, k.creator,
@@ -69,7 +71,7 @@ SELECT {_EVENT_COLUMNS}
 """
 
 # Snapshot at revision %(through)s: per matching key, its newest version relayed by then, if live.
-SNAPSHOT = """
+SNAPSHOT = f"""
 SELECT h.revision, k.key, h.version, h.event, h.at, h.value_enc, k.acl_read, k.acl_write, k.creator,
        h.read_entries, h.read_owner
   FROM keys k
@@ -78,7 +80,7 @@ SELECT h.revision, k.key, h.version, h.event, h.at, h.value_enc, k.acl_read, k.a
          WHERE key = k.key AND revision IS NOT NULL AND revision <= %(through)s
          ORDER BY version DESC LIMIT 1
        ) h
- WHERE k.version > 0 AND h.event = 'update' AND (%(all)s OR k.key LIKE ANY(%(patterns)s))
+ WHERE k.version > 0 AND h.event = '{EventKind.UPDATE}' AND (%(all)s OR k.key LIKE ANY(%(patterns)s))
    -- leave out a key whose deadline has passed even if the expiry worker has not got to it yet
    AND (k.expires_at IS NULL OR k.expires_at > %(now)s OR k.version <> h.version)
  ORDER BY h.revision
