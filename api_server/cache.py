@@ -27,8 +27,8 @@ from typing import Any
 import aiopg
 from aiohttp import web
 
+from shared.appkeys import DB_POOL, REDIS, SETTINGS, SUPERVISOR
 from shared.db import listen, wait_notices
-from shared.keys import DB_POOL, REDIS, SETTINGS, SUPERVISOR
 from shared.model import KeyState
 from shared.redis import REDIS_ERRORS, RedisLink
 from shared.sql import cache as sql

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from shared.appkeys import KEYRING, REDIS, SETTINGS
 from shared.audit import audit_ctx
 from shared.crypto import Keyring
 from shared.db import pool_ctx
 from shared.jwks import http_session_ctx, verifier_ctx
-from shared.keys import KEYRING, REDIS, SETTINGS
 from shared.redis import redis_ctx
 from shared.serve import main_for
 from shared.settings import Settings

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from shared.appkeys import VERIFIER
 from shared.auth import bearer_token
 from shared.errors import DynConfigError, RateLimited
-from shared.keys import VERIFIER
 from shared.metrics import Handler
 from shared.web import request_id
 
+from .domain.keys import Caller
 from .metrics import API_METRICS
 from .ratelimit import RATE_LIMITER
-from .store import Caller
 
 OPEN_PATHS = frozenset({"/health", "/metrics", "/openapi.json"})
 CALLER = web.RequestKey("caller", Caller)

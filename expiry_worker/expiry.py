@@ -11,11 +11,11 @@ import logging
 
 import aiopg
 
-from shared.changes import all_namespace_acls, expiry, write_changes
 from shared.db import listen, wait_notices
 from shared.model import KeyState
 from shared.sql import expiry as sql
 from shared.tasks import complete_then_cancel
+from shared.writes import all_namespace_acls, expiry, write_changes
 
 from .metrics import ExpiryMetrics
 

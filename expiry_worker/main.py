@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from shared.appkeys import DB_POOL, SETTINGS, SUPERVISOR
 from shared.db import pool_ctx
-from shared.keys import DB_POOL, SETTINGS, SUPERVISOR
 from shared.metrics import metrics_handler
 from shared.serve import main_for
 from shared.settings import Settings

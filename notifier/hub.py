@@ -20,7 +20,6 @@ import psycopg2
 
 from shared.acl import Acl, Principal
 from shared.changelog import ChangeEvent, events_after, head, may_read_event
-from shared.changes import all_namespace_acls
 from shared.crypto import Keyring
 from shared.db import listen, wait_notices
 from shared.redis import REDIS_ERRORS, RedisLink
@@ -28,10 +27,11 @@ from shared.sql import changelog as changelog_sql
 from shared.sql import namespaces as ns_sql
 from shared.tasks import Supervisor, cancel_and_wait
 from shared.timeutil import utcnow
+from shared.writes import all_namespace_acls
 
 from .frames import json_frame
 from .metrics import NotifierMetrics
-from .wire import CHANNEL, decode_batch
+from .pubsub import CHANNEL, decode_batch
 
 log = logging.getLogger(__name__)
 

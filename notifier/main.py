@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 import aiopg
 from aiohttp import WSCloseCode, web
 
+from shared.appkeys import AUDIT, DB_POOL, KEYRING, REDIS, SETTINGS, SUPERVISOR, VERIFIER
 from shared.audit import audit_ctx
 from shared.crypto import Keyring
 from shared.db import connect_pool, pool_ctx
 from shared.jwks import http_session_ctx, verifier_ctx
-from shared.keys import AUDIT, DB_POOL, KEYRING, REDIS, SETTINGS, SUPERVISOR, VERIFIER
 from shared.metrics import metrics_handler
 from shared.redis import redis_ctx
 from shared.serve import main_for

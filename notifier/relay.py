@@ -25,7 +25,7 @@ from shared.tasks import Supervisor, cancel_and_wait, complete_then_cancel
 from shared.timeutil import utcnow
 
 from .metrics import NotifierMetrics
-from .wire import CHANNEL, encode_batch
+from .pubsub import CHANNEL, encode_batch
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import aiopg
 import psycopg2
 from aiohttp import web
 
-from .keys import AUDIT, DB_POOL, METRICS
+from .appkeys import AUDIT, DB_POOL, METRICS
 from .metrics import ServingMetrics
 from .sql import audit as sql
 from .tasks import cancel_and_wait, complete_then_cancel

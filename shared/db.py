@@ -12,7 +12,7 @@ import aiopg
 import psycopg2
 from aiohttp import web
 
-from .keys import DB_POOL, SETTINGS
+from .appkeys import DB_POOL, SETTINGS
 from .migrations import MIGRATIONS
 from .tasks import Backoff
 

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from .appkeys import HTTP_SESSION, SETTINGS, SUPERVISOR, VERIFIER
 from .auth import JwksCache, JwksError, TokenVerifier
-from .keys import HTTP_SESSION, SETTINGS, SUPERVISOR, VERIFIER
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)

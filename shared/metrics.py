@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .keys import METRICS
+from .appkeys import METRICS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

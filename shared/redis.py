@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import Gauge
 from redis.exceptions import RedisError
 
-from .keys import METRICS, REDIS, SETTINGS
+from .appkeys import METRICS, REDIS, SETTINGS
 from .metrics import ServingMetrics
 
 log = logging.getLogger(__name__)

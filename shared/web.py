@@ -15,8 +15,8 @@ import psycopg2
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from .appkeys import DB_POOL, METRICS, PROCESS, SETTINGS, SUPERVISOR
 from .errors import BadRequest, DynConfigError, PayloadTooLarge
-from .keys import DB_POOL, METRICS, PROCESS, SETTINGS, SUPERVISOR
 from .metrics import Metrics, metrics_middleware, route_template
 from .settings import Settings
 from .tasks import Supervisor

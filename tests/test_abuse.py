@@ -22,8 +22,8 @@ import aiohttp
 import aiopg
 from aiohttp.test_utils import TestClient
 
+from shared.appkeys import AUDIT
 from shared.audit import AuditRecord
-from shared.keys import AUDIT
 
 ADMIN = "admin-user"
 Client = TestClient[Any, Any]

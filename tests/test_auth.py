@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
-from shared.keys import VERIFIER
+from shared.appkeys import VERIFIER
 
 ADMIN = "admin-user"
 

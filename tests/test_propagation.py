@@ -23,10 +23,10 @@ import aiohttp
 import aiopg
 from aiohttp.test_utils import TestClient
 
-from shared.changes import NewState, claim_key, namespace_acls_and_now, write_change
 from shared.crypto import Keyring
 from shared.settings import Settings
 from shared.timeutil import parse_rfc3339
+from shared.writes import NewState, claim_key, namespace_acls_and_now, write_change
 
 Client = TestClient[Any, Any]
 Proc = Any  # tests.conftest.Proc (importing conftest again would load a second copy with another keyring)

@@ -6,21 +6,20 @@ from datetime import datetime
 
 from aiohttp import web
 
-from shared.errors import BadRequest, Forbidden
-from shared.keys import DB_POOL
-from shared.sql import audit as sql
+from shared.appkeys import DB_POOL
+from shared.errors import BadRequest
 from shared.timeutil import parse_rfc3339, rfc3339
 from shared.validation import parse_limit, text_filter
 from shared.web import json_response
 
+from ..domain import audit as audit_log
 from .common import audit, audited_failures, caller_of, decode_cursor, encode_cursor
 
 
 async def list_audit(request: web.Request) -> web.Response:
     """Filter by ``key``, ``actor`` and ``since`` (RFC 3339); page with ``cursor``."""
     async with audited_failures(request, "audit.read", None):
-        if not caller_of(request).principal.is_admin:
-            raise Forbidden("Only admins may read the audit log")
+        audit_log.require_admin(caller_of(request))
     query = request.query
     since = None
     if "since" in query:
@@ -29,18 +28,14 @@ async def list_audit(request: web.Request) -> web.Response:
         except ValueError:
             raise BadRequest("since must be an RFC 3339 timestamp", fields={"since": ["not RFC 3339"]}) from None
     limit = parse_limit(query.get("limit"))
-    before_at, before_id = _position(decode_cursor(query.get("cursor"), list))
-    params = {
-        "key": text_filter(query.get("key"), "key"),
-        "actor": text_filter(query.get("actor"), "actor"),
-        "since": since,
-        "before_at": before_at,
-        "before_id": before_id,
-        "limit": limit + 1,
-    }
-    async with request.app[DB_POOL].acquire() as conn, conn.cursor() as cur:
-        await cur.execute(sql.PAGE, params)
-        rows = await cur.fetchall()
+    rows = await audit_log.page(
+        request.app[DB_POOL],
+        key=text_filter(query.get("key"), "key"),
+        actor=text_filter(query.get("actor"), "actor"),
+        since=since,
+        before=_position(decode_cursor(query.get("cursor"), list)),
+        limit=limit + 1,
+    )
     audit(request, "audit.read", None, "ok")
     records = [
         {
@@ -62,10 +57,10 @@ async def list_audit(request: web.Request) -> web.Response:
     return json_response(body)
 
 
-def _position(cursor: list[object] | None) -> tuple[datetime | None, int | None]:
+def _position(cursor: list[object] | None) -> tuple[datetime, int] | None:
     """The (at, id) a cursor from :func:`list_audit` points at; 400 for anything else."""
     if cursor is None:
-        return None, None
+        return None
     if len(cursor) == 2:
         at_text, rid = cursor
         if isinstance(at_text, str) and type(rid) is int and 0 <= rid < 2**62:

@@ -11,13 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
+from shared.appkeys import AUDIT, DB_POOL, KEYRING
 from shared.audit import AuditRecord
 from shared.errors import BadRequest, DynConfigError, Forbidden, NotFound, PreconditionFailed
-from shared.keys import AUDIT, DB_POOL, KEYRING
 
 from ..cache import CACHE
+from ..domain.keys import Caller, Store
 from ..middlewares import CALLER
-from ..store import Caller, Store
 
 _OUTCOMES: dict[type[DynConfigError], str] = {
     Forbidden: "denied",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.keys import AUDIT, REDIS
+from shared.appkeys import AUDIT, REDIS
 from shared.web import base_checks, health_response
 
 

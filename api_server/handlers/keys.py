@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from shared.errors import BadRequest
@@ -9,12 +11,35 @@ from shared.timeutil import rfc3339
 from shared.validation import PatchKeySchema, PutKeySchema, load, parse_limit, validate_key, validate_namespace
 from shared.web import json_response, read_json
 
-from .. import store
-from ..store import IfMatch, parse_if_match
+from ..domain import keys as store
+from ..domain.keys import IfMatch
 from .common import audit, audited_failures, caller_of, decode_cursor, encode_cursor, store_of
 
 _PUT = PutKeySchema()
 _PATCH = PatchKeySchema()
+
+
+# One element of the list: a strong tag "3", a weak tag W/"3", or (our extension) a bare version 3.
+_ETAG = r'(W/)?"([\x21\x23-\x7e\x80-\U0010ffff]*)"|([0-9]{1,18})'
+_ETAG_ELEMENT = re.compile(_ETAG)
+_ETAG_LIST = re.compile(rf"\s*(?:{_ETAG})?\s*(?:,\s*(?:{_ETAG})?\s*)*")
+
+
+def parse_if_match(header: str | None) -> IfMatch | None:
+    """The ``If-Match`` header (several header lines joined by commas), or 400 when malformed."""
+    if header is None:
+        return None
+    if header.strip() == "*":
+        return IfMatch(True, frozenset(), "*")
+    elements = list(_ETAG_ELEMENT.finditer(header)) if _ETAG_LIST.fullmatch(header) else []
+    if not elements:
+        raise BadRequest(
+            'If-Match must be *, or a comma-separated list of entity tags ("3") or versions',
+            fields={"If-Match": ["malformed"]},
+        )
+    strong = [m.group(2) if m.group(3) is None else m.group(3) for m in elements if not m.group(1)]
+    shown = ", ".join(m.group(0) if m.group(1) else m.group(2) if m.group(3) is None else m.group(3) for m in elements)
+    return IfMatch(False, frozenset(strong), shown)
 
 
 def _if_match(request: web.Request) -> IfMatch | None:

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.audit import AuditRecord, record
-from shared.errors import Forbidden, NotFound
-from shared.keys import DB_POOL
-from shared.sql import namespaces as sql
-from shared.timeutil import rfc3339, utcnow
+from shared.appkeys import DB_POOL
+from shared.timeutil import rfc3339
 from shared.validation import NamespaceSchema, load, validate_namespace
 from shared.web import json_response, read_json
 
+from ..domain import namespaces
 from .common import audit, audited_failures, caller_of
 
 _SCHEMA = NamespaceSchema()
-
-
-def _require_admin(request: web.Request, namespace: str) -> None:
-    if not caller_of(request).principal.is_admin:
-        raise Forbidden(f"Only admins may change the ACL of namespace '{namespace}'")
 
 
 async def put_namespace(request: web.Request) -> web.Response:
@@ -27,17 +20,9 @@ async def put_namespace(request: web.Request) -> web.Response:
     namespace = validate_namespace(request.match_info["ns"])
     caller = caller_of(request)
     async with audited_failures(request, "namespace.put", namespace):
-        _require_admin(request, namespace)
+        namespaces.require_admin(caller, namespace)
     acls = load(_SCHEMA, await read_json(request))["acls"]
-    now = utcnow()
-    async with request.app[DB_POOL].acquire() as conn, conn.cursor() as cur, cur.begin():
-        await cur.execute(
-            sql.UPSERT,
-            {"ns": namespace, "read": acls["read"], "write": acls["write"], "actor": caller.username, "now": now},
-        )
-        (created,) = await cur.fetchone()
-        await cur.execute(sql.NOTIFY)
-        await record(cur, AuditRecord(caller.username, "namespace.put", namespace, "ok", caller.request_id, at=now))
+    created, now = await namespaces.put_acl(request.app[DB_POOL], caller, namespace, acls)
     body = {"namespace": namespace, "acls": acls, "updatedBy": caller.username, "updatedAt": rfc3339(now)}
     return json_response(body, status=201 if created else 200)
 
@@ -45,19 +30,14 @@ async def put_namespace(request: web.Request) -> web.Response:
 async def get_namespace(request: web.Request) -> web.Response:
     """A namespace's ACL (any authenticated caller)."""
     namespace = validate_namespace(request.match_info["ns"])
-    async with request.app[DB_POOL].acquire() as conn, conn.cursor() as cur:
-        await cur.execute(sql.SELECT_ONE, {"ns": namespace})
-        row = await cur.fetchone()
-    if row is None:
-        audit(request, "namespace.read", namespace, "not_found")
-        raise NotFound(f"Namespace '{namespace}' has no ACL")
-    _, read, write, updated_by, updated_at = row
+    async with audited_failures(request, "namespace.read", namespace):
+        found = await namespaces.get_acl(request.app[DB_POOL], namespace)
     audit(request, "namespace.read", namespace, "ok")
     body = {
         "namespace": namespace,
-        "acls": {"read": read, "write": write},
-        "updatedBy": updated_by,
-        "updatedAt": rfc3339(updated_at),
+        "acls": found["acls"],
+        "updatedBy": found["updated_by"],
+        "updatedAt": rfc3339(found["updated_at"]),
     }
     return json_response(body)
 
@@ -65,13 +45,6 @@ async def get_namespace(request: web.Request) -> web.Response:
 async def delete_namespace(request: web.Request) -> web.Response:
     """Remove a namespace's ACL: 204, or 404 when it has none."""
     namespace = validate_namespace(request.match_info["ns"])
-    caller = caller_of(request)
     async with audited_failures(request, "namespace.delete", namespace):
-        _require_admin(request, namespace)
-        async with request.app[DB_POOL].acquire() as conn, conn.cursor() as cur, cur.begin():
-            await cur.execute(sql.DELETE, {"ns": namespace})
-            if cur.rowcount == 0:
-                raise NotFound(f"Namespace '{namespace}' has no ACL")
-            await cur.execute(sql.NOTIFY)
-            await record(cur, AuditRecord(caller.username, "namespace.delete", namespace, "ok", caller.request_id))
+        await namespaces.delete_acl(request.app[DB_POOL], caller_of(request), namespace)
     return web.Response(status=204)

@@ -18,9 +18,9 @@ from .acl import Acl, Audience, audience
 from .audit import AuditRecord, safe_record
 from .events import EventKind
 from .model import KeyState
-from .sql import changes as changes_sql
 from .sql import keys as keys_sql
 from .sql import namespaces as ns_sql
+from .sql import writes as writes_sql
 from .validation import namespaces_of
 
 EXPIRY_ACTOR = "system:expiry"
@@ -110,7 +110,7 @@ def change(
 async def write_changes(cur: aiopg.Cursor, changes: Sequence[Change]) -> list[KeyState]:
     """Write the next version of each locked key, with its history, outbox and audit rows, in one
     statement; return the new states in the same order. Each key at most once per batch."""
-    columns: dict[str, list[Any]] = {name: [] for name in changes_sql.COLUMNS}
+    columns: dict[str, list[Any]] = {name: [] for name in writes_sql.COLUMNS}
     deadline = False
     for c in changes:
         deleted = c.new.value_enc is None
@@ -139,7 +139,7 @@ async def write_changes(cur: aiopg.Cursor, changes: Sequence[Change]) -> list[Ke
         }
         for name, value in row.items():
             columns[name].append(value)
-    await cur.execute(changes_sql.WRITE_WITH_DEADLINE if deadline else changes_sql.WRITE, columns)
+    await cur.execute(writes_sql.WRITE_WITH_DEADLINE if deadline else writes_sql.WRITE, columns)
     return [KeyState.from_row(row) for row in await cur.fetchall()]
 
 

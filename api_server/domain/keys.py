@@ -1,10 +1,8 @@
-"""The API's domain operations on keys: each takes the pool and the caller, checks the ACL, and
-returns states; HTTP concerns stay in the handlers."""
+"""Operations on keys: each takes the :class:`Store` and the :class:`Caller`, checks the ACL, and
+returns states; HTTP concerns (parsing, status codes) stay in ``api_server/handlers/keys.py``."""
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,7 +11,13 @@ import aiopg
 
 from shared import changelog
 from shared.acl import Acl, Principal, may_access, may_create
-from shared.changes import (
+from shared.errors import Forbidden, NotFound, PreconditionFailed
+from shared.events import EventKind
+from shared.model import KeyState
+from shared.sql import history as history_sql
+from shared.sql import keys as keys_sql
+from shared.timeutil import utcnow
+from shared.writes import (
     NewState,
     all_namespace_acls,
     claim_key,
@@ -23,45 +27,8 @@ from shared.changes import (
     namespace_acls_for,
     write_change,
 )
-from shared.crypto import Keyring
-from shared.errors import BadRequest, Forbidden, NotFound, PreconditionFailed
-from shared.events import EventKind
-from shared.model import KeyState
-from shared.sql import history as history_sql
-from shared.sql import keys as keys_sql
-from shared.timeutil import utcnow
-from shared.validation import encode_value
 
-from .cache import ValueCache
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is asking, and the request id their audit rows carry."""
-
-    principal: Principal
-    request_id: str
-
-    @property
-    def username(self) -> str:
-        return self.principal.username
-
-
-@dataclass(frozen=True)
-class Store:
-    """What the key operations need from the process."""
-
-    pool: aiopg.Pool
-    keyring: Keyring
-    cache: ValueCache
-
-    def seal(self, key: str, value: Any) -> bytes:
-        """Encode (413 past 1 MiB) and encrypt a value for ``key``."""
-        return self.keyring.encrypt(encode_value(value), aad=key)
-
-    def open(self, key: str, blob: bytes) -> Any:
-        """Decrypt and decode a stored value of ``key``."""
-        return json.loads(self.keyring.decrypt(blob, aad=key))
+from . import Caller, Store
 
 
 @dataclass(frozen=True)
@@ -78,29 +45,6 @@ class IfMatch:
             raise PreconditionFailed("If-Match was given but the key does not exist")
         if not self.any and str(state.version) not in self.versions:
             raise PreconditionFailed(f"Key is at version {state.version}, not {self.shown}")
-
-
-# One element of the list: a strong tag "3", a weak tag W/"3", or (our extension) a bare version 3.
-_ETAG = r'(W/)?"([\x21\x23-\x7e\x80-\U0010ffff]*)"|([0-9]{1,18})'
-_ETAG_ELEMENT = re.compile(_ETAG)
-_ETAG_LIST = re.compile(rf"\s*(?:{_ETAG})?\s*(?:,\s*(?:{_ETAG})?\s*)*")
-
-
-def parse_if_match(header: str | None) -> IfMatch | None:
-    """The ``If-Match`` header (several header lines joined by commas), or 400 when malformed."""
-    if header is None:
-        return None
-    if header.strip() == "*":
-        return IfMatch(True, frozenset(), "*")
-    elements = list(_ETAG_ELEMENT.finditer(header)) if _ETAG_LIST.fullmatch(header) else []
-    if not elements:
-        raise BadRequest(
-            'If-Match must be *, or a comma-separated list of entity tags ("3") or versions',
-            fields={"If-Match": ["malformed"]},
-        )
-    strong = [m.group(2) if m.group(3) is None else m.group(3) for m in elements if not m.group(1)]
-    shown = ", ".join(m.group(0) if m.group(1) else m.group(2) if m.group(3) is None else m.group(3) for m in elements)
-    return IfMatch(False, frozenset(strong), shown)
 
 
 def check_if_match(if_match: IfMatch | None, state: KeyState | None) -> None:
