@@ -14,7 +14,7 @@ import aiopg
 from shared.db import listen, wait_notices
 from shared.model import KeyState
 from shared.sql import expiry as sql
-from shared.tasks import complete_then_cancel
+from shared.tasks import Backoff, complete_then_cancel
 from shared.writes import all_namespace_acls, expiry, write_changes
 
 from .metrics import ExpiryMetrics
@@ -73,7 +73,7 @@ class ExpiryWorker:
         await listen(self._dsn, [sql.CHANNEL], self._serve, name="expiry")
 
     async def _serve(self, conn: aiopg.Connection) -> None:
-        recheck = RECHECK_SECONDS
+        recheck = Backoff(first=RECHECK_SECONDS, cap=MAX_RECHECK_SECONDS)
         while True:
             expired = await complete_then_cancel(self.run_once())
             if expired:
@@ -81,7 +81,7 @@ class ExpiryWorker:
             due_in = await self.seconds_to_next_deadline()
             sleep = MAX_SLEEP_SECONDS if due_in is None else min(MAX_SLEEP_SECONDS, due_in)
             if sleep <= 0:  # due but locked by someone else: back off, don't spin
-                sleep, recheck = recheck, min(recheck * 2, MAX_RECHECK_SECONDS)
+                sleep = recheck.next()
             else:
-                recheck = RECHECK_SECONDS
+                recheck.reset()
             await wait_notices(conn, sleep)  # a write that sets a deadline wakes us early

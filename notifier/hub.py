@@ -25,7 +25,7 @@ from shared.db import listen, wait_notices
 from shared.redis import REDIS_ERRORS, RedisLink
 from shared.sql import changelog as changelog_sql
 from shared.sql import namespaces as ns_sql
-from shared.tasks import Supervisor, cancel_and_wait
+from shared.tasks import Backoff, Supervisor, cancel_and_wait
 from shared.timeutil import utcnow
 from shared.writes import all_namespace_acls
 
@@ -153,13 +153,13 @@ class Hub:
     # --- inputs ------------------------------------------------------------------------------------
 
     async def _redis_listener(self) -> None:
-        delay = 0.2
+        backoff = Backoff(cap=2.0)
         while True:
             pubsub = self._link.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(CHANNEL)
                 self._set_redis_ok(True)
-                delay = 0.2
+                backoff.reset()
                 while True:
                     message = await pubsub.get_message(timeout=5.0)
                     if message is None:
@@ -177,8 +177,7 @@ class Hub:
                     await pubsub.aclose()
                 except REDIS_ERRORS:
                     pass
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            await asyncio.sleep(backoff.next())
 
     def _set_redis_ok(self, ok: bool) -> None:
         if ok and not self.redis_ok:

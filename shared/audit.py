@@ -25,7 +25,7 @@ from aiohttp import web
 from .appkeys import AUDIT, DB_POOL, METRICS
 from .metrics import ServingMetrics
 from .sql import audit as sql
-from .tasks import cancel_and_wait, complete_then_cancel
+from .tasks import Backoff, cancel_and_wait, complete_then_cancel
 from .text import escape_control
 from .timeutil import utcnow
 
@@ -169,6 +169,7 @@ class AuditWriter:
 
     async def run(self) -> None:
         """Flush periodically until cancelled; any failure is logged, counted and retried with backoff."""
+        backoff = Backoff(first=_FLUSH_SECONDS)
         delay = _FLUSH_SECONDS
         while True:
             try:
@@ -180,6 +181,7 @@ class AuditWriter:
             try:
                 await complete_then_cancel(self.flush())
                 delay = _FLUSH_SECONDS
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -188,7 +190,7 @@ class AuditWriter:
                     log.warning("audit flush failed (%s); %d records wait", type(exc).__name__, len(self._buffer))
                 else:
                     log.exception("audit flush failed unexpectedly; %d records wait", len(self._buffer))
-                delay = min(delay * 2, 5.0)
+                delay = backoff.next()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="audit-flush")
