@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import json
 import os
 import time
 from pathlib import Path
@@ -69,3 +70,77 @@ async def wait_caught_up(pg: aiopg.Pool, server: Any, timeout: float = 10.0) -> 
             return
         assert time.monotonic() < deadline, "notifier did not catch up with the change log"
         await asyncio.sleep(0.01)
+
+
+class WatchRecorder:
+    """One real ``/watch`` connection after its ``subscribed``: a reader task keeps every message in
+    order (``messages``), the change events apart (``events``, with their arrival times) and the rest
+    (``control``). Test modules subclass it for their own questions."""
+
+    CHANGE_EVENTS = frozenset({"update", "delete", "expired"})
+
+    def __init__(self, ws: Any, subscribed: dict[str, Any]) -> None:
+        self.ws = ws
+        self.subscribed = subscribed
+        self.messages: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.received_at: list[float] = []  # time.time() when each change event arrived
+        self.arrived: list[float] = []  # time.monotonic() of the same
+        self.control: list[dict[str, Any]] = []
+        self._changed = asyncio.Event()
+        self.task = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(
+        cls, session: Any, url: Any, token: str, patterns: list[str], **subscribe: Any
+    ) -> Any:  # an instance of ``cls``
+        """Connect with ``token``, subscribe to ``patterns`` (plus ``since_version`` etc.), and return
+        once ``subscribed`` has arrived."""
+        ws = await session.ws_connect(url, headers={"Authorization": f"Bearer {token}"}, heartbeat=None)
+        await ws.send_json({"subscribe": patterns, **subscribe})
+        first = await asyncio.wait_for(ws.receive_json(), timeout=10)
+        assert first.get("event") == "subscribed", first
+        return cls(ws, first)
+
+    async def _read(self) -> None:
+        import aiohttp
+
+        try:
+            async for msg in self.ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                data = json.loads(msg.data)
+                self.messages.append(data)
+                if data.get("event") in self.CHANGE_EVENTS:
+                    self.events.append(data)
+                    self.received_at.append(time.time())
+                    self.arrived.append(time.monotonic())
+                else:
+                    self.control.append(data)
+                self._changed.set()
+        finally:
+            self._changed.set()
+
+    @property
+    def closed(self) -> bool:
+        return self.task.done()
+
+    async def holds(self, predicate: Any, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s, or until the socket closes) for ``predicate()``; return it."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.task.done():
+                return bool(predicate())
+            self._changed.clear()
+            if predicate():
+                break
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 0.5))
+            except TimeoutError:
+                pass
+        return True
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.task

@@ -9,7 +9,6 @@ The database is shared, so ``run_once`` may also expire other tests' keys; asser
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ import aiohttp
 import aiopg
 import pytest
 from aiohttp.test_utils import TestClient
+from support import WatchRecorder
 
 from expiry_worker.expiry import ExpiryWorker
 from expiry_worker.metrics import ExpiryMetrics
@@ -31,56 +31,23 @@ EXPIRY_ACTOR = "system:expiry"
 # --- helpers --------------------------------------------------------------------------------------
 
 
-class Watcher:
-    """One real /watch connection; a reader task collects change events with their arrival time."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.events: list[dict[str, Any]] = []
-        self.received_at: list[float] = []
-        self._changed = asyncio.Event()
-        self.task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for msg in self.ws:
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    break
-                data = json.loads(msg.data)
-                if data.get("event") in ("update", "delete", "expired"):
-                    self.events.append(data)
-                    self.received_at.append(time.time())
-                    self._changed.set()
-        finally:
-            self._changed.set()
+class Watcher(WatchRecorder):
+    """One real /watch connection; change events with their arrival time."""
 
     async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float) -> int:
         """Index of the first event matching ``predicate``, waiting up to ``timeout`` s for it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, event in enumerate(self.events):
-                if predicate(event):
-                    return i
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.task.done():
-                raise AssertionError(f"no matching event within {timeout} s: {self.events}")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 0.2))
-            except TimeoutError:
-                pass
 
-    async def close(self) -> None:
-        await self.ws.close()
-        await self.task
+        def found() -> bool:
+            return any(predicate(event) for event in self.events)
+
+        if not await self.holds(found, timeout):
+            raise AssertionError(f"no matching event within {timeout} s: {self.events}")
+        return next(i for i, event in enumerate(self.events) if predicate(event))
 
 
 async def open_watch(session: aiohttp.ClientSession, url: Any, token: str, patterns: list[str]) -> Watcher:
-    ws = await session.ws_connect(url, headers={"Authorization": f"Bearer {token}"}, heartbeat=None)
-    await ws.send_json({"subscribe": patterns})
-    first = await asyncio.wait_for(ws.receive_json(), timeout=10)
-    assert first["event"] == "subscribed", first
-    return Watcher(ws)
+    watcher: Watcher = await Watcher.open(session, url, token, patterns)
+    return watcher
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import aiohttp
 import aiopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from support import client_frame, wait_caught_up
+from support import WatchRecorder, client_frame, wait_caught_up
 
 Client = TestClient[Any, Any]
 Token = Callable[..., str]
@@ -55,53 +55,18 @@ async def relay_state(pg: aiopg.Pool) -> tuple[int, int]:
     return int(head), int(pruned)
 
 
-class LiveWatcher:
+class LiveWatcher(WatchRecorder):
     """A healthy /watch client: a reader task timestamps every change event on arrival."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.events: list[tuple[float, dict[str, Any]]] = []  # (time.monotonic() on arrival, event)
-        self._changed = asyncio.Event()
-        self._task = asyncio.create_task(self._read())
-
-    @classmethod
-    async def open(cls, session: aiohttp.ClientSession, url: Any, jwt: str, patterns: list[str]) -> LiveWatcher:
-        ws = await session.ws_connect(url, headers={"Authorization": f"Bearer {jwt}"}, heartbeat=None)
-        await ws.send_json({"subscribe": patterns})
-        first = await asyncio.wait_for(ws.receive_json(), TIMEOUT)
-        assert first.get("event") == "subscribed", first
-        return cls(ws)
-
-    async def _read(self) -> None:
-        try:
-            async for msg in self.ws:
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    break
-                data = json.loads(msg.data)
-                if data.get("event") in ("update", "delete", "expired"):
-                    self.events.append((time.monotonic(), data))
-                    self._changed.set()
-        finally:
-            self._changed.set()
 
     async def arrival(self, key: str, version: int, deadline: float) -> float | None:
         """When (monotonic) the event for ``key`` at ``version`` arrived; None if not by ``deadline``."""
-        while True:
-            for at, event in self.events:
-                if event["key"] == key and event["version"] == version:
-                    return at
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._task.done():
-                return None
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
 
-    async def close(self) -> None:
-        await self.ws.close()
-        await self._task
+        def index() -> int | None:
+            return next((i for i, e in enumerate(self.events) if e["key"] == key and e["version"] == version), None)
+
+        await self.holds(lambda: index() is not None, max(0.0, deadline - time.monotonic()))
+        found = index()
+        return None if found is None else self.arrived[found]
 
 
 @pytest.fixture
@@ -244,7 +209,7 @@ async def test_watchers_that_never_read_their_replay_do_not_stall_live_events_of
                 f"{len(silent)} watchers sat on an unread ~{HISTORY_VERSIONS * HISTORY_VALUE_BYTES // 10**6} MB "
                 f"replay (relay head {head_before} -> {(await relay_state(pg))[0]})"
             )
-        events = [event for _, event in healthy.events if event["key"] == live]
+        events = [event for event in healthy.events if event["key"] == live]
         assert [e["version"] for e in events] == list(range(2, LIVE_WRITES + 2)), events
         revisions = [e["revision"] for e in events]
         assert all(a < b for a, b in zip(revisions, revisions[1:])), revisions
@@ -346,7 +311,7 @@ async def test_changes_keep_flowing_while_the_relay_catches_up_after_a_redis_out
                     + f"; outage backlog {BACKLOG_WRITES} changes x {BACKLOG_VALUE_BYTES // 1000} KB)"
                 )
             await asyncio.sleep(0.1)  # pacing: a write about every 0.1 s while the relay catches up
-        events = [event for _, event in watcher.events if event["key"] == marker]
+        events = [event for event in watcher.events if event["key"] == marker]
         assert [e["version"] for e in events] == list(range(2, version + 1)), events
         revisions = [e["revision"] for e in events]
         assert all(a < b for a, b in zip(revisions, revisions[1:])), revisions
@@ -447,7 +412,7 @@ async def test_pruning_after_a_takeover_does_not_hold_up_revisions(
                             f"prunes waiting for a lock: {await blocked_deletes(pg)})"
                         )
                     await asyncio.sleep(0.1)  # pacing: a write about every 0.1 s while the prune is due
-        events = [event for _, event in watcher.events if event["key"] == marker]
+        events = [event for event in watcher.events if event["key"] == marker]
         assert [e["version"] for e in events] == list(range(1, version + 1)), events
     finally:
         if not lock_conn.closed:

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import aiopg
 from aiohttp.test_utils import TestClient
+from support import WatchRecorder
 
 from shared.crypto import Keyring
 from shared.settings import Settings
@@ -43,36 +44,8 @@ EVENT_FIELDS = {
 # --- helpers --------------------------------------------------------------------------------------
 
 
-class Watcher:
+class Watcher(WatchRecorder):
     """One real /watch connection; a reader task collects change events and control messages."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, subscribed: dict[str, Any]) -> None:
-        self.ws = ws
-        self.subscribed = subscribed
-        self.events: list[dict[str, Any]] = []
-        self.received_at: list[float] = []  # time.time() when each event arrived
-        self.control: list[dict[str, Any]] = []
-        self._changed = asyncio.Event()
-        self.task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for msg in self.ws:
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    break
-                data = json.loads(msg.data)
-                if data.get("event") in EVENT_FIELDS:
-                    self.events.append(data)
-                    self.received_at.append(time.time())
-                else:
-                    self.control.append(data)
-                self._changed.set()
-        finally:
-            self._changed.set()
-
-    @property
-    def closed(self) -> bool:
-        return self.task.done()
 
     def last_versions(self) -> dict[str, dict[str, Any]]:
         """The newest event seen per key."""
@@ -82,41 +55,23 @@ class Watcher:
         return out
 
     async def wait_until(self, predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"timed out waiting for {what}; last events {self.events[-5:]}, {self.control}")
-            self._changed.clear()
-            if predicate():
-                return
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 0.5))
-            except TimeoutError:
-                pass
+        if not await self.holds(predicate, timeout):
+            raise AssertionError(f"timed out waiting for {what}; last events {self.events[-5:]}, {self.control}")
 
     async def wait_for_count(self, count: int, timeout: float = 10.0) -> None:
         await self.wait_until(lambda: len(self.events) >= count, f"{count} events", timeout)
-
-    async def close(self) -> None:
-        await self.ws.close()
-        await self.task
 
 
 async def open_watch(
     session: aiohttp.ClientSession, url: Any, token: str, patterns: list[str], since: int | None = None
 ) -> Watcher:
     """Connect, subscribe and wait for ``subscribed``."""
-    ws = await session.ws_connect(url, headers={"Authorization": f"Bearer {token}"}, heartbeat=None)
-    message: dict[str, Any] = {"subscribe": patterns}
-    if since is not None:
-        message["since_version"] = since
-    await ws.send_json(message)
-    first = await asyncio.wait_for(ws.receive_json(), timeout=10)
-    assert first["event"] == "subscribed", first
+    extra = {} if since is None else {"since_version": since}
+    watcher: Watcher = await Watcher.open(session, url, token, patterns, **extra)
+    first = watcher.subscribed
     assert first["patterns"] == patterns, first
     assert isinstance(first["revision"], int) and not isinstance(first["revision"], bool), first
-    return Watcher(ws, first)
+    return watcher
 
 
 def assert_event_shape(event: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ import aiopg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
-from support import wait_caught_up
+from support import WatchRecorder, wait_caught_up
 
 from api_server.cache import cache_key
 from notifier.main import HUB
@@ -61,45 +61,16 @@ class Api:
         return body
 
 
-class Stream:
-    """One real ``/watch`` connection; a reader task keeps every message after ``subscribed``, in order."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, subscribed: dict[str, Any]) -> None:
-        self.ws = ws
-        self.subscribed = subscribed
-        self.messages: list[dict[str, Any]] = []
-        self._changed = asyncio.Event()
-        self.task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for msg in self.ws:
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    break
-                self.messages.append(json.loads(msg.data))
-                self._changed.set()
-        finally:
-            self._changed.set()
+class Stream(WatchRecorder):
+    """One real ``/watch`` connection; every message after ``subscribed``, in order."""
 
     def changes(self, prefix: str) -> list[dict[str, Any]]:
         """Change events of keys under ``prefix``, in arrival order."""
-        return [
-            m for m in self.messages if m.get("event") in CHANGE_EVENTS and str(m.get("key", "")).startswith(prefix)
-        ]
+        return [e for e in self.events if str(e.get("key", "")).startswith(prefix)]
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait (at most ``timeout`` s) until ``predicate()`` holds; return whether it does."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.task.done():
-                return predicate()
-            self._changed.clear()
-            if predicate():
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
-        return True
+        return await self.holds(predicate, timeout)
 
 
 Watch = Callable[..., Awaitable[Stream]]
@@ -118,12 +89,7 @@ async def watch(session: aiohttp.ClientSession, token: Token) -> AsyncIterator[W
     opened: list[Stream] = []
 
     async def open_(server: TestServer, patterns: list[str], **extra: Any) -> Stream:
-        headers = {"Authorization": f"Bearer {token(ADMIN)}"}
-        ws = await session.ws_connect(server.make_url("/watch"), headers=headers, heartbeat=None)
-        await ws.send_json({"subscribe": patterns, **extra})
-        first = await asyncio.wait_for(ws.receive_json(), TIMEOUT)
-        assert first.get("event") == "subscribed", first
-        stream = Stream(ws, first)
+        stream: Stream = await Stream.open(session, server.make_url("/watch"), token(ADMIN), patterns, **extra)
         opened.append(stream)
         return stream
 
