@@ -47,6 +47,10 @@ _KEY = {
     "schema": {"type": "string"},
     "description": "e.g. app.feature-toggle.enabled or namespace/app/key",
 }
+_REVISION = (
+    "The global revision of this state: a watch, snapshot or poll started after this answer includes it "
+    "(null only for a key last written before revisions were kept on keys)."
+)
 _IF_MATCH = {
     "name": "If-Match",
     "in": "header",
@@ -111,21 +115,23 @@ SPEC: dict[str, Any] = {
             },
             "Written": {
                 "type": "object",
-                "required": ["key", "version", "lastModified"],
+                "required": ["key", "version", "revision", "lastModified"],
                 "properties": {
                     "key": {"type": "string"},
                     "version": {"type": "integer"},
+                    "revision": {"type": "integer", "description": _REVISION},
                     "lastModified": {"type": "string", "format": "date-time"},
                     "expiresAt": {"type": ["string", "null"], "format": "date-time"},
                 },
             },
             "Key": {
                 "type": "object",
-                "required": ["key", "value", "version", "lastModified", "ttl", "expiresAt"],
+                "required": ["key", "value", "version", "revision", "lastModified", "ttl", "expiresAt"],
                 "properties": {
                     "key": {"type": "string"},
                     "value": {},
                     "version": {"type": "integer"},
+                    "revision": {"type": ["integer", "null"], "description": _REVISION},
                     "lastModified": {"type": "string", "format": "date-time"},
                     "ttl": {"type": ["integer", "null"]},
                     "expiresAt": {"type": ["string", "null"], "format": "date-time"},

@@ -113,6 +113,7 @@ class Client:
             ttl=body.get("ttl"),
             expires_at=parse_time(body.get("expiresAt")),
             etag=headers.get("ETag") or f'"{body["version"]}"',
+            revision=body.get("revision"),
         )
 
     async def put(
@@ -326,6 +327,7 @@ def _written(body: Any, headers: Mapping[str, str], status: int) -> WriteResult:
         last_modified=_time(body["lastModified"]),
         expires_at=parse_time(body.get("expiresAt")),
         created=status == 201,
+        revision=body.get("revision"),
     )
 
 

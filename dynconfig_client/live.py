@@ -107,6 +107,7 @@ class LiveConfig(TypedGetters):
         self._failure: Exception | None = None
         self._unsaved = False
         self._dirty = asyncio.Event()
+        self._applied = asyncio.Event()  # set whenever the view changes (wait_for_revision)
         self._task: asyncio.Task[None] | None = None
         self._saver: asyncio.Task[None] | None = None
         self._saving: asyncio.Future[None] | None = None
@@ -172,6 +173,20 @@ class LiveConfig(TypedGetters):
         if not self._is_ready and self._failure is not None:
             raise self._failure
         return True
+
+    async def wait_for_revision(self, revision: int, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Wait until the view has applied ``revision`` or a later one — e.g. the ``revision`` of a
+        ``WriteResult`` for a key this view watches, to read your own write. (Revisions of keys the
+        view does not watch are never sent to it.) Raises TimeoutError after ``timeout`` seconds."""
+
+        async def reached() -> None:
+            while self._view.revision is None or self._view.revision < revision:
+                self._applied.clear()
+                if self._view.revision is not None and self._view.revision >= revision:
+                    return
+                await self._applied.wait()
+
+        await asyncio.wait_for(reached(), timeout)
 
     # --- reads -------------------------------------------------------------------------------------
 
@@ -296,6 +311,7 @@ class LiveConfig(TypedGetters):
     def _changed(self) -> None:
         self._unsaved = True
         self._dirty.set()
+        self._applied.set()
 
     async def _save_loop(self) -> None:
         while True:

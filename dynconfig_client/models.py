@@ -49,6 +49,8 @@ class KeyValue:
     ttl: int | None
     expires_at: datetime | None
     etag: str
+    #: The global revision of this state (a server before step 6 sends none).
+    revision: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class WriteResult:
     last_modified: datetime
     expires_at: datetime | None
     created: bool
+    #: The global revision of the write: a watch, snapshot or poll started after this answer includes
+    #: it, and ``LiveConfig.wait_for_revision`` waits until the live view has applied it.
+    revision: int | None = None
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,10 @@ class SyncLiveConfig(TypedGetters):
         """Seconds since anything was last heard from the server."""
         return self.live.seconds_since_last_event
 
+    def wait_for_revision(self, revision: int, timeout: float | None = None) -> None:
+        """Block until the view has applied ``revision`` or a later one (see ``LiveConfig``)."""
+        self._call(self.live.wait_for_revision(revision, timeout))
+
     # --- callbacks (run on the background thread) --------------------------------------------------
 
     def on_change(self, callback: Callback) -> Callable[[], None]:

@@ -122,6 +122,7 @@ class Hub:
         self.patterns = Patterns()
         self.namespace_acls: dict[str, Acl] = {}
         self.last = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.redis_ok = False
         self._inbox: deque[list[ChangeEvent]] = deque()
         self._wake = asyncio.Event()
@@ -272,7 +273,27 @@ class Hub:
                     if through is not None and self.last < through:
                         # Revisions are contiguous, but pruning may have removed the oldest ones.
                         self.last = through
+                        self._advanced()
                     break
+
+    async def reached(self, revision: int, within: float) -> bool:
+        """Wait until this hub has fanned out ``revision`` (at most ``within`` s); return whether it has."""
+        if self.last >= revision:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((revision, waiter))
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), within)
+        except TimeoutError:
+            return self.last >= revision
+        finally:
+            self._waiters = [(r, w) for r, w in self._waiters if w is not waiter]
+        return True
+
+    def _advanced(self) -> None:
+        for revision, waiter in self._waiters:
+            if revision <= self.last and not waiter.done():
+                waiter.set_result(None)
 
     def _restart_numbering(self, current: int) -> None:
         """The log's head is behind what we fanned out (a database restored from a backup): every
@@ -280,6 +301,7 @@ class Hub:
         log.warning("hub: the change log's head went back from %d to %d; resynchronising watchers", self.last, current)
         self._inbox.clear()
         self.last = current
+        self._advanced()
         self._metrics.hub_revision.set(current)
         for subscriber in self.patterns.everyone():
             subscriber.resync(current)
@@ -294,6 +316,8 @@ class Hub:
         # raises here, with ``last`` still before it, so it is retried rather than skipped.
         frame = json_frame(event.wire(self.keyring)) if entitled else b""
         self.last = event.revision
+        if self._waiters:
+            self._advanced()
         self._metrics.hub_revision.set(event.revision)
         self._metrics.propagation_lag.observe(max(0.0, (utcnow() - event.at).total_seconds()))
         for subscriber in entitled:

@@ -25,11 +25,13 @@ class NotifierMetrics(ServingMetrics):
         )
         self.relay_lag = Histogram(
             "dynconfig_relay_lag_seconds",
-            "From a change's commit to its revision being assigned.",
+            "From a change's commit to its publication by the relay.",
             registry=r,
             buckets=_LAG_BUCKETS,
         )
-        self.outbox_backlog = Gauge("dynconfig_outbox_backlog", "Outbox rows waiting for a revision.", registry=r)
+        self.outbox_backlog = Gauge(
+            "dynconfig_outbox_backlog", "Committed changes the relay has not published yet.", registry=r
+        )
         self.relay_leader = Gauge("dynconfig_relay_leader", "1 on the replica that currently relays.", registry=r)
         self.slow_consumers = Counter(
             "dynconfig_ws_slow_consumer_closes_total",

@@ -1,9 +1,10 @@
-"""The relay: gives committed outbox rows their global revision and publishes them to Redis.
+"""The relay: publishes committed changes to Redis in revision order, and prunes the change log.
 
-Exactly one notifier replica relays at a time: the one holding a Postgres advisory lock on a
-dedicated connection. If it dies, its connection (and lock) goes with it and a standby takes over
-within ``STANDBY_POLL_SECONDS``. Even two relayers at once could not break ordering: every batch
-locks the single ``relay_state`` row, so assignments are serialised by Postgres.
+Revisions are given by the writes themselves as they commit (shared/sql/writes.py), so the relay
+only reads what was committed after what it last published and publishes it. Exactly one notifier
+replica relays at a time: the one holding a Postgres advisory lock on a dedicated connection. If it
+dies, its connection (and lock) goes with it and a standby takes over within
+``STANDBY_POLL_SECONDS``; two relayers at once would only publish some events twice, which hubs drop.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import timedelta
 import aiopg
 import psycopg2
 
-from shared.changelog import ChangeEvent, events_after
+from shared.changelog import ChangeEvent, events_after, head
 from shared.db import listen, wait_notices
 from shared.redis import REDIS_ERRORS, RedisLink
 from shared.sql import changelog as sql
@@ -57,6 +58,8 @@ class Relay:
         self._metrics = metrics
         self._retention = timedelta(seconds=retention_seconds)
         self.is_leader = False
+        #: The last revision published (None until this replica relays).
+        self.published: int | None = None
 
     async def run(self) -> None:
         """Forever: take the lock when free, then relay until the lock connection fails."""
@@ -85,6 +88,7 @@ class Relay:
                 await asyncio.sleep(STANDBY_POLL_SECONDS)
                 await wait_notices(conn, 0)  # standing by: drop the wake-ups meant for the leader
             self._set_leader(True)
+            self.published = None  # start from the head: hubs catch up on anything older themselves
             # Pruning runs beside the relay, in bounded batches: it never delays a revision.
             pruner = self._supervisor.spawn("relay-prune", self._prune_forever)
             try:
@@ -102,26 +106,19 @@ class Relay:
                 await cancel_and_wait(pruner)
 
     async def relay_once(self) -> list[ChangeEvent]:
-        """Assign revisions to one batch of pending outbox rows and publish it; return its events."""
+        """Publish the next batch of committed changes after the last one published; return it."""
         now = utcnow()
         async with self._pool.acquire() as conn, conn.cursor() as cur:
-            async with cur.begin():
-                await cur.execute(sql.LOCK_HEAD)
-                (current,) = await cur.fetchone()
-                await cur.execute(sql.PENDING, {"limit": BATCH})
-                rows = await cur.fetchall()
-                if not rows:
-                    return []
-                ids = [row[0] for row in rows]
-                keys = [row[1] for row in rows]
-                versions = [row[2] for row in rows]
-                revisions = list(range(current + 1, current + 1 + len(rows)))
-                await cur.execute(sql.ASSIGN, {"ids": ids, "revisions": revisions, "now": now})
-                params = {"keys": keys, "versions": versions, "revisions": revisions}
-                await cur.execute(sql.ASSIGN_HISTORY, params)
-                await cur.execute(sql.SET_HEAD, {"head": revisions[-1]})
-                await cur.execute(sql.NOTIFY_REVISIONS, {"head": revisions[-1]})
-                events = await events_after(cur, current, through=revisions[-1], limit=len(rows))
+            current, _ = await head(cur)
+            if self.published is None or current < self.published:
+                # Taking over (hubs read anything older from Postgres), or a restored database.
+                self.published = current
+            if current == self.published:
+                return []
+            events = await events_after(cur, self.published, through=current, limit=BATCH)
+            # Wakes hubs that read Postgres while Redis is down.
+            await cur.execute(sql.NOTIFY_REVISIONS, {"head": events[-1].revision if events else current})
+        self.published = events[-1].revision if len(events) == BATCH else current
         for event in events:
             self._metrics.relay_lag.observe(max(0.0, (now - event.at).total_seconds()))
         await self._publish(events)
@@ -141,9 +138,8 @@ class Relay:
 
     async def _update_backlog(self) -> None:
         async with self._pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(sql.BACKLOG)
-            pending, _oldest = await cur.fetchone()
-        self._metrics.outbox_backlog.set(pending)
+            current, _ = await head(cur)
+        self._metrics.outbox_backlog.set(max(0, current - (self.published or current)))
 
     async def _prune_forever(self) -> None:
         """Every ``PRUNE_EVERY_SECONDS`` (the first time one interval after taking over), drop relayed

@@ -40,6 +40,7 @@ AUTH_TIMEOUT_SECONDS = 10.0
 MAX_BUFFER_BYTES = 4 * 1024 * 1024
 MAX_HELD_EVENTS = 10_000
 REPLAY_PAGE = 1000
+HUB_CATCH_UP_SECONDS = 2.0
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_BAD_REQUEST = 4400
@@ -229,6 +230,11 @@ class WatchConnection:
             raise BadMessage(f"at most {MAX_PATTERNS} patterns per connection")
         old = set(self.patterns)
         first = not old
+        # Start from everything committed by now, even what the hub has not fanned out yet: a write
+        # whose answer the client already has must be in the replay or snapshot, not come later as a
+        # change. The hub is normally there within milliseconds; if it is not within 2 s (relay down),
+        # start from where it is — its events follow live.
+        await self._hub.reached(await self._committed_head(), HUB_CATCH_UP_SECONDS)
         self._holding = True
         try:
             self._hub.patterns.add(self, new)
@@ -248,6 +254,11 @@ class WatchConnection:
                 self.last_sent = max(self.last_sent, through)
         finally:
             self._release_held()
+
+    async def _committed_head(self) -> int:
+        async with self._pool.acquire() as conn, conn.cursor() as cur:
+            current, _ = await head(cur)
+        return current
 
     def _release_held(self) -> None:
         """Go live: write the live events held back while replaying, those not already sent."""

@@ -132,4 +132,26 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        7,
+        "revisions assigned in the writing transaction",
+        """
+        -- From now on a write takes its revision from relay_state.head inside its own transaction
+        -- (shared/sql/writes.py), and keys carry the revision of their current state. Rows still
+        -- waiting for the old relay get theirs here, in id order, as it would have given them.
+        ALTER TABLE keys ADD COLUMN revision bigint;
+        WITH pending AS (
+            SELECT id, (SELECT head FROM relay_state) + row_number() OVER (ORDER BY id) AS revision
+              FROM outbox WHERE revision IS NULL
+        ), assigned AS (
+            UPDATE outbox o SET revision = p.revision FROM pending p WHERE o.id = p.id
+            RETURNING o.key, o.version, o.revision
+        ), history AS (
+            UPDATE key_history h SET revision = a.revision FROM assigned a WHERE h.key = a.key AND h.version = a.version
+        )
+        UPDATE relay_state SET head = GREATEST(head, coalesce((SELECT max(revision) FROM assigned), 0));
+        UPDATE keys k SET revision = h.revision FROM key_history h WHERE h.key = k.key AND h.version = k.version;
+        DROP INDEX IF EXISTS outbox_pending;
+        """,
+    ),
 ]

@@ -12,7 +12,8 @@ from .acl import Acl
 
 # Column order of every SELECT of a key row (shared/sql/keys.py).
 KEY_COLUMNS = (
-    "key, version, value_enc, ttl, expires_at, acl_read, acl_write, creator, deleted, created_at, last_modified"
+    "key, version, value_enc, ttl, expires_at, acl_read, acl_write, creator, deleted, created_at, last_modified, "
+    "revision"
 )
 
 
@@ -28,10 +29,14 @@ class KeyState:
     deleted: bool
     created_at: datetime
     last_modified: datetime
+    #: The global revision of this state (None: a key never written, or written before revisions
+    #: were kept on keys).
+    revision: int | None = None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> KeyState:
-        key, version, value_enc, ttl, expires_at, acl_read, acl_write, creator, deleted, created_at, modified = row
+        key, version, value_enc, ttl, expires_at, acl_read, acl_write, creator, deleted, created_at, modified = row[:11]
+        revision = row[11] if len(row) > 11 else None
         acl = None if acl_read is None and acl_write is None else Acl.from_lists(acl_read, acl_write)
         return cls(
             key=key,
@@ -44,6 +49,7 @@ class KeyState:
             deleted=deleted,
             created_at=created_at,
             last_modified=modified,
+            revision=revision,
         )
 
     def expired(self, now: datetime) -> bool:
@@ -69,6 +75,7 @@ class KeyState:
                 "d": self.deleted,
                 "ca": self.created_at.timestamp(),
                 "m": self.last_modified.timestamp(),
+                "rv": self.revision,
             },
             separators=(",", ":"),
         ).encode()
@@ -87,6 +94,7 @@ class KeyState:
             deleted=d["d"],
             created_at=_from_ts(d["ca"]),  # type: ignore[arg-type]
             last_modified=_from_ts(d["m"]),  # type: ignore[arg-type]
+            revision=d.get("rv"),
         )
 
 

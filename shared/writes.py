@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -185,6 +185,19 @@ def expiry(state: KeyState, now: datetime, namespace_acls: Mapping[str, Acl], re
         request_id=request_id,
         now=now,
         namespace_acls=namespace_acls,
+    )
+
+
+def after_expiry(state: KeyState, now: datetime) -> KeyState:
+    """The state :func:`expire` leaves ``state`` in at ``now`` (to decide on before writing it)."""
+    return replace(
+        state,
+        version=state.version + 1,
+        value_enc=None,
+        expires_at=None,
+        deleted=True,
+        last_modified=now,
+        revision=None,
     )
 
 

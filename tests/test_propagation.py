@@ -264,10 +264,10 @@ async def test_transaction_committing_after_a_later_outbox_row_still_gets_a_late
     settings: Settings,
     unique_prefix: str,
 ) -> None:
-    """A real out-of-order commit: our transaction writes k1 through the same code the API uses
-    (``write_change``), so its outbox row has the smaller id, but commits only after the API's write of
-    k2 was relayed. Revisions follow commit (visibility) order, and a PATCH of k1 queued behind our
-    row lock lands after it in both version and revision."""
+    """A transaction that began first commits last: ours locks k1 through the same code the API uses,
+    the API's write of k2 commits and is delivered meanwhile, then ours writes and commits. Revisions
+    follow commit (visibility) order, and a PATCH of k1 queued behind our row lock lands after ours
+    in both version and revision."""
     admin = admin_headers(token)
     k1, k2 = f"{unique_prefix}.one", f"{unique_prefix}.two"
     for key in (k1, k2):
@@ -279,16 +279,16 @@ async def test_transaction_committing_after_a_later_outbox_row_still_gets_a_late
         async with pg.acquire() as conn, conn.cursor() as cur:
             async with cur.begin():
                 state = await claim_key(cur, k1, ADMIN)
-                _, now = await namespace_acls_and_now(cur, k1, state)
-                new = NewState(keyring.encrypt(b'"held"', aad=k1), state.ttl, state.acl, state.creator)
-                await write_change(
-                    cur, state, new, event="update", action="patch", actor=ADMIN, request_id=None, now=now
-                )
                 queued = asyncio.create_task(send(client, "PATCH", k1, admin, {"value": "queued"}))
                 status, body = await send(client, "PATCH", k2, admin, {"value": 2})
                 assert (status, body["version"]) == (200, 2), body
                 await w.wait_until(lambda: any(e["key"] == k2 and e["version"] == 2 for e in w.events), "k2 v2")
                 assert not queued.done()
+                _, now = await namespace_acls_and_now(cur, k1, state)
+                new = NewState(keyring.encrypt(b'"held"', aad=k1), state.ttl, state.acl, state.creator)
+                await write_change(
+                    cur, state, new, event="update", action="patch", actor=ADMIN, request_id=None, now=now
+                )
         status, body = await queued
         assert (status, body["version"]) == (200, 3), body
         await w.wait_until(lambda: any(e["key"] == k1 and e["version"] == 3 for e in w.events), "k1 v3")
@@ -297,9 +297,8 @@ async def test_transaction_committing_after_a_later_outbox_row_still_gets_a_late
     tail = [(e["key"], e["version"], e.get("value")) for e in w.events[2:]]
     assert tail == [(k2, 2, 2), (k1, 2, "held"), (k1, 3, "queued")]
     rows = {(key, version): (oid, rev or 0) for oid, key, version, rev in await outbox_rows(pg, unique_prefix + ".")}
-    (held_id, held_rev), (later_id, later_rev) = rows[(k1, 2)], rows[(k2, 2)]
-    assert held_id < later_id, "the held transaction's outbox row should have the smaller id"
-    assert held_rev > later_rev, "revisions must follow commit order, not id order"
+    held_rev, later_rev = rows[(k1, 2)][1], rows[(k2, 2)][1]
+    assert held_rev > later_rev, "revisions must follow commit order, not the order transactions began"
     await assert_outbox_revision_order_is_version_order(pg, unique_prefix + ".")
 
 
@@ -392,7 +391,10 @@ async def test_writes_made_while_no_notifier_runs_wait_in_the_outbox_and_flow_la
     assert (await send(client, "DELETE", key, admin))[0] == 204
     await asyncio.sleep(0.5)
     rows = await outbox_rows(pg, key)
-    assert [(version, revision) for _id, _key, version, revision in rows] == [(1, None), (2, None), (3, None)]
+    # Each write took its revision as it committed (no notifier needed), in order.
+    assert [version for _id, _key, version, _revision in rows] == [1, 2, 3]
+    first = rows[0][3]
+    assert first > since and [revision for *_, revision in rows] == [first, first + 1, first + 2], rows
 
     proc = spawn("notifier")
     async with aiohttp.ClientSession() as session:

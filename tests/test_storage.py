@@ -124,13 +124,20 @@ async def test_each_write_adds_one_row_to_keys_history_outbox_and_audit(
     assert rows["audit"] == expected_audit
 
 
-async def test_fresh_outbox_rows_have_no_revision_yet(
+async def test_a_write_commits_its_revision_with_it(
     client: Client, admin: dict[str, str], pg: aiopg.Pool, unique_prefix: str
 ) -> None:
+    """The key, its history row and its outbox row carry the revision the answer gives."""
     key = f"{unique_prefix}.outbox"
-    assert (await client.put(f"/keys/{key}", json={"value": 1}, headers=admin)).status == 201
-    rows = await fetch(pg, "SELECT version, event, revision FROM outbox WHERE key = %s", key)
-    assert rows == [(1, "update", None)]
+    response = await client.put(f"/keys/{key}", json={"value": 1}, headers=admin)
+    assert response.status == 201
+    revision = (await response.json())["revision"]
+    assert await fetch(pg, "SELECT version, event, revision FROM outbox WHERE key = %s", key) == [
+        (1, "update", revision)
+    ]
+    assert await fetch(pg, "SELECT revision FROM key_history WHERE key = %s", key) == [(revision,)]
+    assert await fetch(pg, "SELECT revision FROM keys WHERE key = %s", key) == [(revision,)]
+    assert await fetch(pg, "SELECT head >= %s FROM relay_state", revision) == [(True,)]
 
 
 async def _poll_audit(pg: aiopg.Pool, sql: str, *args: Any, seconds: float = 2.0) -> list[tuple[Any, ...]]:

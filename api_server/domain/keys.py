@@ -19,6 +19,7 @@ from shared.sql import keys as keys_sql
 from shared.timeutil import utcnow
 from shared.writes import (
     NewState,
+    after_expiry,
     all_namespace_acls,
     claim_key,
     expire,
@@ -78,8 +79,9 @@ async def put_key(
     async with store.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
         state = await claim_key(cur, key, who.username)
         ns_acls, now = await namespace_acls_and_now(cur, key, state)
-        if state.expired(now):
-            state = await expire(cur, state, now, caller.request_id)
+        expired = state if state.expired(now) else None  # readers already see it gone: record that first
+        if expired is not None:
+            state = after_expiry(expired, now)
         # Authorization first, then If-Match: a caller without access learns nothing (SPEC §5).
         if state.version == 0:  # never existed: a create
             if not may_create(who, key=key, namespace_acls=ns_acls):
@@ -99,7 +101,9 @@ async def put_key(
         check_if_match(if_match, None if state.deleted else state)
         created = state.deleted
         action = "create" if created else "replace"
-        result, recorded = await _write(store, cur, caller, state, new, EventKind.UPDATE, action, now, ns_acls)
+        result, recorded = await _write(
+            store, cur, caller, state, new, EventKind.UPDATE, action, now, ns_acls, expired=expired
+        )
     await store.cache.written(result, recorded)
     return result, created
 
@@ -114,10 +118,16 @@ async def _write(
     action: str,
     now: datetime,
     ns_acls: dict[str, Acl],
+    *,
+    expired: KeyState | None = None,
 ) -> tuple[KeyState, bool]:
-    """Inside the transaction: write the change, then announce it to the cache before COMMIT (see
-    api_server/cache.py). Returns the new state and whether the announcement went to Postgres; pass both
-    to ``store.cache.written`` after COMMIT."""
+    """The end of a write's transaction: announce the new version to the cache (api_server/cache.py),
+    then write the change (after recording ``expired``'s expiry, when given) — last, as it takes the
+    revision counter's lock until COMMIT. Returns the new state and whether the announcement went to
+    Postgres; pass both to ``store.cache.written`` after COMMIT."""
+    recorded = await store.cache.announce(cur, before.key, before.version + 1)
+    if expired is not None:
+        await expire(cur, expired, now, caller.request_id)
     result = await write_change(
         cur,
         before,
@@ -129,7 +139,7 @@ async def _write(
         now=now,
         namespace_acls=ns_acls,
     )
-    return result, await store.cache.announce(cur, result.key, result.version)
+    return result, recorded
 
 
 async def _lock_writable(

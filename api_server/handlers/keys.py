@@ -52,6 +52,7 @@ def _written(state: store.KeyState, status: int) -> web.Response:
     body = {
         "key": state.key,
         "version": state.version,
+        "revision": state.revision,
         "lastModified": rfc3339(state.last_modified),
         "expiresAt": rfc3339(state.expires_at),
     }
@@ -86,6 +87,7 @@ async def get_key(request: web.Request) -> web.Response:
         "key": key,
         "value": value,
         "version": state.version,
+        "revision": state.revision,
         "lastModified": rfc3339(state.last_modified),
         "ttl": state.ttl,
         "expiresAt": rfc3339(state.expires_at),

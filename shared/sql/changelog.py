@@ -1,7 +1,8 @@
-"""The change log: relayed outbox rows (revision order), joined with their values and current ACLs.
+"""The change log: outbox rows in revision order (each write gives its rows their revision as it
+commits, shared/sql/writes.py), joined with their values and current ACLs.
 
-Used by the relay (assigning revisions), the notifier's backfill and replay, the poll fallback and
-snapshots, so every path reads events the same way.
+Used by the relay (publishing), the notifier's backfill and replay, the poll fallback and snapshots,
+so every path reads events the same way.
 """
 
 from shared.events import EventKind
@@ -14,33 +15,11 @@ h.read_entries, h.read_owner
 
 HEAD = "SELECT head, pruned_through FROM relay_state"
 
-# --- relay -----------------------------------------------------------------------------------------
-
-LOCK_HEAD = "SELECT head FROM relay_state FOR UPDATE"
-
-# Committed outbox rows without a revision, in id order (per-key id order is version order: a
-# writer inserts its outbox row only after it holds the key's row lock).
-PENDING = "SELECT id, key, version FROM outbox WHERE revision IS NULL ORDER BY id LIMIT %(limit)s FOR UPDATE"
-
-ASSIGN = """
-UPDATE outbox o SET revision = a.revision, relayed_at = %(now)s
-  FROM unnest(%(ids)s::bigint[], %(revisions)s::bigint[]) AS a(id, revision)
- WHERE o.id = a.id
-"""
-
-ASSIGN_HISTORY = """
-UPDATE key_history h SET revision = a.revision
-  FROM unnest(%(keys)s::text[], %(versions)s::bigint[], %(revisions)s::bigint[]) AS a(key, version, revision)
- WHERE h.key = a.key AND h.version = a.version
-"""
-
-SET_HEAD = "UPDATE relay_state SET head = %(head)s"
+# --- relay ---------------------------------------------------------------------------------------
 
 # Wakes notifiers that are catching up from Postgres (while Redis is down).
 REVISIONS_CHANNEL = "dynconfig_revisions"
 NOTIFY_REVISIONS = f"SELECT pg_notify('{REVISIONS_CHANNEL}', %(head)s::text)"
-
-BACKLOG = "SELECT count(*), min(at) FROM outbox WHERE revision IS NULL"
 
 # One bounded batch of the oldest relayed rows past retention, in revision order (so everything up to
 # pruned_through is gone); returns how many went. Called until it removes fewer than %(limit)s.

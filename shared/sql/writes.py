@@ -1,6 +1,11 @@
 """Writing changes: one statement writes a batch of key versions across ``keys``, ``key_history``,
 ``outbox`` and ``audit_log`` (one round trip whatever the batch size), inside the caller's transaction.
 
+It also gives each change its global revision: ``relay_state.head`` is the counter, and the row lock
+the statement takes on it is held until COMMIT, so transactions that write commit one after the other
+in revision order — revisions become visible in order, with no gap, and a write's answer can carry
+its revision. Call it last before COMMIT: the lock is everyone's.
+
 Parameters are one array per column, a change per index. ACL lists vary in length, which Postgres
 arrays of arrays cannot hold, so they travel as JSON arrays (``jsonb[]``, NULL for "no ACL").
 """
@@ -36,28 +41,33 @@ def _text_array(column: str) -> str:
 
 
 _WRITE = f"""
-WITH c AS (
+WITH input AS (
     SELECT * FROM unnest(
         %(key)s::text[], %(version)s::bigint[], %(value_enc)s::bytea[], %(ttl)s::integer[],
         %(expires_at)s::timestamptz[], %(acl_read)s::jsonb[], %(acl_write)s::jsonb[], %(creator)s::text[],
         %(deleted)s::boolean[], %(created_at)s::timestamptz[], %(now)s::timestamptz[], %(event)s::text[],
         %(actor)s::text[], %(action)s::text[], %(request_id)s::text[], %(read_entries)s::jsonb[],
         %(read_owner)s::text[]
-    ) WITH ORDINALITY AS c({", ".join(COLUMNS)}, n)
+    ) WITH ORDINALITY AS input({", ".join(COLUMNS)}, n)
+), counter AS (
+    UPDATE relay_state SET head = head + (SELECT count(*) FROM input) RETURNING head
+), c AS (
+    SELECT input.*, counter.head - (SELECT count(*) FROM input) + input.n AS revision FROM input CROSS JOIN counter
 ), changed AS (
     UPDATE keys k
        SET version = c.version, value_enc = c.value_enc, ttl = c.ttl, expires_at = c.expires_at,
            acl_read = {_text_array("acl_read")}, acl_write = {_text_array("acl_write")},
-           creator = c.creator, deleted = c.deleted, created_at = c.created_at, last_modified = c.now
+           creator = c.creator, deleted = c.deleted, created_at = c.created_at, last_modified = c.now,
+           revision = c.revision
       FROM c
      WHERE k.key = c.key
  RETURNING {", ".join("k." + column.strip() for column in KEY_COLUMNS.split(","))}, c.n
 ), history AS (
-    INSERT INTO key_history (key, version, event, value_enc, actor, at, read_entries, read_owner)
-    SELECT key, version, event, value_enc, actor, now, {_text_array("read_entries")}, read_owner FROM c ORDER BY n
+    INSERT INTO key_history (key, version, event, value_enc, actor, at, read_entries, read_owner, revision)
+    SELECT key, version, event, value_enc, actor, now, {_text_array("read_entries")}, read_owner, revision
+      FROM c ORDER BY n
 ), outbox AS (
-    -- in batch order: per key, outbox id order is version order (a writer holds the key's row lock)
-    INSERT INTO outbox (key, version, event, at) SELECT key, version, event, now FROM c ORDER BY n
+    INSERT INTO outbox (key, version, event, at, revision) SELECT key, version, event, now, revision FROM c ORDER BY n
 ), audit AS (
     INSERT INTO audit_log (at, actor, action, key, version, outcome, request_id)
     SELECT now, actor, action, key, version, 'ok', request_id FROM c ORDER BY n
