@@ -136,6 +136,24 @@ class ValueCache:
         await cur.execute(sql.RECORD_DIRTY, {"key": key, "version": version, "notice": f"{version}:{key}"})
         return True
 
+    async def announce_many(self, cur: aiopg.Cursor, versions: list[tuple[str, int]]) -> list[bool]:
+        """:meth:`announce` for a batch, in one Redis round trip; for each, whether it was recorded in
+        Postgres instead."""
+        if self._link.usable:
+            try:
+                async with self._link.client.pipeline(transaction=False) as pipe:
+                    for key, version in versions:
+                        await self._announce(keys=[cache_key(key)], args=[version, self._ttl_ms], client=pipe)
+                    await pipe.execute()
+            except REDIS_ERRORS as exc:
+                self._failed(exc)
+            else:
+                self._link.succeeded()
+                return [False] * len(versions)
+        for key, version in versions:
+            await cur.execute(sql.RECORD_DIRTY, {"key": key, "version": version, "notice": f"{version}:{key}"})
+        return [True] * len(versions)
+
     async def written(self, state: KeyState, recorded: bool) -> None:
         """After COMMIT: store the new state; if the write was recorded in Postgres, wait until our own
         listener has heard of it (so has every replica's), at most ``HEARD_WAIT_SECONDS``."""

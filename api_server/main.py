@@ -15,6 +15,7 @@ from shared.settings import Settings
 from shared.web import process_app
 
 from .cache import cache_ctx
+from .committer import committer_ctx
 from .metrics import API_METRICS, ApiMetrics
 from .middlewares import auth_middleware
 from .ratelimit import RATE_LIMITER, RateLimiter
@@ -37,7 +38,7 @@ def create_app(settings: Settings) -> web.Application:
     app[KEYRING] = Keyring(settings.encryption_keys)
     app[API_METRICS] = metrics
     app.cleanup_ctx.extend(
-        [http_session_ctx, pool_ctx, audit_ctx, redis_ctx, cache_ctx, _rate_limiter_ctx, verifier_ctx]
+        [http_session_ctx, pool_ctx, audit_ctx, redis_ctx, cache_ctx, committer_ctx, _rate_limiter_ctx, verifier_ctx]
     )
     setup_routes(app)
     return app

@@ -214,9 +214,11 @@ class PostgresServer(_ChildServer):
     user = "dynconfig"
     database = "dynconfig"
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, *, durable: bool = False) -> None:
         super().__init__(data_dir, port)
         self._bindir = _postgres_bindir()
+        #: fsync on, as in production (the benchmark); tests and the dev run trade it for speed.
+        self.durable = durable
         # initdb and postgres refuse to run as root: run them as the postgres system user.
         self._run_as = "postgres" if os.geteuid() == 0 else None
 
@@ -263,10 +265,7 @@ class PostgresServer(_ChildServer):
             "127.0.0.1",
             "-k",
             "",
-            "-c",
-            "fsync=off",
-            "-c",
-            "full_page_writes=off",
+            *(() if self.durable else ("-c", "fsync=off", "-c", "full_page_writes=off")),
             "-c",
             "max_connections=200",
         ]

@@ -110,6 +110,14 @@ async def blocked_by(pg: aiopg.Pool, pid: int) -> int:
     return int(count)
 
 
+async def lock_waiters(pg: aiopg.Pool, count: int) -> bool:
+    """Are at least ``count`` backends waiting for a lock (the test's, or one another's)?"""
+    async with pg.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+        (waiting,) = await cur.fetchone()
+    return int(waiting) >= count
+
+
 async def wait_blocked(pg: aiopg.Pool, holder: Holder, count: int) -> None:
     async def check() -> bool:
         return await blocked_by(pg, holder.pid) >= count
@@ -471,7 +479,12 @@ async def test_write_queued_past_the_deadline_records_the_expiry_first(
 
 
 async def test_last_modified_never_goes_backwards_under_contention(
-    client: Client, pg: aiopg.Pool, settings: Settings, admin: dict[str, str], unique_prefix: str
+    client: Client,
+    make_client: Any,
+    pg: aiopg.Pool,
+    settings: Settings,
+    admin: dict[str, str],
+    unique_prefix: str,
 ) -> None:
     """Writer A starts first but reaches the row second: A (a PUT) waits to insert its placeholder
     row while the table is locked in SHARE mode; B (a PATCH, 300 ms later) locks the row right away
@@ -479,7 +492,9 @@ async def test_last_modified_never_goes_backwards_under_contention(
     first and A writes the next version. A version must not be stamped before the one it follows.
 
     (Two PATCHes queued on a locked row would not show it: Postgres grants row locks first come, first
-    served, so the writer that took the earlier time always commits first.)"""
+    served, so the writer that took the earlier time always commits first. B goes through a second
+    API replica: one replica commits its writes in batches, one batch at a time.)"""
+    other = await make_client()
     key = f"{unique_prefix}.contended"
     await put(client, key, admin, value=0)
     async with holding(settings.postgres_url) as holder:
@@ -489,8 +504,8 @@ async def test_last_modified_never_goes_backwards_under_contention(
         try:
             await wait_blocked(pg, holder, 1)
             await asyncio.sleep(0.3)
-            second = asyncio.create_task(client.patch(f"/keys/{key}", json={"value": "B"}, headers=admin))
-            await wait_blocked(pg, holder, 2)
+            second = asyncio.create_task(other.patch(f"/keys/{key}", json={"value": "B"}, headers=admin))
+            await wait_for(lambda: lock_waiters(pg, 2), 5.0, "A and B both waiting on a lock")
             await holder.release()
             resp_a, resp_b = await asyncio.wait_for(asyncio.gather(first, second), 10)
         finally:

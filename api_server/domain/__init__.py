@@ -15,6 +15,7 @@ from shared.crypto import Keyring
 from shared.validation import encode_value
 
 from ..cache import ValueCache
+from ..committer import Committer
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Store:
     pool: aiopg.Pool
     keyring: Keyring
     cache: ValueCache
+    committer: Committer
 
     def seal(self, key: str, value: Any) -> bytes:
         """Encode (413 past 1 MiB) and encrypt a value for ``key``."""

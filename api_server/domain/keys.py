@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import aiopg
-
 from shared import changelog
 from shared.acl import Acl, Principal, may_access, may_create
 from shared.errors import Forbidden, NotFound, PreconditionFailed
@@ -21,14 +19,10 @@ from shared.writes import (
     NewState,
     after_expiry,
     all_namespace_acls,
-    claim_key,
-    expire,
-    lock_key,
-    namespace_acls_and_now,
     namespace_acls_for,
-    write_change,
 )
 
+from ..committer import Decision, WriteOp
 from . import Caller, Store
 
 
@@ -76,9 +70,9 @@ async def put_key(
     """Create or replace ``key``; return the new state and whether it was created."""
     who = caller.principal
     value_enc = store.seal(key, body["value"])
-    async with store.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-        state = await claim_key(cur, key, who.username)
-        ns_acls, now = await namespace_acls_and_now(cur, key, state)
+
+    def decide(state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> Decision:
+        assert state is not None  # a PUT's row is claimed
         expired = state if state.expired(now) else None  # readers already see it gone: record that first
         if expired is not None:
             state = after_expiry(expired, now)
@@ -99,62 +93,11 @@ async def put_key(
                 raise Forbidden("Only admins may change a key's ttl or acls")
             new = NewState(value_enc, ttl, acl, state.creator)
         check_if_match(if_match, None if state.deleted else state)
-        created = state.deleted
-        action = "create" if created else "replace"
-        result, recorded = await _write(
-            store, cur, caller, state, new, EventKind.UPDATE, action, now, ns_acls, expired=expired
-        )
-    await store.cache.written(result, recorded)
-    return result, created
+        action = "create" if state.deleted else "replace"
+        return Decision(state, new, EventKind.UPDATE, action, created=state.deleted, expired=expired)
 
-
-async def _write(
-    store: Store,
-    cur: aiopg.Cursor,
-    caller: Caller,
-    before: KeyState,
-    new: NewState,
-    event: EventKind,
-    action: str,
-    now: datetime,
-    ns_acls: dict[str, Acl],
-    *,
-    expired: KeyState | None = None,
-) -> tuple[KeyState, bool]:
-    """The end of a write's transaction: announce the new version to the cache (api_server/cache.py),
-    then write the change (after recording ``expired``'s expiry, when given) — last, as it takes the
-    revision counter's lock until COMMIT. Returns the new state and whether the announcement went to
-    Postgres; pass both to ``store.cache.written`` after COMMIT."""
-    recorded = await store.cache.announce(cur, before.key, before.version + 1)
-    if expired is not None:
-        await expire(cur, expired, now, caller.request_id)
-    result = await write_change(
-        cur,
-        before,
-        new,
-        event=event,
-        action=action,
-        actor=caller.username,
-        request_id=caller.request_id,
-        now=now,
-        namespace_acls=ns_acls,
-    )
-    return result, recorded
-
-
-async def _lock_writable(
-    cur: aiopg.Cursor, who: Principal, key: str, if_match: IfMatch | None
-) -> tuple[KeyState, dict[str, Acl], datetime]:
-    """Lock a live key the caller may write and whose version matches ``If-Match``; else raise.
-    Returns its state, the namespace ACLs above it and the time of the change."""
-    state = await lock_key(cur, key)
-    ns_acls, now = await namespace_acls_and_now(cur, key, state)
-    if state is None or not state.live(now):  # expired while we waited for the lock: gone, as for readers
-        raise _missing_or_denied(who, key, state, ns_acls, "write")
-    if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-        raise _deny("write", key)
-    check_if_match(if_match, state)
-    return state, ns_acls, now
+    result, decision = await store.committer.write(WriteOp(key, True, decide, who.username, caller.request_id))
+    return result, decision.created
 
 
 async def patch_key(store: Store, caller: Caller, key: str, body: dict[str, Any], if_match: IfMatch | None) -> KeyState:
@@ -163,28 +106,45 @@ async def patch_key(store: Store, caller: Caller, key: str, body: dict[str, Any]
     if not who.is_admin and ("ttl" in body or "acls" in body):
         raise Forbidden("Only admins may change a key's ttl or acls")
     value_enc = store.seal(key, body["value"]) if "value" in body else None
-    async with store.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-        state, ns_acls, now = await _lock_writable(cur, who, key, if_match)
+
+    def decide(state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> Decision:
+        state = _writable(who, key, if_match, state, ns_acls, now)
         new = NewState(
             value_enc if value_enc is not None else state.value_enc,
             body["ttl"] if "ttl" in body else state.ttl,
             _acl(body["acls"]) if "acls" in body else state.acl,
             state.creator,
         )
-        result, recorded = await _write(store, cur, caller, state, new, EventKind.UPDATE, "patch", now, ns_acls)
-    await store.cache.written(result, recorded)
+        return Decision(state, new, EventKind.UPDATE, "patch")
+
+    result, _ = await store.committer.write(WriteOp(key, False, decide, who.username, caller.request_id))
     return result
 
 
 async def delete_key(store: Store, caller: Caller, key: str, if_match: IfMatch | None) -> KeyState:
     """Soft-delete a live key (version +1, ``delete`` event)."""
     who = caller.principal
-    async with store.pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-        state, ns_acls, now = await _lock_writable(cur, who, key, if_match)
+
+    def decide(state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> Decision:
+        state = _writable(who, key, if_match, state, ns_acls, now)
         tombstone = NewState(None, state.ttl, state.acl, state.creator)
-        result, recorded = await _write(store, cur, caller, state, tombstone, EventKind.DELETE, "delete", now, ns_acls)
-    await store.cache.written(result, recorded)
+        return Decision(state, tombstone, EventKind.DELETE, "delete")
+
+    result, _ = await store.committer.write(WriteOp(key, False, decide, who.username, caller.request_id))
     return result
+
+
+def _writable(
+    who: Principal, key: str, if_match: IfMatch | None, state: KeyState | None, ns_acls: dict[str, Acl], now: datetime
+) -> KeyState:
+    """The locked state of a live key the caller may write and whose version matches ``If-Match``;
+    else the error (404 or the same 403 an existing key would give; then 412)."""
+    if state is None or not state.live(now):  # expired while we waited for the lock: gone, as for readers
+        raise _missing_or_denied(who, key, state, ns_acls, "write")
+    if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
+        raise _deny("write", key)
+    check_if_match(if_match, state)
+    return state
 
 
 async def load_state(store: Store, key: str) -> tuple[KeyState | None, bool]:

@@ -16,6 +16,7 @@ from shared.audit import AuditRecord
 from shared.errors import BadRequest, DynConfigError, Forbidden, NotFound, PreconditionFailed
 
 from ..cache import CACHE
+from ..committer import COMMITTER
 from ..domain.keys import Caller, Store
 from ..middlewares import CALLER
 
@@ -28,7 +29,7 @@ _OUTCOMES: dict[type[DynConfigError], str] = {
 
 def store_of(request: web.Request) -> Store:
     app = request.app
-    return Store(pool=app[DB_POOL], keyring=app[KEYRING], cache=app[CACHE])
+    return Store(pool=app[DB_POOL], keyring=app[KEYRING], cache=app[CACHE], committer=app[COMMITTER])
 
 
 def caller_of(request: web.Request) -> Caller:

@@ -8,6 +8,26 @@ SELECT_MANY = f"SELECT {KEY_COLUMNS} FROM keys WHERE key = ANY(%(keys)s)"
 
 SELECT_FOR_UPDATE = SELECT + " FOR UPDATE"
 
+# A batch's existing rows, locked in key order (every batch locks in the same order).
+LOCK_MANY = f"SELECT {KEY_COLUMNS} FROM keys WHERE key = ANY(%(keys)s) ORDER BY key FOR UPDATE"
+
+# The same without waiting: rows another transaction holds are left out (see EXISTING).
+LOCK_MANY_FREE = LOCK_MANY + " SKIP LOCKED"
+
+EXISTING = "SELECT key FROM keys WHERE key = ANY(%(keys)s)"
+
+# Placeholders (version 0) a batch inserted for creates it then refused.
+DROP_PLACEHOLDERS = "DELETE FROM keys WHERE key = ANY(%(keys)s) AND version = 0"
+
+# Locks the rows of new keys a batch creates, inserting deleted placeholders (in key order); a row a
+# concurrent writer inserted first is locked as it is. Read them with LOCK_MANY afterwards.
+CLAIM_MANY = """
+INSERT INTO keys (key, version, creator, deleted, created_at, last_modified)
+SELECT k, 0, a, true, clock_timestamp(), clock_timestamp()
+  FROM unnest(%(keys)s::text[], %(actors)s::text[]) AS u(k, a) ORDER BY k
+ON CONFLICT (key) DO UPDATE SET version = keys.version WHERE false
+"""
+
 # Locks the key's row, inserting a deleted placeholder first if it never existed, so two concurrent
 # creates of one key serialise on it. (DO UPDATE ... WHERE false locks the existing row, writes nothing.)
 CLAIM = """

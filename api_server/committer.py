@@ -1,0 +1,258 @@
+"""Group commit: the writes waiting in this process are decided and written together, in one
+transaction of set-based statements, so many writes share one commit (one WAL flush) and one turn
+at the revision counter (shared/sql/writes.py) instead of queueing for it one by one.
+
+A batch, in one transaction: lock the rows of its keys (existing ones in key order, then the
+placeholders of new keys), read the namespace ACLs and Postgres's clock once, decide every write in
+Python (each keeps its own outcome: a 403 or a 412 for one never fails its neighbours), announce the
+new versions to the cache, write the expiries the writes found, then all the changes in one statement,
+and commit. A key written twice while a batch forms goes into the next batch, so it stays in order.
+A batch that Postgres aborts for a deadlock (another replica locking the same keys) is tried again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import aiopg
+from aiohttp import web
+from psycopg2 import errors as pg_errors
+
+from shared.acl import Acl
+from shared.appkeys import DB_POOL, SUPERVISOR
+from shared.errors import DynConfigError, ServiceUnavailable
+from shared.events import EventKind
+from shared.model import KeyState
+from shared.sql import keys as keys_sql
+from shared.sql import namespaces as ns_sql
+from shared.tasks import cancel_and_wait, complete_then_cancel
+from shared.validation import namespaces_of
+from shared.writes import Change, NewState, change, expiry, write_changes
+
+from .cache import CACHE, ValueCache
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 256
+DEADLOCK_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one write does to its key, decided under the key's row lock."""
+
+    before: KeyState
+    new: NewState
+    event: EventKind
+    action: str
+    created: bool = False
+    expired: KeyState | None = None  # an expiry to record first (readers already saw the key gone)
+
+
+#: Decides a write from the locked state (None: the key never existed), the namespace ACLs above it
+#: and the time of the change; raises a DynConfigError to refuse it.
+Decide = Callable[[KeyState | None, dict[str, Acl], datetime], Decision]
+
+
+def _future() -> asyncio.Future[tuple[KeyState, Decision]]:
+    return asyncio.get_running_loop().create_future()
+
+
+@dataclass
+class WriteOp:
+    key: str
+    creates: bool  # a PUT: make a placeholder row to lock when the key never existed
+    decide: Decide
+    actor: str
+    request_id: str
+    done: asyncio.Future[tuple[KeyState, Decision]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Committer:
+    """Collects writes and commits them in batches (see the module docstring)."""
+
+    def __init__(self, pool: aiopg.Pool, cache: ValueCache) -> None:
+        self._pool = pool
+        self._cache = cache
+        self._queue: deque[WriteOp] = deque()
+        self._wake = asyncio.Event()
+        self._solo: set[asyncio.Task[None]] = set()  # writes committed on their own (contended rows)
+
+    async def write(self, op: WriteOp) -> tuple[KeyState, Decision]:
+        """Queue ``op`` for the next batch; its new state and decision once committed, or its error."""
+        self._queue.append(op)
+        self._wake.set()
+        return await op.done
+
+    async def stop(self) -> None:
+        """At shutdown: finish the writes committing on their own, refuse those still queued."""
+        for task in list(self._solo):
+            await cancel_and_wait(task)
+        self.refuse_waiting()
+
+    def refuse_waiting(self) -> None:
+        """At shutdown: answer the writes still queued with 503 (none of them was written)."""
+        while self._queue:
+            op = self._queue.popleft()
+            if not op.done.done():
+                op.done.set_exception(ServiceUnavailable("The server is shutting down; the write was not made"))
+
+    async def run(self) -> None:
+        """Commit batches for ever (supervised)."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = self._take()
+                await complete_then_cancel(self._commit(batch))
+
+    def _take(self) -> list[WriteOp]:
+        batch: list[WriteOp] = []
+        later: list[WriteOp] = []
+        keys: set[str] = set()
+        while self._queue and len(batch) < MAX_BATCH:
+            op = self._queue.popleft()
+            (later if op.key in keys else batch).append(op)
+            keys.add(op.key)
+        self._queue.extendleft(reversed(later))
+        return batch
+
+    async def _commit(self, batch: list[WriteOp], *, wait: bool = False) -> None:
+        """Commit ``batch``. A write whose row another transaction holds is taken out and committed
+        on its own (``wait``), beside the batches, so it holds up nobody but itself."""
+        for attempt in range(DEADLOCK_RETRIES + 1):
+            try:
+                results, contended = await self._transaction(batch, wait)
+            except pg_errors.DeadlockDetected:
+                contended = []
+                if attempt == DEADLOCK_RETRIES:
+                    log.error("a write batch deadlocked %d times", attempt + 1)
+                    results = None
+                    exc: BaseException = ServiceUnavailable("Write conflict with another replica: try again")
+                else:
+                    continue
+            except Exception as error:  # the whole transaction failed: every write in it did
+                results, contended, exc = None, [], error
+            if results is None:
+                for op in batch:
+                    if not op.done.done():
+                        op.done.set_exception(exc)
+                if not isinstance(exc, DynConfigError):
+                    log.warning("a write batch of %d failed: %s", len(batch), type(exc).__name__)
+                return
+            for op in contended:
+                task = asyncio.create_task(self._commit([op], wait=True), name="commit-contended")
+                self._solo.add(task)
+                task.add_done_callback(self._solo.discard)
+            for op, outcome in results:
+                if op.done.done():  # the request went away
+                    continue
+                if isinstance(outcome, BaseException):
+                    op.done.set_exception(outcome)
+                else:
+                    state, decision, recorded = outcome
+                    await self._cache.written(state, recorded)
+                    op.done.set_result((state, decision))
+            return
+
+    async def _transaction(self, batch: list[WriteOp], wait: bool) -> tuple[list[tuple[WriteOp, Any]], list[WriteOp]]:
+        """One batch in one transaction: per write, (new state, decision, recorded?) or its error;
+        and the writes left out because another transaction holds their row (unless ``wait``)."""
+        outcomes: dict[int, Any] = {}
+        async with self._pool.acquire() as conn, conn.cursor() as cur, cur.begin():
+            states, busy = await _lock(cur, batch, wait)
+            contended = [op for op in batch if op.key in busy]
+            batch = [op for op in batch if op.key not in busy]
+            if not batch:
+                return [], contended
+            ns_acls, clock = await _namespace_acls_and_clock(cur, [op.key for op in batch])
+            decided: list[tuple[WriteOp, Decision, datetime]] = []
+            for op in batch:
+                state = states.get(op.key)
+                now = clock if state is None or state.version == 0 else max(clock, state.last_modified)
+                try:
+                    decided.append((op, op.decide(state, ns_acls, now), now))
+                except DynConfigError as refused:
+                    outcomes[id(op)] = refused
+            if decided:
+                announced = [(d.before.key, d.before.version + 1) for _, d, _ in decided]
+                recorded = await self._cache.announce_many(cur, announced)
+                expiries = [expiry(d.expired, now, ns_acls, op.request_id) for op, d, now in decided if d.expired]
+                if expiries:
+                    await write_changes(cur, expiries)
+                states_after = await write_changes(cur, [_change(op, d, now, ns_acls) for op, d, now in decided])
+                for (op, d, _), state, was_recorded in zip(decided, states_after, recorded, strict=True):
+                    outcomes[id(op)] = (state, d, was_recorded)
+            # A create refused in a batch that commits must not leave its placeholder row behind.
+            written = {d.before.key for _, d, _ in decided}
+            unused = [key for key, state in states.items() if state.version == 0 and key not in written]
+            if unused:
+                await cur.execute(keys_sql.DROP_PLACEHOLDERS, {"keys": unused})
+        return [(op, outcomes[id(op)]) for op in batch], contended
+
+
+def _change(op: WriteOp, decision: Decision, now: datetime, ns_acls: dict[str, Acl]) -> Change:
+    return change(
+        decision.before,
+        decision.new,
+        event=decision.event,
+        action=decision.action,
+        actor=op.actor,
+        request_id=op.request_id,
+        now=now,
+        namespace_acls=ns_acls,
+    )
+
+
+async def _lock(cur: aiopg.Cursor, batch: list[WriteOp], wait: bool) -> tuple[dict[str, KeyState], set[str]]:
+    """Lock the rows of the batch's keys: existing ones in key order, then placeholders for new keys
+    that a PUT creates. Returns the locked states by key, and (unless ``wait``) the keys whose rows
+    another transaction holds, left unlocked."""
+    keys = sorted({op.key for op in batch})
+    await cur.execute(keys_sql.LOCK_MANY if wait else keys_sql.LOCK_MANY_FREE, {"keys": keys})
+    states = {row[0]: KeyState.from_row(row) for row in await cur.fetchall()}
+    busy: set[str] = set()
+    if not wait and len(states) < len(keys):
+        await cur.execute(keys_sql.EXISTING, {"keys": [key for key in keys if key not in states]})
+        busy = {key for (key,) in await cur.fetchall()}
+    new = sorted({op.key for op in batch if op.creates and op.key not in states and op.key not in busy})
+    if new:
+        await cur.execute(keys_sql.CLAIM_MANY, {"keys": new, "actors": [_creator(batch, key) for key in new]})
+        await cur.execute(keys_sql.LOCK_MANY, {"keys": new})
+        states.update({row[0]: KeyState.from_row(row) for row in await cur.fetchall()})
+    return states, busy
+
+
+def _creator(batch: list[WriteOp], key: str) -> str:
+    return next(op.actor for op in batch if op.key == key and op.creates)
+
+
+async def _namespace_acls_and_clock(cur: aiopg.Cursor, keys: list[str]) -> tuple[dict[str, Acl], datetime]:
+    """The ACLs of every namespace above the keys, and Postgres's clock now (after the row locks)."""
+    namespaces = sorted({ns for key in keys for ns in namespaces_of(key)})
+    await cur.execute(ns_sql.SELECT_MANY_AND_NOW, {"namespaces": namespaces})
+    now, acls = await cur.fetchone()
+    return {ns: Acl.from_lists(read, write) for ns, read, write in acls}, now
+
+
+COMMITTER = web.AppKey("committer", Committer)
+
+
+async def committer_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the process's committer and its loop (needs the pool and the cache first)."""
+    committer = Committer(app[DB_POOL], app[CACHE])
+    app[COMMITTER] = committer
+    task = app[SUPERVISOR].spawn("committer", committer.run)
+    try:
+        yield
+    finally:
+        await cancel_and_wait(task)
+        await committer.stop()

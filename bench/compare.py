@@ -1,0 +1,389 @@
+"""DynConfig beside etcd on this machine, same generators, same run (see bench/README.md).
+
+    python -m bench.compare [--quick] [--only writes,reads,propagation] [--seconds 10] [--json FILE]
+
+Starts, on loopback and in a temporary directory: Postgres (fsync on), Redis, ``api_server`` and
+``notifier`` as ``./dev/up`` would, and Debian's ``etcd`` (3.4, fsync on); then runs the Node.js
+generators of ``bench/gen`` (installed with npm on first use) against each, in separate processes,
+and prints one table (and JSON) with every figure beside etcd's and the CPU each process used, so a
+reader can see when the generator is the limit. Everything it starts is stopped by pid at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from devtools.devkeys import ensure_dev_keys, mint_token
+from devtools.services import PostgresServer, RedisServer, free_port, wait_healthy
+
+ROOT = Path(__file__).resolve().parent.parent
+GEN = Path(__file__).resolve().parent / "gen"
+TICKS = os.sysconf("SC_CLK_TCK")
+CONCURRENCY = 64
+READ_KEYS = 1000
+
+
+# --- processes and their CPU ----------------------------------------------------------------------
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of ``pid`` and every process below it, in seconds."""
+    tree, total, todo = _children(), 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+        except (OSError, IndexError, ValueError):
+            continue
+        todo.extend(tree.get(current, []))
+    return total
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Meter:
+    """CPU use of named process trees (and of the generators) over one scenario, as % of one core."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+
+    @contextmanager
+    def measure(self, result: dict[str, Any]) -> Iterator[None]:
+        before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        generators = _own_children_cpu()
+        started = time.monotonic()
+        yield
+        wall = time.monotonic() - started
+        cpu = {name: round(100 * (cpu_seconds(pid) - before[name]) / wall) for name, pid in self.pids.items()}
+        cpu["generator"] = round(100 * (_own_children_cpu() - generators) / wall)
+        result["cpu_percent"] = cpu
+
+
+def _own_children_cpu() -> float:
+    usage = os.times()
+    return usage.children_user + usage.children_system
+
+
+def node(script: str, config: dict[str, Any]) -> subprocess.Popen[str]:
+    return subprocess.Popen(["node", str(GEN / script), json.dumps(config)], stdout=subprocess.PIPE, text=True, cwd=GEN)
+
+
+def node_result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"generator failed ({proc.returncode}): {out[-500:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def ensure_generators() -> None:
+    if not (GEN / "node_modules" / "ws").exists():
+        print("bench: installing the Node.js generators (npm ci)", file=sys.stderr)
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=GEN, check=True)
+
+
+# --- the systems under test -----------------------------------------------------------------------
+
+
+class Systems:
+    """DynConfig (Postgres, Redis, api_server, notifier) and etcd, running on loopback."""
+
+    def __init__(self, base: Path, stack: ExitStack) -> None:
+        self.base = base
+        pg = PostgresServer(base / "postgres", durable=True)
+        redis = RedisServer(base / "redis")
+        pg.start()
+        stack.callback(pg.stop)
+        redis.start()
+        stack.callback(redis.stop)
+        keys = ensure_dev_keys(base / "keys")
+        self.token = mint_token(keys.signing_key_path, keys.kid, "admin-user", ttl_seconds=7200)
+        self.api_port, self.notifier_port = free_port(), free_port()
+        env = {
+            **os.environ,
+            "POSTGRES_URL": pg.url,
+            "REDIS_URL": redis.url,
+            "JWKS_URL": keys.jwks_url,
+            "ENCRYPTION_KEYS": keys.encryption_keys,
+            "RATE_LIMIT": "100000000",
+            "HOST": "127.0.0.1",
+            "LOG_LEVEL": "WARNING",
+            "API_PORT": str(self.api_port),
+            "NOTIFIER_PORT": str(self.notifier_port),
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        for module, port in (("api_server", self.api_port), ("notifier", self.notifier_port)):
+            proc = subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT)
+            stack.callback(_stop, proc)
+            self.procs[module] = proc
+            wait_healthy(f"http://127.0.0.1:{port}", proc)
+        self.etcd_port, peer = free_port(), free_port()
+        etcd = subprocess.Popen(
+            [
+                "etcd",
+                "--name=bench",
+                f"--data-dir={base / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{self.etcd_port}",
+                f"--advertise-client-urls=http://127.0.0.1:{self.etcd_port}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=bench=http://127.0.0.1:{peer}",
+                "--log-level=error",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        stack.callback(_stop, etcd)
+        self.procs["etcd"] = etcd
+        _wait_etcd(self.etcd_port)
+        self.pids = {
+            "api_server": self.procs["api_server"].pid,
+            "notifier": self.procs["notifier"].pid,
+            "postgres": _pid(pg.pid),
+            "redis": _pid(redis.pid),
+            "etcd": etcd.pid,
+        }
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def watch(self) -> str:
+        return f"ws://127.0.0.1:{self.notifier_port}/watch"
+
+    @property
+    def etcd(self) -> str:
+        return f"http://127.0.0.1:{self.etcd_port}"
+
+
+def _pid(pid: int | None) -> int:
+    if pid is None:
+        raise RuntimeError("a server of the benchmark is not running")
+    return pid
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_etcd(port: int) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("etcd did not start")
+        time.sleep(0.1)
+
+
+# --- scenarios ------------------------------------------------------------------------------------
+
+
+def http_load(systems: Systems, meter: Meter, target: str, mode: str, seconds: float, prefix: str) -> dict[str, Any]:
+    config = {
+        "target": target,
+        "mode": mode,
+        "url": systems.etcd if target == "etcd" else systems.api,
+        "token": systems.token,
+        "prefix": prefix,
+        "keys": READ_KEYS,
+        "concurrency": CONCURRENCY,
+        "seconds": seconds,
+    }
+    result: dict[str, Any] = {}
+    with meter.measure(result):
+        result.update(node_result(node("http_load.js", config), seconds + 60))
+    return result
+
+
+def preload(systems: Systems, prefix: str) -> None:
+    """``READ_KEYS`` keys (``prefix.0`` …) in both systems, for the read runs."""
+    for target in ("dynconfig", "etcd"):
+        config = {
+            "target": target,
+            "mode": "fill",
+            "url": systems.etcd if target == "etcd" else systems.api,
+            "token": systems.token,
+            "prefix": prefix,
+            "keys": READ_KEYS,
+            "concurrency": 16,
+            "seconds": 0,
+        }
+        node_result(node("http_load.js", config), 120)
+
+
+def propagation(systems: Systems, meter: Meter, target: str, watchers: int, updates: int) -> dict[str, Any]:
+    """W watchers on one key, a writer updating it every 100 ms with its send time in the value."""
+    key = f"bench.p{watchers}.{target}"
+    processes = 1 if watchers <= 2000 else 2
+    share = [watchers // processes + (1 if i < watchers % processes else 0) for i in range(processes)]
+    seconds_open = 10 + watchers / 500
+    duration = seconds_open + updates * 0.1 + 5
+    url = systems.etcd if target == "etcd" else systems.watch
+    server_pid = systems.pids["etcd" if target == "etcd" else "notifier"]
+    rss_before = rss_kib(server_pid)
+    gens = [
+        node(
+            "watchers.js",
+            {"target": target, "url": url, "token": systems.token, "key": key, "count": n, "seconds": duration},
+        )
+        for n in share
+    ]
+    assert all(g.stdout is not None for g in gens)
+    ready = [json.loads(g.stdout.readline())["ready"] for g in gens if g.stdout is not None]
+    rss_after = rss_kib(server_pid)
+    result: dict[str, Any] = {
+        "watchers": watchers,
+        "open_seconds": round(max(ready), 2),
+        "server_kib_per_connection": round((rss_after - rss_before) / watchers, 1),
+    }
+    with meter.measure(result):
+        writer = node(
+            "writer.js",
+            {
+                "target": target,
+                "url": systems.etcd if target == "etcd" else systems.api,
+                "token": systems.token,
+                "key": key,
+                "updates": updates,
+                "interval": 100,
+            },
+        )
+        sent = node_result(writer, updates * 0.5 + 60)
+        outputs = [node_result(g, duration + 60) for g in gens]
+    latencies = sorted(x for out in outputs for x in out["latencies_ms"])
+    expected = watchers * sent["sent"]
+    result.update(
+        delivered_fraction=round(len(latencies) / expected, 4) if expected else 0.0,
+        p50_ms=_pick(latencies, 0.5),
+        p99_ms=_pick(latencies, 0.99),
+        max_ms=latencies[-1] if latencies else None,
+        mean_ms=round(statistics.fmean(latencies), 2) if latencies else None,
+        write_errors=sent["errors"],
+    )
+    return result
+
+
+def _pick(ordered: Sequence[float], q: float) -> float | None:
+    return None if not ordered else ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [
+        "| figure | DynConfig | etcd | CPU % (api / notifier / postgres / redis / etcd / generator) |",
+        "|---|---|---|---|",
+    ]
+
+    def cpu(r: dict[str, Any]) -> str:
+        c = r.get("cpu_percent", {})
+        return " / ".join(
+            str(c.get(n, "-")) for n in ("api_server", "notifier", "postgres", "redis", "etcd", "generator")
+        )
+
+    for name, pair in results.items():
+        dyn, etcd = pair["dynconfig"], pair["etcd"]
+        if "ops" in dyn:
+            cell = lambda r: f"{r['ops']:,.0f}/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms"  # noqa: E731
+        else:
+            cell = lambda r: (  # noqa: E731
+                f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.0f} ms, "
+                f"{100 * r['delivered_fraction']:.1f}% delivered, {r['server_kib_per_connection']} KiB/conn, "
+                f"open {r['open_seconds']} s"
+            )
+        rows.append(f"| {name} | {cell(dyn)} | {cell(etcd)} | {cpu(dyn)} ‖ {cpu(etcd)} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="shorter runs, propagation at 1,000 watchers only")
+    parser.add_argument("--only", default="writes,reads,propagation", help="comma list of scenario groups")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each read/write run")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    groups = set(args.only.split(","))
+    seconds = 5.0 if args.quick else args.seconds
+    ensure_generators()
+    base = Path(tempfile.mkdtemp(prefix="dynconfig-bench-"))
+    os.chmod(base, 0o755)
+    if os.geteuid() == 0:
+        import pwd
+
+        entry = pwd.getpwnam("postgres")
+        os.chown(base, entry.pw_uid, entry.pw_gid)
+    results: dict[str, Any] = {}
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, base, True)
+        systems = Systems(base, stack)
+        meter = Meter(systems.pids)
+        for target in ("dynconfig", "etcd"):
+            if "writes" in groups:
+                results.setdefault("writes, 64 clients, distinct keys", {})[target] = http_load(
+                    systems, meter, target, "write", seconds, "bench.w"
+                )
+                results.setdefault("writes, 64 clients, one hot key", {})[target] = http_load(
+                    systems, meter, target, "write-hot", seconds, "bench.h"
+                )
+        if "reads" in groups:
+            preload(systems, "bench.r")
+            for target in ("dynconfig", "etcd"):
+                results.setdefault("reads, 64 clients, 1,000 keys", {})[target] = http_load(
+                    systems, meter, target, "read", seconds, "bench.r"
+                )
+        if "propagation" in groups:
+            for watchers in (1000,) if args.quick else (1000, 10000):
+                for target in ("dynconfig", "etcd"):
+                    results.setdefault(f"propagation, {watchers:,} watchers × 10 updates/s", {})[target] = propagation(
+                        systems, meter, target, watchers, updates=50 if args.quick else 100
+                    )
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
