@@ -96,7 +96,9 @@ def _own_children_cpu() -> float:
 
 
 def node(script: str, config: dict[str, Any]) -> subprocess.Popen[str]:
-    return subprocess.Popen(["node", str(GEN / script), json.dumps(config)], stdout=subprocess.PIPE, text=True, cwd=GEN)
+    """A generator; its configuration (with a token) goes in the environment, not on the command line."""
+    env = {**os.environ, "BENCH_CONFIG": json.dumps(config)}
+    return subprocess.Popen(["node", str(GEN / script)], stdout=subprocess.PIPE, text=True, cwd=GEN, env=env)
 
 
 def node_result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 // HTTP load for bench/compare.py: C concurrent keep-alive clients for D seconds against DynConfig's
 // API or etcd's JSON gateway. Prints one JSON line: {ops, seconds, p50_ms, p99_ms, errors, statuses}.
 //
-//   node http_load.js '{"target":"dynconfig","mode":"read","url":"http://127.0.0.1:8090",
+//   BENCH_CONFIG='{"target":"dynconfig","mode":"read","url":"http://127.0.0.1:8090",
 //                       "token":"…","prefix":"bench.r","keys":1000,"concurrency":64,"seconds":10}'
 //
 // mode: "read" (GET a random one of `keys` keys), "write" (each client PUTs its own keys in turn),
@@ -9,7 +9,7 @@
 'use strict';
 const http = require('http');
 
-const cfg = JSON.parse(process.argv[2]);
+const cfg = JSON.parse(process.env.BENCH_CONFIG);  // not argv: it holds a token
 const url = new URL(cfg.url);
 const agent = new http.Agent({ keepAlive: true, maxSockets: cfg.concurrency });
 const latencies = [];

@@ -3,13 +3,13 @@
 // watcher receives, receive time minus the send time the writer put in the value ({"t": ms}).
 // Prints JSON lines: {"ready": seconds_to_open} once, then {"latencies_ms": [...], "received": n}.
 //
-//   node watchers.js '{"target":"dynconfig","url":"ws://127.0.0.1:8081/watch","token":"…",
+//   BENCH_CONFIG='{"target":"dynconfig","url":"ws://127.0.0.1:8081/watch","token":"…",
 //                      "key":"bench.p.k","count":1000,"seconds":20}'
 'use strict';
 const http = require('http');
 const WebSocket = require('ws');
 
-const cfg = JSON.parse(process.argv[2]);
+const cfg = JSON.parse(process.env.BENCH_CONFIG);  // not argv: it holds a token
 const latencies = [];
 let received = 0;
 const T = /"t":([0-9.]+)/;
