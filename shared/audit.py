@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -74,9 +74,17 @@ def _needs_repair(entry: AuditRecord) -> bool:
 
 
 def _params(entry: AuditRecord) -> dict[str, Any]:
-    params = asdict(entry)
-    params["at"] = entry.at or utcnow()
-    return params
+    # Not dataclasses.asdict: it deep-copies, and this runs for every audited read (a profile of
+    # GET showed it at a fifth of the API's busy time).
+    return {
+        "at": entry.at or utcnow(),
+        "actor": entry.actor,
+        "action": entry.action,
+        "key": entry.key,
+        "version": entry.version,
+        "outcome": entry.outcome,
+        "request_id": entry.request_id,
+    }
 
 
 def safe_record(entry: AuditRecord) -> AuditRecord:
