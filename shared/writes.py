@@ -1,7 +1,8 @@
 """Where a change is written: key state + history row + outbox row + audit row, in one transaction.
 
 Every function here takes a cursor that is already inside ``async with cur.begin()``; the caller owns
-the transaction. The API server and the expiry worker both write through :func:`write_change`.
+the transaction. The API server's committer and the expiry worker both write through
+:func:`write_changes`; :func:`change` and :func:`expiry` make what they write.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from .acl import Acl, Audience, audience
 from .audit import AuditRecord, safe_record
 from .events import EventKind
 from .model import KeyState
-from .sql import keys as keys_sql
 from .sql import namespaces as ns_sql
 from .sql import writes as writes_sql
 from .validation import namespaces_of
@@ -36,38 +36,10 @@ class NewState:
     creator: str
 
 
-async def lock_key(cur: aiopg.Cursor, key: str) -> KeyState | None:
-    """Lock and return the key's row (None if it never existed)."""
-    await cur.execute(keys_sql.SELECT_FOR_UPDATE, {"key": key})
-    row = await cur.fetchone()
-    return KeyState.from_row(row) if row else None
-
-
-async def claim_key(cur: aiopg.Cursor, key: str, actor: str) -> KeyState:
-    """Lock the key's row, inserting a deleted placeholder first if it never existed."""
-    await cur.execute(keys_sql.CLAIM, {"key": key, "actor": actor})
-    await cur.execute(keys_sql.SELECT, {"key": key})  # the lock is ours: this sees the latest version
-    row = await cur.fetchone()
-    return KeyState.from_row(row)
-
-
 async def namespace_acls_for(cur: aiopg.Cursor, key: str) -> dict[str, Acl]:
     """The ACLs of every namespace above ``key`` that has one."""
     await cur.execute(ns_sql.SELECT_MANY, {"namespaces": namespaces_of(key)})
     return {ns: Acl.from_lists(read, write) for ns, read, write in await cur.fetchall()}
-
-
-async def namespace_acls_and_now(
-    cur: aiopg.Cursor, key: str, state: KeyState | None
-) -> tuple[dict[str, Acl], datetime]:
-    """The namespace ACLs above ``key``, and the time of a change to it. Call it holding the key's row
-    lock: the time is Postgres's clock after any wait for that lock (a writer that queued past a
-    deadline sees the key expired, as readers did), and never earlier than the key's last change."""
-    await cur.execute(ns_sql.SELECT_MANY_AND_NOW, {"namespaces": namespaces_of(key)})
-    now, acls = await cur.fetchone()
-    if state is not None and state.version > 0:
-        now = max(now, state.last_modified)
-    return {ns: Acl.from_lists(read, write) for ns, read, write in acls}, now
 
 
 async def all_namespace_acls(cur: aiopg.Cursor) -> dict[str, Acl]:
@@ -143,36 +115,6 @@ async def write_changes(cur: aiopg.Cursor, changes: Sequence[Change]) -> list[Ke
     return [KeyState.from_row(row) for row in await cur.fetchall()]
 
 
-async def write_change(
-    cur: aiopg.Cursor,
-    before: KeyState,
-    new: NewState,
-    *,
-    event: EventKind,
-    action: str,
-    actor: str,
-    request_id: str | None,
-    now: datetime,
-    namespace_acls: Mapping[str, Acl] | None = None,
-) -> KeyState:
-    """Write the next version of one locked key (see :func:`write_changes`); ``namespace_acls`` saves a
-    query when the caller has them."""
-    if namespace_acls is None:
-        namespace_acls = await namespace_acls_for(cur, before.key) if new.acl is None else {}
-    item = change(
-        before,
-        new,
-        event=event,
-        action=action,
-        actor=actor,
-        request_id=request_id,
-        now=now,
-        namespace_acls=namespace_acls,
-    )
-    (state,) = await write_changes(cur, [item])
-    return state
-
-
 def expiry(state: KeyState, now: datetime, namespace_acls: Mapping[str, Acl], request_id: str | None = None) -> Change:
     """The change that soft-deletes an expired key (version +1, ``expired`` event), as the system."""
     tombstone = NewState(value_enc=None, ttl=state.ttl, acl=state.acl, creator=state.creator)
@@ -199,10 +141,3 @@ def after_expiry(state: KeyState, now: datetime) -> KeyState:
         last_modified=now,
         revision=None,
     )
-
-
-async def expire(cur: aiopg.Cursor, state: KeyState, now: datetime, request_id: str | None = None) -> KeyState:
-    """Soft-delete one expired key as the expiry worker would (version +1, ``expired`` event)."""
-    namespace_acls = await namespace_acls_for(cur, state.key) if state.acl is None else {}
-    (new,) = await write_changes(cur, [expiry(state, now, namespace_acls, request_id)])
-    return new

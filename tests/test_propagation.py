@@ -25,9 +25,12 @@ from aiohttp.test_utils import TestClient
 from support import WatchRecorder
 
 from shared.crypto import Keyring
+from shared.events import EventKind
+from shared.model import KeyState
 from shared.settings import Settings
+from shared.sql import keys as keys_sql
 from shared.timeutil import parse_rfc3339
-from shared.writes import NewState, claim_key, namespace_acls_and_now, write_change
+from shared.writes import NewState, change, write_changes
 
 Client = TestClient[Any, Any]
 Proc = Any  # tests.conftest.Proc (importing conftest again would load a second copy with another keyring)
@@ -278,17 +281,27 @@ async def test_transaction_committing_after_a_later_outbox_row_still_gets_a_late
         await w.wait_for_count(2)
         async with pg.acquire() as conn, conn.cursor() as cur:
             async with cur.begin():
-                state = await claim_key(cur, k1, ADMIN)
+                await cur.execute(keys_sql.SELECT + " FOR UPDATE", {"key": k1})
+                state = KeyState.from_row(await cur.fetchone())
                 queued = asyncio.create_task(send(client, "PATCH", k1, admin, {"value": "queued"}))
                 status, body = await send(client, "PATCH", k2, admin, {"value": 2})
                 assert (status, body["version"]) == (200, 2), body
                 await w.wait_until(lambda: any(e["key"] == k2 and e["version"] == 2 for e in w.events), "k2 v2")
                 assert not queued.done()
-                _, now = await namespace_acls_and_now(cur, k1, state)
+                await cur.execute("SELECT clock_timestamp()")
+                (now,) = await cur.fetchone()
                 new = NewState(keyring.encrypt(b'"held"', aad=k1), state.ttl, state.acl, state.creator)
-                await write_change(
-                    cur, state, new, event="update", action="patch", actor=ADMIN, request_id=None, now=now
+                held = change(
+                    state,
+                    new,
+                    event=EventKind.UPDATE,
+                    action="patch",
+                    actor=ADMIN,
+                    request_id=None,
+                    now=now,
+                    namespace_acls={},
                 )
+                await write_changes(cur, [held])  # what the API's committer does for a batch of one
         status, body = await queued
         assert (status, body["version"]) == (200, 3), body
         await w.wait_until(lambda: any(e["key"] == k1 and e["version"] == 3 for e in w.events), "k1 v3")

@@ -6,8 +6,6 @@ SELECT = f"SELECT {KEY_COLUMNS} FROM keys WHERE key = %(key)s"
 
 SELECT_MANY = f"SELECT {KEY_COLUMNS} FROM keys WHERE key = ANY(%(keys)s)"
 
-SELECT_FOR_UPDATE = SELECT + " FOR UPDATE"
-
 # A batch's existing rows, locked in key order (every batch locks in the same order).
 LOCK_MANY = f"SELECT {KEY_COLUMNS} FROM keys WHERE key = ANY(%(keys)s) ORDER BY key FOR UPDATE"
 
@@ -25,14 +23,6 @@ CLAIM_MANY = """
 INSERT INTO keys (key, version, creator, deleted, created_at, last_modified)
 SELECT k, 0, a, true, clock_timestamp(), clock_timestamp()
   FROM unnest(%(keys)s::text[], %(actors)s::text[]) AS u(k, a) ORDER BY k
-ON CONFLICT (key) DO UPDATE SET version = keys.version WHERE false
-"""
-
-# Locks the key's row, inserting a deleted placeholder first if it never existed, so two concurrent
-# creates of one key serialise on it. (DO UPDATE ... WHERE false locks the existing row, writes nothing.)
-CLAIM = """
-INSERT INTO keys (key, version, creator, deleted, created_at, last_modified)
-VALUES (%(key)s, 0, %(actor)s, true, clock_timestamp(), clock_timestamp())
 ON CONFLICT (key) DO UPDATE SET version = keys.version WHERE false
 """
 
