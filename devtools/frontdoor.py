@@ -100,7 +100,7 @@ def create_app(api_url: str, notifier_url: str) -> web.Application:
     app[NOTIFIER_URL] = notifier_url.rstrip("/")
     app.cleanup_ctx.append(_session_ctx)
     app.router.add_get("/watch", proxy_watch)
-    app.router.add_route("*", "/{tail:.*}", proxy_http)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", proxy_http)  # every path, newlines included
     return app
 
 

@@ -84,6 +84,7 @@ async def cmd_get(args: argparse.Namespace, client: Client) -> None:
         "key": item.key,
         "value": item.value,
         "version": item.version,
+        "revision": item.revision,
         "lastModified": _time(item.last_modified),
         "ttl": item.ttl,
         "expiresAt": _time(item.expires_at),
@@ -96,6 +97,7 @@ def _print_write(result: Any) -> None:
         {
             "key": result.key,
             "version": result.version,
+            "revision": result.revision,
             "lastModified": _time(result.last_modified),
             "expiresAt": _time(result.expires_at),
             "created": result.created,
