@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -167,7 +166,7 @@ class Systems:
         )
         stack.callback(_stop, etcd)
         self.procs["etcd"] = etcd
-        _wait_etcd(self.etcd_port)
+        wait_healthy(f"http://127.0.0.1:{self.etcd_port}", etcd)  # etcd serves /health too
         self.pids = {
             "api_server": self.procs["api_server"].pid,
             "notifier": self.procs["notifier"].pid,
@@ -203,20 +202,6 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _wait_etcd(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("etcd did not start")
-        time.sleep(0.1)
 
 
 # --- scenarios ------------------------------------------------------------------------------------
