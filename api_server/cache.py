@@ -128,17 +128,10 @@ class ValueCache:
         self._link.succeeded()
         return True
 
-    async def announce(self, cur: aiopg.Cursor, key: str, version: int) -> bool:
-        """Inside the writer's transaction, before COMMIT: announce ``version`` in Redis, or, if Redis
-        cannot be reached, record it in Postgres (same transaction). True when it was recorded."""
-        if await self.mark_unclean(key, version):
-            return False
-        await cur.execute(sql.RECORD_DIRTY, {"key": key, "version": version, "notice": f"{version}:{key}"})
-        return True
-
-    async def announce_many(self, cur: aiopg.Cursor, versions: list[tuple[str, int]]) -> list[bool]:
-        """:meth:`announce` for a batch, in one Redis round trip; for each, whether it was recorded in
-        Postgres instead."""
+    async def announce(self, cur: aiopg.Cursor, versions: list[tuple[str, int]]) -> list[bool]:
+        """Inside the writers' transaction, before COMMIT: announce each (key, version) in Redis, all in
+        one round trip, or, if Redis cannot be reached, record them in Postgres (same transaction).
+        For each, whether it was recorded in Postgres."""
         if self._link.usable:
             try:
                 async with self._link.client.pipeline(transaction=False) as pipe:

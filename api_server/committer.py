@@ -184,7 +184,7 @@ class Committer:
                     outcomes[id(op)] = refused
             if decided:
                 announced = [(d.before.key, d.before.version + 1) for _, d, _ in decided]
-                recorded = await self._cache.announce_many(cur, announced)
+                recorded = await self._cache.announce(cur, announced)
                 expiries = [expiry(d.expired, now, ns_acls, op.request_id) for op, d, now in decided if d.expired]
                 if expiries:
                     await write_changes(cur, expiries)
