@@ -1,6 +1,7 @@
 """DynConfig beside etcd on this machine, same generators, same run (see bench/README.md).
 
     python -m bench.compare [--quick] [--only writes,reads,propagation] [--seconds 10] [--json FILE]
+                            [--profile DIR]
 
 Starts, on loopback and in a temporary directory: Postgres (fsync on), Redis, ``api_server`` and
 ``notifier`` as ``./dev/up`` would, and Debian's ``etcd`` (3.4, fsync on); then runs the Node.js
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +35,9 @@ GEN = Path(__file__).resolve().parent / "gen"
 TICKS = os.sysconf("SC_CLK_TCK")
 CONCURRENCY = 64
 READ_KEYS = 1000
+PYTHON_PROCESSES = ("api_server", "notifier")
+#: py-spy from this virtualenv (``pip install py-spy``) or the PATH; only ``--profile`` needs it.
+PY_SPY = shutil.which("py-spy", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 
 
 # --- processes and their CPU ----------------------------------------------------------------------
@@ -72,21 +77,62 @@ def rss_kib(pid: int) -> int:
 
 
 class Meter:
-    """CPU use of named process trees (and of the generators) over one scenario, as % of one core."""
+    """CPU use of named process trees (and of the generators) over one scenario, as % of one core;
+    with ``profile_dir``, also a py-spy profile of every Python server process over each DynConfig scenario
+    (collapsed stacks, ``<scenario>.<process>.txt``)."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], profile_dir: Path | None = None) -> None:
         self.pids = pids
+        self.profile_dir = profile_dir
 
     @contextmanager
-    def measure(self, result: dict[str, Any]) -> Iterator[None]:
+    def measure(self, result: dict[str, Any], profile_as: str | None = None) -> Iterator[None]:
         before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         generators = _own_children_cpu()
         started = time.monotonic()
-        yield
+        with self._profiled(profile_as):
+            yield
         wall = time.monotonic() - started
         cpu = {name: round(100 * (cpu_seconds(pid) - before[name]) / wall) for name, pid in self.pids.items()}
         cpu["generator"] = round(100 * (_own_children_cpu() - generators) / wall)
         result["cpu_percent"] = cpu
+
+    @contextmanager
+    def _profiled(self, scenario: str | None) -> Iterator[None]:
+        if self.profile_dir is None or scenario is None:
+            yield
+            return
+        if PY_SPY is None:
+            raise SystemExit("bench: --profile needs py-spy (pip install py-spy)")
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        spies = [
+            subprocess.Popen(
+                [
+                    PY_SPY,
+                    "record",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "100",
+                    "--pid",
+                    str(pid),
+                    "--output",
+                    str(self.profile_dir / f"{scenario}.{name}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for name, pid in self.pids.items()
+            if name in PYTHON_PROCESSES
+        ]
+        try:
+            yield
+        finally:
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+            for spy in spies:
+                spy.wait(60)
 
 
 def _own_children_cpu() -> float:
@@ -219,7 +265,7 @@ def http_load(systems: Systems, meter: Meter, target: str, mode: str, seconds: f
         "seconds": seconds,
     }
     result: dict[str, Any] = {}
-    with meter.measure(result):
+    with meter.measure(result, profile_as=None if target == "etcd" else mode):
         result.update(node_result(node("http_load.js", config), seconds + 60))
     return result
 
@@ -265,7 +311,7 @@ def propagation(systems: Systems, meter: Meter, target: str, watchers: int, upda
         "open_seconds": round(max(ready), 2),
         "server_kib_per_connection": round((rss_after - rss_before) / watchers, 1),
     }
-    with meter.measure(result):
+    with meter.measure(result, profile_as=None if target == "etcd" else f"propagation-{watchers}"):
         writer = node(
             "writer.js",
             {
@@ -331,6 +377,7 @@ def main() -> None:
     parser.add_argument("--only", default="writes,reads,propagation", help="comma list of scenario groups")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each read/write run")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--profile", type=Path, help="py-spy profiles of the DynConfig runs into this folder")
     args = parser.parse_args()
     groups = set(args.only.split(","))
     seconds = 5.0 if args.quick else args.seconds
@@ -346,7 +393,7 @@ def main() -> None:
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, base, True)
         systems = Systems(base, stack)
-        meter = Meter(systems.pids)
+        meter = Meter(systems.pids, args.profile)
         for target in ("dynconfig", "etcd"):
             if "writes" in groups:
                 results.setdefault("writes, 64 clients, distinct keys", {})[target] = http_load(
