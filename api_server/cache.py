@@ -32,7 +32,7 @@ from shared.db import listen, wait_notices
 from shared.model import KeyState
 from shared.redis import REDIS_ERRORS, RedisLink
 from shared.sql import cache as sql
-from shared.tasks import cancel_and_wait
+from shared.tasks import Coalescer, cancel_and_wait
 
 from .metrics import API_METRICS, ApiMetrics
 
@@ -52,25 +52,48 @@ def cache_key(key: str) -> str:
     return _PREFIX + key
 
 
-# KEYS[1] = entry; ARGV = version, ttl ms. Raise ``pending`` to the version about to be committed.
+# The scripts take many entries at once: a batch of a write (announce) or the calls of one event-loop
+# turn (get, put; shared.tasks.Coalescer) cost one round trip.
+
+# KEYS = entries; ARGV = ttl ms, then a version per entry. Raise ``pending`` to the version about to
+# be committed.
 _ANNOUNCE = """
-local pending = tonumber(redis.call('HGET', KEYS[1], 'pending') or '0')
-if tonumber(ARGV[1]) > pending then redis.call('HSET', KEYS[1], 'pending', ARGV[1]) end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+for i, entry in ipairs(KEYS) do
+  local pending = tonumber(redis.call('HGET', entry, 'pending') or '0')
+  if tonumber(ARGV[i + 1]) > pending then redis.call('HSET', entry, 'pending', ARGV[i + 1]) end
+  redis.call('PEXPIRE', entry, ARGV[1])
+end
 return 1
 """
 
-# KEYS[1] = entry; ARGV = version, payload, ttl ms. Store a state strictly newer than the cached one
-# and not older than an announced one.
+# KEYS = entries; ARGV = ttl ms, then (version, payload) per entry. Store a state strictly newer than
+# the cached one and not older than an announced one.
 _PUT = """
-local version = tonumber(ARGV[1])
-local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
-local pending = tonumber(redis.call('HGET', KEYS[1], 'pending') or '0')
-if version <= current or version < pending then return 0 end
-redis.call('HSET', KEYS[1], 'version', ARGV[1], 'state', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+for i, entry in ipairs(KEYS) do
+  local version = tonumber(ARGV[2 * i])
+  local current = tonumber(redis.call('HGET', entry, 'version') or '-1')
+  local pending = tonumber(redis.call('HGET', entry, 'pending') or '0')
+  if version > current and version >= pending then
+    redis.call('HSET', entry, 'version', ARGV[2 * i], 'state', ARGV[2 * i + 1])
+    redis.call('PEXPIRE', entry, ARGV[1])
+  end
+end
 return 1
 """
+
+# KEYS = entries. (version, pending, state) per entry, flattened; false (nil) where a field is missing.
+_GET = """
+local out = {}
+for _, entry in ipairs(KEYS) do
+  local fields = redis.call('HMGET', entry, 'version', 'pending', 'state')
+  out[#out + 1] = fields[1] or false
+  out[#out + 1] = fields[2] or false
+  out[#out + 1] = fields[3] or false
+end
+return out
+"""
+
+_Entry = tuple[bytes | None, bytes | None, bytes | None]
 
 
 class ValueCache:
@@ -82,6 +105,9 @@ class ValueCache:
         self._metrics = metrics
         self._announce = link.client.register_script(_ANNOUNCE)
         self._put = link.client.register_script(_PUT)
+        self._get = link.client.register_script(_GET)
+        self._gets = Coalescer(self._get_many)
+        self._puts = Coalescer(self._put_many)
         self.guard = CacheGuard(self)
 
     async def get(self, key: str) -> KeyState | None:
@@ -89,7 +115,7 @@ class ValueCache:
         if not self._link.usable or not self.guard.trusted:
             return None
         try:
-            version, pending, data = await self._link.client.hmget(cache_key(key), "version", "pending", "state")
+            version, pending, data = await self._gets.call(key)
         except REDIS_ERRORS as exc:
             self._failed(exc)
             return None
@@ -109,43 +135,48 @@ class ValueCache:
         if not self._link.usable:
             return False
         try:
-            await self._put(keys=[cache_key(state.key)], args=[state.version, state.to_cache(), self._ttl_ms])
+            await self._puts.call(state)
         except REDIS_ERRORS as exc:
             self._failed(exc)
             return False
         self._link.succeeded()
         return True
 
-    async def mark_unclean(self, key: str, version: int) -> bool:
-        """Announce ``version`` of ``key``: no replica serves an older cached state from now on."""
-        if not self._link.usable:
-            return False
-        try:
-            await self._announce(keys=[cache_key(key)], args=[version, self._ttl_ms])
-        except REDIS_ERRORS as exc:
-            self._failed(exc)
-            return False
-        self._link.succeeded()
-        return True
+    async def _get_many(self, keys: list[str]) -> list[_Entry]:
+        flat = await self._get(keys=[cache_key(key) for key in keys])
+        return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+
+    async def _put_many(self, states: list[KeyState]) -> list[None]:
+        args: list[Any] = [self._ttl_ms]
+        for state in states:
+            args += [state.version, state.to_cache()]
+        await self._put(keys=[cache_key(state.key) for state in states], args=args)
+        return [None] * len(states)
 
     async def announce(self, cur: aiopg.Cursor, versions: list[tuple[str, int]]) -> list[bool]:
         """Inside the writers' transaction, before COMMIT: announce each (key, version) in Redis, all in
         one round trip, or, if Redis cannot be reached, record them in Postgres (same transaction).
         For each, whether it was recorded in Postgres."""
-        if self._link.usable:
-            try:
-                async with self._link.client.pipeline(transaction=False) as pipe:
-                    for key, version in versions:
-                        await self._announce(keys=[cache_key(key)], args=[version, self._ttl_ms], client=pipe)
-                    await pipe.execute()
-            except REDIS_ERRORS as exc:
-                self._failed(exc)
-            else:
-                self._link.succeeded()
-                return [False] * len(versions)
+        if await self.mark_unclean(versions):
+            return [False] * len(versions)
         for key, version in versions:
             await cur.execute(sql.RECORD_DIRTY, {"key": key, "version": version, "notice": f"{version}:{key}"})
         return [True] * len(versions)
+
+    async def mark_unclean(self, versions: list[tuple[str, int]]) -> bool:
+        """Announce each (key, version) in Redis, in one call: no replica serves an older cached state
+        of those keys from now on. False when Redis did not take it."""
+        if not self._link.usable:
+            return False
+        try:
+            await self._announce(
+                keys=[cache_key(key) for key, _ in versions], args=[self._ttl_ms, *(v for _, v in versions)]
+            )
+        except REDIS_ERRORS as exc:
+            self._failed(exc)
+            return False
+        self._link.succeeded()
+        return True
 
     async def written(self, state: KeyState, recorded: bool) -> None:
         """After COMMIT: store the new state; if the write was recorded in Postgres, wait until our own
@@ -234,11 +265,11 @@ class CacheGuard:
             await cur.execute(sql.SELECT_DIRTY)
             rows = await cur.fetchall()
             remaining: dict[str, int] = {}
-            for key, version in rows:
-                if await self._cache.mark_unclean(key, version):
+            if rows and await self._cache.mark_unclean(rows):
+                for key, version in rows:
                     await cur.execute(sql.DELETE_CLEANED, {"key": key, "version": version})
-                else:
-                    remaining[key] = version
+            else:
+                remaining = dict(rows)
         self._take_notices()
         # Notices newer than the rows we cleaned stay distrusted until the next scan.
         cleaned = dict(rows)

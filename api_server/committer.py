@@ -6,8 +6,11 @@ A batch, in one transaction: lock the rows of its keys (existing ones in key ord
 placeholders of new keys), read the namespace ACLs and Postgres's clock once, decide every write in
 Python (each keeps its own outcome: a 403 or a 412 for one never fails its neighbours), announce the
 new versions to the cache, write the expiries the writes found, then all the changes in one statement,
-and commit. A key written twice while a batch forms goes into the next batch, so it stays in order.
+and commit. Writes of one key are decided in arrival order, each on the state the one before it
+leaves, so a hot key gets many versions per commit, in order.
 A batch that Postgres aborts for a deadlock (another replica locking the same keys) is tried again.
+After COMMIT the new states go to the cache in one call and the writers get their answers, while the
+next batch already runs.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -33,7 +36,7 @@ from shared.sql import keys as keys_sql
 from shared.sql import namespaces as ns_sql
 from shared.tasks import cancel_and_wait, complete_then_cancel
 from shared.validation import namespaces_of
-from shared.writes import Change, NewState, change, expiry, write_changes
+from shared.writes import Change, NewState, after_change, change, expiry, write_changes
 
 from .cache import CACHE, ValueCache
 
@@ -84,7 +87,7 @@ class Committer:
         self._cache = cache
         self._queue: deque[WriteOp] = deque()
         self._wake = asyncio.Event()
-        self._solo: set[asyncio.Task[None]] = set()  # writes committed on their own (contended rows)
+        self._tasks: set[asyncio.Task[None]] = set()  # contended writes committed on their own; answers
 
     async def write(self, op: WriteOp) -> tuple[KeyState, Decision]:
         """Queue ``op`` for the next batch; its new state and decision once committed, or its error."""
@@ -94,7 +97,7 @@ class Committer:
 
     async def stop(self) -> None:
         """At shutdown: finish the writes committing on their own, refuse those still queued."""
-        for task in list(self._solo):
+        for task in list(self._tasks):
             await cancel_and_wait(task)
         self.refuse_waiting()
 
@@ -115,15 +118,7 @@ class Committer:
                 await complete_then_cancel(self._commit(batch))
 
     def _take(self) -> list[WriteOp]:
-        batch: list[WriteOp] = []
-        later: list[WriteOp] = []
-        keys: set[str] = set()
-        while self._queue and len(batch) < MAX_BATCH:
-            op = self._queue.popleft()
-            (later if op.key in keys else batch).append(op)
-            keys.add(op.key)
-        self._queue.extendleft(reversed(later))
-        return batch
+        return [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
 
     async def _commit(self, batch: list[WriteOp], *, wait: bool = False) -> None:
         """Commit ``batch``. A write whose row another transaction holds is taken out and committed
@@ -148,20 +143,33 @@ class Committer:
                 if not isinstance(exc, DynConfigError):
                     log.warning("a write batch of %d failed: %s", len(batch), type(exc).__name__)
                 return
-            for op in contended:
-                task = asyncio.create_task(self._commit([op], wait=True), name="commit-contended")
-                self._solo.add(task)
-                task.add_done_callback(self._solo.discard)
+            by_key: dict[str, list[WriteOp]] = {}
+            for op in contended:  # each busy key's writes together, in order
+                by_key.setdefault(op.key, []).append(op)
+            for ops in by_key.values():
+                self._background(self._commit(ops, wait=True), "commit-contended")
+            self._background(self._answer(results), "commit-answer")
+            return
+
+    def _background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, results: list[tuple[WriteOp, Any]]) -> None:
+        """After COMMIT: store the new states in the cache (one call for the batch), then answer."""
+        written = [outcome for _, outcome in results if not isinstance(outcome, BaseException)]
+        try:
+            await asyncio.gather(*(self._cache.written(state, recorded) for state, _, recorded in written))
+        finally:  # committed: answered even if the cache was not updated (its entries stay unclean)
             for op, outcome in results:
                 if op.done.done():  # the request went away
                     continue
                 if isinstance(outcome, BaseException):
                     op.done.set_exception(outcome)
                 else:
-                    state, decision, recorded = outcome
-                    await self._cache.written(state, recorded)
+                    state, decision, _ = outcome
                     op.done.set_result((state, decision))
-            return
 
     async def _transaction(self, batch: list[WriteOp], wait: bool) -> tuple[list[tuple[WriteOp, Any]], list[WriteOp]]:
         """One batch in one transaction: per write, (new state, decision, recorded?) or its error;
@@ -175,22 +183,27 @@ class Committer:
                 return [], contended
             ns_acls, clock = await _namespace_acls_and_clock(cur, [op.key for op in batch])
             decided: list[tuple[WriteOp, Decision, datetime]] = []
+            current = dict(states)  # each key's state as the writes decided so far leave it
             for op in batch:
-                state = states.get(op.key)
+                state = current.get(op.key)
                 now = clock if state is None or state.version == 0 else max(clock, state.last_modified)
                 try:
-                    decided.append((op, op.decide(state, ns_acls, now), now))
+                    decision = op.decide(state, ns_acls, now)
                 except DynConfigError as refused:
                     outcomes[id(op)] = refused
+                else:
+                    decided.append((op, decision, now))
+                    current[op.key] = after_change(_change(op, decision, now, ns_acls))
             if decided:
-                announced = [(d.before.key, d.before.version + 1) for _, d, _ in decided]
-                recorded = await self._cache.announce(cur, announced)
+                last = {d.before.key: d.before.version + 1 for _, d, _ in decided}
+                announced = list(last.items())
+                recorded_by_key = dict(zip(last, await self._cache.announce(cur, announced), strict=True))
                 expiries = [expiry(d.expired, now, ns_acls, op.request_id) for op, d, now in decided if d.expired]
                 if expiries:
                     await write_changes(cur, expiries)
                 states_after = await write_changes(cur, [_change(op, d, now, ns_acls) for op, d, now in decided])
-                for (op, d, _), state, was_recorded in zip(decided, states_after, recorded, strict=True):
-                    outcomes[id(op)] = (state, d, was_recorded)
+                for (op, d, _), state in zip(decided, states_after, strict=True):
+                    outcomes[id(op)] = (state, d, recorded_by_key[state.key])
             # A create refused in a batch that commits must not leave its placeholder row behind.
             written = {d.before.key for _, d, _ in decided}
             unused = [key for key, state in states.items() if state.version == 0 and key not in written]

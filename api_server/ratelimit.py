@@ -2,6 +2,11 @@
 
 A sliding log in a Redis sorted set, shared by every replica and timed by Redis's own clock. When
 Redis is unavailable each process falls back to the same algorithm in memory.
+
+The requests a process receives in one turn of its event loop are decided by one script call
+(:class:`shared.tasks.Coalescer`): the script takes them one by one, in arrival order, exactly as
+separate calls would, so the limit stays exact across replicas; only the client's per-call cost is
+shared.
 """
 
 from __future__ import annotations
@@ -16,24 +21,35 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from shared.redis import REDIS_ERRORS, RedisLink
+from shared.tasks import Coalescer
 
 WINDOW_SECONDS = 60
 _PREFIX = "dynconfig:rl:"
-# KEYS[1] = the user's log; ARGV = limit, window ms, unique member suffix.
+# KEYS = one user's log per request (a user may appear several times); ARGV = limit, window ms, then
+# one unique member per request. Returns (allowed, remaining, wait ms) per request, flattened.
 _SLIDING_LOG = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
-if count < limit then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window)
-  return {1, limit - count - 1, 0}
+local out = {}
+for i, log in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
+  local count = redis.call('ZCARD', log)
+  if count < limit then
+    redis.call('ZADD', log, now, ARGV[i + 2])
+    redis.call('PEXPIRE', log, window)
+    out[#out + 1] = 1
+    out[#out + 1] = limit - count - 1
+    out[#out + 1] = 0
+  else
+    local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+    out[#out + 1] = 0
+    out[#out + 1] = 0
+    out[#out + 1] = tonumber(oldest[2]) + window - now
+  end
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, 0, tonumber(oldest[2]) + window - now}
+return out
 """
 
 
@@ -52,6 +68,7 @@ class RateLimiter:
         self.limit = limit
         self._link = link
         self._script = link.client.register_script(_SLIDING_LOG)
+        self._batches = Coalescer(self._hit_many)
         self._local: dict[str, deque[float]] = {}
         self._ids = itertools.count()
         self._tag = f"{os.getpid()}-{os.urandom(4).hex()}"
@@ -59,11 +76,8 @@ class RateLimiter:
     async def hit(self, username: str) -> Decision:
         """Count one request of ``username`` if it is within the limit."""
         if self._link.usable:
-            member = f"{self._tag}-{next(self._ids)}"
             try:
-                allowed, remaining, wait_ms = await self._script(
-                    keys=[_PREFIX + username], args=[self.limit, WINDOW_SECONDS * 1000, member]
-                )
+                allowed, remaining, wait_ms = await self._batches.call(username)
             except REDIS_ERRORS as exc:
                 self._link.failed(exc)
             else:
@@ -75,6 +89,13 @@ class RateLimiter:
                     max(1, math.ceil(int(wait_ms) / 1000)) if not allowed else 0,
                 )
         return self._hit_local(username)
+
+    async def _hit_many(self, usernames: list[str]) -> list[tuple[int, int, int]]:
+        members = [f"{self._tag}-{next(self._ids)}" for _ in usernames]
+        flat = await self._script(
+            keys=[_PREFIX + name for name in usernames], args=[self.limit, WINDOW_SECONDS * 1000, *members]
+        )
+        return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
 
     def _hit_local(self, username: str) -> Decision:
         now = time.monotonic()

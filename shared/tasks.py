@@ -7,13 +7,14 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 async def cancel_and_wait(task: asyncio.Task[object]) -> None:
@@ -125,3 +126,53 @@ class Supervisor:
             if time.monotonic() - started >= self.RECOVERED_AFTER_SECONDS:
                 backoff.reset()  # it had been working: this is a new failure, not the same one again
             await asyncio.sleep(backoff.next())
+
+
+class Coalescer(Generic[T, R]):
+    """Calls made in the same turn of the event loop are sent together: ``run(items)`` gets them all and
+    returns one result per item, in order. Used for Redis, where one script or pipeline for a batch
+    costs about what one call costs (the client's per-call overhead dominates, not Redis's work).
+
+    A caller waits at most one loop turn more than alone; under load many requests reach the same
+    point in one turn, so the cost per call falls with the load. An exception from ``run`` is raised
+    to every caller of that batch; a caller that is cancelled only gives up its own result.
+    """
+
+    def __init__(self, run: Callable[[list[T]], Awaitable[Sequence[R]]], max_batch: int = 512) -> None:
+        self._run = run
+        self._max_batch = max_batch
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._flights: set[asyncio.Task[None]] = set()
+
+    async def call(self, item: T) -> R:
+        """``item``'s result, computed in a batch with the other calls of this loop turn."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._flush)
+        self._waiting.append((item, future))
+        return await future
+
+    def _flush(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for start in range(0, len(waiting), self._max_batch):
+            task = asyncio.get_running_loop().create_task(self._send(waiting[start : start + self._max_batch]))
+            self._flights.add(task)
+            task.add_done_callback(self._flights.discard)
+
+    async def _send(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._run([item for item, _ in batch])
+        except BaseException as exc:  # every caller sees the batch's failure, as if it had called alone
+            for _, future in batch:
+                if not future.done():
+                    if isinstance(exc, asyncio.CancelledError):
+                        future.cancel()
+                    else:
+                        future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)

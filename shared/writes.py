@@ -79,28 +79,46 @@ def change(
     return Change(before, new, event, action, actor, request_id, now, readers)
 
 
+def after_change(c: Change) -> KeyState:
+    """The state ``c`` leaves its key in (its revision is given when it is written)."""
+    deleted = c.new.value_enc is None
+    return replace(
+        c.before,
+        version=c.before.version + 1,
+        value_enc=c.new.value_enc,
+        ttl=c.new.ttl,
+        expires_at=c.now + timedelta(seconds=c.new.ttl) if c.new.ttl and not deleted else None,
+        acl=c.new.acl,
+        creator=c.new.creator,
+        deleted=deleted,
+        created_at=c.now if c.before.deleted and not deleted else c.before.created_at,
+        last_modified=c.now,
+        revision=None,
+    )
+
+
 async def write_changes(cur: aiopg.Cursor, changes: Sequence[Change]) -> list[KeyState]:
     """Write the next version of each locked key, with its history, outbox and audit rows, in one
-    statement; return the new states in the same order. Each key at most once per batch."""
+    statement; return the new states in the same order. A key changed twice in a batch: the second
+    change's ``before`` is :func:`after_change` of the first."""
     columns: dict[str, list[Any]] = {name: [] for name in writes_sql.COLUMNS}
     deadline = False
     for c in changes:
-        deleted = c.new.value_enc is None
-        expires_at = c.now + timedelta(seconds=c.new.ttl) if c.new.ttl and not deleted else None
-        deadline = deadline or expires_at is not None
+        new = after_change(c)
+        deadline = deadline or new.expires_at is not None
         acl, readers = c.new.acl, c.readers
         audit = safe_record(AuditRecord(c.actor, c.action, c.before.key, "ok", c.request_id))
         row = {
             "key": c.before.key,
-            "version": c.before.version + 1,
-            "value_enc": c.new.value_enc,
-            "ttl": c.new.ttl,
-            "expires_at": expires_at,
+            "version": new.version,
+            "value_enc": new.value_enc,
+            "ttl": new.ttl,
+            "expires_at": new.expires_at,
             "acl_read": json.dumps(acl.read) if acl else None,
             "acl_write": json.dumps(acl.write) if acl else None,
-            "creator": c.new.creator,
-            "deleted": deleted,
-            "created_at": c.now if c.before.deleted and not deleted else c.before.created_at,
+            "creator": new.creator,
+            "deleted": new.deleted,
+            "created_at": new.created_at,
             "now": c.now,
             "event": c.event,
             "actor": audit.actor,
@@ -131,13 +149,5 @@ def expiry(state: KeyState, now: datetime, namespace_acls: Mapping[str, Acl], re
 
 
 def after_expiry(state: KeyState, now: datetime) -> KeyState:
-    """The state :func:`expire` leaves ``state`` in at ``now`` (to decide on before writing it)."""
-    return replace(
-        state,
-        version=state.version + 1,
-        value_enc=None,
-        expires_at=None,
-        deleted=True,
-        last_modified=now,
-        revision=None,
-    )
+    """The state :func:`expiry` leaves ``state`` in at ``now`` (to decide on before writing it)."""
+    return after_change(expiry(state, now, {}))

@@ -6,11 +6,13 @@ the statement takes on it is held until COMMIT, so transactions that write commi
 in revision order — revisions become visible in order, with no gap, and a write's answer can carry
 its revision. Call it last before COMMIT: the lock is everyone's.
 
+A key may be changed several times in one batch (each change builds on the one before it): history,
+outbox and audit get every change, ``keys`` the last one; every change's state comes back, in order
+(Postgres runs a data-modifying WITH to completion whether or not the result reads it).
+
 Parameters are one array per column, a change per index. ACL lists vary in length, which Postgres
 arrays of arrays cannot hold, so they travel as JSON arrays (``jsonb[]``, NULL for "no ACL").
 """
-
-from shared.model import KEY_COLUMNS
 
 from .expiry import NOTIFY as NOTIFY_TTL
 from .outbox import NOTIFY as NOTIFY_OUTBOX
@@ -36,8 +38,9 @@ COLUMNS = (
 )
 
 
-def _text_array(column: str) -> str:
-    return f"CASE WHEN c.{column} IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(c.{column})) END"
+def _text_array(column: str, row: str = "c") -> str:
+    value = f"{row}.{column}"
+    return f"CASE WHEN {value} IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text({value})) END"
 
 
 _WRITE = f"""
@@ -55,13 +58,12 @@ WITH input AS (
     SELECT input.*, counter.head - (SELECT count(*) FROM input) + input.n AS revision FROM input CROSS JOIN counter
 ), changed AS (
     UPDATE keys k
-       SET version = c.version, value_enc = c.value_enc, ttl = c.ttl, expires_at = c.expires_at,
-           acl_read = {_text_array("acl_read")}, acl_write = {_text_array("acl_write")},
-           creator = c.creator, deleted = c.deleted, created_at = c.created_at, last_modified = c.now,
-           revision = c.revision
-      FROM c
-     WHERE k.key = c.key
- RETURNING {", ".join("k." + column.strip() for column in KEY_COLUMNS.split(","))}, c.n
+       SET version = last.version, value_enc = last.value_enc, ttl = last.ttl, expires_at = last.expires_at,
+           acl_read = {_text_array("acl_read", "last")}, acl_write = {_text_array("acl_write", "last")},
+           creator = last.creator, deleted = last.deleted, created_at = last.created_at, last_modified = last.now,
+           revision = last.revision
+      FROM (SELECT DISTINCT ON (key) * FROM c ORDER BY key, n DESC) AS last
+     WHERE k.key = last.key
 ), history AS (
     INSERT INTO key_history (key, version, event, value_enc, actor, at, read_entries, read_owner, revision)
     SELECT key, version, event, value_enc, actor, now, {_text_array("read_entries")}, read_owner, revision
@@ -72,7 +74,9 @@ WITH input AS (
     INSERT INTO audit_log (at, actor, action, key, version, outcome, request_id)
     SELECT now, actor, action, key, version, 'ok', request_id FROM c ORDER BY n
 )
-SELECT {KEY_COLUMNS} FROM changed ORDER BY n
+SELECT key, version, value_enc, ttl, expires_at, {_text_array("acl_read")}, {_text_array("acl_write")}, creator,
+       deleted, created_at, now, revision
+  FROM c ORDER BY n
 """
 
 #: Wakes the relay; the new states come back in batch order.
