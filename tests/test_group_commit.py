@@ -71,3 +71,51 @@ async def test_concurrent_writes_keep_their_own_outcomes_and_their_order(
     revisions = [e["revision"] for e in watcher.events]
     assert revisions == sorted(set(revisions)) and len(revisions) == 40, revisions
     assert [e["version"] for e in watcher.events if e["key"] == hot] == list(range(2, 22))
+
+
+async def test_writes_of_one_key_in_one_batch_build_on_each_other(
+    client: Client, token: Callable[..., str], unique_prefix: str
+) -> None:
+    """Many writes of one key commit together, each on the state the one before it left: every answer's
+    version holds exactly that write's value in history, a conditional write wins once, a delete and a
+    re-create in the same batch both count."""
+    admin = bearer(token(ADMIN))
+    key = f"{unique_prefix}.chained"
+    assert (await client.put(f"/keys/{key}", json={"value": "v1"}, headers=admin)).status == 201
+
+    async def call(method: str, headers: dict[str, str], **extra: Any) -> tuple[int, Any]:
+        async with client.request(method, f"/keys/{key}", headers=headers, **extra) as resp:
+            answer = await resp.json() if resp.status != 204 else None
+            if resp.status in (200, 201):
+                answer["sent"] = extra["json"]["value"]
+            return resp.status, answer
+
+    # 30 writes at once, of every kind; 10 of them conditional on version 1 (only one can win)
+    calls = []
+    for i in range(10):
+        calls.append(call("PATCH", admin, json={"value": f"patch-{i}"}))
+        calls.append(call("PUT", {**admin, "If-Match": '"1"'}, json={"value": f"cond-{i}"}))
+        calls.append(call("PUT", admin, json={"value": f"put-{i}", "ttl": 3600}))
+    calls.append(call("DELETE", admin))
+    results = await asyncio.gather(*calls)
+    statuses = sorted(status for status, _ in results)
+    conditional = [status for (status, _), i in zip(results, range(len(results)), strict=True) if i % 3 == 1]
+    assert conditional.count(412) >= 9 and set(conditional) <= {200, 412}, conditional
+    versions = [answer["version"] for status, answer in results if status in (200, 201)]
+    deletes = sum(1 for status, _ in results if status == 204)
+    assert deletes == 1, statuses
+    assert sorted(versions) == sorted(set(versions)), "two writes answered with the same version"
+    assert max(versions, default=1) <= 1 + len(versions) + deletes
+    history = await (await client.get(f"/keys/{key}/history", params={"limit": "100"}, headers=admin)).json()
+    stored = {v["version"]: v for v in history["versions"]}
+    assert sorted(stored) == list(range(1, 2 + len(versions) + deletes)), sorted(stored)  # no gap
+    # versions of one transaction share its clock: several of them committed together
+    assert len({row["at"] for row in stored.values()}) < len(stored) / 2, [row["at"] for row in stored.values()]
+    for status, answer in results:
+        if status in (200, 201):
+            assert stored[answer["version"]]["value"] == answer["sent"], answer
+    # a write after the delete re-creates (201); one before it replaces (200)
+    deleted_at = next(v for v, row in stored.items() if row["event"] == "delete")
+    for status, answer in results:
+        if status in (200, 201):
+            assert status == (201 if answer["version"] == deleted_at + 1 else 200), (answer, deleted_at)
