@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from shared.crypto import Keyring
 from shared.db import StartupError, connect_pool, migrate
 from shared.redis import REDIS_ERRORS
-from shared.serve import setup_logging
+from shared.serve import flush_logs, setup_logging
 from shared.settings import Settings, SettingsError, exit_on_bad_settings
 from shared.sql import reencrypt as sql
 
@@ -87,6 +87,7 @@ def main() -> None:
     try:
         sys.exit(asyncio.run(_run(settings)))
     except StartupError as exc:
+        flush_logs()
         print(f"reencrypt: {exc}", file=sys.stderr)
         sys.exit(1)
 

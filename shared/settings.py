@@ -52,6 +52,9 @@ class Settings:
     api_port: int = 8080
     notifier_port: int = 8081
     expiry_port: int = 8082
+    #: Let several processes of one kind share their port (SO_REUSEPORT; the kernel spreads connections
+    #: among them): the way to use more than one core per machine outside Kubernetes.
+    reuse_port: bool = False
     #: How long a cached current value may live in Redis (a safety net; writes update it).
     cache_ttl_seconds: int = 60
     #: How long a process waits for Postgres at start-up before giving up.
@@ -102,6 +105,7 @@ class Settings:
             api_port=_int(env, "API_PORT", 8080, minimum=1, maximum=65535),
             notifier_port=_int(env, "NOTIFIER_PORT", 8081, minimum=1, maximum=65535),
             expiry_port=_int(env, "EXPIRY_PORT", 8082, minimum=1, maximum=65535),
+            reuse_port=_bool(env, "REUSE_PORT", False),
             cache_ttl_seconds=_int(env, "CACHE_TTL_SECONDS", 60, minimum=1),
             changelog_retention_seconds=_int(env, "CHANGELOG_RETENTION_SECONDS", 86400, minimum=60),
             startup_timeout_seconds=float(_int(env, "STARTUP_TIMEOUT_SECONDS", 30, minimum=0)),
@@ -144,6 +148,17 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maxim
         bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
         raise SettingsError(name, f"must be {bound}, got {value}")
     return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _optional(env, name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(name, f"must be true or false, got {raw!r}")
 
 
 def parse_postgres_url(url: str) -> str:

@@ -421,3 +421,20 @@ async def test_postgres_down_health_503_reads_5xx_then_recovers(
     resp = await client.get(f"/keys/{unique_prefix}.pg-down", headers=auth(token()), timeout=timeout)
     assert resp.status == 404
     assert (await resp.json())["error"] == "Not Found"
+
+
+async def test_processes_with_reuse_port_share_one_port(spawn: Callable[..., Any], settings: Settings) -> None:
+    """REUSE_PORT lets a second api_server serve on the first one's port (more than one core per
+    machine); without it the second stops with one line; with one of two stopped, the port still serves."""
+    first = spawn("api_server", REUSE_PORT="true")
+    second = spawn("api_server", port=first.port, REUSE_PORT="true")
+    refused = spawn("api_server", wait=False, port=first.port)
+    assert refused.popen.wait(QUICK_EXIT_TIMEOUT) != 0
+    lines = stderr_lines(refused.log())
+    assert lines and "cannot listen" in lines[-1], refused.log()
+    first.popen.send_signal(signal.SIGTERM)
+    assert first.popen.wait(QUICK_EXIT_TIMEOUT) == 0
+    for _ in range(20):  # new connections each time: all of them reach the one still running
+        async with aiohttp.ClientSession() as session, session.get(f"{first.url}/health") as resp:
+            assert resp.status == 200
+    assert second.popen.poll() is None

@@ -130,6 +130,12 @@ def test_api_port_is_read() -> None:
     assert Settings.from_env(env(API_PORT="9090")).api_port == 9090
 
 
+@pytest.mark.parametrize(("raw", "expected"), [("true", True), ("1", True), ("No", False), ("off", False)])
+def test_reuse_port_is_read(raw: str, expected: bool) -> None:
+    assert Settings.from_env(env(REUSE_PORT=raw)).reuse_port is expected
+    assert Settings.from_env(env()).reuse_port is False
+
+
 def test_settings_are_frozen() -> None:
     s = Settings.from_env(env())
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -179,6 +185,10 @@ def test_ftp_jwks_url_names_it() -> None:
 @pytest.mark.parametrize("raw", ["abc", "0", "-5", "1.5"])
 def test_malformed_rate_limit_names_it(raw: str) -> None:
     bad("RATE_LIMIT", RATE_LIMIT=raw)
+
+
+def test_malformed_reuse_port_names_it() -> None:
+    bad("REUSE_PORT", REUSE_PORT="sometimes")
 
 
 def test_empty_admin_users_names_it() -> None:
