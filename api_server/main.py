@@ -9,6 +9,7 @@ from shared.audit import audit_ctx
 from shared.crypto import Keyring
 from shared.db import pool_ctx
 from shared.jwks import http_session_ctx, verifier_ctx
+from shared.nsacls import namespace_acls_ctx
 from shared.redis import redis_ctx
 from shared.serve import main_for
 from shared.settings import Settings
@@ -38,7 +39,17 @@ def create_app(settings: Settings) -> web.Application:
     app[KEYRING] = Keyring(settings.encryption_keys)
     app[API_METRICS] = metrics
     app.cleanup_ctx.extend(
-        [http_session_ctx, pool_ctx, audit_ctx, redis_ctx, cache_ctx, committer_ctx, _rate_limiter_ctx, verifier_ctx]
+        [
+            http_session_ctx,
+            pool_ctx,
+            namespace_acls_ctx,
+            audit_ctx,
+            redis_ctx,
+            cache_ctx,
+            committer_ctx,
+            _rate_limiter_ctx,
+            verifier_ctx,
+        ]
     )
     setup_routes(app)
     return app

@@ -13,9 +13,10 @@ import aiopg
 
 from shared.db import listen, wait_notices
 from shared.model import KeyState
+from shared.nsacls import load_all
 from shared.sql import expiry as sql
 from shared.tasks import Backoff, complete_then_cancel
-from shared.writes import all_namespace_acls, expiry, write_changes
+from shared.writes import expiry, write_changes
 
 from .metrics import ExpiryMetrics
 
@@ -47,7 +48,7 @@ class ExpiryWorker:
                 rows = await cur.fetchall()
                 states = [KeyState.from_row(row[:-1]) for row in rows]
                 if states:
-                    ns_acls = await all_namespace_acls(cur) if any(s.acl is None for s in states) else {}
+                    ns_acls = await load_all(cur) if any(s.acl is None for s in states) else {}
                     changes = [
                         expiry(state, max(row[-1], state.last_modified), ns_acls)
                         for state, row in zip(states, rows, strict=True)

@@ -19,15 +19,14 @@ import aiopg
 import psycopg2
 
 from shared.acl import Acl, Principal
-from shared.changelog import ChangeEvent, events_after, head, may_read_event
+from shared.changelog import ChangeEvent, Readers, events_after, head, may_read_event
 from shared.crypto import Keyring
 from shared.db import listen, wait_notices
+from shared.nsacls import NamespaceAcls
 from shared.redis import REDIS_ERRORS, RedisLink
 from shared.sql import changelog as changelog_sql
-from shared.sql import namespaces as ns_sql
 from shared.tasks import Backoff, Supervisor, cancel_and_wait
 from shared.timeutil import utcnow
-from shared.writes import all_namespace_acls
 
 from .frames import json_frame
 from .metrics import NotifierMetrics
@@ -36,6 +35,8 @@ from .pubsub import CHANNEL, decode_batch
 log = logging.getLogger(__name__)
 
 BACKFILL_PAGE = 1000
+#: Delivery lists kept, by (key, readers); all are dropped when subscriptions or namespace ACLs change.
+DELIVERY_LISTS = 10_000
 SAFETY_POLL_SECONDS = 1.0
 NAMESPACE_REFRESH_SECONDS = 5.0
 
@@ -56,17 +57,25 @@ class Patterns:
     def __init__(self) -> None:
         self.exact: dict[str, set[Subscriber]] = {}
         self.prefix: dict[str, set[Subscriber]] = {}
+        #: Bumped whenever who watches what, or as whom, changes (delivery lists built before are stale).
+        self.generation = 0
 
     @staticmethod
     def _slot(pattern: str) -> tuple[bool, str]:
         return (True, pattern[:-1]) if pattern.endswith("*") else (False, pattern)
 
+    def changed(self) -> None:
+        """Who watches what, or as whom, changed."""
+        self.generation += 1
+
     def add(self, subscriber: Subscriber, patterns: Iterable[str]) -> None:
+        self.changed()
         for pattern in patterns:
             is_prefix, text = self._slot(pattern)
             (self.prefix if is_prefix else self.exact).setdefault(text, set()).add(subscriber)
 
     def remove(self, subscriber: Subscriber, patterns: Iterable[str]) -> None:
+        self.changed()
         for pattern in patterns:
             is_prefix, text = self._slot(pattern)
             index = self.prefix if is_prefix else self.exact
@@ -110,6 +119,7 @@ class Hub:
         pool: aiopg.Pool,
         link: RedisLink,
         keyring: Keyring,
+        namespaces: NamespaceAcls,
         metrics: NotifierMetrics,
         supervisor: Supervisor,
     ) -> None:
@@ -120,7 +130,7 @@ class Hub:
         self.keyring = keyring
         self._metrics = metrics
         self.patterns = Patterns()
-        self.namespace_acls: dict[str, Acl] = {}
+        self._namespaces = namespaces
         self.last = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.redis_ok = False
@@ -129,6 +139,13 @@ class Hub:
         self._poll_now = False
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
+        self._deliveries: dict[tuple[str, Readers], list[Subscriber]] = {}
+        self._deliveries_for: tuple[int, dict[str, Acl]] = (-1, {})
+
+    @property
+    def namespace_acls(self) -> dict[str, Acl]:
+        """The namespace ACLs events are fanned out with (this process's copy, kept current by NOTIFY)."""
+        return self._namespaces.last
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -136,7 +153,6 @@ class Hub:
         """Read the current head and the namespace ACLs, then start the background tasks."""
         async with self._pool.acquire() as conn, conn.cursor() as cur:
             self.last, _ = await head(cur)
-            self.namespace_acls = await all_namespace_acls(cur)
         self._metrics.hub_revision.set(self.last)
         spawn = self._supervisor.spawn
         self._tasks = [
@@ -188,19 +204,16 @@ class Hub:
         self.redis_ok = ok
 
     async def _pg_listener(self) -> None:
-        await listen(self._dsn, [changelog_sql.REVISIONS_CHANNEL, ns_sql.CHANNEL], self._on_notices, name="hub")
+        await listen(self._dsn, [changelog_sql.REVISIONS_CHANNEL], self._on_notices, name="hub")
 
     async def _on_notices(self, conn: aiopg.Connection) -> None:
-        await self._reload_namespaces()
         async with conn.cursor() as cur:
             while True:
                 notices = await wait_notices(conn, 10.0)
                 if not notices:
                     await cur.execute("SELECT 1")  # notice a dead connection even when all is quiet
                     continue
-                if any(n.channel == ns_sql.CHANNEL for n in notices):
-                    await self._reload_namespaces()
-                if not self.redis_ok and any(n.channel == changelog_sql.REVISIONS_CHANNEL for n in notices):
+                if not self.redis_ok:
                     self._poll_now = True
                     self._wake.set()
 
@@ -213,14 +226,11 @@ class Hub:
             self._wake.set()
             if elapsed >= NAMESPACE_REFRESH_SECONDS:
                 elapsed = 0.0
-                try:
-                    await self._reload_namespaces()
-                except (psycopg2.Error, OSError) as exc:
-                    log.warning("hub: cannot refresh namespace ACLs: %s", exc.__class__.__name__)
-
-    async def _reload_namespaces(self) -> None:
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
-            self.namespace_acls = await all_namespace_acls(cur)
+                if not self._namespaces.trusted:  # its listener is down: refresh the copy ourselves
+                    try:
+                        await self._namespaces.reload()
+                    except (psycopg2.Error, OSError) as exc:
+                        log.warning("hub: cannot refresh namespace ACLs: %s", exc.__class__.__name__)
 
     # --- the pump: the only place that advances ``last`` -----------------------------------------
 
@@ -306,12 +316,31 @@ class Hub:
         for subscriber in self.patterns.everyone():
             subscriber.resync(current)
 
+    def _entitled(self, event: ChangeEvent) -> list[Subscriber]:
+        """The subscribers that get ``event``: built once per (key, readers) and kept until who watches
+        what, or a namespace ACL, changes; the ACL verdict is taken once per principal."""
+        if self._deliveries_for != (self.patterns.generation, self.namespace_acls):
+            self._deliveries.clear()
+            self._deliveries_for = (self.patterns.generation, self.namespace_acls)
+        readers = event.readers(self.namespace_acls)
+        entitled = self._deliveries.get((event.key, readers))
+        if entitled is None:
+            verdicts: dict[Principal, bool] = {}
+            entitled = []
+            for subscriber in self.patterns.matching(event.key):
+                who = subscriber.principal
+                verdict = verdicts.get(who)
+                if verdict is None:
+                    verdict = verdicts[who] = may_read_event(who, readers)
+                if verdict:
+                    entitled.append(subscriber)
+            if len(self._deliveries) >= DELIVERY_LISTS:
+                self._deliveries.clear()
+            self._deliveries[(event.key, readers)] = entitled
+        return entitled
+
     def _fan_out(self, event: ChangeEvent) -> None:
-        entitled = []
-        subscribers = self.patterns.matching(event.key)
-        if subscribers:
-            readers = event.readers(self.namespace_acls)
-            entitled = [s for s in subscribers if may_read_event(s.principal, readers)]
+        entitled = self._entitled(event)
         # Encode before moving on: an event that cannot be encoded (its value cannot be decrypted)
         # raises here, with ``last`` still before it, so it is retried rather than skipped.
         frame = json_frame(event.wire(self.keyring)) if entitled else b""

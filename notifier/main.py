@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator
 import aiopg
 from aiohttp import WSCloseCode, web
 
-from shared.appkeys import AUDIT, DB_POOL, KEYRING, REDIS, SETTINGS, SUPERVISOR, VERIFIER
+from shared.appkeys import AUDIT, DB_POOL, KEYRING, NAMESPACE_ACLS, REDIS, SETTINGS, SUPERVISOR, VERIFIER
 from shared.audit import audit_ctx
 from shared.crypto import Keyring
 from shared.db import connect_pool, pool_ctx
 from shared.jwks import http_session_ctx, verifier_ctx
 from shared.metrics import metrics_handler
+from shared.nsacls import namespace_acls_ctx
 from shared.redis import redis_ctx
 from shared.serve import main_for
 from shared.settings import Settings
@@ -102,7 +103,7 @@ async def _streams_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     metrics = app[NOTIFIER_METRICS]
     supervisor = app[SUPERVISOR]
-    hub = Hub(settings.postgres_url, app[DB_POOL], app[REDIS], app[KEYRING], metrics, supervisor)
+    hub = Hub(settings.postgres_url, app[DB_POOL], app[REDIS], app[KEYRING], app[NAMESPACE_ACLS], metrics, supervisor)
     relay = Relay(
         settings.postgres_url,
         app[DB_POOL],
@@ -141,7 +142,16 @@ def create_app(settings: Settings) -> web.Application:
     app[KEYRING] = Keyring(settings.encryption_keys)
     app[NOTIFIER_METRICS] = metrics
     app.cleanup_ctx.extend(
-        [http_session_ctx, pool_ctx, _watch_pool_ctx, audit_ctx, redis_ctx, verifier_ctx, _streams_ctx]
+        [
+            http_session_ctx,
+            pool_ctx,
+            _watch_pool_ctx,
+            namespace_acls_ctx,
+            audit_ctx,
+            redis_ctx,
+            verifier_ctx,
+            _streams_ctx,
+        ]
     )
     app.on_shutdown.append(_close_watchers)
     app.router.add_get("/watch", watch)

@@ -170,7 +170,9 @@ class WatchConnection:
                 {"event": "error", "error": "Unauthorized", "message": "A fresh token must be for the same user"}
             )
             return False
-        self.principal = principal
+        if principal != self.principal:
+            self.principal = principal
+            self._hub.patterns.changed()  # the hub's delivery lists took verdicts for the old one
         self.authenticated = True
         if self._expiry is not None:
             self._expiry.cancel()

@@ -15,6 +15,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .audit import AuditWriter
     from .metrics import Metrics
+    from .nsacls import NamespaceAcls
     from .redis import RedisLink
     from .tasks import Supervisor
 
@@ -27,5 +28,6 @@ REDIS: web.AppKey[RedisLink] = web.AppKey("redis")
 AUDIT: web.AppKey[AuditWriter] = web.AppKey("audit")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor")
+NAMESPACE_ACLS: web.AppKey[NamespaceAcls] = web.AppKey("namespace_acls")
 #: Name of the process ("api_server", "notifier", …), for logs and metrics.
 PROCESS = web.AppKey("process", str)

@@ -19,9 +19,7 @@ from .acl import Acl, Audience, audience
 from .audit import AuditRecord, safe_record
 from .events import EventKind
 from .model import KeyState
-from .sql import namespaces as ns_sql
 from .sql import writes as writes_sql
-from .validation import namespaces_of
 
 EXPIRY_ACTOR = "system:expiry"
 
@@ -34,18 +32,6 @@ class NewState:
     ttl: int | None
     acl: Acl | None
     creator: str
-
-
-async def namespace_acls_for(cur: aiopg.Cursor, key: str) -> dict[str, Acl]:
-    """The ACLs of every namespace above ``key`` that has one."""
-    await cur.execute(ns_sql.SELECT_MANY, {"namespaces": namespaces_of(key)})
-    return {ns: Acl.from_lists(read, write) for ns, read, write in await cur.fetchall()}
-
-
-async def all_namespace_acls(cur: aiopg.Cursor) -> dict[str, Acl]:
-    """Every namespace ACL (the table is small: one row per namespace with an ACL)."""
-    await cur.execute(ns_sql.SELECT_ALL)
-    return {ns: Acl.from_lists(read, write) for ns, read, write in await cur.fetchall()}
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import aiopg
 
 from shared.acl import Principal
 from shared.crypto import Keyring
+from shared.nsacls import NamespaceAcls
 from shared.validation import encode_value
 
 from ..cache import ValueCache
@@ -38,6 +39,7 @@ class Store:
     keyring: Keyring
     cache: ValueCache
     committer: Committer
+    namespaces: NamespaceAcls
 
     def seal(self, key: str, value: Any) -> bytes:
         """Encode (413 past 1 MiB) and encrypt a value for ``key``."""

@@ -15,12 +15,7 @@ from shared.model import KeyState
 from shared.sql import history as history_sql
 from shared.sql import keys as keys_sql
 from shared.timeutil import utcnow
-from shared.writes import (
-    NewState,
-    after_expiry,
-    all_namespace_acls,
-    namespace_acls_for,
-)
+from shared.writes import NewState, after_expiry
 
 from ..committer import Decision, WriteOp
 from . import Caller, Store
@@ -162,17 +157,12 @@ async def load_state(store: Store, key: str) -> tuple[KeyState | None, bool]:
     return state, False
 
 
-async def _namespace_acls(store: Store, key: str) -> dict[str, Acl]:
-    async with store.pool.acquire() as conn, conn.cursor() as cur:
-        return await namespace_acls_for(cur, key)
-
-
 async def get_key(store: Store, caller: Caller, key: str) -> tuple[KeyState, Any]:
     """A live key's state and decrypted value, if the caller may read it."""
     who = caller.principal
     state, _ = await load_state(store, key)
     needs_ns = state is None or state.acl is None
-    ns_acls = await _namespace_acls(store, key) if needs_ns and not who.is_admin else {}
+    ns_acls = await store.namespaces.for_key(key) if needs_ns and not who.is_admin else {}
     if state is None or not state.live(utcnow()):
         raise _missing_or_denied(who, key, state, ns_acls)
     if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
@@ -199,7 +189,7 @@ async def list_keys(
     }
     page: list[str] = []
     async with store.pool.acquire() as conn, conn.cursor() as cur:
-        ns_acls = await all_namespace_acls(cur) if not who.is_admin else {}
+        ns_acls = await store.namespaces.all(cur) if not who.is_admin else {}
 
         def readable(row: tuple[Any, ...]) -> bool:
             key, acl_read, acl_write, creator = row
@@ -234,7 +224,7 @@ async def poll_events(
         # Older than the log, or newer than its head (a database restored from a backup): start over.
         if since < pruned or since > head_revision:
             return [], head_revision, False, True
-        ns_acls = await all_namespace_acls(cur)
+        ns_acls = await store.namespaces.all(cur)
         events: list[dict[str, Any]] = []
         position = since
         while len(events) < limit and position < head_revision:
@@ -269,7 +259,7 @@ async def key_history(
         await cur.execute(keys_sql.SELECT, {"key": key})
         row = await cur.fetchone()
         state = KeyState.from_row(row) if row else None
-        ns_acls = await namespace_acls_for(cur, key)
+        ns_acls = await store.namespaces.for_key(key, cur)
         if state is None or state.version == 0:
             raise _missing_or_denied(who, key, None, ns_acls)
         if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):

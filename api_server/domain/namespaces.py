@@ -9,6 +9,7 @@ import aiopg
 
 from shared.audit import AuditRecord, record
 from shared.errors import Forbidden, NotFound
+from shared.nsacls import NamespaceAcls
 from shared.sql import namespaces as sql
 from shared.timeutil import utcnow
 
@@ -22,9 +23,10 @@ def require_admin(caller: Caller, namespace: str) -> None:
 
 
 async def put_acl(
-    pool: aiopg.Pool, caller: Caller, namespace: str, acls: dict[str, list[str]]
+    pool: aiopg.Pool, held: NamespaceAcls, caller: Caller, namespace: str, acls: dict[str, list[str]]
 ) -> tuple[bool, datetime]:
-    """Set ``namespace``'s ACL (audited, and every notifier told); return (created?, when)."""
+    """Set ``namespace``'s ACL (audited, every process told); return (created?, when) once this
+    process's copy holds it."""
     require_admin(caller, namespace)
     now = utcnow()
     async with pool.acquire() as conn, conn.cursor() as cur, cur.begin():
@@ -33,6 +35,7 @@ async def put_acl(
         (created,) = await cur.fetchone()
         await cur.execute(sql.NOTIFY)
         await record(cur, AuditRecord(caller.username, "namespace.put", namespace, "ok", caller.request_id, at=now))
+    await held.reload()
     return bool(created), now
 
 
@@ -47,8 +50,9 @@ async def get_acl(pool: aiopg.Pool, namespace: str) -> dict[str, Any]:
     return {"acls": {"read": read, "write": write}, "updated_by": updated_by, "updated_at": updated_at}
 
 
-async def delete_acl(pool: aiopg.Pool, caller: Caller, namespace: str) -> None:
-    """Remove ``namespace``'s ACL (audited, notifiers told), or 404 when it has none."""
+async def delete_acl(pool: aiopg.Pool, held: NamespaceAcls, caller: Caller, namespace: str) -> None:
+    """Remove ``namespace``'s ACL (audited, every process told), or 404 when it has none; returns once
+    this process's copy no longer holds it."""
     require_admin(caller, namespace)
     async with pool.acquire() as conn, conn.cursor() as cur, cur.begin():
         await cur.execute(sql.DELETE, {"ns": namespace})
@@ -56,3 +60,4 @@ async def delete_acl(pool: aiopg.Pool, caller: Caller, namespace: str) -> None:
             raise NotFound(f"Namespace '{namespace}' has no ACL")
         await cur.execute(sql.NOTIFY)
         await record(cur, AuditRecord(caller.username, "namespace.delete", namespace, "ok", caller.request_id))
+    await held.reload()

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from shared.appkeys import AUDIT, DB_POOL, KEYRING
+from shared.appkeys import AUDIT, DB_POOL, KEYRING, NAMESPACE_ACLS
 from shared.audit import AuditRecord
 from shared.errors import BadRequest, DynConfigError, Forbidden, NotFound, PreconditionFailed
 
@@ -29,7 +29,13 @@ _OUTCOMES: dict[type[DynConfigError], str] = {
 
 def store_of(request: web.Request) -> Store:
     app = request.app
-    return Store(pool=app[DB_POOL], keyring=app[KEYRING], cache=app[CACHE], committer=app[COMMITTER])
+    return Store(
+        pool=app[DB_POOL],
+        keyring=app[KEYRING],
+        cache=app[CACHE],
+        committer=app[COMMITTER],
+        namespaces=app[NAMESPACE_ACLS],
+    )
 
 
 def caller_of(request: web.Request) -> Caller:

@@ -1,0 +1,122 @@
+"""Every namespace ACL, held in memory by each process that checks reads, kept current by NOTIFY.
+
+The table is small (one row per namespace with an ACL), so a holder loads all of it. A change commits
+with ``NOTIFY dynconfig_namespaces`` (api_server/domain/namespaces.py); every holder's listener reloads
+when it hears one, and every ``RELOAD_SECONDS`` regardless. The writer's own process reloads before it
+answers, so a read that starts after the answer sees the change there; other processes hear the notice
+within milliseconds of the commit.
+
+The copy is trusted only while the listener is connected, has loaded since it connected, and holds
+no notice it has not loaded after: :meth:`NamespaceAcls.for_key` and :meth:`NamespaceAcls.all` read
+Postgres instead meanwhile. So a read trusts the copy only if no change had reached this process when
+the read began (the window left is the notice's own delivery, as for the value cache: README "How it
+works"). A reload that started before another never replaces that one's result, so a slow reload
+cannot bring back an ACL that a newer one has replaced.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+
+import aiopg
+from aiohttp import web
+
+from .acl import Acl
+from .appkeys import DB_POOL, NAMESPACE_ACLS, SETTINGS, SUPERVISOR
+from .db import listen, wait_notices
+from .sql import namespaces as sql
+from .tasks import cancel_and_wait
+from .validation import namespaces_of
+
+RELOAD_SECONDS = 5.0
+
+
+async def load_all(cur: aiopg.Cursor) -> dict[str, Acl]:
+    """Every namespace ACL, from Postgres."""
+    await cur.execute(sql.SELECT_ALL)
+    return {ns: Acl.from_lists(read, write) for ns, read, write in await cur.fetchall()}
+
+
+async def load_for_key(cur: aiopg.Cursor, key: str) -> dict[str, Acl]:
+    """The ACLs of every namespace above ``key`` that has one, from Postgres."""
+    await cur.execute(sql.SELECT_MANY, {"namespaces": namespaces_of(key)})
+    return {ns: Acl.from_lists(read, write) for ns, read, write in await cur.fetchall()}
+
+
+class NamespaceAcls:
+    """This process's copy of the namespace ACLs (see the module docstring)."""
+
+    def __init__(self, pool: aiopg.Pool) -> None:
+        self._pool = pool
+        #: The last copy loaded, whether or not it can be trusted now (the notifier fans out with it).
+        self.last: dict[str, Acl] = {}
+        self._loaded = False  # since the listener connected, and since the last notice it took
+        self._conn: aiopg.Connection | None = None
+        self._starts = itertools.count(1)
+        self._installed = 0
+
+    @property
+    def trusted(self) -> bool:
+        conn = self._conn
+        return self._loaded and conn is not None and conn.notifies.empty()
+
+    async def reload(self, cur: aiopg.Cursor | None = None) -> dict[str, Acl]:
+        """Load the table now (with ``cur``, else a pooled connection); the copy in force afterwards."""
+        started = next(self._starts)
+        if cur is None:
+            async with self._pool.acquire() as conn, conn.cursor() as pooled:
+                acls = await load_all(pooled)
+        else:
+            acls = await load_all(cur)
+        if started > self._installed:
+            self._installed, self.last = started, acls
+        return self.last
+
+    async def all(self, cur: aiopg.Cursor | None = None) -> dict[str, Acl]:
+        """Every namespace ACL: the copy when trusted, else read from Postgres (with ``cur`` if given)."""
+        if self.trusted:
+            return self.last
+        if cur is not None:
+            return await load_all(cur)
+        async with self._pool.acquire() as conn, conn.cursor() as pooled:
+            return await load_all(pooled)
+
+    async def for_key(self, key: str, cur: aiopg.Cursor | None = None) -> dict[str, Acl]:
+        """The ACLs of the namespaces above ``key``: from the copy when trusted, else from Postgres."""
+        if self.trusted:
+            acls = self.last
+            return {ns: acls[ns] for ns in namespaces_of(key) if ns in acls}
+        if cur is not None:
+            return await load_for_key(cur, key)
+        async with self._pool.acquire() as conn, conn.cursor() as pooled:
+            return await load_for_key(pooled, key)
+
+    async def run(self, dsn: str) -> None:
+        """Listen for changes for ever (supervised)."""
+        await listen(dsn, [sql.CHANNEL], self._serve, name="namespace-acls")
+
+    async def _serve(self, conn: aiopg.Connection) -> None:
+        self._conn = conn
+        try:
+            async with conn.cursor() as cur:
+                while True:
+                    await self.reload(cur)  # on the listener's own connection: a dead one is noticed
+                    self._loaded = True
+                    if await wait_notices(conn, RELOAD_SECONDS):  # drains the notices it takes
+                        self._loaded = False  # until the reload after them is in
+        finally:
+            self._conn = None
+            self._loaded = False
+
+
+async def namespace_acls_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the process's copy of the namespace ACLs and its listener (needs ``pool_ctx``)."""
+    acls = NamespaceAcls(app[DB_POOL])
+    await acls.reload()
+    app[NAMESPACE_ACLS] = acls
+    task = app[SUPERVISOR].spawn("namespace-acls", lambda: acls.run(app[SETTINGS].postgres_url))
+    try:
+        yield
+    finally:
+        await cancel_and_wait(task)
