@@ -53,7 +53,7 @@ async def test_a_cancelled_caller_does_not_disturb_the_others() -> None:
         return items
 
     coalescer = Coalescer(run)
-    calls = [asyncio. create_task(coalescer.call(i)) for i in range(3)]
+    calls = [asyncio.create_task(coalescer.call(i)) for i in range(3)]
     await asyncio.sleep(0.01)
     calls[1].cancel()
     release.set()
