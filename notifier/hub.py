@@ -48,6 +48,8 @@ class Subscriber(Protocol):
 
     def deliver(self, revision: int, frame: bytes) -> None: ...
 
+    def flush(self) -> None: ...
+
     def resync(self, revision: int) -> None: ...
 
 
@@ -139,6 +141,8 @@ class Hub:
         self._poll_now = False
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
+        #: Subscribers with events queued by this pass of the pump (:meth:`_flush`).
+        self.touched: list[Subscriber] = []
         self._deliveries: dict[tuple[str, Readers], list[Subscriber]] = {}
         self._deliveries_for: tuple[int, dict[str, Acl]] = (-1, {})
 
@@ -240,6 +244,7 @@ class Hub:
         ``last`` has not passed that event, so it is retried, never skipped."""
         self._poll_now = True  # (re)started: catch up from Postgres first
         self._wake.set()
+        self._flush()  # what a failed pass fanned out before the event it could not encode
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -248,11 +253,13 @@ class Hub:
                     for event in self._inbox[0]:
                         await self._accept(event)
                     self._inbox.popleft()
+                    self._flush()
                 if self._poll_now:
                     self._poll_now = False
                     await self._backfill(through=None)
                 self._supervisor.ok("hub-pump")
             except (TimeoutError, psycopg2.Error, OSError) as exc:
+                self._flush()
                 log.warning("hub: cannot read events from Postgres (%s); retrying", exc.__class__.__name__)
                 self._poll_now = True
                 await asyncio.sleep(0.5)
@@ -267,7 +274,17 @@ class Hub:
                 return  # the backfill already covered it
         self._fan_out(event)
 
+    def _flush(self) -> None:
+        """Write what this pass fanned out: one write per socket, however many events it got. Called
+        before every await of the pump, so no other write to a socket can come between."""
+        touched, self.touched = self.touched, []
+        for subscriber in touched:
+            subscriber.flush()
+        if touched:
+            self._metrics.live_writes.inc(len(touched))
+
     async def _backfill(self, through: int | None) -> None:
+        self._flush()
         async with self._pool.acquire() as conn, conn.cursor() as cur:
             if through is None:
                 current, _ = await head(cur)
@@ -278,6 +295,7 @@ class Hub:
                 events = await events_after(cur, self.last, through=through, limit=BACKFILL_PAGE)
                 for event in events:
                     self._fan_out(event)
+                self._flush()
                 self._metrics.backfilled.inc(len(events))
                 if len(events) < BACKFILL_PAGE:
                     if through is not None and self.last < through:

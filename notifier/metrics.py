@@ -14,6 +14,12 @@ class NotifierMetrics(ServingMetrics):
         super().__init__(process)
         r = self.registry
         self.connections = Gauge("dynconfig_ws_connections", "Open WebSocket watch connections.", registry=r)
+        self.live_writes = Counter(
+            "dynconfig_watch_live_writes_total",
+            "Socket writes of live events: the events one pass of the hub fans out go out in one write per"
+            " connection, so under bursts this grows slower than dynconfig_events_delivered_total.",
+            registry=r,
+        )
         self.events_delivered = Counter(
             "dynconfig_events_delivered_total", "Change events written to watch connections.", registry=r
         )

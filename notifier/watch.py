@@ -90,6 +90,7 @@ class WatchConnection:
         self.last_sent = 0
         self._holding = False
         self._held: list[tuple[int, bytes]] = []
+        self._pending: list[bytes] = []  # live events fanned out, not yet written (see deliver)
         self._closing = False
         self._expiry: asyncio.TimerHandle | None = None
         self._close_task: asyncio.Task[bool] | None = None
@@ -98,7 +99,9 @@ class WatchConnection:
     # --- what the hub calls ------------------------------------------------------------------------
 
     def deliver(self, revision: int, frame: bytes) -> None:
-        """Send one live event (already encoded) unless it was sent before; never blocks."""
+        """Queue one live event (already encoded) unless it was sent before; never blocks. The hub
+        calls :meth:`flush` once it has fanned out what it has, so the events of one pass go out in one
+        write per socket."""
         if self._closing or revision <= self.last_sent:
             return
         if self._holding:
@@ -106,17 +109,31 @@ class WatchConnection:
             if len(self._held) > MAX_HELD_EVENTS:
                 self._kick(CLOSE_SLOW_CONSUMER, "Too many events while catching up; resume with since_version")
             return
-        self._write(revision, frame)
+        if not self._pending:
+            self._hub.touched.append(self)
+        self._pending.append(frame)
+        self.last_sent = revision
+
+    def flush(self) -> None:
+        """Write the queued live events (called by the hub; every other write flushes first)."""
+        pending, self._pending = self._pending, []
+        if pending:
+            self._write_frames(pending)
 
     def _write(self, revision: int, frame: bytes) -> None:
+        self.flush()
+        if self._write_frames([frame]):
+            self.last_sent = revision
+
+    def _write_frames(self, frames: list[bytes]) -> bool:
         transport = self._transport
-        if transport.is_closing():
-            return
-        transport.write(frame)
-        self.last_sent = revision
+        if self._closing or transport.is_closing():
+            return False
+        transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
         if transport.get_write_buffer_size() > MAX_BUFFER_BYTES:
             self._metrics.slow_consumers.inc()
             self._kick(CLOSE_SLOW_CONSUMER, "Slow consumer: send buffer full; resume with since_version")
+        return True
 
     # --- closing -----------------------------------------------------------------------------------
 
@@ -125,6 +142,7 @@ class WatchConnection:
         if self._closing:
             return
         self._closing = True
+        self._pending.clear()  # the client resumes from the last event it got
         self._hub.patterns.remove(self, self.patterns)
         if error_event is not None and not self._transport.is_closing():
             self._transport.write(json_frame(error_event))
@@ -153,6 +171,7 @@ class WatchConnection:
 
     async def send(self, message: dict[str, Any]) -> None:
         """A connection-specific message (subscribed, errors, replay), in order with live events."""
+        self.flush()
         if not self._closing and not self._transport.is_closing():
             await self.ws.send_str(json.dumps(message, separators=(",", ":"), ensure_ascii=False))
 
