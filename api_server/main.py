@@ -20,6 +20,7 @@ from .committer import committer_ctx
 from .metrics import API_METRICS, ApiMetrics
 from .middlewares import auth_middleware
 from .ratelimit import RATE_LIMITER, RateLimiter
+from .reads import state_reader_ctx
 from .routes import setup_routes
 
 PROCESS_NAME = "api_server"
@@ -43,6 +44,7 @@ def create_app(settings: Settings) -> web.Application:
             http_session_ctx,
             pool_ctx,
             namespace_acls_ctx,
+            state_reader_ctx,
             audit_ctx,
             redis_ctx,
             cache_ctx,

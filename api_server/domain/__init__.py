@@ -17,6 +17,7 @@ from shared.validation import encode_value
 
 from ..cache import ValueCache
 from ..committer import Committer
+from ..reads import StateReader
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Store:
     cache: ValueCache
     committer: Committer
     namespaces: NamespaceAcls
+    reader: StateReader
 
     def seal(self, key: str, value: Any) -> bytes:
         """Encode (413 past 1 MiB) and encrypt a value for ``key``."""

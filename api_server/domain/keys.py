@@ -142,25 +142,21 @@ def _writable(
     return state
 
 
-async def load_state(store: Store, key: str) -> tuple[KeyState | None, bool]:
-    """The key's state from the cache, else from Postgres (filling the cache); and whether it was a hit."""
+async def load_state(store: Store, key: str) -> KeyState | None:
+    """The key's state from the cache, else from Postgres (filling the cache)."""
     state = await store.cache.get(key)
     if state is not None:
-        return state, True
-    async with store.pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute(keys_sql.SELECT, {"key": key})
-        row = await cur.fetchone()
-    if row is None:
-        return None, False
-    state = KeyState.from_row(row)
-    await store.cache.put(state)
-    return state, False
+        return state
+    state = await store.reader.get(key)
+    if state is not None:
+        await store.cache.put(state)
+    return state
 
 
 async def get_key(store: Store, caller: Caller, key: str) -> tuple[KeyState, Any]:
     """A live key's state and decrypted value, if the caller may read it."""
     who = caller.principal
-    state, _ = await load_state(store, key)
+    state = await load_state(store, key)
     needs_ns = state is None or state.acl is None
     ns_acls = await store.namespaces.for_key(key) if needs_ns and not who.is_admin else {}
     if state is None or not state.live(utcnow()):

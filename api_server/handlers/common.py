@@ -19,6 +19,7 @@ from ..cache import CACHE
 from ..committer import COMMITTER
 from ..domain.keys import Caller, Store
 from ..middlewares import CALLER
+from ..reads import STATE_READER
 
 _OUTCOMES: dict[type[DynConfigError], str] = {
     Forbidden: "denied",
@@ -35,6 +36,7 @@ def store_of(request: web.Request) -> Store:
         cache=app[CACHE],
         committer=app[COMMITTER],
         namespaces=app[NAMESPACE_ACLS],
+        reader=app[STATE_READER],
     )
 
 
