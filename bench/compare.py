@@ -1,6 +1,6 @@
 """DynConfig beside etcd on this machine, same generators, same run (see bench/README.md).
 
-    python -m bench.compare [--quick] [--only writes,reads,propagation] [--seconds 10] [--json FILE]
+    python -m bench.compare [--quick] [--only writes,reads,propagation,scale] [--seconds 10] [--json FILE]
                             [--profile DIR]
 
 Starts, on loopback and in a temporary directory: Postgres (fsync on), Redis, ``api_server`` and
@@ -29,6 +29,8 @@ from typing import Any
 
 from devtools.devkeys import ensure_dev_keys, mint_token
 from devtools.services import PostgresServer, RedisServer, free_port, wait_healthy
+
+from . import scale
 
 ROOT = Path(__file__).resolve().parent.parent
 GEN = Path(__file__).resolve().parent / "gen"
@@ -253,14 +255,16 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 # --- scenarios ------------------------------------------------------------------------------------
 
 
-def http_load(systems: Systems, meter: Meter, target: str, mode: str, seconds: float, prefix: str) -> dict[str, Any]:
+def http_load(
+    systems: Systems, meter: Meter, target: str, mode: str, seconds: float, prefix: str, keys: int = READ_KEYS
+) -> dict[str, Any]:
     config = {
         "target": target,
         "mode": mode,
         "url": systems.etcd if target == "etcd" else systems.api,
         "token": systems.token,
         "prefix": prefix,
-        "keys": READ_KEYS,
+        "keys": keys,
         "concurrency": CONCURRENCY,
         "seconds": seconds,
     }
@@ -361,6 +365,8 @@ def table(results: dict[str, Any]) -> str:
         dyn, etcd = pair["dynconfig"], pair["etcd"]
         if "ops" in dyn:
             cell = lambda r: f"{r['ops']:,.0f}/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms"  # noqa: E731
+        elif "kind" in dyn:
+            cell = scale.cell
         else:
             cell = lambda r: (  # noqa: E731
                 f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.0f} ms, "
@@ -374,10 +380,11 @@ def table(results: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter runs, propagation at 1,000 watchers only")
-    parser.add_argument("--only", default="writes,reads,propagation", help="comma list of scenario groups")
+    parser.add_argument("--only", default="writes,reads,propagation", help="comma list of scenario groups (and: scale)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each read/write run")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--profile", type=Path, help="py-spy profiles of the DynConfig runs into this folder")
+    parser.add_argument("--scale-keys", type=int, default=1_000_000, help="keys stored for the scale group")
     args = parser.parse_args()
     groups = set(args.only.split(","))
     seconds = 5.0 if args.quick else args.seconds
@@ -414,6 +421,8 @@ def main() -> None:
                     results.setdefault(f"propagation, {watchers:,} watchers × 10 updates/s", {})[target] = propagation(
                         systems, meter, target, watchers, updates=50 if args.quick else 100
                     )
+        if "scale" in groups:
+            results.update(scale.run(systems, meter, args.scale_keys, seconds))
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
