@@ -867,3 +867,39 @@ async def test_response_timestamps_are_utc_z(client: Client, admin: dict[str, st
     created = await create(client, f"{unique_prefix}.ts", admin, value=1, ttl=10)
     moment = at(created["lastModified"]).timestamp()
     assert before - 2 <= moment <= time.time() + 2
+
+
+async def test_list_page_reads_only_the_namespace_range(
+    client: Client, admin: dict[str, str], pg: Any, unique_prefix: str
+) -> None:
+    """Page 1 of a namespace starts its index scan at the namespace, not at the first key of the table:
+    no row outside the namespace is read and filtered away. Before, with many keys sorting before the
+    namespace, Postgres walked the index from the start and filtered them all (0.5 s for 900,000)."""
+    from shared.sql import keys as keys_sql
+    from shared.timeutil import utcnow
+
+    early, ns = f"{unique_prefix}.aaa", f"{unique_prefix}.zzz"
+    await create(client, f"{ns}.k", admin, value=1)
+    params = {"now": utcnow(), "all": False, "low": f"{ns}.", "high": f"{ns}0", "after": "", "limit": 101}
+    async with pg.acquire() as conn, conn.cursor() as cur:
+        try:  # 20,000 rows just before the namespace, 3,000 more in it (a big namespace, sorting late)
+            for prefix, count in ((early, 20_000), (ns, 3_000)):
+                await cur.execute(
+                    "INSERT INTO keys (key, version, value_enc, creator, deleted, created_at, last_modified)"
+                    " SELECT %(prefix)s || '.bulk' || g, 1, '\\x00', 'nobody', false, now(), now()"
+                    "   FROM generate_series(1, %(count)s) g",
+                    {"prefix": prefix, "count": count},
+                )
+            await cur.execute("ANALYZE keys")
+            await cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + keys_sql.LIST_PAGE, params)
+            (plan,) = await cur.fetchone()
+        finally:
+            for prefix in (early, ns):
+                await cur.execute("DELETE FROM keys WHERE key LIKE %(pattern)s", {"pattern": prefix + ".bulk%"})
+
+    def removed(node: dict[str, Any]) -> int:
+        return node.get("Rows Removed by Filter", 0) + sum(removed(child) for child in node.get("Plans", []))
+
+    top = plan[0]["Plan"]
+    assert top["Actual Rows"] == 101, top
+    assert removed(top) == 0, json.dumps(plan, indent=1)

@@ -172,16 +172,16 @@ async def list_keys(
 ) -> tuple[list[str], int, bool]:
     """Readable live keys in ``namespace`` after ``after``: (page, total readable, more pages?).
 
-    A page reads about a page of rows (keyset on the key). ``total`` is counted by Postgres for an
-    admin; for anyone else it needs every key's ACL, so it is counted on the first page and carried in
-    the cursor (pass it back as ``total``)."""
+    A page reads about a page of rows (keyset on the key, within the namespace's key range).
+    ``total`` is counted by Postgres for an admin; for anyone else by groups of keys that share what
+    decides access (ACL, creator, parent namespace), on the first page, and carried in the cursor
+    (pass it back as ``total``)."""
     who = caller.principal
-    escaped = _like_escape(namespace or "")
     params: dict[str, Any] = {
         "now": utcnow(),
         "all": namespace is None,
-        "pattern_dot": escaped + ".%",
-        "pattern_slash": escaped + "/%",
+        "low": "" if namespace is None else f"{namespace}.",
+        "high": "" if namespace is None else f"{namespace}0",
     }
     page: list[str] = []
     async with store.pool.acquire() as conn, conn.cursor() as cur:
@@ -196,8 +196,8 @@ async def list_keys(
             await cur.execute(keys_sql.COUNT_LIVE, params)
             (total,) = await cur.fetchone()
         elif total is None:
-            await cur.execute(keys_sql.LIST_PAGE, {**params, "after": "", "limit": None})
-            total = sum(1 for row in await cur.fetchall() if readable(row))
+            await cur.execute(keys_sql.COUNT_LIVE_BY_ACCESS, params)
+            total = sum(row[4] for row in await cur.fetchall() if readable(row[:4]))
         position, chunk = after, limit + 1
         while len(page) <= limit:
             await cur.execute(keys_sql.LIST_PAGE, {**params, "after": position, "limit": chunk})

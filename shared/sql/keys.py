@@ -26,11 +26,13 @@ SELECT k, 0, a, true, clock_timestamp(), clock_timestamp()
 ON CONFLICT (key) DO UPDATE SET version = keys.version WHERE false
 """
 
-# Live keys in a namespace (or all); %(pattern_dot)s etc. are LIKE patterns. Byte order (COLLATE "C",
-# as Python compares strings) whatever the database's collation, on the index of migration 5.
+# Live keys in a namespace (or all). The keys of namespace ``ns`` are those that start with ``ns.`` or
+# ``ns/``: in byte order ('.' 0x2E, '/' 0x2F, '0' 0x30) exactly the range [ns + '.', ns + '0'), which
+# the index of migration 5 (COLLATE "C", byte order as Python compares strings) scans directly, so
+# a page costs the same wherever the namespace sorts among all keys.
 _LIVE_IN_NAMESPACE = """
  WHERE NOT deleted AND (expires_at IS NULL OR expires_at > %(now)s)
-   AND (%(all)s OR key COLLATE "C" LIKE %(pattern_dot)s OR key COLLATE "C" LIKE %(pattern_slash)s)
+   AND (%(all)s OR (key COLLATE "C" >= %(low)s AND key COLLATE "C" < %(high)s))
 """
 
 # One keyset page: the next %(limit)s live keys after %(after)s, in key order.
@@ -42,3 +44,11 @@ SELECT key, acl_read, acl_write, creator FROM keys {_LIVE_IN_NAMESPACE}
 """
 
 COUNT_LIVE = f"SELECT count(*) FROM keys {_LIVE_IN_NAMESPACE}"
+
+# The live keys counted by what decides who may read them: their ACL, their creator and their parent
+# namespace (the namespace ACL that governs a key depends on nothing else). One row per group, with
+# one of its keys, so a non-admin's total takes one access check per group, not per key.
+COUNT_LIVE_BY_ACCESS = f"""
+SELECT min(key COLLATE "C"), acl_read, acl_write, creator, count(*) FROM keys {_LIVE_IN_NAMESPACE}
+ GROUP BY substring(key from '^(.*)[./][^./]*$'), acl_read, acl_write, creator
+"""
