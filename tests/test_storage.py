@@ -576,3 +576,32 @@ async def test_concurrent_migrations_on_an_empty_database(private_db: str) -> No
     assert applied == [version for version, _, _ in MIGRATIONS]  # each applied by exactly one process
     assert await _applied_versions(private_db) == [(version, 1) for version, _, _ in MIGRATIONS]
     assert await _migrate_concurrently(private_db, 2) == [[], []]
+
+
+async def test_our_connections_never_jit_compile(settings: Settings) -> None:
+    """JIT is off on every connection we open, pooled or listening, whatever the URL's own options:
+    on a fresh database the planner JIT-compiled a batch's write statement (0.2-1.5 s a batch)."""
+    from shared.db import connect_pool, listen
+
+    url = settings.postgres_url + ("&" if "?" in settings.postgres_url else "?") + "options=-c%20work_mem%3D8MB"
+    pool = await connect_pool(url, wait_seconds=5)
+    try:
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute("SELECT current_setting('jit'), current_setting('work_mem')")
+            assert await cur.fetchone() == ("off", "8MB")
+    finally:
+        pool.close()
+        await pool.wait_closed()
+    seen: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def serve(conn: aiopg.Connection) -> None:
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT current_setting('jit')")
+            seen.set_result(await cur.fetchone())
+
+    task = asyncio.create_task(listen(url, ["dynconfig_test"], serve, name="test"))
+    try:
+        assert await asyncio.wait_for(seen, 10) == ("off",)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
