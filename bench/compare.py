@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -37,6 +38,9 @@ GEN = Path(__file__).resolve().parent / "gen"
 TICKS = os.sysconf("SC_CLK_TCK")
 CONCURRENCY = 64
 READ_KEYS = 1000
+#: Every DynConfig key of the benchmark lives under this namespace, which CLIENT may read and write.
+NAMESPACE = "bench"
+CLIENT = "bench-client"
 PYTHON_PROCESSES = ("api_server", "notifier")
 #: py-spy from this virtualenv (``pip install py-spy``) or the PATH; only ``--profile`` needs it.
 PY_SPY = shutil.which("py-spy", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
@@ -83,19 +87,21 @@ class Meter:
     with ``profile_dir``, also a py-spy profile of every Python server process over each DynConfig scenario
     (collapsed stacks, ``<scenario>.<process>.txt``)."""
 
-    def __init__(self, pids: dict[str, int], profile_dir: Path | None = None) -> None:
+    def __init__(self, pids: dict[str, list[int]], profile_dir: Path | None = None) -> None:
         self.pids = pids
         self.profile_dir = profile_dir
 
     @contextmanager
     def measure(self, result: dict[str, Any], profile_as: str | None = None) -> Iterator[None]:
-        before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        before = {name: sum(map(cpu_seconds, pids)) for name, pids in self.pids.items()}
         generators = _own_children_cpu()
         started = time.monotonic()
         with self._profiled(profile_as):
             yield
         wall = time.monotonic() - started
-        cpu = {name: round(100 * (cpu_seconds(pid) - before[name]) / wall) for name, pid in self.pids.items()}
+        cpu = {
+            name: round(100 * (sum(map(cpu_seconds, pids)) - before[name]) / wall) for name, pids in self.pids.items()
+        }
         cpu["generator"] = round(100 * (_own_children_cpu() - generators) / wall)
         result["cpu_percent"] = cpu
 
@@ -120,13 +126,14 @@ class Meter:
                     "--pid",
                     str(pid),
                     "--output",
-                    str(self.profile_dir / f"{scenario}.{name}.txt"),
+                    str(self.profile_dir / f"{scenario}.{name}{f'.{i}' if i else ''}.txt"),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            for name, pid in self.pids.items()
+            for name, pids in self.pids.items()
             if name in PYTHON_PROCESSES
+            for i, pid in enumerate(pids)
         ]
         try:
             yield
@@ -167,7 +174,7 @@ def ensure_generators() -> None:
 class Systems:
     """DynConfig (Postgres, Redis, api_server, notifier) and etcd, running on loopback."""
 
-    def __init__(self, base: Path, stack: ExitStack) -> None:
+    def __init__(self, base: Path, stack: ExitStack, api_processes: int = 1) -> None:
         self.base = base
         pg = PostgresServer(base / "postgres", durable=True)
         redis = RedisServer(base / "redis")
@@ -176,7 +183,10 @@ class Systems:
         redis.start()
         stack.callback(redis.stop)
         keys = ensure_dev_keys(base / "keys")
-        self.token = mint_token(keys.signing_key_path, keys.kid, "admin-user", ttl_seconds=7200)
+        self.admin_token = mint_token(keys.signing_key_path, keys.kid, "admin-user", ttl_seconds=7200)
+        #: What the generators use: a plain user whom the namespace ACL of ``bench`` lets read and write
+        #: (set below), as a service would be, so every request pays for its access checks.
+        self.token = mint_token(keys.signing_key_path, keys.kid, CLIENT, ttl_seconds=7200)
         self.api_port, self.notifier_port = free_port(), free_port()
         env = {
             **os.environ,
@@ -186,16 +196,25 @@ class Systems:
             "ENCRYPTION_KEYS": keys.encryption_keys,
             "RATE_LIMIT": "100000000",
             "HOST": "127.0.0.1",
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": "INFO",  # as deployed: the access log is on
             "API_PORT": str(self.api_port),
             "NOTIFIER_PORT": str(self.notifier_port),
         }
+        if api_processes > 1:
+            env["REUSE_PORT"] = "true"  # the API processes share one port; the kernel spreads connections
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        for module, port in (("api_server", self.api_port), ("notifier", self.notifier_port)):
-            proc = subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT)
+        names = [f"api_server.{i}" if i else "api_server" for i in range(api_processes)]
+        for name, module, port in [
+            *((n, "api_server", self.api_port) for n in names),
+            ("notifier", "notifier", self.notifier_port),
+        ]:
+            log = open(base / f"{name}.log", "ab")  # closed with the stack
+            stack.callback(log.close)
+            proc = subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT, stderr=log)
             stack.callback(_stop, proc)
-            self.procs[module] = proc
+            self.procs[name] = proc
             wait_healthy(f"http://127.0.0.1:{port}", proc)
+        self._put_json(f"/namespaces/{NAMESPACE}", {"acls": {"read": [CLIENT], "write": [CLIENT]}})
         self.etcd_port, peer = free_port(), free_port()
         etcd = subprocess.Popen(
             [
@@ -216,12 +235,22 @@ class Systems:
         self.procs["etcd"] = etcd
         wait_healthy(f"http://127.0.0.1:{self.etcd_port}", etcd)  # etcd serves /health too
         self.pids = {
-            "api_server": self.procs["api_server"].pid,
-            "notifier": self.procs["notifier"].pid,
-            "postgres": _pid(pg.pid),
-            "redis": _pid(redis.pid),
-            "etcd": etcd.pid,
+            "api_server": [self.procs[name].pid for name in names],
+            "notifier": [self.procs["notifier"].pid],
+            "postgres": [_pid(pg.pid)],
+            "redis": [_pid(redis.pid)],
+            "etcd": [etcd.pid],
         }
+
+    def _put_json(self, path: str, body: dict[str, Any]) -> None:
+        """PUT ``body`` to the API as the admin."""
+        request = urllib.request.Request(
+            f"{self.api}{path}",
+            data=json.dumps(body).encode(),
+            method="PUT",
+            headers={"Authorization": f"Bearer {self.admin_token}", "Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(request, timeout=30).close()
 
     @property
     def api(self) -> str:
@@ -298,7 +327,7 @@ def propagation(systems: Systems, meter: Meter, target: str, watchers: int, upda
     seconds_open = 10 + watchers / 500
     duration = seconds_open + updates * 0.1 + 5
     url = systems.etcd if target == "etcd" else systems.watch
-    server_pid = systems.pids["etcd" if target == "etcd" else "notifier"]
+    server_pid = systems.pids["etcd" if target == "etcd" else "notifier"][0]
     rss_before = rss_kib(server_pid)
     gens = [
         node(
@@ -383,6 +412,7 @@ def main() -> None:
     parser.add_argument("--only", default="writes,reads,propagation", help="comma list of scenario groups (and: scale)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each read/write run")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--api-processes", type=int, default=1, help="api_server processes sharing the port")
     parser.add_argument("--profile", type=Path, help="py-spy profiles of the DynConfig runs into this folder")
     parser.add_argument("--scale-keys", type=int, default=1_000_000, help="keys stored for the scale group")
     args = parser.parse_args()
@@ -399,7 +429,7 @@ def main() -> None:
     results: dict[str, Any] = {}
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, base, True)
-        systems = Systems(base, stack)
+        systems = Systems(base, stack, args.api_processes)
         meter = Meter(systems.pids, args.profile)
         for target in ("dynconfig", "etcd"):
             if "writes" in groups:

@@ -300,7 +300,7 @@ def listing(
         "mode": "list",
         "target": target,
         "url": systems.etcd if target == "etcd" else systems.api,
-        "token": token or systems.token,
+        "token": token or systems.admin_token,
         "namespace": NAMESPACE,
         "page": PAGE,
         "to_page": namespace_keys // PAGE,
@@ -319,7 +319,7 @@ def subscribe_snapshot(systems: Systems, meter: Meter, target: str, namespace_ke
         "mode": "snapshot",
         "target": target,
         "url": systems.etcd if target == "etcd" else systems.watch,
-        "token": systems.token,
+        "token": systems.admin_token,
         "namespace": NAMESPACE,
         "expect": namespace_keys,
         "runs": SNAPSHOT_RUNS,
@@ -343,7 +343,7 @@ def reader_token(systems: Systems) -> str:
         f"{systems.api}/namespaces/{NAMESPACE}",
         data=body,
         method="PUT",
-        headers={"Authorization": f"Bearer {systems.token}", "Content-Type": "application/json"},
+        headers={"Authorization": f"Bearer {systems.admin_token}", "Content-Type": "application/json"},
     )
     urllib.request.urlopen(request, timeout=30).close()
     keys = ensure_dev_keys(systems.base / "keys")  # the benchmark's own, made by Systems
