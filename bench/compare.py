@@ -356,7 +356,7 @@ def propagation(systems: Systems, meter: Meter, target: str, watchers: int, upda
                 "interval": 100,
             },
         )
-        sent = node_result(writer, updates * 0.5 + 60)
+        sent = node_result(writer, updates * 3 + 60)
         outputs = [node_result(g, duration + 60) for g in gens]
     latencies = sorted(x for out in outputs for x in out["latencies_ms"])
     expected = watchers * sent["sent"]
@@ -391,10 +391,11 @@ def table(results: dict[str, Any]) -> str:
         )
 
     for name, pair in results.items():
-        dyn, etcd = pair["dynconfig"], pair["etcd"]
-        if "ops" in dyn:
+        dyn, etcd = pair.get("dynconfig", {}), pair.get("etcd", {})
+        shape = dyn or etcd
+        if "ops" in shape:
             cell = lambda r: f"{r['ops']:,.0f}/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms"  # noqa: E731
-        elif "kind" in dyn:
+        elif "kind" in shape:
             cell = scale.cell
         else:
             cell = lambda r: (  # noqa: E731
@@ -402,7 +403,8 @@ def table(results: dict[str, Any]) -> str:
                 f"{100 * r['delivered_fraction']:.1f}% delivered, {r['server_kib_per_connection']} KiB/conn, "
                 f"open {r['open_seconds']} s"
             )
-        rows.append(f"| {name} | {cell(dyn)} | {cell(etcd)} | {cpu(dyn)} ‖ {cpu(etcd)} |")
+        shown = [cell(r) if r else "-" for r in (dyn, etcd)]
+        rows.append(f"| {name} | {shown[0]} | {shown[1]} | {cpu(dyn)} ‖ {cpu(etcd)} |")
     return "\n".join(rows)
 
 
@@ -412,11 +414,14 @@ def main() -> None:
     parser.add_argument("--only", default="writes,reads,propagation", help="comma list of scenario groups (and: scale)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each read/write run")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--watchers", help="comma list of watcher counts for propagation (default 1000,10000)")
+    parser.add_argument("--targets", default="dynconfig,etcd", help="comma list: dynconfig, etcd")
     parser.add_argument("--api-processes", type=int, default=1, help="api_server processes sharing the port")
     parser.add_argument("--profile", type=Path, help="py-spy profiles of the DynConfig runs into this folder")
     parser.add_argument("--scale-keys", type=int, default=1_000_000, help="keys stored for the scale group")
     args = parser.parse_args()
     groups = set(args.only.split(","))
+    targets = args.targets.split(",")
     seconds = 5.0 if args.quick else args.seconds
     ensure_generators()
     base = Path(tempfile.mkdtemp(prefix="dynconfig-bench-"))
@@ -431,7 +436,7 @@ def main() -> None:
         stack.callback(shutil.rmtree, base, True)
         systems = Systems(base, stack, args.api_processes)
         meter = Meter(systems.pids, args.profile)
-        for target in ("dynconfig", "etcd"):
+        for target in targets:
             if "writes" in groups:
                 results.setdefault("writes, 64 clients, distinct keys", {})[target] = http_load(
                     systems, meter, target, "write", seconds, "bench.w"
@@ -441,13 +446,16 @@ def main() -> None:
                 )
         if "reads" in groups:
             preload(systems, "bench.r")
-            for target in ("dynconfig", "etcd"):
+            for target in targets:
                 results.setdefault("reads, 64 clients, 1,000 keys", {})[target] = http_load(
                     systems, meter, target, "read", seconds, "bench.r"
                 )
         if "propagation" in groups:
-            for watchers in (1000,) if args.quick else (1000, 10000):
-                for target in ("dynconfig", "etcd"):
+            counts = (
+                [int(n) for n in args.watchers.split(",")] if args.watchers else [1000] if args.quick else [1000, 10000]
+            )
+            for watchers in counts:
+                for target in targets:
                     results.setdefault(f"propagation, {watchers:,} watchers × 10 updates/s", {})[target] = propagation(
                         systems, meter, target, watchers, updates=50 if args.quick else 100
                     )

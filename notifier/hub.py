@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable
 from typing import Protocol
@@ -278,10 +279,13 @@ class Hub:
         """Write what this pass fanned out: one write per socket, however many events it got. Called
         before every await of the pump, so no other write to a socket can come between."""
         touched, self.touched = self.touched, []
+        if not touched:
+            return
+        started = time.perf_counter()
         for subscriber in touched:
             subscriber.flush()
-        if touched:
-            self._metrics.live_writes.inc(len(touched))
+        self._metrics.fanout_write.observe(time.perf_counter() - started)
+        self._metrics.live_writes.inc(len(touched))
 
     async def _backfill(self, through: int | None) -> None:
         self._flush()

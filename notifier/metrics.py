@@ -29,6 +29,13 @@ class NotifierMetrics(ServingMetrics):
             registry=r,
             buckets=_LAG_BUCKETS,
         )
+        self.fanout_write = Histogram(
+            "dynconfig_fanout_write_seconds",
+            "Time the hub takes to write one pass of events to every entitled socket (one write each):"
+            " near the interval between changes, the notifier is saturated and events queue up.",
+            registry=r,
+            buckets=_LAG_BUCKETS,
+        )
         self.relay_lag = Histogram(
             "dynconfig_relay_lag_seconds",
             "From a change's commit to its publication by the relay.",

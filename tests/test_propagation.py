@@ -550,3 +550,7 @@ async def test_a_burst_committed_together_reaches_a_watcher_in_order_in_one_writ
     writes = _metric(after, "dynconfig_watch_live_writes_total") - _metric(before, "dynconfig_watch_live_writes_total")
     assert delivered == 30, delivered
     assert 1 <= writes <= 3, f"{writes} socket writes for one batch of 30 events"
+    passes = _metric(after, "dynconfig_fanout_write_seconds_count") - _metric(
+        before, "dynconfig_fanout_write_seconds_count"
+    )
+    assert 1 <= passes <= writes, passes  # each pass that wrote is timed
