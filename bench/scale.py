@@ -35,7 +35,7 @@ import psycopg2
 
 from api_server.committer import _namespace_acls_and_clock
 from devtools.devkeys import ensure_dev_keys, mint_token
-from shared.changelog import like_patterns, snapshot
+from shared.changelog import snapshot_pages
 from shared.crypto import Keyring
 from shared.events import EventKind
 from shared.model import KeyState
@@ -351,12 +351,14 @@ def reader_token(systems: Systems) -> str:
 
 
 async def _snapshot_query(dsn: str) -> float:
-    """The notifier's snapshot read (shared.changelog.snapshot) of the namespace, alone."""
-    async with aiopg.connect(dsn) as conn, conn.cursor() as cur:
-        await cur.execute(changelog_sql.HEAD)
-        (through, _) = await cur.fetchone()
+    """The notifier's snapshot reads (shared.changelog.snapshot_pages) of the namespace, alone."""
+    async with aiopg.create_pool(dsn, minsize=1, maxsize=1) as pool:
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(changelog_sql.HEAD)
+            (through, _) = await cur.fetchone()
         started = time.monotonic()
-        await snapshot(cur, like_patterns([f"{NAMESPACE}.*"]), through)
+        async for _ in snapshot_pages(pool, [f"{NAMESPACE}.*"], through):
+            pass
         return round(time.monotonic() - started, 2)
 
 

@@ -25,7 +25,7 @@ from aiohttp import WSMsgType, web
 from shared.acl import Principal
 from shared.audit import AuditRecord, AuditWriter
 from shared.auth import LEEWAY_SECONDS, TokenVerifier, bearer_token
-from shared.changelog import events_after, head, like_patterns, may_read_event, snapshot
+from shared.changelog import events_after, head, like_patterns, may_read_event, snapshot_pages
 from shared.errors import DynConfigError, Unauthorized
 from shared.validation import key_problem
 
@@ -322,10 +322,11 @@ class WatchConnection:
         await self._snapshot(new, old, through)
 
     async def _snapshot(self, new: list[str], old: set[str], through: int) -> None:
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
-            events = await snapshot(cur, like_patterns(new), through)
-        for event in events:  # sent with the connection back in the pool
-            await self._send_event(event, old)
+        async for page in snapshot_pages(self._pool, new, through):
+            for event in page:  # sent with the connection back in the pool
+                if self._closing:
+                    return
+                await self._send_event(event, old)
 
     def resync(self, revision: int) -> None:
         """The change log started again below what we sent (a restored database): ``reset`` and a

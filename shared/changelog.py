@@ -7,7 +7,7 @@ stream and replay, the HTTP poll fallback, snapshots).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -112,10 +112,48 @@ async def events_after(
     return [ChangeEvent.from_row(row) for row in await cur.fetchall()]
 
 
-async def snapshot(cur: aiopg.Cursor, patterns: list[str] | None, through: int) -> list[ChangeEvent]:
+#: Keys are printable ASCII (SPEC §3): a prefix's range ends before "\x7f", an exact key's before the
+#: key followed by "\x01" (Postgres text cannot hold NUL).
+_AFTER_PREFIX = "\x7f"
+_AFTER_KEY = "\x01"
+
+
+def key_ranges(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Watch patterns as disjoint byte ranges [low, high) of keys, in order: ``app.*`` → ``app.`` up to
+    ``app.\x7f``, an exact key → that key alone, ``*`` → everything. Overlapping ones are merged."""
+    ranges = sorted(
+        (pattern[:-1], pattern[:-1] + _AFTER_PREFIX) if pattern.endswith("*") else (pattern, pattern + _AFTER_KEY)
+        for pattern in patterns
+    )
+    merged: list[tuple[str, str]] = []
+    for low, high in ranges:
+        if merged and low <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return [low for low, _ in merged], [high for _, high in merged]
+
+
+async def snapshot_pages(
+    pool: aiopg.Pool, patterns: Iterable[str], through: int, page: int = 1000
+) -> AsyncIterator[list[ChangeEvent]]:
     """The state at revision ``through``: the newest version (relayed by then) of every live key
-    matching ``patterns``, as ``update`` events in revision order. Revisions up to ``through`` never
-    change, so this needs no special isolation."""
-    params = {"all": patterns is None, "patterns": patterns or [], "now": utcnow(), "through": through}
-    await cur.execute(sql.SNAPSHOT, params)
-    return [ChangeEvent.from_row(row) for row in await cur.fetchall()]
+    matching the watch ``patterns``, as ``update`` events in revision order, a page at a time.
+
+    One query reads the snapshot's index, (revision, key), through the key ranges of the patterns;
+    then each page's events are read on their own, so neither the memory nor a pooled connection is
+    held for the values of the whole snapshot while the caller sends them. Revisions up to
+    ``through`` never change, so the pages need no shared transaction; a key written or deleted
+    meanwhile is still served as it was at ``through`` (its history row), one that passed its deadline
+    meanwhile is left out."""
+    lows, highs = key_ranges(patterns)
+    now = utcnow()
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(sql.SNAPSHOT_INDEX, {"lows": lows, "highs": highs, "through": through, "now": now})
+        index = await cur.fetchall()
+    for start in range(0, len(index), page):
+        keys = [key for _, key in index[start : start + page]]
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(sql.SNAPSHOT_PAGE, {"keys": keys, "through": through, "now": now})
+            rows = await cur.fetchall()
+        yield [ChangeEvent.from_row(row) for row in rows]

@@ -50,17 +50,33 @@ SELECT {_EVENT_COLUMNS}
 """
 
 # Snapshot at revision %(through)s: per matching key, its newest version relayed by then, if live.
-SNAPSHOT = f"""
-SELECT h.revision, k.key, h.version, h.event, h.at, h.value_enc, k.acl_read, k.acl_write, k.creator,
-       h.read_entries, h.read_owner
-  FROM keys k
+# A snapshot at revision %(through)s: for every live key in the ranges [low, high) (byte order, on the
+# index of migration 5), the newest version relayed by then; leaving out a key whose deadline has
+# passed even if the expiry worker has not got to it yet. First its index, (revision, key) in revision
+# order; then its events a page of keys at a time (shared.changelog.snapshot_pages).
+_SNAPSHOT_LATEST = f"""
  CROSS JOIN LATERAL (
         SELECT revision, version, event, at, value_enc, read_entries, read_owner FROM key_history
          WHERE key = k.key AND revision IS NOT NULL AND revision <= %(through)s
          ORDER BY version DESC LIMIT 1
        ) h
- WHERE k.version > 0 AND h.event = '{EventKind.UPDATE}' AND (%(all)s OR k.key LIKE ANY(%(patterns)s))
-   -- leave out a key whose deadline has passed even if the expiry worker has not got to it yet
+ WHERE k.version > 0 AND h.event = '{EventKind.UPDATE}'
    AND (k.expires_at IS NULL OR k.expires_at > %(now)s OR k.version <> h.version)
+"""
+
+SNAPSHOT_INDEX = f"""
+SELECT h.revision, k.key
+  FROM unnest(%(lows)s::text[], %(highs)s::text[]) AS r(low, high)
+  JOIN keys k ON k.key COLLATE "C" >= r.low AND k.key COLLATE "C" < r.high
+{_SNAPSHOT_LATEST}
+ ORDER BY h.revision
+"""
+
+SNAPSHOT_PAGE = f"""
+SELECT h.revision, k.key, h.version, h.event, h.at, h.value_enc, k.acl_read, k.acl_write, k.creator,
+       h.read_entries, h.read_owner
+  FROM keys k
+{_SNAPSHOT_LATEST}
+   AND k.key = ANY(%(keys)s)
  ORDER BY h.revision
 """
