@@ -30,7 +30,7 @@ from shared.model import KeyState
 from shared.settings import Settings
 from shared.sql import keys as keys_sql
 from shared.timeutil import parse_rfc3339
-from shared.writes import NewState, change, write_changes
+from shared.writes import Change, NewState, change, write_changes
 
 Client = TestClient[Any, Any]
 Proc = Any  # tests.conftest.Proc (importing conftest again would load a second copy with another keyring)
@@ -290,17 +290,7 @@ async def test_transaction_committing_after_a_later_outbox_row_still_gets_a_late
                 assert not queued.done()
                 await cur.execute("SELECT clock_timestamp()")
                 (now,) = await cur.fetchone()
-                new = NewState(keyring.encrypt(b'"held"', aad=k1), state.ttl, state.acl, state.creator)
-                held = change(
-                    state,
-                    new,
-                    event=EventKind.UPDATE,
-                    action="patch",
-                    actor=ADMIN,
-                    request_id=None,
-                    now=now,
-                    namespace_acls={},
-                )
+                held = patch_change(keyring, state, b'"held"', now)
                 await write_changes(cur, [held])  # what the API's committer does for a batch of one
         status, body = await queued
         assert (status, body["version"]) == (200, 3), body
@@ -492,6 +482,14 @@ async def test_relaying_notifier_exits_0_within_10s_of_sigterm_right_after_relay
     assert code == 0, f"notifier exit code {code} 10 s after SIGTERM\n{proc.log()[-2000:]}"
 
 
+def patch_change(keyring: Keyring, state: KeyState, value_json: bytes, now: Any) -> Change:
+    """A PATCH of ``state``'s key to ``value_json`` by the admin, as the committer would make it."""
+    new = NewState(keyring.encrypt(value_json, aad=state.key), state.ttl, state.acl, state.creator)
+    return change(
+        state, new, event=EventKind.UPDATE, action="patch", actor=ADMIN, request_id=None, now=now, namespace_acls={}
+    )
+
+
 def _metric(text: str, name: str) -> float:
     return sum(
         float(line.split()[-1])
@@ -525,19 +523,7 @@ async def test_a_burst_committed_together_reaches_a_watcher_in_order_in_one_writ
             for key in keys:
                 await cur.execute(keys_sql.SELECT + " FOR UPDATE", {"key": key})
                 state = KeyState.from_row(await cur.fetchone())
-                new = NewState(keyring.encrypt(b'"burst"', aad=key), state.ttl, state.acl, state.creator)
-                changes.append(
-                    change(
-                        state,
-                        new,
-                        event=EventKind.UPDATE,
-                        action="patch",
-                        actor=ADMIN,
-                        request_id=None,
-                        now=state.last_modified,
-                        namespace_acls={},
-                    )
-                )
+                changes.append(patch_change(keyring, state, b'"burst"', state.last_modified))
             await write_changes(cur, changes)
         await w.wait_until(lambda: sum(1 for e in w.events if e.get("value") == "burst") == 30, "the burst")
         async with session.get(metrics_url) as resp:
