@@ -28,7 +28,8 @@ from aiohttp import web
 from psycopg2 import errors as pg_errors
 
 from shared.acl import Acl
-from shared.appkeys import DB_POOL, SUPERVISOR
+from shared.appkeys import AUDIT_CHAIN, DB_POOL, SUPERVISOR
+from shared.auditchain import AuditChain
 from shared.errors import DynConfigError, ServiceUnavailable
 from shared.events import EventKind
 from shared.model import KeyState
@@ -82,9 +83,10 @@ class WriteOp:
 class Committer:
     """Collects writes and commits them in batches (see the module docstring)."""
 
-    def __init__(self, pool: aiopg.Pool, cache: ValueCache) -> None:
+    def __init__(self, pool: aiopg.Pool, cache: ValueCache, chain: AuditChain) -> None:
         self._pool = pool
         self._cache = cache
+        self._chain = chain
         self._queue: deque[WriteOp] = deque()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()  # contended writes committed on their own; answers
@@ -200,8 +202,10 @@ class Committer:
                 recorded_by_key = dict(zip(last, await self._cache.announce(cur, announced), strict=True))
                 expiries = [expiry(d.expired, now, ns_acls, op.request_id) for op, d, now in decided if d.expired]
                 if expiries:
-                    await write_changes(cur, expiries)
-                states_after = await write_changes(cur, [_change(op, d, now, ns_acls) for op, d, now in decided])
+                    await write_changes(cur, expiries, self._chain)
+                states_after = await write_changes(
+                    cur, [_change(op, d, now, ns_acls) for op, d, now in decided], self._chain
+                )
                 for (op, d, _), state in zip(decided, states_after, strict=True):
                     outcomes[id(op)] = (state, d, recorded_by_key[state.key])
             # A create refused in a batch that commits must not leave its placeholder row behind.
@@ -261,7 +265,7 @@ COMMITTER = web.AppKey("committer", Committer)
 
 async def committer_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the process's committer and its loop (needs the pool and the cache first)."""
-    committer = Committer(app[DB_POOL], app[CACHE])
+    committer = Committer(app[DB_POOL], app[CACHE], app[AUDIT_CHAIN])
     app[COMMITTER] = committer
     task = app[SUPERVISOR].spawn("committer", committer.run)
     try:

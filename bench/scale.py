@@ -35,11 +35,12 @@ import psycopg2
 
 from api_server.committer import _namespace_acls_and_clock
 from devtools.devkeys import ensure_dev_keys, mint_token
+from shared.auditchain import AuditChain
 from shared.changelog import snapshot_pages
 from shared.crypto import Keyring
 from shared.events import EventKind
 from shared.model import KeyState
-from shared.settings import parse_keyring
+from shared.settings import Settings
 from shared.sql import changelog as changelog_sql
 from shared.sql import keys as keys_sql
 from shared.validation import encode_value
@@ -97,7 +98,7 @@ def server_env(pid: int) -> dict[str, str]:
     return dict(entry.split("=", 1) for entry in raw.decode().split("\0") if "=" in entry)
 
 
-async def load_dynconfig(dsn: str, keyring: Keyring, sets: list[KeySet]) -> None:
+async def load_dynconfig(dsn: str, keyring: Keyring, chain: AuditChain, sets: list[KeySet]) -> None:
     """Create every key of ``sets`` (as ``PUT`` by the admin would), ``LOAD_BATCH`` per transaction."""
     batches = iter(
         [(s, start, min(start + LOAD_BATCH, s.count)) for s in sets for start in range(0, s.count, LOAD_BATCH)]
@@ -106,15 +107,15 @@ async def load_dynconfig(dsn: str, keyring: Keyring, sets: list[KeySet]) -> None
 
         async def worker() -> None:
             for key_set, start, stop in batches:
-                await _create(pool, keyring, [(key_set.name(i), i) for i in range(start, stop)])
+                await _create(pool, keyring, chain, [(key_set.name(i), i) for i in range(start, stop)])
 
         await asyncio.gather(*(worker() for _ in range(LOAD_WORKERS)))
 
 
-async def _create(pool: aiopg.Pool, keyring: Keyring, numbered: list[tuple[str, int]]) -> None:
+async def _create(pool: aiopg.Pool, keyring: Keyring, chain: AuditChain, numbered: list[tuple[str, int]]) -> None:
     """One transaction of new keys, written as the committer writes a batch of creating PUTs: claim and
     lock their rows, read the namespace ACLs and the clock, then ``write_changes`` (keys, history,
-    outbox, audit, revisions). No cache announcement: no replica has these keys cached."""
+    outbox, audit sealed into the chain, revisions). No cache announcement: no replica has these keys cached."""
     keys = sorted(key for key, _ in numbered)
     sealed = {key: keyring.encrypt(encode_value(value(i)), aad=key) for key, i in numbered}
     async with pool.acquire() as conn, conn.cursor() as cur, cur.begin():
@@ -135,7 +136,7 @@ async def _create(pool: aiopg.Pool, keyring: Keyring, numbered: list[tuple[str, 
             )
             for state in states
         ]
-        await write_changes(cur, changes)
+        await write_changes(cur, changes, chain)
 
 
 def vacuum(dsn: str) -> None:
@@ -185,13 +186,14 @@ def _own_cpu() -> float:
 def load(systems: Systems, meter: Meter, sets: list[KeySet]) -> dict[str, Any]:
     """Both systems loaded with ``sets``; the time each took (DynConfig: the load, then vacuum and relay)."""
     env = server_env(systems.procs["api_server"].pid)
-    dsn, keyring = env["POSTGRES_URL"], Keyring(parse_keyring(env["ENCRYPTION_KEYS"]))
+    settings = Settings.from_env(env)
+    dsn, keyring, chain = settings.postgres_url, Keyring(settings.encryption_keys), AuditChain.from_settings(settings)
     keys = sum(s.count for s in sets)
     dynconfig: dict[str, Any] = {"kind": "load", "keys": keys}
     vacuum(dsn)
     started, own = time.monotonic(), _own_cpu()
     with meter.measure(dynconfig):  # the loader runs in this process: "generator" stays 0
-        asyncio.run(load_dynconfig(dsn, keyring, sets))
+        asyncio.run(load_dynconfig(dsn, keyring, chain, sets))
     loaded = time.monotonic() - started
     dynconfig["loader_cpu_percent"] = round(100 * (_own_cpu() - own) / loaded)
     vacuum(dsn)

@@ -11,6 +11,7 @@ import logging
 
 import aiopg
 
+from shared.auditchain import AuditChain
 from shared.db import listen, wait_notices
 from shared.model import KeyState
 from shared.nsacls import load_all
@@ -33,9 +34,10 @@ MAX_RECHECK_SECONDS = 0.5
 class ExpiryWorker:
     """``run_once()`` expires what is due now; ``run()`` does so for ever."""
 
-    def __init__(self, dsn: str, pool: aiopg.Pool, metrics: ExpiryMetrics) -> None:
+    def __init__(self, dsn: str, pool: aiopg.Pool, metrics: ExpiryMetrics, chain: AuditChain) -> None:
         self._dsn = dsn
         self._pool = pool
+        self._chain = chain
         self._metrics = metrics
 
     async def run_once(self) -> int:
@@ -53,7 +55,7 @@ class ExpiryWorker:
                         expiry(state, max(row[-1], state.last_modified), ns_acls)
                         for state, row in zip(states, rows, strict=True)
                     ]
-                    await write_changes(cur, changes)
+                    await write_changes(cur, changes, self._chain)
             for state, row in zip(states, rows, strict=True):
                 assert state.expires_at is not None
                 self._metrics.expiry_delay.observe(max(0.0, (row[-1] - state.expires_at).total_seconds()))

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from shared.appkeys import DB_POOL, SETTINGS, SUPERVISOR
+from shared.appkeys import AUDIT_CHAIN, DB_POOL, SETTINGS, SUPERVISOR
 from shared.db import pool_ctx
 from shared.metrics import metrics_handler
 from shared.serve import main_for
@@ -23,7 +23,7 @@ EXPIRY_METRICS = web.AppKey("expiry_metrics", ExpiryMetrics)
 
 
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
-    worker = ExpiryWorker(app[SETTINGS].postgres_url, app[DB_POOL], app[EXPIRY_METRICS])
+    worker = ExpiryWorker(app[SETTINGS].postgres_url, app[DB_POOL], app[EXPIRY_METRICS], app[AUDIT_CHAIN])
     app[WORKER] = worker
     task = app[SUPERVISOR].spawn("expiry", worker.run)
     try:

@@ -14,6 +14,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .audit import AuditWriter
+    from .auditchain import AuditChain
     from .metrics import Metrics
     from .nsacls import NamespaceAcls
     from .redis import RedisLink
@@ -26,6 +27,7 @@ KEYRING = web.AppKey("keyring", Keyring)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 REDIS: web.AppKey[RedisLink] = web.AppKey("redis")
 AUDIT: web.AppKey[AuditWriter] = web.AppKey("audit")
+AUDIT_CHAIN: web.AppKey[AuditChain] = web.AppKey("audit_chain")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor")
 NAMESPACE_ACLS: web.AppKey[NamespaceAcls] = web.AppKey("namespace_acls")

@@ -1,8 +1,9 @@
 """The audit log (SPEC §8): who did what to which key, when, with what outcome.
 
-Changes are audited inside their own transaction (:func:`record`). Reads and denials go through
-:class:`AuditWriter`, which batches them into one INSERT every few hundred milliseconds so a read does
-not pay a Postgres round trip; it flushes on shutdown.
+Changes are audited inside their own transaction (:func:`record`, or ``shared.writes`` for key
+changes). Reads and denials go through :class:`AuditWriter`, which batches them into one INSERT every
+few hundred milliseconds so a read does not pay a Postgres round trip; it flushes on shutdown. Every
+row is sealed into the tamper-evident chain of ``shared.auditchain`` as it is written (:func:`append`).
 
 No record can stop the writer: text with control characters is stored escaped (and counted), a row
 Postgres still refuses is stored in a safe form or, failing that, dropped with a log line, and the rest
@@ -13,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +23,8 @@ import aiopg
 import psycopg2
 from aiohttp import web
 
-from .appkeys import AUDIT, DB_POOL, METRICS
+from .appkeys import AUDIT, AUDIT_CHAIN, DB_POOL, METRICS
+from .auditchain import AuditChain, Entry
 from .metrics import ServingMetrics
 from .sql import audit as sql
 from .tasks import Backoff, cancel_and_wait, complete_then_cancel
@@ -30,6 +32,8 @@ from .text import escape_control
 from .timeutil import utcnow
 
 log = logging.getLogger(__name__)
+
+ENTRY_FIELDS = tuple(f.name for f in fields(Entry))
 
 _BATCH = 500
 _FLUSH_SECONDS = 0.25
@@ -73,18 +77,11 @@ def _needs_repair(entry: AuditRecord) -> bool:
     )
 
 
-def _params(entry: AuditRecord) -> dict[str, Any]:
+def _entry(record: AuditRecord) -> Entry:
     # Not dataclasses.asdict: it deep-copies, and this runs for every audited read (a profile of
     # GET showed it at a fifth of the API's busy time).
-    return {
-        "at": entry.at or utcnow(),
-        "actor": entry.actor,
-        "action": entry.action,
-        "key": entry.key,
-        "version": entry.version,
-        "outcome": entry.outcome,
-        "request_id": entry.request_id,
-    }
+    r = record
+    return Entry(r.at or utcnow(), r.actor, r.action, r.key, r.version, r.outcome, r.request_id)
 
 
 def safe_record(entry: AuditRecord) -> AuditRecord:
@@ -92,16 +89,26 @@ def safe_record(entry: AuditRecord) -> AuditRecord:
     return entry.made_safe() if _needs_repair(entry) else entry
 
 
-async def record(cur: aiopg.Cursor, entry: AuditRecord) -> None:
+async def append(cur: aiopg.Cursor, chain: AuditChain, records: Sequence[AuditRecord]) -> None:
+    """Seal ``records`` into the chain and write them, in one statement after the chain's head is
+    locked; inside the caller's transaction, which holds the head until it ends."""
+    entries = [_entry(r) for r in records]
+    params: dict[str, Any] = {field: [getattr(e, field) for e in entries] for field in ENTRY_FIELDS}
+    params.update(chain.columns(await chain.link(cur), entries))
+    await cur.execute(sql.INSERT_MANY, params)
+
+
+async def record(cur: aiopg.Cursor, chain: AuditChain, entry: AuditRecord) -> None:
     """Write one audit row with ``cur`` (inside the caller's transaction)."""
-    await cur.execute(sql.INSERT, _params(safe_record(entry)))
+    await append(cur, chain, [safe_record(entry)])
 
 
 class AuditWriter:
     """A bounded buffer of audit rows flushed in batches by a supervised background task."""
 
-    def __init__(self, pool: aiopg.Pool, metrics: ServingMetrics) -> None:
+    def __init__(self, pool: aiopg.Pool, metrics: ServingMetrics, chain: AuditChain) -> None:
         self._pool = pool
+        self._chain = chain
         self._metrics = metrics
         self._buffer: list[AuditRecord] = []
         self._wake = asyncio.Event()
@@ -151,7 +158,7 @@ class AuditWriter:
         async with self._pool.acquire() as conn, conn.cursor() as cur:
             try:
                 async with cur.begin():
-                    await cur.execute(sql.INSERT_MANY, _columns(batch))
+                    await append(cur, self._chain, batch)
                 return
             except _UNAVAILABLE:
                 raise
@@ -164,7 +171,8 @@ class AuditWriter:
     async def _write_one(self, cur: aiopg.Cursor, entry: AuditRecord) -> None:
         for attempt in (entry, entry.made_safe()):
             try:
-                await cur.execute(sql.INSERT, _params(attempt))
+                async with cur.begin():
+                    await append(cur, self._chain, [attempt])
                 if attempt is not entry:
                     self._repaired(entry, "refused by Postgres")
                 return
@@ -213,17 +221,11 @@ class AuditWriter:
             log.error("could not flush %d audit records at shutdown", len(self._buffer))
 
 
-def _columns(batch: list[AuditRecord]) -> dict[str, list[Any]]:
-    """The batch as one array per column, for :data:`sql.INSERT_MANY`."""
-    rows = [_params(entry) for entry in batch]
-    return {name: [row[name] for row in rows] for name in sql.COLUMNS}
-
-
 async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the audit writer and its flush loop (needs ``pool_ctx`` first)."""
     metrics = app[METRICS]
     assert isinstance(metrics, ServingMetrics), "the audit writer runs in a serving process"
-    writer = AuditWriter(app[DB_POOL], metrics)
+    writer = AuditWriter(app[DB_POOL], metrics, app[AUDIT_CHAIN])
     app[AUDIT] = writer
     writer.start()
     try:

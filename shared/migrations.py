@@ -154,4 +154,23 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         DROP INDEX IF EXISTS outbox_pending;
         """,
     ),
+    (
+        8,
+        "the audit chain: every audit row sealed with an HMAC over the row before it",
+        """
+        -- shared/auditchain.py: seq numbers the rows in chain order (no gaps), mac is the row's HMAC,
+        -- mac_key names the key. Rows written before this migration stay unsealed: legacy_through is
+        -- the last of them, and any unsealed row after it is one nobody who appends could have made.
+        ALTER TABLE audit_log ADD COLUMN seq bigint, ADD COLUMN mac bytea, ADD COLUMN mac_key text;
+        CREATE UNIQUE INDEX audit_by_seq ON audit_log (seq);
+        CREATE TABLE audit_chain (
+            only_row       boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+            seq            bigint NOT NULL,
+            mac            bytea NOT NULL,
+            legacy_through bigint NOT NULL
+        );
+        INSERT INTO audit_chain (seq, mac, legacy_through)
+        SELECT 0, decode(repeat('00', 32), 'hex'), coalesce(max(id), 0) FROM audit_log;
+        """,
+    ),
 ]

@@ -41,6 +41,9 @@ class Settings:
     redis_url: str = field(repr=False)
     jwks_url: str
     encryption_keys: tuple[tuple[str, bytes], ...] = field(repr=False)
+    #: Keys of the audit chain's HMAC (``id:base64key,…``, first active; at least 32 bytes each). Empty:
+    #: a key derived from each encryption key is used instead (shared/auditchain.py).
+    audit_hmac_keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     rate_limit: int = 1000
     admin_users: frozenset[str] = frozenset({"admin-user"})
     jwt_issuer: str | None = None
@@ -94,6 +97,7 @@ class Settings:
             redis_url=_redis_url(env),
             jwks_url=parse_jwks_url(_required(env, "JWKS_URL")),
             encryption_keys=parse_keyring(_required(env, "ENCRYPTION_KEYS")),
+            audit_hmac_keys=_audit_keys(env),
             rate_limit=_int(env, "RATE_LIMIT", 1000, minimum=1),
             admin_users=_admins(env),
             jwt_issuer=_optional(env, "JWT_ISSUER"),
@@ -205,24 +209,32 @@ def parse_jwks_url(url: str) -> str:
     raise SettingsError("JWKS_URL", "must be an http(s)://… or file://… URL")
 
 
-def parse_keyring(raw: str) -> tuple[tuple[str, bytes], ...]:
-    """``id:base64key,…``; every key 32 bytes (AES-256); the first is the active one."""
+def parse_keyring(raw: str, setting: str = "ENCRYPTION_KEYS", *, hmac: bool = False) -> tuple[tuple[str, bytes], ...]:
+    """``id:base64key,…``; the first is the active one. Every key 32 bytes (AES-256), or for an HMAC
+    keyring at least 32 bytes."""
     keys: list[tuple[str, bytes]] = []
     for item in raw.split(","):
         item = item.strip()
         key_id, sep, b64 = item.partition(":")
         if not sep or not _KEY_ID.match(key_id):
-            raise SettingsError("ENCRYPTION_KEYS", "must be id:base64key[,id:base64key…] with ids of A-Z a-z 0-9 _ . -")
+            raise SettingsError(setting, "must be id:base64key[,id:base64key…] with ids of A-Z a-z 0-9 _ . -")
         try:
             secret = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):
-            raise SettingsError("ENCRYPTION_KEYS", f"key {key_id!r} is not valid base64") from None
-        if len(secret) != 32:
-            raise SettingsError("ENCRYPTION_KEYS", f"key {key_id!r} must be 32 bytes (AES-256), got {len(secret)}")
+            raise SettingsError(setting, f"key {key_id!r} is not valid base64") from None
+        if hmac and len(secret) < 32:
+            raise SettingsError(setting, f"key {key_id!r} must be at least 32 bytes, got {len(secret)}")
+        if not hmac and len(secret) != 32:
+            raise SettingsError(setting, f"key {key_id!r} must be 32 bytes (AES-256), got {len(secret)}")
         if any(key_id == existing for existing, _ in keys):
-            raise SettingsError("ENCRYPTION_KEYS", f"key id {key_id!r} appears twice")
+            raise SettingsError(setting, f"key id {key_id!r} appears twice")
         keys.append((key_id, secret))
     return tuple(keys)
+
+
+def _audit_keys(env: Mapping[str, str]) -> tuple[tuple[str, bytes], ...]:
+    raw = _optional(env, "AUDIT_HMAC_KEY")
+    return () if raw is None else parse_keyring(raw, "AUDIT_HMAC_KEY", hmac=True)
 
 
 def _admins(env: Mapping[str, str]) -> frozenset[str]:

@@ -15,7 +15,8 @@ import psycopg2
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from .appkeys import DB_POOL, METRICS, PROCESS, SETTINGS, SUPERVISOR
+from .appkeys import AUDIT_CHAIN, DB_POOL, METRICS, PROCESS, SETTINGS, SUPERVISOR
+from .auditchain import AuditChain
 from .errors import BadRequest, DynConfigError, PayloadTooLarge
 from .metrics import Metrics, metrics_middleware, route_template
 from .settings import Settings
@@ -120,11 +121,13 @@ def process_app(
     process: str, settings: Settings, metrics: Metrics, middlewares: Sequence[Middleware] = (), **kwargs: Any
 ) -> web.Application:
     """A DynConfig process's application: the shared middlewares (metrics, JSON errors, then
-    ``middlewares``), its settings, name, metrics, and the supervisor of its background loops."""
+    ``middlewares``), its settings, name, metrics, the seal of its audit rows, and the supervisor of
+    its background loops."""
     app = web.Application(middlewares=[metrics_middleware, error_middleware, *middlewares], **kwargs)
     app[SETTINGS] = settings
     app[PROCESS] = process
     app[METRICS] = metrics
+    app[AUDIT_CHAIN] = AuditChain.from_settings(settings)
     app[SUPERVISOR] = Supervisor(metrics.background_errors)
     return app
 

@@ -17,6 +17,7 @@ import aiopg
 
 from .acl import Acl, Audience, audience
 from .audit import AuditRecord, safe_record
+from .auditchain import AuditChain, Entry
 from .events import EventKind
 from .model import KeyState
 from .sql import writes as writes_sql
@@ -83,11 +84,13 @@ def after_change(c: Change) -> KeyState:
     )
 
 
-async def write_changes(cur: aiopg.Cursor, changes: Sequence[Change]) -> list[KeyState]:
-    """Write the next version of each locked key, with its history, outbox and audit rows, in one
-    statement; return the new states in the same order. A key changed twice in a batch: the second
-    change's ``before`` is :func:`after_change` of the first."""
-    columns: dict[str, list[Any]] = {name: [] for name in writes_sql.COLUMNS}
+async def write_changes(cur: aiopg.Cursor, changes: Sequence[Change], chain: AuditChain) -> list[KeyState]:
+    """Write the next version of each locked key, with its history, outbox and audit rows (sealed
+    into ``chain``), in one statement after the chain's head is locked; return the new states in the
+    same order. A key changed twice in a batch: the second change's ``before`` is
+    :func:`after_change` of the first."""
+    columns: dict[str, Any] = {name: [] for name in writes_sql.COLUMNS}
+    entries: list[Entry] = []
     deadline = False
     for c in changes:
         new = after_change(c)
@@ -115,6 +118,8 @@ async def write_changes(cur: aiopg.Cursor, changes: Sequence[Change]) -> list[Ke
         }
         for name, value in row.items():
             columns[name].append(value)
+        entries.append(Entry(c.now, audit.actor, audit.action, c.before.key, new.version, "ok", audit.request_id))
+    columns.update(chain.columns(await chain.link(cur), entries))
     await cur.execute(writes_sql.WRITE_WITH_DEADLINE if deadline else writes_sql.WRITE, columns)
     return [KeyState.from_row(row) for row in await cur.fetchall()]
 

@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from support import drop_database, new_database, process_env
 
 from devtools.services import PostgresServer, RedisServer
 from shared.settings import Settings
@@ -313,6 +314,15 @@ async def pg(pg_server: PostgresServer) -> AsyncIterator[aiopg.Pool]:
 
 
 @pytest.fixture
+def private_db(pg_server: PostgresServer) -> Iterator[str]:
+    """The URL of a fresh, empty database on the session's Postgres (for tests that touch every row,
+    or a fresh schema); dropped afterwards."""
+    url = new_database(pg_server)
+    yield url
+    drop_database(pg_server, url)
+
+
+@pytest.fixture
 async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     """An asyncio Redis client on the test Redis."""
     client = aioredis.Redis.from_url(redis_server.url)
@@ -351,25 +361,6 @@ def make_notifier(aiohttp_server: Any, settings: Settings) -> Callable[..., Awai
 async def notifier_server(make_notifier: Callable[..., Awaitable[Any]]) -> Any:
     """A notifier with the default test settings."""
     return await make_notifier()
-
-
-def process_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment a real DynConfig process needs to run against the test services."""
-    import base64
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "COV_"))}
-    env.update(
-        POSTGRES_URL=settings.postgres_url,
-        REDIS_URL=settings.redis_url,
-        JWKS_URL=settings.jwks_url,
-        ENCRYPTION_KEYS=",".join(f"{kid}:{base64.b64encode(key).decode()}" for kid, key in settings.encryption_keys),
-        RATE_LIMIT=str(settings.rate_limit),
-        HOST="127.0.0.1",
-        LOG_LEVEL="WARNING",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
 
 
 @dataclass

@@ -9,13 +9,17 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from uuid import uuid4
 
 import aiopg
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 
 def write_self_signed(directory: Path) -> tuple[Path, Path]:
@@ -144,3 +148,50 @@ class WatchRecorder:
     async def close(self) -> None:
         await self.ws.close()
         await self.task
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a real DynConfig process needs to run against the test services."""
+    import base64
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "COV_"))}
+    env.update(
+        POSTGRES_URL=settings.postgres_url,
+        REDIS_URL=settings.redis_url,
+        JWKS_URL=settings.jwks_url,
+        ENCRYPTION_KEYS=",".join(f"{kid}:{base64.b64encode(key).decode()}" for kid, key in settings.encryption_keys),
+        RATE_LIMIT=str(settings.rate_limit),
+        HOST="127.0.0.1",
+        LOG_LEVEL="WARNING",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def new_database(pg_server: Any, template: str | None = None) -> str:
+    """Create an empty database on the session's Postgres (or a copy of ``template``, which must have
+    no open connections); return its URL. Drop it with :func:`drop_database`."""
+    import psycopg2
+
+    name = f"t_{uuid4().hex[:16]}"
+    admin = psycopg2.connect(pg_server.url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    finally:
+        admin.close()
+    return pg_server.url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(pg_server: Any, url: str) -> None:
+    import psycopg2
+
+    admin = psycopg2.connect(pg_server.url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    finally:
+        admin.close()

@@ -21,6 +21,7 @@ from support import WatchRecorder
 
 from expiry_worker.expiry import ExpiryWorker
 from expiry_worker.metrics import ExpiryMetrics
+from shared.auditchain import AuditChain
 from shared.settings import Settings
 from shared.timeutil import parse_rfc3339
 
@@ -64,7 +65,7 @@ async def expiry_app(aiohttp_server: Any, settings: Settings) -> Any:
 
 
 def make_worker(settings: Settings, pool: aiopg.Pool) -> ExpiryWorker:
-    return ExpiryWorker(settings.postgres_url, pool, ExpiryMetrics("test"))
+    return ExpiryWorker(settings.postgres_url, pool, ExpiryMetrics("test"), AuditChain.from_settings(settings))
 
 
 async def put(client: Client, key: str, headers: dict[str, str], **body: Any) -> tuple[int, dict[str, Any]]:

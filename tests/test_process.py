@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import psycopg2
@@ -285,28 +284,11 @@ async def test_access_log_has_path_but_no_query_value_no_stored_value_no_token(
 # --- concurrent start-up against a fresh database -----------------------------------------------
 
 
-@pytest.fixture
-def fresh_database_url(pg_server: PostgresServer) -> Iterator[str]:
-    """A new, empty database on the session Postgres; dropped afterwards."""
-    name = f"dynconfig_{uuid.uuid4().hex}"
-    admin = psycopg2.connect(pg_server.url)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        parts = urlsplit(pg_server.url)
-        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.close()
-
-
 async def test_two_processes_migrate_a_fresh_database_together(
-    start_api: StartApi, process_env: dict[str, str], fresh_database_url: str
+    start_api: StartApi, process_env: dict[str, str], private_db: str
 ) -> None:
     envs = [
-        {**process_env, "POSTGRES_URL": fresh_database_url, "API_PORT": str(port)}
+        {**process_env, "POSTGRES_URL": private_db, "API_PORT": str(port)}
         for port in (free_port(), free_port())
     ]
     assert envs[0]["API_PORT"] != envs[1]["API_PORT"]
@@ -314,7 +296,7 @@ async def test_two_processes_migrate_a_fresh_database_together(
     bodies = await asyncio.gather(*(p.wait_healthy() for p in procs))
     assert [b["status"] for b in bodies] == ["healthy", "healthy"]
 
-    conn = psycopg2.connect(fresh_database_url)
+    conn = psycopg2.connect(private_db)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY version")

@@ -24,6 +24,7 @@ import aiopg
 from aiohttp.test_utils import TestClient
 from support import WatchRecorder
 
+from shared.auditchain import AuditChain
 from shared.crypto import Keyring
 from shared.events import EventKind
 from shared.model import KeyState
@@ -291,7 +292,8 @@ async def test_transaction_committing_after_a_later_outbox_row_still_gets_a_late
                 await cur.execute("SELECT clock_timestamp()")
                 (now,) = await cur.fetchone()
                 held = patch_change(keyring, state, b'"held"', now)
-                await write_changes(cur, [held])  # what the API's committer does for a batch of one
+                # what the API's committer does for a batch of one
+                await write_changes(cur, [held], AuditChain.from_settings(settings))
         status, body = await queued
         assert (status, body["version"]) == (200, 3), body
         await w.wait_until(lambda: any(e["key"] == k1 and e["version"] == 3 for e in w.events), "k1 v3")
@@ -524,7 +526,7 @@ async def test_a_burst_committed_together_reaches_a_watcher_in_order_in_one_writ
                 await cur.execute(keys_sql.SELECT + " FOR UPDATE", {"key": key})
                 state = KeyState.from_row(await cur.fetchone())
                 changes.append(patch_change(keyring, state, b'"burst"', state.last_modified))
-            await write_changes(cur, changes)
+            await write_changes(cur, changes, AuditChain.from_settings(settings))
         await w.wait_until(lambda: sum(1 for e in w.events if e.get("value") == "burst") == 30, "the burst")
         async with session.get(metrics_url) as resp:
             after = await resp.text()

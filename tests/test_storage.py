@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 from uuid import uuid4
 
@@ -53,17 +53,6 @@ async def expect_error(resp: ClientResponse, status: int, phrase: str) -> dict[s
 
 def compact(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-@pytest.fixture
-async def private_db(pg_server: Any) -> AsyncIterator[str]:
-    """A fresh, empty database on the session's Postgres (for tests that touch every row)."""
-    name = f"t_{uuid4().hex[:12]}"
-    async with aiopg.connect(pg_server.url) as conn, conn.cursor() as cur:
-        await cur.execute(f'CREATE DATABASE "{name}"')
-    yield pg_server.url.rsplit("/", 1)[0] + "/" + name
-    async with aiopg.connect(pg_server.url) as conn, conn.cursor() as cur:
-        await cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # --- one write, one row in each table --------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 import aiopg
 
 from shared.audit import AuditRecord, record
+from shared.auditchain import AuditChain
 from shared.errors import Forbidden, NotFound
 from shared.nsacls import NamespaceAcls
 from shared.sql import namespaces as sql
@@ -23,7 +24,12 @@ def require_admin(caller: Caller, namespace: str) -> None:
 
 
 async def put_acl(
-    pool: aiopg.Pool, held: NamespaceAcls, caller: Caller, namespace: str, acls: dict[str, list[str]]
+    pool: aiopg.Pool,
+    chain: AuditChain,
+    held: NamespaceAcls,
+    caller: Caller,
+    namespace: str,
+    acls: dict[str, list[str]],
 ) -> tuple[bool, datetime]:
     """Set ``namespace``'s ACL (audited, every process told); return (created?, when) once this
     process's copy holds it."""
@@ -34,7 +40,9 @@ async def put_acl(
         await cur.execute(sql.UPSERT, params)
         (created,) = await cur.fetchone()
         await cur.execute(sql.NOTIFY)
-        await record(cur, AuditRecord(caller.username, "namespace.put", namespace, "ok", caller.request_id, at=now))
+        await record(
+            cur, chain, AuditRecord(caller.username, "namespace.put", namespace, "ok", caller.request_id, at=now)
+        )
     await held.reload()
     return bool(created), now
 
@@ -50,7 +58,7 @@ async def get_acl(pool: aiopg.Pool, namespace: str) -> dict[str, Any]:
     return {"acls": {"read": read, "write": write}, "updated_by": updated_by, "updated_at": updated_at}
 
 
-async def delete_acl(pool: aiopg.Pool, held: NamespaceAcls, caller: Caller, namespace: str) -> None:
+async def delete_acl(pool: aiopg.Pool, chain: AuditChain, held: NamespaceAcls, caller: Caller, namespace: str) -> None:
     """Remove ``namespace``'s ACL (audited, every process told), or 404 when it has none; returns once
     this process's copy no longer holds it."""
     require_admin(caller, namespace)
@@ -59,5 +67,5 @@ async def delete_acl(pool: aiopg.Pool, held: NamespaceAcls, caller: Caller, name
         if cur.rowcount == 0:
             raise NotFound(f"Namespace '{namespace}' has no ACL")
         await cur.execute(sql.NOTIFY)
-        await record(cur, AuditRecord(caller.username, "namespace.delete", namespace, "ok", caller.request_id))
+        await record(cur, chain, AuditRecord(caller.username, "namespace.delete", namespace, "ok", caller.request_id))
     await held.reload()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.appkeys import DB_POOL, NAMESPACE_ACLS
+from shared.appkeys import AUDIT_CHAIN, DB_POOL, NAMESPACE_ACLS
 from shared.timeutil import rfc3339
 from shared.validation import NamespaceSchema, load, validate_namespace
 from shared.web import json_response, read_json
@@ -22,7 +22,9 @@ async def put_namespace(request: web.Request) -> web.Response:
     async with audited_failures(request, "namespace.put", namespace):
         namespaces.require_admin(caller, namespace)
     acls = load(_SCHEMA, await read_json(request))["acls"]
-    created, now = await namespaces.put_acl(request.app[DB_POOL], request.app[NAMESPACE_ACLS], caller, namespace, acls)
+    created, now = await namespaces.put_acl(
+        request.app[DB_POOL], request.app[AUDIT_CHAIN], request.app[NAMESPACE_ACLS], caller, namespace, acls
+    )
     body = {"namespace": namespace, "acls": acls, "updatedBy": caller.username, "updatedAt": rfc3339(now)}
     return json_response(body, status=201 if created else 200)
 
@@ -46,5 +48,7 @@ async def delete_namespace(request: web.Request) -> web.Response:
     """Remove a namespace's ACL: 204, or 404 when it has none."""
     namespace = validate_namespace(request.match_info["ns"])
     async with audited_failures(request, "namespace.delete", namespace):
-        await namespaces.delete_acl(request.app[DB_POOL], request.app[NAMESPACE_ACLS], caller_of(request), namespace)
+        await namespaces.delete_acl(
+            request.app[DB_POOL], request.app[AUDIT_CHAIN], request.app[NAMESPACE_ACLS], caller_of(request), namespace
+        )
     return web.Response(status=204)

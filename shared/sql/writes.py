@@ -10,10 +10,14 @@ A key may be changed several times in one batch (each change builds on the one b
 outbox and audit get every change, ``keys`` the last one; every change's state comes back, in order
 (Postgres runs a data-modifying WITH to completion whether or not the result reads it).
 
+The audit rows come sealed (``seq``, ``mac``, ``mac_key``: shared.auditchain), the chain's head
+locked earlier in the transaction, and the statement moves the head past them.
+
 Parameters are one array per column, a change per index. ACL lists vary in length, which Postgres
 arrays of arrays cannot hold, so they travel as JSON arrays (``jsonb[]``, NULL for "no ACL").
 """
 
+from . import audit as audit_sql
 from .expiry import NOTIFY as NOTIFY_TTL
 from .outbox import NOTIFY as NOTIFY_OUTBOX
 
@@ -35,6 +39,9 @@ COLUMNS = (
     "request_id",
     "read_entries",
     "read_owner",
+    "seq",
+    "mac",
+    "mac_key",
 )
 
 
@@ -50,7 +57,7 @@ WITH input AS (
         %(expires_at)s::timestamptz[], %(acl_read)s::jsonb[], %(acl_write)s::jsonb[], %(creator)s::text[],
         %(deleted)s::boolean[], %(created_at)s::timestamptz[], %(now)s::timestamptz[], %(event)s::text[],
         %(actor)s::text[], %(action)s::text[], %(request_id)s::text[], %(read_entries)s::jsonb[],
-        %(read_owner)s::text[]
+        %(read_owner)s::text[], %(seq)s::bigint[], %(mac)s::bytea[], %(mac_key)s::text[]
     ) WITH ORDINALITY AS input({", ".join(COLUMNS)}, n)
 ), counter AS (
     UPDATE relay_state SET head = head + (SELECT count(*) FROM input) RETURNING head
@@ -71,8 +78,10 @@ WITH input AS (
 ), outbox AS (
     INSERT INTO outbox (key, version, event, at, revision) SELECT key, version, event, now, revision FROM c ORDER BY n
 ), audit AS (
-    INSERT INTO audit_log (at, actor, action, key, version, outcome, request_id)
-    SELECT now, actor, action, key, version, 'ok', request_id FROM c ORDER BY n
+    INSERT INTO audit_log ({audit_sql.SEALED}, seq, mac, mac_key)
+    SELECT now, actor, action, key, version, 'ok', request_id, seq, mac, mac_key FROM c ORDER BY n
+), chain AS (
+    {audit_sql.ADVANCE}
 )
 SELECT key, version, value_enc, ttl, expires_at, {_text_array("acl_read")}, {_text_array("acl_write")}, creator,
        deleted, created_at, now, revision
