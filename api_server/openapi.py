@@ -195,6 +195,12 @@ SPEC: dict[str, Any] = {
                     "next": {"type": "string"},
                 },
             },
+            "Rollback": {
+                "type": "object",
+                "required": ["version"],
+                "additionalProperties": False,
+                "properties": {"version": {"type": "integer", "minimum": 1, "description": "an update version"}},
+            },
             "Health": {"type": "object", "properties": {"status": {"type": "string"}, "checks": {"type": "object"}}},
         },
     },
@@ -251,6 +257,24 @@ SPEC: dict[str, Any] = {
                 "summary": "Every version of a key, newest first",
                 "parameters": [_LIMIT, _CURSOR],
                 "responses": {"200": _ok("Versions", _ref("History")), **_errors(400, 403, 404, *_AUTH_ERRORS)},
+            },
+        },
+        "/keys/{key}/rollback": {
+            "parameters": [_KEY],
+            "post": {
+                "summary": "Write the value of an earlier version again, as a new version",
+                "description": (
+                    "As a PUT of that value by the caller (key write; ttl and ACLs kept), who must also be "
+                    "allowed to read that version, as in the key's history. Audited as action `rollback` and "
+                    "propagated like any write. 400 with fields.version when that version is a delete or an "
+                    "expiry; 404 when the key or the version never existed."
+                ),
+                "parameters": [_IF_MATCH],
+                "requestBody": _body(_ref("Rollback")),
+                "responses": {
+                    "200": _ok("Rolled back", _ref("Written")),
+                    **_errors(400, 403, 404, 412, *_AUTH_ERRORS),
+                },
             },
         },
         "/namespaces/{ns}": {

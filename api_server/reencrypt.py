@@ -37,7 +37,7 @@ async def reencrypt(pool: aiopg.Pool, keyring: Keyring) -> tuple[int, list[str]]
             await cur.execute(sql.KEYS_BATCH, {"active": active, "limit": BATCH})
             rows = await cur.fetchall()
             for key, blob in rows:
-                fresh = keyring.encrypt(keyring.decrypt(bytes(blob), aad=key), aad=key)
+                fresh = keyring.reseal(bytes(blob), aad=key)
                 await cur.execute(sql.UPDATE_KEY, {"blob": fresh, "key": key})
                 touched.append(key)
         changed += len(rows)
@@ -48,7 +48,7 @@ async def reencrypt(pool: aiopg.Pool, keyring: Keyring) -> tuple[int, list[str]]
             await cur.execute(sql.HISTORY_BATCH, {"active": active, "limit": BATCH})
             rows = await cur.fetchall()
             for key, version, blob in rows:
-                fresh = keyring.encrypt(keyring.decrypt(bytes(blob), aad=key), aad=key)
+                fresh = keyring.reseal(bytes(blob), aad=key)
                 await cur.execute(sql.UPDATE_HISTORY, {"blob": fresh, "key": key, "version": version})
         changed += len(rows)
         if len(rows) < BATCH:

@@ -18,6 +18,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/keys", keys.list_keys)
     # Registered before /keys/{key} so that ".../history" reaches it; other methods answer 400.
     r.add_route("*", "/keys/{key:.+}/history", keys.key_history)
+    r.add_post("/keys/{key:.+}/rollback", keys.rollback_key)
     r.add_put("/keys/{key:.+}", keys.put_key)
     r.add_patch("/keys/{key:.+}", keys.patch_key)
     r.add_get("/keys/{key:.+}", keys.get_key)

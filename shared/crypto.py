@@ -49,6 +49,10 @@ class Keyring:
         except InvalidTag:
             raise DecryptionError("value failed authentication") from None
 
+    def reseal(self, blob: bytes, aad: str) -> bytes:
+        """``blob``'s plaintext sealed again with the active key (same ``aad``)."""
+        return self.encrypt(self.decrypt(blob, aad=aad), aad=aad)
+
     @staticmethod
     def key_id_of(blob: bytes) -> str:
         """Which key id sealed ``blob``."""

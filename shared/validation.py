@@ -114,6 +114,15 @@ class PatchKeySchema(PutKeySchema):
             raise ValidationError("PATCH needs at least a value")
 
 
+class RollbackSchema(Schema):
+    """Body of ``POST /keys/{key}/rollback``: the version whose value to write again."""
+
+    class Meta:
+        unknown = RAISE
+
+    version = fields.Integer(strict=True, required=True, validate=validate.Range(min=1, max=2**62))
+
+
 class NamespaceSchema(Schema):
     """Body of ``PUT /namespaces/{ns}``."""
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from shared import changelog
 from shared.acl import Acl, Principal, may_access, may_create
-from shared.errors import Forbidden, NotFound, PreconditionFailed
+from shared.errors import BadRequest, Forbidden, NotFound, PreconditionFailed
 from shared.events import EventKind
 from shared.model import KeyState
 from shared.sql import history as history_sql
@@ -77,22 +77,71 @@ async def put_key(
                 raise _deny("write", key)
             new = NewState(value_enc, body.get("ttl"), _acl(body.get("acls")), who.username)
         else:
-            # Live, deleted or expired alike: the key keeps its own ACL and creator, so writing it
-            # again is a replace governed by them (SPEC §5). A ttl belongs to a live value: writing
-            # a deleted key again starts without one unless the body sets it, as a create does.
-            if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-                raise _deny("write", key)
-            ttl = body["ttl"] if "ttl" in body else None if state.deleted else state.ttl
-            acl = _acl(body["acls"]) if "acls" in body else state.acl
-            if not who.is_admin and (acl != state.acl or (ttl != state.ttl and not state.deleted)):
-                raise Forbidden("Only admins may change a key's ttl or acls")
-            new = NewState(value_enc, ttl, acl, state.creator)
+            new = _replacement(who, key, state, ns_acls, value_enc, body)
         check_if_match(if_match, None if state.deleted else state)
         action = "create" if state.deleted else "replace"
         return Decision(state, new, EventKind.UPDATE, action, created=state.deleted, expired=expired)
 
     result, decision = await store.committer.write(WriteOp(key, True, decide, who.username, caller.request_id))
     return result, decision.created
+
+
+def _replacement(
+    who: Principal, key: str, state: KeyState, ns_acls: dict[str, Acl], value_enc: bytes, body: dict[str, Any]
+) -> NewState:
+    """What a PUT of ``body`` makes of a key that exists (live, deleted or expired), or 403.
+
+    The key keeps its own ACL and creator, so writing it again is a replace governed by them (SPEC
+    §5). A ttl belongs to a live value: writing a deleted key again starts without one unless the
+    body sets it, as a create does."""
+    if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
+        raise _deny("write", key)
+    ttl = body["ttl"] if "ttl" in body else None if state.deleted else state.ttl
+    acl = _acl(body["acls"]) if "acls" in body else state.acl
+    if not who.is_admin and (acl != state.acl or (ttl != state.ttl and not state.deleted)):
+        raise Forbidden("Only admins may change a key's ttl or acls")
+    return NewState(value_enc, ttl, acl, state.creator)
+
+
+async def rollback_key(store: Store, caller: Caller, key: str, version: int, if_match: IfMatch | None) -> KeyState:
+    """Write the value of ``version`` again, as a new version (SPEC §4): a PUT of that value by the
+    caller, who must also be allowed to read that version (as in its history), so a rollback never
+    shows an old value to anyone the caller could not have shown it to by hand."""
+    who = caller.principal
+    async with store.pool.acquire() as conn, conn.cursor() as cur:  # history is append-only: it stays true
+        await cur.execute(history_sql.ONE, {"key": key, "version": version})
+        past = await cur.fetchone()
+    # Re-sealed with the active key, the bytes as stored (no decode and encode again).
+    value_enc = None if past is None or past[1] is None else store.keyring.reseal(bytes(past[1]), aad=key)
+
+    def decide(state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> Decision:
+        if state is None or state.version == 0:
+            raise _missing_or_denied(who, key, None, ns_acls, "write")
+        expired = state if state.expired(now) else None
+        if expired is not None:
+            state = after_expiry(expired, now)
+        # Authorization first (write now, then read of that version), then the version, then If-Match.
+        if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
+            raise _deny("write", key)
+        if past is None:
+            raise NotFound(f"Key '{key}' has no version {version}")
+        readers = changelog.stored_audience(past[2], past[3])
+        may_read_now = may_access(
+            who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls
+        )
+        if not (may_read_now and (who.is_admin or readers is None or readers.admits(who.username))):
+            raise Forbidden(f"You may not read version {version} of key '{key}', so you may not roll back to it")
+        if value_enc is None:
+            raise BadRequest(
+                f"Version {version} of '{key}' is a {past[0]} and holds no value: roll back to an update",
+                fields={"version": [f"version {version} is a {past[0]}, not an update"]},
+            )
+        new = _replacement(who, key, state, ns_acls, value_enc, {})
+        check_if_match(if_match, None if state.deleted else state)
+        return Decision(state, new, EventKind.UPDATE, "rollback", expired=expired)
+
+    result, _ = await store.committer.write(WriteOp(key, False, decide, who.username, caller.request_id))
+    return result
 
 
 async def patch_key(store: Store, caller: Caller, key: str, body: dict[str, Any], if_match: IfMatch | None) -> KeyState:

@@ -1,4 +1,4 @@
-"""``/keys`` and ``/keys/{key}`` and ``/keys/{key}/history`` (SPEC §4)."""
+"""``/keys``, ``/keys/{key}``, ``/keys/{key}/history`` and ``/keys/{key}/rollback`` (SPEC §4)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from aiohttp import web
 
 from shared.errors import BadRequest
 from shared.timeutil import rfc3339
-from shared.validation import PatchKeySchema, PutKeySchema, load, parse_limit, validate_key, validate_namespace
+from shared.validation import (
+    PatchKeySchema,
+    PutKeySchema,
+    RollbackSchema,
+    load,
+    parse_limit,
+    validate_key,
+    validate_namespace,
+)
 from shared.web import json_response, read_json
 
 from ..domain import keys as store
@@ -17,6 +25,7 @@ from .common import audit, audited_failures, caller_of, decode_cursor, encode_cu
 
 _PUT = PutKeySchema()
 _PATCH = PatchKeySchema()
+_ROLLBACK = RollbackSchema()
 
 
 # One element of the list: a strong tag "3", a weak tag W/"3", or (our extension) a bare version 3.
@@ -74,6 +83,17 @@ async def patch_key(request: web.Request) -> web.Response:
     body = load(_PATCH, await read_json(request))
     async with audited_failures(request, "patch", key):
         state = await store.patch_key(store_of(request), caller_of(request), key, body, _if_match(request))
+    return _written(state, 200)
+
+
+async def rollback_key(request: web.Request) -> web.Response:
+    """Write the value of an earlier version again, as a new version (200)."""
+    key = validate_key(request.match_info["key"])
+    body = load(_ROLLBACK, await read_json(request))
+    async with audited_failures(request, "rollback", key):
+        state = await store.rollback_key(
+            store_of(request), caller_of(request), key, body["version"], _if_match(request)
+        )
     return _written(state, 200)
 
 

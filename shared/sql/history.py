@@ -6,3 +6,8 @@ SELECT version, event, value_enc, actor, at, read_entries, read_owner FROM key_h
  ORDER BY version DESC
  LIMIT %(limit)s
 """
+
+#: One version: what a rollback restores, and who could read it then.
+ONE = """
+SELECT event, value_enc, read_entries, read_owner FROM key_history WHERE key = %(key)s AND version = %(version)s
+"""
