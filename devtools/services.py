@@ -50,6 +50,19 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def pid_alive(pid: int) -> bool:
+    """True while a process ``pid`` exists (ours or not)."""
+    if pid <= 0:
+        return False  # 0 and negatives name process groups
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, it is just not ours
+    return True
+
+
 def die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
     """A ``preexec_fn`` asking Linux to send ``sig`` to the child when we die (None elsewhere)."""
     try:
@@ -111,7 +124,7 @@ class _ChildServer:
         if self.running:
             return
         if port_in_use(self._port):
-            raise ServerError(f"{self.name}: port 127.0.0.1:{self._port} is already in use")
+            raise ServerError(self._port_taken())
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         self._prepare()
         with open(self.log_path, "ab") as log:
@@ -193,6 +206,10 @@ class _ChildServer:
         except OSError:
             return "(no log)"
 
+    def _port_taken(self) -> str:
+        """Why :meth:`start` cannot use the port (subclasses may say who has it)."""
+        return f"{self.name}: port 127.0.0.1:{self._port} is already in use"
+
     def _prepare(self) -> None:
         """Create the data directory (subclasses)."""
 
@@ -226,6 +243,20 @@ class PostgresServer(_ChildServer):
     def url(self) -> str:
         """``postgresql://dynconfig@127.0.0.1:{port}/dynconfig``."""
         return f"postgresql://{self.user}@127.0.0.1:{self._port}/{self.database}"
+
+    def _port_taken(self) -> str:
+        # A postgres still running on our data (its postmaster.pid names a live process on our port) is
+        # worth naming: it is ours to stop.
+        message = super()._port_taken()
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+            pid, port = int(lines[0]), int(lines[3])
+        except (OSError, ValueError, IndexError):
+            return message
+        if port != self._port or not pid_alive(pid):
+            return message
+        earlier = f"the postgres of an earlier run (pid {pid}, data in {self.data_dir})"
+        return f"{message} by {earlier}; stop it with `kill {pid}`"
 
     def _prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -4,10 +4,16 @@ Starts Postgres and Redis (unless ``POSTGRES_URL`` / ``REDIS_URL`` or ``REDIS_HO
 creates dev keys, then every process in :data:`PROCESSES`, each with the same environment. Ctrl-C or
 SIGTERM stops the processes (SIGTERM, then SIGKILL after 10 s) and the servers it started, by pid.
 If any of them dies, everything is stopped and the exit status is non-zero.
+
+One run per dev directory: a run holds :class:`RunLock` (``.dev/up.lock``) while it lives, so a second
+``./dev/up`` says which one runs instead of failing on a port.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import logging
 import os
 import signal
@@ -44,6 +50,57 @@ _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 class _Stop(Exception):
     """Raised by the signal handler to leave the wait loops."""
+
+
+class AlreadyRunning(Exception):
+    """Another ``./dev/up`` holds the dev directory; the message says which and how to stop it."""
+
+    def __init__(self, dev_dir: Path, pid: int | None, started: str | None) -> None:
+        self.pid = pid
+        parts = [f"pid {pid}" if pid else None, f"started {started}" if started else None, f"data in {dev_dir}"]
+        about = ", ".join(filter(None, parts))
+        how = f"Ctrl-C in its terminal or `kill {pid}`" if pid else "Ctrl-C in its terminal"
+        super().__init__(f"another ./dev/up is running ({about}); stop it with {how}")
+
+
+class RunLock:
+    """``<dev_dir>/up.lock``: an exclusive ``flock`` held for as long as a run lives, with its pid and start
+    time inside for the message a second run prints. The kernel drops the lock when the process dies,
+    however it dies, so a crashed run never leaves a stale lock behind; the file itself stays."""
+
+    def __init__(self, dev_dir: Path) -> None:
+        self.dev_dir = dev_dir
+        self.path = dev_dir / "up.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise :class:`AlreadyRunning` naming the run that has it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._holder(fd)
+            os.close(fd)
+            raise AlreadyRunning(self.dev_dir, *holder) from None
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "started": started}).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Clear the file and drop the lock (harmless when not held)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            os.close(fd)
+
+    @staticmethod
+    def _holder(fd: int) -> tuple[int | None, str | None]:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            info = json.loads(os.pread(fd, 4096, 0))
+            pid, started = info.get("pid"), info.get("started")
+            return (pid if isinstance(pid, int) else None), (started if isinstance(started, str) else None)
+        return None, None  # the holder has not written it yet
 
 
 @dataclass
@@ -135,6 +192,12 @@ def run(dev_dir: Path, environ: Mapping[str, str], processes: Sequence[tuple[str
     """Run everything until a signal (exit 0) or until something dies (exit 1)."""
     if not dev_dir.exists():
         dev_dir.mkdir(parents=True, mode=0o755)  # the postgres user must traverse it when we are root
+    lock = RunLock(dev_dir)
+    try:
+        lock.acquire()
+    except AlreadyRunning as exc:
+        _say(str(exc))
+        return 1
     servers: list[PostgresServer | RedisServer] = []
     children: list[_Child] = []
     try:
@@ -142,6 +205,11 @@ def run(dev_dir: Path, environ: Mapping[str, str], processes: Sequence[tuple[str
         if not environ.get("POSTGRES_URL"):
             pg = PostgresServer(dev_dir / "postgres", _port(environ, "DEV_PG_PORT", 54329))
             servers.append(pg)
+            first = not (pg.data_dir / "PG_VERSION").exists()
+            _say(
+                f"starting Postgres in {pg.data_dir}"
+                + (" (first run: creating the database cluster, a few seconds)" if first else "")
+            )
             pg.start()
             pg_url = pg.url
         if not environ.get("REDIS_URL") and not environ.get("REDIS_HOST"):
@@ -150,6 +218,7 @@ def run(dev_dir: Path, environ: Mapping[str, str], processes: Sequence[tuple[str
             rd.start()
             redis_url = rd.url
         env = build_env(environ, ensure_dev_keys(dev_dir / "keys"), pg_url, redis_url, processes)
+        _say(f"starting {', '.join(name for name, _, _ in processes)}; waiting for each to answer /health")
         for name, port_var, _ in processes:
             port = _port(env, port_var, 0)
             if port_in_use(port):
@@ -198,6 +267,7 @@ def run(dev_dir: Path, environ: Mapping[str, str], processes: Sequence[tuple[str
         _stop_children(children)
         for server in reversed(servers):
             server.stop()
+        lock.release()
         _say("stopped")
 
 

@@ -73,8 +73,9 @@ class EventStream:
     connection stays open). ``markers=True`` also yields ``{"event": "synced", "revision": R}`` each time
     a (re)subscription has delivered everything up to revision ``R`` (the replay or snapshot is complete).
 
-    Also readable: ``connects`` (connections made so far), ``last_close_code``, and ``last_message_at``
-    (``time.monotonic()`` when the last frame, ping or pong arrived; None before the first).
+    Also readable: ``connects`` (connections made so far), ``last_close_code`` and ``last_close_reason``
+    (the server's close code and the reason it sent with it, e.g. ``4008``, ``"slow consumer: …"``), and
+    ``last_message_at`` (``time.monotonic()`` when the last frame, ping or pong arrived; None before the first).
     """
 
     def __init__(
@@ -121,6 +122,7 @@ class EventStream:
         self._wake: asyncio.Event | None = None
         self.connects = 0
         self.last_close_code: int | None = None
+        self.last_close_reason = ""
         self.last_message_at: float | None = None
 
     @property
@@ -172,7 +174,7 @@ class EventStream:
             elif msg.type in (WSMsgType.PONG, WSMsgType.BINARY):
                 continue
             else:  # CLOSE, CLOSING, CLOSED, ERROR
-                await self._disconnected(ws)
+                await self._disconnected(ws, msg.extra if msg.type == WSMsgType.CLOSE else "")
                 if self._refusal is not None:
                     await self.close()
                     raise self._refusal
@@ -315,21 +317,23 @@ class EventStream:
         except TimeoutError:
             pass
 
-    async def _disconnected(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _disconnected(self, ws: aiohttp.ClientWebSocketResponse, reason: Any = "") -> None:
         code = ws.close_code
-        self.last_close_code = code
+        reason = reason if isinstance(reason, str) else ""
+        self.last_close_code, self.last_close_reason = code, reason
+        closed = f"{code}: {reason}" if reason else f"{code}"
         await self._drop_socket()
         if self._closed:
             return
         if code == CLOSE_UNAUTHORIZED and isinstance(self._token, str):
             # A fixed token will not get better by retrying: give up with the server's reason.
             error = self._error or {}
-            message = str(error.get("message", "the server refused the token"))
+            message = str(error.get("message") or reason or "the server refused the token")
             self._refusal = Unauthorized(401, "Unauthorized", message, error)
         elif code == CLOSE_UNAUTHORIZED:
-            log.warning("the server closed the watch (4401, token expired or invalid); reconnecting with a fresh token")
+            log.warning("the server closed the watch (%s); reconnecting with a fresh token", closed)
         else:
-            log.warning("watch connection lost (close code %s); resuming after revision %s", code, self._revision)
+            log.warning("watch connection lost (close code %s); resuming after revision %s", closed, self._revision)
 
     async def _drop_socket(self) -> None:
         ws, self._ws = self._ws, None

@@ -1,13 +1,15 @@
 """The example consumer of the seed's "Testing" section: subscribe, print every update.
 
     ./dev/up                                   # in another terminal
-    python examples/watch.py 'app.*'           # prints events as they happen
+    .venv/bin/python examples/watch.py 'app.*' # prints events as they happen
     curl -X PATCH http://localhost:8080/keys/app.feature-toggle.enabled \\
          -H "Authorization: Bearer $(./dev/token --username admin-user)" -d '{"value": "false"}'
 
 It keeps a dict of current values, reconnects with exponential backoff and resumes with
 ``since_version`` from the last revision it applied, so it never misses or double-applies a change.
-The token comes from $DYNCONFIG_TOKEN or, for the local run, from ./dev/token.
+The token comes from $DYNCONFIG_TOKEN or, for the local run, from ./dev/token. It needs aiohttp, which
+lives in the repository's .venv (made by ./dev/up): started by a ``python`` without it, it runs itself
+again with ``.venv/bin/python``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+VENV_PYTHON = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
+
+try:
+    import aiohttp
+except ModuleNotFoundError:
+    if VENV_PYTHON.exists() and Path(sys.prefix).resolve() != VENV_PYTHON.parent.parent.resolve():
+        os.execv(VENV_PYTHON, [str(VENV_PYTHON), __file__, *sys.argv[1:]])
+    sys.exit(
+        "examples/watch.py needs aiohttp: run ./dev/up once (it makes .venv), then .venv/bin/python examples/watch.py"
+    )
 
 
 def dev_token() -> str:
@@ -73,6 +84,8 @@ async def watch(url: str, patterns: list[str]) -> None:
 
 
 def main() -> None:
+    if any(arg.startswith("-") for arg in sys.argv[1:]):
+        sys.exit("usage: .venv/bin/python examples/watch.py [PATTERN ...]   (e.g. 'app.*'; default '*')")
     patterns = sys.argv[1:] or ["*"]
     url = os.environ.get("DYNCONFIG_WATCH_URL", "ws://localhost:8080/watch")
     try:

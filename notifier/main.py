@@ -25,7 +25,7 @@ from shared.web import base_checks, health_response, process_app, request_id
 from .hub import Hub
 from .metrics import NotifierMetrics
 from .relay import Relay
-from .watch import WatchConnection, serve
+from .watch import REASON_INTERNAL, REASON_SHUTDOWN, WatchConnection, close_message, serve
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ async def watch(request: web.Request) -> web.WebSocketResponse:
     except Exception:
         # The socket is upgraded: an HTTP 500 can no longer be sent (the client would see 1002).
         log.exception("watch connection failed (request %s)", request_id(request))
-        await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"Internal server error")
+        await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=close_message(REASON_INTERNAL))
     finally:
         app[CONNECTIONS].discard(conn)
         app[NOTIFIER_METRICS].connections.dec()
@@ -130,7 +130,7 @@ async def _close_watchers(app: web.Application) -> None:
     connections = app[CONNECTIONS]
     sockets = [conn.ws for conn in connections]
     await asyncio.gather(
-        *(ws.close(code=WSCloseCode.GOING_AWAY, message=b"Server shutting down") for ws in sockets),
+        *(ws.close(code=WSCloseCode.GOING_AWAY, message=close_message(REASON_SHUTDOWN)) for ws in sockets),
         return_exceptions=True,
     )
 

@@ -44,7 +44,24 @@ HUB_CATCH_UP_SECONDS = 2.0
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_BAD_REQUEST = 4400
+# The reason sent with each close code (a browser shows it as CloseEvent.reason). Every close of a watch
+# socket, here and in main.py, takes its reason from this list.
+REASON_INVALID_TOKEN = "unauthorized: invalid or expired token"
+REASON_NO_TOKEN = "unauthorized: send a token first"
+REASON_AUTH_TIMEOUT = "unauthorized: no valid token within {seconds:g} s"
+REASON_TOKEN_EXPIRED = "unauthorized: token expired"
+REASON_SLOW_CONSUMER = "slow consumer: backlog over {limit} bytes, resume with since_version"
+REASON_HELD_EVENTS = "slow consumer: over {limit} events held back during replay, resume with since_version"
+REASON_BAD_SINCE = "bad request: invalid since_version"
+REASON_SHUTDOWN = "server shutting down"
+REASON_INTERNAL = "internal server error"
+MAX_REASON_BYTES = 123  # RFC 6455 §5.5: 125 bytes of payload, 2 of them the code
 _PREFIX = re.compile(r"^[A-Za-z0-9._:/-]{0,255}\*$")
+
+
+def close_message(reason: str) -> bytes:
+    """``reason`` as a close frame's payload: UTF-8, cut to 123 bytes at a character boundary."""
+    return reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore").encode()
 
 
 class BadMessage(Exception):
@@ -107,7 +124,7 @@ class WatchConnection:
         if self._holding:
             self._held.append((revision, frame))
             if len(self._held) > MAX_HELD_EVENTS:
-                self._kick(CLOSE_SLOW_CONSUMER, "Too many events while catching up; resume with since_version")
+                self._kick(CLOSE_SLOW_CONSUMER, REASON_HELD_EVENTS.format(limit=MAX_HELD_EVENTS))
             return
         if not self._pending:
             self._hub.touched.append(self)
@@ -132,12 +149,12 @@ class WatchConnection:
         transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
         if transport.get_write_buffer_size() > MAX_BUFFER_BYTES:
             self._metrics.slow_consumers.inc()
-            self._kick(CLOSE_SLOW_CONSUMER, "Slow consumer: send buffer full; resume with since_version")
+            self._kick(CLOSE_SLOW_CONSUMER, REASON_SLOW_CONSUMER.format(limit=MAX_BUFFER_BYTES))
         return True
 
     # --- closing -----------------------------------------------------------------------------------
 
-    def _kick(self, code: int, message: str, error_event: dict[str, Any] | None = None) -> None:
+    def _kick(self, code: int, reason: str, error_event: dict[str, Any] | None = None) -> None:
         """Stop sending events and close the socket (in the background)."""
         if self._closing:
             return
@@ -146,12 +163,12 @@ class WatchConnection:
         self._hub.patterns.remove(self, self.patterns)
         if error_event is not None and not self._transport.is_closing():
             self._transport.write(json_frame(error_event))
-        self._close_task = asyncio.create_task(self.ws.close(code=code, message=message.encode()[:120]))
+        self._close_task = asyncio.create_task(self.ws.close(code=code, message=close_message(reason)))
 
     def _token_expired(self) -> None:
         self._kick(
             CLOSE_UNAUTHORIZED,
-            "Token expired",
+            REASON_TOKEN_EXPIRED,
             {"event": "error", "error": "Unauthorized", "message": "Token expired; reconnect with a fresh token"},
         )
 
@@ -210,11 +227,11 @@ class WatchConnection:
         if "token" in message:
             ok = await self.authenticate(message["token"])
             if not ok and not self.authenticated:
-                self._kick(CLOSE_UNAUTHORIZED, "Unauthorized")
+                self._kick(CLOSE_UNAUTHORIZED, REASON_INVALID_TOKEN)
                 return
         if not self.authenticated:
             await self.send({"event": "error", "error": "Unauthorized", "message": "Send a token first"})
-            self._kick(CLOSE_UNAUTHORIZED, "Unauthorized")
+            self._kick(CLOSE_UNAUTHORIZED, REASON_NO_TOKEN)
             return
         if "subscribe" in message:
             await self.subscribe(message, query_since)
@@ -381,11 +398,11 @@ async def serve(conn: WatchConnection, request: web.Request) -> None:
         query_since = since_from_request(request)
     except BadMessage as exc:
         await conn.send({"event": "error", "error": "Bad Request", "message": str(exc)})
-        await ws.close(code=CLOSE_BAD_REQUEST, message=b"Bad Request")
+        await ws.close(code=CLOSE_BAD_REQUEST, message=close_message(REASON_BAD_SINCE))
         return
     token = token_from_request(request)
     if token is not None and not await conn.authenticate(token):
-        await ws.close(code=CLOSE_UNAUTHORIZED, message=b"Unauthorized")
+        await ws.close(code=CLOSE_UNAUTHORIZED, message=close_message(REASON_INVALID_TOKEN))
         return
     deadline = time.monotonic() + AUTH_TIMEOUT_SECONDS
     while not ws.closed:
@@ -394,7 +411,8 @@ async def serve(conn: WatchConnection, request: web.Request) -> None:
             msg = await ws.receive(timeout=timeout)
         except TimeoutError:
             await conn.send({"event": "error", "error": "Unauthorized", "message": "No valid token within 10 s"})
-            await ws.close(code=CLOSE_UNAUTHORIZED, message=b"Unauthorized")
+            reason = REASON_AUTH_TIMEOUT.format(seconds=AUTH_TIMEOUT_SECONDS)
+            await ws.close(code=CLOSE_UNAUTHORIZED, message=close_message(reason))
             return
         if msg.type == WSMsgType.TEXT:
             try:

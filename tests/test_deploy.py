@@ -329,9 +329,7 @@ def kustomization_problems(directory: Path) -> list[str]:
             problems.append(f"{_shown(directory)}: {entry} has no kustomization.yaml")
     for path in sorted(directory.rglob("*.yaml")):
         if path.name != "kustomization.yaml" and path.resolve() not in named:
-            problems.append(
-                f"{_shown(path)} is not listed in {_shown(directory)}/kustomization.yaml"
-            )
+            problems.append(f"{_shown(path)} is not listed in {_shown(directory)}/kustomization.yaml")
     return problems
 
 
@@ -1011,7 +1009,7 @@ def dockerfile_problems(text: str) -> list[str]:
     problems = []
     if len(stages) < 2:
         return ["not a multi-stage build"]
-    final_name, final = stages[-1]
+    _, final = stages[-1]
     users = [args for ins, args in final if ins == "USER"]
     if not users or users[-1].split(":")[0] in ("root", "0"):
         problems.append("the final stage does not switch to a non-root USER")

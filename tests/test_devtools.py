@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import redis
 import redis.asyncio as aioredis
 
 from devtools.devkeys import ensure_dev_keys, load_dev_keys, mint_token
-from devtools.services import PostgresServer, RedisServer, free_port, port_in_use
+from devtools.services import PostgresServer, RedisServer, ServerError, free_port, port_in_use
 from devtools.up import build_env
 from shared.settings import parse_jwks_url, parse_keyring
 
@@ -356,3 +357,136 @@ def test_build_env_passes_user_settings_through(tmp_path: Path) -> None:
     assert (env["LOG_LEVEL"], env["JWKS_URL"], env["X"]) == ("DEBUG", "https://idp/jwks", "1")
     assert env["ENCRYPTION_KEYS"] == keys.encryption_keys
     assert (env["API_PORT"], env["NOTIFIER_PORT"]) == ("8080", "8081")
+
+
+# --- one dev/up at a time -----------------------------------------------------------------------
+
+_HOLD_LOCK = (
+    "import sys, time; from pathlib import Path; from devtools.up import RunLock; "
+    "RunLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(120)"
+)
+
+
+def test_a_second_up_says_which_one_runs_and_exits_1(up_dir: Path) -> None:
+    from devtools.up import AlreadyRunning, RunLock
+
+    dev_dir = up_dir / ".dev"
+    dev_dir.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(dev_dir)], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        with pytest.raises(AlreadyRunning) as caught:
+            RunLock(dev_dir).acquire()
+        assert caught.value.pid == holder.pid
+        message = str(caught.value)
+        assert message.startswith(f"another ./dev/up is running (pid {holder.pid}, started ")
+        assert f"data in {dev_dir}" in message and f"`kill {holder.pid}`" in message and "Ctrl-C" in message
+
+        # The real command: one line, exit 1, before it touches Postgres, Redis or any port.
+        pg_port = free_port()
+        env = _up_env(up_dir, DEV_PG_PORT=str(pg_port), DEV_REDIS_PORT=str(free_port()), API_PORT=str(free_port()))
+        result = subprocess.run(
+            [sys.executable, "-c", _RUN_UP], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 1, result.stderr
+        assert result.stderr == f"dev/up: {message}\n"
+        assert not (dev_dir / "postgres").exists() and not port_in_use(pg_port)
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    # A run that died (SIGKILL: no clean-up) leaves nothing that blocks the next one.
+    lock = RunLock(dev_dir)
+    lock.acquire()
+    lock.release()
+
+
+def test_postgres_port_held_by_an_earlier_postgres_of_the_same_data_names_it(tmp_path: Path) -> None:
+    # What a postgres left running on .dev/postgres looks like: its postmaster.pid names a live
+    # process that listens on the port.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        data_dir = tmp_path / "postgres"
+        data_dir.mkdir()
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        try:
+            (data_dir / "postmaster.pid").write_text(f"{sleeper.pid}\n{data_dir}\n1700000000\n{port}\n\n127.0.0.1\n")
+            with pytest.raises(ServerError) as caught:
+                PostgresServer(data_dir, port).start()
+            assert str(caught.value) == (
+                f"postgres: port 127.0.0.1:{port} is already in use by the postgres of an earlier run "
+                f"(pid {sleeper.pid}, data in {data_dir}); stop it with `kill {sleeper.pid}`"
+            )
+            sleeper.kill()
+            sleeper.wait()
+            with pytest.raises(ServerError) as caught:  # its pid file is stale: somebody else has the port
+                PostgresServer(data_dir, port).start()
+            assert str(caught.value) == f"postgres: port 127.0.0.1:{port} is already in use"
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+
+
+# --- the first install ------------------------------------------------------------------------
+
+# Stands in for python3 on PATH: "python3 -m venv .venv" makes a .venv whose python records its arguments.
+_FAKE_PYTHON3 = """#!/usr/bin/env bash
+set -euo pipefail
+[[ "$1 $2 $3" == "-m venv .venv" ]] || exit 9
+mkdir -p .venv/bin
+printf '#!/usr/bin/env bash\\necho "$*" >> "%s/pip-args"\\n' "$PWD" > .venv/bin/python
+chmod +x .venv/bin/python
+: > .venv/bin/activate
+"""
+
+
+def _source_dev_venv(tmp_path: Path, terminal: bool) -> tuple[str, list[str]]:
+    """Source a copy of dev/_venv in a fresh checkout (no .venv); its stderr and the pip calls made."""
+    root = tmp_path / "checkout"
+    (root / "dev").mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "dev" / "_venv", root / "dev" / "_venv")
+    (root / "setup.cfg").write_text("[metadata]\nname = x\n")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "python3").write_text(_FAKE_PYTHON3)
+    (bindir / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    command = ["bash", "-c", "set -euo pipefail; . dev/_venv; echo sourced"]
+    if not terminal:
+        result = subprocess.run(command, cwd=root, env=env, capture_output=True, timeout=30)
+        stderr = result.stderr
+    else:
+        import pty
+
+        primary, secondary = pty.openpty()
+        try:
+            result = subprocess.run(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=secondary, timeout=30)
+        finally:
+            os.close(secondary)
+        stderr = b""
+        try:
+            while chunk := os.read(primary, 65536):
+                stderr += chunk
+        except OSError:  # EIO once everything written to the terminal has been read
+            pass
+        finally:
+            os.close(primary)
+    assert (result.returncode, result.stdout) == (0, b"sourced\n"), stderr
+    return stderr.decode().replace("\r\n", "\n"), (root / "pip-args").read_text().splitlines()
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "ci"])
+def test_first_install_says_what_it_does_and_how_long_it_takes(tmp_path: Path, terminal: bool) -> None:
+    stderr, pip_calls = _source_dev_venv(tmp_path, terminal)
+    first = stderr.splitlines()[0]
+    assert "installing" in first and "a minute or two" in first and "first run" in first, stderr
+    assert "installed" in stderr.splitlines()[-1], stderr
+    (pip,) = pip_calls
+    assert pip.startswith("-m pip install") and pip.endswith("-e .[test]")
+    # On a terminal pip shows its own progress; in CI (no terminal) it stays quiet.
+    assert ("-q" in pip.split()) is not terminal, pip

@@ -287,10 +287,7 @@ async def test_access_log_has_path_but_no_query_value_no_stored_value_no_token(
 async def test_two_processes_migrate_a_fresh_database_together(
     start_api: StartApi, process_env: dict[str, str], private_db: str
 ) -> None:
-    envs = [
-        {**process_env, "POSTGRES_URL": private_db, "API_PORT": str(port)}
-        for port in (free_port(), free_port())
-    ]
+    envs = [{**process_env, "POSTGRES_URL": private_db, "API_PORT": str(port)} for port in (free_port(), free_port())]
     assert envs[0]["API_PORT"] != envs[1]["API_PORT"]
     procs = [start_api(env) for env in envs]
     bodies = await asyncio.gather(*(p.wait_healthy() for p in procs))

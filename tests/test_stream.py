@@ -7,6 +7,7 @@ Every stream subscribes to this test's ``unique_prefix`` only, so other tests' w
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -194,7 +195,9 @@ async def test_reconnects_with_a_fresh_token_after_4401(
     token: Token,
     unique_prefix: str,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="dynconfig_client.stream")
     monkeypatch.setattr(notifier.watch, "LEEWAY_SECONDS", 0)
     issued: list[str] = []
 
@@ -212,3 +215,6 @@ async def test_reconnects_with_a_fresh_token_after_4401(
         assert (event["key"], event["value"]) == (key, 1)
         assert s.connects == 2 and s.last_close_code == 4401
         assert len(issued) == 2
+    # The server's reason is kept and logged beside the code.
+    assert s.last_close_reason == "unauthorized: token expired"
+    assert "closed the watch (4401: unauthorized: token expired)" in caplog.text, caplog.text

@@ -136,8 +136,8 @@ class Watcher:
                 seen.append(message)
         return seen
 
-    async def expect_close(self, code: int, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
-        """Read until the server's close frame; assert its code; return the text messages before it."""
+    async def expect_close(self, code: int, reason: str, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
+        """Read until the server's close frame; assert its code and reason; return the text messages before it."""
         before: list[dict[str, Any]] = list(self._pending)
         self._pending.clear()
         deadline = time.monotonic() + timeout
@@ -147,7 +147,9 @@ class Watcher:
                 before.append(json.loads(msg.data))
                 continue
             assert msg.type == WSMsgType.CLOSE, f"expected a close frame, got {msg.type!r} {msg.data!r}"
-            assert msg.data == code, f"close code {msg.data} ({msg.extra!r}), expected {code}"
+            assert (msg.data, msg.extra) == (code, reason), (
+                f"close {msg.data} {msg.extra!r}, expected {code} {reason!r}"
+            )
             return before
 
 
@@ -314,14 +316,14 @@ def bad_token(request: pytest.FixtureRequest, token: Token, jwks: Any) -> str:
 
 async def test_bad_token_in_header_gets_error_then_4401(connect: Connect, bad_token: str) -> None:
     w = await connect(auth="header", jwt=bad_token)
-    before = await w.expect_close(4401)
+    before = await w.expect_close(4401, "unauthorized: invalid or expired token")
     assert len(before) == 1, before
     assert_error(before[0], "Unauthorized")
 
 
 async def test_bad_token_in_query_gets_error_then_4401(connect: Connect, bad_token: str) -> None:
     w = await connect(auth="query", jwt=bad_token)
-    before = await w.expect_close(4401)
+    before = await w.expect_close(4401, "unauthorized: invalid or expired token")
     assert len(before) == 1, before
     assert_error(before[0], "Unauthorized")
 
@@ -329,7 +331,7 @@ async def test_bad_token_in_query_gets_error_then_4401(connect: Connect, bad_tok
 async def test_bad_token_message_gets_error_then_4401(connect: Connect, bad_token: str) -> None:
     w = await connect(auth=None)
     await w.send({"token": bad_token})
-    before = await w.expect_close(4401)
+    before = await w.expect_close(4401, "unauthorized: invalid or expired token")
     assert len(before) == 1, before
     assert_error(before[0], "Unauthorized")
 
@@ -339,7 +341,7 @@ async def test_bad_token_inside_subscribe_gets_error_then_4401(
 ) -> None:
     w = await connect(auth=None)
     await w.send({"subscribe": [f"{unique_prefix}.a"], "token": bad_token})
-    before = await w.expect_close(4401)
+    before = await w.expect_close(4401, "unauthorized: invalid or expired token")
     assert len(before) == 1, before  # no "subscribed"
     assert_error(before[0], "Unauthorized")
 
@@ -349,7 +351,7 @@ async def test_no_token_within_auth_timeout_gets_error_then_4401(
 ) -> None:
     monkeypatch.setattr(notifier.watch, "AUTH_TIMEOUT_SECONDS", 0.5)
     w = await connect(auth=None)
-    before = await w.expect_close(4401, timeout=5.0)
+    before = await w.expect_close(4401, "unauthorized: no valid token within 0.5 s", timeout=5.0)
     assert len(before) == 1, before
     assert_error(before[0], "Unauthorized")
 
@@ -357,7 +359,7 @@ async def test_no_token_within_auth_timeout_gets_error_then_4401(
 async def test_subscribe_before_any_token_gets_error_then_4401(connect: Connect, unique_prefix: str) -> None:
     w = await connect(auth=None)
     await w.send({"subscribe": [f"{unique_prefix}.a"]})
-    before = await w.expect_close(4401)
+    before = await w.expect_close(4401, "unauthorized: send a token first")
     assert len(before) == 1, before
     assert_error(before[0], "Unauthorized")
 
@@ -864,7 +866,7 @@ async def test_token_expiry_closes_the_watch_with_4401(
     exp = json.loads(base64.urlsafe_b64decode(jwt.split(".")[1] + "==="))["exp"]
     w = await connect(ALICE, jwt=jwt)
     await w.subscribe([f"{unique_prefix}.a"])
-    before = await w.expect_close(4401, timeout=8.0)
+    before = await w.expect_close(4401, "unauthorized: token expired", timeout=8.0)
     closed_at = time.time()
     assert len(before) == 1, before
     assert_error(before[0], "Unauthorized")
@@ -897,7 +899,7 @@ async def test_fresh_token_for_another_user_is_refused(
     await w.send({"token": token(BOB, exp_in=3600)})
     assert_error(await w.recv(), "Unauthorized")
     # The refused token did not extend the session: the old one still expires.
-    before = await w.expect_close(4401, timeout=8.0)
+    before = await w.expect_close(4401, "unauthorized: token expired", timeout=8.0)
     assert len(before) == 1, before
     assert_error(before[0], "Unauthorized")
 
@@ -971,11 +973,12 @@ async def test_slow_consumer_is_closed_with_4008_and_others_get_every_event(
         # Now drain the slow socket: the events it was sent, then the close frame.
         slow_events: list[dict[str, Any]] = []
         close_code: int | None = None
+        close_reason = b""
         try:
             while True:
                 opcode, payload = await asyncio.wait_for(read_frame(reader), TIMEOUT)
                 if opcode == 0x8:
-                    close_code = int.from_bytes(payload[:2], "big")
+                    close_code, close_reason = int.from_bytes(payload[:2], "big"), payload[2:]
                     writer.write(client_frame(0x8, payload[:2]))
                     break
                 if opcode == 0x1:
@@ -985,6 +988,7 @@ async def test_slow_consumer_is_closed_with_4008_and_others_get_every_event(
     finally:
         writer.close()
     assert close_code == 4008, f"slow consumer not closed with 4008 (close code {close_code})"
+    assert close_reason == b"slow consumer: backlog over 262144 bytes, resume with since_version"
     assert len(slow_events) < count, "the slow consumer was not cut off before the end"
     # What it got is a gap-free prefix of the stream, so it can resume with since_version.
     assert [e["version"] for e in slow_events] == list(range(1, len(slow_events) + 1))
@@ -1023,10 +1027,30 @@ async def test_server_shutdown_closes_watchers_with_1001(
     await w2.subscribe(["*"])
     closing = asyncio.create_task(close_notifier(notifier_server))
     try:
-        await w1.expect_close(1001)
-        await w2.expect_close(1001)
+        await w1.expect_close(1001, "server shutting down")
+        await w2.expect_close(1001, "server shutting down")
     finally:
         await closing
+
+
+def test_close_reasons_fit_in_a_close_frame() -> None:
+    # RFC 6455 §5.5: a close frame's payload is at most 125 bytes, 2 of them the code.
+    for reason in (
+        notifier.watch.REASON_INVALID_TOKEN,
+        notifier.watch.REASON_NO_TOKEN,
+        notifier.watch.REASON_TOKEN_EXPIRED,
+        notifier.watch.REASON_BAD_SINCE,
+        notifier.watch.REASON_SHUTDOWN,
+        notifier.watch.REASON_INTERNAL,
+        notifier.watch.REASON_AUTH_TIMEOUT.format(seconds=10.0),
+        notifier.watch.REASON_SLOW_CONSUMER.format(limit=2**63),
+        notifier.watch.REASON_HELD_EVENTS.format(limit=2**63),
+    ):
+        assert reason and notifier.watch.close_message(reason) == reason.encode()
+        assert len(reason.encode()) <= 123, reason
+    # Anything longer is cut at a character boundary: the payload stays valid UTF-8.
+    cut = notifier.watch.close_message("é" * 100)
+    assert len(cut) == 122 and cut.decode() == "é" * 61
 
 
 def metric(text: str, name: str) -> float:
