@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import sys
+from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -58,23 +59,24 @@ async def proxy_watch(request: web.Request) -> web.StreamResponse:
     client = web.WebSocketResponse(autoping=True, max_msg_size=0)
     await client.prepare(request)
 
-    async def downstream() -> None:
-        async for msg in upstream:
+    async def pump(source: Any, sink: Any) -> None:
+        """Copy messages from ``source`` to ``sink`` until ``source`` closes, then close ``sink`` with the
+        same code and reason (``async for`` would stop at the close frame and lose its reason)."""
+        while True:
+            msg = await source.receive()
             if msg.type == WSMsgType.TEXT:
-                await client.send_str(msg.data)
+                await sink.send_str(msg.data)
             elif msg.type == WSMsgType.BINARY:
-                await client.send_bytes(msg.data)
-        await client.close(code=upstream.close_code or 1000, message=b"")
+                await sink.send_bytes(msg.data)
+            elif msg.type == WSMsgType.CLOSE:
+                reason = msg.extra.encode() if isinstance(msg.extra, str) else b""
+                await sink.close(code=msg.data or 1000, message=reason)
+                return
+            elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                await sink.close(code=source.close_code or 1000)
+                return
 
-    async def upstream_pump() -> None:
-        async for msg in client:
-            if msg.type == WSMsgType.TEXT:
-                await upstream.send_str(msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                await upstream.send_bytes(msg.data)
-        await upstream.close(code=client.close_code or 1000)
-
-    tasks = [asyncio.create_task(downstream()), asyncio.create_task(upstream_pump())]
+    tasks = [asyncio.create_task(pump(upstream, client)), asyncio.create_task(pump(client, upstream))]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:

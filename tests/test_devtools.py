@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -15,10 +16,11 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import aiopg
 import jwt
 import psycopg2
@@ -490,3 +492,39 @@ def test_first_install_says_what_it_does_and_how_long_it_takes(tmp_path: Path, t
     assert pip.startswith("-m pip install") and pip.endswith("-e .[test]")
     # On a terminal pip shows its own progress; in CI (no terminal) it stays quiet.
     assert ("-q" in pip.split()) is not terminal, pip
+
+
+# --- the front door -------------------------------------------------------------------------------
+
+
+async def test_front_door_passes_close_codes_and_reasons_both_ways(
+    aiohttp_server: Any, notifier_server: Any, token: Callable[..., str]
+) -> None:
+    """What a browser on http://localhost:8080 sees: the notifier's close code *and* reason."""
+    from devtools.frontdoor import create_app
+    from notifier.main import CONNECTIONS
+
+    door = await aiohttp_server(create_app("http://127.0.0.1:9", str(notifier_server.make_url("")).rstrip("/")))
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(door.make_url("/watch"))
+        await ws.send_json({"subscribe": ["app.*"]})  # no token first
+        error = await ws.receive_json(timeout=10)
+        assert error["error"] == "Unauthorized"
+        closing = await ws.receive(timeout=10)
+        assert (closing.type, closing.data, closing.extra) == (
+            aiohttp.WSMsgType.CLOSE,
+            4401,
+            "unauthorized: send a token first",
+        )
+
+        # A client's own close goes through to the notifier, which lets the connection go.
+        connections = notifier_server.app[CONNECTIONS]
+        ws = await session.ws_connect(door.make_url("/watch"), headers={"Authorization": f"Bearer {token()}"})
+        await ws.send_json({"subscribe": ["app.*"]})
+        assert (await ws.receive_json(timeout=10))["event"] == "subscribed"
+        assert len(connections) == 1
+        await asyncio.wait_for(ws.close(code=4000, message=b"client going"), 10)
+        deadline = time.monotonic() + 10
+        while connections:
+            assert time.monotonic() < deadline, "the notifier kept the closed connection"
+            await asyncio.sleep(0.02)
