@@ -3,27 +3,65 @@
     from dynconfig_client import Client, LiveConfig, SyncLiveConfig
 
 See the README section "Use it from your service".
+
+Every name below is imported on first use (PEP 562), so ``import dynconfig_client.cli`` does not pay
+for aiohttp and cryptography before it knows whether the command needs them (``dynconfig --help``).
 """
 
-from .auth import TokenSource
-from .client import UNSET, Client, watch_url
-from .errors import (
-    ApiError,
-    BadRequest,
-    ConnectionFailed,
-    DynConfigClientError,
-    Forbidden,
-    NotFound,
-    PayloadTooLarge,
-    PreconditionFailed,
-    RateLimited,
-    ServerError,
-    Unauthorized,
-)
-from .live import Change, LiveConfig
-from .models import AuditRecord, EventKind, KeyPage, KeyValue, Namespace, PollResult, Version, WriteResult
-from .stream import EventStream
-from .sync import SyncLiveConfig
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .auth import TokenSource
+    from .client import UNSET, Client, watch_url
+    from .errors import (
+        ApiError,
+        BadRequest,
+        ConnectionFailed,
+        DynConfigClientError,
+        Forbidden,
+        NotFound,
+        PayloadTooLarge,
+        PreconditionFailed,
+        RateLimited,
+        ServerError,
+        Unauthorized,
+    )
+    from .live import Change, LiveConfig
+    from .models import AuditRecord, EventKind, KeyPage, KeyValue, Namespace, PollResult, Version, WriteResult
+    from .stream import EventStream
+    from .sync import SyncLiveConfig
+
+#: Where each exported name lives (module of this package).
+_EXPORTS = {
+    "TokenSource": "auth",
+    **dict.fromkeys(["UNSET", "Client", "watch_url"], "client"),
+    **dict.fromkeys(
+        [
+            "ApiError",
+            "BadRequest",
+            "ConnectionFailed",
+            "DynConfigClientError",
+            "Forbidden",
+            "NotFound",
+            "PayloadTooLarge",
+            "PreconditionFailed",
+            "RateLimited",
+            "ServerError",
+            "Unauthorized",
+        ],
+        "errors",
+    ),
+    **dict.fromkeys(["Change", "LiveConfig"], "live"),
+    **dict.fromkeys(
+        ["AuditRecord", "EventKind", "KeyPage", "KeyValue", "Namespace", "PollResult", "Version", "WriteResult"],
+        "models",
+    ),
+    "EventStream": "stream",
+    "SyncLiveConfig": "sync",
+}
 
 __all__ = [
     "UNSET",
@@ -54,3 +92,16 @@ __all__ = [
     "WriteResult",
     "watch_url",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -10,24 +10,31 @@ Exit status: 0 success, 1 the server refused or could not be reached (the reason
 
 The client never imports the dev tooling (``devtools``): minting dev tokens is ``./dev/token``'s job,
 so an installation with only ``dynconfig_client`` has a complete command line.
+
+Start-up: ``--help`` and usage errors must answer at once, so this module imports only the standard
+library and ``errors`` at the top; the rest of the library and ``asyncio`` are imported by the code
+that runs once a request is certain. Requests go through the standard library's HTTP
+(:class:`~dynconfig_client.transport.StdlibTransport`): aiohttp takes ~0.2 s to import, and only
+``watch`` needs it. A new command is a ``cmd_*`` coroutine plus its lines in :func:`build_parser`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .client import UNSET, Client, watch_url
 from .errors import DynConfigClientError
-from .models import Acls, Unset
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from .client import Client
+    from .models import Acls, Unset
 
 PROG = "dynconfig"
 DEFAULT_URL = "http://localhost:8080"
@@ -37,7 +44,7 @@ class UsageError(Exception):
     """A mistake in the command line: one line on stderr, exit 2."""
 
 
-Command = Callable[[argparse.Namespace, Client], Coroutine[Any, Any, None]]
+Command = Callable[[argparse.Namespace, "Client"], Coroutine[Any, Any, None]]
 
 
 def _print(obj: Any) -> None:
@@ -63,6 +70,8 @@ def _if_match(raw: str | None) -> int | str | None:
 
 
 def _acls(args: argparse.Namespace) -> Acls | Unset:
+    from .models import UNSET
+
     if args.acl_read is None and args.acl_write is None:
         return UNSET
     return {"read": _entries(args.acl_read), "write": _entries(args.acl_write)}
@@ -106,6 +115,8 @@ def _print_write(result: Any) -> None:
 
 
 async def cmd_put(args: argparse.Namespace, client: Client) -> None:
+    from .models import UNSET
+
     ttl = UNSET if args.ttl is None else args.ttl
     result = await client.put(args.key, _value(args), ttl=ttl, acls=_acls(args), if_match=_if_match(args.if_match))
     _print_write(result)
@@ -113,6 +124,10 @@ async def cmd_put(args: argparse.Namespace, client: Client) -> None:
 
 async def cmd_patch(args: argparse.Namespace, client: Client) -> None:
     _print_write(await client.patch(args.key, _value(args), if_match=_if_match(args.if_match)))
+
+
+async def cmd_rollback(args: argparse.Namespace, client: Client) -> None:
+    _print_write(await client.rollback(args.key, args.version, if_match=_if_match(args.if_match)))
 
 
 async def cmd_rm(args: argparse.Namespace, client: Client) -> None:
@@ -130,7 +145,11 @@ async def cmd_history(args: argparse.Namespace, client: Client) -> None:
 
 
 async def cmd_watch(args: argparse.Namespace, client: Client) -> None:
-    from .stream import EventStream  # late: only this command needs the WebSocket machinery
+    import asyncio
+    import signal
+
+    from .client import watch_url
+    from .stream import EventStream
 
     url = args.watch_url or os.environ.get("DYNCONFIG_WATCH_URL") or watch_url(client.base_url)
     stop = asyncio.Event()
@@ -196,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     value_options(command("patch", cmd_patch, "change the value of an existing key"))
 
+    rollback = command("rollback", cmd_rollback, "write the value of an earlier version again, as a new version")
+    rollback.add_argument("key", metavar="KEY")
+    rollback.add_argument("version", metavar="N", type=int, help="the version whose value to restore (see history)")
+    rollback.add_argument("--if-match", metavar="V", help="only if the key is at version V (or ETag V)")
+
     rm = command("rm", cmd_rm, "delete a key")
     rm.add_argument("key", metavar="KEY")
     rm.add_argument("--if-match", metavar="V", help="only if the key is at version V (or ETag V)")
@@ -216,7 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace) -> None:
-    async with Client(args.url, args.token) as client:
+    from .client import Client
+    from .transport import StdlibTransport
+
+    # A command makes a request or a few, one at a time: the standard library's HTTP costs nothing to
+    # import, where aiohttp costs ~0.2 s (the watch command imports it for its WebSocket).
+    async with Client(args.url, args.token, transport=StdlibTransport(timeout=10.0)) as client:
         await args.handler(args, client)
 
 
@@ -231,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("no token: pass --token or set DYNCONFIG_TOKEN (for the local run: ./dev/token)")
         if args.command in ("put", "patch"):
             _value(args)  # a bad VALUE is a usage error, found before any request
+        import asyncio
+
         asyncio.run(_run(args))
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

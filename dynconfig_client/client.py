@@ -11,16 +11,12 @@ async with Client("http://localhost:8080", token) as client:
 from __future__ import annotations
 
 import builtins
-import io
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from typing import Any
-from urllib.parse import quote
-
-import aiohttp
-from yarl import URL
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from .auth import TokenSource, resolve_token
 from .errors import ApiError, ConnectionFailed, RateLimited, error_class
@@ -37,6 +33,10 @@ from .models import (
     WriteResult,
     parse_time,
 )
+from .transport import AiohttpTransport, Transport, Unreachable
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = [
     "UNSET",
@@ -53,16 +53,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_STREAM_OVER = 256 * 1024
-
 
 def watch_url(base_url: str) -> str:
     """The WebSocket URL of ``/watch`` behind ``base_url``: ``http://h:8080`` → ``ws://h:8080/watch``."""
-    url = URL(base_url)
+    url = urlsplit(base_url)
     schemes = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
-    if url.scheme not in schemes:
+    if url.scheme not in schemes or not url.netloc:
         raise ValueError(f"not an http(s) URL: {base_url!r}")
-    return str(url.with_scheme(schemes[url.scheme]).with_path(url.path.rstrip("/") + "/watch").with_query(None))
+    return urlunsplit((schemes[url.scheme], url.netloc, url.path.rstrip("/") + "/watch", "", ""))
 
 
 class Client:
@@ -71,7 +69,8 @@ class Client:
     ``token`` is a JWT string or a callable (sync or async) returning a fresh one; it is resolved for every
     request, and after a 401 a callable is asked once more and the request retried. Errors raise the typed
     exceptions of :mod:`dynconfig_client.errors`; an unreachable server raises ``ConnectionFailed``. The
-    client owns (and closes) its ``aiohttp.ClientSession`` unless one is passed in.
+    client owns (and closes) its ``aiohttp.ClientSession`` unless one is passed in. ``transport`` replaces
+    aiohttp altogether (:mod:`dynconfig_client.transport`; the command line uses the standard library's).
     """
 
     def __init__(
@@ -81,12 +80,13 @@ class Client:
         *,
         session: aiohttp.ClientSession | None = None,
         timeout: float = 10.0,
+        transport: Transport | None = None,
     ) -> None:
+        if transport is not None and session is not None:
+            raise ValueError("pass a session or a transport, not both")
         self.base_url = base_url.rstrip("/")
         self._token = token
-        self._session = session
-        self._owns_session = session is None
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._transport = transport if transport is not None else AiohttpTransport(timeout, session)
 
     async def __aenter__(self) -> Client:
         return self
@@ -96,9 +96,7 @@ class Client:
 
     async def close(self) -> None:
         """Close the HTTP session if this client created it."""
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._transport.close()
 
     # --- keys ---------------------------------------------------------------------------------
 
@@ -141,6 +139,14 @@ class Client:
         """Change a live key's value and/or (admins only) its ttl and acls."""
         body = _write_body(value, ttl, acls)
         return _written(*await self._call("PATCH", _key_path(key), json_body=body, if_match=if_match))
+
+    async def rollback(self, key: str, version: int, *, if_match: int | str | None = None) -> WriteResult:
+        """Write the value of ``key``'s ``version`` again, as a new version (ttl and acls are kept).
+
+        A version that is a delete or an expiry raises :class:`BadRequest`; one that never existed,
+        :class:`NotFound`."""
+        path = _key_path(key) + "/rollback"
+        return _written(*await self._call("POST", path, json_body={"version": version}, if_match=if_match))
 
     async def delete(self, key: str, *, if_match: int | str | None = None) -> None:
         """Delete ``key`` (a soft delete: its version grows by one)."""
@@ -245,11 +251,7 @@ class Client:
         auth: bool = True,
     ) -> tuple[Any, Mapping[str, str], int]:
         """Send one request (again once after a 401 when the token is a callable); the decoded body."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        url = URL(self.base_url + path, encoded=True)
-        if params:
-            url = url.update_query(params)
+        url = self.base_url + path + (f"?{urlencode(params, quote_via=quote)}" if params else "")
         headers = {"Accept": "application/json"}
         if if_match is not None:
             headers["If-Match"] = f'"{if_match}"' if isinstance(if_match, int) else if_match
@@ -280,17 +282,12 @@ class Client:
         return body, resp_headers, status
 
     async def _send(
-        self, method: str, url: URL, headers: dict[str, str], data: bytes | None
+        self, method: str, url: str, headers: dict[str, str], data: bytes | None
     ) -> tuple[int, bytes, Mapping[str, str]]:
-        assert self._session is not None
         try:
-            # aiohttp warns about (and would block on) big raw byte bodies; a stream is written in chunks.
-            body = io.BytesIO(data) if data is not None and len(data) > _STREAM_OVER else data
-            async with self._session.request(method, url, headers=headers, data=body, timeout=self._timeout) as resp:
-                return resp.status, await resp.read(), resp.headers
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            reason = f"no answer within {self._timeout.total} s" if isinstance(exc, TimeoutError) else str(exc)
-            raise ConnectionFailed(f"cannot reach {self.base_url}: {reason}") from exc
+            return await self._transport.send(method, url, headers, data)
+        except Unreachable as exc:
+            raise ConnectionFailed(f"cannot reach {self.base_url}: {exc}") from exc
 
 
 def _quote(name: str) -> str:

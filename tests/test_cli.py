@@ -230,6 +230,24 @@ def test_ls_lists_every_key_and_history_prints_versions(cli: Run, unique_prefix:
     ]
 
 
+def test_rollback_restores_an_earlier_value_as_a_new_version(cli: Run, unique_prefix: str) -> None:
+    key = f"{unique_prefix}.limit"
+    for value in ("10", "20", "30"):
+        ok(cli("put", key, value))
+    written = json.loads(ok(cli("rollback", key, "1", "--if-match", "3")))
+    assert (written["key"], written["version"], written["created"]) == (key, 4, False)
+    assert ok(cli("get", key)) == "10\n"
+    assert [json.loads(line)["value"] for line in ok(cli("history", key)).splitlines()] == [10, 30, 20, 10]
+
+    stale = cli("rollback", key, "2", "--if-match", "3")  # the key is at version 4 now
+    assert (stale.returncode, stale.stdout) == (1, "")
+    assert stale.stderr.startswith("dynconfig: 412 Precondition Failed: "), stale.stderr
+    missing = cli("rollback", key, "99")
+    assert (missing.returncode, missing.stderr.split(":")[1].strip()) == (1, "404 Not Found"), missing.stderr
+    assert cli("rollback", key, "one").returncode == 2  # N must be a number: a usage error
+    assert ok(cli("get", key)) == "10\n"
+
+
 # --- errors --------------------------------------------------------------------------------------
 
 
@@ -272,6 +290,65 @@ def test_options_are_accepted_after_the_command(cli: Run, api_proc: Any, admin_t
     assert ok(run_cli("--url", api_proc.url, "--token", admin_token, "get", f"{unique_prefix}.k", env=env)) == "7\n"
 
 
+# --- start-up ------------------------------------------------------------------------------------
+
+# What only a request needs; --help and usage errors must answer without loading any of it.
+HEAVY = ("aiohttp", "yarl", "multidict", "cryptography", "dynconfig_client.client", "dynconfig_client.live")
+
+
+def imported_by(*args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run the CLI under ``-X importtime``: its result and every module it imported."""
+    command = [sys.executable, "-X", "importtime", "-c", CLIENT_ONLY, "dynconfig_client", *args]
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=30)
+    modules = {
+        line.rpartition("|")[2].strip() for line in result.stderr.splitlines() if line.startswith("import time:")
+    }
+    return result, modules
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--help",), ("get", "--help"), ("ls",), ("put", "app.k", "not json")],
+    ids=["help", "get-help", "no-token", "bad-value"],
+)
+def test_help_and_usage_errors_do_not_load_the_http_stack(args: tuple[str, ...]) -> None:
+    env = cli_env("http://127.0.0.1:9", None if args == ("ls",) else "some-token")
+    result, modules = imported_by(*args, env=env)
+    assert result.returncode == (0 if "--help" in args else 2), result.stderr[-2000:]
+    assert "dynconfig_client.cli" in modules
+    loaded = sorted({m.partition(".")[0] for m in modules if m.partition(".")[0] in HEAVY} | (modules & set(HEAVY)))
+    assert loaded == [], f"dynconfig {' '.join(args)} imported {loaded}"
+
+
+def test_requests_go_out_without_aiohttp(cli: Run, api_proc: Any, admin_token: str, unique_prefix: str) -> None:
+    key = f"{unique_prefix}.k"
+    ok(cli("put", key, "1"))
+    env = cli_env(api_proc.url, admin_token)
+    for args in (("get", key), ("history", key), ("ls", unique_prefix), ("rollback", key, "1")):
+        result, modules = imported_by(*args, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "dynconfig_client.transport" in modules and "http.client" in modules
+        assert not {"aiohttp", "yarl", "multidict"} & modules, f"dynconfig {args[0]} imported aiohttp"
+    assert ok(cli("get", key)) == "1\n"
+
+
+def test_the_package_exports_everything_lazily() -> None:
+    import dynconfig_client
+
+    code = (
+        "import sys, dynconfig_client\n"
+        "assert 'aiohttp' not in sys.modules, 'import dynconfig_client loaded aiohttp'\n"
+        "from dynconfig_client import Client, LiveConfig, NotFound, SyncLiveConfig\n"
+        "assert 'aiohttp' in sys.modules and Client.__module__ == 'dynconfig_client.client'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+    for name in dynconfig_client.__all__:
+        assert getattr(dynconfig_client, name) is not None, name
+    assert set(dynconfig_client.__all__) <= set(dir(dynconfig_client))
+    with pytest.raises(AttributeError):
+        dynconfig_client.NoSuchThing  # noqa: B018
+
+
 # --- only the client -----------------------------------------------------------------------------
 
 
@@ -310,7 +387,7 @@ def test_the_cli_works_with_only_the_client_installed(cli: Run, unique_prefix: s
     assert "ModuleNotFoundError: No module named 'devtools' (only the client is installed)" in hidden.stderr
 
     usage = ok(run_cli("--help", env=env))
-    for command in ("get", "put", "patch", "rm", "ls", "watch", "history"):
+    for command in ("get", "put", "patch", "rollback", "rm", "ls", "watch", "history"):
         assert command in usage
     assert json.loads(ok(cli("put", f"{unique_prefix}.k", "[1, 2]")))["created"] is True
     assert ok(cli("get", f"{unique_prefix}.k")) == "[1, 2]\n"

@@ -23,7 +23,7 @@ from dynconfig_client.errors import (
     RateLimited,
     Unauthorized,
 )
-from dynconfig_client.models import AuditRecord, KeyValue, PollResult, Version
+from dynconfig_client.models import AuditRecord, KeyValue, PollResult, Version, WriteResult
 
 Token = Callable[..., str]
 
@@ -158,6 +158,27 @@ async def test_history_iterates_pages_newest_first(api: Client, unique_prefix: s
     ]
     assert {v.actor for v in versions} == {"admin-user"}
     assert versions[0].at >= versions[-1].at
+
+
+async def test_rollback_writes_an_earlier_value_again(api: Client, unique_prefix: str) -> None:
+    key = f"{unique_prefix}.rb"
+    await api.put(key, {"limit": 10}, ttl=600)
+    await api.put(key, {"limit": 20})
+    result = await api.rollback(key, 1, if_match=2)
+    assert isinstance(result, WriteResult)
+    assert (result.key, result.version, result.revision > 0) == (key, 3, True)
+    item = await api.get(key)
+    assert (item.value, item.version, item.ttl) == ({"limit": 10}, 3, 600)  # the ttl is kept
+    with pytest.raises(PreconditionFailed):
+        await api.rollback(key, 2, if_match=1)
+    await api.delete(key)
+    with pytest.raises(BadRequest) as caught:  # version 4 is the delete: no value to restore
+        await api.rollback(key, 4)
+    assert caught.value.fields is not None and "version" in caught.value.fields
+    with pytest.raises(NotFound):
+        await api.rollback(key, 99)
+    assert (await api.rollback(key, 2)).version == 5  # a deleted key comes back with that value
+    assert (await api.get(key)).value == {"limit": 20}
 
 
 # --- If-Match --------------------------------------------------------------------------------------
