@@ -21,9 +21,9 @@ from typing import Any
 import aiopg
 
 from shared.auditchain import AuditChain, Report, Row, sealed_pages, verify
-from shared.db import StartupError, connect_pool, migrate
-from shared.serve import flush_logs, setup_logging
-from shared.settings import Settings, SettingsError, exit_on_bad_settings
+from shared.db import connect_pool, migrate
+from shared.serve import run_command
+from shared.settings import Settings
 
 PROG = "python -m api_server.audit"
 
@@ -118,19 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        exit_on_bad_settings("audit", exc)
-    setup_logging(settings.log_level)
-    try:
-        sys.exit(asyncio.run(_run(settings, args)))
-    except StartupError as exc:
-        flush_logs()
-        print(f"audit: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except (KeyboardInterrupt, BrokenPipeError):
-        sys.exit(0)
+    run_command("audit", lambda settings: _run(settings, args), unreachable_status=2)
 
 
 if __name__ == "__main__":

@@ -7,18 +7,16 @@ Safe to run while the service serves, and to run twice.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sys
 
 import aiopg
 import redis.asyncio as aioredis
 
 from shared.crypto import Keyring
-from shared.db import StartupError, connect_pool, migrate
+from shared.db import connect_pool, migrate
 from shared.redis import REDIS_ERRORS
-from shared.serve import flush_logs, setup_logging
-from shared.settings import Settings, SettingsError, exit_on_bad_settings
+from shared.serve import run_command
+from shared.settings import Settings
 from shared.sql import reencrypt as sql
 
 from .cache import cache_key
@@ -79,17 +77,7 @@ async def _run(settings: Settings) -> int:
 
 
 def main() -> None:
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        exit_on_bad_settings("reencrypt", exc)
-    setup_logging(settings.log_level)
-    try:
-        sys.exit(asyncio.run(_run(settings)))
-    except StartupError as exc:
-        flush_logs()
-        print(f"reencrypt: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_command("reencrypt", _run, unreachable_status=1)
 
 
 if __name__ == "__main__":

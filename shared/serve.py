@@ -18,9 +18,9 @@ import logging
 import logging.handlers
 import queue
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -229,3 +229,25 @@ def main_for(
         ssl_context=settings.ssl_context(),
         reuse_port=settings.reuse_port,
     )
+
+
+def run_command(
+    name: str, command: Callable[[Settings], Coroutine[Any, Any, int]], *, unreachable_status: int
+) -> NoReturn:
+    """The ``main()`` of a one-off command (``api_server.reencrypt``, ``api_server.audit``): read the
+    environment (one line and exit 2 if bad), then exit with what ``command`` returns. A Postgres that
+    cannot be reached is one line and ``unreachable_status``; Ctrl-C and a closed stdout (``| head``)
+    end it quietly with 0."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        exit_on_bad_settings(name, exc)
+    setup_logging(settings.log_level)
+    try:
+        sys.exit(asyncio.run(command(settings)))
+    except StartupError as exc:
+        flush_logs()
+        print(f"{name}: {exc}", file=sys.stderr)
+        sys.exit(unreachable_status)
+    except (KeyboardInterrupt, BrokenPipeError):
+        sys.exit(0)
