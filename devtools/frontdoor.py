@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 API_URL = web.AppKey("api_url", str)
 NOTIFIER_URL = web.AppKey("notifier_url", str)
+SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("sockets")
 _HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "content-length", "te", "trailer"}
 _WS_FORWARD = ("Authorization", "X-Request-Id")
 
@@ -58,6 +59,7 @@ async def proxy_watch(request: web.Request) -> web.StreamResponse:
         return _bad_gateway(f"notifier unreachable: {exc.__class__.__name__}")
     client = web.WebSocketResponse(autoping=True, max_msg_size=0)
     await client.prepare(request)
+    request.app[SOCKETS].add(client)
 
     async def pump(source: Any, sink: Any) -> None:
         """Copy messages from ``source`` to ``sink`` until ``source`` closes, then close ``sink`` with the
@@ -86,7 +88,15 @@ async def proxy_watch(request: web.Request) -> web.StreamResponse:
                 await task
         await upstream.close()
         await client.close()
+        request.app[SOCKETS].discard(client)
     return client
+
+
+async def _close_sockets(app: web.Application) -> None:
+    """On shutdown: close the bridged sockets (1001) so their handlers end instead of holding it up."""
+    sockets: set[web.WebSocketResponse] = app[SOCKETS]
+    closing = [ws.close(code=1001, message=b"server shutting down") for ws in list(sockets)]
+    await asyncio.gather(*closing, return_exceptions=True)
 
 
 async def _session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
@@ -100,6 +110,8 @@ def create_app(api_url: str, notifier_url: str) -> web.Application:
     app = web.Application(client_max_size=16 * 1024 * 1024)
     app[API_URL] = api_url.rstrip("/")
     app[NOTIFIER_URL] = notifier_url.rstrip("/")
+    app[SOCKETS] = set()
+    app.on_shutdown.append(_close_sockets)
     app.cleanup_ctx.append(_session_ctx)
     app.router.add_get("/watch", proxy_watch)
     app.router.add_route("*", r"/{tail:[\s\S]*}", proxy_http)  # every path, newlines included
