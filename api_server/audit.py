@@ -20,7 +20,7 @@ from typing import Any
 
 import aiopg
 
-from shared.auditchain import AuditChain, Report, Row, sealed_pages, verify
+from shared.auditchain import AuditChain, Row, sealed_pages, verify
 from shared.db import connect_pool, migrate
 from shared.serve import run_command
 from shared.settings import Settings
@@ -46,19 +46,6 @@ def line(row: Row) -> dict[str, Any]:
     }
 
 
-def summary(report: Report) -> str:
-    """What ``verify`` prints."""
-    legacy = (
-        f"; {report.unsealed_before_chain} rows written before the chain began are not sealed"
-        if report.unsealed_before_chain
-        else ""
-    )
-    if report.finding is None:
-        return f"audit chain intact: {report.checked} rows verified (seq 1–{report.head.seq}){legacy}"
-    f = report.finding
-    return f"audit chain BROKEN ({f.kind}): {f.detail} — {report.checked} rows verified before it{legacy}"
-
-
 async def _stream(pool: aiopg.Pool, after: int, follow: bool, interval: float) -> None:
     while True:
         async for rows in sealed_pages(pool, after):
@@ -79,21 +66,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         await migrate(pool)
         if args.command == "verify":
             report = await verify(pool, chain.keys)
-            if args.json:
-                finding = report.finding
-                print(
-                    json.dumps(
-                        {
-                            "ok": report.ok,
-                            "checked": report.checked,
-                            "headSeq": report.head.seq,
-                            "unsealedBeforeChain": report.unsealed_before_chain,
-                            "finding": None if finding is None else finding.__dict__,
-                        }
-                    )
-                )
-            else:
-                print(summary(report))
+            print(json.dumps(report.as_json()) if args.json else report.summary())
             return 0 if report.ok else 1
         await _stream(pool, args.after, args.follow, args.interval)
         return 0

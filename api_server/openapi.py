@@ -202,6 +202,22 @@ SPEC: dict[str, Any] = {
                 "properties": {"version": {"type": "integer", "minimum": 1, "description": "an update version"}},
             },
             "Health": {"type": "object", "properties": {"status": {"type": "string"}, "checks": {"type": "object"}}},
+            "AuditVerify": {
+                "type": "object",
+                "required": ["ok", "checked", "headSeq", "summary"],
+                "properties": {
+                    "ok": {"type": "boolean", "description": "true when every sealed row and the chain's head verify"},
+                    "checked": {"type": "integer", "description": "rows verified (before the first bad one)"},
+                    "headSeq": {"type": "integer"},
+                    "unsealedBeforeChain": {"type": "integer"},
+                    "finding": {
+                        "type": ["object", "null"],
+                        "description": "the first bad row: kind altered, inserted, deleted, reordered, unknown-key "
+                        "or truncated, its seq and id, and a sentence",
+                    },
+                    "summary": {"type": "string"},
+                },
+            },
         },
     },
     "security": [{"bearer": []}],
@@ -229,6 +245,14 @@ SPEC: dict[str, Any] = {
             },
             "get": {
                 "summary": "Fetch a key",
+                "parameters": [
+                    {
+                        "name": "include",
+                        "in": "query",
+                        "description": "`acls`: admins also get the key's own ACL (null: the namespace's applies)",
+                        "schema": {"type": "string", "enum": ["acls"]},
+                    }
+                ],
                 "responses": {
                     "200": _ok("The key (ETag: its version)", _ref("Key")),
                     **_errors(400, 403, 404, *_AUTH_ERRORS),
@@ -308,6 +332,31 @@ SPEC: dict[str, Any] = {
                     _CURSOR,
                 ],
                 "responses": {"200": _ok("Records", _ref("Audit")), **_errors(400, 403, *_AUTH_ERRORS)},
+            }
+        },
+        "/audit/verify": {
+            "get": {
+                "summary": "Verify the audit chain, as `python -m api_server.audit verify` does (admins)",
+                "responses": {
+                    "200": _ok("The report (ok false: broken)", _ref("AuditVerify")),
+                    **_errors(403, *_AUTH_ERRORS),
+                },
+            }
+        },
+        "/ui": {"get": {"summary": "Redirects to /ui/", "security": [], "responses": {"308": {"description": "/ui/"}}}},
+        "/ui/": {
+            "get": {
+                "summary": "The web console (HTML)",
+                "security": [],
+                "responses": {"200": {"description": "text/html"}},
+            }
+        },
+        "/ui/{name}": {
+            "get": {
+                "summary": "A file of the web console",
+                "security": [],
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the file"}, **_errors(404)},
             }
         },
         "/health": {

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from shared.metrics import metrics_handler
 
+from . import console
 from .handlers import audit, health, keys, namespaces
 from .openapi import openapi_handler
 
@@ -27,3 +28,5 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/namespaces/{ns:.+}", namespaces.get_namespace)
     r.add_delete("/namespaces/{ns:.+}", namespaces.delete_namespace)
     r.add_get("/audit", audit.list_audit)
+    r.add_get("/audit/verify", audit.verify_audit)
+    console.setup(app)

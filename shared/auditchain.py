@@ -20,6 +20,7 @@ Lock order: ``audit_chain`` before ``relay_state`` (``shared/sql/writes.py``), n
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -168,6 +169,29 @@ class Report:
     @property
     def ok(self) -> bool:
         return self.finding is None
+
+    def summary(self) -> str:
+        """One line for people: what ``verify`` prints, and what the console shows."""
+        legacy = (
+            f"; {self.unsealed_before_chain} rows written before the chain began are not sealed"
+            if self.unsealed_before_chain
+            else ""
+        )
+        if self.finding is None:
+            return f"audit chain intact: {self.checked} rows verified (seq 1–{self.head.seq}){legacy}"
+        f = self.finding
+        return f"audit chain BROKEN ({f.kind}): {f.detail} — {self.checked} rows verified before it{legacy}"
+
+    def as_json(self) -> dict[str, Any]:
+        """``verify --json`` and ``GET /audit/verify``."""
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "headSeq": self.head.seq,
+            "unsealedBeforeChain": self.unsealed_before_chain,
+            "finding": None if self.finding is None else dataclasses.asdict(self.finding),
+            "summary": self.summary(),
+        }
 
 
 class Walk:

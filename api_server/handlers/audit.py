@@ -6,7 +6,8 @@ from datetime import datetime
 
 from aiohttp import web
 
-from shared.appkeys import DB_POOL
+from shared.appkeys import AUDIT_CHAIN, DB_POOL
+from shared.auditchain import verify
 from shared.errors import BadRequest
 from shared.timeutil import parse_rfc3339, rfc3339
 from shared.validation import parse_limit, text_filter
@@ -69,3 +70,13 @@ def _position(cursor: list[object] | None) -> tuple[datetime, int] | None:
             except ValueError:
                 pass
     raise BadRequest("Invalid cursor", fields={"cursor": ["not a cursor this server issued"]})
+
+
+async def verify_audit(request: web.Request) -> web.Response:
+    """Walk the audit chain (what ``python -m api_server.audit verify`` does): 200 with the report,
+    ``ok`` false and the first bad row named when it is broken. Admins only."""
+    async with audited_failures(request, "audit.verify", None):
+        audit_log.require_admin(caller_of(request))
+    report = await verify(request.app[DB_POOL], request.app[AUDIT_CHAIN].keys)
+    audit(request, "audit.verify", None, "ok" if report.ok else "broken")
+    return json_response(report.as_json())

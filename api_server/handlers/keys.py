@@ -112,6 +112,9 @@ async def get_key(request: web.Request) -> web.Response:
         "ttl": state.ttl,
         "expiresAt": rfc3339(state.expires_at),
     }
+    if request.query.get("include") == "acls" and caller_of(request).principal.is_admin:
+        # Who may read and write it, for those who may change that (the console asks; others never see it).
+        body["acls"] = state.acl.as_json() if state.acl is not None else None
     return json_response(body, headers={"ETag": f'"{state.version}"'})
 
 

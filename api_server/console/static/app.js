@@ -1,0 +1,801 @@
+// DynConfig console. Plain ES module, no build step, no third-party code.
+//
+// The token the operator pastes lives in `session.token` (memory only: never localStorage, cookies or
+// the URL). Every call goes through `api()` to the same HTTP API as any client, and live updates come
+// from the same /watch WebSocket, so the console can never show more than its user may see.
+// Text reaches the page only through textContent (never innerHTML), so stored values cannot inject markup.
+
+const PAGE_SIZE = 50;
+const HISTORY_PAGE = 20;
+const AUDIT_PAGE = 50;
+const RECONNECT_MAX_MS = 15000;
+
+const $ = (id) => document.getElementById(id);
+
+const session = { token: null, username: null, exp: null, admin: false };
+const browse = { namespace: "", cursors: [null], page: 0, keys: [], total: null, next: null };
+// The open key: its last answer from GET, whether it is being edited, and what the draft started from.
+const open = { key: null, data: null, gone: null, editing: false, baseVersion: null, remote: null };
+const live = { ws: null, revision: null, attempt: 0, timer: null, wanted: false };
+const history = { cursor: null };
+const audit = { cursor: null, query: null };
+
+// --- HTTP -----------------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, body) {
+    const phrase = (body && body.error) || `HTTP ${status}`;
+    const message = (body && body.message) || "";
+    super(message ? `${status} ${phrase}: ${message}` : `${status} ${phrase}`);
+    this.status = status;
+    this.body = body || {};
+  }
+}
+
+function keyPath(key) {
+  return "/keys/" + key.split("/").map(encodeURIComponent).join("/");
+}
+
+async function api(method, path, { body, ifMatch, params } = {}) {
+  const headers = { Accept: "application/json", Authorization: `Bearer ${session.token}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (ifMatch !== undefined && ifMatch !== null) headers["If-Match"] = `"${ifMatch}"`;
+  let url = path;
+  if (params) {
+    const query = new URLSearchParams();
+    for (const [name, value] of Object.entries(params)) {
+      if (value !== undefined && value !== null && value !== "") query.set(name, value);
+    }
+    if ([...query].length) url += "?" + query.toString();
+  }
+  let response;
+  try {
+    response = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (err) {
+    throw new ApiError(0, { error: "Network error", message: `the server could not be reached (${err.message})` });
+  }
+  const text = await response.text();
+  let data = null;
+  if (text) {
+    try { data = JSON.parse(text); } catch { data = null; }
+  }
+  if (!response.ok) {
+    if (response.status === 401) expired(data && data.message);
+    throw new ApiError(response.status, data);
+  }
+  return data;
+}
+
+// --- messages -------------------------------------------------------------------------------------
+
+function showError(err) {
+  const box = $("message");
+  let text = err instanceof ApiError ? err.message : String(err.message || err);
+  const fields = err instanceof ApiError && err.body.fields;
+  if (fields) {
+    for (const [name, problems] of Object.entries(fields)) text += `\n• ${name}: ${[].concat(problems).join("; ")}`;
+  }
+  if (err instanceof ApiError && err.status === 429 && err.body.message) text += " (wait a minute and retry)";
+  box.textContent = text;
+  box.className = "message";
+  box.hidden = false;
+}
+
+function showInfo(text) {
+  const box = $("message");
+  box.textContent = text;
+  box.className = "message info";
+  box.hidden = false;
+}
+
+function clearMessage() {
+  $("message").hidden = true;
+}
+
+async function attempt(action) {
+  clearMessage();
+  try {
+    return await action();
+  } catch (err) {
+    showError(err);
+    return undefined;
+  }
+}
+
+// --- sign in --------------------------------------------------------------------------------------
+
+function decodeClaims(token) {
+  const parts = token.split(".");
+  if (parts.length !== 3) throw new Error("That is not a JWT (three base64url parts separated by dots).");
+  try {
+    const json = atob(parts[1].replace(/-/g, "+").replace(/_/g, "/"));
+    return JSON.parse(decodeURIComponent(escape(json)));
+  } catch {
+    throw new Error("The token's payload is not readable JSON.");
+  }
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  clearMessage();
+  const token = $("token").value.trim();
+  let claims;
+  try {
+    claims = decodeClaims(token);
+  } catch (err) {
+    showError(err);
+    return;
+  }
+  session.token = token;
+  session.username = claims.username || claims.sub || "?";
+  session.exp = typeof claims.exp === "number" ? claims.exp : null;
+  try {
+    await api("GET", "/keys", { params: { limit: 1 } });  // the server's verdict on the token
+  } catch (err) {
+    session.token = null;
+    showError(err);
+    return;
+  }
+  session.admin = await isAdmin();
+  $("token").value = "";
+  $("signin").hidden = true;
+  $("app").hidden = false;
+  $("signout").hidden = false;
+  for (const el of document.querySelectorAll(".admin-only")) el.hidden = !session.admin;
+  $("who").textContent = `${session.username}${session.admin ? " (admin)" : ""}`;
+  showView("keys");
+  await loadPage(0);
+  connect();
+}
+
+async function isAdmin() {
+  try {
+    await api("GET", "/audit", { params: { limit: 1 } });
+    return true;
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 403) return false;
+    throw err;
+  }
+}
+
+function signOut(reason) {
+  session.token = null;
+  session.username = null;
+  session.admin = false;
+  live.wanted = false;
+  if (live.ws) live.ws.close(1000, "signed out");
+  clearTimeout(live.timer);
+  setLive("offline", "Offline");
+  closeKey();
+  $("app").hidden = true;
+  $("signout").hidden = true;
+  $("signin").hidden = false;
+  $("who").textContent = "";
+  if (reason) showError(new Error(reason));
+  $("token").focus();
+}
+
+function expired(message) {
+  if (session.token) signOut(`Signed out: ${message || "the token is no longer valid"}. Paste a fresh token to go on.`);
+}
+
+// --- views ----------------------------------------------------------------------------------------
+
+function showView(name) {
+  for (const tab of document.querySelectorAll(".tab")) tab.setAttribute("aria-pressed", String(tab.dataset.view === name));
+  for (const view of ["keys", "namespaces", "audit"]) $(`view-${view}`).hidden = view !== name;
+}
+
+// --- the key list ---------------------------------------------------------------------------------
+
+function inNamespace(key) {
+  const ns = browse.namespace;
+  return !ns || key.startsWith(ns + ".") || key.startsWith(ns + "/");
+}
+
+async function loadPage(page) {
+  const cursor = browse.cursors[page];
+  const data = await attempt(() =>
+    api("GET", "/keys", { params: { namespace: browse.namespace, limit: PAGE_SIZE, cursor } }));
+  if (!data) return;
+  browse.page = page;
+  browse.keys = data.keys;
+  browse.total = data.total;
+  browse.next = data.next || null;
+  browse.cursors[page + 1] = browse.next;
+  renderList();
+}
+
+function renderList() {
+  const filter = $("filter").value.trim().toLowerCase();
+  const list = $("key-list");
+  list.replaceChildren();
+  const shown = browse.keys.filter((k) => !filter || k.toLowerCase().includes(filter));
+  for (const key of shown) {
+    const item = document.createElement("li");
+    item.dataset.key = key;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = key;
+    if (key === open.key) button.setAttribute("aria-current", "true");
+    button.addEventListener("click", () => openKey(key));
+    item.append(button);
+    list.append(item);
+  }
+  const where = browse.namespace ? ` in ${browse.namespace}` : "";
+  const total = browse.total;
+  const count = typeof total === "number" ? `${total} key${total === 1 ? "" : "s"}${where}` : "";
+  const page = `page ${browse.page + 1}`;
+  $("total").textContent = [count, page, filter ? `${shown.length} match “${filter}”` : ""].filter(Boolean).join(" · ");
+  $("prev-page").disabled = browse.page === 0;
+  $("next-page").disabled = !browse.next;
+}
+
+function listAdd(key) {
+  if (!inNamespace(key) || browse.keys.includes(key)) return;
+  const last = browse.keys[browse.keys.length - 1];
+  // Only where it belongs on this page: a key past a full page's end shows up on a later page.
+  if (browse.next && last !== undefined && key > last) return;
+  browse.keys.push(key);
+  browse.keys.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  if (typeof browse.total === "number") browse.total += 1;
+  renderList();
+  flash(key);
+}
+
+function listRemove(key) {
+  const at = browse.keys.indexOf(key);
+  if (at < 0) return;
+  browse.keys.splice(at, 1);
+  if (typeof browse.total === "number") browse.total -= 1;
+  renderList();
+}
+
+function flash(key) {
+  const item = [...$("key-list").children].find((li) => li.dataset.key === key);
+  if (!item) return;
+  item.classList.add("flash");
+  setTimeout(() => item.classList.remove("flash"), 1500);
+}
+
+// --- one key --------------------------------------------------------------------------------------
+
+function pretty(value) {
+  return JSON.stringify(value, null, 2);
+}
+
+function closeKey() {
+  Object.assign(open, { key: null, data: null, gone: null, editing: false, baseVersion: null, remote: null });
+  $("key").hidden = true;
+  $("create").hidden = true;
+  $("detail-empty").hidden = false;
+}
+
+async function openKey(key, { keepMessage = false } = {}) {
+  if (open.editing && open.key !== key && !window.confirm("Leave your unsaved draft?")) return;
+  if (!keepMessage) clearMessage();
+  let data;
+  try {
+    data = await api("GET", keyPath(key), { params: session.admin ? { include: "acls" } : undefined });
+  } catch (err) {
+    showError(err);
+    return;
+  }
+  Object.assign(open, { key, data, gone: null, editing: false, baseVersion: null, remote: null });
+  $("create").hidden = true;
+  $("detail-empty").hidden = true;
+  $("key").hidden = false;
+  $("history-pane").hidden = true;
+  $("acl-form").hidden = true;
+  renderKey();
+  renderList();
+}
+
+function renderKey() {
+  const d = open.data;
+  $("key-name").textContent = open.key;
+  $("key-version").textContent = String(d.version);
+  $("key-revision").textContent = String(d.revision);
+  $("key-modified").textContent = new Date(d.lastModified).toLocaleString();
+  $("key-acls").textContent = describeAcls(d);
+  $("key-value").textContent = pretty(d.value);
+  $("key-gone").hidden = !open.gone;
+  $("key-gone").textContent = open.gone || "";
+  $("editor").hidden = !open.editing;
+  $("key-value").hidden = open.editing;
+  $("edit").disabled = open.editing || !!open.gone;
+  $("acl-edit").disabled = !!open.gone;
+  $("delete").disabled = !!open.gone;
+  $("delete-confirm").hidden = true;
+  renderRemote();
+  tickTtl();
+}
+
+function describeAcls(d) {
+  if (!("acls" in d)) return "visible to admins";
+  if (d.acls === null) return "none of its own: the namespace's ACL applies";
+  const list = (entries) => (entries.length ? entries.join(", ") : "nobody");
+  return `read: ${list(d.acls.read)} · write: ${list(d.acls.write)}`;
+}
+
+function tickTtl() {
+  const d = open.data;
+  if (!d || $("key").hidden) return;
+  if (open.gone) {
+    $("key-ttl").textContent = "—";
+  } else if (!d.expiresAt) {
+    $("key-ttl").textContent = "none (never expires)";
+  } else {
+    const left = Math.max(0, Math.round((Date.parse(d.expiresAt) - Date.now()) / 1000));
+    const h = Math.floor(left / 3600), m = Math.floor((left % 3600) / 60), s = left % 60;
+    const clock = h ? `${h} h ${m} min ${s} s` : m ? `${m} min ${s} s` : `${s} s`;
+    $("key-ttl").textContent = left ? `${d.ttl} s, expires in ${clock}` : `${d.ttl} s, expiring now`;
+  }
+}
+
+function startEdit() {
+  open.editing = true;
+  open.baseVersion = open.data.version;
+  open.remote = null;
+  $("draft").value = pretty(open.data.value);
+  $("conflict").hidden = true;
+  renderKey();
+  $("draft").focus();
+}
+
+function cancelEdit() {
+  open.editing = false;
+  open.remote = null;
+  $("conflict").hidden = true;
+  if (open.gone) renderKey();
+  else openKey(open.key, { keepMessage: true });
+}
+
+function parseDraft(text) {
+  try {
+    return { ok: true, value: JSON.parse(text) };
+  } catch (err) {
+    return { ok: false, error: new Error(`The value is not valid JSON: ${err.message}. Strings need quotes: "text".`) };
+  }
+}
+
+async function save(event, { overwrite = false } = {}) {
+  if (event) event.preventDefault();
+  clearMessage();
+  const draft = parseDraft($("draft").value);
+  if (!draft.ok) return showError(draft.error);
+  // Against the version the draft was made from, so a change in between is a 412, never lost silently.
+  const ifMatch = overwrite ? open.remote && open.remote.version : open.baseVersion;
+  try {
+    if (open.gone) {
+      await api("PUT", keyPath(open.key), { body: { value: draft.value } });
+    } else {
+      await api("PATCH", keyPath(open.key), { body: { value: draft.value }, ifMatch });
+    }
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 412) return showConflict();
+    return showError(err);
+  }
+  open.editing = false;
+  open.remote = null;
+  $("conflict").hidden = true;
+  await openKey(open.key, { keepMessage: true });
+  showInfo(`Saved ${open.key} as version ${open.data.version}.`);
+}
+
+async function showConflict() {
+  let current = null;
+  try {
+    current = await api("GET", keyPath(open.key));
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 404)) return showError(err);
+  }
+  open.remote = current ? { version: current.version, value: current.value } : null;
+  $("conflict-text").textContent = current
+    ? `Conflict: ${open.key} is at version ${current.version} on the server; your draft was made from version ` +
+      `${open.baseVersion}. Nothing was saved. Their value:`
+    : `Conflict: ${open.key} no longer exists on the server. Nothing was saved.`;
+  $("conflict-value").textContent = current ? pretty(current.value) : "";
+  $("conflict-overwrite").hidden = !current;
+  $("conflict").hidden = false;
+  $("remote-change").hidden = true;
+}
+
+async function takeTheirs() {
+  open.editing = false;
+  open.remote = null;
+  $("conflict").hidden = true;
+  $("remote-change").hidden = true;
+  await openKey(open.key, { keepMessage: true });
+}
+
+function renderRemote() {
+  const r = open.remote;
+  const box = $("remote-change");
+  if (!open.editing || !r || !$("conflict").hidden) {
+    box.hidden = true;
+    return;
+  }
+  box.hidden = false;
+  $("remote-text").textContent =
+    r.event === "update"
+      ? "While you were editing, someone changed this key on the server: it is now " +
+        `version ${r.version}. Your draft is untouched.`
+      : `While you were editing, this key was ${r.event === "expired" ? "expired" : "deleted"} on the server ` +
+        `(version ${r.version}). Your draft is untouched; saving it creates the key again.`;
+  $("remote-show").hidden = r.event !== "update";
+  $("remote-value").textContent = r.event === "update" ? pretty(r.value) : "";
+}
+
+async function deleteKey() {
+  const key = open.key;
+  const done = await attempt(() => api("DELETE", keyPath(key), { ifMatch: open.data.version }));
+  if (done === undefined) return;  // the error is shown (a 204 answers null)
+  listRemove(key);
+  closeKey();
+  showInfo(`Deleted ${key}.`);
+}
+
+// --- history and rollback -------------------------------------------------------------------------
+
+async function showHistory(more = false) {
+  if (!more) {
+    history.cursor = null;
+    $("history-rows").replaceChildren();
+  }
+  const data = await attempt(() =>
+    api("GET", keyPath(open.key) + "/history", { params: { limit: HISTORY_PAGE, cursor: history.cursor } }));
+  if (!data) return;
+  $("history-pane").hidden = false;
+  for (const v of data.versions) {
+    const row = document.createElement("tr");
+    const cells = [String(v.version), v.event, v.event === "update" ? JSON.stringify(v.value) : "—", v.actor || "",
+      new Date(v.at).toLocaleString()];
+    cells.forEach((text, i) => {
+      const td = document.createElement("td");
+      td.textContent = text;
+      if (i === 2) td.className = "json";
+      row.append(td);
+    });
+    const action = document.createElement("td");
+    if (v.event === "update" && open.data && v.version !== open.data.version) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = `Roll back to v${v.version}`;
+      button.addEventListener("click", () => rollback(v.version));
+      action.append(button);
+    }
+    row.append(action);
+    $("history-rows").append(row);
+  }
+  history.cursor = data.next || null;
+  $("history-more").hidden = !history.cursor;
+}
+
+async function rollback(version) {
+  clearMessage();
+  const ifMatch = open.gone ? undefined : open.data.version;
+  try {
+    const written = await api("POST", keyPath(open.key) + "/rollback", { body: { version }, ifMatch });
+    await openKey(open.key, { keepMessage: true });
+    await showHistory();
+    showInfo(`Rolled ${open.key} back to the value of version ${version} (now version ${written.version}).`);
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 412) {
+      showError(new Error(`${err.message}. The key changed meanwhile: look at the history again before rolling back.`));
+      await openKey(open.key, { keepMessage: true });
+      return;
+    }
+    showError(err);
+  }
+}
+
+// --- ACLs -----------------------------------------------------------------------------------------
+
+function entries(text) {
+  return text.split(",").map((s) => s.trim()).filter(Boolean);
+}
+
+function editAcl() {
+  const acls = open.data.acls;
+  $("acl-read").value = acls ? acls.read.join(", ") : "";
+  $("acl-write").value = acls ? acls.write.join(", ") : "";
+  $("acl-form").hidden = false;
+  $("acl-read").focus();
+}
+
+async function saveAcl(acls) {
+  clearMessage();
+  try {
+    await api("PATCH", keyPath(open.key), { body: { acls }, ifMatch: open.data.version });
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 412) {
+      showError(new Error(`${err.message}. The key changed meanwhile; its ACL was not saved. Look again and retry.`));
+      await openKey(open.key, { keepMessage: true });
+      return;
+    }
+    return showError(err);
+  }
+  $("acl-form").hidden = true;
+  await openKey(open.key, { keepMessage: true });
+  showInfo(`Saved the ACL of ${open.key}.`);
+}
+
+// --- creating -------------------------------------------------------------------------------------
+
+function newKey() {
+  if (open.editing && !window.confirm("Leave your unsaved draft?")) return;
+  closeKey();
+  $("detail-empty").hidden = true;
+  $("create").hidden = false;
+  $("create-key").value = browse.namespace ? browse.namespace + "." : "";
+  $("create-key").focus();
+}
+
+async function create(event) {
+  event.preventDefault();
+  clearMessage();
+  const key = $("create-key").value.trim();
+  const draft = parseDraft($("create-value").value);
+  if (!draft.ok) return showError(draft.error);
+  const body = { value: draft.value };
+  const ttl = $("create-ttl").value.trim();
+  if (ttl) body.ttl = Number(ttl);
+  if (session.admin && ($("create-read").value.trim() || $("create-write").value.trim())) {
+    body.acls = { read: entries($("create-read").value), write: entries($("create-write").value) };
+  }
+  try {
+    await api("GET", keyPath(key));
+    return showError(new Error(`${key} exists already: open it to edit it.`));
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 404)) return showError(err);
+  }
+  const written = await attempt(() => api("PUT", keyPath(key), { body }));
+  if (!written) return;
+  listAdd(key);
+  await openKey(key, { keepMessage: true });
+  showInfo(`Created ${key} (version ${written.version}).`);
+}
+
+// --- namespaces -----------------------------------------------------------------------------------
+
+async function loadNamespace() {
+  const ns = $("ns-name").value.trim();
+  if (!ns) return;
+  clearMessage();
+  try {
+    const data = await api("GET", "/namespaces/" + encodeURIComponent(ns));
+    $("ns-read").value = data.acls.read.join(", ");
+    $("ns-write").value = data.acls.write.join(", ");
+    $("ns-status").textContent = `${ns} has an ACL.`;
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 404) {
+      $("ns-read").value = "";
+      $("ns-write").value = "";
+      $("ns-status").textContent = `${ns} has no ACL of its own.`;
+      return;
+    }
+    showError(err);
+  }
+}
+
+async function saveNamespace(event) {
+  event.preventDefault();
+  const ns = $("ns-name").value.trim();
+  const acls = { read: entries($("ns-read").value), write: entries($("ns-write").value) };
+  const ok = await attempt(() => api("PUT", "/namespaces/" + encodeURIComponent(ns), { body: { acls } }));
+  if (ok !== undefined) $("ns-status").textContent = `Saved the ACL of ${ns}.`;
+}
+
+async function deleteNamespace() {
+  const ns = $("ns-name").value.trim();
+  if (!ns) return;
+  clearMessage();
+  try {
+    await api("DELETE", "/namespaces/" + encodeURIComponent(ns));
+    $("ns-status").textContent = `Removed the ACL of ${ns}.`;
+    $("ns-read").value = "";
+    $("ns-write").value = "";
+  } catch (err) {
+    showError(err);
+  }
+}
+
+// --- audit ----------------------------------------------------------------------------------------
+
+async function searchAudit(event, more = false) {
+  if (event) event.preventDefault();
+  if (!more) {
+    const since = $("audit-since").value;
+    audit.query = {
+      key: $("audit-key").value.trim(),
+      actor: $("audit-actor").value.trim(),
+      since: since ? new Date(since).toISOString() : "",
+    };
+    audit.cursor = null;
+    $("audit-rows").replaceChildren();
+  }
+  const data = await attempt(() =>
+    api("GET", "/audit", { params: { ...audit.query, limit: AUDIT_PAGE, cursor: audit.cursor } }));
+  if (!data) return;
+  for (const r of data.records) {
+    const row = document.createElement("tr");
+    for (const text of [new Date(r.at).toLocaleString(), r.actor || "", r.action, r.key || "",
+      r.version === undefined ? "" : String(r.version), r.outcome]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      row.append(td);
+    }
+    $("audit-rows").append(row);
+  }
+  audit.cursor = data.next || null;
+  $("audit-more").hidden = !audit.cursor;
+}
+
+async function verifyChain() {
+  const box = $("verify-result");
+  box.hidden = false;
+  box.className = "verify";
+  box.textContent = "Verifying the audit chain…";
+  const report = await attempt(() => api("GET", "/audit/verify"));
+  if (!report) {
+    box.hidden = true;
+    return;
+  }
+  box.className = `verify ${report.ok ? "ok" : "broken"}`;
+  box.textContent = report.summary;
+}
+
+// --- live updates ---------------------------------------------------------------------------------
+
+function setLive(state, text, title = "") {
+  const el = $("live");
+  el.className = `live ${state}`;
+  el.textContent = text;
+  el.title = title;
+}
+
+function watchUrl() {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}/watch`;
+}
+
+function connect() {
+  live.wanted = true;
+  setLive("connecting", live.attempt ? "Reconnecting…" : "Connecting…");
+  let ws;
+  try {
+    ws = new WebSocket(watchUrl());
+  } catch (err) {
+    return scheduleReconnect(`cannot open ${watchUrl()}: ${err.message}`);
+  }
+  live.ws = ws;
+  ws.addEventListener("open", () => {
+    const message = { token: session.token, subscribe: ["*"] };
+    if (live.revision !== null) message.since_version = live.revision;
+    ws.send(JSON.stringify(message));
+  });
+  ws.addEventListener("message", (event) => {
+    let msg;
+    try { msg = JSON.parse(event.data); } catch { return; }
+    onWatchMessage(msg);
+  });
+  ws.addEventListener("close", (event) => {
+    if (live.ws !== ws) return;
+    live.ws = null;
+    if (!live.wanted) return;
+    const why = event.reason ? `${event.code}: ${event.reason}` : `close code ${event.code}`;
+    if (event.code === 4401) {
+      expired(event.reason || "the token expired");
+      return;
+    }
+    scheduleReconnect(why);
+  });
+}
+
+function scheduleReconnect(why) {
+  live.attempt += 1;
+  const delay = Math.min(RECONNECT_MAX_MS, 500 * 2 ** Math.min(live.attempt, 5)) * (0.5 + Math.random() / 2);
+  setLive("connecting", "Reconnecting…", `Live updates interrupted (${why}); retrying in ${Math.round(delay / 1000)} s`);
+  clearTimeout(live.timer);
+  live.timer = setTimeout(() => { if (live.wanted && session.token) connect(); }, delay);
+}
+
+function onWatchMessage(msg) {
+  switch (msg.event) {
+    case "subscribed":
+      live.attempt = 0;
+      if (live.revision === null) live.revision = msg.revision;
+      setLive("online", "Live", `Following every change you may read (revision ${msg.revision})`);
+      break;
+    case "update":
+    case "delete":
+    case "expired":
+      live.revision = Math.max(live.revision || 0, msg.revision);
+      onChange(msg);
+      break;
+    case "reset":
+      // The server could not replay from our revision: start from its state again.
+      live.revision = msg.revision;
+      loadPage(browse.page);
+      if (open.key && !open.editing) openKey(open.key, { keepMessage: true });
+      break;
+    case "error":
+      showError(new Error(`Live updates: ${msg.error}${msg.message ? ": " + msg.message : ""}`));
+      break;
+    default:
+      break;
+  }
+}
+
+function onChange(event) {
+  if (event.event === "update") listAdd(event.key);
+  else listRemove(event.key);
+  if (event.key !== open.key) {
+    if (event.event === "update") flash(event.key);
+    return;
+  }
+  if (open.data && event.version <= open.data.version && event.event === "update") return;  // already shown
+  if (open.editing) {
+    // Never touch the draft: say what happened and let the user choose.
+    open.remote = { event: event.event, version: event.version, value: event.value };
+    if (event.event !== "update") open.gone = `${event.event === "expired" ? "Expired" : "Deleted"} on the server (version ${event.version}).`;
+    renderRemote();
+    return;
+  }
+  if (event.event === "update") {
+    openKey(event.key, { keepMessage: true });
+  } else {
+    open.gone = `${event.event === "expired" ? "Expired" : "Deleted"} on the server (version ${event.version}).`;
+    renderKey();
+  }
+}
+
+// --- wiring ---------------------------------------------------------------------------------------
+
+function wire() {
+  $("signin-form").addEventListener("submit", signIn);
+  $("signout").addEventListener("click", () => signOut());
+  for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showView(tab.dataset.view));
+  $("browse").addEventListener("submit", (e) => {
+    e.preventDefault();
+    browse.namespace = $("namespace").value.trim();
+    browse.cursors = [null];
+    loadPage(0);
+  });
+  $("filter").addEventListener("input", renderList);
+  $("prev-page").addEventListener("click", () => loadPage(Math.max(0, browse.page - 1)));
+  $("next-page").addEventListener("click", () => loadPage(browse.page + 1));
+  $("new-key").addEventListener("click", newKey);
+  $("create").addEventListener("submit", create);
+  $("create-cancel").addEventListener("click", closeKey);
+  $("edit").addEventListener("click", startEdit);
+  $("edit-cancel").addEventListener("click", cancelEdit);
+  $("editor").addEventListener("submit", (e) => save(e));
+  $("conflict-overwrite").addEventListener("click", () => save(null, { overwrite: true }));
+  $("conflict-discard").addEventListener("click", takeTheirs);
+  $("remote-show").addEventListener("click", () => { $("remote-value").hidden = false; });
+  $("remote-take").addEventListener("click", takeTheirs);
+  $("remote-keep").addEventListener("click", () => { $("remote-change").hidden = true; $("draft").focus(); });
+  $("delete").addEventListener("click", () => { $("delete-confirm").hidden = false; $("delete-confirm").focus(); });
+  $("delete-confirm").addEventListener("click", deleteKey);
+  $("history").addEventListener("click", () => showHistory());
+  $("history-more").addEventListener("click", () => showHistory(true));
+  $("acl-edit").addEventListener("click", editAcl);
+  $("acl-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    saveAcl({ read: entries($("acl-read").value), write: entries($("acl-write").value) });
+  });
+  $("acl-inherit").addEventListener("click", () => saveAcl(null));
+  $("acl-cancel").addEventListener("click", () => { $("acl-form").hidden = true; });
+  $("ns-load").addEventListener("click", loadNamespace);
+  $("ns-form").addEventListener("submit", saveNamespace);
+  $("ns-delete").addEventListener("click", deleteNamespace);
+  $("audit-form").addEventListener("submit", (e) => searchAudit(e));
+  $("audit-more").addEventListener("click", () => searchAudit(null, true));
+  $("audit-verify").addEventListener("click", verifyChain);
+  setInterval(tickTtl, 1000);
+  $("token").focus();
+}
+
+wire();
