@@ -38,6 +38,7 @@ FLAGS = [
 ]
 ADMIN = "admin-user"
 WAIT_MS = 10_000
+expect.set_options(timeout=WAIT_MS)  # assertions wait as long as actions do (a busy CI machine)
 Token = Callable[..., str]
 
 
@@ -46,12 +47,15 @@ Token = Callable[..., str]
 
 @pytest.fixture
 async def origin(aiohttp_server: Any, make_notifier: Callable[..., Any], settings: Any) -> str:
-    """The front door's URL: /ui/ and the API from api_server, /watch from the notifier."""
+    """The front door's URL: /ui/ and the API from api_server, /watch from the notifier; an expiry
+    worker turns due TTLs into ``expired`` events."""
     from api_server.main import create_app
     from devtools.frontdoor import create_app as front_door
+    from expiry_worker.main import create_app as expiry_worker
 
     api = await aiohttp_server(create_app(settings))
     notifier = await make_notifier()
+    await aiohttp_server(expiry_worker(settings))
     door = await aiohttp_server(front_door(_base(api), _base(notifier)))
     return _base(door)
 
@@ -251,10 +255,35 @@ async def test_deleted_and_expired_keys_disappear_live(
     await other.delete(doomed)
     await expect(page.locator("#key-gone")).to_have_text("Deleted on the server (version 2).")
     await expect(page.get_by_role("button", name="Edit", exact=True)).to_be_disabled()
-    # The expiry worker is not running here: reads hide the key at once, the list refreshes on Show.
-    await page.wait_for_timeout(2200)
-    await show_namespace(page, unique_prefix)
+    await expect(page.locator("#key-list li")).to_have_count(1)
+    await open_key(page, short)
+    await expect(page.locator("#key-ttl")).to_contain_text("2 s, expires in")
+    # The expiry worker's `expired` event: gone from the list and marked on the open key, no reload.
+    await expect(page.locator("#key-gone")).to_have_text("Expired on the server (version 2).")
     await expect(page.locator("#key-list li")).to_have_count(0)
+    await expect(page.locator("#total")).to_contain_text(f"0 keys in {unique_prefix}")
+
+
+async def test_pages_of_keys_and_the_search_of_a_page(
+    sign_in: SignIn, token: Token, other: Client, unique_prefix: str
+) -> None:
+    keys = [f"{unique_prefix}.k{n:03d}" for n in range(60)]
+    for key in keys:
+        await other.put(key, 0)
+    page, _ = await sign_in(token(ADMIN))
+    await show_namespace(page, unique_prefix)
+    items = page.locator("#key-list li")
+    await expect(items).to_have_count(50)
+    await expect(page.locator("#total")).to_have_text(f"60 keys in {unique_prefix} · page 1")
+    await page.get_by_role("button", name="Next").click()
+    await expect(items).to_have_count(10)
+    await expect(items.first).to_have_text(keys[50])
+    await expect(page.get_by_role("button", name="Next")).to_be_disabled()
+    await page.get_by_role("button", name="Previous").click()
+    await expect(items).to_have_count(50)
+    await page.fill("#filter", "k02")
+    await expect(items).to_have_count(10)  # k020 … k029
+    await expect(page.locator("#total")).to_contain_text("10 match “k02”")
 
 
 async def test_admins_search_the_audit_log_and_verify_the_chain(
