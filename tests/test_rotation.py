@@ -28,8 +28,10 @@ import aiopg
 import pytest
 from support import process_env
 
+from api_server.reencrypt import reencrypt
 from devtools.services import free_port
 from dynconfig_client import Client, ConnectionFailed, EventStream
+from shared.crypto import Keyring
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,8 +170,7 @@ async def test_rotation_under_writes_and_watchers_loses_nothing(
         await wait_until(lambda: writers.count >= at_reencrypt + 50, "writes after the re-encryption")
 
         assert (await sealed_by(private_db)).keys() == {"k2"}, "a value is still sealed by k1 after reencrypt"
-        # deploy/README.md step 3: a read that raced the re-encryption may have cached a k1 copy, for
-        # at most CACHE_TTL_SECONDS; nothing here read, so none was cached and the wait can be skipped.
+        # A read that raced the re-encryption may have cached a k1 copy: see the last test below.
 
         procs = roll(spawn, procs, ports, {"ENCRYPTION_KEYS": keyring(k2), **common})
         at_second = writers.count
@@ -256,3 +257,28 @@ async def test_a_key_dropped_too_early_is_a_clear_500_and_loses_nothing(
     again = spawn("api_server", ENCRYPTION_KEYS=keyring(k2, k1), **common)
     async with Client(again.url, admin) as client:
         assert (await client.get(key)).value == {"password": "hunter2"}
+
+
+async def test_a_cached_copy_sealed_by_a_retired_key_is_read_again_from_postgres(
+    private_db: str, make_client: Any, settings: Settings, token: Callable[..., str], unique_prefix: str
+) -> None:
+    """The race deploy/README.md used to make operators wait out: a GET that read the old ciphertext
+    just before ``reencrypt`` re-sealed the row fills the cache with it after the command cleared the
+    cache. Once the old key is dropped, that copy cannot be decrypted: the read must go to Postgres,
+    which holds the re-sealed value, not fail."""
+    k1, k2 = ("k1", os.urandom(32)), ("k2", os.urandom(32))
+    admin = {"Authorization": f"Bearer {token(ADMIN)}"}
+    key = f"{unique_prefix}.cached"
+    before = await make_client(settings.replace(postgres_url=private_db, encryption_keys=(k1,)))
+    assert (await before.put(f"/keys/{key}", json={"value": {"n": 1}}, headers=admin)).status == 201
+    assert (await before.get(f"/keys/{key}", headers=admin)).status == 200  # the cache holds the k1 copy
+
+    async with aiopg.create_pool(private_db, minsize=1, maxsize=2) as pool:
+        await reencrypt(pool, Keyring((k2, k1)))  # the rows only: the cached copy stays, as in the race
+    assert (await sealed_by(private_db)).keys() == {"k2"}
+
+    after = await make_client(settings.replace(postgres_url=private_db, encryption_keys=(k2,)))
+    for _ in range(2):  # and again: the stale copy does not come back to bite
+        answer = await after.get(f"/keys/{key}", headers=admin)
+        assert answer.status == 200, await answer.text()
+        assert (await answer.json())["value"] == {"n": 1}

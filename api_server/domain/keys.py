@@ -9,6 +9,7 @@ from typing import Any
 
 from shared import changelog
 from shared.acl import Acl, Principal, may_access, may_create
+from shared.crypto import DecryptionError
 from shared.errors import BadRequest, Forbidden, NotFound, PreconditionFailed
 from shared.events import EventKind
 from shared.model import KeyState
@@ -191,9 +192,9 @@ def _writable(
     return state
 
 
-async def load_state(store: Store, key: str) -> KeyState | None:
-    """The key's state from the cache, else from Postgres (filling the cache)."""
-    state = await store.cache.get(key)
+async def load_state(store: Store, key: str, *, cached: bool = True) -> KeyState | None:
+    """The key's state from the cache (unless ``cached`` is False), else from Postgres (filling the cache)."""
+    state = await store.cache.get(key) if cached else None
     if state is not None:
         return state
     state = await store.reader.get(key)
@@ -202,10 +203,10 @@ async def load_state(store: Store, key: str) -> KeyState | None:
     return state
 
 
-async def get_key(store: Store, caller: Caller, key: str) -> tuple[KeyState, Any]:
+async def get_key(store: Store, caller: Caller, key: str, *, cached: bool = True) -> tuple[KeyState, Any]:
     """A live key's state and decrypted value, if the caller may read it."""
     who = caller.principal
-    state = await load_state(store, key)
+    state = await load_state(store, key, cached=cached)
     needs_ns = state is None or state.acl is None
     ns_acls = await store.namespaces.for_key(key) if needs_ns and not who.is_admin else {}
     if state is None or not state.live(utcnow()):
@@ -213,7 +214,14 @@ async def get_key(store: Store, caller: Caller, key: str) -> tuple[KeyState, Any
     if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
         raise _deny("read", key)
     assert state.value_enc is not None
-    return state, store.open(key, state.value_enc)
+    try:
+        return state, store.open(key, state.value_enc)
+    except DecryptionError:
+        if not cached:
+            raise
+        # A cached copy sealed by a key since retired: a read that raced `reencrypt` cached the old
+        # ciphertext after the command cleared the cache. Postgres holds the re-sealed value.
+        return await get_key(store, caller, key, cached=False)
 
 
 async def list_keys(
