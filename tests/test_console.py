@@ -201,6 +201,30 @@ async def test_an_if_match_conflict_keeps_the_draft_and_lets_the_user_choose(
     await expect(page.locator("#key-version")).to_have_text("3")
 
 
+async def test_a_change_during_a_conflict_is_shown_before_an_overwrite_replaces_it(
+    sign_in: SignIn, token: Token, other: Client, unique_prefix: str
+) -> None:
+    key = f"{unique_prefix}.retries"
+    await other.put(key, 1)
+    page, _ = await sign_in(token(ADMIN))
+    await show_namespace(page, unique_prefix)
+    await open_key(page, key)
+    await page.get_by_role("button", name="Edit", exact=True).click()
+    await page.fill("#draft", "5")
+    await other.patch(key, 2)
+    await expect(page.locator("#remote-change")).to_contain_text("now version 2")
+    await page.get_by_role("button", name="Save", exact=True).click()
+    await expect(page.locator("#conflict")).to_contain_text("is at version 2 on the server")
+    # Another change lands while the conflict is on screen: the box follows it...
+    await other.patch(key, 3)
+    await expect(page.locator("#conflict")).to_contain_text("is at version 3 on the server")
+    await expect(page.locator("#conflict-value")).to_have_text("3")
+    # ...so "overwrite" replaces what the user saw, version 3, and nothing unseen.
+    await page.get_by_role("button", name="Save my draft over it").click()
+    await expect(page.locator("#message")).to_contain_text("as version 4")
+    assert [v.value async for v in other.history(key)] == [5, 3, 2, 1]
+
+
 async def test_roll_back_to_an_earlier_version_from_the_history(
     sign_in: SignIn, origin: str, token: Token, other: Client, unique_prefix: str
 ) -> None:
@@ -332,6 +356,20 @@ async def test_admins_edit_a_keys_acl_and_a_namespace_acl(
     await page.fill("#ns-write", "carol")
     await page.get_by_role("button", name="Save", exact=True).click()
     await expect(page.locator("#ns-status")).to_have_text(f"Saved the ACL of {unique_prefix}.")
+    namespace = await other.get_namespace(unique_prefix)
+    assert (namespace.acls["read"], namespace.acls["write"]) == (["carol"], ["carol"])
+
+
+async def test_enter_in_the_namespace_name_loads_its_acl_and_never_replaces_it_unseen(
+    sign_in: SignIn, token: Token, other: Client, unique_prefix: str
+) -> None:
+    await other.put_namespace(unique_prefix, {"read": ["carol"], "write": ["carol"]})
+    page, _ = await sign_in(token(ADMIN))
+    await page.get_by_role("button", name="Namespaces", exact=True).click()
+    await page.fill("#ns-name", unique_prefix)
+    await page.press("#ns-name", "Enter")
+    await expect(page.locator("#ns-status")).to_have_text(f"{unique_prefix} has an ACL.")
+    await expect(page.locator("#ns-read")).to_have_value("carol")
     namespace = await other.get_namespace(unique_prefix)
     assert (namespace.acls["read"], namespace.acls["write"]) == (["carol"], ["carol"])
 

@@ -15,10 +15,11 @@ const $ = (id) => document.getElementById(id);
 const session = { token: null, username: null, exp: null, admin: false };
 const browse = { namespace: "", cursors: [null], page: 0, keys: [], total: null, next: null };
 // The open key: its last answer from GET, whether it is being edited, and what the draft started from.
-const open = { key: null, data: null, gone: null, editing: false, baseVersion: null, remote: null };
+const open = { key: null, data: null, gone: null, editing: false, baseVersion: null, remote: null, conflictVersion: null };
 const live = { ws: null, revision: null, attempt: 0, timer: null, wanted: false };
 const history = { cursor: null };
 const audit = { cursor: null, query: null };
+const namespaces = { loaded: null };  // the namespace whose ACL the form shows
 
 // --- HTTP -----------------------------------------------------------------------------------------
 
@@ -129,14 +130,18 @@ async function signIn(event) {
   session.token = token;
   session.username = claims.username || claims.sub || "?";
   session.exp = typeof claims.exp === "number" ? claims.exp : null;
+  const submit = $("signin-form").querySelector("button[type=submit]");
+  submit.disabled = true;
   try {
     await api("GET", "/keys", { params: { limit: 1 } });  // the server's verdict on the token
+    session.admin = await isAdmin();
   } catch (err) {
     session.token = null;
     showError(err);
     return;
+  } finally {
+    submit.disabled = false;
   }
-  session.admin = await isAdmin();
   $("token").value = "";
   $("signin").hidden = true;
   $("app").hidden = false;
@@ -163,8 +168,23 @@ function signOut(reason) {
   session.username = null;
   session.admin = false;
   live.wanted = false;
-  if (live.ws) live.ws.close(1000, "signed out");
+  const ws = live.ws;
+  live.ws = null;
+  if (ws) ws.close(1000, "signed out");
+  live.revision = null;
+  live.attempt = 0;
   clearTimeout(live.timer);
+  // Nothing of this user's stays on the page for the next one.
+  browse.keys = [];
+  browse.total = null;
+  $("key-list").replaceChildren();
+  $("total").textContent = "";
+  $("audit-rows").replaceChildren();
+  $("audit-more").hidden = true;
+  $("verify-result").hidden = true;
+  for (const id of ["ns-name", "ns-read", "ns-write", "audit-key", "audit-actor", "audit-since"]) $(id).value = "";
+  $("ns-status").textContent = "";
+  namespaces.loaded = null;
   setLive("offline", "Offline");
   closeKey();
   $("app").hidden = true;
@@ -265,7 +285,7 @@ function pretty(value) {
 }
 
 function closeKey() {
-  Object.assign(open, { key: null, data: null, gone: null, editing: false, baseVersion: null, remote: null });
+  Object.assign(open, { key: null, data: null, gone: null, editing: false, baseVersion: null, remote: null, conflictVersion: null });
   $("key").hidden = true;
   $("create").hidden = true;
   $("detail-empty").hidden = false;
@@ -281,7 +301,8 @@ async function openKey(key, { keepMessage = false } = {}) {
     showError(err);
     return;
   }
-  Object.assign(open, { key, data, gone: null, editing: false, baseVersion: null, remote: null });
+  if (open.editing && open.key === key) return;  // Edit was pressed while this answer was on its way
+  Object.assign(open, { key, data, gone: null, editing: false, baseVersion: null, remote: null, conflictVersion: null });
   $("create").hidden = true;
   $("detail-empty").hidden = true;
   $("key").hidden = false;
@@ -343,12 +364,13 @@ function startEdit() {
   $("draft").focus();
 }
 
-function cancelEdit() {
+async function cancelEdit() {
   open.editing = false;
   open.remote = null;
   $("conflict").hidden = true;
   if (open.gone) renderKey();
-  else openKey(open.key, { keepMessage: true });
+  else await openKey(open.key, { keepMessage: true });
+  $("edit").focus();
 }
 
 function parseDraft(text) {
@@ -365,7 +387,7 @@ async function save(event, { overwrite = false } = {}) {
   const draft = parseDraft($("draft").value);
   if (!draft.ok) return showError(draft.error);
   // Against the version the draft was made from, so a change in between is a 412, never lost silently.
-  const ifMatch = overwrite ? open.remote && open.remote.version : open.baseVersion;
+  const ifMatch = overwrite ? open.conflictVersion : open.baseVersion;
   try {
     if (open.gone) {
       await api("PUT", keyPath(open.key), { body: { value: draft.value } });
@@ -381,6 +403,7 @@ async function save(event, { overwrite = false } = {}) {
   $("conflict").hidden = true;
   await openKey(open.key, { keepMessage: true });
   showInfo(`Saved ${open.key} as version ${open.data.version}.`);
+  $("edit").focus();
 }
 
 async function showConflict() {
@@ -390,7 +413,11 @@ async function showConflict() {
   } catch (err) {
     if (!(err instanceof ApiError && err.status === 404)) return showError(err);
   }
-  open.remote = current ? { version: current.version, value: current.value } : null;
+  open.remote = current ? { event: "update", version: current.version, value: current.value } : null;
+  open.conflictVersion = current ? current.version : null;
+  // Deleted meanwhile: the draft can create it again (a PUT); there is nothing to overwrite.
+  open.gone = current ? null : "Deleted on the server.";
+  renderKey();
   $("conflict-text").textContent = current
     ? `Conflict: ${open.key} is at version ${current.version} on the server; your draft was made from version ` +
       `${open.baseVersion}. Nothing was saved. Their value:`
@@ -406,7 +433,9 @@ async function takeTheirs() {
   open.remote = null;
   $("conflict").hidden = true;
   $("remote-change").hidden = true;
-  await openKey(open.key, { keepMessage: true });
+  if (open.gone) renderKey();  // nothing to load: it was deleted or expired
+  else await openKey(open.key, { keepMessage: true });
+  $(open.gone ? "history" : "edit").focus();
 }
 
 function renderRemote() {
@@ -434,6 +463,7 @@ async function deleteKey() {
   listRemove(key);
   closeKey();
   showInfo(`Deleted ${key}.`);
+  $("new-key").focus();
 }
 
 // --- history and rollback -------------------------------------------------------------------------
@@ -458,7 +488,7 @@ async function showHistory(more = false) {
       row.append(td);
     });
     const action = document.createElement("td");
-    if (v.event === "update" && open.data && v.version !== open.data.version) {
+    if (v.event === "update" && open.data && (open.gone || v.version !== open.data.version)) {
       const button = document.createElement("button");
       button.type = "button";
       button.textContent = `Roll back to v${v.version}`;
@@ -473,10 +503,12 @@ async function showHistory(more = false) {
 }
 
 async function rollback(version) {
+  if (open.editing && !window.confirm("Roll back and discard your unsaved draft?")) return;
   clearMessage();
   const ifMatch = open.gone ? undefined : open.data.version;
   try {
     const written = await api("POST", keyPath(open.key) + "/rollback", { body: { version }, ifMatch });
+    open.editing = false;
     await openKey(open.key, { keepMessage: true });
     await showHistory();
     showInfo(`Rolled ${open.key} back to the value of version ${version} (now version ${written.version}).`);
@@ -519,6 +551,7 @@ async function saveAcl(acls) {
   $("acl-form").hidden = true;
   await openKey(open.key, { keepMessage: true });
   showInfo(`Saved the ACL of ${open.key}.`);
+  $("acl-edit").focus();
 }
 
 // --- creating -------------------------------------------------------------------------------------
@@ -568,11 +601,13 @@ async function loadNamespace() {
     $("ns-read").value = data.acls.read.join(", ");
     $("ns-write").value = data.acls.write.join(", ");
     $("ns-status").textContent = `${ns} has an ACL.`;
+    namespaces.loaded = ns;
   } catch (err) {
     if (err instanceof ApiError && err.status === 404) {
       $("ns-read").value = "";
       $("ns-write").value = "";
       $("ns-status").textContent = `${ns} has no ACL of its own.`;
+      namespaces.loaded = ns;
       return;
     }
     showError(err);
@@ -582,7 +617,13 @@ async function loadNamespace() {
 async function saveNamespace(event) {
   event.preventDefault();
   const ns = $("ns-name").value.trim();
+  if (namespaces.loaded !== ns) {
+    // Enter in the name field, or Save before Load: never replace an ACL the user has not seen.
+    await loadNamespace();
+    return;
+  }
   const acls = { read: entries($("ns-read").value), write: entries($("ns-write").value) };
+  if (!acls.read.length && !acls.write.length && !window.confirm(`Nobody but admins could use keys under ${ns}. Save?`)) return;
   const ok = await attempt(() => api("PUT", "/namespaces/" + encodeURIComponent(ns), { body: { acls } }));
   if (ok !== undefined) $("ns-status").textContent = `Saved the ACL of ${ns}.`;
 }
@@ -662,6 +703,11 @@ function watchUrl() {
 
 function connect() {
   live.wanted = true;
+  if (live.ws) {
+    const old = live.ws;
+    live.ws = null;
+    old.close(1000, "replaced");
+  }
   setLive("connecting", live.attempt ? "Reconnecting…" : "Connecting…");
   let ws;
   try {
@@ -676,6 +722,7 @@ function connect() {
     ws.send(JSON.stringify(message));
   });
   ws.addEventListener("message", (event) => {
+    if (live.ws !== ws) return;  // a socket replaced or closed by sign-out
     let msg;
     try { msg = JSON.parse(event.data); } catch { return; }
     onWatchMessage(msg);
@@ -735,11 +782,16 @@ function onChange(event) {
     if (event.event === "update") flash(event.key);
     return;
   }
-  if (open.data && event.version <= open.data.version && event.event === "update") return;  // already shown
+  if (open.data && event.version <= open.data.version) return;  // already shown (or a late replay)
+  if (open.remote && event.version <= open.remote.version) return;
   if (open.editing) {
     // Never touch the draft: say what happened and let the user choose.
     open.remote = { event: event.event, version: event.version, value: event.value };
-    if (event.event !== "update") open.gone = `${event.event === "expired" ? "Expired" : "Deleted"} on the server (version ${event.version}).`;
+    open.gone = event.event === "update" ? null : `${event.event === "expired" ? "Expired" : "Deleted"} on the server (version ${event.version}).`;
+    if (!$("conflict").hidden) {
+      showConflict();  // the conflict box must show what an overwrite would replace now
+      return;
+    }
     renderRemote();
     return;
   }
