@@ -15,9 +15,10 @@ import sys
 from typing import Any
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from shared.serve import run, setup_logging
+from shared.web import close_websockets
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,7 @@ async def proxy_watch(request: web.Request) -> web.StreamResponse:
 async def _close_sockets(app: web.Application) -> None:
     """On shutdown: close the bridged sockets (1001) so their handlers end instead of holding it up."""
     sockets: set[web.WebSocketResponse] = app[SOCKETS]
-    closing = [ws.close(code=1001, message=b"server shutting down") for ws in list(sockets)]
-    await asyncio.gather(*closing, return_exceptions=True)
+    await close_websockets(sockets, code=WSCloseCode.GOING_AWAY, reason=b"server shutting down")
 
 
 async def _session_ctx(app: web.Application):  # type: ignore[no-untyped-def]

@@ -241,11 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _run(args: argparse.Namespace) -> None:
     from .client import Client
-    from .transport import StdlibTransport
+    from .transport import DEFAULT_TIMEOUT_SECONDS, StdlibTransport
 
     # A command makes a request or a few, one at a time: the standard library's HTTP costs nothing to
     # import, where aiohttp costs ~0.2 s (the watch command imports it for its WebSocket).
-    async with Client(args.url, args.token, transport=StdlibTransport(timeout=10.0)) as client:
+    async with Client(args.url, args.token, transport=StdlibTransport(DEFAULT_TIMEOUT_SECONDS)) as client:
         await args.handler(args, client)
 
 

@@ -33,7 +33,7 @@ from .models import (
     WriteResult,
     parse_time,
 )
-from .transport import AiohttpTransport, Transport, Unreachable
+from .transport import DEFAULT_TIMEOUT_SECONDS, AiohttpTransport, Transport, Unreachable
 
 if TYPE_CHECKING:
     import aiohttp
@@ -79,7 +79,7 @@ class Client:
         token: TokenSource,
         *,
         session: aiohttp.ClientSession | None = None,
-        timeout: float = 10.0,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
         transport: Transport | None = None,
     ) -> None:
         if transport is not None and session is not None:

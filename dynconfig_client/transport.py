@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 Response = tuple[int, bytes, Mapping[str, str]]
 
+#: How long a request may take, unless the caller says otherwise (the Client's ``timeout``).
+DEFAULT_TIMEOUT_SECONDS = 10.0
+
 #: Bodies above this are streamed by aiohttp (it warns about, and would block on, big raw bytes).
 _STREAM_OVER = 256 * 1024
 

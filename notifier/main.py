@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -20,7 +19,7 @@ from shared.redis import redis_ctx
 from shared.serve import main_for
 from shared.settings import Settings
 from shared.tasks import cancel_and_wait
-from shared.web import base_checks, health_response, process_app, request_id
+from shared.web import base_checks, close_websockets, health_response, process_app, request_id
 
 from .hub import Hub
 from .metrics import NotifierMetrics
@@ -127,12 +126,8 @@ async def _streams_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _close_watchers(app: web.Application) -> None:
     """On shutdown, close every watch socket with 1001 (going away)."""
-    connections = app[CONNECTIONS]
-    sockets = [conn.ws for conn in connections]
-    await asyncio.gather(
-        *(ws.close(code=WSCloseCode.GOING_AWAY, message=close_message(REASON_SHUTDOWN)) for ws in sockets),
-        return_exceptions=True,
-    )
+    sockets = [conn.ws for conn in app[CONNECTIONS]]
+    await close_websockets(sockets, code=WSCloseCode.GOING_AWAY, reason=close_message(REASON_SHUTDOWN))
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -8,7 +8,7 @@ import logging
 import math
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import psycopg2
@@ -160,3 +160,9 @@ def health_response(checks: dict[str, Any]) -> web.Response:
         body = {"status": "unhealthy", "error": "Service Unavailable", "message": message}
         return json_response({**body, "checks": checks}, status=503)
     return json_response({"status": "healthy", "checks": checks})
+
+
+async def close_websockets(sockets: Iterable[web.WebSocketResponse], *, code: int, reason: bytes) -> None:
+    """Close every socket at once (on shutdown: 1001, going away), so their handlers end instead of
+    holding the shutdown up; one that fails to close does not stop the others."""
+    await asyncio.gather(*(ws.close(code=code, message=reason) for ws in list(sockets)), return_exceptions=True)
