@@ -22,7 +22,7 @@ from jwt.exceptions import PyJWKError, PyJWTError
 
 from .acl import Principal
 from .errors import Unauthorized
-from .text import CONTROL_CHARACTERS
+from .text import unprintable
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,11 @@ ASYMMETRIC = frozenset(
 LEEWAY_SECONDS = 30
 UNKNOWN_KID_REFRESH_SECONDS = 30.0
 MAX_USERNAME_LENGTH = 256
+#: The claims that hold times, and the range a date can hold (0001-01-01 to 9999-12-31T23:59:59Z):
+#: anything outside is refused before it reaches ``float()`` or a timer (10**400 overflowed to a 500).
+TIME_CLAIMS = ("exp", "nbf", "iat")
+EARLIEST_TIMESTAMP = -62_135_596_800
+LATEST_TIMESTAMP = 253_402_300_799
 _TOKEN_CACHE_SIZE = 10_000
 MAX_TOKEN_LENGTH = 16 * 1024
 # A JWT is three base64url parts; anything else is refused before any parsing (SPEC §2).
@@ -194,27 +199,41 @@ class TokenVerifier:
             raise Unauthorized("Invalid JWT: wrong audience") from None
         except PyJWTError:
             raise Unauthorized("Invalid JWT: signature verification failed") from None
+        except (OverflowError, ValueError, TypeError):  # PyJWT's int() of a time claim such as 1e400
+            raise Unauthorized("Invalid JWT: a time claim is not a number a date can hold") from None
+        for name in TIME_CLAIMS:
+            if name in claims and not _is_timestamp(claims[name]):
+                raise Unauthorized(f"Invalid JWT: '{name}' must be a number a date can hold")
         username = claims.get("username")
         if not isinstance(username, str):
             raise Unauthorized("Invalid JWT: 'username' claim must be a non-empty string")
         problem = username_problem(username)
         if problem:
             raise Unauthorized(f"Invalid JWT: 'username' claim {problem}")
-        exp = claims["exp"]
-        if not isinstance(exp, (int, float)):
-            raise Unauthorized("Invalid JWT: 'exp' must be a number")
-        return Principal(username=username, is_admin=username in self.admins), float(exp)
+        return Principal(username=username, is_admin=username in self.admins), float(claims["exp"])
+
+
+def _is_timestamp(value: Any) -> bool:
+    """A number of seconds since the epoch that a date can hold (years 1 to 9999; SPEC §2)."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and EARLIEST_TIMESTAMP <= value <= LATEST_TIMESTAMP  # False for NaN too
+    )
 
 
 def username_problem(username: str) -> str | None:
     """Why a ``username`` claim is refused (SPEC §2), or None: it names the caller in ACLs, the audit
-    log and the logs, so it is a non-empty string of at most 256 characters with no control character."""
+    log, the logs and the rate limiter's Redis keys, so it is a non-empty string of at most 256
+    characters of valid Unicode with nothing unprintable (:func:`shared.text.unprintable`). Checked
+    before anything else sees the name: one odd name must never reach a batch it could fail."""
     if not username.strip():
         return "must be a non-empty string"
     if len(username) > MAX_USERNAME_LENGTH:
         return f"must be at most {MAX_USERNAME_LENGTH} characters"
-    if CONTROL_CHARACTERS.search(username):
-        return "must not contain control characters"
+    char = unprintable(username)
+    if char is not None:
+        return f"must not contain control, format or surrogate characters (U+{ord(char):04X})"
     return None
 
 

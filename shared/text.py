@@ -8,12 +8,28 @@ backslash escape, so one request can never start a new log line or break a Postg
 from __future__ import annotations
 
 import re
+import unicodedata
 
-#: What SPEC §2 refuses in a username: C0 controls and DEL.
+#: C0 controls and DEL: refused in free-text filters (``shared.validation.text_filter``).
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _UNSAFE_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def unprintable(text: str) -> str | None:
+    """The first character of ``text`` that a name shown to people and stored everywhere must not hold
+    (SPEC §2, usernames), or None: a control (Cc: C0, DEL, C1) or format character (Cf: zero-width and
+    bidi marks, BOM), a line or paragraph separator, or a lone surrogate — which Python keeps from a JSON
+    ``\\ud800`` escape but no encoder downstream (redis-py, psycopg2) accepts."""
+    for char in text:
+        if unicodedata.category(char) in _UNPRINTABLE_CATEGORIES:
+            return char
+    return None
+
+
+#: Cc, Cf, Zl (U+2028), Zp (U+2029) and Cs (surrogates).
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
 
 def _escape(match: re.Match[str]) -> str:

@@ -14,8 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
+from jwt.algorithms import ECAlgorithm
 
 from shared.appkeys import VERIFIER
 
@@ -36,6 +39,15 @@ def b64json(obj: Any) -> str:
 def claims(username: Any = ADMIN, exp_in: int = 3600) -> dict[str, Any]:
     now = int(time.time())
     return {"username": username, "sub": "someone", "iat": now, "exp": now + exp_in}
+
+
+def signed(key: Any, payload: str) -> str:
+    """A JWT with ``payload`` as written (numbers JSON allows but Python's encoder would not make), signed
+    by a published EC key of the test JWKS."""
+    header = b64json({"alg": "ES256", "kid": key.kid, "typ": "JWT"})
+    signing_input = f"{header}.{b64url(payload.encode())}".encode()
+    signature = ECAlgorithm(ECAlgorithm.SHA256).sign(signing_input, key.private_key)
+    return f"{signing_input.decode()}.{b64url(signature)}"
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -132,6 +144,29 @@ async def test_token_without_exp_is_401(client, token, unique_prefix):
     await assert_401(await client.get(probe(unique_prefix), headers=bearer(token(exp_in=None))))
 
 
+# SPEC §2: exp/nbf/iat must be numbers a date can hold. 10**400 is a valid JSON number (and PyJWT accepts
+# it as a Python int); 1e400 parses to infinity. Either was a 500 (OverflowError) before.
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("literal", ["1" + "0" * 400, "1e400", "-1e400", "1e300"])
+async def test_time_claim_out_of_range_is_401(client, jwks, unique_prefix, claim, literal):
+    base = claims()
+    base.pop(claim, None)
+    payload = json.dumps(base)[:-1] + f', "{claim}": {literal}}}'
+    token = signed(jwks.ec_key, payload)
+    await assert_401(await client.get(probe(unique_prefix), headers=bearer(token)))
+
+
+async def test_exp_out_of_range_on_watch_is_an_error_then_4401(notifier_server, jwks):
+    token = signed(jwks.ec_key, json.dumps({"username": ADMIN, "exp": int("1" + "0" * 400)}))
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(notifier_server.make_url("/watch"), headers=bearer(token)) as ws:
+            first = await ws.receive_json(timeout=10)
+            assert first["event"] == "error" and first["error"] == "Unauthorized", first
+            closing = await ws.receive(timeout=10)
+            assert closing.type == aiohttp.WSMsgType.CLOSE
+            assert ws.close_code == 4401
+
+
 # --- keys and algorithms ------------------------------------------------------------------------
 
 
@@ -183,6 +218,34 @@ async def test_empty_username_is_401(client, token, unique_prefix):
 
 async def test_non_string_username_is_401(client, token, unique_prefix):
     await assert_401(await client.get(probe(unique_prefix), headers=bearer(token(username=123, sub="someone"))))
+
+
+# SPEC §2: a username is at most 256 characters of valid Unicode, with no control or format character
+# (Cc, Cf) and no line/paragraph separator. A lone surrogate is a legal JSON escape ("\ud800") that
+# Python decodes into a str nothing downstream can encode (redis-py, psycopg2).
+@pytest.mark.parametrize(
+    "username",
+    [
+        "eve\ud800",
+        "\udfffeve",
+        "eve\u200b",  # zero-width space (Cf)
+        "eve\u202e",  # right-to-left override (Cf)
+        "eve\ufeff",  # byte order mark (Cf)
+        "eve\u2028",  # line separator
+        "eve\u2029",  # paragraph separator
+        "eve\u0085",  # next line (C1, Cc)
+        "eve\x9f",
+        "x" * 257,
+        "   ",
+    ],
+)
+async def test_username_that_is_not_clean_unicode_is_401(client, token, unique_prefix, username):
+    await assert_401(await client.get(probe(unique_prefix), headers=bearer(token(username=username, sub="s"))))
+
+
+@pytest.mark.parametrize("username", ["élodie", "王小明", "user@example.com", "svc:payments/eu-1", "x" * 256])
+async def test_usernames_of_clean_unicode_are_accepted(client, token, unique_prefix, username):
+    await assert_ok(await client.get(probe(unique_prefix), headers=bearer(token(username=username, sub="s"))))
 
 
 # --- open routes --------------------------------------------------------------------------------
