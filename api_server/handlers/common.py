@@ -29,7 +29,11 @@ _OUTCOMES: dict[type[DynConfigError], str] = {
 
 
 def store_of(request: web.Request) -> Store:
-    app = request.app
+    return app_store(request.app)
+
+
+def app_store(app: web.Application) -> Store:
+    """What the key operations need, from the process's app (tests call the domain with it too)."""
     return Store(
         pool=app[DB_POOL],
         keyring=app[KEYRING],
