@@ -30,7 +30,7 @@ from aiohttp import web
 from shared.appkeys import DB_POOL, REDIS, SETTINGS, SUPERVISOR
 from shared.db import listen, wait_notices
 from shared.model import KeyState
-from shared.redis import REDIS_ERRORS, RedisLink
+from shared.redis import REDIS_ERRORS, REDIS_UNREACHABLE, RedisLink
 from shared.sql import cache as sql
 from shared.tasks import Coalescer, cancel_and_wait
 
@@ -106,8 +106,8 @@ class ValueCache:
         self._announce = link.client.register_script(_ANNOUNCE)
         self._put = link.client.register_script(_PUT)
         self._get = link.client.register_script(_GET)
-        self._gets = Coalescer(self._get_many)
-        self._puts = Coalescer(self._put_many)
+        self._gets = Coalescer(self._get_many, shared_failures=REDIS_UNREACHABLE)
+        self._puts = Coalescer(self._put_many, shared_failures=REDIS_UNREACHABLE)
         self.guard = CacheGuard(self)
 
     async def get(self, key: str) -> KeyState | None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from shared.redis import REDIS_ERRORS, RedisLink
+from shared.redis import REDIS_ERRORS, REDIS_UNREACHABLE, RedisLink
 from shared.tasks import Coalescer
 
 WINDOW_SECONDS = 60
@@ -68,7 +68,7 @@ class RateLimiter:
         self.limit = limit
         self._link = link
         self._script = link.client.register_script(_SLIDING_LOG)
-        self._batches = Coalescer(self._hit_many)
+        self._batches = Coalescer(self._hit_many, shared_failures=REDIS_UNREACHABLE)
         self._local: dict[str, deque[float]] = {}
         self._ids = itertools.count()
         self._tag = f"{os.getpid()}-{os.urandom(4).hex()}"

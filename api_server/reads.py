@@ -11,6 +11,7 @@ import aiopg
 from aiohttp import web
 
 from shared.appkeys import DB_POOL
+from shared.db import POSTGRES_UNREACHABLE
 from shared.model import KeyState
 from shared.sql import keys as keys_sql
 from shared.tasks import Coalescer
@@ -21,7 +22,7 @@ class StateReader:
 
     def __init__(self, pool: aiopg.Pool) -> None:
         self._pool = pool
-        self._batches = Coalescer(self._select_many)
+        self._batches = Coalescer(self._select_many, shared_failures=POSTGRES_UNREACHABLE)
 
     async def get(self, key: str) -> KeyState | None:
         return await self._batches.call(key)

@@ -57,6 +57,11 @@ async def connect_pool(dsn: str, *, wait_seconds: float, minsize: int = 1, maxsi
 
 #: What a lost or unreachable Postgres connection raises.
 CONNECTION_ERRORS = (psycopg2.Error, OSError, TimeoutError)
+#: The errors of a Postgres that cannot be reached or serve now (every statement would fail alike), as
+#: opposed to one that refuses one statement's data (``psycopg2.DataError``, an encoding error…): a
+#: batch that fails with one of these fails for all its writers or readers at once; any other failure
+#: is narrowed down to the item that caused it (``shared.tasks.Coalescer``, the committer).
+POSTGRES_UNREACHABLE = (psycopg2.OperationalError, psycopg2.InterfaceError, OSError, TimeoutError)
 
 
 async def listen(

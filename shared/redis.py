@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import Gauge
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .appkeys import METRICS, REDIS, SETTINGS
 from .metrics import ServingMetrics
@@ -22,6 +24,10 @@ from .metrics import ServingMetrics
 log = logging.getLogger(__name__)
 
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+#: The errors of a Redis that cannot be reached (every call would fail alike), as opposed to one that
+#: refuses one call's data: a batch that fails with one of these fails for all its callers at once
+#: (``shared.tasks.Coalescer``); any other failure is narrowed down to the call that caused it.
+REDIS_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 _RETRY_AFTER_FAILURE = 1.0
 #: Connections per process. A burst beyond this waits for a free connection (back-pressure) instead
 #: of failing: a full pool is not an outage, and must never switch on the per-process fallbacks.
