@@ -11,13 +11,26 @@ leaves, so a hot key gets many versions per commit, in order.
 A batch that Postgres aborts for a deadlock (another replica locking the same keys) is tried again.
 After COMMIT the new states go to the cache in one call and the writers get their answers, while the
 next batch already runs.
+
+Two lanes. The main lane never waits for a row: it locks with SKIP LOCKED, and a write whose row
+another transaction holds (another replica writing the same key, the expiry worker) moves to the
+contended lane, which commits such writes in batches that do wait for their rows — one transaction at
+a time per process. So a hot key written through several replicas has at most one transaction per
+replica queued on its row (not one per batch: 33–38 sessions queued and both pools nearly full,
+before), each commit carries every write that queued meanwhile, and unrelated keys keep flowing in the
+main lane. Writes of one key stay in arrival order: while a key has writes in the contended lane, its
+new writes go there too.
+
+One bad write never fails its batch (SPEC §7): when Postgres refuses a batch for anything but an outage
+(a value it cannot encode, say), the batch is committed again in halves, down to the write that fails
+alone. A batch is bounded by count and by bytes of values.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +43,7 @@ from psycopg2 import errors as pg_errors
 from shared.acl import Acl
 from shared.appkeys import AUDIT_CHAIN, DB_POOL, SUPERVISOR
 from shared.auditchain import AuditChain
+from shared.db import POSTGRES_UNREACHABLE
 from shared.errors import DynConfigError, ServiceUnavailable
 from shared.events import EventKind
 from shared.model import KeyState
@@ -40,10 +54,14 @@ from shared.validation import namespaces_of
 from shared.writes import Change, NewState, after_change, change, expiry, write_changes
 
 from .cache import CACHE, ValueCache
+from .metrics import API_METRICS, ApiMetrics
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
+#: A batch also stops at this many bytes of values (one write is always taken): 256 values of 1 MiB
+#: would make one statement of about half a gigabyte (values go to ``keys`` and to history).
+MAX_BATCH_BYTES = 8 * 1024 * 1024
 DEADLOCK_RETRIES = 3
 
 
@@ -64,10 +82,6 @@ class Decision:
 Decide = Callable[[KeyState | None, dict[str, Acl], datetime], Decision]
 
 
-def _future() -> asyncio.Future[tuple[KeyState, Decision]]:
-    return asyncio.get_running_loop().create_future()
-
-
 @dataclass
 class WriteOp:
     key: str
@@ -75,6 +89,7 @@ class WriteOp:
     decide: Decide
     actor: str
     request_id: str
+    size: int = 0  # bytes of the value it writes (the batch's byte bound)
     done: asyncio.Future[tuple[KeyState, Decision]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -83,13 +98,17 @@ class WriteOp:
 class Committer:
     """Collects writes and commits them in batches (see the module docstring)."""
 
-    def __init__(self, pool: aiopg.Pool, cache: ValueCache, chain: AuditChain) -> None:
+    def __init__(self, pool: aiopg.Pool, cache: ValueCache, chain: AuditChain, metrics: ApiMetrics) -> None:
         self._pool = pool
         self._cache = cache
         self._chain = chain
+        self._metrics = metrics
         self._queue: deque[WriteOp] = deque()
         self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()  # contended writes committed on their own; answers
+        self._contended: deque[WriteOp] = deque()  # writes whose row another transaction held
+        self._contended_keys: Counter[str] = Counter()  # their keys, until their transaction is over
+        self._contended_wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()  # answers being sent
 
     async def write(self, op: WriteOp) -> tuple[KeyState, Decision]:
         """Queue ``op`` for the next batch; its new state and decision once committed, or its error."""
@@ -98,60 +117,97 @@ class Committer:
         return await op.done
 
     async def stop(self) -> None:
-        """At shutdown: finish the writes committing on their own, refuse those still queued."""
+        """At shutdown (after both lanes stopped): let the answers go out, refuse the writes still queued."""
         for task in list(self._tasks):
             await cancel_and_wait(task)
         self.refuse_waiting()
 
     def refuse_waiting(self) -> None:
         """At shutdown: answer the writes still queued with 503 (none of them was written)."""
-        while self._queue:
-            op = self._queue.popleft()
-            if not op.done.done():
-                op.done.set_exception(ServiceUnavailable("The server is shutting down; the write was not made"))
+        for queue in (self._queue, self._contended):
+            while queue:
+                op = queue.popleft()
+                if not op.done.done():
+                    op.done.set_exception(ServiceUnavailable("The server is shutting down; the write was not made"))
 
     async def run(self) -> None:
-        """Commit batches for ever (supervised)."""
+        """The main lane: commit batches for ever (supervised); never waits for a row another holds."""
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                batch = self._take()
-                await complete_then_cancel(self._commit(batch))
+                batch = self._route(_take(self._queue))
+                if batch:
+                    await complete_then_cancel(self._commit(batch, wait=False))
 
-    def _take(self) -> list[WriteOp]:
-        return [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+    async def run_contended(self) -> None:
+        """The contended lane: commit, one transaction at a time, the writes whose rows were held,
+        waiting for those rows (supervised)."""
+        while True:
+            await self._contended_wake.wait()
+            self._contended_wake.clear()
+            while self._contended:
+                batch = _take(self._contended)
+                try:
+                    await complete_then_cancel(self._commit(batch, wait=True))
+                finally:
+                    self._contended_keys.subtract(op.key for op in batch)
+                    self._contended_keys = +self._contended_keys  # drop keys at zero
 
-    async def _commit(self, batch: list[WriteOp], *, wait: bool = False) -> None:
-        """Commit ``batch``. A write whose row another transaction holds is taken out and committed
-        on its own (``wait``), beside the batches, so it holds up nobody but itself."""
+    def _route(self, batch: list[WriteOp]) -> list[WriteOp]:
+        """Send writes of keys that have writes in the contended lane after them (arrival order per
+        key); return the rest."""
+        if not self._contended_keys:
+            return batch
+        busy = [op for op in batch if op.key in self._contended_keys]
+        self._contend(busy)
+        return [op for op in batch if op.key not in self._contended_keys]
+
+    def _contend(self, ops: list[WriteOp]) -> None:
+        if ops:
+            self._contended.extend(ops)
+            self._contended_keys.update(op.key for op in ops)
+            self._contended_wake.set()
+
+    async def _commit(self, batch: list[WriteOp], *, wait: bool) -> None:
+        """Commit ``batch``; without ``wait``, a write whose row another transaction holds moves to the
+        contended lane. A batch Postgres refuses (not an outage) is committed again in halves."""
         for attempt in range(DEADLOCK_RETRIES + 1):
             try:
                 results, contended = await self._transaction(batch, wait)
             except pg_errors.DeadlockDetected:
-                contended = []
-                if attempt == DEADLOCK_RETRIES:
-                    log.error("a write batch deadlocked %d times", attempt + 1)
-                    results = None
-                    exc: BaseException = ServiceUnavailable("Write conflict with another replica: try again")
-                else:
+                if attempt < DEADLOCK_RETRIES:
                     continue
-            except Exception as error:  # the whole transaction failed: every write in it did
-                results, contended, exc = None, [], error
-            if results is None:
-                for op in batch:
-                    if not op.done.done():
-                        op.done.set_exception(exc)
-                if not isinstance(exc, DynConfigError):
-                    log.warning("a write batch of %d failed: %s", len(batch), type(exc).__name__)
+                log.error("a write batch deadlocked %d times", attempt + 1)
+                self._fail(batch, ServiceUnavailable("Write conflict with another replica: try again"))
                 return
-            by_key: dict[str, list[WriteOp]] = {}
-            for op in contended:  # each busy key's writes together, in order
-                by_key.setdefault(op.key, []).append(op)
-            for ops in by_key.values():
-                self._background(self._commit(ops, wait=True), "commit-contended")
+            except DynConfigError as exc:
+                self._fail(batch, exc)
+                return
+            except Exception as exc:
+                if len(batch) > 1 and not isinstance(exc, POSTGRES_UNREACHABLE):
+                    # One write may have broken the statement for all: narrow it down (SPEC §7).
+                    log.warning(
+                        "a write batch of %d failed (%s); committing its halves apart", len(batch), type(exc).__name__
+                    )
+                    middle = len(batch) // 2
+                    await self._commit(batch[:middle], wait=wait)
+                    await self._commit(batch[middle:], wait=wait)
+                    return
+                log.warning("a write batch of %d failed: %s", len(batch), type(exc).__name__)
+                self._fail(batch, exc)
+                return
+            if results:
+                self._metrics.write_batch_bytes.observe(sum(op.size for op, _ in results))
+            self._contend(contended)
             self._background(self._answer(results), "commit-answer")
             return
+
+    @staticmethod
+    def _fail(batch: list[WriteOp], exc: BaseException) -> None:
+        for op in batch:
+            if not op.done.done():
+                op.done.set_exception(exc)
 
     def _background(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)
@@ -216,6 +272,17 @@ class Committer:
         return [(op, outcomes[id(op)]) for op in batch], contended
 
 
+def _take(queue: deque[WriteOp]) -> list[WriteOp]:
+    """The next batch from ``queue``: up to MAX_BATCH writes and MAX_BATCH_BYTES of values (at least one)."""
+    batch: list[WriteOp] = []
+    size = 0
+    while queue and len(batch) < MAX_BATCH and (not batch or size + queue[0].size <= MAX_BATCH_BYTES):
+        op = queue.popleft()
+        batch.append(op)
+        size += op.size
+    return batch
+
+
 def _change(op: WriteOp, decision: Decision, now: datetime, ns_acls: dict[str, Acl]) -> Change:
     return change(
         decision.before,
@@ -265,11 +332,13 @@ COMMITTER = web.AppKey("committer", Committer)
 
 async def committer_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the process's committer and its loop (needs the pool and the cache first)."""
-    committer = Committer(app[DB_POOL], app[CACHE], app[AUDIT_CHAIN])
+    committer = Committer(app[DB_POOL], app[CACHE], app[AUDIT_CHAIN], app[API_METRICS])
     app[COMMITTER] = committer
-    task = app[SUPERVISOR].spawn("committer", committer.run)
+    main = app[SUPERVISOR].spawn("committer", committer.run)
+    contended = app[SUPERVISOR].spawn("committer-contended", committer.run_contended)
     try:
         yield
     finally:
-        await cancel_and_wait(task)
+        await cancel_and_wait(main)
+        await cancel_and_wait(contended)
         await committer.stop()

@@ -83,7 +83,8 @@ async def put_key(
         action = "create" if state.deleted else "replace"
         return Decision(state, new, EventKind.UPDATE, action, created=state.deleted, expired=expired)
 
-    result, decision = await store.committer.write(WriteOp(key, True, decide, who.username, caller.request_id))
+    op = WriteOp(key, True, decide, who.username, caller.request_id, size=len(value_enc))
+    result, decision = await store.committer.write(op)
     return result, decision.created
 
 
@@ -141,7 +142,8 @@ async def rollback_key(store: Store, caller: Caller, key: str, version: int, if_
         check_if_match(if_match, None if state.deleted else state)
         return Decision(state, new, EventKind.UPDATE, "rollback", expired=expired)
 
-    result, _ = await store.committer.write(WriteOp(key, False, decide, who.username, caller.request_id))
+    op = WriteOp(key, False, decide, who.username, caller.request_id, size=len(value_enc or b""))
+    result, _ = await store.committer.write(op)
     return result
 
 
@@ -162,7 +164,8 @@ async def patch_key(store: Store, caller: Caller, key: str, body: dict[str, Any]
         )
         return Decision(state, new, EventKind.UPDATE, "patch")
 
-    result, _ = await store.committer.write(WriteOp(key, False, decide, who.username, caller.request_id))
+    op = WriteOp(key, False, decide, who.username, caller.request_id, size=len(value_enc or b""))
+    result, _ = await store.committer.write(op)
     return result
 
 
