@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.appkeys import KEYRING, REDIS, SETTINGS
+from shared.appkeys import KEYRING
 from shared.audit import audit_ctx
 from shared.crypto import Keyring
 from shared.db import pool_ctx
 from shared.jwks import http_session_ctx, verifier_ctx
 from shared.nsacls import namespace_acls_ctx
+from shared.ratelimit import rate_limiter_ctx
 from shared.redis import redis_ctx
 from shared.serve import main_for
 from shared.settings import Settings
@@ -19,18 +20,12 @@ from .cache import cache_ctx
 from .committer import committer_ctx
 from .metrics import API_METRICS, ApiMetrics
 from .middlewares import auth_middleware
-from .ratelimit import RATE_LIMITER, RateLimiter
 from .reads import state_reader_ctx
 from .routes import setup_routes
 
 PROCESS_NAME = "api_server"
 # A value's compact JSON may be 1 MiB; leave room for formatting and metadata, then check exactly.
 CLIENT_MAX_SIZE = 4 * 1024 * 1024
-
-
-async def _rate_limiter_ctx(app: web.Application):  # type: ignore[no-untyped-def]
-    app[RATE_LIMITER] = RateLimiter(app[REDIS], app[SETTINGS].rate_limit)
-    yield
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -49,7 +44,7 @@ def create_app(settings: Settings) -> web.Application:
             redis_ctx,
             cache_ctx,
             committer_ctx,
-            _rate_limiter_ctx,
+            rate_limiter_ctx,
             verifier_ctx,
         ]
     )

@@ -13,7 +13,6 @@ class ApiMetrics(ServingMetrics):
         super().__init__(process)
         r = self.registry
         self.cache_lookups = Counter("dynconfig_cache_lookups", "Value cache lookups.", ["result"], registry=r)
-        self.rate_limited = Counter("dynconfig_rate_limited", "Requests refused with 429.", registry=r)
         self.write_batch_bytes = Histogram(
             "dynconfig_write_batch_bytes",
             "Bytes of values per committed write batch (group commit; bounded by MAX_BATCH_BYTES).",

@@ -6,14 +6,13 @@ from aiohttp import web
 
 from shared.appkeys import VERIFIER
 from shared.auth import bearer_token
-from shared.errors import DynConfigError, RateLimited
+from shared.errors import DynConfigError
 from shared.metrics import Handler
+from shared.ratelimit import RATE_LIMITER
 from shared.web import request_id
 
 from .console import is_console_path
 from .domain.keys import Caller
-from .metrics import API_METRICS
-from .ratelimit import RATE_LIMITER
 
 OPEN_PATHS = frozenset({"/health", "/metrics", "/openapi.json"})
 CALLER = web.RequestKey("caller", Caller)
@@ -28,13 +27,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     token = bearer_token(request.headers.get("Authorization"))
     principal, _exp = await request.app[VERIFIER].verify(token)
     decision = await request.app[RATE_LIMITER].hit(principal.username)
-    limit_headers = {"X-RateLimit-Limit": str(decision.limit), "X-RateLimit-Remaining": str(decision.remaining)}
     if not decision.allowed:
-        request.app[API_METRICS].rate_limited.inc()
-        raise RateLimited(
-            f"Exceed {decision.limit} req/min",
-            headers={**limit_headers, "Retry-After": str(decision.retry_after)},
-        )
+        raise decision.refusal()
+    limit_headers = decision.headers
     request[CALLER] = Caller(principal, request_id(request))
     try:
         response = await handler(request)

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from shared.errors import DynConfigError
 from shared.serve import run, setup_logging
 from shared.web import close_websockets
 
@@ -28,6 +29,8 @@ NOTIFIER_URL = web.AppKey("notifier_url", str)
 SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("sockets")
 _HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "content-length", "te", "trailer"}
 _WS_FORWARD = ("Authorization", "X-Request-Id")
+#: Headers of a refused WebSocket handshake that the client needs (a 429's).
+_REFUSAL_HEADERS = ("Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-Request-Id")
 
 
 def _bad_gateway(message: str) -> web.Response:
@@ -50,12 +53,25 @@ async def proxy_http(request: web.Request) -> web.StreamResponse:
         return _bad_gateway(f"API server unreachable: {exc.__class__.__name__}")
 
 
+def _refused_handshake(exc: aiohttp.WSServerHandshakeError) -> web.Response:
+    """The notifier's refusal of a handshake, passed on: its status and headers in the JSON error shape
+    (aiohttp's client does not keep the body of a refused handshake)."""
+    phrases = {cls.status: cls.phrase for cls in DynConfigError.__subclasses__()}
+    status = exc.status if exc.status >= 400 else 502
+    body = {"error": phrases.get(status, exc.message), "message": f"The notifier refused the WebSocket: {exc.message}"}
+    upstream = exc.headers or {}
+    headers = {name: upstream[name] for name in _REFUSAL_HEADERS if name in upstream}
+    return web.json_response(body, status=status, headers=headers)
+
+
 async def proxy_watch(request: web.Request) -> web.StreamResponse:
     """Bridge a WebSocket to the notifier, passing messages and the close code both ways."""
     url = request.app[NOTIFIER_URL] + request.rel_url.raw_path_qs
     headers = {name: request.headers[name] for name in _WS_FORWARD if name in request.headers}
     try:
         upstream = await request.app[SESSION].ws_connect(url, headers=headers, autoping=True, max_msg_size=0)
+    except aiohttp.WSServerHandshakeError as exc:  # the notifier answered, without upgrading (a 429, say)
+        return _refused_handshake(exc)
     except aiohttp.ClientError as exc:
         return _bad_gateway(f"notifier unreachable: {exc.__class__.__name__}")
     client = web.WebSocketResponse(autoping=True, max_msg_size=0)

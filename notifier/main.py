@@ -14,7 +14,9 @@ from shared.crypto import Keyring
 from shared.db import connect_pool, pool_ctx
 from shared.jwks import http_session_ctx, verifier_ctx
 from shared.metrics import metrics_handler
+from shared.errors import Unauthorized
 from shared.nsacls import namespace_acls_ctx
+from shared.ratelimit import RATE_LIMITER, rate_limiter_ctx
 from shared.redis import redis_ctx
 from shared.serve import main_for
 from shared.settings import Settings
@@ -24,7 +26,7 @@ from shared.web import base_checks, close_websockets, health_response, process_a
 from .hub import Hub
 from .metrics import NotifierMetrics
 from .relay import Relay
-from .watch import REASON_INTERNAL, REASON_SHUTDOWN, WatchConnection, close_message, serve
+from .watch import REASON_INTERNAL, REASON_SHUTDOWN, WatchConnection, close_message, serve, token_from_request
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,22 @@ async def _watch_pool_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def watch(request: web.Request) -> web.WebSocketResponse:
-    """``GET /watch``: upgrade, authenticate, subscribe, stream."""
+    """``GET /watch``: upgrade, authenticate, subscribe, stream.
+
+    The handshake is one request of its user (SPEC §6): a token in the header or the query is verified
+    before the upgrade, so a user over the rate limit gets the seed's 429 instead of a socket. An
+    invalid token is refused after the upgrade, as a watcher expects (an error event, close 4401)."""
     app = request.app
+    token = token_from_request(request)
+    if token:
+        try:
+            principal, _exp = await app[VERIFIER].verify(token)
+        except Unauthorized:
+            pass
+        else:
+            decision = await app[RATE_LIMITER].hit(principal.username)
+            if not decision.allowed:
+                raise decision.refusal()
     ws = web.WebSocketResponse(heartbeat=20.0, compress=False, max_msg_size=1024 * 1024)
     await ws.prepare(request)
     assert request.transport is not None
@@ -63,6 +79,7 @@ async def watch(request: web.Request) -> web.WebSocketResponse:
         request.transport,  # type: ignore[arg-type]
         hub=app[HUB],
         verifier=app[VERIFIER],
+        limiter=app[RATE_LIMITER],
         pool=app[WATCH_POOL],
         audit=app[AUDIT],
         metrics=app[NOTIFIER_METRICS],
@@ -144,6 +161,7 @@ def create_app(settings: Settings) -> web.Application:
             namespace_acls_ctx,
             audit_ctx,
             redis_ctx,
+            rate_limiter_ctx,
             verifier_ctx,
             _streams_ctx,
         ]

@@ -27,6 +27,7 @@ from shared.audit import AuditRecord, AuditWriter
 from shared.auth import LEEWAY_SECONDS, TokenVerifier, bearer_token
 from shared.changelog import events_after, head, like_patterns, may_read_event, snapshot_pages
 from shared.errors import DynConfigError, Unauthorized
+from shared.ratelimit import RateLimiter
 from shared.validation import key_problem
 
 from .frames import json_frame
@@ -88,6 +89,7 @@ class WatchConnection:
         *,
         hub: Hub,
         verifier: TokenVerifier,
+        limiter: RateLimiter,
         pool: aiopg.Pool,
         audit: AuditWriter,
         metrics: NotifierMetrics,
@@ -97,6 +99,7 @@ class WatchConnection:
         self._transport = transport
         self._hub = hub
         self._verifier = verifier
+        self._limiter = limiter
         self._pool = pool
         self._audit = audit
         self._metrics = metrics
@@ -216,8 +219,21 @@ class WatchConnection:
         self._expiry = asyncio.get_running_loop().call_later(delay, self._token_expired)
         return True
 
+    async def within_limit(self) -> bool:
+        """Count one request of the watcher's user (SPEC §6: each client message is one); over the
+        limit, answer with a ``Rate Limited`` error event and return False: the message is ignored, the
+        connection stays open."""
+        decision = await self._limiter.hit(self.principal.username)
+        if not decision.allowed:
+            message = f"{decision.message}; message ignored, retry in {decision.retry_after} s"
+            await self.send({"event": "error", "error": "Rate Limited", "message": message})
+        return decision.allowed
+
     async def handle(self, text: str, query_since: int | None) -> None:
-        """One client message."""
+        """One client message (counted against the rate limit once its user is known)."""
+        counted = self.authenticated
+        if counted and not await self.within_limit():
+            return
         try:
             message = json.loads(text)
         except ValueError:
@@ -232,6 +248,10 @@ class WatchConnection:
         if not self.authenticated:
             await self.send({"event": "error", "error": "Unauthorized", "message": "Send a token first"})
             self._kick(CLOSE_UNAUTHORIZED, REASON_NO_TOKEN)
+            return
+        # The first token message: its user is known only now. Over the limit, the token still
+        # authenticates the connection (it stays open, as for any message), the rest is ignored.
+        if not counted and not await self.within_limit():
             return
         if "subscribe" in message:
             await self.subscribe(message, query_since)
@@ -420,6 +440,8 @@ async def serve(conn: WatchConnection, request: web.Request) -> None:
             except BadMessage as exc:
                 await conn.send({"event": "error", "error": "Bad Request", "message": str(exc)})
         elif msg.type == WSMsgType.BINARY:
+            if conn.authenticated and not await conn.within_limit():
+                continue
             await conn.send({"event": "error", "error": "Bad Request", "message": "messages are JSON text"})
         else:  # CLOSE, CLOSING, CLOSED, ERROR
             return

@@ -55,6 +55,9 @@ class ServingMetrics(Metrics):
             "dynconfig_audit_flush_errors", "Failed rounds of the audit writer (retried with backoff).", registry=r
         )
         self.redis_up = Gauge("dynconfig_redis_up", "1 when Redis answered the last call.", registry=r)
+        self.rate_limited = Counter(
+            "dynconfig_rate_limited", "Requests refused with 429 (REST, /watch handshakes and messages).", registry=r
+        )
 
 
 def route_template(request: web.Request) -> str:

@@ -528,3 +528,32 @@ async def test_front_door_passes_close_codes_and_reasons_both_ways(
         while connections:
             assert time.monotonic() < deadline, "the notifier kept the closed connection"
             await asyncio.sleep(0.02)
+
+
+async def test_front_door_passes_a_refused_watch_handshake_on(
+    aiohttp_server: Any, make_notifier: Callable[..., Any], settings: Any, token: Callable[..., str], unique_prefix: str
+) -> None:
+    """A user over the rate limit gets the notifier's 429 (JSON, Retry-After) through :8080 too, not a 502."""
+    from devtools.frontdoor import create_app
+
+    notifier = await make_notifier(settings.replace(rate_limit=1))
+    door = await aiohttp_server(create_app("http://127.0.0.1:9", str(notifier.make_url("")).rstrip("/")))
+    auth = {"Authorization": f"Bearer {token(username=f'{unique_prefix}-user')}"}
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(door.make_url("/watch"), headers=auth)  # the one request allowed
+        await ws.close()
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(door.make_url("/watch"), headers=auth)
+        assert refused.value.status == 429
+        assert refused.value.headers is not None and int(refused.value.headers["Retry-After"]) >= 1
+        handshake = {
+            **auth,
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version": "13",
+        }
+        async with session.get(door.make_url("/watch"), headers=handshake) as resp:
+            assert resp.status == 429
+            body = await resp.json()
+            assert set(body) == {"error", "message"} and body["error"] == "Rate Limited", body

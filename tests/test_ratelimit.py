@@ -6,11 +6,12 @@ import asyncio
 import time
 from typing import Any
 
+import aiohttp
 import pytest
 
 LIMIT = 5
 RATE_LIMITED = {"error": "Rate Limited", "message": f"Exceed {LIMIT} req/min"}
-LOG_PREFIX = "dynconfig:rl:"  # api_server/ratelimit.py: one sorted set per username, scored in ms of Redis TIME
+LOG_PREFIX = "dynconfig:rl:"  # shared/ratelimit.py: one sorted set per username, scored in ms of Redis TIME
 
 
 @pytest.fixture
@@ -211,3 +212,85 @@ async def test_every_method_and_failed_requests_count(limited, client, token, un
     await assert_limited(await limited.get(f"/keys/{unique_prefix}.k", headers=auth))
     # The refused write changed nothing.
     assert (await client.get(f"/keys/{unique_prefix}.k3", headers=bearer(token()))).status == 404
+
+
+# --- /watch (SPEC §6): the handshake and each client message count --------------------------------
+
+
+#: A real WebSocket opening handshake (RFC 6455 §4.1), so the answer is what a browser would get.
+HANDSHAKE = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version": "13",
+}
+
+
+@pytest.fixture
+async def limited_notifier(make_notifier, settings):
+    """A notifier limited to 5 requests/min, sharing Redis (so the budget) with ``limited``."""
+    return await make_notifier(settings.replace(rate_limit=LIMIT))
+
+
+async def test_watch_handshake_over_the_limit_is_429(limited, limited_notifier, token, unique_prefix):
+    """The attack of the issue: a user already refused on REST opened 30 watches, each replaying from
+    revision 0. Now each handshake is refused with the seed's 429 before any upgrade."""
+    user = f"{unique_prefix}-user"
+    auth = bearer(token(username=user))
+    for remaining in (4, 3, 2, 1, 0):
+        await assert_accepted(await limited.get(probe(unique_prefix), headers=auth), remaining)
+    url = limited_notifier.make_url("/watch")
+    async with aiohttp.ClientSession() as session:
+        for query in ({}, {"access_token": token(username=user)}):
+            for _ in range(15):
+                headers = {**HANDSHAKE, **(auth if not query else {})}
+                async with session.get(url, params={**query, "since_version": "0"}, headers=headers) as resp:
+                    await assert_limited(resp)
+
+
+async def test_watch_handshake_counts_as_a_request(limited, limited_notifier, token, unique_prefix):
+    user = f"{unique_prefix}-user"
+    auth = bearer(token(username=user))
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(limited_notifier.make_url("/watch"), headers=auth)
+        await ws.close()
+    for remaining in (3, 2, 1, 0):
+        await assert_accepted(await limited.get(probe(unique_prefix), headers=auth), remaining)
+    await assert_limited(await limited.get(probe(unique_prefix), headers=auth))
+
+
+async def test_watch_messages_over_the_limit_get_an_error_and_are_ignored(limited_notifier, token, unique_prefix):
+    """Handshake (1) and four subscribes (2–5) are within the limit; the sixth request, a subscribe, is
+    answered with a Rate Limited error event and not carried out, and the connection stays open."""
+    user = f"{unique_prefix}-user"
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(limited_notifier.make_url("/watch"), headers=bearer(token(username=user)))
+        for i in range(4):
+            await ws.send_json({"subscribe": [f"{unique_prefix}.k{i}"]})
+            answer = await ws.receive_json(timeout=10)
+            assert answer["event"] == "subscribed", answer
+        await ws.send_json({"subscribe": [f"{unique_prefix}.over"]})
+        answer = await ws.receive_json(timeout=10)
+        assert answer["event"] == "error" and answer["error"] == "Rate Limited", answer
+        assert isinstance(answer["message"], str) and answer["message"]
+        await ws.send_json({"unsubscribe": [f"{unique_prefix}.k0"]})
+        answer = await ws.receive_json(timeout=10)
+        assert answer["event"] == "error" and answer["error"] == "Rate Limited", answer
+        assert not ws.closed
+        await ws.close()
+
+
+async def test_watch_token_message_counts_for_its_user(limited, limited_notifier, token, unique_prefix):
+    """A browser sends its token in the first message: that message is the user's first request."""
+    user = f"{unique_prefix}-user"
+    auth = bearer(token(username=user))
+    for remaining in (4, 3, 2, 1):
+        await assert_accepted(await limited.get(probe(unique_prefix), headers=auth), remaining)
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(limited_notifier.make_url("/watch"))
+        await ws.send_json({"token": token(username=user), "subscribe": [f"{unique_prefix}.a"]})
+        assert (await ws.receive_json(timeout=10))["event"] == "subscribed"  # the 5th request
+        await ws.send_json({"subscribe": [f"{unique_prefix}.b"]})
+        answer = await ws.receive_json(timeout=10)
+        assert answer["event"] == "error" and answer["error"] == "Rate Limited", answer
+        await ws.close()

@@ -1,4 +1,5 @@
-"""Per-username rate limit: at most N accepted requests in any 60 s window (SPEC §8).
+"""Per-username rate limit: at most N accepted requests in any 60 s window (SPEC §8), on the REST API
+(``api_server.middlewares``) and on ``/watch`` (the handshake and each client message, SPEC §6).
 
 A sliding log in a Redis sorted set, shared by every replica and timed by Redis's own clock. When
 Redis is unavailable each process falls back to the same algorithm in memory.
@@ -18,10 +19,15 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
-from shared.redis import REDIS_ERRORS, REDIS_UNREACHABLE, RedisLink
-from shared.tasks import Coalescer
+from .appkeys import METRICS, REDIS, SETTINGS
+from .errors import RateLimited
+from .metrics import ServingMetrics
+from .redis import REDIS_ERRORS, REDIS_UNREACHABLE, RedisLink
+from .tasks import Coalescer
 
 WINDOW_SECONDS = 60
 _PREFIX = "dynconfig:rl:"
@@ -60,12 +66,27 @@ class Decision:
     remaining: int
     retry_after: int  # whole seconds; 0 when allowed
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """``X-RateLimit-Limit`` and ``X-RateLimit-Remaining``, on every answer to a counted request."""
+        return {"X-RateLimit-Limit": str(self.limit), "X-RateLimit-Remaining": str(self.remaining)}
+
+    @property
+    def message(self) -> str:
+        """The seed's text of a refusal."""
+        return f"Exceed {self.limit} req/min"
+
+    def refusal(self) -> RateLimited:
+        """The 429 of the seed, with ``Retry-After`` (HTTP answers and the ``/watch`` handshake)."""
+        return RateLimited(self.message, headers={**self.headers, "Retry-After": str(self.retry_after)})
+
 
 class RateLimiter:
     """Decides whether one more request of ``username`` is accepted now."""
 
-    def __init__(self, link: RedisLink, limit: int) -> None:
+    def __init__(self, link: RedisLink, limit: int, metrics: ServingMetrics | None = None) -> None:
         self.limit = limit
+        self._metrics = metrics
         self._link = link
         self._script = link.client.register_script(_SLIDING_LOG)
         self._batches = Coalescer(self._hit_many, shared_failures=REDIS_UNREACHABLE)
@@ -74,7 +95,14 @@ class RateLimiter:
         self._tag = f"{os.getpid()}-{os.urandom(4).hex()}"
 
     async def hit(self, username: str) -> Decision:
-        """Count one request of ``username`` if it is within the limit."""
+        """Count one request of ``username`` if it is within the limit (refusals are counted in
+        ``dynconfig_rate_limited``)."""
+        decision = await self._decide(username)
+        if not decision.allowed and self._metrics is not None:
+            self._metrics.rate_limited.inc()
+        return decision
+
+    async def _decide(self, username: str) -> Decision:
         if self._link.usable:
             try:
                 allowed, remaining, wait_ms = await self._batches.call(username)
@@ -116,3 +144,12 @@ class RateLimiter:
 
 
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+
+
+async def rate_limiter_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the process's limiter (needs ``redis_ctx`` first)."""
+    metrics = app[METRICS]
+    app[RATE_LIMITER] = RateLimiter(
+        app[REDIS], app[SETTINGS].rate_limit, metrics if isinstance(metrics, ServingMetrics) else None
+    )
+    yield
