@@ -12,9 +12,9 @@ from shared.appkeys import AUDIT, DB_POOL, KEYRING, NAMESPACE_ACLS, REDIS, SETTI
 from shared.audit import audit_ctx
 from shared.crypto import Keyring
 from shared.db import connect_pool, pool_ctx
+from shared.errors import Unauthorized
 from shared.jwks import http_session_ctx, verifier_ctx
 from shared.metrics import metrics_handler
-from shared.errors import Unauthorized
 from shared.nsacls import namespace_acls_ctx
 from shared.ratelimit import RATE_LIMITER, rate_limiter_ctx
 from shared.redis import redis_ctx

@@ -17,9 +17,8 @@ import math
 import os
 import time
 from collections import deque
-from dataclasses import dataclass
-
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from aiohttp import web
 

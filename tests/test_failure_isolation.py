@@ -18,9 +18,9 @@ from aiohttp.test_utils import TestClient
 from api_server.domain import Caller
 from api_server.domain import keys as domain
 from api_server.handlers.common import app_store
-from shared.ratelimit import Decision, RateLimiter
 from shared.acl import Principal
 from shared.model import KeyState
+from shared.ratelimit import Decision, RateLimiter
 from shared.redis import RedisLink
 
 ADMIN = "admin-user"
