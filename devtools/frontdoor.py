@@ -59,7 +59,7 @@ def _refused_handshake(exc: aiohttp.WSServerHandshakeError) -> web.Response:
     phrases = {cls.status: cls.phrase for cls in DynConfigError.__subclasses__()}
     status = exc.status if exc.status >= 400 else 502
     body = {"error": phrases.get(status, exc.message), "message": f"The notifier refused the WebSocket: {exc.message}"}
-    sent = exc.headers or {}
+    sent: Any = exc.headers or {}
     headers = {name: sent[name] for name in _REFUSAL_HEADERS if name in sent}
     return web.json_response(body, status=status, headers=headers)
 
