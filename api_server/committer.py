@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
 DEADLOCK_RETRIES = 3
+#: At shutdown, how long the writes still committing get to finish (within serve.SHUTDOWN_TIMEOUT_SECONDS).
+STOP_WAIT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,13 @@ class Committer:
         return await op.done
 
     async def stop(self) -> None:
-        """At shutdown: finish the writes committing on their own, refuse those still queued."""
+        """At shutdown, once the loop has stopped (after the batch it was writing): let the writes
+        committing on their own and the answers of the last batches finish (for at most
+        ``STOP_WAIT_SECONDS``: a write waiting for another replica's row lock is cut short), then
+        refuse those still queued."""
+        deadline = asyncio.get_running_loop().time() + STOP_WAIT_SECONDS
+        while self._tasks and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)  # a contended commit may start its answer
         for task in list(self._tasks):
             await cancel_and_wait(task)
         self.refuse_waiting()

@@ -162,7 +162,16 @@ def health_response(checks: dict[str, Any]) -> web.Response:
     return json_response({"status": "healthy", "checks": checks})
 
 
+#: How long a peer gets to answer our close frame at shutdown before its connection is simply cut.
+CLOSE_TIMEOUT_SECONDS = 2.0
+
+
 async def close_websockets(sockets: Iterable[web.WebSocketResponse], *, code: int, reason: bytes) -> None:
     """Close every socket at once (on shutdown: 1001, going away), so their handlers end instead of
-    holding the shutdown up; one that fails to close does not stop the others."""
-    await asyncio.gather(*(ws.close(code=code, message=reason) for ws in list(sockets)), return_exceptions=True)
+    holding the shutdown up. Each close is bounded (a peer that never reads, or never answers the close
+    frame, would otherwise hold it for aiohttp's 10 s); one that fails does not stop the others."""
+
+    async def close(ws: web.WebSocketResponse) -> None:
+        await asyncio.wait_for(ws.close(code=code, message=reason), CLOSE_TIMEOUT_SECONDS)
+
+    await asyncio.gather(*(close(ws) for ws in list(sockets)), return_exceptions=True)
