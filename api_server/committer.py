@@ -63,6 +63,8 @@ MAX_BATCH = 256
 #: would make one statement of about half a gigabyte (values go to ``keys`` and to history).
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 DEADLOCK_RETRIES = 3
+#: At shutdown, how long the writes still committing get to finish (within serve.SHUTDOWN_TIMEOUT_SECONDS).
+STOP_WAIT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,12 @@ class Committer:
         return await op.done
 
     async def stop(self) -> None:
-        """At shutdown (after both lanes stopped): let the answers go out, refuse the writes still queued."""
+        """At shutdown, once both lanes have stopped (each after the batch it was writing): let the
+        answers of the last batches go out (for at most ``STOP_WAIT_SECONDS``), then refuse the writes
+        still queued."""
+        deadline = asyncio.get_running_loop().time() + STOP_WAIT_SECONDS
+        while self._tasks and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
         for task in list(self._tasks):
             await cancel_and_wait(task)
         self.refuse_waiting()

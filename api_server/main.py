@@ -9,6 +9,7 @@ from shared.audit import audit_ctx
 from shared.crypto import Keyring
 from shared.db import pool_ctx
 from shared.jwks import http_session_ctx, verifier_ctx
+from shared.keyring_check import keyring_check_ctx
 from shared.nsacls import namespace_acls_ctx
 from shared.ratelimit import rate_limiter_ctx
 from shared.redis import redis_ctx
@@ -38,6 +39,7 @@ def create_app(settings: Settings) -> web.Application:
         [
             http_session_ctx,
             pool_ctx,
+            keyring_check_ctx,
             namespace_acls_ctx,
             state_reader_ctx,
             audit_ctx,

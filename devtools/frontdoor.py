@@ -150,7 +150,6 @@ def main() -> None:
         host="127.0.0.1",
         port=port,
         access_log=False,
-        shutdown_timeout=5.0,
     )
 
 

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from shared.appkeys import AUDIT_CHAIN, DB_POOL, SETTINGS, SUPERVISOR
 from shared.db import pool_ctx
+from shared.keyring_check import keyring_check_ctx
 from shared.metrics import metrics_handler
 from shared.serve import main_for
 from shared.settings import Settings
@@ -33,7 +34,7 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def health(request: web.Request) -> web.Response:
-    """200 while Postgres answers and the expiry loop is not failing."""
+    """200 while Postgres answers, the expiry loop is not failing and the keyring opens the values in use."""
     return health_response(await base_checks(request.app))
 
 
@@ -42,7 +43,7 @@ def create_app(settings: Settings) -> web.Application:
     metrics = ExpiryMetrics(PROCESS_NAME)
     app = process_app(PROCESS_NAME, settings, metrics)
     app[EXPIRY_METRICS] = metrics
-    app.cleanup_ctx.extend([pool_ctx, _worker_ctx])
+    app.cleanup_ctx.extend([pool_ctx, keyring_check_ctx, _worker_ctx])
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_handler)
     return app

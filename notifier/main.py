@@ -14,6 +14,7 @@ from shared.crypto import Keyring
 from shared.db import connect_pool, pool_ctx
 from shared.errors import Unauthorized
 from shared.jwks import http_session_ctx, verifier_ctx
+from shared.keyring_check import keyring_check_ctx
 from shared.metrics import metrics_handler
 from shared.nsacls import namespace_acls_ctx
 from shared.ratelimit import RATE_LIMITER, rate_limiter_ctx
@@ -157,6 +158,7 @@ def create_app(settings: Settings) -> web.Application:
         [
             http_session_ctx,
             pool_ctx,
+            keyring_check_ctx,
             _watch_pool_ctx,
             namespace_acls_ctx,
             audit_ctx,

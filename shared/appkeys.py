@@ -15,6 +15,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .audit import AuditWriter
     from .auditchain import AuditChain
+    from .keyring_check import KeyringCheck
     from .metrics import Metrics
     from .nsacls import NamespaceAcls
     from .redis import RedisLink
@@ -31,5 +32,6 @@ AUDIT_CHAIN: web.AppKey[AuditChain] = web.AppKey("audit_chain")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor")
 NAMESPACE_ACLS: web.AppKey[NamespaceAcls] = web.AppKey("namespace_acls")
+KEYRING_CHECK: web.AppKey[KeyringCheck] = web.AppKey("keyring_check")
 #: Name of the process ("api_server", "notifier", …), for logs and metrics.
 PROCESS = web.AppKey("process", str)

@@ -12,6 +12,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 _NONCE = 12
+#: Enough of the start of any blob to tell which key id sealed it (``Keyring.key_id_of``).
+HEAD_BYTES = 1 + 255 + _NONCE
 
 
 class DecryptionError(Exception):
@@ -52,6 +54,10 @@ class Keyring:
     def reseal(self, blob: bytes, aad: str) -> bytes:
         """``blob``'s plaintext sealed again with the active key (same ``aad``)."""
         return self.encrypt(self.decrypt(blob, aad=aad), aad=aad)
+
+    def holds(self, key_id: str) -> bool:
+        """True when the ring has a key named ``key_id``."""
+        return key_id in self._ciphers
 
     @staticmethod
     def key_id_of(blob: bytes) -> str:

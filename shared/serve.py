@@ -17,6 +17,7 @@ import json
 import logging
 import logging.handlers
 import queue
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from http import HTTPStatus
@@ -30,12 +31,18 @@ from aiohttp.web_request import BaseRequest
 
 from .db import StartupError
 from .settings import Settings, SettingsError, exit_on_bad_settings
+from .tasks import cancel_and_wait
 from .text import escape_control, escape_control_keep_newlines
 from .web import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_TIMEOUT_SECONDS = 8.0
+#: SIGTERM to exit, never longer (SPEC §1: 10 s; the Kubernetes grace periods in deploy/ allow for it).
+SHUTDOWN_TIMEOUT_SECONDS = 9.0
+#: Of that, how long the requests in flight get to answer before they are cancelled.
+REQUEST_DRAIN_SECONDS = 5.0
+#: After the listener closes, how long requests that already arrived get to be read (step 2 of _drain).
+_READ_PENDING_SECONDS = 0.1
 
 
 # --- logs -----------------------------------------------------------------------------------------
@@ -179,28 +186,12 @@ def run(
     ssl_context: Any = None,
     access_log: bool = True,
     reuse_port: bool = False,
-    shutdown_timeout: float = SHUTDOWN_TIMEOUT_SECONDS,
 ) -> None:
-    """Serve ``app`` until SIGTERM/SIGINT, then drain and exit 0; a failed start-up is one line and exit 1."""
-
-    async def serve() -> None:
-        runner = _Runner(
-            app,
-            handle_signals=True,
-            access_log_class=AccessLogger,
-            access_log=logging.getLogger("aiohttp.access") if access_log else None,
-            shutdown_timeout=shutdown_timeout,
-        )
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port or None).start()
-            await asyncio.Event().wait()  # until a signal raises GracefulExit
-        finally:
-            await runner.cleanup()
-
+    """Serve ``app`` until SIGTERM/SIGINT, then drain (:func:`_drain`) and exit 0; a failed start-up is
+    one line and exit 1."""
     try:
-        asyncio.run(serve())
-    except (web.GracefulExit, KeyboardInterrupt):
+        asyncio.run(_serve(app, process, host, port, ssl_context, access_log, reuse_port))
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
         pass
     except StartupError as exc:
         flush_logs()
@@ -210,6 +201,73 @@ def run(
         flush_logs()
         print(f"{process}: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+async def _serve(
+    app: web.Application, process: str, host: str, port: int, ssl_context: Any, access_log: bool, reuse_port: bool
+) -> None:
+    # SIGTERM only sets an event: the drain below runs in this task, while every request handler and
+    # background task still runs. (aiohttp's own handle_signals raises GracefulExit out of the loop,
+    # and asyncio.run then cancels every task at once: in-flight requests lost their answers and
+    # watch sockets ended with 1006 before the runner's clean-up could close them.)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    runner = _Runner(
+        app,
+        handle_signals=False,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("aiohttp.access") if access_log else None,
+        shutdown_timeout=REQUEST_DRAIN_SECONDS,
+    )
+    starting = asyncio.create_task(_start(runner, host, port, ssl_context, reuse_port))
+    signalled = asyncio.create_task(stopping.wait())
+    drained = False
+    try:
+        await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # stopped while starting (e.g. still waiting for Postgres)
+            log.info("%s: stopped while starting", process)
+            await cancel_and_wait(starting)
+            return
+        starting.result()  # a failed start-up raises here; the clean-up below closes what it opened
+        await signalled
+        log.info("%s: stopping: draining in-flight requests", process)
+        drained = True  # whatever happens in the drain, it is not started twice
+        try:
+            async with asyncio.timeout(SHUTDOWN_TIMEOUT_SECONDS):
+                await _drain(runner)
+        except TimeoutError:
+            log.error("%s: the drain took over %.0f s; exiting with work cut short", process, SHUTDOWN_TIMEOUT_SECONDS)
+    finally:
+        signalled.cancel()
+        if not drained:
+            await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _start(runner: web.AppRunner, host: str, port: int, ssl_context: Any, reuse_port: bool) -> None:
+    await runner.setup()  # the app's cleanup contexts up to their ``yield``: pools, loops, migrations check
+    await web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port or None).start()
+
+
+async def _drain(runner: web.AppRunner) -> None:
+    """Stop as aiohttp's ``AppRunner.cleanup`` does, with one step first, while everything still runs:
+
+    1. close the listening sockets (a connection not yet accepted is refused: its client retries);
+    2. wait a moment, so that requests already received on open connections are read and handled
+       rather than cut off with their connection;
+    3. ``runner.cleanup()``: close idle keep-alive connections; run ``on_shutdown`` (watch sockets get
+       1001, so their handlers end); wait up to ``REQUEST_DRAIN_SECONDS`` for every handler in flight
+       to answer, then cancel the rest; then the cleanup contexts in reverse order (the committer
+       finishes the batch it is writing and refuses what is still queued, the audit buffer is
+       flushed, pools close).
+    """
+    for site in list(runner.sites):
+        await site.stop()
+    await asyncio.sleep(_READ_PENDING_SECONDS)
+    await runner.cleanup()
 
 
 def main_for(

@@ -66,6 +66,8 @@ class Settings:
     changelog_retention_seconds: int = 86400
     #: JWKS refresh period (unknown ``kid`` also triggers a refresh, at most once per 30 s).
     jwks_refresh_seconds: float = 300.0
+    #: How often each process checks that its keyring opens the values in use (shared/keyring_check.py).
+    keyring_check_seconds: float = 30.0
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A server TLS context (TLS 1.3 minimum) when a certificate is configured."""
@@ -113,6 +115,7 @@ class Settings:
             cache_ttl_seconds=_int(env, "CACHE_TTL_SECONDS", 60, minimum=1),
             changelog_retention_seconds=_int(env, "CHANGELOG_RETENTION_SECONDS", 86400, minimum=60),
             startup_timeout_seconds=float(_int(env, "STARTUP_TIMEOUT_SECONDS", 30, minimum=0)),
+            keyring_check_seconds=float(_int(env, "KEYRING_CHECK_SECONDS", 30, minimum=1)),
         )
         if cert:
             try:

@@ -15,7 +15,7 @@ import psycopg2
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from .appkeys import AUDIT_CHAIN, DB_POOL, METRICS, PROCESS, SETTINGS, SUPERVISOR
+from .appkeys import AUDIT_CHAIN, DB_POOL, KEYRING_CHECK, METRICS, PROCESS, SETTINGS, SUPERVISOR
 from .auditchain import AuditChain
 from .errors import BadRequest, DynConfigError, PayloadTooLarge
 from .metrics import Metrics, metrics_middleware, route_template
@@ -133,8 +133,13 @@ def process_app(
 
 
 async def base_checks(app: web.Application) -> dict[str, Any]:
-    """The ``/health`` checks every process has: Postgres answers, no background loop is failing."""
-    return {"postgres": await postgres_check(app[DB_POOL]), "background": app[SUPERVISOR].status}
+    """The ``/health`` checks every process has: Postgres answers, no background loop is failing, the
+    keyring opens the values in use (shared/keyring_check.py)."""
+    return {
+        "postgres": await postgres_check(app[DB_POOL]),
+        "background": app[SUPERVISOR].status,
+        "keyring": app[KEYRING_CHECK].status,
+    }
 
 
 async def postgres_check(pool: Any) -> str:
@@ -147,9 +152,9 @@ async def postgres_check(pool: Any) -> str:
     return "ok"
 
 
-#: Checks that make a process unhealthy (503, so Kubernetes restarts it) when they are not "ok";
-#: the others (Redis, the relay role) are reported only: the process works without them.
-REQUIRED_CHECKS = ("postgres", "audit", "background")
+#: Checks that make a process unhealthy (503: not ready, and restarted if it lasts) when they are not
+#: "ok"; the others (Redis, the relay role) are reported only: the process works without them.
+REQUIRED_CHECKS = ("postgres", "audit", "background", "keyring")
 
 
 def health_response(checks: dict[str, Any]) -> web.Response:
@@ -162,7 +167,16 @@ def health_response(checks: dict[str, Any]) -> web.Response:
     return json_response({"status": "healthy", "checks": checks})
 
 
+#: How long a peer gets to answer our close frame at shutdown before its connection is simply cut.
+CLOSE_TIMEOUT_SECONDS = 2.0
+
+
 async def close_websockets(sockets: Iterable[web.WebSocketResponse], *, code: int, reason: bytes) -> None:
     """Close every socket at once (on shutdown: 1001, going away), so their handlers end instead of
-    holding the shutdown up; one that fails to close does not stop the others."""
-    await asyncio.gather(*(ws.close(code=code, message=reason) for ws in list(sockets)), return_exceptions=True)
+    holding the shutdown up. Each close is bounded (a peer that never reads, or never answers the close
+    frame, would otherwise hold it for aiohttp's 10 s); one that fails does not stop the others."""
+
+    async def close(ws: web.WebSocketResponse) -> None:
+        await asyncio.wait_for(ws.close(code=code, message=reason), CLOSE_TIMEOUT_SECONDS)
+
+    await asyncio.gather(*(close(ws) for ws in list(sockets)), return_exceptions=True)

@@ -385,7 +385,8 @@ def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     """``spawn("notifier", wait=True, port=None, **env) -> Proc``: run ``python -m <module>`` for real and
     wait for /health.
 
-    The process's port variable (API_PORT, NOTIFIER_PORT or EXPIRY_PORT) is set to ``port`` or a free
+    The process's port variable (API_PORT, NOTIFIER_PORT, EXPIRY_PORT, or FRONTDOOR_PORT for
+    ``devtools.frontdoor``) is set to ``port`` or a free
     port (pass a killed process's port to restart it at the same address). Every
     process still running at teardown is sent SIGTERM, then SIGKILL.
     """
@@ -395,7 +396,12 @@ def spawn(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
 
     from devtools.services import ServerError, free_port, wait_healthy
 
-    ports = {"api_server": "API_PORT", "notifier": "NOTIFIER_PORT", "expiry_worker": "EXPIRY_PORT"}
+    ports = {
+        "api_server": "API_PORT",
+        "notifier": "NOTIFIER_PORT",
+        "expiry_worker": "EXPIRY_PORT",
+        "devtools.frontdoor": "FRONTDOOR_PORT",  # the dev front door: pass API_PORT and NOTIFIER_PORT
+    }
     started: list[Proc] = []
 
     def start(module: str, wait: bool = True, port: int | None = None, **extra: str) -> Proc:

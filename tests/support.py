@@ -150,6 +150,22 @@ class WatchRecorder:
         await self.task
 
 
+async def first_health(proc: Any, timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
+    """(status, body) of the first ``/health`` answer of a process started with ``spawn(..., wait=False)``,
+    e.g. one that must never become ready."""
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.popen.poll() is None, f"{proc.name} exited:\n{proc.log()[-2000:]}"
+        try:
+            async with aiohttp.ClientSession() as session, session.get(f"{proc.url}/health") as resp:
+                return resp.status, await resp.json()
+        except aiohttp.ClientError:
+            assert time.monotonic() < deadline, f"{proc.name} never answered /health:\n{proc.log()[-2000:]}"
+            await asyncio.sleep(0.1)
+
+
 def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment a real DynConfig process needs to run against the test services."""
     import base64

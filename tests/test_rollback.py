@@ -155,7 +155,8 @@ async def test_rollback_needs_write_now_and_read_of_that_version(
 async def test_rollback_reseals_the_value_with_the_active_key(
     make_client: Any, settings: Settings, token: Token, pg: aiopg.Pool, unique_prefix: str
 ) -> None:
-    """A version sealed by an old key comes back sealed by the active one."""
+    """A version sealed by an old key comes back sealed by the active one. (The key is deleted at the
+    end: a current value sealed by ``rb2`` would make every later process's keyring check fail.)"""
     key = f"{unique_prefix}.rotated"
     old = await make_client(settings)
     api = Api(old, token)
@@ -165,13 +166,16 @@ async def test_rollback_reseals_the_value_with_the_active_key(
     new_key = ("rb2", bytes(range(32)))
     rotated = settings.replace(encryption_keys=(new_key, *settings.encryption_keys))
     api = Api(await make_client(rotated), token)
-    status, body = await api.rollback(key, 1)
-    assert status == 200, body
-    async with pg.acquire() as conn, conn.cursor() as cur:
-        await cur.execute("SELECT value_enc FROM keys WHERE key = %s", (key,))
-        (blob,) = await cur.fetchone()
-    assert Keyring.key_id_of(bytes(blob)) == "rb2"
-    assert (await api.call("GET", f"/keys/{key}"))[1]["value"] == 41
+    try:
+        status, body = await api.rollback(key, 1)
+        assert status == 200, body
+        async with pg.acquire() as conn, conn.cursor() as cur:
+            await cur.execute("SELECT value_enc FROM keys WHERE key = %s", (key,))
+            (blob,) = await cur.fetchone()
+        assert Keyring.key_id_of(bytes(blob)) == "rb2"
+        assert (await api.call("GET", f"/keys/{key}"))[1]["value"] == 41
+    finally:
+        await api.call("DELETE", f"/keys/{key}")
 
 
 async def test_other_methods_on_rollback_name_an_invalid_key(client: Client, token: Token, unique_prefix: str) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import aiopg
 import pytest
-from support import process_env
+from support import first_health, process_env
 
 from api_server.reencrypt import reencrypt
 from devtools.services import free_port
@@ -235,8 +235,9 @@ async def test_rotation_under_writes_and_watchers_loses_nothing(
 async def test_a_key_dropped_too_early_is_a_clear_500_and_loses_nothing(
     spawn: Callable[..., Any], private_db: str, token: Callable[..., str], unique_prefix: str
 ) -> None:
-    """What deploy/README.md's order prevents: dropping k1 before reencrypt. The value is not lost (k1
-    brings it back) and the API answers 500 in the JSON shape without leaking anything."""
+    """What deploy/README.md's order prevents: dropping k1 before reencrypt. Such a process is never
+    ready (its keyring check finds the value sealed by k1); asked anyway, it answers 500 in the JSON
+    shape without leaking anything, and the value is not lost (k1 brings it back)."""
     k1, k2 = ("k1", os.urandom(32)), ("k2", os.urandom(32))
     common = {"POSTGRES_URL": private_db, "CACHE_TTL_SECONDS": "1"}
     admin = token(ADMIN, exp_in=600)
@@ -248,7 +249,9 @@ async def test_a_key_dropped_too_early_is_a_clear_500_and_loses_nothing(
     first.popen.wait(20)
     await asyncio.sleep(1.2)  # the cached copy (sealed by k1) expires
 
-    early = spawn("api_server", ENCRYPTION_KEYS=keyring(k2), **common)
+    early = spawn("api_server", wait=False, ENCRYPTION_KEYS=keyring(k2), **common)
+    status, body = await first_health(early)
+    assert status == 503 and body["checks"]["keyring"].startswith("cannot open values sealed with key 'k1'"), body
     async with Client(early.url, admin) as client:
         with pytest.raises(Exception) as caught:
             await client.get(key)
