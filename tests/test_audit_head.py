@@ -23,8 +23,9 @@ from typing import Any
 import aiohttp
 import psycopg2
 import pytest
+import test_audit_chain
 from support import drop_database, new_database, process_env
-from test_audit_chain import audit_command, sql, trail, write_traffic  # noqa: F401 (trail: a fixture)
+from test_audit_chain import audit_command, sql, write_traffic
 
 from devtools.services import PostgresServer
 from shared.auditchain import Entry, derived_keys, seal
@@ -32,6 +33,7 @@ from shared.settings import Settings, SettingsError
 
 Token = Callable[..., str]
 ADMIN = "admin-user"
+trail = test_audit_chain.trail  # the fixture: a private database holding a sealed trail of every kind of row
 CHECKPOINT_LINE = re.compile(r"audit checkpoint (\d+):([0-9a-f]{12})\b")
 
 
