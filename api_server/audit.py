@@ -73,13 +73,18 @@ async def _stream(pool: aiopg.Pool, after: int, follow: bool, interval: float) -
         await asyncio.sleep(interval)
 
 
-def _checkpoints(args: argparse.Namespace) -> list[Checkpoint]:
-    found = [cp for token in args.checkpoint for cp in Checkpoint.find_all(token)]
-    if len(found) != len(args.checkpoint):
-        raise SystemExit(f"{PROG}: a --checkpoint is SEQ:MAC as logged (e.g. 1234:9f86d081884c)")
-    for path in args.checkpoints:
-        found += Checkpoint.find_all(Path(path).read_text(errors="replace"))
-    return found
+def _token(text: str) -> Checkpoint:
+    found = Checkpoint.find_all(text)
+    if len(found) != 1:
+        raise argparse.ArgumentTypeError(f"not a checkpoint as logged (SEQ:MAC, e.g. 1234:9f86d081884c): {text!r}")
+    return found[0]
+
+
+def _token_file(path: str) -> list[Checkpoint]:
+    try:
+        return Checkpoint.find_all(Path(path).read_text(errors="replace"))
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc.strerror}") from None
 
 
 async def _adopt(pool: aiopg.Pool, chain: AuditChain, args: argparse.Namespace) -> int:
@@ -95,6 +100,9 @@ async def _adopt(pool: aiopg.Pool, chain: AuditChain, args: argparse.Namespace) 
         print(f"nothing to adopt: no row without a seal after id {after}")
         return 0
     seq, adoption = await auditadopt.adopt(pool, chain, after, through, args.reason)
+    if seq is None:
+        print("not adopting: another adoption was sealed meanwhile; run adopt again")
+        return 1
     print(f"adopted {adoption.count} rows without a seal (ids {after + 1}–{through}) at seq {seq}: {args.reason}")
     report = await verify(pool, chain)
     print(report.summary())
@@ -103,7 +111,9 @@ async def _adopt(pool: aiopg.Pool, chain: AuditChain, args: argparse.Namespace) 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
     chain = AuditChain.from_settings(settings)
-    checkpoints = _checkpoints(args) if args.command == "verify" else []
+    checkpoints = (
+        [*args.checkpoint, *(cp for found in args.checkpoints for cp in found)] if args.command == "verify" else []
+    )
     pool = await connect_pool(settings.postgres_url, wait_seconds=settings.startup_timeout_seconds, maxsize=2)
     try:
         await migrate(pool)
@@ -126,10 +136,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check = commands.add_parser("verify", help="check the whole trail; exit 1 naming the first thing wrong")
     check.add_argument("--json", action="store_true", help="print the report as one JSON object")
     check.add_argument(
-        "--checkpoint", action="append", default=[], metavar="SEQ:MAC", help="a logged checkpoint (repeatable)"
+        "--checkpoint", action="append", default=[], type=_token, metavar="SEQ:MAC", help="a logged checkpoint"
     )
     check.add_argument(
-        "--checkpoints", action="append", default=[], metavar="FILE", help="a file of checkpoints or log lines"
+        "--checkpoints",
+        action="append",
+        default=[],
+        type=_token_file,
+        metavar="FILE",
+        help="a file of checkpoints, one per line, or of log lines holding them",
     )
     ship = commands.add_parser("stream", help="write sealed rows as JSON lines to stdout, in chain order")
     ship.add_argument("--after", type=int, default=0, metavar="SEQ", help="start after this seq (default: the first)")

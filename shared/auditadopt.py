@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -175,7 +175,12 @@ async def read_head(pool: aiopg.Pool) -> tuple[Head, int]:
 
 
 async def _append_record(
-    pool: aiopg.Pool, chain: AuditChain, entry: Entry, *, unless: Any, adopted_through: int | None = None
+    pool: aiopg.Pool,
+    chain: AuditChain,
+    entry: Entry,
+    *,
+    unless: Callable[[Head], bool],
+    adopted_through: int | None = None,
 ) -> int | None:
     """Append ``entry`` alone in a transaction of its own, unless ``unless(head)`` holds once the head
     is locked; the seq it was given, or None."""
@@ -234,9 +239,12 @@ def _record(action: str, detail: str) -> Entry:
     return Entry(utcnow(), SYSTEM_ACTOR, action, None, None, "ok", None, detail)
 
 
-async def adopt(pool: aiopg.Pool, chain: AuditChain, after: int, through: int, reason: str) -> tuple[int, Adoption]:
+async def adopt(
+    pool: aiopg.Pool, chain: AuditChain, after: int, through: int, reason: str
+) -> tuple[int | None, Adoption]:
     """Append an adoption of the rows without a seal with ``after`` < id ≤ ``through``: ``after`` must be
-    how far adoptions reach now (verified first by the caller). Returns its seq and what it says."""
+    how far adoptions reach now (verified first by the caller). Returns its seq (None when another
+    adoption came first) and what it says."""
     rows = await digest_unsealed(pool, after, through)
     adoption = Adoption(after, through, rows.count, rows.digest, reason)
     seq = await _append_record(
@@ -246,6 +254,4 @@ async def adopt(pool: aiopg.Pool, chain: AuditChain, after: int, through: int, r
         unless=lambda h: h.adopted_through != after,
         adopted_through=through,
     )
-    if seq is None:
-        raise RuntimeError("another adoption was sealed meanwhile: verify and run adopt again")
     return seq, adoption

@@ -33,7 +33,7 @@ from .sql import audit as sql
 _PAGE = 5000
 _MIN_ID = -(2**63)
 #: ``SEQ:HEX`` — a checkpoint as it is logged: the head's seq and the first bytes (at least 6) of its MAC.
-_CHECKPOINT = re.compile(r"\b(\d+):([0-9a-f]{12,64})\b")
+_CHECKPOINT = re.compile(r"(?:^|audit checkpoint )(\d+):([0-9a-f]{12,64})\b", re.MULTILINE)
 CHECKPOINT_MAC_BYTES = 6
 
 
@@ -55,7 +55,8 @@ class Checkpoint:
 
     @classmethod
     def find_all(cls, text: str) -> list[Checkpoint]:
-        """Every checkpoint token in ``text`` (a token, or log lines holding them)."""
+        """Every checkpoint in ``text``: tokens at the start of a line, or after ``audit checkpoint``
+        (as a log line has it)."""
         return [cls(int(seq), bytes.fromhex(mac)) for seq, mac in _CHECKPOINT.findall(text) if len(mac) % 2 == 0]
 
 

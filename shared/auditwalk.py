@@ -73,8 +73,6 @@ class Walk:
         #: How far adoptions reach (None before the genesis), and each adoption with its row.
         self.adopted_through: int | None = None
         self.adoptions: list[tuple[Row, Adoption]] = []
-        #: Rows appended after a sealed head by a process that did not seal it (a previous release).
-        self.unsealing_rows = 0
         #: After :meth:`finish`: the seqs of the last rows, which the head's seal does not cover.
         self.unsealed_tail: tuple[int, int] | None = None
         self.macs: dict[int, bytes | None] = dict.fromkeys(wanted)
@@ -159,8 +157,7 @@ class Walk:
                 "and others appended in their place, or the seal was forged"
             )
             return Finding("altered", row.id, row.seq, detail)
-        self.unsealing_rows += row.seq - 1 - link.seq
-        return None
+        return None  # rows between link.seq and row were appended by a release that does not seal the head
 
     def _adopt(self, row: Row, adoption: Adoption | None) -> Finding | None:
         """An adoption record: it must take up ids where the last one stopped (from 0 for the genesis)."""

@@ -237,6 +237,7 @@ async def test_rotating_the_audit_key_keeps_the_trail_verifiable(
         ("a1", "must be id:base64key"),
         ("a1:not-base64!", "not valid base64"),
         ("a1:" + base64.b64encode(b"short").decode(), "at least 32 bytes"),
+        ("enc.k1:" + base64.b64encode(bytes(32)).decode(), "may not start with 'enc.'"),
     ],
 )
 def test_a_bad_audit_key_is_refused_naming_the_setting(settings: Settings, value: str, problem: str) -> None:

@@ -221,37 +221,75 @@ async def test_a_trail_sealed_only_with_derived_keys_fails_where_audit_hmac_key_
 
 # --- a previous release beside this one -----------------------------------------------------------
 
-#: How the previous release appends audit rows (``git show main:shared/sql/audit.py``, step 8): rows
-#: sealed as today, the head moved, but not sealed.
-PREVIOUS_RELEASE_INSERT = """
-WITH rows AS (
+#: How the previous release writes a change (``git show main:shared/sql/writes.py``, step 8, as rendered):
+#: key, history, outbox and audit row in one statement, the audit row sealed as today and the chain's
+#: head moved, but not sealed.
+PREVIOUS_RELEASE_WRITE = """
+SELECT pg_notify('dynconfig_outbox', '');
+
+WITH input AS (
+    SELECT * FROM unnest(
+        %(key)s::text[], %(version)s::bigint[], %(value_enc)s::bytea[], %(ttl)s::integer[],
+        %(expires_at)s::timestamptz[], %(acl_read)s::jsonb[], %(acl_write)s::jsonb[], %(creator)s::text[],
+        %(deleted)s::boolean[], %(created_at)s::timestamptz[], %(now)s::timestamptz[], %(event)s::text[],
+        %(actor)s::text[], %(action)s::text[], %(request_id)s::text[], %(read_entries)s::jsonb[],
+        %(read_owner)s::text[], %(seq)s::bigint[], %(mac)s::bytea[], %(mac_key)s::text[]
+    ) WITH ORDINALITY AS input(key, version, value_enc, ttl, expires_at, acl_read, acl_write, creator, deleted,
+                               created_at, now, event, actor, action, request_id, read_entries, read_owner, seq,
+                               mac, mac_key, n)
+), counter AS (
+    UPDATE relay_state SET head = head + (SELECT count(*) FROM input) RETURNING head
+), c AS (
+    SELECT input.*, counter.head - (SELECT count(*) FROM input) + input.n AS revision FROM input CROSS JOIN counter
+), changed AS (
+    UPDATE keys k
+       SET version = last.version, value_enc = last.value_enc, ttl = last.ttl, expires_at = last.expires_at,
+           acl_read = CASE WHEN last.acl_read IS NULL THEN NULL
+                      ELSE ARRAY(SELECT jsonb_array_elements_text(last.acl_read)) END,
+           acl_write = CASE WHEN last.acl_write IS NULL THEN NULL
+                       ELSE ARRAY(SELECT jsonb_array_elements_text(last.acl_write)) END,
+           creator = last.creator, deleted = last.deleted, created_at = last.created_at, last_modified = last.now,
+           revision = last.revision
+      FROM (SELECT DISTINCT ON (key) * FROM c ORDER BY key, n DESC) AS last
+     WHERE k.key = last.key
+), history AS (
+    INSERT INTO key_history (key, version, event, value_enc, actor, at, read_entries, read_owner, revision)
+    SELECT key, version, event, value_enc, actor, now,
+           CASE WHEN c.read_entries IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(c.read_entries)) END,
+           read_owner, revision
+      FROM c ORDER BY n
+), outbox AS (
+    INSERT INTO outbox (key, version, event, at, revision) SELECT key, version, event, now, revision FROM c ORDER BY n
+), audit AS (
     INSERT INTO audit_log (at, actor, action, key, version, outcome, request_id, seq, mac, mac_key)
-    SELECT * FROM unnest(%(at)s::timestamptz[], %(actor)s::text[], %(action)s::text[], %(key)s::text[],
-                         %(version)s::bigint[], %(outcome)s::text[], %(request_id)s::text[],
-                         %(seq)s::bigint[], %(mac)s::bytea[], %(mac_key)s::text[])
+    SELECT now, actor, action, key, version, 'ok', request_id, seq, mac, mac_key FROM c ORDER BY n
+), chain AS (
+    UPDATE audit_chain SET seq = %(head_seq)s, mac = %(head_mac)s
 )
-UPDATE audit_chain SET seq = %(head_seq)s, mac = %(head_mac)s
+SELECT key, version FROM c ORDER BY n
 """
 PREVIOUS_RELEASE_HEAD = "SELECT seq, mac FROM audit_chain FOR UPDATE"
 
 
-def previous_release_appends(url: str, settings: Settings, actor: str, n: int = 3) -> None:
-    """A pod of the previous release audits ``n`` reads, as its AuditWriter does."""
-    key_id, key = derived_keys(settings.encryption_keys)[0]
-    names = ("at", "actor", "action", "key", "version", "outcome", "request_id", "seq", "mac", "mac_key")
-    params: dict[str, Any] = {name: [] for name in names}
+def previous_release_writes(url: str, settings: Settings, key: str) -> None:
+    """A pod of the previous release patches ``key`` (its value unchanged), as its committer does:
+    the chain's head locked, the audit row sealed after it, one statement."""
+    key_id, mac_key = derived_keys(settings.encryption_keys)[0]
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute(PREVIOUS_RELEASE_HEAD)
         seq, prev = cur.fetchone()
-        prev = bytes(prev)
-        cur.execute("SELECT now()")
-        (now,) = cur.fetchone()
-        for i in range(1, n + 1):
-            fields = [now, actor, "read", f"old.k{i}", None, "ok", None]
-            prev = seal(key, prev, seq + i, Entry(*fields))
-            for name, value in zip(names, [*fields, seq + i, prev, key_id], strict=True):
-                params[name].append(value)
-        cur.execute(PREVIOUS_RELEASE_INSERT, {**params, "head_seq": seq + n, "head_mac": prev})
+        cur.execute("SELECT version, value_enc, creator, created_at, now() FROM keys WHERE key = %s FOR UPDATE", (key,))
+        version, value_enc, creator, created_at, now = cur.fetchone()
+        mac = seal(mac_key, bytes(prev), seq + 1, Entry(now, "old-pod", "patch", key, version + 1, "ok", "old-rid"))
+        change = {
+            "key": key, "version": version + 1, "value_enc": value_enc, "ttl": None, "expires_at": None,
+            "acl_read": None, "acl_write": None, "creator": creator, "deleted": False, "created_at": created_at,
+            "now": now, "event": "update", "actor": "old-pod", "action": "patch", "request_id": "old-rid",
+            "read_entries": None, "read_owner": creator, "seq": seq + 1, "mac": mac, "mac_key": key_id,
+        }  # fmt: skip
+        cur.execute(
+            PREVIOUS_RELEASE_WRITE, {**{k: [v] for k, v in change.items()}, "head_seq": seq + 1, "head_mac": mac}
+        )
     conn.close()
 
 
@@ -259,9 +297,16 @@ async def test_a_previous_release_beside_this_one_is_reported_not_taken_for_tamp
     private_db: str, make_client: Any, settings: Settings, token: Token, unique_prefix: str
 ) -> None:
     custom = settings.replace(postgres_url=private_db)
-    await write_traffic(make_client, custom, token, unique_prefix, rounds=1)
+    key = f"{unique_prefix}.shared"
+    client = await make_client(custom)
+    try:
+        admin = {"Authorization": f"Bearer {token(ADMIN)}"}
+        assert (await client.put(f"/keys/{key}", json={"value": 1}, headers=admin)).status == 201
+    finally:
+        await client.close()
     before = head_seq(private_db)
-    previous_release_appends(private_db, settings, "old-pod")
+    for _ in range(3):
+        previous_release_writes(private_db, settings, key)
 
     done = audit_command(custom, "verify", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -270,14 +315,16 @@ async def test_a_previous_release_beside_this_one_is_reported_not_taken_for_tamp
     assert "appended by a process that does not seal it (the previous release" in body["summary"], body
 
     await write_traffic(make_client, custom, token, f"{unique_prefix}-new", rounds=1)  # seals it again
-    previous_release_appends(private_db, settings, "old-pod")  # and old and new keep interleaving
+    previous_release_writes(private_db, settings, key)  # and old and new keep interleaving
     await write_traffic(make_client, custom, token, f"{unique_prefix}-newer", rounds=1)
     done = audit_command(custom, "verify", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     assert report(done)["unsealedHead"] is None, done.stdout
+    versions = sql(private_db, "SELECT version FROM key_history WHERE key = %s ORDER BY version", key)
+    assert versions == [(1,), (2,), (3,), (4,), (5,)]  # every version audited, by either release
 
-    # A cut of the newest rows is still caught while old pods append beside new ones.
+    # A cut of the newest rows is still caught while old pods write beside new ones.
     cut_to(private_db, head_seq(private_db) - 2)
-    previous_release_appends(private_db, settings, "old-pod")
+    previous_release_writes(private_db, settings, key)
     cut = audit_command(custom, "verify", "--json")
     assert cut.returncode == 1 and report(cut)["finding"]["kind"] == "truncated", cut.stdout
