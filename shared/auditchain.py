@@ -35,7 +35,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -240,10 +240,7 @@ class AuditChain:
         """Seal ``entries`` and write them after the head, which this locks (inside the caller's
         transaction, which holds it until it ends); return the head as it was."""
         head = await self.link(cur)
-        params: dict[str, Any] = {
-            field: [getattr(e, field) for e in entries]
-            for field in ("at", "actor", "action", "key", "version", "outcome", "request_id", "detail")
-        }
+        params: dict[str, Any] = {f.name: [getattr(e, f.name) for e in entries] for f in fields(Entry)}
         params.update(self.columns(head, entries, adopted_through=adopted_through))
         await cur.execute(sql.INSERT_MANY, params)
         return head
