@@ -1,13 +1,21 @@
-"""``python -m api_server.audit``: check the tamper-evident audit trail, or ship it as JSON lines.
+"""``dynconfig-audit`` (``python -m api_server.audit``): check the tamper-evident audit trail, ship it
+as JSON lines, or adopt rows written without a seal.
 
-    python -m api_server.audit verify            # exit 0: intact; 1: the first bad row is named
-    python -m api_server.audit stream [--after SEQ] [--follow]
+    dynconfig-audit verify [--json] [--checkpoint SEQ:MAC …] [--checkpoints FILE]
+    dynconfig-audit stream [--after SEQ] [--follow]
+    dynconfig-audit adopt --reason TEXT [--through-id ID]
 
 Run it with the api_server's environment (``POSTGRES_URL``, ``ENCRYPTION_KEYS``, ``AUDIT_HMAC_KEY``).
-``verify`` walks every sealed row in chain order (shared/auditchain.py) and reports the first one
-altered, inserted, deleted or reordered, or rows cut off the end. ``stream`` writes every sealed row,
-its MAC included, one JSON object per line to stdout, in chain order: ship them to a log store and the
-copy there anchors the trail (a later ``stream --after`` continues where the last line left off).
+``verify`` exits 0 when the trail is intact, 1 naming the first thing wrong (shared/auditverify.py
+says what it checks), 2 when it cannot run. Checkpoints are the tokens every api_server logs
+(``audit checkpoint SEQ:MAC``): give some you kept (or a file of such log lines) and ``verify`` also
+catches the whole table put back as it was before they were taken. ``stream`` writes every sealed
+row, its MAC included, one JSON object per line to stdout, in chain order, for a log store.
+
+``adopt`` is for rows without a seal written by a release before the audit chain during a rolling
+upgrade (``verify`` reports them): once no such process runs, it seals a record into the chain that
+vouches for them (their id range, count and digest, and ``--reason``), so ``verify`` passes again
+and says how many rows were adopted and why. It adopts nothing while the trail is broken otherwise.
 """
 
 from __future__ import annotations
@@ -16,11 +24,14 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiopg
 
-from shared.auditchain import AuditChain, Row, sealed_pages, verify
+from shared import auditadopt
+from shared.auditchain import AuditChain, Row
+from shared.auditverify import Checkpoint, sealed_pages, verify
 from shared.db import connect_pool, migrate
 from shared.serve import run_command
 from shared.settings import Settings
@@ -41,6 +52,9 @@ def line(row: Row) -> dict[str, Any]:
         "version": e.version,
         "outcome": e.outcome,
         "requestId": e.request_id,
+        "detail": e.detail,
+        "linkSeq": row.link.seq if row.link is not None else None,
+        "linkSeal": row.link.seal.hex() if row.link is not None else None,
         "mac": row.mac.hex() if row.mac is not None else None,
         "macKey": row.mac_key,
     }
@@ -59,15 +73,56 @@ async def _stream(pool: aiopg.Pool, after: int, follow: bool, interval: float) -
         await asyncio.sleep(interval)
 
 
+def _token(text: str) -> Checkpoint:
+    found = Checkpoint.find_all(text)
+    if len(found) != 1:
+        raise argparse.ArgumentTypeError(f"not a checkpoint as logged (SEQ:MAC, e.g. 1234:9f86d081884c): {text!r}")
+    return found[0]
+
+
+def _token_file(path: str) -> list[Checkpoint]:
+    try:
+        return Checkpoint.find_all(Path(path).read_text(errors="replace"))
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc.strerror}") from None
+
+
+async def _adopt(pool: aiopg.Pool, chain: AuditChain, args: argparse.Namespace) -> int:
+    report = await verify(pool, chain)
+    finding = report.finding
+    if not report.adoptions or (finding is not None and (finding.kind != "unsealed" or (finding.row_id or 0) <= 0)):
+        why = finding.detail if finding is not None else "the genesis is not sealed yet (start an api_server first)"
+        print(f"not adopting: {why}")
+        return 1
+    after = report.adoptions[-1][1].through_id
+    through = args.through_id if args.through_id is not None else await auditadopt.last_unsealed_id(pool)
+    if through is None or through <= after:
+        print(f"nothing to adopt: no row without a seal after id {after}")
+        return 0
+    seq, adoption = await auditadopt.adopt(pool, chain, after, through, args.reason)
+    if seq is None:
+        print("not adopting: another adoption was sealed meanwhile; run adopt again")
+        return 1
+    print(f"adopted {adoption.count} rows without a seal (ids {after + 1}–{through}) at seq {seq}: {args.reason}")
+    report = await verify(pool, chain)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
     chain = AuditChain.from_settings(settings)
+    checkpoints = (
+        [*args.checkpoint, *(cp for found in args.checkpoints for cp in found)] if args.command == "verify" else []
+    )
     pool = await connect_pool(settings.postgres_url, wait_seconds=settings.startup_timeout_seconds, maxsize=2)
     try:
         await migrate(pool)
         if args.command == "verify":
-            report = await verify(pool, chain.keys)
+            report = await verify(pool, chain, checkpoints)
             print(json.dumps(report.as_json()) if args.json else report.summary())
             return 0 if report.ok else 1
+        if args.command == "adopt":
+            return await _adopt(pool, chain, args)
         await _stream(pool, args.after, args.follow, args.interval)
         return 0
     finally:
@@ -78,14 +133,28 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser(
-        "verify", help="check every sealed row and the chain's head; exit 1 on the first bad row"
-    )
+    check = commands.add_parser("verify", help="check the whole trail; exit 1 naming the first thing wrong")
     check.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    check.add_argument(
+        "--checkpoint", action="append", default=[], type=_token, metavar="SEQ:MAC", help="a logged checkpoint"
+    )
+    check.add_argument(
+        "--checkpoints",
+        action="append",
+        default=[],
+        type=_token_file,
+        metavar="FILE",
+        help="a file of checkpoints, one per line, or of log lines holding them",
+    )
     ship = commands.add_parser("stream", help="write sealed rows as JSON lines to stdout, in chain order")
     ship.add_argument("--after", type=int, default=0, metavar="SEQ", help="start after this seq (default: the first)")
     ship.add_argument("--follow", action="store_true", help="keep going: write new rows as they are sealed")
     ship.add_argument("--interval", type=float, default=1.0, metavar="S", help="with --follow, look every S s")
+    take = commands.add_parser("adopt", help="vouch for rows a release before the chain wrote without a seal")
+    take.add_argument("--reason", required=True, help="why these rows carry no seal (kept in the chain)")
+    take.add_argument(
+        "--through-id", type=int, metavar="ID", help="adopt rows up to this id (default: every one so far)"
+    )
     return parser.parse_args(argv)
 
 

@@ -17,6 +17,7 @@ from shared.serve import main_for
 from shared.settings import Settings
 from shared.web import process_app
 
+from .auditkeeper import audit_keeper_ctx
 from .cache import cache_ctx
 from .committer import committer_ctx
 from .metrics import API_METRICS, ApiMetrics
@@ -43,6 +44,7 @@ def create_app(settings: Settings) -> web.Application:
             namespace_acls_ctx,
             state_reader_ctx,
             audit_ctx,
+            audit_keeper_ctx,
             redis_ctx,
             cache_ctx,
             committer_ctx,

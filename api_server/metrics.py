@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from shared.metrics import ServingMetrics
 
@@ -18,6 +18,15 @@ class ApiMetrics(ServingMetrics):
             "Bytes of values per committed write batch (group commit; bounded by MAX_BATCH_BYTES).",
             registry=r,
             buckets=(0, 1024, 16384, 262144, 1048576, 4194304, 8388608, 16777216),
+        )
+        # api_server/auditkeeper.py: the audit chain's head, every AUDIT_CHECKPOINT_SECONDS.
+        self.audit_checkpoint_seq = Gauge(
+            "dynconfig_audit_checkpoint_seq", "The audit chain's head seq at the last checkpoint.", registry=r
+        )
+        self.audit_checkpoint_mac48 = Gauge(
+            "dynconfig_audit_checkpoint_mac48",
+            "The first 48 bits of the head's MAC at the last checkpoint, as an integer (the token's MAC part).",
+            registry=r,
         )
 
 

@@ -189,6 +189,14 @@ SPEC: dict[str, Any] = {
                                 "version": {"type": "integer"},
                                 "outcome": {"type": "string"},
                                 "requestId": {"type": ["string", "null"]},
+                                "seal": {
+                                    "type": "string",
+                                    "enum": ["chain", "adopted", "none"],
+                                    "description": "what vouches for the record: its seal in the audit chain; "
+                                    "an adoption (written without a seal before the chain began or by an older "
+                                    "release, in an id range a sealed adoption record covers); or nothing "
+                                    "(GET /audit/verify reports it). Verification proves the first two.",
+                                },
                             },
                         },
                     },
@@ -209,11 +217,29 @@ SPEC: dict[str, Any] = {
                     "ok": {"type": "boolean", "description": "true when every sealed row and the chain's head verify"},
                     "checked": {"type": "integer", "description": "rows verified (before the first bad one)"},
                     "headSeq": {"type": "integer"},
-                    "unsealedBeforeChain": {"type": "integer"},
+                    "headSealedSeq": {
+                        "type": ["integer", "null"],
+                        "description": "the seq the head's seal covers (behind headSeq while the previous release "
+                        "appends beside this one; null before this release first appended)",
+                    },
+                    "unsealedBeforeChain": {"type": "integer", "description": "rows from before the chain, adopted"},
+                    "adopted": {
+                        "type": "array",
+                        "description": "adoption records: seq, at, afterId, throughId, count, digest, reason",
+                        "items": {"type": "object"},
+                    },
+                    "unsealedHead": {
+                        "type": ["object", "null"],
+                        "description": "fromSeq, throughSeq: the last rows, appended by a process that does not "
+                        "seal the head (the previous release, during a rolling upgrade)",
+                    },
+                    "checkpoints": {"type": "integer"},
+                    "unauditedBeforeChain": {"type": "integer"},
                     "finding": {
                         "type": ["object", "null"],
-                        "description": "the first bad row: kind altered, inserted, deleted, reordered, unknown-key "
-                        "or truncated, its seq and id, and a sentence",
+                        "description": "the first thing wrong: kind altered, inserted, deleted, reordered, truncated, "
+                        "unknown-key, derived-key, rolled-back, unsealed or unaudited-write, its seq and id, and a "
+                        "sentence",
                     },
                     "summary": {"type": "string"},
                 },

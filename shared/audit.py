@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
 import aiopg
 import psycopg2
@@ -26,14 +25,11 @@ from aiohttp import web
 from .appkeys import AUDIT, AUDIT_CHAIN, DB_POOL, METRICS
 from .auditchain import AuditChain, Entry
 from .metrics import ServingMetrics
-from .sql import audit as sql
 from .tasks import Backoff, cancel_and_wait, complete_then_cancel
 from .text import escape_control
 from .timeutil import utcnow
 
 log = logging.getLogger(__name__)
-
-ENTRY_FIELDS = tuple(f.name for f in fields(Entry))
 
 _BATCH = 500
 _FLUSH_SECONDS = 0.25
@@ -92,10 +88,7 @@ def safe_record(entry: AuditRecord) -> AuditRecord:
 async def append(cur: aiopg.Cursor, chain: AuditChain, records: Sequence[AuditRecord]) -> None:
     """Seal ``records`` into the chain and write them, in one statement after the chain's head is
     locked; inside the caller's transaction, which holds the head until it ends."""
-    entries = [_entry(r) for r in records]
-    params: dict[str, Any] = {field: [getattr(e, field) for e in entries] for field in ENTRY_FIELDS}
-    params.update(chain.columns(await chain.link(cur), entries))
-    await cur.execute(sql.INSERT_MANY, params)
+    await chain.append(cur, [_entry(r) for r in records])
 
 
 async def record(cur: aiopg.Cursor, chain: AuditChain, entry: AuditRecord) -> None:

@@ -173,4 +173,22 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         SELECT 0, decode(repeat('00', 32), 'hex'), coalesce(max(id), 0) FROM audit_log;
         """,
     ),
+    (
+        9,
+        "the audit chain: a sealed head, adoption records, the head each batch was appended after",
+        """
+        -- shared/auditchain.py. Nullable columns without defaults: no table rewrite, and the previous
+        -- release keeps writing (its statements name their columns; it moves seq and mac and leaves
+        -- the seal stale, which verify reports as such).
+        -- audit_log.detail: what the chain's own records say (an adoption's id range, count, digest);
+        -- link_seq/link_seal: on the first row of each batch, the head's seal its writer found.
+        ALTER TABLE audit_log ADD COLUMN detail text, ADD COLUMN link_seq bigint, ADD COLUMN link_seal bytea;
+        -- The head's seal: an HMAC over (sealed_seq, sealed_mac, adopted_through) made with seal_key;
+        -- adopted_through: rows without a seal with ids up to it are vouched for by adoption records.
+        -- All NULL until a process of this release first appends.
+        ALTER TABLE audit_chain
+            ADD COLUMN sealed_seq bigint, ADD COLUMN sealed_mac bytea, ADD COLUMN seal bytea,
+            ADD COLUMN seal_key text, ADD COLUMN adopted_through bigint;
+        """,
+    ),
 ]

@@ -23,6 +23,9 @@ from urllib.parse import urlsplit
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 _KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _USERNAME = re.compile(r"^\S{1,256}$")
+#: Ids of audit keys derived from encryption keys (shared/auditchain.py) start with this; an
+#: ``AUDIT_HMAC_KEY`` id may not, so the two kinds never mix.
+DERIVED_AUDIT_KEY_PREFIX = "enc."
 
 
 class SettingsError(Exception):
@@ -68,6 +71,8 @@ class Settings:
     jwks_refresh_seconds: float = 300.0
     #: How often each process checks that its keyring opens the values in use (shared/keyring_check.py).
     keyring_check_seconds: float = 30.0
+    #: How often each api_server logs and exports a checkpoint of the audit chain's head.
+    audit_checkpoint_seconds: int = 60
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A server TLS context (TLS 1.3 minimum) when a certificate is configured."""
@@ -116,6 +121,7 @@ class Settings:
             changelog_retention_seconds=_int(env, "CHANGELOG_RETENTION_SECONDS", 86400, minimum=60),
             startup_timeout_seconds=float(_int(env, "STARTUP_TIMEOUT_SECONDS", 30, minimum=0)),
             keyring_check_seconds=float(_int(env, "KEYRING_CHECK_SECONDS", 30, minimum=1)),
+            audit_checkpoint_seconds=_int(env, "AUDIT_CHECKPOINT_SECONDS", 60, minimum=1, maximum=86400),
         )
         if cert:
             try:
@@ -237,7 +243,11 @@ def parse_keyring(raw: str, setting: str = "ENCRYPTION_KEYS", *, hmac: bool = Fa
 
 def _audit_keys(env: Mapping[str, str]) -> tuple[tuple[str, bytes], ...]:
     raw = _optional(env, "AUDIT_HMAC_KEY")
-    return () if raw is None else parse_keyring(raw, "AUDIT_HMAC_KEY", hmac=True)
+    keys = () if raw is None else parse_keyring(raw, "AUDIT_HMAC_KEY", hmac=True)
+    for key_id, _ in keys:
+        if key_id.startswith(DERIVED_AUDIT_KEY_PREFIX):
+            raise SettingsError("AUDIT_HMAC_KEY", f"key id {key_id!r} may not start with {DERIVED_AUDIT_KEY_PREFIX!r}")
+    return keys
 
 
 def _admins(env: Mapping[str, str]) -> frozenset[str]:

@@ -23,7 +23,7 @@ ADMIN = "admin-user"
 Client = TestClient[Any, Any]
 Token = Callable[..., str]
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
-WRITE_FIELDS = {"id", "at", "actor", "action", "key", "version", "outcome", "requestId"}
+WRITE_FIELDS = {"id", "at", "actor", "action", "key", "version", "outcome", "requestId", "seal"}
 READ_FIELDS = WRITE_FIELDS - {"version"}
 
 
@@ -97,6 +97,7 @@ def assert_record(
     else:
         assert set(record) == WRITE_FIELDS, record
         assert record["version"] == version
+    assert record["seal"] == "chain", record  # sealed into the audit chain when written
     assert isinstance(record["id"], int)
     assert RFC3339_Z.match(record["at"]), record["at"]
     assert (record["actor"], record["action"], record["key"], record["outcome"]) == (actor, action, key, outcome)

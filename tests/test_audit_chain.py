@@ -25,7 +25,8 @@ import pytest
 from support import drop_database, new_database, process_env
 
 from devtools.services import PostgresServer
-from shared.auditchain import AuditChain, verify
+from shared.auditchain import AuditChain
+from shared.auditverify import verify
 from shared.settings import Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,7 +130,7 @@ async def test_concurrent_appenders_in_two_processes_keep_one_chain(
     await b.close()
     assert count(private_db) >= 400
     async with aiopg.create_pool(private_db, maxsize=2) as pool:
-        report = await verify(pool, AuditChain.from_settings(settings).keys)
+        report = await verify(pool, AuditChain.from_settings(settings))
     assert report.ok, report.finding
     assert report.checked == count(private_db)
 
@@ -155,7 +156,7 @@ DROP_LAST = "DELETE FROM audit_log WHERE seq = (SELECT max(seq) FROM audit_log)"
 TAMPERING = [
     ("a row's actor rewritten", "UPDATE audit_log SET actor = 'mallory' WHERE seq = 3", "altered", 3),
     ("a row's time moved", "UPDATE audit_log SET at = at - interval '1 day' WHERE seq = 5", "altered", 5),
-    ("an unsealed row added", UNSEALED, "inserted", None),
+    ("an unsealed row added", UNSEALED, "unsealed", None),
     ("a forged row slipped in at seq 3, later rows renumbered", MAKE_ROOM_AT_3 + ";" + FORGE_AT_3, "inserted", 3),
     ("row 3 deleted", "DELETE FROM audit_log WHERE seq = 3", "deleted", 3),
     ("row 3 deleted, later rows renumbered", "DELETE FROM audit_log WHERE seq = 3;" + CLOSE_GAP_AT_3, "deleted", 3),
@@ -236,6 +237,7 @@ async def test_rotating_the_audit_key_keeps_the_trail_verifiable(
         ("a1", "must be id:base64key"),
         ("a1:not-base64!", "not valid base64"),
         ("a1:" + base64.b64encode(b"short").decode(), "at least 32 bytes"),
+        ("enc.k1:" + base64.b64encode(bytes(32)).decode(), "may not start with 'enc.'"),
     ],
 )
 def test_a_bad_audit_key_is_refused_naming_the_setting(settings: Settings, value: str, problem: str) -> None:
@@ -262,6 +264,7 @@ async def test_stream_writes_every_sealed_row_as_a_json_line_in_chain_order(trai
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert [line["seq"] for line in lines] == list(range(1, count(trail) + 1))
     fields = {"seq", "id", "at", "actor", "action", "key", "version", "outcome", "requestId", "mac", "macKey"}
+    fields |= {"detail", "linkSeq", "linkSeal"}
     assert set(lines[0]) == fields
     assert all(len(bytes.fromhex(line["mac"])) == 32 for line in lines)
     stored = dict(sql(trail, "SELECT seq, encode(mac, 'hex') FROM audit_log"))

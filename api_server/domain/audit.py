@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import aiopg
 
+from shared.auditchain import AuditChain, Head
 from shared.errors import Forbidden
 from shared.sql import audit as sql
 
 from . import Caller
+
+#: How a record is vouched for (``seal`` in ``GET /audit``): sealed into the chain when written;
+#: written without a seal (before the chain began, or by a release without it) in an id range an
+#: adoption vouches for; or neither, so nothing vouches for it. ``verify`` proves the first two.
+SEALED, ADOPTED, UNSEALED = "chain", "adopted", "none"
 
 
 def require_admin(caller: Caller) -> None:
@@ -18,17 +25,40 @@ def require_admin(caller: Caller) -> None:
         raise Forbidden("Only admins may read the audit log")
 
 
+@dataclass(frozen=True)
+class AuditRow:
+    """One record as ``GET /audit`` shows it."""
+
+    id: int
+    at: datetime
+    actor: str | None
+    action: str
+    key: str | None
+    version: int | None
+    outcome: str
+    request_id: str | None
+    seal: str
+
+    @classmethod
+    def from_db(cls, row: tuple[Any, ...], adopted_through: int) -> AuditRow:
+        row_id, at, actor, action, key, version, outcome, request_id, sealed = row
+        seal = SEALED if sealed else ADOPTED if 0 < row_id <= adopted_through else UNSEALED
+        return cls(row_id, at, actor, action, key, version, outcome, request_id, seal)
+
+
 async def page(
     pool: aiopg.Pool,
+    chain: AuditChain,
     *,
     key: str | None,
     actor: str | None,
     since: datetime | None,
     before: tuple[datetime, int] | None,
     limit: int,
-) -> list[tuple[Any, ...]]:
+) -> list[AuditRow]:
     """Up to ``limit`` records matching the filters, older than ``before`` (the (at, id) of the last
-    record of the previous page): (id, at, actor, action, key, version, outcome, request_id) rows."""
+    record of the previous page). Rows without a seal count as adopted only as far as the head's seal,
+    checked here, says adoptions reach: moving that mark in the database takes the key."""
     before_at, before_id = before if before is not None else (None, None)
     params = {
         "key": key,
@@ -39,5 +69,9 @@ async def page(
         "limit": limit,
     }
     async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(sql.HEAD)
+        head = Head.from_db(await cur.fetchone())
         await cur.execute(sql.PAGE, params)
-        return list(await cur.fetchall())
+        rows = await cur.fetchall()
+    adopted_through = (head.adopted_through or 0) if head.seal_verifies(chain.keys) else 0
+    return [AuditRow.from_db(row, adopted_through) for row in rows]

@@ -7,7 +7,7 @@ from datetime import datetime
 from aiohttp import web
 
 from shared.appkeys import AUDIT_CHAIN, DB_POOL
-from shared.auditchain import verify
+from shared.auditverify import verify
 from shared.errors import BadRequest
 from shared.timeutil import parse_rfc3339, rfc3339
 from shared.validation import parse_limit, text_filter
@@ -31,6 +31,7 @@ async def list_audit(request: web.Request) -> web.Response:
     limit = parse_limit(query.get("limit"))
     rows = await audit_log.page(
         request.app[DB_POOL],
+        request.app[AUDIT_CHAIN],
         key=text_filter(query.get("key"), "key"),
         actor=text_filter(query.get("actor"), "actor"),
         since=since,
@@ -40,21 +41,22 @@ async def list_audit(request: web.Request) -> web.Response:
     audit(request, "audit.read", None, "ok")
     records = [
         {
-            "id": rid,
-            "at": rfc3339(at),
-            "actor": actor,
-            "action": action,
-            "key": key,
-            **({"version": version} if version is not None else {}),
-            "outcome": outcome,
-            "requestId": request_id,
+            "id": r.id,
+            "at": rfc3339(r.at),
+            "actor": r.actor,
+            "action": r.action,
+            "key": r.key,
+            **({"version": r.version} if r.version is not None else {}),
+            "outcome": r.outcome,
+            "requestId": r.request_id,
+            "seal": r.seal,
         }
-        for rid, at, actor, action, key, version, outcome, request_id in rows[:limit]
+        for r in rows[:limit]
     ]
     body: dict[str, object] = {"records": records}
     if len(rows) > limit:
-        last_id, last_at = rows[limit - 1][0], rows[limit - 1][1]
-        body["next"] = encode_cursor([last_at.isoformat(), last_id])
+        last = rows[limit - 1]
+        body["next"] = encode_cursor([last.at.isoformat(), last.id])
     return json_response(body)
 
 
@@ -77,6 +79,6 @@ async def verify_audit(request: web.Request) -> web.Response:
     ``ok`` false and the first bad row named when it is broken. Admins only."""
     async with audited_failures(request, "audit.verify", None):
         audit_log.require_admin(caller_of(request))
-    report = await verify(request.app[DB_POOL], request.app[AUDIT_CHAIN].keys)
+    report = await verify(request.app[DB_POOL], request.app[AUDIT_CHAIN])
     audit(request, "audit.verify", None, "ok" if report.ok else "broken")
     return json_response(report.as_json())

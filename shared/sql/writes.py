@@ -10,8 +10,9 @@ A key may be changed several times in one batch (each change builds on the one b
 outbox and audit get every change, ``keys`` the last one; every change's state comes back, in order
 (Postgres runs a data-modifying WITH to completion whether or not the result reads it).
 
-The audit rows come sealed (``seq``, ``mac``, ``mac_key``: shared.auditchain), the chain's head
-locked earlier in the transaction, and the statement moves the head past them.
+The audit rows come sealed (``seq``, ``mac``, ``mac_key``, and on the first the head it follows:
+``link_seq``, ``link_seal``; shared.auditchain), the chain's head locked earlier in the transaction,
+and the statement moves the head past them and seals it.
 
 Parameters are one array per column, a change per index. ACL lists vary in length, which Postgres
 arrays of arrays cannot hold, so they travel as JSON arrays (``jsonb[]``, NULL for "no ACL").
@@ -42,6 +43,8 @@ COLUMNS = (
     "seq",
     "mac",
     "mac_key",
+    "link_seq",
+    "link_seal",
 )
 
 
@@ -57,7 +60,8 @@ WITH input AS (
         %(expires_at)s::timestamptz[], %(acl_read)s::jsonb[], %(acl_write)s::jsonb[], %(creator)s::text[],
         %(deleted)s::boolean[], %(created_at)s::timestamptz[], %(now)s::timestamptz[], %(event)s::text[],
         %(actor)s::text[], %(action)s::text[], %(request_id)s::text[], %(read_entries)s::jsonb[],
-        %(read_owner)s::text[], %(seq)s::bigint[], %(mac)s::bytea[], %(mac_key)s::text[]
+        %(read_owner)s::text[], %(seq)s::bigint[], %(mac)s::bytea[], %(mac_key)s::text[],
+        %(link_seq)s::bigint[], %(link_seal)s::bytea[]
     ) WITH ORDINALITY AS input({", ".join(COLUMNS)}, n)
 ), counter AS (
     UPDATE relay_state SET head = head + (SELECT count(*) FROM input) RETURNING head
@@ -78,8 +82,9 @@ WITH input AS (
 ), outbox AS (
     INSERT INTO outbox (key, version, event, at, revision) SELECT key, version, event, now, revision FROM c ORDER BY n
 ), audit AS (
-    INSERT INTO audit_log ({audit_sql.SEALED}, seq, mac, mac_key)
-    SELECT now, actor, action, key, version, 'ok', request_id, seq, mac, mac_key FROM c ORDER BY n
+    INSERT INTO audit_log ({audit_sql.SEALED}, seq, mac, mac_key, link_seq, link_seal)
+    SELECT now, actor, action, key, version, 'ok', request_id, seq, mac, mac_key, link_seq, link_seal
+      FROM c ORDER BY n
 ), chain AS (
     {audit_sql.ADVANCE}
 )

@@ -661,8 +661,10 @@ async function searchAudit(event, more = false) {
   if (!data) return;
   for (const r of data.records) {
     const row = document.createElement("tr");
+    // A record without its own seal says what vouches for it (GET /audit `seal`; verify proves it).
+    const seal = { adopted: " (adopted, no seal)", none: " (NO SEAL: nothing vouches for it)" }[r.seal] || "";
     for (const text of [new Date(r.at).toLocaleString(), r.actor || "", r.action, r.key || "",
-      r.version === undefined ? "" : String(r.version), r.outcome]) {
+      r.version === undefined ? "" : String(r.version), r.outcome + seal]) {
       const td = document.createElement("td");
       td.textContent = text;
       row.append(td);

@@ -1,0 +1,266 @@
+"""Verifying the audit trail (SPEC §8): ``dynconfig-audit verify`` and ``GET /audit/verify``.
+
+:func:`verify` reports the first thing wrong, checking in this order:
+
+1. every sealed row in chain order, and the head with its seal (shared/auditwalk.py);
+2. no row lies beyond the head (one sealed there would never be walked);
+3. checkpoints (``verify --checkpoint``): each names a row the chain still holds with the same MAC, so
+   a table put back as it was earlier, seals and all, is caught against what left the database;
+4. rows without a seal: each lies in a range an adoption vouches for, and each range holds the rows
+   it held when adopted (shared/auditadopt.py);
+5. every version of a key (``key_history``) has its audit row, but those the genesis found without one.
+
+Rows sealed after verification began are left for the next run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from bisect import bisect_left
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+import aiopg
+
+from .auditadopt import Adoption, SetDigest, read_head, unaudited_versions, unsealed_item, unsealed_pages
+from .auditchain import AuditChain, Entry, Head, Row
+from .auditwalk import Finding, Walk
+from .sql import audit as sql
+
+_PAGE = 5000
+_MIN_ID = -(2**63)
+#: ``SEQ:HEX`` — a checkpoint as it is logged: the head's seq and the first bytes (at least 6) of its MAC.
+_CHECKPOINT = re.compile(r"(?:^|audit checkpoint )(\d+):([0-9a-f]{12,64})\b", re.MULTILINE)
+CHECKPOINT_MAC_BYTES = 6
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A head seen at some moment: its seq and a prefix of its MAC. Without the key nobody can make
+    another row whose MAC starts the same, so 48 bits are as good as all 256 here (and fit a metric)."""
+
+    seq: int
+    mac: bytes
+
+    @classmethod
+    def of(cls, head: Head) -> Checkpoint:
+        return cls(head.seq, head.mac[:CHECKPOINT_MAC_BYTES])
+
+    @property
+    def token(self) -> str:
+        return f"{self.seq}:{self.mac.hex()}"
+
+    @classmethod
+    def find_all(cls, text: str) -> list[Checkpoint]:
+        """Every checkpoint in ``text``: tokens at the start of a line, or after ``audit checkpoint``
+        (as a log line has it)."""
+        return [cls(int(seq), bytes.fromhex(mac)) for seq, mac in _CHECKPOINT.findall(text) if len(mac) % 2 == 0]
+
+
+@dataclass(frozen=True)
+class Report:
+    checked: int
+    head: Head
+    finding: Finding | None
+    adoptions: Sequence[tuple[Row, Adoption]] = ()
+    #: The seqs of the last rows, which the head's seal does not cover (appended by a previous release).
+    unsealed_tail: tuple[int, int] | None = None
+    checkpoints: int = 0
+    unaudited_before_chain: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.finding is None
+
+    @property
+    def adopted_before_chain(self) -> int:
+        return sum(a.count for _, a in self.adoptions if a.genesis)
+
+    def summary(self) -> str:
+        """One line for people: what ``verify`` prints, and what the console shows."""
+        notes = "".join(self._notes())
+        if self.finding is None:
+            return f"audit chain intact: {self.checked} rows verified (seq 1–{self.head.seq}){notes}"
+        f = self.finding
+        return f"audit chain BROKEN ({f.kind}): {f.detail} — {self.checked} rows verified before it{notes}"
+
+    def _notes(self) -> list[str]:
+        notes = []
+        adopted = [f"{a.count} {a.reason} (adopted at seq {row.seq})" for row, a in self.adoptions if a.count]
+        if adopted:
+            notes.append("; rows without a seal, vouched for by adoptions: " + ", ".join(adopted))
+        if self.checkpoints:
+            notes.append(f"; {self.checkpoints} checkpoints match")
+        if self.unaudited_before_chain:
+            notes.append(f"; {self.unaudited_before_chain} versions written before the chain began have no audit row")
+        if self.unsealed_tail is not None:
+            first, last = self.unsealed_tail
+            notes.append(
+                f"; the chain's head seal does not cover the last {last - first + 1} rows (seq {first}–{last}): they "
+                "were appended by a process that does not seal it (the previous release, during a rolling upgrade), "
+                "so nothing shows yet whether rows after them were cut off; the next write by a process of this "
+                "release seals it"
+            )
+        return notes
+
+    def as_json(self) -> dict[str, Any]:
+        """``verify --json`` and ``GET /audit/verify``."""
+        tail = self.unsealed_tail
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "headSeq": self.head.seq,
+            "headSealedSeq": self.head.sealed_seq,
+            "unsealedBeforeChain": self.adopted_before_chain,
+            "adopted": [
+                {"seq": row.seq, "at": row.entry.at.astimezone(UTC).isoformat(), **a.as_json()}
+                for row, a in self.adoptions
+            ],
+            "unsealedHead": None if tail is None else {"fromSeq": tail[0], "throughSeq": tail[1]},
+            "checkpoints": self.checkpoints,
+            "unauditedBeforeChain": self.unaudited_before_chain,
+            "finding": None if self.finding is None else dataclasses.asdict(self.finding),
+            "summary": self.summary(),
+        }
+
+
+async def sealed_pages(
+    pool: aiopg.Pool, after_seq: int = 0, through: int | None = None, *, page: int = _PAGE
+) -> AsyncIterator[list[Row]]:
+    """Every sealed row with ``after_seq`` < ``seq`` ≤ ``through`` (None: no bound), in order, a page
+    per round trip (the last page is shorter than ``page``, possibly empty)."""
+    while True:
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(sql.SEALED_PAGE, {"after": after_seq, "through": through, "limit": page})
+            rows = [Row.from_db(r) for r in await cur.fetchall()]
+        yield rows
+        if len(rows) < page:
+            return
+        after_seq = rows[-1].seq or after_seq
+
+
+async def walk_chain(
+    pool: aiopg.Pool, chain: AuditChain, checkpoints: Sequence[Checkpoint] = (), *, page: int = _PAGE
+) -> tuple[Walk, Head, Finding | None]:
+    """Steps 1–3: the walk over every sealed row up to the head as it is now, and its first finding."""
+    head, _ = await read_head(pool)
+    walk = Walk(chain.keys, wanted=[c.seq for c in checkpoints], audit_key=chain.has_audit_key)
+    async for rows in sealed_pages(pool, through=head.seq, page=page):
+        if not walk.feed(rows, last=len(rows) < page):
+            break
+    finding = walk.finish(head) or await _beyond_head(pool) or _check_checkpoints(walk, head, checkpoints)
+    return walk, head, finding
+
+
+async def _beyond_head(pool: aiopg.Pool) -> Finding | None:
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(sql.SEALED_BEYOND_HEAD)
+        found = await cur.fetchone()
+    if found is None:
+        return None
+    row = Row.from_db(found)
+    return Finding("inserted", row.id, row.seq, f"{row.describe()} lies beyond the chain's head: it was inserted")
+
+
+def _check_checkpoints(walk: Walk, head: Head, checkpoints: Sequence[Checkpoint]) -> Finding | None:
+    for cp in sorted(checkpoints, key=lambda c: c.seq, reverse=True):
+        if cp.seq == 0:
+            continue
+        if cp.seq > head.seq:
+            detail = (
+                f"checkpoint {cp.token} saw the chain reach seq {cp.seq}, but it ends at seq {head.seq}: rows were "
+                "cut off, or the table was put back as it was before"
+            )
+            return Finding("rolled-back", None, cp.seq, detail)
+        mac = walk.macs.get(cp.seq)
+        if mac is None or not mac.startswith(cp.mac):
+            detail = (
+                f"row seq {cp.seq} is not the one checkpoint {cp.token} saw: the table was put back as it was "
+                "before, and written again"
+            )
+            return Finding("rolled-back", None, cp.seq, detail)
+    return None
+
+
+async def _check_unsealed(pool: aiopg.Pool, walk: Walk) -> Finding | None:
+    """Step 4: every row without a seal lies in an adopted range, and each range is as adopted."""
+    adoptions = walk.adoptions
+    throughs = [a.through_id for _, a in adoptions]
+    found = [SetDigest() for _ in adoptions]
+    first: tuple[int, Entry] | None = None
+    count = last_id = 0
+    async for page in unsealed_pages(pool, _MIN_ID):
+        for row_id, entry in page:
+            i = bisect_left(throughs, row_id) if row_id > 0 else len(throughs)
+            if i < len(throughs):
+                found[i].add(unsealed_item(row_id, entry))
+                continue
+            count, last_id = count + 1, row_id
+            first = first or (row_id, entry)
+    for (row, a), now in zip(adoptions, found, strict=True):
+        if (now.count, now.digest) != (a.count, a.digest):
+            kind = "inserted" if now.count > a.count else "deleted" if now.count < a.count else "altered"
+            detail = (
+                f"the rows without a seal adopted at seq {row.seq} ({a.reason}; ids {a.after_id + 1}–{a.through_id}) "
+                f"are not those adopted: {now.count} rows now, {a.count} then (rows were {kind})"
+            )
+            return Finding(kind, row.id, row.seq, detail)
+    if first is None:
+        return None
+    first_id, entry = first
+    what = f"row id {first_id} ({entry.action} by {entry.actor!r}, {entry.at.astimezone(UTC).isoformat()})"
+    if first_id <= 0:
+        why = "no row is ever given an id below 1: it was inserted"
+    elif walk.adopted_through is None:
+        why = (
+            "no adoption covers it (the genesis, which adopts the rows written before the chain began, is not "
+            "sealed yet: an api_server of this release seals it when it starts)"
+        )
+    else:
+        rows = f"the {count} rows (ids {first_id}–{last_id})" if count > 1 else f"it (id {first_id})"
+        why = (
+            f"it lies beyond the ids adopted so far (through {walk.adopted_through}): it was inserted, or written by "
+            f'a release before the audit chain — once none runs, adopt {rows} with: dynconfig-audit adopt --reason "…"'
+        )
+    many = f"{count} rows carry no seal; the first, " if count > 1 else ""
+    return Finding("unsealed", first_id, None, f"{many}{what} carries no seal: {why}")
+
+
+async def _check_versions(pool: aiopg.Pool, walk: Walk) -> tuple[Finding | None, int]:
+    """Step 5: the versions without an audit row are exactly those the genesis found."""
+    unaudited = await unaudited_versions(pool)
+    genesis = next((a for _, a in walk.adoptions if a.genesis), None)
+    expected = (genesis.unaudited, genesis.unaudited_digest) if genesis is not None else (0, SetDigest().digest)
+    count = expected[0] or 0
+    if (unaudited.versions.count, unaudited.versions.digest) == expected:
+        return None, count
+    newest = ", ".join(f"{key!r} version {v} ({at.astimezone(UTC).isoformat()})" for key, v, at in unaudited.newest)
+    detail = (
+        f"{unaudited.versions.count} versions of keys have no audit row, {count} had when the chain began: a "
+        f"version was written without one, its audit row was deleted, or history was altered (newest: {newest})"
+    )
+    return Finding("unaudited-write", None, None, detail), count
+
+
+async def verify(
+    pool: aiopg.Pool, chain: AuditChain, checkpoints: Sequence[Checkpoint] = (), *, page: int = _PAGE
+) -> Report:
+    """Check the whole trail (the module docstring says what, in which order)."""
+    walk, head, finding = await walk_chain(pool, chain, checkpoints, page=page)
+    unaudited = 0
+    if finding is None:
+        finding = await _check_unsealed(pool, walk)
+    if finding is None:
+        finding, unaudited = await _check_versions(pool, walk)
+    return Report(
+        walk.checked,
+        head,
+        finding,
+        walk.adoptions,
+        walk.unsealed_tail,
+        len(checkpoints) if finding is None else 0,
+        unaudited,
+    )

@@ -1,0 +1,265 @@
+"""Walking the sealed rows of the audit chain in order (shared/auditchain.py says how they are sealed).
+
+:class:`Walk` is fed the sealed rows a page at a time, in ``seq`` order, and stops at the first that
+is wrong (:class:`Finding`):
+
+- a gap or a repeat in ``seq``, a MAC that does not verify (:func:`_diagnose` tells altered, inserted,
+  deleted and moved rows apart), a key that is not configured;
+- a row sealed with a key derived from ``ENCRYPTION_KEYS`` after the first row sealed with an
+  ``AUDIT_HMAC_KEY`` key (``derived-key``: whoever holds the encryption keys re-sealed it);
+- on the first row of each batch, the head its writer found (:class:`~shared.auditchain.Link`): its
+  seal must be genuine and name the end of the last batch of this release, or a row after it — rows
+  in between were appended by a release that moves the head without sealing it. A seal naming a row
+  the chain no longer has, or an older one, means rows had been cut off the end and the head moved
+  back (``truncated``), and the row that says so stays in the chain;
+- an adoption record that does not follow the ones before it.
+
+:meth:`Walk.finish` then checks the head itself the same way.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .auditadopt import ADOPT, Adoption
+from .auditchain import GENESIS, Head, Row, is_derived, seal, seal_head
+
+#: How far around a row that does not verify :func:`_diagnose` looks to tell what happened to it.
+_WINDOW = 32
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What verification found wrong: the kind (``altered``, ``inserted``, ``deleted``, ``reordered``,
+    ``truncated``, ``unknown-key``, ``derived-key``, ``rolled-back``, ``unsealed``, ``unaudited-write``)
+    and a sentence naming the first row concerned."""
+
+    kind: str
+    row_id: int | None
+    seq: int | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class _Sealed:
+    """What a head sealed right after a row would have covered: the row's MAC, its key, and how far
+    adoptions reached then."""
+
+    mac: bytes
+    key_id: str
+    adopted_through: int | None
+
+
+class Walk:
+    """Checks sealed rows in ``seq`` order, fed a page at a time (:meth:`feed`), then :meth:`finish`.
+    ``wanted``: seqs whose MAC to keep (checkpoints); ``audit_key``: an ``AUDIT_HMAC_KEY`` is
+    configured, so the head must not be sealed with a derived key."""
+
+    def __init__(self, keys: Mapping[str, bytes], *, wanted: Iterable[int] = (), audit_key: bool = False) -> None:
+        self._keys = keys
+        self._audit_key = audit_key
+        self._prev, self._expected, self.checked = GENESIS, 1, 0
+        self._recent: deque[Row] = deque(maxlen=_WINDOW)
+        self._pending: list[Row] = []
+        self.finding: Finding | None = None
+        #: The first seq sealed with an ``AUDIT_HMAC_KEY`` key: derived keys are invalid from there on.
+        self.switched_at: int | None = None
+        #: The seq of the last row that starts a batch of this release (it carries a link).
+        self.batch_start: int | None = None
+        self._since: dict[int, _Sealed] = {}  # every row from batch_start on
+        #: How far adoptions reach (None before the genesis), and each adoption with its row.
+        self.adopted_through: int | None = None
+        self.adoptions: list[tuple[Row, Adoption]] = []
+        #: After :meth:`finish`: the seqs of the last rows, which the head's seal does not cover.
+        self.unsealed_tail: tuple[int, int] | None = None
+        self.macs: dict[int, bytes | None] = dict.fromkeys(wanted)
+
+    def feed(self, rows: Sequence[Row], *, last: bool = False) -> bool:
+        """Check ``rows`` (the next ones in order); keep the last few back as context for the next
+        page unless ``last``. False once a problem is found."""
+        self._pending.extend(rows)
+        todo = len(self._pending) if last else max(0, len(self._pending) - _WINDOW)
+        for i in range(todo):
+            self.finding = self._check(self._pending[i], self._pending[i + 1 : i + 1 + _WINDOW])
+            if self.finding is not None:
+                return False
+        del self._pending[:todo]
+        return True
+
+    def _check(self, row: Row, ahead: list[Row]) -> Finding | None:
+        assert row.seq is not None
+        expected = self._expected
+        if row.seq != expected:
+            if row.seq > expected:
+                missing = f"seq {expected}" if row.seq == expected + 1 else f"seq {expected}–{row.seq - 1}"
+                return Finding("deleted", row.id, expected, f"{missing} missing (deleted) before {row.describe()}")
+            return Finding("inserted", row.id, row.seq, f"{row.describe()} repeats a position already taken")
+        key = self._keys.get(row.mac_key or "")
+        if key is None or row.mac is None:
+            named = "no key" if not row.mac_key else f"key {row.mac_key!r}, which is not configured"
+            kind = "unknown-key" if row.mac_key and row.mac is not None else "altered"
+            return Finding(kind, row.id, row.seq, f"{row.describe()} is sealed with {named}")
+        if not hmac.compare_digest(seal(key, self._prev, row.seq, row.entry, row.link), row.mac):
+            return _diagnose(row, self._prev, list(self._recent), ahead, self._keys)
+        if is_derived(row.mac_key) and self.switched_at is not None:
+            detail = (
+                f"{row.describe()} is sealed with {row.mac_key}, a key derived from ENCRYPTION_KEYS, but an "
+                f"AUDIT_HMAC_KEY key seals the trail since seq {self.switched_at}: it was re-sealed by someone "
+                "holding the encryption keys, or written by a process without AUDIT_HMAC_KEY"
+            )
+            return Finding("derived-key", row.id, row.seq, detail)
+        if self.switched_at is None and not is_derived(row.mac_key):
+            self.switched_at = row.seq
+        if row.link is not None:
+            if (finding := self._check_link(row)) is not None:
+                return finding
+            self.batch_start, self._since = row.seq, {}
+        if row.entry.action == ADOPT and (finding := self._adopt(row, Adoption.from_entry(row.entry))) is not None:
+            return finding
+        self._prev, self._expected, self.checked = row.mac, expected + 1, self.checked + 1
+        if self.batch_start is not None:
+            self._since[row.seq] = _Sealed(row.mac, row.mac_key or "", self.adopted_through)
+        if row.seq in self.macs:
+            self.macs[row.seq] = row.mac
+        self._recent.append(row)
+        return None
+
+    def _check_link(self, row: Row) -> Finding | None:
+        """The head ``row``'s writer found (``row`` starts a batch): was it sealed, genuinely, after the
+        last batch of this release?"""
+        assert row.link is not None and row.seq is not None
+        link, what = row.link, row.describe()
+        if self.batch_start is None:  # the first batch of this release: nobody had sealed the head
+            if link.seq is None and not link.seal:
+                return None
+            detail = f"{what} was appended after a sealed head, but no row before it came from a process that seals it"
+            return Finding("altered", row.id, row.seq, detail)
+        if link.seq is None or not link.seal:
+            detail = f"the chain's head had lost its seal when {what} was appended (rows cut off the end?)"
+            return Finding("altered", row.id, row.seq, detail)
+        if link.seq >= row.seq or link.seq < self.batch_start:
+            why = (
+                f"its seal named seq {link.seq}, but it had been moved back to seq {row.seq - 1}"
+                if link.seq >= row.seq
+                else f"it carried the seal of seq {link.seq}, older than the batch appended from seq "
+                f"{self.batch_start} on (an old seal put back)"
+            )
+            detail = f"rows were cut off the end before {what} was appended after the head: {why}"
+            return Finding("truncated", row.id, row.seq, detail)
+        sealed = self._since[link.seq]
+        expected = seal_head(self._keys[sealed.key_id], link.seq, sealed.mac, sealed.adopted_through)
+        if not hmac.compare_digest(expected, link.seal):
+            detail = (
+                f"{what} was appended after a head whose seal does not match the rows before it: rows were cut off "
+                "and others appended in their place, or the seal was forged"
+            )
+            return Finding("altered", row.id, row.seq, detail)
+        return None  # rows between link.seq and row were appended by a release that does not seal the head
+
+    def _adopt(self, row: Row, adoption: Adoption | None) -> Finding | None:
+        """An adoption record: it must take up ids where the last one stopped (from 0 for the genesis)."""
+        after = self.adopted_through
+        if adoption is None or adoption.genesis != (after is None) or adoption.after_id != (after or 0):
+            detail = f"{row.describe()} is an adoption record that does not follow those before it (through id {after})"
+            return Finding("altered", row.id, row.seq, detail)
+        if adoption.through_id < adoption.after_id:
+            return Finding("altered", row.id, row.seq, f"{row.describe()} adopts an empty id range")
+        self.adoptions.append((row, adoption))
+        self.adopted_through = adoption.through_id
+        return None
+
+    def finish(self, head: Head) -> Finding | None:
+        """After the last row: does the head agree with it, and is its seal genuine and current?"""
+        if self.finding is not None:
+            return self.finding
+        last = self._expected - 1
+        if head.seq != last or not hmac.compare_digest(head.mac, self._prev):
+            if head.seq > last:
+                detail = f"the chain head says seq {head.seq}, but the rows end at seq {last}: the last rows were cut"
+                return Finding("truncated", None, last + 1, detail)
+            detail = f"the chain head (seq {head.seq}) does not match the last row (seq {last}): head or tail altered"
+            return Finding("altered", None, head.seq, detail)
+        if self.batch_start is None:  # no row of this release yet: nobody has sealed the head
+            if head.seal is not None or head.sealed_seq is not None:
+                detail = "the chain's head carries a seal, but no row was appended by a process that seals it"
+                return Finding("altered", None, head.seq, detail)
+            self.unsealed_tail = (1, last) if last else None
+            return None
+        return self._check_head_seal(head, last)
+
+    def _check_head_seal(self, head: Head, last: int) -> Finding | None:
+        assert self.batch_start is not None
+        s = head.sealed_seq
+        if head.seal is None or s is None or head.sealed_mac is None:
+            return Finding("altered", None, head.seq, "the chain's head has lost its seal (rows cut off the end?)")
+        if s > last or s < self.batch_start:
+            why = (
+                f"the head's seal names seq {s}, but the rows end at seq {last}"
+                if s > last
+                else f"the head carries the seal of seq {s}, older than the batch appended from seq "
+                f"{self.batch_start} on (an old seal put back)"
+            )
+            detail = f"the last rows were deleted and the head moved back: {why}"
+            return Finding("truncated", None, min(s, last) + 1, detail)
+        if head.seal_key not in self._keys:
+            detail = f"the chain's head is sealed with key {head.seal_key!r}, which is not configured"
+            return Finding("unknown-key", None, head.seq, detail)
+        sealed = self._since[s]
+        if not head.seal_verifies(self._keys):
+            return Finding("altered", None, head.seq, "the chain's head seal is not genuine (forged, or replaced)")
+        if head.sealed_mac != sealed.mac:
+            detail = (
+                f"the head's seal names a row seq {s} that the chain no longer has: the rows from there on were cut "
+                "off and others appended in their place"
+            )
+            return Finding("truncated", None, s, detail)
+        if head.adopted_through != sealed.adopted_through:
+            detail = f"the head says adoptions reach id {head.adopted_through}, its rows say {sealed.adopted_through}"
+            return Finding("altered", None, head.seq, detail)
+        if is_derived(head.seal_key) and (self._audit_key or self.switched_at is not None):
+            detail = (
+                f"the chain's head is sealed with {head.seal_key}, a key derived from ENCRYPTION_KEYS, while "
+                "AUDIT_HMAC_KEY is configured: no process holding it has appended yet (an api_server does when "
+                "it starts), or the head was re-sealed by someone holding the encryption keys"
+            )
+            return Finding("derived-key", None, head.seq, detail)
+        self.unsealed_tail = (s + 1, last) if s < last else None
+        return None
+
+
+def _diagnose(row: Row, prev: bytes, recent: list[Row], ahead: list[Row], keys: Mapping[str, bytes]) -> Finding:
+    """Tell what happened to ``row``, the first that does not verify after ``prev``."""
+    assert row.seq is not None and row.mac is not None
+    key = keys[row.mac_key or ""]
+    # Moved: its MAC verifies at another position, after another row nearby.
+    candidates = [prev] + [r.mac for r in recent + ahead if r.mac is not None]
+    for seq in range(max(1, row.seq - _WINDOW), row.seq + _WINDOW + 1):
+        if seq != row.seq and any(
+            hmac.compare_digest(seal(key, c, seq, row.entry, row.link), row.mac) for c in candidates
+        ):
+            return Finding(
+                "reordered", row.id, row.seq, f"{row.describe()} was written at seq {seq}: rows were reordered"
+            )
+    nxt = ahead[0] if ahead else None
+    nkey = keys.get(nxt.mac_key or "") if nxt is not None else None
+    if nxt is not None and nxt.seq is not None and nxt.mac is not None and nkey is not None:
+
+        def links(after: bytes, seq: int) -> bool:
+            return hmac.compare_digest(seal(nkey, after, seq, nxt.entry, nxt.link), nxt.mac)  # type: ignore[arg-type]
+
+        if links(row.mac, nxt.seq):
+            return Finding(
+                "altered", row.id, row.seq, f"{row.describe()} was altered (its fields no longer match its seal)"
+            )
+        if links(prev, nxt.seq - 1):
+            return Finding(
+                "inserted", row.id, row.seq, f"{row.describe()} was inserted (the rows after it were renumbered)"
+            )
+        if links(row.mac, nxt.seq + 1):
+            return Finding(
+                "deleted", row.id, row.seq, f"the row before {row.describe()} was deleted (later rows renumbered)"
+            )
+    return Finding("altered", row.id, row.seq, f"{row.describe()} does not verify: altered, inserted or moved")
