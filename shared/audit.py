@@ -24,6 +24,7 @@ from aiohttp import web
 
 from .appkeys import AUDIT, AUDIT_CHAIN, DB_POOL, METRICS
 from .auditchain import AuditChain, Entry
+from .db import POSTGRES_UNREACHABLE
 from .metrics import ServingMetrics
 from .tasks import Backoff, cancel_and_wait, complete_then_cancel
 from .text import escape_control
@@ -35,8 +36,6 @@ _BATCH = 500
 _FLUSH_SECONDS = 0.25
 _MAX_BUFFERED = 50_000
 _MAX_TEXT = 1000
-#: Errors that mean "Postgres is unreachable now": keep the batch and retry it later.
-_UNAVAILABLE = (psycopg2.OperationalError, psycopg2.InterfaceError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -143,7 +142,7 @@ class AuditWriter:
             batch, self._buffer = self._buffer[:_BATCH], self._buffer[_BATCH:]
             try:
                 await self._write(batch)
-            except _UNAVAILABLE:
+            except POSTGRES_UNREACHABLE:
                 self._buffer[:0] = batch  # retried next round; the bound in add() caps memory
                 raise
 
@@ -153,7 +152,7 @@ class AuditWriter:
                 async with cur.begin():
                     await append(cur, self._chain, batch)
                 return
-            except _UNAVAILABLE:
+            except POSTGRES_UNREACHABLE:
                 raise
             except (psycopg2.Error, ValueError, TypeError) as exc:
                 # One row Postgres refuses must not cost the others: write them one by one.
@@ -169,7 +168,7 @@ class AuditWriter:
                 if attempt is not entry:
                     self._repaired(entry, "refused by Postgres")
                 return
-            except _UNAVAILABLE:
+            except POSTGRES_UNREACHABLE:
                 raise
             except (psycopg2.Error, ValueError, TypeError):
                 continue
@@ -195,7 +194,7 @@ class AuditWriter:
                 raise
             except Exception as exc:
                 self._metrics.audit_flush_errors.inc()
-                if isinstance(exc, _UNAVAILABLE):
+                if isinstance(exc, POSTGRES_UNREACHABLE):
                     log.warning("audit flush failed (%s); %d records wait", type(exc).__name__, len(self._buffer))
                 else:
                     log.exception("audit flush failed unexpectedly; %d records wait", len(self._buffer))
@@ -210,7 +209,7 @@ class AuditWriter:
             await cancel_and_wait(self._task)
         try:
             await self.flush()
-        except _UNAVAILABLE:
+        except POSTGRES_UNREACHABLE:
             log.error("could not flush %d audit records at shutdown", len(self._buffer))
 
 
