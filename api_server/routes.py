@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from shared.metrics import metrics_handler
@@ -10,6 +12,21 @@ from . import console
 from .handlers import audit, health, keys, namespaces
 from .openapi import openapi_handler
 
+# Any character, newlines included, so that a malformed key or namespace reaches its validator (400)
+# instead of falling through to "no route" (404).
+KEY = r"{key:[\s\S]+}"
+NAMESPACE = r"{ns:[\s\S]+}"
+
+
+def only(*methods: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The handler of every other method on a sub-resource: 405 with ``Allow``. ``PUT /keys/a/history``
+    is a PUT on the history of ``a``, which has none, not a write of a key named ``a/history``."""
+
+    async def not_allowed(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPMethodNotAllowed(request.method, methods)
+
+    return not_allowed
+
 
 def setup_routes(app: web.Application) -> None:
     r = app.router
@@ -17,16 +34,18 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/metrics", metrics_handler)
     r.add_get("/openapi.json", openapi_handler)
     r.add_get("/keys", keys.list_keys)
-    # Registered before /keys/{key} so that ".../history" reaches it; other methods answer 400.
-    r.add_route("*", "/keys/{key:.+}/history", keys.key_history)
-    r.add_post("/keys/{key:.+}/rollback", keys.rollback_key)
-    r.add_put("/keys/{key:.+}", keys.put_key)
-    r.add_patch("/keys/{key:.+}", keys.patch_key)
-    r.add_get("/keys/{key:.+}", keys.get_key)
-    r.add_delete("/keys/{key:.+}", keys.delete_key)
-    r.add_put("/namespaces/{ns:.+}", namespaces.put_namespace)
-    r.add_get("/namespaces/{ns:.+}", namespaces.get_namespace)
-    r.add_delete("/namespaces/{ns:.+}", namespaces.delete_namespace)
+    # The sub-resources come before /keys/{key}, so that ".../history" and ".../rollback" reach them.
+    r.add_get(f"/keys/{KEY}/history", keys.key_history)
+    r.add_route("*", f"/keys/{KEY}/history", only("GET", "HEAD"))
+    r.add_post(f"/keys/{KEY}/rollback", keys.rollback_key)
+    r.add_route("*", f"/keys/{KEY}/rollback", only("POST"))
+    r.add_put(f"/keys/{KEY}", keys.put_key)
+    r.add_patch(f"/keys/{KEY}", keys.patch_key)
+    r.add_get(f"/keys/{KEY}", keys.get_key)
+    r.add_delete(f"/keys/{KEY}", keys.delete_key)
+    r.add_put(f"/namespaces/{NAMESPACE}", namespaces.put_namespace)
+    r.add_get(f"/namespaces/{NAMESPACE}", namespaces.get_namespace)
+    r.add_delete(f"/namespaces/{NAMESPACE}", namespaces.delete_namespace)
     r.add_get("/audit", audit.list_audit)
     r.add_get("/audit/verify", audit.verify_audit)
     console.setup(app)

@@ -61,5 +61,12 @@ class RateLimited(DynConfigError):
 
 
 class ServiceUnavailable(DynConfigError):
+    """Not now (the database unreachable, a write conflict, a shutdown): always with ``Retry-After``."""
+
     status = 503
     phrase = "Service Unavailable"
+    retry_after_seconds = 1
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("Retry-After", str(self.retry_after_seconds))

@@ -9,31 +9,57 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from .errors import BadRequest, PayloadTooLarge
-from .text import CONTROL_CHARACTERS
 
 MAX_KEY_LENGTH = 256
 MAX_VALUE_BYTES = 1_048_576
 MAX_ACL_ENTRIES = 1000
+DEFAULT_LIMIT = 100  # a page of a listing, unless ``limit`` says otherwise
+MAX_LIMIT = 1000
+MAX_TTL_SECONDS = 10 * 365 * 86400
+MAX_VERSION = 2**62  # versions, revisions and ids are Postgres bigints
 RESERVED_SUFFIXES = ("history", "rollback")
 
-_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+# The patterns below are written once, in the dialect Python and JSON Schema (ECMA-262) share, and
+# published as they are in /openapi.json: what the document allows is what the server accepts.
+# Python reads them with ``fullmatch`` (its ``$`` would also match before a final newline).
+
+#: A namespace, and a key without the reserved-suffix rule: segments of ``A-Z a-z 0-9 _ : -`` joined
+#: by single ``.`` or ``/``, starting with a letter or digit (no empty segment, SPEC §3).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_:-]*(?:[./][A-Za-z0-9_:-]+)*$"
+#: A key may not end in ``/history`` or ``/rollback`` (the sub-resources of SPEC §4).
+RESERVED_SUFFIX_PATTERN = "/(?:" + "|".join(RESERVED_SUFFIXES) + ")$"
+#: An ACL entry: ``*``, or up to 256 characters without ``*``, spaces or control characters, optionally
+#: ending in ``*`` (a prefix). Spaces are spelled out: Python's and ECMA's ``\s`` differ.
+ACL_ENTRY_PATTERN = r"^(?:\*|[^*\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]{1,256}\*?)$"
+#: A free-text filter (``actor``, ``key`` of ``GET /audit``): printable, at most 256 characters.
+TEXT_FILTER_PATTERN = r"^[^\x00-\x1f\x7f]{0,256}$"
+#: A whole number in a query string (``limit``, ``since_version``): ASCII digits only, at most 18 of them
+#: (so it fits a Postgres bigint).
+DIGITS_PATTERN = r"^[0-9]{1,18}$"
+LARGEST_WHOLE_NUMBER = 10**18 - 1
+
+_NAME = re.compile(NAME_PATTERN)
+_KEY_CHARACTERS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")  # only to say which rule a bad name breaks
+_RESERVED_SUFFIX = re.compile(RESERVED_SUFFIX_PATTERN)
+_ACL_ENTRY = re.compile(ACL_ENTRY_PATTERN)
+_TEXT_FILTER = re.compile(TEXT_FILTER_PATTERN)
+_DIGITS = re.compile(DIGITS_PATTERN)
+# What aiohttp makes of bytes that are not UTF-8, and what a JSON "\ud800" escape decodes to: not text,
+# so no JSON Schema string either; refused on top of the patterns.
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-_EMPTY_SEGMENT = re.compile(r"\.\.|//|[./]$|[./][./]")
-# A username (no space, control character, lone surrogate or '*'), optionally ending in '*'; or '*'.
-_ACL_ENTRY = re.compile(r"(\*|[^\s*\x00-\x1f\x7f\ud800-\udfff]{1,256}\*?)")
 
 
 def key_problem(key: str) -> str | None:
     """Why ``key`` is not a valid key name, or None when it is."""
     if not 1 <= len(key) <= MAX_KEY_LENGTH:
         return f"a key is 1 to {MAX_KEY_LENGTH} characters"
-    if not _KEY.match(key):
-        return "a key starts with a letter or digit and uses only A-Z a-z 0-9 . _ - : /"
-    if _EMPTY_SEGMENT.search(key):
+    if not _NAME.fullmatch(key):
+        if not _KEY_CHARACTERS.fullmatch(key):
+            return "a key starts with a letter or digit and uses only A-Z a-z 0-9 . _ - : /"
         return "a key has no empty segment ('..', '//', or a trailing '.' or '/')"
-    last = key.rsplit("/", 1)[-1] if "/" in key else None
-    if last in RESERVED_SUFFIXES:
-        return f"a key may not end in /{last}"
+    found = _RESERVED_SUFFIX.search(key)
+    if found:
+        return f"a key may not end in {found.group()}"
     return None
 
 
@@ -47,7 +73,7 @@ def validate_key(key: str) -> str:
 
 def validate_namespace(namespace: str) -> str:
     """A namespace follows the key rules (it is a key prefix)."""
-    if not 1 <= len(namespace) <= MAX_KEY_LENGTH or not _KEY.match(namespace) or _EMPTY_SEGMENT.search(namespace):
+    if not 1 <= len(namespace) <= MAX_KEY_LENGTH or not _NAME.fullmatch(namespace):
         problem = "a namespace is 1 to 256 characters of A-Z a-z 0-9 . _ - : / with no empty segment"
         raise BadRequest(f"Invalid namespace: {problem}", fields={"namespace": [problem]})
     return namespace
@@ -74,7 +100,7 @@ def encode_value(value: Any) -> bytes:
 class _AclEntry(fields.String):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
-        if not _ACL_ENTRY.fullmatch(text):
+        if not _ACL_ENTRY.fullmatch(text) or _SURROGATE.search(text):
             raise ValidationError("an ACL entry is a username, '*', or a prefix ending in '*' (no spaces)")
         return text
 
@@ -89,7 +115,20 @@ class AclSchema(Schema):
     write = fields.List(_AclEntry(), load_default=list, validate=validate.Length(max=MAX_ACL_ENTRIES))
 
 
-_TTL = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1, max=10 * 365 * 86400))
+class WholeNumber(fields.Integer):
+    """An integer as JSON counts them: ``3`` and ``3.0`` alike (JSON has one number type, and JSON
+    Schema's ``integer`` admits both); never ``3.5``, a string or a boolean."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return super()._deserialize(value, attr, data, **kwargs)  # type: ignore[no-any-return]
+
+
+_TTL = WholeNumber(allow_none=True, validate=validate.Range(min=1, max=MAX_TTL_SECONDS))
 
 
 class PutKeySchema(Schema):
@@ -120,7 +159,7 @@ class RollbackSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    version = fields.Integer(strict=True, required=True, validate=validate.Range(min=1, max=2**62))
+    version = WholeNumber(required=True, validate=validate.Range(min=1, max=MAX_VERSION))
 
 
 class NamespaceSchema(Schema):
@@ -158,20 +197,24 @@ def text_filter(raw: str | None, name: str) -> str | None:
     characters of printable text, else 400 (it goes to Postgres as is)."""
     if raw is None:
         return None
-    if len(raw) > MAX_KEY_LENGTH or CONTROL_CHARACTERS.search(raw) or _SURROGATE.search(raw):
+    if not _TEXT_FILTER.fullmatch(raw) or _SURROGATE.search(raw):
         problem = "at most 256 characters, without control characters"
         raise BadRequest(f"Invalid {name}: {problem}", fields={name: [problem]})
     return raw
 
 
-def parse_limit(raw: str | None, *, default: int = 100, maximum: int = 1000) -> int:
+def parse_whole_number(raw: str, name: str) -> int:
+    """A query parameter that is a whole number >= 0 (``since_version``): ASCII digits, else 400."""
+    if not _DIGITS.fullmatch(raw):
+        raise BadRequest(f"{name} must be a whole number >= 0", fields={name: ["not a whole number"]})
+    return int(raw)
+
+
+def parse_limit(raw: str | None, *, default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> int:
     """A ``limit`` query parameter: 1..maximum, else 400."""
     if raw is None:
         return default
-    try:
-        limit = int(raw)
-    except ValueError:
-        limit = 0
+    limit = int(raw) if _DIGITS.fullmatch(raw) else 0
     if not 1 <= limit <= maximum:
         raise BadRequest(f"limit must be a whole number from 1 to {maximum}", fields={"limit": ["out of range"]})
     return limit

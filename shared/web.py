@@ -17,7 +17,7 @@ from aiohttp.typedefs import Middleware
 
 from .appkeys import AUDIT_CHAIN, DB_POOL, KEYRING_CHECK, METRICS, PROCESS, SETTINGS, SUPERVISOR
 from .auditchain import AuditChain
-from .errors import BadRequest, DynConfigError, PayloadTooLarge
+from .errors import BadRequest, DynConfigError, PayloadTooLarge, ServiceUnavailable
 from .metrics import Metrics, metrics_middleware, route_template
 from .settings import Settings
 from .tasks import Supervisor
@@ -89,6 +89,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = await handler(request)
     except DynConfigError as exc:
         response = json_response(exc.body(), status=exc.status, headers=exc.headers)
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        # Postgres down, a connection lost, a statement cancelled: 503 and try again, never 500 (SPEC §7).
+        log.warning(
+            "Postgres unavailable in %s %s (request %s): %s",
+            request.method,
+            route_template(request),
+            rid,
+            type(exc).__name__,
+        )
+        unavailable = ServiceUnavailable("The database is unavailable; try again")
+        response = json_response(unavailable.body(), status=unavailable.status, headers=unavailable.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

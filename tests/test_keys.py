@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
+from yarl import URL
 
 from shared.timeutil import parse_rfc3339
 
@@ -309,11 +310,17 @@ async def test_key_with_empty_segment_is_400(
     await expect_error(await put(client, key, admin, value=1), 400, "Bad Request")
 
 
-@pytest.mark.parametrize("suffix", ["history", "rollback"])
-async def test_put_key_ending_in_reserved_segment_is_400(
-    client: Client, admin: dict[str, str], unique_prefix: str, suffix: str
+@pytest.mark.parametrize(("suffix", "allow"), [("history", "GET,HEAD"), ("rollback", "POST")])
+async def test_put_key_ending_in_reserved_segment_is_refused(
+    client: Client, admin: dict[str, str], unique_prefix: str, suffix: str, allow: str
 ) -> None:
-    await expect_error(await put(client, f"{unique_prefix}/app/{suffix}", admin, value=1), 400, "Bad Request")
+    """``/keys/a/history`` is the history of ``a``: a PUT there is a method it has not (405, ``Allow``);
+    the key ``a/history`` itself, its slashes escaped, is a bad key (400)."""
+    resp = await put(client, f"{unique_prefix}/app/{suffix}", admin, value=1)
+    await expect_error(resp, 405, "Method Not Allowed")
+    assert resp.headers["Allow"] == allow
+    escaped = URL(f"/keys/{unique_prefix}%2Fapp%2F{suffix}", encoded=True)
+    await expect_error(await client.put(escaped, json={"value": 1}, headers=admin), 400, "Bad Request")
 
 
 async def test_reserved_words_elsewhere_in_a_key_are_fine(
@@ -758,13 +765,14 @@ async def test_history_of_never_existing_key_is_404(client: Client, admin: dict[
 
 
 @pytest.mark.parametrize("method", ["PUT", "POST", "PATCH", "DELETE"])
-async def test_non_get_on_history_is_400(
+async def test_other_methods_on_history_are_405_with_allow(
     client: Client, admin: dict[str, str], unique_prefix: str, method: str
 ) -> None:
     key = f"{unique_prefix}.histmethod"
     await create(client, key, admin, value=1)
     resp = await client.request(method, f"/keys/{key}/history", json={"value": 2}, headers=admin)
-    await expect_error(resp, 400, "Bad Request")
+    await expect_error(resp, 405, "Method Not Allowed")
+    assert resp.headers["Allow"] == "GET,HEAD"
     assert (await get_json(client, f"/keys/{key}", admin))["version"] == 1
 
 

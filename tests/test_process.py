@@ -358,7 +358,7 @@ async def test_plain_http_to_the_tls_port_gets_no_api_answer(tls_api: tuple[ApiP
 # --- Postgres down while running (in-process) -----------------------------------------------------
 
 
-async def test_postgres_down_health_503_reads_5xx_then_recovers(
+async def test_postgres_down_health_503_reads_503_then_recovers(
     client: TestClient[Any, Any],
     pg_server: PostgresServer,
     token: Callable[..., str],
@@ -380,7 +380,8 @@ async def test_postgres_down_health_503_reads_5xx_then_recovers(
     assert "postgres" in json.dumps(body).lower()
 
     resp = await client.get(f"/keys/{unique_prefix}.pg-down", headers=auth(token()), timeout=timeout)
-    assert 500 <= resp.status < 600
+    assert resp.status == 503, await resp.text()  # SPEC §7: 503 with Retry-After, never 500
+    assert resp.headers.get("Retry-After", "").isdigit()
     assert resp.content_type == "application/json"
     body = await resp.json()
     assert set(body) >= {"error", "message"}

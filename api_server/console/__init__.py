@@ -39,15 +39,19 @@ def is_console_path(path: str) -> bool:
     return path == PREFIX or path.startswith(PREFIX + "/")
 
 
+def asset_names() -> list[str]:
+    """The names ``/ui/{name}`` serves (for /openapi.json)."""
+    return sorted(path.name for path in STATIC.iterdir() if path.is_file())
+
+
 def _load() -> dict[str, tuple[bytes, str]]:
     """Every file under ``static/``, read once at start-up: name -> (body, content type)."""
     assets = {}
-    for path in sorted(STATIC.iterdir()):
-        if path.is_file():
-            kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            if kind.startswith("text/") or kind in ("application/javascript", "text/javascript"):
-                kind += "; charset=utf-8"
-            assets[path.name] = (path.read_bytes(), kind)
+    for name in asset_names():
+        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        if kind.startswith("text/") or kind in ("application/javascript", "text/javascript"):
+            kind += "; charset=utf-8"
+        assets[name] = ((STATIC / name).read_bytes(), kind)
     return assets
 
 

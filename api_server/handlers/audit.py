@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from aiohttp import web
 
 from shared.appkeys import AUDIT_CHAIN, DB_POOL
@@ -14,7 +12,8 @@ from shared.validation import parse_limit, text_filter
 from shared.web import json_response
 
 from ..domain import audit as audit_log
-from .common import audit, audited_failures, caller_of, decode_cursor, encode_cursor
+from . import cursors
+from .common import audit, audited_failures, caller_of
 
 
 async def list_audit(request: web.Request) -> web.Response:
@@ -35,7 +34,7 @@ async def list_audit(request: web.Request) -> web.Response:
         key=text_filter(query.get("key"), "key"),
         actor=text_filter(query.get("actor"), "actor"),
         since=since,
-        before=_position(decode_cursor(query.get("cursor"), list)),
+        before=cursors.read_audit_cursor(query.get("cursor")),
         limit=limit + 1,
     )
     audit(request, "audit.read", None, "ok")
@@ -56,22 +55,8 @@ async def list_audit(request: web.Request) -> web.Response:
     body: dict[str, object] = {"records": records}
     if len(rows) > limit:
         last = rows[limit - 1]
-        body["next"] = encode_cursor([last.at.isoformat(), last.id])
+        body["next"] = cursors.audit_cursor(last.at, last.id)
     return json_response(body)
-
-
-def _position(cursor: list[object] | None) -> tuple[datetime, int] | None:
-    """The (at, id) a cursor from :func:`list_audit` points at; 400 for anything else."""
-    if cursor is None:
-        return None
-    if len(cursor) == 2:
-        at_text, rid = cursor
-        if isinstance(at_text, str) and type(rid) is int and 0 <= rid < 2**62:
-            try:
-                return datetime.fromisoformat(at_text), rid
-            except ValueError:
-                pass
-    raise BadRequest("Invalid cursor", fields={"cursor": ["not a cursor this server issued"]})
 
 
 async def verify_audit(request: web.Request) -> web.Response:

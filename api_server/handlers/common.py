@@ -1,19 +1,15 @@
-"""Helpers every handler uses: the store, the caller, cursors, auditing of failures."""
+"""Helpers every handler uses: the store, the caller, auditing of failures (cursors: ``cursors.py``)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from aiohttp import web
 
 from shared.appkeys import AUDIT, DB_POOL, KEYRING, NAMESPACE_ACLS
 from shared.audit import AuditRecord
-from shared.errors import BadRequest, DynConfigError, Forbidden, NotFound, PreconditionFailed
+from shared.errors import DynConfigError, Forbidden, NotFound, PreconditionFailed
 
 from ..cache import CACHE
 from ..committer import COMMITTER
@@ -64,22 +60,3 @@ async def audited_failures(request: web.Request, action: str, key: str | None) -
         if outcome is not None:
             audit(request, action, key, outcome)
         raise
-
-
-def encode_cursor(position: Any) -> str:
-    """An opaque cursor for ``position``."""
-    return base64.urlsafe_b64encode(json.dumps(position).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None, kind: type) -> Any:
-    """The position inside a cursor made by :func:`encode_cursor`, or 400."""
-    if cursor is None:
-        return None
-    try:
-        position = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        position = None
-    out_of_range = isinstance(position, int) and not 0 <= position < 2**62  # a bigint in SQL
-    if not isinstance(position, kind) or isinstance(position, bool) or out_of_range:
-        raise BadRequest("Invalid cursor", fields={"cursor": ["not a cursor this server issued"]})
-    return position

@@ -14,6 +14,7 @@ from shared.validation import (
     RollbackSchema,
     load,
     parse_limit,
+    parse_whole_number,
     validate_key,
     validate_namespace,
 )
@@ -21,31 +22,38 @@ from shared.web import json_response, read_json
 
 from ..domain import keys as store
 from ..domain.keys import IfMatch
-from .common import audit, audited_failures, caller_of, decode_cursor, encode_cursor, store_of
+from . import cursors
+from .common import audit, audited_failures, caller_of, store_of
 
 _PUT = PutKeySchema()
 _PATCH = PatchKeySchema()
 _ROLLBACK = RollbackSchema()
 
 
-# One element of the list: a strong tag "3", a weak tag W/"3", or (our extension) a bare version 3.
-_ETAG = r'(W/)?"([\x21\x23-\x7e\x80-\U0010ffff]*)"|([0-9]{1,18})'
+# One element of the list: a strong tag "3", a weak tag W/"3", or (our extension) a bare version 3. The
+# ETag characters stop at U+FFFF: what JSON Schema and Python can both spell (header bytes are Latin-1).
+_ETAG = r'(W/)?"([\x21\x23-\x7e\x80-\uffff]*)"|([0-9]{1,18})'
 _ETAG_ELEMENT = re.compile(_ETAG)
-_ETAG_LIST = re.compile(rf"\s*(?:{_ETAG})?\s*(?:,\s*(?:{_ETAG})?\s*)*")
+_ELEMENT = f"(?:{_ETAG})"
+_OWS = r"[ \t]*"
+#: The whole header, as /openapi.json publishes it: ``*``, or a comma-separated list (empty elements
+#: allowed, as RFC 9110 §5.6.1 says) with at least one element.
+IF_MATCH_PATTERN = rf"^{_OWS}(?:\*|(?:,{_OWS})*{_ELEMENT}{_OWS}(?:,{_OWS}(?:{_ELEMENT}{_OWS})?)*){_OWS}$"
+_IF_MATCH = re.compile(IF_MATCH_PATTERN)
 
 
 def parse_if_match(header: str | None) -> IfMatch | None:
     """The ``If-Match`` header (several header lines joined by commas), or 400 when malformed."""
     if header is None:
         return None
-    if header.strip() == "*":
-        return IfMatch(True, frozenset(), "*")
-    elements = list(_ETAG_ELEMENT.finditer(header)) if _ETAG_LIST.fullmatch(header) else []
-    if not elements:
+    if not _IF_MATCH.fullmatch(header):
         raise BadRequest(
             'If-Match must be *, or a comma-separated list of entity tags ("3") or versions',
             fields={"If-Match": ["malformed"]},
         )
+    if header.strip(" \t") == "*":
+        return IfMatch(True, frozenset(), "*")
+    elements = list(_ETAG_ELEMENT.finditer(header))
     strong = [m.group(2) if m.group(3) is None else m.group(3) for m in elements if not m.group(1)]
     shown = ", ".join(m.group(0) if m.group(1) else m.group(2) if m.group(3) is None else m.group(3) for m in elements)
     return IfMatch(False, frozenset(strong), shown)
@@ -100,6 +108,7 @@ async def rollback_key(request: web.Request) -> web.Response:
 async def get_key(request: web.Request) -> web.Response:
     """A live key's value and metadata, with its version as the ETag."""
     key = validate_key(request.match_info["key"])
+    include_acls = _include_acls(request)
     async with audited_failures(request, "read", key):
         state, value = await store.get_key(store_of(request), caller_of(request), key)
     audit(request, "read", key, "ok")
@@ -112,10 +121,18 @@ async def get_key(request: web.Request) -> web.Response:
         "ttl": state.ttl,
         "expiresAt": rfc3339(state.expires_at),
     }
-    if request.query.get("include") == "acls" and caller_of(request).principal.is_admin:
+    if include_acls and caller_of(request).principal.is_admin:
         # Who may read and write it, for those who may change that (the console asks; others never see it).
         body["acls"] = state.acl.as_json() if state.acl is not None else None
     return json_response(body, headers={"ETag": f'"{state.version}"'})
+
+
+def _include_acls(request: web.Request) -> bool:
+    """``?include=acls`` (the only thing that can be included); 400 for anything else."""
+    include = request.query.get("include")
+    if include not in (None, "acls"):
+        raise BadRequest("include may only be 'acls'", fields={"include": ["unknown"]})
+    return include is not None
 
 
 async def delete_key(request: web.Request) -> web.Response:
@@ -131,33 +148,22 @@ async def list_keys(request: web.Request) -> web.Response:
     query = request.query
     namespace = validate_namespace(query["namespace"]) if "namespace" in query else None
     limit = parse_limit(query.get("limit"))
+    after, total = cursors.read_list_cursor(query.get("cursor"))  # read (so 400 when bad) even for a poll
     if "since_version" in query:
         return await _poll(request, namespace, limit)
-    after, total = _list_position(decode_cursor(query.get("cursor"), list))
     keys, total, more = await store.list_keys(store_of(request), caller_of(request), namespace, after, limit, total)
     audit(request, "list", namespace, "ok")
     body: dict[str, object] = {"keys": keys, "total": total}
     if more:
-        body["next"] = encode_cursor([keys[-1], total])
+        body["next"] = cursors.list_cursor(keys[-1], total)
     return json_response(body)
-
-
-def _list_position(cursor: list[object] | None) -> tuple[str, int | None]:
-    """(last key of the previous page, total counted on the first page) from a listing cursor."""
-    if cursor is None:
-        return "", None
-    if len(cursor) == 2 and isinstance(cursor[0], str) and type(cursor[1]) is int and 0 <= cursor[1] < 2**62:
-        return cursor[0], cursor[1]
-    raise BadRequest("Invalid cursor", fields={"cursor": ["not a cursor this server issued"]})
 
 
 async def _poll(request: web.Request, namespace: str | None, limit: int) -> web.Response:
     """The poll fallback: events after ``since_version`` (a revision), for consumers without WebSockets."""
-    raw = request.query["since_version"]
-    if not raw.isascii() or not raw.isdigit():
-        raise BadRequest("since_version must be a whole number >= 0", fields={"since_version": ["not a revision"]})
+    since = parse_whole_number(request.query["since_version"], "since_version")
     events, revision, more, reset = await store.poll_events(
-        store_of(request), caller_of(request), int(raw), namespace, limit
+        store_of(request), caller_of(request), since, namespace, limit
     )
     audit(request, "poll", namespace, "ok")
     body: dict[str, object] = {"events": events, "revision": revision, "more": more}
@@ -167,13 +173,10 @@ async def _poll(request: web.Request, namespace: str | None, limit: int) -> web.
 
 
 async def key_history(request: web.Request) -> web.Response:
-    """Every version of a key, newest first (GET only; other methods name an invalid key)."""
-    key = request.match_info["key"]
-    if request.method != "GET":
-        validate_key(f"{key}/history")
-    key = validate_key(key)
+    """Every version of a key, newest first."""
+    key = validate_key(request.match_info["key"])
     limit = parse_limit(request.query.get("limit"))
-    before = decode_cursor(request.query.get("cursor"), int)
+    before = cursors.read_history_cursor(request.query.get("cursor"))
     async with audited_failures(request, "history", key):
         versions, next_before = await store.key_history(store_of(request), caller_of(request), key, before, limit)
     audit(request, "history", key, "ok")
@@ -181,5 +184,5 @@ async def key_history(request: web.Request) -> web.Response:
         version["at"] = rfc3339(version["at"])
     body: dict[str, object] = {"key": key, "versions": versions}
     if next_before is not None:
-        body["next"] = encode_cursor(next_before)
+        body["next"] = cursors.history_cursor(next_before)
     return json_response(body)
