@@ -197,9 +197,11 @@ async def load_state(store: Store, key: str, *, cached: bool = True) -> KeyState
     state = await store.cache.get(key) if cached else None
     if state is not None:
         return state
-    state = await store.reader.get(key)
-    if state is not None:
-        await store.cache.put(state)
+    read = await store.reader.get(key)
+    if read is None:
+        return None
+    state, as_of = read
+    await store.cache.put(state, as_of)
     return state
 
 

@@ -35,6 +35,32 @@ WITH gone AS (
 SELECT count(*) FROM gone
 """
 
+# --- change notices (followed by every api_server: api_server/fence.py) ---------------------------
+
+# Every write statement (shared/sql/writes.py) tells, at COMMIT, which keys it changed at which
+# revisions: "<revision> <key> <key> ...", the keys of consecutive revisions from that one on (keys
+# hold no spaces). Notices are delivered in commit order, which is revision order.
+CHANGES_CHANNEL = "dynconfig_changes"
+#: Keys per notice: 25 keys of at most 256 bytes stay well under Postgres's 8,000-byte payload limit.
+KEYS_PER_NOTICE = 25
+
+# A WITH query of the write statement, over its changes ``c`` (columns key, revision, n).
+NOTIFY_CHANGES = f"""
+SELECT pg_notify('{CHANGES_CHANNEL}', min(revision) || ' ' || string_agg(key, ' ' ORDER BY n))
+  FROM c GROUP BY (n - 1) / {KEYS_PER_NOTICE}
+"""
+
+# What a follower missed: the head, and the key of every revision after %(after)s up to it (at most
+# %(limit)s). A row short of head - after means the log was pruned past %(after)s.
+CHANGES_AFTER = """
+SELECT r.head, o.revision, o.key
+  FROM relay_state r
+  LEFT JOIN LATERAL (
+        SELECT revision, key FROM outbox WHERE revision > %(after)s AND revision <= r.head
+         ORDER BY revision LIMIT %(limit)s
+       ) o ON true
+"""
+
 # --- readers -------------------------------------------------------------------------------------
 
 # Events after a revision, optionally limited to keys matching LIKE patterns (``{}`` = all keys).
