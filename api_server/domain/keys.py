@@ -4,7 +4,7 @@ returns states; HTTP concerns (parsing, status codes) stay in ``api_server/handl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from shared import changelog
@@ -192,30 +192,58 @@ def _writable(
     return state
 
 
-async def load_state(store: Store, key: str, *, cached: bool = True) -> KeyState | None:
-    """The key's state from the cache (unless ``cached`` is False), else from Postgres (filling the cache)."""
-    state = await store.cache.get(key) if cached else None
-    if state is not None:
-        return state
-    read = await store.reader.get(key)
-    if read is None:
-        return None
-    state, as_of = read
-    await store.cache.put(state, as_of)
-    return state
+def _refusal(who: Principal, key: str, state: KeyState | None, ns_acls: dict[str, Acl]) -> Exception | None:
+    """Why the caller may not read ``state`` (None: the key never existed): 404 for a key it could
+    read if it existed, else 403; None when it may read it."""
+    if state is None or not state.live(utcnow()):
+        return _missing_or_denied(who, key, state, ns_acls)
+    if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
+        return _deny("read", key)
+    return None
+
+
+async def _namespace_acls(store: Store, who: Principal, key: str) -> dict[str, Acl]:
+    """The namespace ACLs above ``key`` (none needed for an admin)."""
+    return {} if who.is_admin else await store.namespaces.for_key(key)
+
+
+# A key row of the usual size, as Postgres and the cache give it (see _decode_what_was_not_found).
+_EPOCH = datetime.fromtimestamp(0, UTC)
+_STAND_IN_ROW = ("stand.in.key", 2, bytes(64), None, None, None, None, "stand-in", False, _EPOCH, _EPOCH, 1)
+_STAND_IN_ENTRY = KeyState.from_row(_STAND_IN_ROW).to_cache()
+
+
+def _decode_what_was_not_found(*, cached: bool, stored: bool) -> None:
+    """Before a refusal: decode a stand-in state in place of each one that was not found (in the cache,
+    in Postgres), so that refusing a key that exists costs what refusing one that does not costs.
+    The decoding is most of the difference left once both read Redis and Postgres; the same idea
+    as Django's ModelBackend hashing a password for a user that does not exist."""
+    if not cached:
+        KeyState.from_cache(_STAND_IN_ENTRY)
+    if not stored:
+        KeyState.from_row(_STAND_IN_ROW)
 
 
 async def get_key(store: Store, caller: Caller, key: str, *, cached: bool = True) -> tuple[KeyState, Any]:
-    """A live key's state and decrypted value, if the caller may read it."""
+    """A live key's state and decrypted value, if the caller may read it.
+
+    A refusal (403, or 404) is decided on Postgres's state, never on the cache's: when the cached state
+    would refuse, Postgres is read before answering. So every refusal costs one cache lookup and one
+    Postgres read, whether the key exists, existed or never did, cached or not, and its timing tells a
+    caller without access nothing (SPEC §5). Only a state that is served fills the cache."""
     who = caller.principal
-    state = await load_state(store, key, cached=cached)
-    needs_ns = state is None or state.acl is None
-    ns_acls = await store.namespaces.for_key(key) if needs_ns and not who.is_admin else {}
-    if state is None or not state.live(utcnow()):
-        raise _missing_or_denied(who, key, state, ns_acls)
-    if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-        raise _deny("read", key)
-    assert state.value_enc is not None
+    state = cached_state = await store.cache.get(key) if cached else None
+    # Namespace ACLs taken after each read, so a change heard meanwhile counts.
+    if _refusal(who, key, state, await _namespace_acls(store, who, key)) is not None:  # not cached too
+        read = await store.reader.get(key)
+        state = read[0] if read is not None else None
+        refused = _refusal(who, key, state, await _namespace_acls(store, who, key))
+        if refused is not None:
+            _decode_what_was_not_found(cached=cached_state is not None, stored=read is not None)
+            raise refused
+        assert read is not None
+        await store.cache.put(*read)
+    assert state is not None and state.value_enc is not None
     try:
         return state, store.open(key, state.value_enc)
     except DecryptionError:
@@ -316,6 +344,7 @@ async def key_history(
         state = KeyState.from_row(row) if row else None
         ns_acls = await store.namespaces.for_key(key, cur)
         if state is None or state.version == 0:
+            _decode_what_was_not_found(cached=True, stored=state is not None)
             raise _missing_or_denied(who, key, None, ns_acls)
         if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
             raise _deny("read", key)
