@@ -3,8 +3,9 @@ returns states; HTTP concerns (parsing, status codes) stay in ``api_server/handl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from shared import changelog
@@ -20,6 +21,7 @@ from shared.writes import NewState, after_expiry
 
 from ..committer import Decision, WriteOp
 from . import Caller, Store
+from .refusals import Refusal, decided_on_postgres, decode_what_was_not_found, screen
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ async def put_key(
 ) -> tuple[KeyState, bool]:
     """Create or replace ``key``; return the new state and whether it was created."""
     who = caller.principal
+    await screen(store, who, key, _put_refusal(who, key), _cannot_create(who, key))
     value_enc = store.seal(key, body["value"])
 
     def decide(state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> Decision:
@@ -109,6 +112,7 @@ async def rollback_key(store: Store, caller: Caller, key: str, version: int, if_
     caller, who must also be allowed to read that version (as in its history), so a rollback never
     shows an old value to anyone the caller could not have shown it to by hand."""
     who = caller.principal
+    await screen(store, who, key, _write_refusal(who, key, live=False), _cannot_see_missing(who, key))
     async with store.pool.acquire() as conn, conn.cursor() as cur:  # history is append-only: it stays true
         await cur.execute(history_sql.ONE, {"key": key, "version": version})
         past = await cur.fetchone()
@@ -150,6 +154,7 @@ async def patch_key(store: Store, caller: Caller, key: str, body: dict[str, Any]
     who = caller.principal
     if not who.is_admin and ("ttl" in body or "acls" in body):
         raise Forbidden("Only admins may change a key's ttl or acls")
+    await screen(store, who, key, _write_refusal(who, key, live=True), _cannot_see_missing(who, key))
     value_enc = store.seal(key, body["value"]) if "value" in body else None
 
     def decide(state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> Decision:
@@ -169,6 +174,7 @@ async def patch_key(store: Store, caller: Caller, key: str, body: dict[str, Any]
 async def delete_key(store: Store, caller: Caller, key: str, if_match: IfMatch | None) -> KeyState:
     """Soft-delete a live key (version +1, ``delete`` event)."""
     who = caller.principal
+    await screen(store, who, key, _write_refusal(who, key, live=True), _cannot_see_missing(who, key))
 
     def decide(state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> Decision:
         state = _writable(who, key, if_match, state, ns_acls, now)
@@ -177,6 +183,42 @@ async def delete_key(store: Store, caller: Caller, key: str, if_match: IfMatch |
 
     result, _ = await store.committer.write(WriteOp(key, False, decide, who.username, caller.request_id))
     return result
+
+
+def _write_refusal(who: Principal, key: str, *, live: bool) -> Refusal:
+    """What the committer would refuse a write of ``key`` for, on the state alone (``live``: the key must
+    be live, as for PATCH and DELETE; else it must have existed, as for a rollback)."""
+
+    def refusal(state: KeyState | None, ns_acls: dict[str, Acl]) -> Exception | None:
+        gone = state is None or state.version == 0 or (live and not state.live(utcnow()))
+        if gone:
+            return _missing_or_denied(who, key, state if live else None, ns_acls, "write")
+        assert state is not None
+        if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
+            return _deny("write", key)
+        return None
+
+    return refusal
+
+
+def _put_refusal(who: Principal, key: str) -> Refusal:
+    def refusal(state: KeyState | None, ns_acls: dict[str, Acl]) -> Exception | None:
+        if state is None or state.version == 0:
+            return None if may_create(who, key=key, namespace_acls=ns_acls) else _deny("write", key)
+        if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
+            return _deny("write", key)
+        return None
+
+    return refusal
+
+
+def _cannot_create(who: Principal, key: str) -> Callable[[dict[str, Acl]], bool]:
+    return lambda ns_acls: not may_create(who, key=key, namespace_acls=ns_acls)
+
+
+def _cannot_see_missing(who: Principal, key: str) -> Callable[[dict[str, Acl]], bool]:
+    """Would ``who`` get 403 (not 404) for ``key`` if it did not exist?"""
+    return lambda ns_acls: not may_access(who, "read", key=key, key_acl=None, creator="", namespace_acls=ns_acls)
 
 
 def _writable(
@@ -192,58 +234,26 @@ def _writable(
     return state
 
 
-def _refusal(who: Principal, key: str, state: KeyState | None, ns_acls: dict[str, Acl]) -> Exception | None:
-    """Why the caller may not read ``state`` (None: the key never existed): 404 for a key it could
-    read if it existed, else 403; None when it may read it."""
-    if state is None or not state.live(utcnow()):
-        return _missing_or_denied(who, key, state, ns_acls)
-    if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-        return _deny("read", key)
-    return None
+def _read_refusal(who: Principal, key: str) -> Refusal:
+    def refusal(state: KeyState | None, ns_acls: dict[str, Acl]) -> Exception | None:
+        if state is None or not state.live(utcnow()):
+            return _missing_or_denied(who, key, state, ns_acls)
+        if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
+            return _deny("read", key)
+        return None
 
-
-async def _namespace_acls(store: Store, who: Principal, key: str) -> dict[str, Acl]:
-    """The namespace ACLs above ``key`` (none needed for an admin)."""
-    return {} if who.is_admin else await store.namespaces.for_key(key)
-
-
-# A key row of the usual size, as Postgres and the cache give it (see _decode_what_was_not_found).
-_EPOCH = datetime.fromtimestamp(0, UTC)
-_STAND_IN_ROW = ("stand.in.key", 2, bytes(64), None, None, None, None, "stand-in", False, _EPOCH, _EPOCH, 1)
-_STAND_IN_ENTRY = KeyState.from_row(_STAND_IN_ROW).to_cache()
-
-
-def _decode_what_was_not_found(*, cached: bool, stored: bool) -> None:
-    """Before a refusal: decode a stand-in state in place of each one that was not found (in the cache,
-    in Postgres), so that refusing a key that exists costs what refusing one that does not costs.
-    The decoding is most of the difference left once both read Redis and Postgres; the same idea
-    as Django's ModelBackend hashing a password for a user that does not exist."""
-    if not cached:
-        KeyState.from_cache(_STAND_IN_ENTRY)
-    if not stored:
-        KeyState.from_row(_STAND_IN_ROW)
+    return refusal
 
 
 async def get_key(store: Store, caller: Caller, key: str, *, cached: bool = True) -> tuple[KeyState, Any]:
-    """A live key's state and decrypted value, if the caller may read it.
-
-    A refusal (403, or 404) is decided on Postgres's state, never on the cache's: when the cached state
-    would refuse, Postgres is read before answering. So every refusal costs one cache lookup and one
-    Postgres read, whether the key exists, existed or never did, cached or not, and its timing tells a
-    caller without access nothing (SPEC §5). Only a state that is served fills the cache."""
-    who = caller.principal
-    state = cached_state = await store.cache.get(key) if cached else None
-    # Namespace ACLs taken after each read, so a change heard meanwhile counts.
-    if _refusal(who, key, state, await _namespace_acls(store, who, key)) is not None:  # not cached too
-        read = await store.reader.get(key)
-        state = read[0] if read is not None else None
-        refused = _refusal(who, key, state, await _namespace_acls(store, who, key))
-        if refused is not None:
-            _decode_what_was_not_found(cached=cached_state is not None, stored=read is not None)
-            raise refused
-        assert read is not None
-        await store.cache.put(*read)
+    """A live key's state and decrypted value, if the caller may read it; a refusal is decided on
+    Postgres's state (``refusals``: its timing tells nothing), and only a state served fills the cache."""
+    state, as_of = await decided_on_postgres(
+        store, caller.principal, key, _read_refusal(caller.principal, key), cached=cached
+    )
     assert state is not None and state.value_enc is not None
+    if as_of is not None:
+        await store.cache.put(state, as_of)
     try:
         return state, store.open(key, state.value_enc)
     except DecryptionError:
@@ -344,7 +354,7 @@ async def key_history(
         state = KeyState.from_row(row) if row else None
         ns_acls = await store.namespaces.for_key(key, cur)
         if state is None or state.version == 0:
-            _decode_what_was_not_found(cached=True, stored=state is not None)
+            decode_what_was_not_found(cached=True, stored=state is not None)
             raise _missing_or_denied(who, key, None, ns_acls)
         if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
             raise _deny("read", key)
