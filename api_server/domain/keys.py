@@ -21,7 +21,7 @@ from shared.writes import NewState, after_expiry
 
 from ..committer import Decision, WriteOp
 from . import Caller, Store
-from .refusals import Refusal, decided_on_postgres, decode_what_was_not_found, screen
+from .refusals import Refusal, decided_on_postgres, screen
 
 
 @dataclass(frozen=True)
@@ -354,7 +354,6 @@ async def key_history(
         state = KeyState.from_row(row) if row else None
         ns_acls = await store.namespaces.for_key(key, cur)
         if state is None or state.version == 0:
-            decode_what_was_not_found(cached=True, stored=state is not None)
             raise _missing_or_denied(who, key, None, ns_acls)
         if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
             raise _deny("read", key)
