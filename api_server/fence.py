@@ -131,6 +131,10 @@ class CacheFence:
         rows = await cur.fetchall()
         head = rows[0][0]
         changes = [(revision, key) for _, revision, key in rows if revision is not None]
+        if head < after:
+            log.warning(
+                "cache fence: the head went back from %d to %d (a restored database?): flush Redis", after, head
+            )
         if not self._started or len(changes) != head - after:  # first start, pruned, or too far behind
             if self._started:
                 log.info("cache fence: %d changes behind, not all in the outbox: cache read again", head - after)
