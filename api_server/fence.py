@@ -156,11 +156,11 @@ class CacheFence:
             self._note(conn.notifies.get_nowait().payload)
 
     def _note(self, payload: str) -> None:
-        first_text, *keys = payload.split(" ")
-        first = int(first_text)
-        for offset, key in enumerate(keys):
-            self._record(key, first + offset)
-        self._heard_through(first, first + len(keys) - 1)
+        words = payload.split(" ")
+        revisions = [int(text) for text in words[::2]]
+        for revision, key in zip(revisions, words[1::2], strict=True):
+            self._record(key, revision)
+        self._heard_through(min(revisions), max(revisions))
 
     def _record(self, key: str, revision: int) -> None:
         if revision > self.floor and revision > self._latest.get(key, 0):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiopg
 import pytest
@@ -58,9 +59,8 @@ async def change(pool: aiopg.Pool, *keys: str, notice: bool = True) -> int:
                 (key, first + offset),
             )
         if notice:
-            await cur.execute(
-                "SELECT pg_notify(%s, %s)", (changelog_sql.CHANGES_CHANNEL, " ".join([str(first), *keys]))
-            )
+            words = [word for offset, key in enumerate(keys) for word in (str(first + offset), key)]
+            await cur.execute("SELECT pg_notify(%s, %s)", (changelog_sql.CHANGES_CHANNEL, " ".join(words)))
     return int(head)
 
 
@@ -114,3 +114,21 @@ async def test_the_floor_trails_the_head_so_an_entry_older_than_the_window_is_re
         assert "d.busy" not in follower._latest  # forgotten below the floor: memory stays bounded
     finally:
         await cancel_and_wait(task)
+
+
+async def test_the_write_statement_tells_which_key_changed_at_which_revision(
+    client: Any, token: Callable[..., str], pg_server: Any, unique_prefix: str
+) -> None:
+    """The notices come from the real write path."""
+    admin = {"Authorization": f"Bearer {token('admin-user')}"}
+    key = f"{unique_prefix}.told"
+    async with aiopg.connect(pg_server.url) as conn:
+        async with conn.cursor() as cur:
+            await cur.execute(f"LISTEN {changelog_sql.CHANGES_CHANNEL}")
+        resp = await client.put(f"/keys/{key}", json={"value": 1}, headers=admin)
+        assert resp.status == 201, await resp.text()
+        revision = (await resp.json())["revision"]
+        heard: list[str] = []
+        while not any(key in payload for payload in heard):
+            heard.append((await asyncio.wait_for(conn.notifies.get(), 5)).payload)
+    assert f"{revision} {key}" in heard

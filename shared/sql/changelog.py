@@ -38,16 +38,16 @@ SELECT count(*) FROM gone
 # --- change notices (followed by every api_server: api_server/fence.py) ---------------------------
 
 # Every write statement (shared/sql/writes.py) tells, at COMMIT, which keys it changed at which
-# revisions: "<revision> <key> <key> ...", the keys of consecutive revisions from that one on (keys
-# hold no spaces). Notices are delivered in commit order, which is revision order.
+# revisions: "<revision> <key> <revision> <key> ..." (keys hold no spaces). Notices are delivered in
+# commit order, which is revision order.
 CHANGES_CHANNEL = "dynconfig_changes"
-#: Keys per notice: 25 keys of at most 256 bytes stay well under Postgres's 8,000-byte payload limit.
-KEYS_PER_NOTICE = 25
+#: Changes per notice: 25 of at most 256 + 21 bytes stay well under Postgres's 8,000-byte payload limit.
+CHANGES_PER_NOTICE = 25
 
 # A WITH query of the write statement, over its changes ``c`` (columns key, revision, n).
 NOTIFY_CHANGES = f"""
-SELECT pg_notify('{CHANGES_CHANNEL}', min(revision) || ' ' || string_agg(key, ' ' ORDER BY n))
-  FROM c GROUP BY (n - 1) / {KEYS_PER_NOTICE}
+SELECT pg_notify('{CHANGES_CHANNEL}', string_agg(revision || ' ' || key, ' ' ORDER BY n))
+  FROM c GROUP BY (n - 1) / {CHANGES_PER_NOTICE}
 """
 
 # What a follower missed: the head, and the key of every revision after %(after)s up to it (at most
