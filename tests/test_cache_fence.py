@@ -132,3 +132,21 @@ async def test_the_write_statement_tells_which_key_changed_at_which_revision(
         while not any(key in payload for payload in heard):
             heard.append((await asyncio.wait_for(conn.notifies.get(), 5)).payload)
     assert f"{revision} {key}" in heard
+
+
+async def test_a_batch_of_many_changes_is_told_in_order_in_notices_under_the_size_limit(
+    client: Any, token: Callable[..., str], pg_server: Any, unique_prefix: str
+) -> None:
+    admin = {"Authorization": f"Bearer {token('admin-user')}"}
+    keys = [f"{unique_prefix}.{'x' * 200}.{n:03d}" for n in range(60)]  # long keys, batched together
+    async with aiopg.connect(pg_server.url) as conn:
+        async with conn.cursor() as cur:
+            await cur.execute(f"LISTEN {changelog_sql.CHANGES_CHANNEL}")
+        answers = await asyncio.gather(*(client.put(f"/keys/{k}", json={"value": 1}, headers=admin) for k in keys))
+        revisions = {k: (await resp.json())["revision"] for k, resp in zip(keys, answers, strict=True)}
+        told: list[tuple[int, str]] = []
+        while len(told) < len(keys):
+            words = (await asyncio.wait_for(conn.notifies.get(), 5)).payload.split(" ")
+            told += [(int(r), k) for r, k in zip(words[::2], words[1::2], strict=True) if k in revisions]
+    assert told == sorted(told)  # revision order, across notices too
+    assert dict((k, r) for r, k in told) == revisions

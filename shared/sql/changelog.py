@@ -44,10 +44,12 @@ CHANGES_CHANNEL = "dynconfig_changes"
 #: Changes per notice: 25 of at most 256 + 21 bytes stay well under Postgres's 8,000-byte payload limit.
 CHANGES_PER_NOTICE = 25
 
-# A WITH query of the write statement, over its changes ``c`` (columns key, revision, n).
+# A WITH query of the write statement, over its changes ``c`` (columns key, revision, n); the notices
+# in order (a follower takes one that skips revisions for a gap, and reads the outbox).
 NOTIFY_CHANGES = f"""
-SELECT pg_notify('{CHANGES_CHANNEL}', string_agg(revision || ' ' || key, ' ' ORDER BY n))
-  FROM c GROUP BY (n - 1) / {CHANGES_PER_NOTICE}
+SELECT pg_notify('{CHANGES_CHANNEL}', chunk.changes)
+  FROM (SELECT min(n) AS first, string_agg(revision || ' ' || key, ' ' ORDER BY n) AS changes
+          FROM c GROUP BY (n - 1) / {CHANGES_PER_NOTICE} ORDER BY first) AS chunk
 """
 
 # What a follower missed: the head, and the key of every revision after %(after)s up to it (at most
