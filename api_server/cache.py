@@ -1,6 +1,34 @@
 """A Redis cache of current key states (ciphertext only, SPEC §8) that never serves a version older than
-one a write has committed and acknowledged, on any replica (read-your-writes; README "How it works").
+one a write has committed and acknowledged, on any replica (read-your-writes; README "How it works"),
+even when Redis itself goes back to an older state (SPEC §7: a restart from an older snapshot, a
+failover to a replica that missed the last writes).
 
+The fence (what this replica serves). Redis is not trusted to remember anything: Postgres is.
+- Every entry carries ``as_of``, a revision at which its state was the key's current state: for a
+  writer's entry its own revision, for a fill after a miss the head read in the same statement as the
+  row (api_server/reads.py).
+- Every api_server follows the change log (:class:`api_server.fence.CacheFence`): each write statement
+  NOTIFYs, at COMMIT, the keys it changed and their revisions, and the follower keeps, for changes
+  above a floor that trails the head by ~30 s, the newest revision of each key changed.
+- A hit is served only if ``as_of >= floor`` and no change of the key newer than ``as_of`` has been
+  heard; otherwise it is a miss, and the fill stores the state again with a newer ``as_of`` (the PUT
+  script takes the same version with a newer ``as_of``). Whatever Redis brings back — an entry from
+  an old snapshot, one a writer never updated — is either older than the floor or older than a change
+  the follower heard, so it is read again from Postgres.
+- The cache is not trusted while the follower is not connected and caught up; a writer answers only
+  once its own follower has heard its commit (sub-millisecond; at most ``HEARD_WAIT_SECONDS``), so a
+  replica a client reads from next has heard it too (each listener gets the notice at the same COMMIT;
+  the window left is the notice's own delivery, as for the namespace ACLs).
+Why this and not something in Redis: anything Redis holds (a version, an epoch, a generation counter)
+goes back with it in a failover or a restore, so it cannot tell a current entry from a resurrected
+one; only Postgres knows what was acknowledged. Why a moving floor and not one revision per key for
+ever: memory stays bounded by the changes of the window (at most ``fence.MAX_TRACKED`` keys), and an
+entry older than the window costs one Postgres read, shared by every replica through the refill.
+Why notices that carry the keys and not a poll of the outbox per commit: a hit needs no round trip and
+no wait, and the follower reads the outbox only on a gap, a reconnect, and once a second.
+
+The previous release's protocol, kept for its pods during a rolling upgrade (they serve from the same
+entries), to drop one release later with ``pending`` and ``cache_dirty``:
 - Every entry holds the cached ``version`` and ``pending``, the highest version a writer has announced.
   It is served only while clean (``version >= pending``), and only ever replaced by a newer version
   that is not older than ``pending`` (Lua), so a slow reader's fill cannot bring an old version back.
@@ -10,11 +38,12 @@ one a write has committed and acknowledged, on any replica (read-your-writes; RE
 - A writer that cannot reach Redis records the key in Postgres instead, in the same transaction
   (``cache_dirty`` + ``NOTIFY dynconfig_cache``). Every api_server listens (:class:`CacheGuard`): a key
   it hears of is not served from the cache until a replica that reaches Redis has made the entry
-  unclean and removed the row. Such a writer answers only once its own listener has heard its notice
-  (at most 1 s), and a replica takes in the notices that have reached it before it trusts a hit.
+  unclean and removed the row. Such a writer answers only once its own listener has heard its notice.
 - A replica trusts the cache only while its listener is connected and has scanned ``cache_dirty``
   since it connected and since its own last Redis failure. Entries also expire after
   ``CACHE_TTL_SECONDS``.
+An entry an old pod writes keeps the ``as_of`` of the state before it, so this release reads it as
+older than its change and fills it again.
 """
 
 from __future__ import annotations
@@ -34,6 +63,7 @@ from shared.redis import REDIS_ERRORS, REDIS_UNREACHABLE, RedisLink
 from shared.sql import cache as sql
 from shared.tasks import Coalescer, cancel_and_wait
 
+from .fence import CacheFence
 from .metrics import API_METRICS, ApiMetrics
 
 log = logging.getLogger(__name__)
@@ -66,34 +96,36 @@ end
 return 1
 """
 
-# KEYS = entries; ARGV = ttl ms, then (version, payload) per entry. Store a state strictly newer than
-# the cached one and not older than an announced one.
+# KEYS = entries; ARGV = ttl ms, then (version, as_of, payload) per entry. Store a state newer than the
+# cached one (or the same version known current as of a newer revision) and not older than an
+# announced one.
 _PUT = """
 for i, entry in ipairs(KEYS) do
-  local version = tonumber(ARGV[2 * i])
-  local current = tonumber(redis.call('HGET', entry, 'version') or '-1')
-  local pending = tonumber(redis.call('HGET', entry, 'pending') or '0')
-  if version > current and version >= pending then
-    redis.call('HSET', entry, 'version', ARGV[2 * i], 'state', ARGV[2 * i + 1])
+  local version = tonumber(ARGV[3 * i - 1])
+  local as_of = tonumber(ARGV[3 * i])
+  local fields = redis.call('HMGET', entry, 'version', 'pending', 'as_of')
+  local current = tonumber(fields[1] or '-1')
+  local pending = tonumber(fields[2] or '0')
+  local current_as_of = tonumber(fields[3] or '-1')
+  if version >= pending and (version > current or (version == current and as_of > current_as_of)) then
+    redis.call('HSET', entry, 'version', ARGV[3 * i - 1], 'as_of', ARGV[3 * i], 'state', ARGV[3 * i + 1])
     redis.call('PEXPIRE', entry, ARGV[1])
   end
 end
 return 1
 """
 
-# KEYS = entries. (version, pending, state) per entry, flattened; false (nil) where a field is missing.
+# KEYS = entries. (version, pending, as_of, state) per entry, flattened; false (nil) where missing.
 _GET = """
 local out = {}
 for _, entry in ipairs(KEYS) do
-  local fields = redis.call('HMGET', entry, 'version', 'pending', 'state')
-  out[#out + 1] = fields[1] or false
-  out[#out + 1] = fields[2] or false
-  out[#out + 1] = fields[3] or false
+  local fields = redis.call('HMGET', entry, 'version', 'pending', 'as_of', 'state')
+  for j = 1, 4 do out[#out + 1] = fields[j] or false end
 end
 return out
 """
 
-_Entry = tuple[bytes | None, bytes | None, bytes | None]
+_Entry = tuple[bytes | None, bytes | None, bytes | None, bytes | None]
 
 
 class ValueCache:
@@ -109,13 +141,14 @@ class ValueCache:
         self._gets = Coalescer(self._get_many, shared_failures=REDIS_UNREACHABLE)
         self._puts = Coalescer(self._put_many, shared_failures=REDIS_UNREACHABLE)
         self.guard = CacheGuard(self)
+        self.fence = CacheFence()
 
     async def get(self, key: str) -> KeyState | None:
         """The cached state of ``key`` if it can be trusted, else None (read Postgres)."""
-        if not self._link.usable or not self.guard.trusted:
+        if not self._link.usable or not self.guard.trusted or not self.fence.trusted:
             return None
         try:
-            version, pending, data = await self._gets.call(key)
+            version, pending, as_of, data = await self._gets.call(key)
         except REDIS_ERRORS as exc:
             self._failed(exc)
             return None
@@ -123,19 +156,20 @@ class ValueCache:
         clean = data is not None and version is not None and int(version) >= int(pending or 0)
         # Notices that reached us while we waited for Redis count: a write acknowledged before this
         # read began has been heard by now.
-        if not clean or self.guard.distrusts(key):
+        if not clean or self.guard.distrusts(key) or not self.fence.admits(key, int(as_of or -1)):
             self._metrics.cache_lookups.labels("miss").inc()
             return None
         self._metrics.cache_lookups.labels("hit").inc()
         assert data is not None
         return KeyState.from_cache(data)
 
-    async def put(self, state: KeyState) -> bool:
-        """Store ``state`` (a fill after a miss, or a writer's new state); True when Redis took the call."""
+    async def put(self, state: KeyState, as_of: int) -> bool:
+        """Store ``state``, the key's current state as of revision ``as_of`` (a fill after a miss: the
+        head read with it; a writer's: its own revision); True when Redis took the call."""
         if not self._link.usable:
             return False
         try:
-            await self._puts.call(state)
+            await self._puts.call((state, as_of))
         except REDIS_ERRORS as exc:
             self._failed(exc)
             return False
@@ -144,13 +178,13 @@ class ValueCache:
 
     async def _get_many(self, keys: list[str]) -> list[_Entry]:
         flat = await self._get(keys=[cache_key(key) for key in keys])
-        return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+        return [(flat[i], flat[i + 1], flat[i + 2], flat[i + 3]) for i in range(0, len(flat), 4)]
 
-    async def _put_many(self, states: list[KeyState]) -> list[None]:
+    async def _put_many(self, states: list[tuple[KeyState, int]]) -> list[None]:
         args: list[Any] = [self._ttl_ms]
-        for state in states:
-            args += [state.version, state.to_cache()]
-        await self._put(keys=[cache_key(state.key) for state in states], args=args)
+        for state, as_of in states:
+            args += [state.version, as_of, state.to_cache()]
+        await self._put(keys=[cache_key(state.key) for state, _ in states], args=args)
         return [None] * len(states)
 
     async def announce(self, cur: aiopg.Cursor, versions: list[tuple[str, int]]) -> list[bool]:
@@ -178,12 +212,17 @@ class ValueCache:
         self._link.succeeded()
         return True
 
-    async def written(self, state: KeyState, recorded: bool) -> None:
-        """After COMMIT: store the new state; if the write was recorded in Postgres, wait until our own
-        listener has heard of it (so has every replica's), at most ``HEARD_WAIT_SECONDS``."""
-        await self.put(state)
-        if recorded:
-            await self.guard.wait_heard(state.key, state.version, HEARD_WAIT_SECONDS)
+    async def written(self, states: list[tuple[KeyState, bool]]) -> None:
+        """After COMMIT of a batch, before its answers: store each new state (with whether it was
+        recorded in Postgres), and wait until this process's listeners have heard the commit (so has
+        every replica's), at most ``HEARD_WAIT_SECONDS``."""
+        if not states:
+            return
+        await asyncio.gather(*(self.put(state, state.revision or 0) for state, _ in states))
+        newest = max(state.revision or 0 for state, _ in states)
+        await self.fence.wait_heard(newest, HEARD_WAIT_SECONDS)
+        recorded = [state for state, in_postgres in states if in_postgres]
+        await asyncio.gather(*(self.guard.wait_heard(s.key, s.version, HEARD_WAIT_SECONDS) for s in recorded))
 
     def _failed(self, exc: BaseException) -> None:
         self._link.failed(exc)
@@ -283,8 +322,13 @@ async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the cache and its guard (needs ``redis_ctx`` and ``pool_ctx`` first)."""
     cache = ValueCache(app[REDIS], app[SETTINGS].cache_ttl_seconds, app[API_METRICS])
     app[CACHE] = cache
-    task = app[SUPERVISOR].spawn("cache-guard", lambda: cache.guard.run(app[SETTINGS].postgres_url, app[DB_POOL]))
+    dsn = app[SETTINGS].postgres_url
+    tasks = [
+        app[SUPERVISOR].spawn("cache-guard", lambda: cache.guard.run(dsn, app[DB_POOL])),
+        app[SUPERVISOR].spawn("cache-fence", lambda: cache.fence.run(dsn)),
+    ]
     try:
         yield
     finally:
-        await cancel_and_wait(task)
+        for task in tasks:
+            await cancel_and_wait(task)

@@ -225,7 +225,7 @@ class Committer:
         """After COMMIT: store the new states in the cache (one call for the batch), then answer."""
         written = [outcome for _, outcome in results if not isinstance(outcome, BaseException)]
         try:
-            await asyncio.gather(*(self._cache.written(state, recorded) for state, _, recorded in written))
+            await self._cache.written([(state, recorded) for state, _, recorded in written])
         finally:  # committed: answered even if the cache was not updated (its entries stay unclean)
             for op, outcome in results:
                 if op.done.done():  # the request went away

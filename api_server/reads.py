@@ -1,7 +1,8 @@
 """Point reads of key states from Postgres (cache misses), batched: the reads of one event-loop turn
 share one query and one pooled connection (:class:`shared.tasks.Coalescer`), instead of paying a
 checkout and a round trip each. Each read still sees every write committed before it began: the
-query runs after all of them were asked for."""
+query runs after all of them were asked for. Each row comes with the head revision read in the same
+statement: the state is the key's current one as of that revision (what the value cache needs)."""
 
 from __future__ import annotations
 
@@ -18,19 +19,19 @@ from shared.tasks import Coalescer
 
 
 class StateReader:
-    """``await reader.get(key)``: the key's row from Postgres, or None."""
+    """``await reader.get(key)``: the key's row from Postgres and the revision it is current as of, or None."""
 
     def __init__(self, pool: aiopg.Pool) -> None:
         self._pool = pool
         self._batches = Coalescer(self._select_many, shared_failures=POSTGRES_UNREACHABLE)
 
-    async def get(self, key: str) -> KeyState | None:
+    async def get(self, key: str) -> tuple[KeyState, int] | None:
         return await self._batches.call(key)
 
-    async def _select_many(self, keys: list[str]) -> list[KeyState | None]:
+    async def _select_many(self, keys: list[str]) -> list[tuple[KeyState, int] | None]:
         async with self._pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(keys_sql.SELECT_MANY, {"keys": sorted(set(keys))})
-            found = {row[0]: KeyState.from_row(row) for row in await cur.fetchall()}
+            await cur.execute(keys_sql.SELECT_MANY_WITH_HEAD, {"keys": sorted(set(keys))})
+            found = {row[0]: (KeyState.from_row(row[:-1]), row[-1]) for row in await cur.fetchall()}
         return [found.get(key) for key in keys]
 
 

@@ -114,3 +114,53 @@ async def test_reads_are_served_from_the_cache_once_it_is_trusted(
             break
         assert time.monotonic() < deadline, "no cache hit within 5 s"
         await asyncio.sleep(0.1)
+
+
+async def cache_hits(session: aiohttp.ClientSession, base: str) -> float:
+    """The replica's ``dynconfig_cache_lookups_total{result="hit"}``."""
+    async with session.get(f"{base}/metrics") as resp:
+        text = await resp.text()
+    lines = [line for line in text.splitlines() if line.startswith('dynconfig_cache_lookups_total{result="hit"}')]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+async def test_a_redis_that_goes_back_to_an_older_state_does_not_bring_back_an_old_version(
+    spawn: Callable[..., Any], token: Token, redis_client: aioredis.Redis, unique_prefix: str
+) -> None:
+    """SPEC §7: Redis loses an acknowledged write (a failover to a replica that missed it, a restart from
+    an older snapshot; here DUMP of the entry after v1, RESTORE ... REPLACE after v2). No replica may
+    serve v1 again: the cache is fenced by what Postgres says has changed."""
+    key = f"{unique_prefix}.rollback"
+    auth = bearer(token(ADMIN))
+    one = spawn("api_server")
+    two = spawn("api_server")
+    async with aiohttp.ClientSession() as session:
+        assert await put(session, one.url, key, "v1", auth) == 1
+        for replica in (one, two):
+            before = await cache_hits(session, replica.url)
+            deadline = time.monotonic() + 5
+            while True:  # served from the cache (the guard trusts it once its listener has scanned)
+                assert await get_version(session, replica.url, key, auth) == 1
+                if await cache_hits(session, replica.url) > before:
+                    break
+                assert time.monotonic() < deadline, "v1 never served from the cache"
+                await asyncio.sleep(0.05)
+        entry = cache_key(key)
+        snapshot, ttl_ms = await redis_client.dump(entry), await redis_client.pttl(entry)
+        assert snapshot is not None and ttl_ms > 0
+
+        assert await put(session, one.url, key, "v2", auth) == 2  # acknowledged
+        await redis_client.restore(entry, ttl_ms, snapshot, replace=True)  # with the TTL it had
+        assert await redis_client.hget(entry, "version") == b"1"  # Redis went back to v1
+
+        for _ in range(3):
+            for replica in (two, one):
+                assert await get_version(session, replica.url, key, auth) == 2, f"{replica.port} served v1"
+
+        # The fence does not turn the cache off: v2 is cached again and served from it.
+        hits = await cache_hits(session, two.url)
+        deadline = time.monotonic() + 5
+        while await cache_hits(session, two.url) <= hits:
+            assert await get_version(session, two.url, key, auth) == 2
+            assert time.monotonic() < deadline, "no cache hit after the refill"
+            await asyncio.sleep(0.05)

@@ -3,6 +3,7 @@ returns states; HTTP concerns (parsing, status codes) stay in ``api_server/handl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,7 @@ from shared.writes import NewState, after_expiry
 
 from ..committer import Decision, WriteOp
 from . import Caller, Store
+from .refusals import Refusal, decided_on_postgres, screen
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ async def put_key(
 ) -> tuple[KeyState, bool]:
     """Create or replace ``key``; return the new state and whether it was created."""
     who = caller.principal
+    await screen(store, who, key, _put_refusal(who, key), _cannot_create(who, key))
     value_enc = store.seal(key, body["value"])
 
     def decide(state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> Decision:
@@ -110,6 +113,7 @@ async def rollback_key(store: Store, caller: Caller, key: str, version: int, if_
     caller, who must also be allowed to read that version (as in its history), so a rollback never
     shows an old value to anyone the caller could not have shown it to by hand."""
     who = caller.principal
+    await screen(store, who, key, _write_refusal(who, key, live=False), _cannot_see_missing(who, key))
     async with store.pool.acquire() as conn, conn.cursor() as cur:  # history is append-only: it stays true
         await cur.execute(history_sql.ONE, {"key": key, "version": version})
         past = await cur.fetchone()
@@ -152,6 +156,7 @@ async def patch_key(store: Store, caller: Caller, key: str, body: dict[str, Any]
     who = caller.principal
     if not who.is_admin and ("ttl" in body or "acls" in body):
         raise Forbidden("Only admins may change a key's ttl or acls")
+    await screen(store, who, key, _write_refusal(who, key, live=True), _cannot_see_missing(who, key))
     value_enc = store.seal(key, body["value"]) if "value" in body else None
 
     def decide(state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> Decision:
@@ -172,6 +177,7 @@ async def patch_key(store: Store, caller: Caller, key: str, body: dict[str, Any]
 async def delete_key(store: Store, caller: Caller, key: str, if_match: IfMatch | None) -> KeyState:
     """Soft-delete a live key (version +1, ``delete`` event)."""
     who = caller.principal
+    await screen(store, who, key, _write_refusal(who, key, live=True), _cannot_see_missing(who, key))
 
     def decide(state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> Decision:
         state = _writable(who, key, if_match, state, ns_acls, now)
@@ -180,6 +186,42 @@ async def delete_key(store: Store, caller: Caller, key: str, if_match: IfMatch |
 
     result, _ = await store.committer.write(WriteOp(key, False, decide, who.username, caller.request_id))
     return result
+
+
+def _write_refusal(who: Principal, key: str, *, live: bool) -> Refusal:
+    """What the committer would refuse a write of ``key`` for, on the state alone (``live``: the key must
+    be live, as for PATCH and DELETE; else it must have existed, as for a rollback)."""
+
+    def refusal(state: KeyState | None, ns_acls: dict[str, Acl]) -> Exception | None:
+        gone = state is None or state.version == 0 or (live and not state.live(utcnow()))
+        if gone:
+            return _missing_or_denied(who, key, state if live else None, ns_acls, "write")
+        assert state is not None
+        if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
+            return _deny("write", key)
+        return None
+
+    return refusal
+
+
+def _put_refusal(who: Principal, key: str) -> Refusal:
+    def refusal(state: KeyState | None, ns_acls: dict[str, Acl]) -> Exception | None:
+        if state is None or state.version == 0:
+            return None if may_create(who, key=key, namespace_acls=ns_acls) else _deny("write", key)
+        if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
+            return _deny("write", key)
+        return None
+
+    return refusal
+
+
+def _cannot_create(who: Principal, key: str) -> Callable[[dict[str, Acl]], bool]:
+    return lambda ns_acls: not may_create(who, key=key, namespace_acls=ns_acls)
+
+
+def _cannot_see_missing(who: Principal, key: str) -> Callable[[dict[str, Acl]], bool]:
+    """Would ``who`` get 403 (not 404) for ``key`` if it did not exist?"""
+    return lambda ns_acls: not may_access(who, "read", key=key, key_acl=None, creator="", namespace_acls=ns_acls)
 
 
 def _writable(
@@ -195,28 +237,26 @@ def _writable(
     return state
 
 
-async def load_state(store: Store, key: str, *, cached: bool = True) -> KeyState | None:
-    """The key's state from the cache (unless ``cached`` is False), else from Postgres (filling the cache)."""
-    state = await store.cache.get(key) if cached else None
-    if state is not None:
-        return state
-    state = await store.reader.get(key)
-    if state is not None:
-        await store.cache.put(state)
-    return state
+def _read_refusal(who: Principal, key: str) -> Refusal:
+    def refusal(state: KeyState | None, ns_acls: dict[str, Acl]) -> Exception | None:
+        if state is None or not state.live(utcnow()):
+            return _missing_or_denied(who, key, state, ns_acls)
+        if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
+            return _deny("read", key)
+        return None
+
+    return refusal
 
 
 async def get_key(store: Store, caller: Caller, key: str, *, cached: bool = True) -> tuple[KeyState, Any]:
-    """A live key's state and decrypted value, if the caller may read it."""
-    who = caller.principal
-    state = await load_state(store, key, cached=cached)
-    needs_ns = state is None or state.acl is None
-    ns_acls = await store.namespaces.for_key(key) if needs_ns and not who.is_admin else {}
-    if state is None or not state.live(utcnow()):
-        raise _missing_or_denied(who, key, state, ns_acls)
-    if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-        raise _deny("read", key)
-    assert state.value_enc is not None
+    """A live key's state and decrypted value, if the caller may read it; a refusal is decided on
+    Postgres's state (``refusals``: its timing tells nothing), and only a state served fills the cache."""
+    state, as_of = await decided_on_postgres(
+        store, caller.principal, key, _read_refusal(caller.principal, key), cached=cached
+    )
+    assert state is not None and state.value_enc is not None
+    if as_of is not None:
+        await store.cache.put(state, as_of)
     try:
         return state, store.open(key, state.value_enc)
     except DecryptionError:

@@ -35,6 +35,34 @@ WITH gone AS (
 SELECT count(*) FROM gone
 """
 
+# --- change notices (followed by every api_server: api_server/fence.py) ---------------------------
+
+# Every write statement (shared/sql/writes.py) tells, at COMMIT, which keys it changed at which
+# revisions: "<revision> <key> <revision> <key> ..." (keys hold no spaces). Notices are delivered in
+# commit order, which is revision order.
+CHANGES_CHANNEL = "dynconfig_changes"
+#: Changes per notice: 25 of at most 256 + 21 bytes stay well under Postgres's 8,000-byte payload limit.
+CHANGES_PER_NOTICE = 25
+
+# A WITH query of the write statement, over its changes ``c`` (columns key, revision, n); the notices
+# in order (a follower takes one that skips revisions for a gap, and reads the outbox).
+NOTIFY_CHANGES = f"""
+SELECT pg_notify('{CHANGES_CHANNEL}', chunk.changes)
+  FROM (SELECT min(n) AS first, string_agg(revision || ' ' || key, ' ' ORDER BY n) AS changes
+          FROM c GROUP BY (n - 1) / {CHANGES_PER_NOTICE} ORDER BY first) AS chunk
+"""
+
+# What a follower missed: the head, and the key of every revision after %(after)s up to it (at most
+# %(limit)s). A row short of head - after means the log was pruned past %(after)s.
+CHANGES_AFTER = """
+SELECT r.head, o.revision, o.key
+  FROM relay_state r
+  LEFT JOIN LATERAL (
+        SELECT revision, key FROM outbox WHERE revision > %(after)s AND revision <= r.head
+         ORDER BY revision LIMIT %(limit)s
+       ) o ON true
+"""
+
 # --- readers -------------------------------------------------------------------------------------
 
 # Events after a revision, optionally limited to keys matching LIKE patterns (``{}`` = all keys).

@@ -4,7 +4,9 @@ from shared.model import KEY_COLUMNS
 
 SELECT = f"SELECT {KEY_COLUMNS} FROM keys WHERE key = %(key)s"
 
-SELECT_MANY = f"SELECT {KEY_COLUMNS} FROM keys WHERE key = ANY(%(keys)s)"
+# The rows, each with the head revision in the same snapshot: the revision as of which it is current
+# (the value cache's ``as_of``, api_server/cache.py).
+SELECT_MANY_WITH_HEAD = f"SELECT {KEY_COLUMNS}, (SELECT head FROM relay_state) FROM keys WHERE key = ANY(%(keys)s)"
 
 # A batch's existing rows, locked in key order (every batch locks in the same order).
 LOCK_MANY = f"SELECT {KEY_COLUMNS} FROM keys WHERE key = ANY(%(keys)s) ORDER BY key FOR UPDATE"

@@ -10,6 +10,9 @@ A key may be changed several times in one batch (each change builds on the one b
 outbox and audit get every change, ``keys`` the last one; every change's state comes back, in order
 (Postgres runs a data-modifying WITH to completion whether or not the result reads it).
 
+At COMMIT it tells every api_server which keys changed at which revisions (``NOTIFY_CHANGES``): the
+fence of their value caches (api_server/fence.py).
+
 The audit rows come sealed (``seq``, ``mac``, ``mac_key``, and on the first the head it follows:
 ``link_seq``, ``link_seal``; shared.auditchain), the chain's head locked earlier in the transaction,
 and the statement moves the head past them and seals it.
@@ -19,6 +22,7 @@ arrays of arrays cannot hold, so they travel as JSON arrays (``jsonb[]``, NULL f
 """
 
 from . import audit as audit_sql
+from . import changelog as changelog_sql
 from .expiry import NOTIFY as NOTIFY_TTL
 from .outbox import NOTIFY as NOTIFY_OUTBOX
 
@@ -87,10 +91,14 @@ WITH input AS (
       FROM c ORDER BY n
 ), chain AS (
     {audit_sql.ADVANCE}
+), notices AS (
+    {changelog_sql.NOTIFY_CHANGES}
 )
 SELECT key, version, value_enc, ttl, expires_at, {_text_array("acl_read")}, {_text_array("acl_write")}, creator,
        deleted, created_at, now, revision
-  FROM c ORDER BY n
+  FROM c
+ WHERE (SELECT count(*) FROM notices) > 0  -- a WITH query that only reads runs only if used
+ ORDER BY n
 """
 
 #: Wakes the relay; the new states come back in batch order.
