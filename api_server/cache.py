@@ -57,7 +57,7 @@ import aiopg
 from aiohttp import web
 
 from shared.appkeys import DB_POOL, REDIS, SETTINGS, SUPERVISOR
-from shared.db import listen, wait_notices
+from shared.db import Hearing, listen, wait_notices
 from shared.model import KeyState
 from shared.redis import REDIS_ERRORS, REDIS_UNREACHABLE, RedisLink
 from shared.sql import cache as sql
@@ -238,7 +238,7 @@ class CacheGuard:
         self._scanned = False
         self._distrusted: dict[str, int] = {}
         self._heard: dict[str, int] = {}
-        self._heard_changed = asyncio.Condition()
+        self._hearing = Hearing()
 
     @property
     def trusted(self) -> bool:
@@ -260,11 +260,7 @@ class CacheGuard:
             self._take_notices()
             return self._heard.get(key, 0) >= version
 
-        try:
-            async with asyncio.timeout(within), self._heard_changed:
-                await self._heard_changed.wait_for(heard)
-        except TimeoutError:
-            log.warning("cache: no notice of %s v%d within %.1f s", key, version, within)
+        await self._hearing.until(heard, within, f"the cache record of {key} v{version}")
 
     def _take_notices(self) -> None:
         conn = self._conn
@@ -292,8 +288,7 @@ class CacheGuard:
                 await self._scan(pool)
                 for notice in await wait_notices(conn, SCAN_SECONDS):
                     self._note(notice)
-                async with self._heard_changed:
-                    self._heard_changed.notify_all()
+                self._hearing.wake()
         finally:
             self._conn = None
             self._scanned = False

@@ -30,7 +30,7 @@ from collections import deque
 
 import aiopg
 
-from shared.db import listen
+from shared.db import Hearing, listen
 from shared.sql import changelog as sql
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class CacheFence:
         self._latest: dict[str, int] = {}  # key -> revision of its newest change heard, above the floor
         self._ahead: dict[int, int] = {}  # ranges heard past a gap: first revision -> last
         self._gap = asyncio.Event()
-        self._advanced = asyncio.Event()
+        self._hearing = Hearing()
         self._marks: deque[tuple[float, int]] = deque()  # (time, heard then), for moving the floor
 
     @property
@@ -80,15 +80,12 @@ class CacheFence:
     async def wait_heard(self, revision: int, within: float) -> None:
         """Until this follower has heard every change up to ``revision`` (at most ``within`` s; at once
         when it is not connected: then this process serves no hits, and other followers hear alone)."""
-        try:
-            async with asyncio.timeout(within):
-                while self._conn is not None and self.heard < revision:
-                    advanced = self._advanced
-                    self._take_notices()
-                    if self.heard < revision:
-                        await advanced.wait()
-        except TimeoutError:
-            log.warning("cache fence: revision %d not heard within %.1f s (heard %d)", revision, within, self.heard)
+
+        def heard() -> bool:
+            self._take_notices()
+            return self._conn is None or self.heard >= revision
+
+        await self._hearing.until(heard, within, f"revision {revision} by the cache fence (heard {self.heard})")
 
     async def run(self, dsn: str) -> None:
         """Follow the changes for ever (supervised; reconnects)."""
@@ -200,5 +197,4 @@ class CacheFence:
 
     def _wake(self) -> None:
         """Wake the writers waiting in :meth:`wait_heard`."""
-        self._advanced.set()
-        self._advanced = asyncio.Event()
+        self._hearing.wake()

@@ -85,6 +85,35 @@ async def listen(
         await asyncio.sleep(backoff.next())
 
 
+class Hearing:
+    """Writers that answer only once this process's own listener has taken in the notice their commit
+    sent: Postgres sends a NOTIFY to every listening session at the same COMMIT, so once this
+    process's listener has it, every other process's has been sent it too (the window left is the
+    notice's own delivery). The listener calls :meth:`wake` whenever it has taken notices in; a
+    writer awaits :meth:`until` a predicate on what the listener knows holds."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def wake(self) -> None:
+        """The listener took notices in: let every waiter look again."""
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def until(self, heard: Callable[[], bool], within: float, what: str) -> bool:
+        """Wait until ``heard()`` (looked at now and after each :meth:`wake`), at most ``within``
+        seconds; False (and a log line naming ``what``) when it did not hold in time."""
+        try:
+            async with asyncio.timeout(within):
+                while not heard():
+                    await self._event.wait()
+        except TimeoutError:
+            if not heard():
+                log.warning("no notice of %s within %.1f s", what, within)
+                return False
+        return True
+
+
 async def wait_notices(conn: aiopg.Connection, within: float) -> list[Any]:
     """The notices on ``conn``: those queued, else the next ones to arrive within ``within`` seconds
     (``[]`` when none did). Each has ``.channel`` and ``.payload``."""

@@ -3,8 +3,9 @@
 The table is small (one row per namespace with an ACL), so a holder loads all of it. A change commits
 with ``NOTIFY dynconfig_namespaces`` (api_server/domain/namespaces.py); every holder's listener reloads
 when it hears one, and every ``RELOAD_SECONDS`` regardless. The writer's own process reloads before it
-answers, so a read that starts after the answer sees the change there; other processes hear the notice
-within milliseconds of the commit.
+answers, so a read that starts after the answer sees the change there, and it answers only once its
+own listener has heard the notice (:class:`shared.db.Hearing`): other processes were sent it at the
+same COMMIT, so a read that starts on another replica after the answer finds it waiting there.
 
 The copy is trusted only while the listener is connected, has loaded since it connected, and holds
 no notice it has not loaded after: :meth:`NamespaceAcls.for_key` and :meth:`NamespaceAcls.all` read
@@ -17,6 +18,7 @@ cannot bring back an ACL that a newer one has replaced.
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import AsyncIterator
 
 import aiopg
@@ -24,12 +26,14 @@ from aiohttp import web
 
 from .acl import Acl
 from .appkeys import DB_POOL, NAMESPACE_ACLS, SETTINGS, SUPERVISOR
-from .db import listen, wait_notices
+from .db import Hearing, listen, wait_notices
 from .sql import namespaces as sql
 from .tasks import cancel_and_wait
 from .validation import namespaces_of
 
 RELOAD_SECONDS = 5.0
+#: How long a writer waits for its own listener to hear its change before answering anyway.
+HEARD_WAIT_SECONDS = 1.0
 
 
 async def load_all(cur: aiopg.Cursor) -> dict[str, Acl]:
@@ -55,6 +59,8 @@ class NamespaceAcls:
         self._conn: aiopg.Connection | None = None
         self._starts = itertools.count(1)
         self._installed = 0
+        self._heard: set[str] = set()  # tokens of this process's writes its listener has taken in
+        self._hearing = Hearing()
 
     @property
     def trusted(self) -> bool:
@@ -92,6 +98,21 @@ class NamespaceAcls:
         async with self._pool.acquire() as conn, conn.cursor() as pooled:
             return await load_for_key(pooled, key)
 
+    @staticmethod
+    def new_token() -> str:
+        """A token for the NOTIFY of one write (its payload), to :meth:`wait_heard` for."""
+        return uuid.uuid4().hex
+
+    async def wait_heard(self, token: str, within: float = HEARD_WAIT_SECONDS) -> None:
+        """Until this process's listener has heard the notice carrying ``token`` (at most ``within`` s;
+        at once when it is not connected: then this process reads Postgres, not its copy)."""
+
+        def heard() -> bool:
+            return self._conn is None or token in self._heard
+
+        await self._hearing.until(heard, within, "a namespace ACL change")
+        self._heard.discard(token)
+
     async def run(self, dsn: str) -> None:
         """Listen for changes for ever (supervised)."""
         await listen(dsn, [sql.CHANNEL], self._serve, name="namespace-acls")
@@ -103,11 +124,17 @@ class NamespaceAcls:
                 while True:
                     await self.reload(cur)  # on the listener's own connection: a dead one is noticed
                     self._loaded = True
-                    if await wait_notices(conn, RELOAD_SECONDS):  # drains the notices it takes
+                    notices = await wait_notices(conn, RELOAD_SECONDS)  # drains the notices it takes
+                    if notices:
                         self._loaded = False  # until the reload after them is in
+                        if len(self._heard) > 10_000:  # tokens of writers that gave up waiting
+                            self._heard.clear()
+                        self._heard.update(notice.payload for notice in notices if notice.payload)
+                        self._hearing.wake()
         finally:
             self._conn = None
             self._loaded = False
+            self._hearing.wake()
 
 
 async def namespace_acls_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -39,11 +39,13 @@ async def put_acl(
         params = {"ns": namespace, "read": acls["read"], "write": acls["write"], "actor": caller.username, "now": now}
         await cur.execute(sql.UPSERT, params)
         (created,) = await cur.fetchone()
-        await cur.execute(sql.NOTIFY)
+        token = held.new_token()
+        await cur.execute(sql.NOTIFY, {"token": token})
         await record(
             cur, chain, AuditRecord(caller.username, "namespace.put", namespace, "ok", caller.request_id, at=now)
         )
     await held.reload()
+    await held.wait_heard(token)
     return bool(created), now
 
 
@@ -66,6 +68,8 @@ async def delete_acl(pool: aiopg.Pool, chain: AuditChain, held: NamespaceAcls, c
         await cur.execute(sql.DELETE, {"ns": namespace})
         if cur.rowcount == 0:
             raise NotFound(f"Namespace '{namespace}' has no ACL")
-        await cur.execute(sql.NOTIFY)
+        token = held.new_token()
+        await cur.execute(sql.NOTIFY, {"token": token})
         await record(cur, chain, AuditRecord(caller.username, "namespace.delete", namespace, "ok", caller.request_id))
     await held.reload()
+    await held.wait_heard(token)

@@ -27,4 +27,6 @@ DELETE = "DELETE FROM namespaces WHERE namespace = %(ns)s"
 
 # Tells notifiers to reload namespace ACLs (watch deliveries check them per event).
 CHANNEL = "dynconfig_namespaces"
-NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
+# The payload names the write (a token of the writer's), so its process can wait until its own
+# listener has heard it (shared.nsacls.NamespaceAcls.wait_heard).
+NOTIFY = f"SELECT pg_notify('{CHANNEL}', %(token)s)"
