@@ -7,6 +7,9 @@ import datetime
 import ipaddress
 import json
 import os
+import queue
+import shutil
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +23,22 @@ from cryptography.x509.oid import NameOID
 
 if TYPE_CHECKING:
     from shared.settings import Settings
+
+#: Debian's Chromium for Playwright (its own browser download does not work here): headless, and
+#: nothing that reaches for Google's hosts (the machine's network is closed).
+CHROMIUM_LAUNCH: dict[str, Any] = {
+    "executable_path": shutil.which("chromium") or "/usr/bin/chromium",
+    "args": [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ],
+}
 
 
 def write_self_signed(directory: Path) -> tuple[Path, Path]:
@@ -164,6 +183,45 @@ async def first_health(proc: Any, timeout: float = 30.0) -> tuple[int, dict[str,
         except aiohttp.ClientError:
             assert time.monotonic() < deadline, f"{proc.name} never answered /health:\n{proc.log()[-2000:]}"
             await asyncio.sleep(0.1)
+
+
+class LineReader:
+    """Lines of a subprocess's output, read by a thread so the test can wait with a timeout."""
+
+    def __init__(self, stream: Any) -> None:
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []  # every line taken so far, for failure messages
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: Any) -> None:
+        for line in stream:
+            self._lines.put(line)
+        self._lines.put(None)  # end of output: the process is gone
+
+    def next_line(self, timeout: float = 15.0) -> str:
+        """The next line; AssertionError after ``timeout`` seconds without one."""
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no line from the process in {timeout} s; so far: {self.seen[-20:]}") from None
+        if line is None:
+            self._lines.put(None)
+            raise AssertionError(f"the process closed its output; its last lines: {self.seen[-20:]}")
+        self.seen.append(line)
+        return line
+
+    def next_json(self, timeout: float = 15.0) -> dict[str, Any]:
+        event: dict[str, Any] = json.loads(self.next_line(timeout))
+        return event
+
+    def wait_for(self, text: str, timeout: float = 15.0) -> str:
+        """The first line (from here on) that contains ``text``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.next_line(max(0.0, deadline - time.monotonic()))
+            if text in line:
+                return line
 
 
 def process_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -9,11 +9,9 @@ from __future__ import annotations
 import ast
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -22,6 +20,7 @@ from typing import Any
 
 import jwt
 import pytest
+from support import LineReader
 
 from devtools.devkeys import ensure_dev_keys
 from devtools.services import free_port
@@ -99,27 +98,6 @@ def http_get(url: str, token: str) -> tuple[int, dict[str, Any]]:
 def ok(result: subprocess.CompletedProcess[str]) -> str:
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
     return result.stdout
-
-
-class LineReader:
-    """Lines of a subprocess's stdout, read by a thread so the test can wait with a timeout."""
-
-    def __init__(self, stream: Any) -> None:
-        self._lines: queue.Queue[str] = queue.Queue()
-        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _pump(self, stream: Any) -> None:
-        for line in stream:
-            self._lines.put(line)
-
-    def next_json(self, timeout: float = 15.0) -> dict[str, Any]:
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no line from the watch process in {timeout} s") from None
-        event: dict[str, Any] = json.loads(line)
-        return event
 
 
 # --- the round trip --------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ Screenshots go to ``test-artifacts/`` (git-ignored).
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,24 +17,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from playwright.async_api import Browser, Page, async_playwright, expect
+from support import CHROMIUM_LAUNCH
 from yarl import URL
 
 from dynconfig_client import Client
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Headless, and nothing that reaches for Google's hosts (the machine's network is closed).
-FLAGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ADMIN = "admin-user"
 WAIT_MS = 10_000
 expect.set_options(timeout=WAIT_MS)  # assertions wait as long as actions do (a busy CI machine)
@@ -67,7 +55,7 @@ def _base(server: Any) -> str:
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     async with async_playwright() as pw:
-        launched = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        launched = await pw.chromium.launch(**CHROMIUM_LAUNCH)
         try:
             yield launched
         finally:

@@ -1,14 +1,25 @@
-"""The examples run as the README says, with the plain ``python`` a new user types."""
+"""The examples and the README's snippets run as the README says: the Python example with the plain
+``python`` a new user types, the JavaScript watch under this machine's Node.js (20: no global
+``WebSocket``) and in a browser, the ``Client`` snippet against a real api_server; and the README names
+every setting the processes, the dev run and the command line read."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from support import CHROMIUM_LAUNCH, LineReader
 
 from devtools.services import free_port
 
@@ -25,13 +36,14 @@ def _plain_env(**extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def _plain_python_lacks_aiohttp() -> None:
     found = subprocess.run([PLAIN_PYTHON, "-c", "import aiohttp"], capture_output=True, env=_plain_env())
     if found.returncode == 0:
         pytest.skip(f"{PLAIN_PYTHON} has aiohttp itself: nothing to show")
 
 
+@pytest.mark.usefixtures("_plain_python_lacks_aiohttp")
 def test_watch_example_runs_under_plain_python_by_using_the_venv() -> None:
     env = _plain_env(DYNCONFIG_TOKEN="not-used", DYNCONFIG_WATCH_URL=f"ws://127.0.0.1:{free_port()}/watch")
     proc = subprocess.Popen(
@@ -54,6 +66,7 @@ def test_watch_example_runs_under_plain_python_by_using_the_venv() -> None:
             proc.stderr.close()
 
 
+@pytest.mark.usefixtures("_plain_python_lacks_aiohttp")
 def test_watch_example_without_a_venv_says_how_to_get_one(tmp_path: Path) -> None:
     (tmp_path / "examples").mkdir()
     shutil.copy(REPO / "examples" / "watch.py", tmp_path / "examples" / "watch.py")
@@ -63,3 +76,120 @@ def test_watch_example_without_a_venv_says_how_to_get_one(tmp_path: Path) -> Non
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
     assert "./dev/up" in result.stderr and ".venv/bin/python examples/watch.py" in result.stderr
+
+
+# --- the README's snippets, run as shown -------------------------------------------------------------
+
+README = REPO / "README.md"
+ADMIN = "admin-user"
+#: The origin the README's snippets talk to (the dev run's front door), replaced by the test's.
+README_ORIGIN = "localhost:8080"
+
+
+def readme_block(language: str, marker: str) -> str:
+    """The one fenced ``language`` block of the README that contains ``marker``."""
+    blocks = re.findall(rf"^```{language}\n(.*?)^```$", README.read_text(), flags=re.S | re.M)
+    found = [block for block in blocks if marker in block]
+    assert len(found) == 1, f"expected one {language} block with {marker!r} in README.md, found {len(found)}"
+    return found[0]
+
+
+def http_put(url: str, token: str, body: Any) -> int:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="PUT")
+    request.add_header("Authorization", f"Bearer {token}")
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return int(resp.status)
+
+
+@pytest.fixture
+def front_door(spawn: Callable[..., Any]) -> Any:
+    """The local run's shape: a real api_server and notifier behind the dev front door (one origin)."""
+    api, notifier = spawn("api_server"), spawn("notifier")
+    return spawn("devtools.frontdoor", API_PORT=str(api.port), NOTIFIER_PORT=str(notifier.port))
+
+
+@pytest.fixture(scope="module")
+def node_env() -> dict[str, str]:
+    """The environment for this machine's ``node``: with npm's ``ws`` on ``NODE_PATH`` when it has no
+    global ``WebSocket`` (Node.js 20), installed once where the benchmark's generators keep it (never
+    committed); without it on Node.js 22 and later, so the built-in one is what runs."""
+    if shutil.which("node") is None:
+        pytest.skip("no node on this machine")
+    probe = subprocess.run(["node", "-e", "process.exit(typeof WebSocket === 'function' ? 0 : 3)"], check=False)
+    env = {k: v for k, v in os.environ.items() if k != "NODE_PATH"}
+    if probe.returncode == 0:
+        return env
+    from bench.compare import GEN, ensure_generators
+
+    ensure_generators()
+    return {**env, "NODE_PATH": str(GEN / "node_modules")}
+
+
+def test_readme_javascript_watch_runs_on_this_node(
+    front_door: Any, node_env: dict[str, str], token: Callable[..., str], unique_prefix: str, tmp_path: Path
+) -> None:
+    snippet = readme_block("javascript", "/watch")
+    script = tmp_path / "watch.js"
+    script.write_text(snippet.replace(README_ORIGIN, f"127.0.0.1:{front_door.port}"))
+    admin = token(ADMIN)
+    node = subprocess.Popen(
+        ["node", str(script)],
+        cwd=tmp_path,
+        env={**node_env, "DYNCONFIG_TOKEN": admin},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = LineReader(node.stdout)
+    try:
+        lines.wait_for("subscribed")
+        key = f"app.{unique_prefix}.feature-toggle.enabled"
+        assert http_put(f"{front_door.url}/keys/{key}", admin, {"value": "false"}) == 201
+        lines.wait_for(key)
+    finally:
+        node.kill()
+        node.wait()
+        assert node.stdout is not None
+        node.stdout.close()
+
+
+async def test_readme_javascript_watch_runs_in_a_browser(
+    front_door: Any, token: Callable[..., str], unique_prefix: str
+) -> None:
+    from playwright.async_api import ConsoleMessage, Dialog, async_playwright
+
+    snippet = readme_block("javascript", "/watch").replace(README_ORIGIN, f"127.0.0.1:{front_door.port}")
+    admin = token(ADMIN)
+    logged: list[Any] = []  # what the page's console.log('Update:', update) printed, as JSON
+    errors: list[str] = []
+
+    async def on_console(message: ConsoleMessage) -> None:
+        if len(message.args) == 2:
+            logged.append(await message.args[1].json_value())
+
+    async def on_dialog(dialog: Dialog) -> None:  # the snippet's prompt() for the token
+        await dialog.accept(admin)
+
+    async def seen(what: Callable[[Any], bool]) -> None:
+        deadline = time.monotonic() + 15
+        while not any(isinstance(item, dict) and what(item) for item in logged):
+            assert time.monotonic() < deadline, f"the page logged only {logged}; its errors: {errors}"
+            await asyncio.sleep(0.05)
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(**CHROMIUM_LAUNCH)
+        try:
+            page = await browser.new_page()
+            page.on("console", on_console)
+            page.on("dialog", on_dialog)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            # A page of the same (loopback) origin: Chromium keeps other pages off local addresses.
+            await page.goto(f"{front_door.url}/health")
+            await page.add_script_tag(content=snippet)
+            await seen(lambda item: item.get("event") == "subscribed")
+            key = f"app.{unique_prefix}.feature-toggle.enabled"
+            assert await asyncio.to_thread(http_put, f"{front_door.url}/keys/{key}", admin, {"value": "true"}) == 201
+            await seen(lambda item: item.get("key") == key and item.get("value") == "true")
+        finally:
+            await browser.close()
