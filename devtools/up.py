@@ -42,6 +42,11 @@ PROCESSES: list[tuple[str, str, int]] = [
 ]
 #: The port variable of the process users talk to.
 PUBLIC_PORT_VAR = "FRONTDOOR_PORT"
+#: The servers a run starts itself unless pointed at others (POSTGRES_URL; REDIS_URL or REDIS_HOST):
+#: (name, port variable, default port), as in PROCESSES. The README's "The local run" lists them all.
+DEV_POSTGRES = ("postgres", "DEV_PG_PORT", 54329)
+DEV_REDIS = ("redis", "DEV_REDIS_PORT", 63799)
+DEV_SERVERS = (DEV_POSTGRES, DEV_REDIS)
 
 HEALTH_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
@@ -203,7 +208,7 @@ def run(dev_dir: Path, environ: Mapping[str, str], processes: Sequence[tuple[str
     try:
         pg_url = redis_url = None
         if not environ.get("POSTGRES_URL"):
-            pg = PostgresServer(dev_dir / "postgres", _port(environ, "DEV_PG_PORT", 54329))
+            pg = PostgresServer(dev_dir / "postgres", _port(environ, *DEV_POSTGRES[1:]))
             servers.append(pg)
             first = not (pg.data_dir / "PG_VERSION").exists()
             _say(
@@ -213,7 +218,7 @@ def run(dev_dir: Path, environ: Mapping[str, str], processes: Sequence[tuple[str
             pg.start()
             pg_url = pg.url
         if not environ.get("REDIS_URL") and not environ.get("REDIS_HOST"):
-            rd = RedisServer(dev_dir / "redis", _port(environ, "DEV_REDIS_PORT", 63799))
+            rd = RedisServer(dev_dir / "redis", _port(environ, *DEV_REDIS[1:]))
             servers.append(rd)
             rd.start()
             redis_url = rd.url

@@ -5,6 +5,7 @@ every setting the processes, the dev run and the command line read."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import os
@@ -193,3 +194,80 @@ async def test_readme_javascript_watch_runs_in_a_browser(
             await seen(lambda item: item.get("key") == key and item.get("value") == "true")
         finally:
             await browser.close()
+
+
+# --- the README names every setting ------------------------------------------------------------------
+
+#: Where settings are read: every first-party package a user runs (the processes, the dev run, the client).
+READERS_OF_SETTINGS = ("shared", "api_server", "notifier", "expiry_worker", "devtools", "dynconfig_client", "examples")
+_ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]{2,}")
+# Calls that read one variable, named by their first string argument: ``env.get("X")``,
+# ``os.getenv("X")``, and the settings helpers ``_required(env, "X")``, ``_int(env, "X", 30)``...
+_ENV_READERS = {"get", "getenv", "_required", "_optional", "_int", "_bool", "_float", "_port"}
+
+
+def variables_read(path: Path) -> set[str]:
+    """The environment variables a module reads by name (``env.get("X")``, ``environ["X"]``, and the
+    settings helpers), found in its syntax tree."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        name: str | None = None
+        if isinstance(node, ast.Call):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            texts = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            name = texts[0] if called in _ENV_READERS and texts else None
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+            target = node.value
+            indexed = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", None)
+            name = node.slice.value if indexed in ("environ", "env") else None
+        if isinstance(name, str) and _ENV_NAME.fullmatch(name):
+            found.add(name)
+    return found
+
+
+def readme_table(heading: str) -> dict[str, list[str]]:
+    """The first table under ``heading``: each row's cells by every backticked variable of its first cell."""
+    text = README.read_text()
+    assert heading in text, f"README.md has no {heading!r}"
+    rows: dict[str, list[str]] = {}
+    for line in text[text.index(heading) :].splitlines()[1:]:
+        if rows and not line.startswith("|"):
+            break
+        if line.startswith("| `"):
+            cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+            for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[0]):
+                rows[name] = cells
+    return rows
+
+
+def test_readme_documents_every_variable_the_code_reads() -> None:
+    from devtools.up import DEV_SERVERS, PROCESSES
+
+    read = {
+        name: str(path.relative_to(REPO))
+        for package in READERS_OF_SETTINGS
+        for path in sorted((REPO / package).rglob("*.py"))
+        for name in variables_read(path)
+    }
+    read.update({variable: "devtools/up.py" for _, variable, _ in [*PROCESSES, *DEV_SERVERS]})
+    assert {"POSTGRES_URL", "FRONTDOOR_PORT", "DEV_PG_PORT", "DYNCONFIG_URL"} <= read.keys()  # the scan works
+    documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", README.read_text()))
+    missing = {name: path for name, path in read.items() if name not in documented}
+    assert not missing, f"README.md does not name these variables (read in): {missing}"
+
+
+def test_readme_gives_the_ports_the_dev_run_uses() -> None:
+    from devtools.up import DEV_SERVERS, PROCESSES
+
+    table = readme_table("### The local run")
+    for _, variable, default in [*PROCESSES, *DEV_SERVERS]:
+        assert variable in table, f"the local run's table has no row for {variable}"
+        assert table[variable][-1].startswith(str(default)), f"{variable}: README says {table[variable][-1]!r}"
+
+
+def test_readme_says_where_dynconfig_is_before_using_it() -> None:
+    chunks = re.split(r"\n\s*\n", README.read_text())  # paragraphs, and code blocks without blank lines
+    uses = [i for i, chunk in enumerate(chunks) if re.search(r"`dynconfig`|^\s*dynconfig ", chunk, flags=re.M)]
+    told = [i for i, chunk in enumerate(chunks) if ".venv/bin/dynconfig" in chunk or ".venv/bin/activate" in chunk]
+    assert uses and told and told[0] <= uses[0], f"`dynconfig` first appears in:\n{chunks[uses[0]]}"
