@@ -12,8 +12,12 @@ carries both the initial state and every change; reconnects resume after the las
 Rules:
 - **Ready** means "serving values that are either fresh from the server or last-known-good from disk":
   :meth:`ready` returns once the first snapshot (or resume) from the server has been applied — ``source``
-  is then ``"server"`` — or at once when the on-disk cache was loaded (``source == "cache"``), in which
-  case the view catches up in the background. Staleness: ``connected``, ``seconds_since_last_event``.
+  is then ``"server"``. With an on-disk cache the server still comes first, for ``prefer_server_for``
+  seconds from :meth:`start` (2 by default): a program that reads right after ``ready()`` gets the
+  server's values whenever the server answers in time. Only when it does not (or ``ready``'s own
+  ``timeout`` runs out first) does ``ready()`` return with the cache's values (``source == "cache"``),
+  and the view catches up in the background — as Apollo's client reads its local file only after the
+  config service failed to answer. Staleness: ``connected``, ``seconds_since_last_event``.
 - **Callbacks** report changes to a view you could already read: the initial snapshot fills the view
   silently; from then on every applied change fires the callbacks once, in revision order, with the
   state already updated. A callback may be sync or async (awaited before the next change is applied);
@@ -68,7 +72,8 @@ class LiveConfig(TypedGetters):
 
     ``url`` is the service's base URL (``/watch`` is appended) or the watch URL itself. With
     ``cache_path`` (and a 32-byte ``cache_key``) the view is saved, encrypted, at most once every
-    ``cache_interval`` seconds and on close, and loaded at start.
+    ``cache_interval`` seconds and on close, and loaded at start; :meth:`ready` then waits up to
+    ``prefer_server_for`` seconds for the server before it serves the cache.
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class LiveConfig(TypedGetters):
         cache_path: str | os.PathLike[str] | None = None,
         cache_key: bytes | None = None,
         cache_interval: float = 1.0,
+        prefer_server_for: float = 2.0,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         heartbeat: float = 15.0,
@@ -88,10 +94,14 @@ class LiveConfig(TypedGetters):
         super().__init__()
         if cache_path is not None and cache_key is None:
             raise ValueError("cache_path needs a cache_key (32 bytes): the cache is always encrypted")
+        if prefer_server_for < 0:
+            raise ValueError("prefer_server_for is a number of seconds, >= 0")
         self.watch_url = to_watch_url(url)
         self.patterns = list(patterns)
         self._cache = DiskCache(cache_path, cache_key) if cache_path is not None and cache_key is not None else None
         self._cache_interval = cache_interval
+        self._prefer_server_for = prefer_server_for
+        self._fallback: asyncio.TimerHandle | None = None  # serves the cache if the server is late
         self._token = token
         self._stream_options: dict[str, Any] = {
             "backoff_initial": backoff_initial,
@@ -112,7 +122,8 @@ class LiveConfig(TypedGetters):
         self._saver: asyncio.Task[None] | None = None
         self._saving: asyncio.Future[None] | None = None
         self.source: str | None = None
-        """``"cache"`` (last-known-good from disk), ``"server"`` (synced with the server once), or None."""
+        """Where the view's values come from: ``"cache"`` (last-known-good from disk, loaded at start),
+        ``"server"`` (synced with the server once), or None (nothing yet)."""
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -133,8 +144,8 @@ class LiveConfig(TypedGetters):
             state = None
         if state is not None:
             self._view.load(state.entries, state.revision)
-            self._mark_ready("cache")
-            log.info("serving %d cached key(s) at revision %d until connected", len(state.entries), state.revision)
+            self.source = "cache"  # readable now; ready() waits for the server first
+            self._fallback = asyncio.get_running_loop().call_later(self._prefer_server_for, self._serve_cache)
         else:
             self._view.expect_snapshot()  # the first snapshot is collected, then swapped in at once
         self._stream = EventStream(
@@ -152,6 +163,8 @@ class LiveConfig(TypedGetters):
 
     async def close(self) -> None:
         """Stop following the stream and save the cache one last time."""
+        if self._fallback is not None:
+            self._fallback.cancel()
         for task in (self._task, self._saver):
             if task is not None:
                 task.cancel()
@@ -164,12 +177,19 @@ class LiveConfig(TypedGetters):
             await self._save()
 
     async def ready(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 (the agreed API)
-        """Wait until the view serves values (see the module docstring); True. Raises TimeoutError after
-        ``timeout`` seconds, or the server's BadRequest when it refused the patterns."""
+        """Wait until the view serves values (see the module docstring); True. With a cache loaded, that
+        is the server's values if it answers within ``prefer_server_for`` seconds of start (and within
+        ``timeout``), else the cache's. Without one, raises TimeoutError after ``timeout`` seconds. Raises
+        the server's refusal (``BadRequest`` for refused patterns, or the status a wrong watch URL got)."""
         if self._task is None:
             raise RuntimeError("call start() first")
         if not self._ready_event.is_set():
-            await asyncio.wait_for(self._ready_event.wait(), timeout)
+            try:
+                await asyncio.wait_for(self._ready_event.wait(), timeout)
+            except TimeoutError:
+                if self.source != "cache":
+                    raise
+                self._serve_cache()  # the caller will not wait longer: last-known-good it is
         if not self._is_ready and self._failure is not None:
             raise self._failure
         return True
@@ -286,7 +306,8 @@ class LiveConfig(TypedGetters):
         while True:
             try:
                 async for event in self._stream:
-                    for change in self._view.apply(event, report=self._is_ready):
+                    # Changes are reported once the view had values to read (the cache counts).
+                    for change in self._view.apply(event, report=self.source is not None):
                         await self._dispatch(change)
                     if self._view.synced and self.source != "server":
                         self._mark_ready("server")
@@ -305,6 +326,16 @@ class LiveConfig(TypedGetters):
         self.source = source
         self._is_ready = True
         self._ready_event.set()
+        if self._fallback is not None:
+            self._fallback.cancel()
+
+    def _serve_cache(self) -> None:
+        """The server did not answer in time: ready with the cache's values (unless ready already)."""
+        if self._is_ready:
+            return
+        entries, revision = len(self._view.entries), self._view.revision
+        log.info("no answer from the server yet: serving %d cached key(s) at revision %s meanwhile", entries, revision)
+        self._mark_ready("cache")
 
     # --- the disk cache ----------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ class SyncLiveConfig(TypedGetters):
         cache_path: str | os.PathLike[str] | None = None,
         cache_key: bytes | None = None,
         cache_interval: float = 1.0,
+        prefer_server_for: float = 2.0,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         heartbeat: float = 15.0,
@@ -53,6 +54,7 @@ class SyncLiveConfig(TypedGetters):
             cache_path=cache_path,
             cache_key=cache_key,
             cache_interval=cache_interval,
+            prefer_server_for=prefer_server_for,
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
             heartbeat=heartbeat,
@@ -90,7 +92,8 @@ class SyncLiveConfig(TypedGetters):
                 self.close()
 
     def ready(self, timeout: float | None = None) -> bool:
-        """Block until the view serves values; True, or TimeoutError after ``timeout`` seconds."""
+        """Block until the view serves values (the server's, or after ``prefer_server_for`` seconds the
+        disk cache's, as ``LiveConfig.ready``); True, or TimeoutError after ``timeout`` seconds."""
         return self._call(self.live.ready(timeout))
 
     def close(self, timeout: float = 10.0) -> None:

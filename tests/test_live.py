@@ -289,6 +289,47 @@ async def test_cold_start_from_the_disk_cache_while_the_server_is_down_then_catc
     assert {k: e.value for k, e in reloaded.entries.items()} == {a: "secret-value-10", c: [3]}
 
 
+async def stale_cache(api: Api, url: str, token: Token, key: str, tmp_path: Path) -> dict[str, Any]:
+    """A cache file that holds ``key`` = "cached" while the server has moved on to "fresh"; the options
+    that read it."""
+    options: dict[str, Any] = {"cache_path": tmp_path / "config.cache", "cache_key": os.urandom(32)}
+    await api.write("PUT", key, "cached")
+    async with LiveConfig(url, token(), [key], **options) as first:
+        await first.ready(timeout=TIMEOUT)
+        await wait_until(lambda: first.get(key) == "cached")
+    await api.write("PATCH", key, "fresh")
+    return options
+
+
+async def test_ready_gives_the_servers_values_over_a_stale_cache_when_the_server_answers(
+    client: TestClient[Any, Any], notifier_server: Any, token: Token, unique_prefix: str, tmp_path: Path
+) -> None:
+    key = f"{unique_prefix}.flag"
+    options = await stale_cache(Api(client, token), ws_url(notifier_server), token, key, tmp_path)
+    async with LiveConfig(ws_url(notifier_server), token(), [key], **options) as live:
+        assert await live.ready(timeout=TIMEOUT)
+        assert (live.get(key), live.source) == ("fresh", "server")  # read right after ready(): never stale
+
+
+async def test_ready_falls_back_to_the_cache_when_the_server_does_not_answer_in_time(
+    client: TestClient[Any, Any], notifier_server: Any, token: Token, unique_prefix: str, tmp_path: Path
+) -> None:
+    import socket
+
+    key = f"{unique_prefix}.flag"
+    options = await stale_cache(Api(client, token), ws_url(notifier_server), token, key, tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # takes connections, never answers a handshake
+        url = f"ws://127.0.0.1:{silent.getsockname()[1]}/watch"
+        async with LiveConfig(url, token(), [key], prefer_server_for=0.5, **options) as live:
+            started = time.monotonic()
+            assert await live.ready(timeout=TIMEOUT)
+            assert time.monotonic() - started >= 0.5  # it gave the server its time first
+            assert (live.get(key), live.source, live.connected) == ("cached", "cache", False)
+        async with LiveConfig(url, token(), [key], **options) as impatient:  # the default: 2 s for the server
+            assert await impatient.ready(timeout=0.1)  # a shorter timeout serves the cache, never raises
+            assert (impatient.get(key), impatient.source) == ("cached", "cache")
+
+
 @pytest.mark.parametrize("damage", ["wrong key", "corrupt file"])
 async def test_an_unreadable_cache_is_logged_and_ignored(
     client: TestClient[Any, Any],

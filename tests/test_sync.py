@@ -81,3 +81,26 @@ def test_sync_start_times_out_without_a_server_and_joins_its_thread() -> None:
         live.start(timeout=0.5)
     assert not live_threads() and not live.connected
     live.close()  # harmless twice
+
+
+def test_sync_start_prefers_the_server_over_a_stale_cache_and_falls_back_to_it(
+    spawn: Callable[..., Any], token: Callable[..., str], unique_prefix: str, tmp_path: Any
+) -> None:
+    import os
+
+    from devtools.services import free_port
+
+    api, notifier = spawn("api_server"), spawn("notifier")
+    key, admin = f"{unique_prefix}.flag", token(ADMIN)
+    url = f"ws://127.0.0.1:{notifier.port}/watch"
+    options: dict[str, Any] = {"cache_path": tmp_path / "config.cache", "cache_key": os.urandom(32)}
+    assert http("PUT", f"{api.url}/keys/{key}", admin, {"value": "cached"})[0] == 201
+    with SyncLiveConfig(url, admin, [key], **options) as first:
+        wait_until(lambda: first.get(key) == "cached", "the first value")
+    assert http("PATCH", f"{api.url}/keys/{key}", admin, {"value": "fresh"})[0] == 200
+
+    with SyncLiveConfig(url, admin, [key], **options) as live:  # start() waits until ready
+        assert (live.get(key), live.source) == ("fresh", "server")
+    down = f"ws://127.0.0.1:{free_port()}/watch"
+    with SyncLiveConfig(down, admin, [key], prefer_server_for=0.3, **options) as stale:
+        assert (stale.get(key), stale.source, stale.connected) == ("fresh", "cache", False)
