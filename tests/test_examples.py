@@ -271,3 +271,19 @@ def test_readme_says_where_dynconfig_is_before_using_it() -> None:
     uses = [i for i, chunk in enumerate(chunks) if re.search(r"`dynconfig`|^\s*dynconfig ", chunk, flags=re.M)]
     told = [i for i, chunk in enumerate(chunks) if ".venv/bin/dynconfig" in chunk or ".venv/bin/activate" in chunk]
     assert uses and told and told[0] <= uses[0], f"`dynconfig` first appears in:\n{chunks[uses[0]]}"
+
+
+def test_readme_client_snippet_runs_and_closes_its_client(
+    spawn: Callable[..., Any], token: Callable[..., str], unique_prefix: str, tmp_path: Path
+) -> None:
+    api = spawn("api_server")
+    snippet = readme_block("python", "async with Client(")
+    # As shown, but against this test's server and with this test's own keys.
+    script = tmp_path / "client_example.py"
+    script.write_text(snippet.replace(f"http://{README_ORIGIN}", api.url).replace('"app', f'"{unique_prefix}.app'))
+    env = {**os.environ, "DYNCONFIG_TOKEN": token(ADMIN), "PYTHONWARNINGS": "error"}  # an unclosed session warns
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("hello 1 "), lines
+    assert f"{unique_prefix}.app.greeting" in lines and lines[-1] == "gone: Key does not exist", lines
