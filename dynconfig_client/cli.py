@@ -151,7 +151,13 @@ async def cmd_watch(args: argparse.Namespace, client: Client) -> None:
     from .client import watch_url
     from .stream import EventStream
 
-    url = args.watch_url or os.environ.get("DYNCONFIG_WATCH_URL") or watch_url(client.base_url)
+    # Which setting chose the URL, for the message when the server there has no /watch.
+    if args.watch_url:
+        url, setting = args.watch_url, "--watch-url"
+    elif os.environ.get("DYNCONFIG_WATCH_URL"):
+        url, setting = os.environ["DYNCONFIG_WATCH_URL"], "DYNCONFIG_WATCH_URL"
+    else:
+        url, setting = watch_url(client.base_url), "DYNCONFIG_URL (or --url)"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -161,7 +167,9 @@ async def cmd_watch(args: argparse.Namespace, client: Client) -> None:
         async for event in stream:
             _print(event)
 
-    async with EventStream(url, args.token, args.patterns, since_version=args.since, snapshot=args.snapshot) as stream:
+    async with EventStream(
+        url, args.token, args.patterns, since_version=args.since, snapshot=args.snapshot, url_setting=setting
+    ) as stream:
         printer = asyncio.ensure_future(follow(stream))
         stopper = asyncio.ensure_future(stop.wait())
         try:

@@ -46,7 +46,7 @@ from yarl import URL
 from .auth import TokenSource
 from .client import watch_url
 from .disk_cache import CacheState, DiskCache, Entry
-from .errors import BadRequest
+from .errors import ApiError
 from .stream import EventStream
 from .typed import TypedGetters
 from .view import Change, View, pattern_matches
@@ -312,8 +312,8 @@ class LiveConfig(TypedGetters):
                     if self._view.synced and self.source != "server":
                         self._mark_ready("server")
                 return
-            except BadRequest as exc:
-                log.error("the server refused the subscription: %s", exc.message)
+            except ApiError as exc:  # refused patterns, a wrong URL or token: final, said by ready()
+                log.error("the server refused the watch: %s", exc)
                 self._failure = exc
                 self._ready_event.set()
                 return

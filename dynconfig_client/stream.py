@@ -28,13 +28,14 @@ import logging
 import random
 import time
 from collections import deque
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType
 
 from .auth import TokenSource, resolve_token
-from .errors import BadRequest, Unauthorized
+from .errors import ApiError, BadRequest, Unauthorized, error_class
 from .models import EventKind
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,26 @@ CHANGE_KINDS = frozenset(EventKind)
 CLOSE_UNAUTHORIZED = 4401
 REFRESH_MARGIN_SECONDS = 60.0
 _CONNECT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
+
+
+def handshake_retryable(status: int) -> bool:
+    """Is a handshake answered with ``status`` (not 101) worth another try? 429 (rate limited) and 5xx
+    (a restart, an overload, a front door whose notifier is away) pass; any other answer means the
+    URL or the token is wrong, and asking again will not change it."""
+    return status == 429 or status >= 500
+
+
+def _handshake_hint(status: int, url_setting: str) -> str:
+    if status in (404, 405):
+        return (
+            f"point {url_setting} at the front door or ingress that routes /watch to the notifier"
+            " (or at the notifier), not at the API's own port"
+        )
+    if status in (401, 403):
+        return "the token was refused before the upgrade"
+    if 300 <= status < 400:
+        return f"it redirects elsewhere: point {url_setting} there (wss:// for https)"
+    return ""
 
 
 def token_expiry(token: str) -> float | None:
@@ -73,6 +94,11 @@ class EventStream:
     connection stays open). ``markers=True`` also yields ``{"event": "synced", "revision": R}`` each time
     a (re)subscription has delivered everything up to revision ``R`` (the replay or snapshot is complete).
 
+    A handshake answered without an upgrade is said in one line with its status: 429 and 5xx are retried
+    with backoff (at least ``Retry-After``); any other status before the first connection succeeded
+    raises the typed error of that status (a wrong URL or token: retrying would not help), and after it
+    is retried like a lost connection. ``url_setting`` names what sets the URL in that message.
+
     Also readable: ``connects`` (connections made so far), ``last_close_code`` and ``last_close_reason``
     (the server's close code and the reason it sent with it, e.g. ``4008``, ``"slow consumer: …"``), and
     ``last_message_at`` (``time.monotonic()`` when the last frame, ping or pong arrived; None before the first).
@@ -91,6 +117,7 @@ class EventStream:
         session: aiohttp.ClientSession | None = None,
         heartbeat: float = 15.0,
         markers: bool = False,
+        url_setting: str = "the watch URL",
     ) -> None:
         if not patterns:
             raise ValueError("at least one pattern is needed")
@@ -102,6 +129,8 @@ class EventStream:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._delay = backoff_initial
+        self._planned: float | None = None  # the next pause, when a failure already said how long
+        self._url_setting = url_setting
         self._session = session
         self._own_session = session is None
         self._heartbeat = heartbeat
@@ -115,7 +144,7 @@ class EventStream:
         self._through = 0  # the server's head when the current subscription started
         self._subscribed = False
         self._error: dict[str, Any] | None = None
-        self._refusal: BadRequest | Unauthorized | None = None
+        self._refusal: ApiError | None = None
         self._pending: deque[dict[str, Any]] = deque()
         self._attempts = 0
         self._closed = False
@@ -155,6 +184,9 @@ class EventStream:
             ws = self._ws
             if ws is None:
                 await self._connect()
+                if self._refusal is not None:
+                    await self.close()
+                    raise self._refusal
                 continue
             msg = await ws.receive()
             self.last_message_at = time.monotonic()
@@ -285,9 +317,16 @@ class EventStream:
                     autoping=False,
                     timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
                 )
+            except aiohttp.WSServerHandshakeError as exc:
+                if not self._closed and self._handshake_refused(exc):
+                    return
+                continue
             except _CONNECT_ERRORS as exc:
                 if not self._closed:
-                    log.warning("cannot connect to %s: %s", self.watch_url, exc.__class__.__name__)
+                    delay = self._plan_retry()
+                    log.warning(
+                        "cannot connect to %s: %s; retrying in %.1f s", self.watch_url, exc.__class__.__name__, delay
+                    )
                 continue
             except RuntimeError:
                 if self._closed:  # close() closed the session under us
@@ -308,9 +347,30 @@ class EventStream:
                 self._refresher = asyncio.create_task(self._refresh(ws, token), name="dynconfig-token-refresh")
             return
 
-    async def _backoff(self) -> None:
-        delay = random.uniform(self._delay / 2, self._delay)
+    def _handshake_refused(self, exc: aiohttp.WSServerHandshakeError) -> bool:
+        """Say what the handshake got; True when that is final (the refusal is then set)."""
+        status = exc.status
+        phrase = _phrase(status)
+        answered = f"the server at {self.watch_url} answered {status} {phrase} to the WebSocket handshake"
+        hint = _handshake_hint(status, self._url_setting)
+        if not handshake_retryable(status) and status != 101 and not self.connects:
+            message = f"the server at {self.watch_url} answered {status} to the WebSocket handshake"
+            self._refusal = error_class(status)(status, phrase, f"{message}: {hint}" if hint else message)
+            return True
+        delay = self._plan_retry(at_least=_retry_after(exc.headers) if status == 429 else 0.0)
+        log.warning("%s%s; retrying in %.1f s", answered, f": {hint}" if hint else "", delay)
+        return False
+
+    def _plan_retry(self, at_least: float = 0.0) -> float:
+        """The pause before the next attempt (said in the caller's warning), and the backoff's next step."""
+        self._planned = max(at_least, random.uniform(self._delay / 2, self._delay))
         self._delay = min(self._delay * 2, self._backoff_max)
+        return self._planned
+
+    async def _backoff(self) -> None:
+        if self._planned is None:
+            self._plan_retry()
+        delay, self._planned = self._planned or 0.0, None
         assert self._wake is not None
         try:
             await asyncio.wait_for(self._wake.wait(), delay)
@@ -366,3 +426,18 @@ class EventStream:
                 continue
             log.debug("sent a fresh token")
             token = fresh
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "(unknown status)"
+
+
+def _retry_after(headers: Any) -> float:
+    """The seconds of a ``Retry-After`` header given in seconds; 0 when absent or a date."""
+    try:
+        return max(0.0, float((headers or {}).get("Retry-After", "")))
+    except (TypeError, ValueError):
+        return 0.0

@@ -255,6 +255,89 @@ def test_unreachable_server_exits_1_with_one_line(token: Token) -> None:
     assert result.stderr.startswith(f"dynconfig: cannot reach {url}: ") and result.stderr.count("\n") == 1
 
 
+# --- watch: where /watch is, and what a refused handshake means ----------------------------------------
+
+
+def watch_process(url: str, token: str, *args: str, **extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        cli_command("watch", *args),
+        env=cli_env(url, token, **extra),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    process.kill()
+    process.communicate(timeout=15)
+
+
+def test_watch_at_the_apis_own_port_says_so_in_one_line_and_stops(api_proc: Any, admin_token: str) -> None:
+    try:
+        result = subprocess.run(
+            cli_command("watch", "app.*"),
+            env=cli_env(api_proc.url, admin_token),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"still retrying after 20 s; it said: {exc.stderr!r}")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    url = f"ws://127.0.0.1:{api_proc.port}/watch"
+    assert result.stderr.startswith(f"dynconfig: 404 Not Found: the server at {url} answered 404"), result.stderr
+    assert "DYNCONFIG_URL" in result.stderr and "front door" in result.stderr and "API's own port" in result.stderr
+
+
+def test_watch_retries_a_5xx_handshake_saying_so_until_the_notifier_is_up(
+    spawn: Callable[..., Any], api_proc: Any, admin_token: str, unique_prefix: str
+) -> None:
+    notifier_port = free_port()  # the front door's notifier is not there yet: it answers 502
+    door = spawn("devtools.frontdoor", API_PORT=str(api_proc.port), NOTIFIER_PORT=str(notifier_port))
+    key = f"{unique_prefix}.k"
+    ok(run_cli("put", key, "1", env=cli_env(door.url, admin_token)))
+    watcher = watch_process(door.url, admin_token, f"{unique_prefix}.*", "--snapshot")
+    try:
+        complaint = LineReader(watcher.stderr).next_line(timeout=30)
+        url = f"ws://127.0.0.1:{door.port}/watch"
+        assert complaint.startswith(f"dynconfig: the server at {url} answered 502 Bad Gateway"), complaint
+        assert "retrying in" in complaint, complaint
+        spawn("notifier", port=notifier_port)
+        event = LineReader(watcher.stdout).next_json(timeout=60)  # backoff tops out at 30 s
+        assert (event["event"], event["key"], event["value"]) == ("update", key, 1)
+    finally:
+        stop(watcher)
+
+
+def test_watch_waits_out_a_429_handshake_saying_so(spawn: Callable[..., Any], token: Token, unique_prefix: str) -> None:
+    import asyncio
+
+    import aiohttp
+
+    notifier = spawn("notifier", RATE_LIMIT="2")
+    user_token = token(f"{unique_prefix}-user")
+    url = f"ws://127.0.0.1:{notifier.port}/watch"
+
+    async def use_up_the_limit() -> None:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(2):
+                async with session.ws_connect(url, headers={"Authorization": f"Bearer {user_token}"}):
+                    pass
+
+    asyncio.run(use_up_the_limit())
+    watcher = watch_process(notifier.url, user_token, "app.*", DYNCONFIG_WATCH_URL=url)
+    try:
+        complaint = LineReader(watcher.stderr).next_line(timeout=30)
+        assert complaint.startswith(f"dynconfig: the server at {url} answered 429 Too Many Requests"), complaint
+        assert "retrying in" in complaint and watcher.poll() is None, complaint
+    finally:
+        stop(watcher)
+
+
 def test_missing_token_is_a_usage_error() -> None:
     result = run_cli("ls", env=cli_env("http://127.0.0.1:9", None))
     assert (result.returncode, result.stdout) == (2, "")

@@ -465,3 +465,13 @@ async def test_ready_times_out_without_server_or_cache_and_refused_patterns_rais
     async with LiveConfig(ws_url(notifier_server), token(), ["not a key!"]) as refused:
         with pytest.raises(BadRequest):
             await refused.ready(timeout=TIMEOUT)
+
+
+async def test_ready_raises_at_once_when_the_url_has_no_watch(client: TestClient[Any, Any], token: Token) -> None:
+    from dynconfig_client.errors import NotFound
+
+    api_url = str(client.make_url("/"))  # the API's own port: /watch lives behind the front door
+    async with LiveConfig(api_url, token(), ["a.*"]) as live:
+        with pytest.raises(NotFound, match="answered 404 to the WebSocket handshake: point the watch URL at"):
+            await live.ready(timeout=TIMEOUT)
+        assert (live.source, live.connected) == (None, False)
