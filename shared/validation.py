@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
@@ -131,11 +131,22 @@ class WholeNumber(fields.Integer):
 _TTL = WholeNumber(allow_none=True, validate=validate.Range(min=1, max=MAX_TTL_SECONDS))
 
 
-class PutKeySchema(Schema):
-    """Body of ``PUT /keys/{key}``. Absent ``ttl``/``acls`` keep the stored ones; ``null`` clears them."""
+class BodySchema(Schema):
+    """A request body: a JSON object. ``example`` and ``hint`` tell a caller who sent anything else
+    (a bare ``"on"`` for a value, say) what the body looks like."""
+
+    example: ClassVar[str] = "{}"
+    hint: ClassVar[str] = ""
 
     class Meta:
         unknown = RAISE
+
+
+class PutKeySchema(BodySchema):
+    """Body of ``PUT /keys/{key}``. Absent ``ttl``/``acls`` keep the stored ones; ``null`` clears them."""
+
+    example = '{"value": "on"}'
+    hint = 'the value, any JSON, goes in its "value" field ("ttl" and "acls" may go beside it)'
 
     value = fields.Raw(required=True, allow_none=True)
     ttl = _TTL
@@ -145,6 +156,8 @@ class PutKeySchema(Schema):
 class PatchKeySchema(PutKeySchema):
     """Body of ``PATCH /keys/{key}``: the value, plus metadata for admins only."""
 
+    hint = 'the new value, any JSON, goes in its "value" field'
+
     value = fields.Raw(allow_none=True)
 
     @validates_schema
@@ -153,34 +166,41 @@ class PatchKeySchema(PutKeySchema):
             raise ValidationError("PATCH needs at least a value")
 
 
-class RollbackSchema(Schema):
+class RollbackSchema(BodySchema):
     """Body of ``POST /keys/{key}/rollback``: the version whose value to write again."""
 
-    class Meta:
-        unknown = RAISE
+    example = '{"version": 3}'
+    hint = "the version whose value to write again"
 
     version = WholeNumber(required=True, validate=validate.Range(min=1, max=MAX_VERSION))
 
 
-class NamespaceSchema(Schema):
+class NamespaceSchema(BodySchema):
     """Body of ``PUT /namespaces/{ns}``."""
 
-    class Meta:
-        unknown = RAISE
+    example = '{"acls": {"read": ["*"], "write": ["admin-user"]}}'
 
     acls = fields.Nested(AclSchema, required=True)
 
 
-def load(schema: Schema, body: Any) -> dict[str, Any]:
+def load(schema: BodySchema, body: Any) -> dict[str, Any]:
     """Validate a decoded JSON body; 400 with per-field messages on failure."""
     if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object")
+        hint = f": {schema.hint}" if schema.hint else ""
+        raise BadRequest(f"The request body must be a JSON object like {schema.example}, not {_json_kind(body)}{hint}")
     try:
         return schema.load(body)  # type: ignore[no-any-return]
     except ValidationError as exc:
         messages = exc.normalized_messages()
         summary = "; ".join(f"{name}: {_first(msg)}" for name, msg in sorted(messages.items()))
         raise BadRequest(f"Invalid request body: {summary}", fields=messages) from None
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    kinds = ((bool, "boolean"), (str, "string"), ((int, float), "number"), (list, "array"))
+    return next(f"a JSON {name}" for kind, name in kinds if isinstance(value, kind))
 
 
 def _first(message: Any) -> str:

@@ -463,6 +463,47 @@ async def test_denied_writes_do_not_reveal_whether_the_key_exists(
     assert body_e["message"].replace(existing, "K") == body_a["message"].replace(absent, "K")
 
 
+async def test_a_refused_create_says_that_a_namespace_acl_grants_write(
+    api: Api, unique_prefix: str, alice: str
+) -> None:
+    key = f"{unique_prefix}.team.app.flag"  # no namespace ACL above it: only admins create here
+    status, body = await api.put_key(key, {"value": 1}, alice)
+    assert_forbidden(status, body)
+    assert body["message"].startswith(f"You may not write key '{key}': ")
+    assert "no namespace above it has an ACL" in body["message"]
+    assert f"PUT /namespaces/{unique_prefix}" in body["message"]  # how an admin grants it, e.g. at the top
+    await api.put_ns(f"{unique_prefix}.team", [alice], [])  # one now governs it, but grants alice no write
+    status, body = await api.put_key(key, {"value": 1}, alice)
+    assert_forbidden(status, body)
+    assert (
+        f"here namespace '{unique_prefix}.team' (an admin grants it with PUT /namespaces/{unique_prefix}.team)"
+        in body["message"]
+    )
+
+
+@pytest.mark.parametrize(("method", "body"), [("PUT", {"value": 1}), ("PATCH", {"value": 1}), ("DELETE", None)])
+async def test_the_hint_of_a_refused_write_is_the_same_for_existing_and_missing_keys(
+    api: Api, unique_prefix: str, alice: str, bob: str, method: str, body: Any
+) -> None:
+    # SPEC §5: the hint may tell how write is granted, never whether the key exists; so it is the same
+    # for a key that exists (with or without its own ACL), one that was deleted, and one that never did.
+    for ns, namespace_acl in ((f"{unique_prefix}.open", ([bob], [bob])), (f"{unique_prefix}.bare", None)):
+        if namespace_acl is not None:
+            await api.put_ns(ns, *namespace_acl)
+        inherits, own, deleted, missing = (f"{ns}.{name}" for name in ("inherits", "own", "deleted", "missing"))
+        await api.create(inherits)
+        await api.create(own, acls={"read": [bob], "write": [bob]})
+        await api.create(deleted)
+        assert (await api.delete_key(deleted))[0] == 204
+        messages = set()
+        for key in (inherits, own, deleted, missing):
+            status, answer = await api.call(method, f"/keys/{key}", alice, body)
+            assert_forbidden(status, answer)
+            messages.add(answer["message"].replace(key, "K"))
+        assert len(messages) == 1, messages
+        assert "namespace" in messages.pop()
+
+
 async def test_history_of_absent_key_is_403_without_read_and_404_with_it(
     api: Api, unique_prefix: str, alice: str, bob: str
 ) -> None:

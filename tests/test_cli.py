@@ -184,7 +184,8 @@ def test_put_ttl_acls_and_if_match(cli: Run, api_proc: Any, token: Token, unique
     bob = cli_env(api_proc.url, token(f"{unique_prefix}-bob"))
     assert ok(run_cli("get", key, env=bob)) == "1\n"  # read: *
     denied = run_cli("patch", key, "2", env=bob)  # write: svc:*, ops
-    assert (denied.returncode, denied.stderr) == (1, f"dynconfig: 403 Forbidden: You may not write key '{key}'\n")
+    assert denied.returncode == 1 and denied.stderr.count("\n") == 1, denied.stderr
+    assert denied.stderr.startswith(f"dynconfig: 403 Forbidden: You may not write key '{key}': "), denied.stderr
     svc = cli_env(api_proc.url, token("svc:billing"))
     assert json.loads(ok(run_cli("patch", key, "2", "--if-match", "1", env=svc)))["version"] == 2
 

@@ -241,7 +241,7 @@ async def test_acls_are_sent_and_forbidden_is_typed(
         with pytest.raises(Forbidden) as caught:
             await reader.put(key, "w")
     assert (caught.value.status, caught.value.error) == (403, "Forbidden")
-    assert caught.value.message == f"You may not write key '{key}'"
+    assert caught.value.message.startswith(f"You may not write key '{key}': writing takes 'write' in the key's own ACL")
 
 
 async def test_value_over_one_mib_raises_payload_too_large(api: Client, unique_prefix: str) -> None:

@@ -425,6 +425,25 @@ async def test_non_object_body_is_400(client: Client, admin: dict[str, str], uni
     await expect_error(resp, 400, "Bad Request")
 
 
+@pytest.mark.parametrize(
+    ("body", "sent"),
+    [("on", "a JSON string"), (3, "a JSON number"), ([1], "a JSON array"), (True, "a JSON boolean"), (None, "null")],
+)
+async def test_a_body_that_is_not_an_object_says_what_the_body_is(
+    client: Client, admin: dict[str, str], unique_prefix: str, body: Any, sent: str
+) -> None:
+    key = f"{unique_prefix}.bare"
+    raw = {"data": json.dumps(body), "headers": {**admin, "Content-Type": "application/json"}}  # null too
+    for method in ("PUT", "PATCH"):
+        resp = await client.request(method, f"/keys/{key}", **raw)
+        message = (await expect_error(resp, 400, "Bad Request"))["message"]
+        assert message.startswith(f'The request body must be a JSON object like {{"value": "on"}}, not {sent}'), message
+    rollback = await client.post(f"/keys/{key}/rollback", **raw)
+    assert '{"version": 3}' in (await expect_error(rollback, 400, "Bad Request"))["message"]
+    namespace = await client.put(f"/namespaces/{unique_prefix}", **raw)
+    assert '{"acls": {"read": [' in (await expect_error(namespace, 400, "Bad Request"))["message"]
+
+
 async def test_patch_with_empty_object_is_400(client: Client, admin: dict[str, str], unique_prefix: str) -> None:
     key = f"{unique_prefix}.emptypatch"
     await create(client, key, admin, value=1)

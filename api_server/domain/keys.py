@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from shared import changelog
-from shared.acl import Acl, Principal, may_access, may_create
+from shared.acl import Acl, Principal, governing_namespace, may_access, may_create
 from shared.crypto import DecryptionError
 from shared.errors import BadRequest, Forbidden, NotFound, PreconditionFailed
 from shared.events import EventKind
@@ -17,6 +17,7 @@ from shared.model import KeyState
 from shared.sql import history as history_sql
 from shared.sql import keys as keys_sql
 from shared.timeutil import utcnow
+from shared.validation import namespaces_of
 from shared.writes import NewState, after_expiry
 
 from ..committer import Decision, WriteOp
@@ -46,8 +47,27 @@ def check_if_match(if_match: IfMatch | None, state: KeyState | None) -> None:
         if_match.check(state)
 
 
-def _deny(action: str, key: str) -> Forbidden:
-    return Forbidden(f"You may not {action} key '{key}'")
+def _deny(action: str, key: str, ns_acls: dict[str, Acl]) -> Forbidden:
+    """403 for ``action`` on ``key``; for a write, with how write is granted (a new user's first create
+    meets it). The text depends only on the key's name and the namespace ACLs above it (readable by
+    anyone), never on the key's own state: it reads the same whether the key exists, existed or never
+    did, so it reveals nothing (SPEC §5)."""
+    if action != "write":
+        return Forbidden(f"You may not {action} key '{key}'")
+    takes = f"You may not write key '{key}': writing takes 'write' in the key's own ACL"
+    namespaces = namespaces_of(key)
+    if not namespaces:
+        return Forbidden(f"{takes}; a key outside every namespace is created by admins only")
+    governing = governing_namespace(key, ns_acls)
+    takes += ", or for a new key or one without its own ACL, in the ACL of its nearest namespace that has one"
+    if governing is not None:
+        name = governing[0]
+        return Forbidden(f"{takes}: here namespace '{name}' (an admin grants it with PUT /namespaces/{name})")
+    nearest = namespaces[0]
+    return Forbidden(
+        f"{takes}, and no namespace above it has an ACL, so only admins create keys here"
+        f" (an admin adds one with PUT /namespaces/{nearest})"
+    )
 
 
 def _missing_or_denied(
@@ -59,7 +79,7 @@ def _missing_or_denied(
     creator = state.creator if state else ""
     if may_access(who, "read", key=key, key_acl=acl, creator=creator, namespace_acls=ns_acls):
         return NotFound("Key does not exist")
-    return _deny(action, key)
+    return _deny(action, key, ns_acls)
 
 
 async def put_key(
@@ -78,7 +98,7 @@ async def put_key(
         # Authorization first, then If-Match: a caller without access learns nothing (SPEC §5).
         if state.version == 0:  # never existed: a create
             if not may_create(who, key=key, namespace_acls=ns_acls):
-                raise _deny("write", key)
+                raise _deny("write", key, ns_acls)
             new = NewState(value_enc, body.get("ttl"), _acl(body.get("acls")), who.username)
         else:
             new = _replacement(who, key, state, ns_acls, value_enc, body)
@@ -100,7 +120,7 @@ def _replacement(
     §5). A ttl belongs to a live value: writing a deleted key again starts without one unless the
     body sets it, as a create does."""
     if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-        raise _deny("write", key)
+        raise _deny("write", key, ns_acls)
     ttl = body["ttl"] if "ttl" in body else None if state.deleted else state.ttl
     acl = _acl(body["acls"]) if "acls" in body else state.acl
     if not who.is_admin and (acl != state.acl or (ttl != state.ttl and not state.deleted)):
@@ -128,7 +148,7 @@ async def rollback_key(store: Store, caller: Caller, key: str, version: int, if_
             state = after_expiry(expired, now)
         # Authorization first (write now, then read of that version), then the version, then If-Match.
         if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-            raise _deny("write", key)
+            raise _deny("write", key, ns_acls)
         if past is None:
             raise NotFound(f"Key '{key}' has no version {version}")
         readers = changelog.stored_audience(past[2], past[3])
@@ -198,7 +218,7 @@ def _write_refusal(who: Principal, key: str, *, live: bool) -> Refusal:
             return _missing_or_denied(who, key, state if live else None, ns_acls, "write")
         assert state is not None
         if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-            return _deny("write", key)
+            return _deny("write", key, ns_acls)
         return None
 
     return refusal
@@ -207,9 +227,9 @@ def _write_refusal(who: Principal, key: str, *, live: bool) -> Refusal:
 def _put_refusal(who: Principal, key: str) -> Refusal:
     def refusal(state: KeyState | None, ns_acls: dict[str, Acl]) -> Exception | None:
         if state is None or state.version == 0:
-            return None if may_create(who, key=key, namespace_acls=ns_acls) else _deny("write", key)
+            return None if may_create(who, key=key, namespace_acls=ns_acls) else _deny("write", key, ns_acls)
         if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-            return _deny("write", key)
+            return _deny("write", key, ns_acls)
         return None
 
     return refusal
@@ -232,7 +252,7 @@ def _writable(
     if state is None or not state.live(now):  # expired while we waited for the lock: gone, as for readers
         raise _missing_or_denied(who, key, state, ns_acls, "write")
     if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-        raise _deny("write", key)
+        raise _deny("write", key, ns_acls)
     check_if_match(if_match, state)
     return state
 
@@ -242,7 +262,7 @@ def _read_refusal(who: Principal, key: str) -> Refusal:
         if state is None or not state.live(utcnow()):
             return _missing_or_denied(who, key, state, ns_acls)
         if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-            return _deny("read", key)
+            return _deny("read", key, ns_acls)
         return None
 
     return refusal
@@ -359,7 +379,7 @@ async def key_history(
         if state is None or state.version == 0:
             raise _missing_or_denied(who, key, None, ns_acls)
         if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-            raise _deny("read", key)
+            raise _deny("read", key, ns_acls)
         # Leave out versions the caller could not read when they were written (SPEC §5); read on
         # until the page is full, so paging stays exact.
         rows: list[tuple[Any, ...]] = []
