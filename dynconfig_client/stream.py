@@ -28,14 +28,14 @@ import logging
 import random
 import time
 from collections import deque
-from http import HTTPStatus
 from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType
 
 from .auth import TokenSource, resolve_token
-from .errors import ApiError, BadRequest, Unauthorized, error_class
+from .errors import ApiError, BadRequest, Unauthorized
+from .handshake import RefusedHandshake
 from .models import EventKind
 
 log = logging.getLogger(__name__)
@@ -45,26 +45,6 @@ CHANGE_KINDS = frozenset(EventKind)
 CLOSE_UNAUTHORIZED = 4401
 REFRESH_MARGIN_SECONDS = 60.0
 _CONNECT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
-
-
-def handshake_retryable(status: int) -> bool:
-    """Is a handshake answered with ``status`` (not 101) worth another try? 429 (rate limited) and 5xx
-    (a restart, an overload, a front door whose notifier is away) pass; any other answer means the
-    URL or the token is wrong, and asking again will not change it."""
-    return status == 429 or status >= 500
-
-
-def _handshake_hint(status: int, url_setting: str) -> str:
-    if status in (404, 405):
-        return (
-            f"point {url_setting} at the front door or ingress that routes /watch to the notifier"
-            " (or at the notifier), not at the API's own port"
-        )
-    if status in (401, 403):
-        return "the token was refused before the upgrade"
-    if 300 <= status < 400:
-        return f"it redirects elsewhere: point {url_setting} there (wss:// for https)"
-    return ""
 
 
 def token_expiry(token: str) -> float | None:
@@ -349,16 +329,12 @@ class EventStream:
 
     def _handshake_refused(self, exc: aiohttp.WSServerHandshakeError) -> bool:
         """Say what the handshake got; True when that is final (the refusal is then set)."""
-        status = exc.status
-        phrase = _phrase(status)
-        answered = f"the server at {self.watch_url} answered {status} {phrase} to the WebSocket handshake"
-        hint = _handshake_hint(status, self._url_setting)
-        if not handshake_retryable(status) and status != 101 and not self.connects:
-            message = f"the server at {self.watch_url} answered {status} to the WebSocket handshake"
-            self._refusal = error_class(status)(status, phrase, f"{message}: {hint}" if hint else message)
+        answer = RefusedHandshake.from_error(self.watch_url, exc.status, exc.headers)
+        if not answer.retryable and not self.connects:
+            self._refusal = answer.error(self._url_setting)
             return True
-        delay = self._plan_retry(at_least=_retry_after(exc.headers) if status == 429 else 0.0)
-        log.warning("%s%s; retrying in %.1f s", answered, f": {hint}" if hint else "", delay)
+        delay = self._plan_retry(at_least=answer.retry_after)
+        log.warning("%s; retrying in %.1f s", answer.said(self._url_setting), delay)
         return False
 
     def _plan_retry(self, at_least: float = 0.0) -> float:
@@ -426,18 +402,3 @@ class EventStream:
                 continue
             log.debug("sent a fresh token")
             token = fresh
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "(unknown status)"
-
-
-def _retry_after(headers: Any) -> float:
-    """The seconds of a ``Retry-After`` header given in seconds; 0 when absent or a date."""
-    try:
-        return max(0.0, float((headers or {}).get("Retry-After", "")))
-    except (TypeError, ValueError):
-        return 0.0
