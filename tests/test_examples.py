@@ -202,8 +202,13 @@ async def test_readme_javascript_watch_runs_in_a_browser(
 READERS_OF_SETTINGS = ("shared", "api_server", "notifier", "expiry_worker", "devtools", "dynconfig_client", "examples")
 _ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]{2,}")
 # Calls that read one variable, named by their first string argument: ``env.get("X")``,
-# ``os.getenv("X")``, and the settings helpers ``_required(env, "X")``, ``_int(env, "X", 30)``...
-_ENV_READERS = {"get", "getenv", "_required", "_optional", "_int", "_bool", "_float", "_port"}
+# ``os.getenv("X")``, and any helper handed the environment, ``_int(env, "X", 30)``, ``_port(environ, "X")``.
+_ENV_READERS = {"get", "getenv"}
+_ENVIRONMENTS = {"env", "environ"}
+
+
+def _name_of(node: ast.expr) -> str | None:
+    return node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
 
 
 def variables_read(path: Path) -> set[str]:
@@ -213,14 +218,11 @@ def variables_read(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         name: str | None = None
         if isinstance(node, ast.Call):
-            func = node.func
-            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
             texts = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
-            name = texts[0] if called in _ENV_READERS and texts else None
+            handed = any(_name_of(a) in _ENVIRONMENTS for a in node.args)
+            name = texts[0] if texts and (_name_of(node.func) in _ENV_READERS or handed) else None
         elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
-            target = node.value
-            indexed = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", None)
-            name = node.slice.value if indexed in ("environ", "env") else None
+            name = node.slice.value if _name_of(node.value) in _ENVIRONMENTS else None
         if isinstance(name, str) and _ENV_NAME.fullmatch(name):
             found.add(name)
     return found
