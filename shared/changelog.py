@@ -95,6 +95,19 @@ async def head(cur: aiopg.Cursor) -> tuple[int, int]:
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
+async def resume_point(cur: aiopg.Cursor, since: int) -> tuple[int, bool]:
+    """(the head, must a client resuming after revision ``since`` start over?). It must when the log
+    no longer holds every change after ``since`` (pruned), or never held ``since``: past the head,
+    or in the revisions a restore skipped (``sql.RESUME_POINT``), both the revisions of a database
+    restored from a backup, whose changes the client saw and this log does not have."""
+    await cur.execute(sql.RESUME_POINT, {"since": since})
+    row = await cur.fetchone()
+    if row is None:
+        return 0, since > 0
+    current, pruned, known = int(row[0]), int(row[1]), bool(row[2])
+    return current, since < pruned or since > current or not known
+
+
 async def events_after(
     cur: aiopg.Cursor, after: int, *, through: int | None = None, patterns: list[str] | None = None, limit: int = 500
 ) -> list[ChangeEvent]:
