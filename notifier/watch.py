@@ -338,7 +338,7 @@ class WatchConnection:
         while not self._closing:
             async with self._pool.acquire() as conn, conn.cursor() as cur:
                 _, pruned = await head(cur)
-                if after == since and (await resume_point(cur, since))[1]:  # pruned, or a revision never in this log
+                if after == since and (await resume_point(cur, since)).start_over:  # pruned, or never in this log
                     pruned = since + 1
                 events = []
                 if pruned <= after < through:

@@ -32,9 +32,11 @@ import psycopg2
 import pytest
 from support import WatchRecorder, drop_database, new_database, process_env
 
+from api_server.backup import SKIP_REVISIONS
 from shared.auditchain import Head
 from shared.auditverify import Checkpoint
 from shared.settings import Settings
+from shared.sql import changelog as changelog_sql
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "admin-user"
@@ -252,9 +254,11 @@ async def test_a_backup_restored_into_a_fresh_database_serves_its_state_and_only
     )
     assert done.returncode == 1 and "rolled-back" in done.stdout, done.stdout + done.stderr
 
-    # A poller from a revision of the discarded changes is told to start over, at once.
+    # A poller from a revision of the discarded changes is told to start over, at once, from the head
+    # the restored database resumes from; resuming from that head later is no reset.
     body = await rest.ok("GET", "/keys", params={"since_version": str(r_after), "namespace": p})
     assert body.get("reset") is True and body["events"] == [], body
+    resumed_from = body["revision"]
 
     # --- new writes on the restored database ---------------------------------------------------------
     # The first writes ``a`` again: its version 4 again, a state Redis holds from before the restore
@@ -270,6 +274,7 @@ async def test_a_backup_restored_into_a_fresh_database_serves_its_state_and_only
     for i in range(r_after - head + 1):
         last = await rest.ok("PUT", f"/keys/{w}", json={"value": i})
     assert last["revision"] > r_after, (last, r_after)
+    written = [("update", a, 4)] + [("update", w, version) for version in range(1, r_after - head + 2)]
 
     # A watcher or a poller resuming from R_after: reset, then a snapshot of the restored state.
     watch_url = f"{notifier.url}/watch"
@@ -283,11 +288,14 @@ async def test_a_backup_restored_into_a_fresh_database_serves_its_state_and_only
     await stale.close()
     body = await rest.ok("GET", "/keys", params={"since_version": str(r_after), "namespace": p})
     assert body.get("reset") is True and body["events"] == [], body
+    body = await rest.ok("GET", "/keys", params={"since_version": str(resumed_from), "namespace": p, "limit": "1000"})
+    assert "reset" not in body and [(e["key"], e["version"]) for e in body["events"]] == [
+        (key, version) for _, key, version in written
+    ], body
 
     # A watcher or a poller resuming from R_before: every change after it up to the backup, then the
     # new ones, in order, no reset, no gap.
     replayed = [(event, key, version) for revision, key, version, event in saved["outbox"] if revision > r_before]
-    written = [("update", a, 4)] + [("update", w, version) for version in range(1, r_after - head + 2)]
     expected = replayed + written
     resumed = await WatchRecorder.open(http, watch_url, token(), [f"{p}.*"], since_version=r_before)
     assert await resumed.holds(lambda: len(resumed.events) >= len(expected), 10), resumed.messages
@@ -300,3 +308,66 @@ async def test_a_backup_restored_into_a_fresh_database_serves_its_state_and_only
     polled = await rest.ok("GET", "/keys", params={"since_version": str(r_before), "namespace": p, "limit": "1000"})
     assert "reset" not in polled and [(e["event"], e["key"], e["version"]) for e in polled["events"]] == expected
     assert api.popen.poll() is None and notifier.popen.poll() is None
+
+
+async def test_a_notifier_that_runs_across_a_marked_restore_resets_its_watchers(
+    settings: Settings,
+    private_db: str,
+    make_client: Any,
+    make_notifier: Any,
+    http: aiohttp.ClientSession,
+    token: Token,
+    unique_prefix: str,
+) -> None:
+    # A notifier that never sees the head go back (Postgres came back restored and already marked,
+    # SKIP_REVISIONS ahead) still finds that the log no longer holds what it sent, and resets.
+    p = unique_prefix
+    key, gone = f"{p}.k", f"{p}.gone"
+    source = settings.replace(postgres_url=private_db)
+    client = await make_client(source)
+    notifier = await make_notifier(source)
+    admin = {"Authorization": f"Bearer {token()}"}
+
+    async def put(name: str, value: Any) -> int:
+        resp = await client.put(f"/keys/{name}", json={"value": value}, headers=admin)
+        assert resp.status in (200, 201), await resp.text()
+        revision: int = (await resp.json())["revision"]
+        return revision
+
+    head = await put(key, "kept")
+    watcher = await WatchRecorder.open(http, notifier.make_url("/watch"), token(), [f"{p}.*"])
+    await put(key, "discarded")
+    await put(gone, "discarded")
+    assert await watcher.holds(lambda: len(watcher.events) >= 2, 10), watcher.messages
+
+    # The database as a restore of a backup taken at ``head`` leaves it, marked at once.
+    conn = psycopg2.connect(private_db)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT head FROM relay_state FOR UPDATE")
+            cur.execute("DELETE FROM outbox WHERE revision > %s", (head,))
+            cur.execute("DELETE FROM key_history WHERE revision > %s", (head,))
+            cur.execute("DELETE FROM keys WHERE key = %s", (gone,))
+            cur.execute(
+                "UPDATE keys k SET version = h.version, value_enc = h.value_enc, revision = h.revision,"
+                " last_modified = h.at FROM key_history h WHERE k.key = %s AND h.key = k.key AND h.version = 1",
+                (key,),
+            )
+            cur.execute("UPDATE relay_state SET head = %s", (head,))
+            cur.execute(changelog_sql.SKIP_REVISIONS, {"skip": SKIP_REVISIONS})
+    finally:
+        conn.close()
+
+    assert await watcher.holds(lambda: any(m["event"] == "reset" for m in watcher.messages), 5), (
+        f"the watcher got {watcher.messages[2:]} in 5 s after a restore under its notifier"
+    )
+    reset_at = next(i for i, m in enumerate(watcher.messages) if m["event"] == "reset")
+    assert await watcher.holds(lambda: len(watcher.messages) > reset_at + 1, 5), watcher.messages
+    snapshot_events = watcher.messages[reset_at + 1 :]
+    assert [(e["event"], e["key"], e["version"], e["value"]) for e in snapshot_events] == [
+        ("update", key, 1, "kept")
+    ], watcher.messages
+    after = await put(key, "after the restore")
+    assert after > head + SKIP_REVISIONS, after
+    assert await watcher.holds(lambda: watcher.events[-1]["revision"] == after, 5), watcher.messages
+    await watcher.close()

@@ -317,8 +317,9 @@ async def poll_events(
     patterns = None if namespace is None else [_like_escape(namespace) + ".%", _like_escape(namespace) + "/%"]
     async with store.pool.acquire() as conn, conn.cursor() as cur:
         # Older than the log, or a revision it never had (a database restored from a backup): start over.
-        head_revision, start_over = await changelog.resume_point(cur, since)
-        if start_over:
+        point = await changelog.resume_point(cur, since)
+        head_revision = point.head
+        if point.start_over:
             return [], head_revision, False, True
         ns_acls = await store.namespaces.all(cur)
         events: list[dict[str, Any]] = []
