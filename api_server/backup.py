@@ -20,9 +20,9 @@ only: a backup never holds a key, and must never be stored beside one.
 ``mark-restored`` alone is for a database restored by other means (a CloudNativePG recovery or
 point-in-time restore, a manual ``pg_restore``), before any process starts on it. The database the
 backup came from went on handing out revisions after the backup's head, and clients and the Redis
-cache remember states as of them. So new changes skip ``N`` revisions (default a billion, as etcd
-advises for ``etcdutl snapshot restore --bump-revision``; it must exceed the changes made after the
-backup): no revision is ever handed out twice, a client resuming from a skipped one is told ``reset``
+cache remember states as of them. So new changes skip ``N`` revisions (default a billion, the figure
+commonly given to etcd's ``etcdutl snapshot restore --bump-revision``; it must exceed the changes made
+after the backup): no revision is ever handed out twice, a client resuming from a skipped one is told ``reset``
 and given a snapshot (shared/changelog.py, ``resume_point``), and each api_server's cache fence starts
 above every skipped revision, so no state Redis holds from the discarded changes is served
 (api_server/fence.py) and Redis needs no flush.
