@@ -42,7 +42,6 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -50,17 +49,14 @@ from typing import Any, NoReturn
 import psycopg2
 import psycopg2.extensions
 
-from shared.auditchain import Head
-from shared.auditverify import Checkpoint
+from api_server.backup_manifest import MANIFEST_FORMAT, Manifest, read_manifest
 from shared.settings import SettingsError, parse_postgres_url
-from shared.sql import audit as audit_sql
 from shared.sql import backup as sql
 from shared.sql import changelog as changelog_sql
 
 PROG = "dynconfig-backup"
 #: Revisions skipped after a restore unless told otherwise (see the module docstring).
 SKIP_REVISIONS = 1_000_000_000
-MANIFEST_FORMAT = 1
 _APPLICATION = "dynconfig-backup"
 
 
@@ -70,79 +66,6 @@ class Refused(Exception):
 
 class CannotRun(Exception):
     """A setting, a tool or Postgres is missing (exit 2)."""
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What a backup holds, as recorded beside it (FILE.json, in camelCase) and compared after a restore."""
-
-    format: int
-    taken_at: str
-    database: str
-    schema_version: int
-    revision: int
-    pruned_through: int
-    keys: int
-    versions: int
-    audit_rows: int
-    audit_checkpoint: str
-    encryption_key_ids: list[str]
-    audit_key_ids: list[str]
-    file: str = ""
-    bytes: int = 0
-    sha256: str = ""
-
-    def as_json(self) -> dict[str, Any]:
-        return {_camel(name): value for name, value in asdict(self).items()}
-
-    @classmethod
-    def from_json(cls, document: dict[str, Any]) -> Manifest:
-        return cls(**{name: document[_camel(name)] for name in cls.__dataclass_fields__ if _camel(name) in document})
-
-    def content(self) -> tuple[Any, ...]:
-        """What a restored database must match."""
-        return (
-            self.schema_version,
-            self.revision,
-            self.pruned_through,
-            self.keys,
-            self.versions,
-            self.audit_rows,
-            self.audit_checkpoint,
-        )
-
-
-def _camel(name: str) -> str:
-    first, *rest = name.split("_")
-    return first + "".join(word.capitalize() for word in rest)
-
-
-def read_manifest(cur: Any, taken_at: str, database: str) -> Manifest:
-    """The facts of the database as ``cur``'s transaction sees it."""
-    cur.execute(sql.SCHEMA_VERSION)
-    (schema,) = cur.fetchone()
-    cur.execute(sql.COUNTS)
-    head, pruned, keys, versions, audit_rows = cur.fetchone()
-    cur.execute(audit_sql.HEAD)
-    checkpoint = Checkpoint.of(Head.from_db(cur.fetchone()))
-    cur.execute(sql.ENCRYPTION_KEY_IDS)
-    encryption_ids = [row[0] for row in cur.fetchall()]
-    cur.execute(sql.AUDIT_KEY_IDS)
-    audit_ids = [row[0] for row in cur.fetchall()]
-    return Manifest(
-        MANIFEST_FORMAT,
-        taken_at,
-        database,
-        schema,
-        head,
-        pruned,
-        keys,
-        versions,
-        audit_rows,
-        checkpoint.token,
-        encryption_ids,
-        audit_ids,
-    )
 
 
 # --- Postgres and its tools ------------------------------------------------------------------------

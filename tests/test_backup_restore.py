@@ -33,6 +33,7 @@ import pytest
 from support import WatchRecorder, drop_database, new_database, process_env
 
 from api_server.backup import SKIP_REVISIONS
+from devtools.services import free_port
 from shared.auditchain import Head
 from shared.auditverify import Checkpoint
 from shared.settings import Settings
@@ -80,16 +81,19 @@ def audit_head(url: str) -> Head:
     return Head.from_db(row)
 
 
-def command(settings: Settings, module: str, *args: str, postgres_url: str) -> subprocess.CompletedProcess[str]:
-    """``python -m MODULE ARGS`` with a process's environment, pointed at ``postgres_url``."""
+def command(settings: Settings, module: str, *args: str, postgres_url: str | None) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` with a process's environment, pointed at ``postgres_url`` (None: unset)."""
+    env = process_env(settings, POSTGRES_URL=postgres_url or "")
+    if postgres_url is None:
+        del env["POSTGRES_URL"]
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        env=process_env(settings, POSTGRES_URL=postgres_url),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, "-m", module, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
     )
+
+
+def damage(path: Path) -> None:
+    with open(path, "ab") as f:
+        f.write(b"\0")
 
 
 class Rest:
@@ -371,3 +375,47 @@ async def test_a_notifier_that_runs_across_a_marked_restore_resets_its_watchers(
     assert after > head + SKIP_REVISIONS, after
     assert await watcher.holds(lambda: watcher.events[-1]["revision"] == after, 5), watcher.messages
     await watcher.close()
+
+
+async def test_the_command_refuses_what_would_do_harm_and_says_why_in_one_line(
+    settings: Settings, private_db: str, empty_db: str, make_client: Any, tmp_path: Path
+) -> None:
+    await (await make_client(settings.replace(postgres_url=private_db))).close()  # a database in use
+    backup = tmp_path / "b.dump"
+    done = command(settings, "api_server.backup", "dump", str(backup), postgres_url=private_db)
+    assert done.returncode == 0, done.stderr
+    assert backup.stat().st_mode & 0o077 == 0, oct(backup.stat().st_mode)  # never readable by others
+
+    # Never over a database that has tables.
+    done = command(settings, "api_server.backup", "restore", str(backup), postgres_url=private_db)
+    assert done.returncode == 1 and "restore into a new, empty database" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+    # Never a file its manifest does not describe; nothing is restored.
+    damage(backup)
+    done = command(settings, "api_server.backup", "restore", str(backup), postgres_url=empty_db)
+    assert done.returncode == 1 and "SHA-256 differs" in done.stderr, done.stderr
+    assert rows(empty_db, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+    # Settings and Postgres: one line, status 2.
+    done = command(settings, "api_server.backup", "mark-restored", postgres_url=None)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "dynconfig-backup: invalid setting POSTGRES_URL: is required but not set"
+    ), done.stderr
+    done = command(
+        settings, "api_server.backup", "mark-restored", postgres_url=f"postgresql://x@127.0.0.1:{free_port()}/x"
+    )
+    assert done.returncode == 2 and "Postgres unreachable at POSTGRES_URL" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+    # mark-restored with a session still connected: done, with a warning that names the risk.
+    (before,) = rows(private_db, "SELECT head FROM relay_state")[0]
+    other = psycopg2.connect(private_db)
+    try:
+        done = command(settings, "api_server.backup", "mark-restored", "--skip-revisions", "5", postgres_url=private_db)
+    finally:
+        other.close()
+    assert done.returncode == 0, done.stderr
+    assert "other sessions are connected" in done.stderr, done.stderr
+    assert f"revisions {before + 1}–{before + 5} skipped" in done.stdout, done.stdout
+    assert rows(private_db, "SELECT head FROM relay_state") == [(before + 5,)]
