@@ -362,18 +362,18 @@ async def test_a_notifier_that_runs_across_a_marked_restore_resets_its_watchers(
     finally:
         conn.close()
 
-    assert await watcher.holds(lambda: any(m["event"] == "reset" for m in watcher.messages), 5), (
-        f"the watcher got {watcher.messages[2:]} in 5 s after a restore under its notifier"
+    assert await watcher.holds(lambda: any(m["event"] == "reset" for m in watcher.messages), 10), (
+        f"the watcher got {watcher.messages[2:]} in 10 s after a restore under its notifier"
     )
     reset_at = next(i for i, m in enumerate(watcher.messages) if m["event"] == "reset")
-    assert await watcher.holds(lambda: len(watcher.messages) > reset_at + 1, 5), watcher.messages
+    assert await watcher.holds(lambda: len(watcher.messages) > reset_at + 1, 10), watcher.messages
     snapshot_events = watcher.messages[reset_at + 1 :]
     assert [(e["event"], e["key"], e["version"], e["value"]) for e in snapshot_events] == [
         ("update", key, 1, "kept")
     ], watcher.messages
     after = await put(key, "after the restore")
     assert after > head + SKIP_REVISIONS, after
-    assert await watcher.holds(lambda: watcher.events[-1]["revision"] == after, 5), watcher.messages
+    assert await watcher.holds(lambda: watcher.events[-1]["revision"] == after, 10), watcher.messages
     await watcher.close()
 
 
