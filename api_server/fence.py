@@ -130,7 +130,10 @@ class CacheFence:
         changes = [(revision, key) for _, revision, key in rows if revision is not None]
         if head < after:
             log.warning(
-                "cache fence: the head went back from %d to %d (a restored database?): flush Redis", after, head
+                "cache fence: the head went back from %d to %d (a database restored without `dynconfig-backup "
+                "mark-restored`?): mark it, then restart the api_servers (deploy/README.md, 'Backup and restore')",
+                after,
+                head,
             )
         if not self._started or len(changes) != head - after:  # first start, pruned, or too far behind
             if self._started:

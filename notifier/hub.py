@@ -20,7 +20,7 @@ import aiopg
 import psycopg2
 
 from shared.acl import Acl, Principal
-from shared.changelog import ChangeEvent, Readers, events_after, head, may_read_event
+from shared.changelog import ChangeEvent, Readers, events_after, head, may_read_event, resume_point
 from shared.crypto import Keyring
 from shared.db import listen, wait_notices
 from shared.nsacls import NamespaceAcls
@@ -291,9 +291,11 @@ class Hub:
         self._flush()
         async with self._pool.acquire() as conn, conn.cursor() as cur:
             if through is None:
-                current, _ = await head(cur)
-                if current < self.last:
-                    self._restart_numbering(current)
+                point = await resume_point(cur, self.last)
+                # Behind what we fanned out, or past revisions we fanned out (skipped by a restore marked
+                # under us, api_server/backup.py): a database restored from a backup.
+                if point.head < self.last or (self.last >= point.pruned and not point.known):
+                    self._restart_numbering(point.head)
                     return
             while through is None or self.last < through:
                 events = await events_after(cur, self.last, through=through, limit=BACKFILL_PAGE)
@@ -328,9 +330,13 @@ class Hub:
                 waiter.set_result(None)
 
     def _restart_numbering(self, current: int) -> None:
-        """The log's head is behind what we fanned out (a database restored from a backup): every
-        watcher gets a ``reset`` and a snapshot at the new head, and we follow from there."""
-        log.warning("hub: the change log's head went back from %d to %d; resynchronising watchers", self.last, current)
+        """The log no longer holds what we fanned out (a database restored from a backup): every watcher
+        gets a ``reset`` and a snapshot at the new head, and we follow from there."""
+        log.warning(
+            "hub: the change log no longer holds revision %d (head %d: a restored database); resynchronising watchers",
+            self.last,
+            current,
+        )
         self._inbox.clear()
         self.last = current
         self._advanced()

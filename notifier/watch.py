@@ -25,7 +25,7 @@ from aiohttp import WSMsgType, web
 from shared.acl import Principal
 from shared.audit import AuditRecord, AuditWriter
 from shared.auth import LEEWAY_SECONDS, TokenVerifier, bearer_token
-from shared.changelog import events_after, head, like_patterns, may_read_event, snapshot_pages
+from shared.changelog import events_after, head, like_patterns, may_read_event, resume_point, snapshot_pages
 from shared.errors import DynConfigError, Unauthorized
 from shared.ratelimit import RateLimiter
 from shared.validation import key_problem
@@ -337,8 +337,8 @@ class WatchConnection:
         after = since
         while not self._closing:
             async with self._pool.acquire() as conn, conn.cursor() as cur:
-                current, pruned = await head(cur)
-                if after == since and since > current:  # newer than the log: a restored database
+                _, pruned = await head(cur)
+                if after == since and (await resume_point(cur, since)).start_over:  # pruned, or never in this log
                     pruned = since + 1
                 events = []
                 if pruned <= after < through:

@@ -95,6 +95,33 @@ async def head(cur: aiopg.Cursor) -> tuple[int, int]:
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a client resuming after a revision stands (:func:`resume_point`)."""
+
+    head: int
+    pruned: int
+    #: The revision is one of this log's (or its head, or where it was pruned).
+    known: bool
+    since: int
+
+    @property
+    def start_over(self) -> bool:
+        """The log no longer holds every change after the revision (pruned), or never held the revision:
+        past the head, or among the revisions a restore skipped (``sql.RESUME_POINT``), both revisions of
+        the database a backup came from, whose changes the client saw and this log does not have."""
+        return self.since < self.pruned or not self.known
+
+
+async def resume_point(cur: aiopg.Cursor, since: int) -> ResumePoint:
+    """Where a client resuming after revision ``since`` stands: must it start over?"""
+    await cur.execute(sql.RESUME_POINT, {"since": since})
+    row = await cur.fetchone()
+    if row is None:
+        return ResumePoint(0, 0, since == 0, since)
+    return ResumePoint(int(row[0]), int(row[1]), bool(row[2]) and since <= int(row[0]), since)
+
+
 async def events_after(
     cur: aiopg.Cursor, after: int, *, through: int | None = None, patterns: list[str] | None = None, limit: int = 500
 ) -> list[ChangeEvent]:

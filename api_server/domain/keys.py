@@ -336,9 +336,10 @@ async def poll_events(
     who = caller.principal
     patterns = None if namespace is None else [_like_escape(namespace) + ".%", _like_escape(namespace) + "/%"]
     async with store.pool.acquire() as conn, conn.cursor() as cur:
-        head_revision, pruned = await changelog.head(cur)
-        # Older than the log, or newer than its head (a database restored from a backup): start over.
-        if since < pruned or since > head_revision:
+        # Older than the log, or a revision it never had (a database restored from a backup): start over.
+        point = await changelog.resume_point(cur, since)
+        head_revision = point.head
+        if point.start_over:
             return [], head_revision, False, True
         ns_acls = await store.namespaces.all(cur)
         events: list[dict[str, Any]] = []
