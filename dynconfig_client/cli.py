@@ -187,7 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--url", default=url_default, help=f"server URL (env DYNCONFIG_URL, default {DEFAULT_URL})")
         parser.add_argument("--token", default=token_default, help="bearer token (env DYNCONFIG_TOKEN)")
 
+    from shared.version import VERSION  # the client ships in the same distribution as the server
+
     parser = argparse.ArgumentParser(prog=PROG, description="Read, write and watch DynConfig keys.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {VERSION}")
     connection_options(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
