@@ -2,8 +2,8 @@
 
 Starts Postgres and Redis (unless ``POSTGRES_URL`` / ``REDIS_URL`` or ``REDIS_HOST`` point elsewhere),
 creates dev keys, runs ``dynconfig-migrate``, then every process in :data:`PROCESSES`, each with the
-same environment. Ctrl-C or
-SIGTERM stops the processes (SIGTERM, then SIGKILL after 10 s) and the servers it started, by pid.
+same environment. Ctrl-C or SIGTERM stops the processes (SIGTERM, then SIGKILL after 10 s) and the
+servers it started, by pid.
 If any of them dies, everything is stopped and the exit status is non-zero.
 
 One run per dev directory: a run holds :class:`RunLock` (``.dev/up.lock``) while it lives, so a second
