@@ -5,7 +5,9 @@ as JSON lines, or adopt rows written without a seal.
     dynconfig-audit stream [--after SEQ] [--follow]
     dynconfig-audit adopt --reason TEXT [--through-id ID]
 
-Run it with the api_server's environment (``POSTGRES_URL``, ``ENCRYPTION_KEYS``, ``AUDIT_HMAC_KEY``).
+It needs ``POSTGRES_URL``, and for ``verify`` and ``adopt`` the keys that seal the chain
+(``ENCRYPTION_KEYS``, and ``AUDIT_HMAC_KEY`` when set); nothing else (no Redis, no JWKS). It never
+migrates: run ``dynconfig-migrate`` first (it refuses a schema its release does not work with).
 ``verify`` exits 0 when the trail is intact, 1 naming the first thing wrong (shared/auditverify.py
 says what it checks), 2 when it cannot run. Checkpoints are the tokens every api_server logs
 (``audit checkpoint SEQ:MAC``): give some you kept (or a file of such log lines) and ``verify`` also
@@ -32,11 +34,18 @@ import aiopg
 from shared import auditadopt
 from shared.auditchain import AuditChain, Row
 from shared.auditverify import Checkpoint, sealed_pages, verify
-from shared.db import connect_pool, migrate
+from shared.db import check_schema, connect_pool
 from shared.serve import run_command
 from shared.settings import Settings
+from shared.version import version_line
 
 PROG = "python -m api_server.audit"
+#: Of OPTIONAL_PARTS (shared/settings.py), what each subcommand reads: the chain's keys to check seals.
+USES = {
+    "verify": frozenset({"ENCRYPTION_KEYS", "AUDIT_HMAC_KEY"}),
+    "adopt": frozenset({"ENCRYPTION_KEYS", "AUDIT_HMAC_KEY"}),
+    "stream": frozenset[str](),
+}
 
 
 def line(row: Row) -> dict[str, Any]:
@@ -110,18 +119,19 @@ async def _adopt(pool: aiopg.Pool, chain: AuditChain, args: argparse.Namespace) 
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
-    chain = AuditChain.from_settings(settings)
+    # ``stream`` writes rows with their MACs as they are: it needs no key (USES).
+    chain = AuditChain.from_settings(settings) if args.command != "stream" else None
     checkpoints = (
         [*args.checkpoint, *(cp for found in args.checkpoints for cp in found)] if args.command == "verify" else []
     )
     pool = await connect_pool(settings.postgres_url, wait_seconds=settings.startup_timeout_seconds, maxsize=2)
     try:
-        await migrate(pool)
-        if args.command == "verify":
+        await check_schema(pool)
+        if args.command == "verify" and chain is not None:
             report = await verify(pool, chain, checkpoints)
             print(json.dumps(report.as_json()) if args.json else report.summary())
             return 0 if report.ok else 1
-        if args.command == "adopt":
+        if args.command == "adopt" and chain is not None:
             return await _adopt(pool, chain, args)
         await _stream(pool, args.after, args.follow, args.interval)
         return 0
@@ -132,6 +142,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=version_line("dynconfig-audit"))
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("verify", help="check the whole trail; exit 1 naming the first thing wrong")
     check.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -160,7 +171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    run_command("audit", lambda settings: _run(settings, args), unreachable_status=2)
+    run_command("audit", lambda settings: _run(settings, args), unreachable_status=2, uses=USES[args.command])
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from api_server.backup_manifest import MANIFEST_FORMAT, Manifest, read_manifest
 from shared.settings import SettingsError, parse_postgres_url
 from shared.sql import backup as sql
 from shared.sql import changelog as changelog_sql
+from shared.version import version_line
 
 PROG = "dynconfig-backup"
 #: Revisions skipped after a restore unless told otherwise (see the module docstring).
@@ -287,6 +288,7 @@ def _run(args: argparse.Namespace, db: Database) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=version_line(PROG))
     commands = parser.add_subparsers(dest="command", required=True)
     take = commands.add_parser("dump", help="write FILE (pg_dump --format=custom) and its manifest FILE.json")
     back = commands.add_parser("restore", help="restore FILE into POSTGRES_URL, an empty database, and mark it")

@@ -2,27 +2,32 @@
 
 Rotate by putting a new key first in ENCRYPTION_KEYS (old ids stay listed, so old values still
 decrypt), rolling the processes, running this, and only then dropping the old key from the list.
-Safe to run while the service serves, and to run twice.
+Safe to run while the service serves, and to run twice. It needs ``POSTGRES_URL``,
+``ENCRYPTION_KEYS`` and Redis (to drop cached copies), not the JWKS; it never migrates.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 
 import aiopg
 import redis.asyncio as aioredis
 
 from shared.crypto import Keyring
-from shared.db import connect_pool, migrate
+from shared.db import check_schema, connect_pool
 from shared.redis import REDIS_ERRORS
 from shared.serve import run_command
 from shared.settings import Settings
 from shared.sql import reencrypt as sql
+from shared.version import version_line
 
 from .cache import cache_key
 
 log = logging.getLogger(__name__)
 BATCH = 500
+#: Of OPTIONAL_PARTS (shared/settings.py), what this command reads.
+USES = frozenset({"ENCRYPTION_KEYS", "REDIS_URL"})
 
 
 async def reencrypt(pool: aiopg.Pool, keyring: Keyring) -> tuple[int, list[str]]:
@@ -58,7 +63,7 @@ async def _run(settings: Settings) -> int:
     keyring = Keyring(settings.encryption_keys)
     pool = await connect_pool(settings.postgres_url, wait_seconds=settings.startup_timeout_seconds)
     try:
-        await migrate(pool)
+        await check_schema(pool)
         changed, touched = await reencrypt(pool, keyring)
     finally:
         pool.close()
@@ -76,8 +81,13 @@ async def _run(settings: Settings) -> int:
     return 0
 
 
-def main() -> None:
-    run_command("reencrypt", _run, unreachable_status=1)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m api_server.reencrypt", description=(__doc__ or "").split("\n\n")[0]
+    )
+    parser.add_argument("--version", action="version", version=version_line("dynconfig-reencrypt"))
+    parser.parse_args(argv)
+    run_command("reencrypt", _run, unreachable_status=1, uses=USES)
 
 
 if __name__ == "__main__":

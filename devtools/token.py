@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from devtools.devkeys import load_dev_keys, mint_token
+from shared.version import VERSION
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--username", required=True, help="the token's username claim (admins: admin-user)")
     parser.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     parser.add_argument("--dir", type=Path, default=None, help="dev data directory (default .dev)")
+    parser.add_argument("--version", action="version", version=f"dev/token {VERSION}")
     args = parser.parse_args(argv)
     if not args.username.strip():
         parser.error("--username must not be empty")

@@ -1,8 +1,9 @@
 """``./dev/up``: run the whole system locally until Ctrl-C.
 
 Starts Postgres and Redis (unless ``POSTGRES_URL`` / ``REDIS_URL`` or ``REDIS_HOST`` point elsewhere),
-creates dev keys, then every process in :data:`PROCESSES`, each with the same environment. Ctrl-C or
-SIGTERM stops the processes (SIGTERM, then SIGKILL after 10 s) and the servers it started, by pid.
+creates dev keys, runs ``dynconfig-migrate``, then every process in :data:`PROCESSES`, each with the
+same environment. Ctrl-C or SIGTERM stops the processes (SIGTERM, then SIGKILL after 10 s) and the
+servers it started, by pid.
 If any of them dies, everything is stopped and the exit status is non-zero.
 
 One run per dev directory: a run holds :class:`RunLock` (``.dev/up.lock``) while it lives, so a second
@@ -11,6 +12,7 @@ One run per dev directory: a run holds :class:`RunLock` (``.dev/up.lock``) while
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import json
@@ -30,6 +32,7 @@ from types import FrameType
 from devtools.devkeys import DevKeys, ensure_dev_keys
 from devtools.services import PostgresServer, RedisServer, ServerError, die_with_parent, port_in_use
 from devtools.token import default_dev_dir
+from shared.version import version_line
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +164,15 @@ def _say(message: str) -> None:
     print(f"dev/up: {message}", file=sys.stderr, flush=True)
 
 
+def _migrate(env: Mapping[str, str]) -> bool:
+    """Run ``dynconfig-migrate``, as a deployment does before its processes start (they never migrate)."""
+    _say("bringing the database schema up to date (dynconfig-migrate)")
+    done = subprocess.run([sys.executable, "-m", "shared.migrate"], env=env, stdin=subprocess.DEVNULL, check=False)
+    if done.returncode != 0:
+        _say(f"dynconfig-migrate exited with status {done.returncode}; stopping")
+    return done.returncode == 0
+
+
 def _dead(children: Sequence[_Child]) -> _Child | None:
     return next((c for c in children if c.proc.poll() is not None), None)
 
@@ -223,6 +235,8 @@ def run(dev_dir: Path, environ: Mapping[str, str], processes: Sequence[tuple[str
             rd.start()
             redis_url = rd.url
         env = build_env(environ, ensure_dev_keys(dev_dir / "keys"), pg_url, redis_url, processes)
+        if not _migrate(env):
+            return 1
         _say(f"starting {', '.join(name for name, _, _ in processes)}; waiting for each to answer /health")
         for name, port_var, _ in processes:
             port = _port(env, port_var, 0)
@@ -276,8 +290,11 @@ def run(dev_dir: Path, environ: Mapping[str, str], processes: Sequence[tuple[str
         _say("stopped")
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m devtools.up``."""
+    parser = argparse.ArgumentParser(prog="dev/up", description="Run the whole system locally until Ctrl-C.")
+    parser.add_argument("--version", action="version", version=version_line("dev/up"))
+    parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="dev/up: %(message)s")
     for sig in _STOP_SIGNALS:
         signal.signal(sig, _on_signal)

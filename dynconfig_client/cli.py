@@ -185,6 +185,17 @@ async def cmd_watch(args: argparse.Namespace, client: Client) -> None:
 # --- the parser ----------------------------------------------------------------------------------
 
 
+def _version() -> str:
+    """The installed distribution's version (setup.cfg takes it from shared/version.py, which the
+    client, installable on its own, does not import)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dynconfig")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (global options are accepted before or after the command)."""
 
@@ -196,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--token", default=token_default, help="bearer token (env DYNCONFIG_TOKEN)")
 
     parser = argparse.ArgumentParser(prog=PROG, description="Read, write and watch DynConfig keys.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     connection_options(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -1,4 +1,4 @@
-"""The Postgres pool (one per process), the migration runner, and LISTEN on a dedicated connection."""
+"""The Postgres pool (one per process), the schema check, and LISTEN on a dedicated connection."""
 
 from __future__ import annotations
 
@@ -14,13 +14,11 @@ import psycopg2.extensions
 from aiohttp import web
 
 from .appkeys import DB_POOL, SETTINGS
-from .migrations import MIGRATIONS
+from .sql import schema_migrations as schema_sql
 from .tasks import Backoff
+from .version import schema_refusal
 
 log = logging.getLogger(__name__)
-
-# Any constant works; every DynConfig process takes this lock to migrate, so they queue, not race.
-_MIGRATION_LOCK = 0x44594E43  # "DYNC"
 
 
 class StartupError(Exception):
@@ -129,37 +127,35 @@ async def wait_notices(conn: aiopg.Connection, within: float) -> list[Any]:
     return notices
 
 
-async def migrate(pool: aiopg.Pool) -> list[int]:
-    """Apply every migration not yet applied, under an advisory lock; return those applied."""
-    applied: list[int] = []
-    async with pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-        await cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        await cur.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version integer PRIMARY KEY, description text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        await cur.execute("SELECT version FROM schema_migrations")
-        done = {row[0] for row in await cur.fetchall()}
-        for version, description, sql in MIGRATIONS:
-            if version in done:
-                continue
-            await cur.execute(sql)
-            await cur.execute(
-                "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)", (version, description)
-            )
-            applied.append(version)
-    if applied:
-        log.info("applied migrations %s", applied)
-    return applied
+async def schema_version(pool: aiopg.Pool) -> int:
+    """The database's schema version (its newest applied migration; 0 before the first)."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(schema_sql.EXISTS)
+        (exists,) = await cur.fetchone()
+        if not exists:
+            return 0
+        await cur.execute(schema_sql.CURRENT)
+        (version,) = await cur.fetchone()
+        return int(version)
+
+
+async def check_schema(pool: aiopg.Pool) -> int:
+    """The schema's version, or :class:`StartupError` (one line naming both versions) when this
+    release does not work with it (shared/version.py). Processes never migrate: ``dynconfig-migrate``
+    does, before they roll out."""
+    version = await schema_version(pool)
+    refusal = schema_refusal(version)
+    if refusal is not None:
+        raise StartupError(refusal)
+    return version
 
 
 async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: the process's pool, migrated before the app serves."""
+    """cleanup_ctx: the process's pool, on a schema this release works with (else it does not start)."""
     settings = app[SETTINGS]
     pool = await connect_pool(settings.postgres_url, wait_seconds=settings.startup_timeout_seconds)
     try:
-        await migrate(pool)
+        await check_schema(pool)
         app[DB_POOL] = pool
         yield
     finally:

@@ -1,9 +1,45 @@
-"""The schema, as numbered migrations. Append only: never edit a migration that has shipped."""
+"""The schema, as numbered migrations. Append only: never edit a migration that has shipped.
+
+``dynconfig-migrate`` (shared/migrate.py) applies them, in order, before a release's processes roll
+out; no process migrates (shared/version.py says which schemas each release works with).
+
+A migration runs beside the processes of the release before it (SPEC §1: expand, then contract), so
+it must be **add-only** as they see it:
+- new tables, new nullable columns or columns with a constant default (no table rewrite), new
+  indexes, new rows that old code ignores, data fixes that leave every old statement's answer right;
+- an index on a table that may be big is built ``CREATE INDEX CONCURRENTLY IF NOT EXISTS`` in a
+  migration of its own with ``transactional=False`` and ``indexes=(name,)`` (it blocks no writer; an
+  interrupted build leaves an INVALID index, which the runner drops and builds again);
+- never, in the same release: dropping or renaming a table, column or index old code uses, NOT NULL
+  on a column old code does not fill, a changed meaning or constraint old writes would break. Those
+  are contract migrations: they ship one release later, numbered above the previous release's
+  ``SCHEMA_MAX``.
+
+Every statement runs under ``lock_timeout`` (a migration never queues behind a long transaction while
+every writer queues behind it) and, inside a transaction, ``statement_timeout``.
+"""
 
 from __future__ import annotations
 
-MIGRATIONS: list[tuple[int, str, str]] = [
-    (
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema."""
+
+    version: int
+    description: str
+    sql: str
+    #: False: run outside a transaction, as ``CREATE INDEX CONCURRENTLY`` must (then ``sql`` is one
+    #: statement, and it is not bounded by ``statement_timeout``: it blocks no writer).
+    transactional: bool = True
+    #: Indexes ``sql`` builds concurrently: one left INVALID by an interrupted build is dropped first.
+    indexes: tuple[str, ...] = ()
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(
         1,
         "keys, history, outbox, audit, namespaces",
         """
@@ -69,7 +105,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX audit_by_at ON audit_log (at);
         """,
     ),
-    (
+    Migration(
         2,
         "revisions: relay state, revision on history",
         """
@@ -85,7 +121,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX outbox_by_at ON outbox (at) WHERE revision IS NOT NULL;
         """,
     ),
-    (
+    Migration(
         3,
         "history: the read ACL that governed each version",
         """
@@ -96,7 +132,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE key_history ADD COLUMN read_entries text[], ADD COLUMN read_owner text;
         """,
     ),
-    (
+    Migration(
         4,
         "audit: newest first by time, then id",
         """
@@ -110,7 +146,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX audit_by_at ON audit_log (at, id);
         """,
     ),
-    (
+    Migration(
         5,
         "keys in byte order, for keyset listing",
         """
@@ -119,7 +155,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX keys_by_key_bytes ON keys (key COLLATE "C");
         """,
     ),
-    (
+    Migration(
         6,
         "cache_dirty: writes that could not reach the Redis cache",
         """
@@ -132,7 +168,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
-    (
+    Migration(
         7,
         "revisions assigned in the writing transaction",
         """
@@ -154,7 +190,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         DROP INDEX IF EXISTS outbox_pending;
         """,
     ),
-    (
+    Migration(
         8,
         "the audit chain: every audit row sealed with an HMAC over the row before it",
         """
@@ -173,7 +209,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         SELECT 0, decode(repeat('00', 32), 'hex'), coalesce(max(id), 0) FROM audit_log;
         """,
     ),
-    (
+    Migration(
         9,
         "the audit chain: a sealed head, adoption records, the head each batch was appended after",
         """
@@ -190,5 +226,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             ADD COLUMN sealed_seq bigint, ADD COLUMN sealed_mac bytea, ADD COLUMN seal bytea,
             ADD COLUMN seal_key text, ADD COLUMN adopted_through bigint;
         """,
+    ),
+    Migration(
+        10,
+        "key_history by time, for pruning past versions by age",
+        """
+        -- The retention of past versions (HISTORY_RETENTION_DAYS) walks history by age. Built
+        -- concurrently: key_history is the biggest table but one, and writers keep writing.
+        CREATE INDEX CONCURRENTLY IF NOT EXISTS key_history_by_at ON key_history (at)
+        """,
+        transactional=False,
+        indexes=("key_history_by_at",),
     ),
 ]

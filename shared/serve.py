@@ -10,6 +10,7 @@ Two things here exist because the caller is not trusted:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import atexit
 import copy
@@ -19,7 +20,8 @@ import logging.handlers
 import queue
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Set as AbstractSet
 from http import HTTPStatus
 from typing import Any, NoReturn
 
@@ -33,6 +35,7 @@ from .db import StartupError
 from .settings import Settings, SettingsError, exit_on_bad_settings
 from .tasks import cancel_and_wait
 from .text import escape_control, escape_control_keep_newlines
+from .version import version_line
 from .web import REQUEST_ID
 
 log = logging.getLogger(__name__)
@@ -270,10 +273,19 @@ async def _drain(runner: web.AppRunner) -> None:
     await runner.cleanup()
 
 
+def process_arguments(program: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """A process takes no arguments but ``--version`` and ``--help``: it is configured by its
+    environment alone (SPEC §1)."""
+    parser = argparse.ArgumentParser(prog=program, description="Configured by environment variables (README).")
+    parser.add_argument("--version", action="version", version=version_line(program))
+    return parser.parse_args(argv)
+
+
 def main_for(
     process: str, create_app: Callable[[Settings], web.Application], port_of: Callable[[Settings], int]
 ) -> None:
     """The ``main()`` of a process: read the environment (one line and exit 2 if bad), then serve."""
+    process_arguments(process)
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -290,14 +302,19 @@ def main_for(
 
 
 def run_command(
-    name: str, command: Callable[[Settings], Coroutine[Any, Any, int]], *, unreachable_status: int
+    name: str,
+    command: Callable[[Settings], Coroutine[Any, Any, int]],
+    *,
+    unreachable_status: int,
+    uses: AbstractSet[str],
 ) -> NoReturn:
     """The ``main()`` of a one-off command (``api_server.reencrypt``, ``api_server.audit``): read the
-    environment (one line and exit 2 if bad), then exit with what ``command`` returns. A Postgres that
-    cannot be reached is one line and ``unreachable_status``; Ctrl-C and a closed stdout (``| head``)
-    end it quietly with 0."""
+    environment, only the settings it ``uses`` of ``OPTIONAL_PARTS`` (one line and exit 2 if bad),
+    then exit with what ``command`` returns. A Postgres that cannot be reached, or a schema this
+    release does not work with, is one line and ``unreachable_status``; Ctrl-C and a closed stdout
+    (``| head``) end it quietly with 0."""
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(uses=uses)
     except SettingsError as exc:
         exit_on_bad_settings(name, exc)
     setup_logging(settings.log_level)

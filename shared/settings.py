@@ -15,6 +15,7 @@ import re
 import ssl
 import sys
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -36,14 +37,21 @@ class SettingsError(Exception):
         self.name = name
 
 
+#: The settings only some programs use, by the variable that names each (``REDIS_URL`` stands for
+#: ``REDIS_HOST``/``REDIS_PORT`` too). The three processes use them all; a one-off command names those
+#: it uses (:meth:`Settings.from_env`'s ``uses``), and the others are neither required nor read.
+OPTIONAL_PARTS = frozenset({"REDIS_URL", "JWKS_URL", "ENCRYPTION_KEYS", "AUDIT_HMAC_KEY"})
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a DynConfig process is configured with."""
 
     postgres_url: str = field(repr=False)
-    redis_url: str = field(repr=False)
-    jwks_url: str
-    encryption_keys: tuple[tuple[str, bytes], ...] = field(repr=False)
+    #: Empty (and ``encryption_keys`` too) only in a one-off command that does not use it.
+    redis_url: str = field(default="", repr=False)
+    jwks_url: str = ""
+    encryption_keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     #: Keys of the audit chain's HMAC (``id:base64key,…``, first active; at least 32 bytes each). Empty:
     #: a key derived from each encryption key is used instead (shared/auditchain.py).
     audit_hmac_keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
@@ -73,6 +81,13 @@ class Settings:
     keyring_check_seconds: float = 30.0
     #: How often each api_server logs and exports a checkpoint of the audit chain's head.
     audit_checkpoint_seconds: int = 60
+    #: ``dynconfig-migrate``: how long a migration waits for a lock (``lock_timeout``) before it gives
+    #: up and tries again later, so it never holds every writer up queued behind a long transaction.
+    migrate_lock_timeout_seconds: float = 5.0
+    #: ``dynconfig-migrate``: the ``statement_timeout`` of a migration's statements in a transaction.
+    migrate_statement_timeout_seconds: float = 60.0
+    #: ``dynconfig-migrate``: how many times it tries (a lock not had in time, Postgres unreachable).
+    migrate_attempts: int = 5
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A server TLS context (TLS 1.3 minimum) when a certificate is configured."""
@@ -88,8 +103,9 @@ class Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read and validate every setting; raise :class:`SettingsError` naming the first bad one."""
+    def from_env(cls, env: Mapping[str, str] | None = None, *, uses: AbstractSet[str] = OPTIONAL_PARTS) -> Settings:
+        """Read and validate every setting; raise :class:`SettingsError` naming the first bad one.
+        Of :data:`OPTIONAL_PARTS`, only those in ``uses`` are read (a one-off command's own list)."""
         env = os.environ if env is None else env
         cert = _optional(env, "TLS_CERT_FILE")
         key = _optional(env, "TLS_KEY_FILE")
@@ -101,10 +117,10 @@ class Settings:
                 raise SettingsError(name, f"no readable file at {path}")
         settings = cls(
             postgres_url=parse_postgres_url(_required(env, "POSTGRES_URL")),
-            redis_url=_redis_url(env),
-            jwks_url=parse_jwks_url(_required(env, "JWKS_URL")),
-            encryption_keys=parse_keyring(_required(env, "ENCRYPTION_KEYS")),
-            audit_hmac_keys=_audit_keys(env),
+            redis_url=_redis_url(env) if "REDIS_URL" in uses else "",
+            jwks_url=parse_jwks_url(_required(env, "JWKS_URL")) if "JWKS_URL" in uses else "",
+            encryption_keys=parse_keyring(_required(env, "ENCRYPTION_KEYS")) if "ENCRYPTION_KEYS" in uses else (),
+            audit_hmac_keys=_audit_keys(env) if "AUDIT_HMAC_KEY" in uses else (),
             rate_limit=_int(env, "RATE_LIMIT", 1000, minimum=1),
             admin_users=_admins(env),
             jwt_issuer=_optional(env, "JWT_ISSUER"),
@@ -122,6 +138,11 @@ class Settings:
             startup_timeout_seconds=float(_int(env, "STARTUP_TIMEOUT_SECONDS", 30, minimum=0)),
             keyring_check_seconds=float(_int(env, "KEYRING_CHECK_SECONDS", 30, minimum=1)),
             audit_checkpoint_seconds=_int(env, "AUDIT_CHECKPOINT_SECONDS", 60, minimum=1, maximum=86400),
+            migrate_lock_timeout_seconds=float(_int(env, "MIGRATE_LOCK_TIMEOUT_SECONDS", 5, minimum=1, maximum=600)),
+            migrate_statement_timeout_seconds=float(
+                _int(env, "MIGRATE_STATEMENT_TIMEOUT_SECONDS", 60, minimum=1, maximum=86400)
+            ),
+            migrate_attempts=_int(env, "MIGRATE_ATTEMPTS", 5, minimum=1, maximum=100),
         )
         if cert:
             try:

@@ -17,10 +17,12 @@ from aiohttp.typedefs import Middleware
 
 from .appkeys import AUDIT_CHAIN, DB_POOL, KEYRING_CHECK, METRICS, PROCESS, SETTINGS, SUPERVISOR
 from .auditchain import AuditChain
+from .db import schema_version
 from .errors import BadRequest, DynConfigError, PayloadTooLarge, ServiceUnavailable
 from .metrics import Metrics, metrics_middleware, route_template
 from .settings import Settings
 from .tasks import Supervisor
+from .version import VERSION
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +150,18 @@ async def base_checks(app: web.Application) -> dict[str, Any]:
     keyring opens the values in use (shared/keyring_check.py)."""
     return {
         "postgres": await postgres_check(app[DB_POOL]),
+        "schema": await schema_check(app[DB_POOL]),
         "background": app[SUPERVISOR].status,
         "keyring": app[KEYRING_CHECK].status,
     }
+
+
+async def schema_check(pool: Any) -> int | str:
+    """The database's schema version (reported only: the range was checked at start), for /health."""
+    try:
+        return await asyncio.wait_for(schema_version(pool), timeout=2.0)
+    except (psycopg2.Error, OSError, TimeoutError):
+        return "unavailable"
 
 
 async def postgres_check(pool: Any) -> str:
@@ -169,13 +180,14 @@ REQUIRED_CHECKS = ("postgres", "audit", "background", "keyring")
 
 
 def health_response(checks: dict[str, Any]) -> web.Response:
-    """200 ``{"status": "healthy", "checks"}`` unless a required check failed: then 503 in the error shape."""
+    """200 ``{"status": "healthy", "version", "checks"}`` unless a required check failed: then 503 in
+    the error shape."""
     failing = [name for name in REQUIRED_CHECKS if name in checks and checks[name] != "ok"]
     if failing:
         message = "Failing checks: " + ", ".join(f"{name} {checks[name]}" for name in failing)
         body = {"status": "unhealthy", "error": "Service Unavailable", "message": message}
-        return json_response({**body, "checks": checks}, status=503)
-    return json_response({"status": "healthy", "checks": checks})
+        return json_response({**body, "version": VERSION, "checks": checks}, status=503)
+    return json_response({"status": "healthy", "version": VERSION, "checks": checks})
 
 
 #: How long a peer gets to answer our close frame at shutdown before its connection is simply cut.

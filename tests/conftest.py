@@ -29,9 +29,10 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
-from support import drop_database, new_database, process_env
+from support import MIGRATED_TEMPLATE, copy_database, drop_database, migrated_database, new_database, process_env
 
 from devtools.services import PostgresServer, RedisServer
+from shared.migrate import migrate
 from shared.settings import Settings
 
 #: One keyring for the whole session: values written by one test stay readable in the next.
@@ -210,6 +211,10 @@ def pg_server() -> Iterator[PostgresServer]:
     try:
         server.start()
         _RUNNING.append(server)
+        # As an operator would: the schema comes from dynconfig-migrate's runner, once, before any
+        # process starts (processes never migrate). ``private_db`` copies the migrated database.
+        migrate(server.url)
+        copy_database(server, MIGRATED_TEMPLATE, template=server.url.rsplit("/", 1)[1])
         yield server
     finally:
         if server in _RUNNING:
@@ -315,8 +320,16 @@ async def pg(pg_server: PostgresServer) -> AsyncIterator[aiopg.Pool]:
 
 @pytest.fixture
 def private_db(pg_server: PostgresServer) -> Iterator[str]:
-    """The URL of a fresh, empty database on the session's Postgres (for tests that touch every row,
-    or a fresh schema); dropped afterwards."""
+    """The URL of a fresh database on the session's Postgres, migrated to this release's schema and
+    holding no data (for tests that touch every row); dropped afterwards."""
+    url = migrated_database(pg_server)
+    yield url
+    drop_database(pg_server, url)
+
+
+@pytest.fixture
+def empty_db(pg_server: PostgresServer) -> Iterator[str]:
+    """The URL of a fresh database with no schema at all (for tests of migrating); dropped afterwards."""
     url = new_database(pg_server)
     yield url
     drop_database(pg_server, url)

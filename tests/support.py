@@ -243,20 +243,35 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+#: A database the ``pg_server`` fixture migrates once at the start of the session, holding no data:
+#: :func:`migrated_database` copies it.
+MIGRATED_TEMPLATE = "dynconfig_migrated"
+
+
+def migrated_database(pg_server: Any) -> str:
+    """A fresh database migrated to this release's schema (as ``dynconfig-migrate`` leaves it)."""
+    return new_database(pg_server, template=MIGRATED_TEMPLATE)
+
+
 def new_database(pg_server: Any, template: str | None = None) -> str:
     """Create an empty database on the session's Postgres (or a copy of ``template``, which must have
     no open connections); return its URL. Drop it with :func:`drop_database`."""
+    return copy_database(pg_server, f"t_{uuid4().hex[:16]}", template=template)
+
+
+def copy_database(pg_server: Any, name: str, *, template: str | None = None) -> str:
+    """Create the database ``name`` (a copy of ``template`` when given); return its URL."""
     import psycopg2
 
-    name = f"t_{uuid4().hex[:16]}"
-    admin = psycopg2.connect(pg_server.url)
+    base = pg_server.url.rsplit("/", 1)[0]
+    admin = psycopg2.connect(f"{base}/postgres")  # not the template: a copy needs it unused
     admin.autocommit = True
     try:
         with admin.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     finally:
         admin.close()
-    return pg_server.url.rsplit("/", 1)[0] + "/" + name
+    return f"{base}/{name}"
 
 
 def drop_database(pg_server: Any, url: str) -> None:

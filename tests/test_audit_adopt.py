@@ -7,7 +7,7 @@ for. ``dynconfig-audit adopt`` records, with a reason, rows an older release wro
 finds a version of a key written without its audit row.
 
 The databases here start as a release before the chain left them (migrations 1–7 and its rows), then
-a real api_server app of this release migrates them and seals the genesis.
+``dynconfig-migrate`` brings them to this release's schema and a real api_server app seals the genesis.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from support import drop_database, new_database
 from test_audit_chain import audit_command, sql, write_traffic
 
 from devtools.services import PostgresServer
+from shared.migrate import migrate
 from shared.migrations import MIGRATIONS
 from shared.settings import Settings
 
@@ -48,9 +49,12 @@ def pre_chain_database(pg_server: PostgresServer) -> str:
             "CREATE TABLE schema_migrations (version integer PRIMARY KEY, description text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        for version, description, statement in MIGRATIONS[:7]:
-            cur.execute(statement)
-            cur.execute("INSERT INTO schema_migrations (version, description) VALUES (%s, %s)", (version, description))
+        for migration in MIGRATIONS[:7]:
+            cur.execute(migration.sql)
+            cur.execute(
+                "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
+                (migration.version, migration.description),
+            )
         for row_id in (1, 2, 3, 5):
             cur.execute(UNSEALED_ROW, (row_id, "old-timer"))
         cur.execute("SELECT setval('audit_log_id_seq', 5)")
@@ -65,6 +69,7 @@ async def upgraded(
 ) -> Any:
     """A pre-chain database taken over by this release, with traffic of every kind; yields its URL."""
     url = pre_chain_database(pg_server)
+    migrate(url)
     await write_traffic(make_client, settings.replace(postgres_url=url), token, unique_prefix, rounds=2)
     yield url
     drop_database(pg_server, url)

@@ -22,7 +22,7 @@ from typing import Any
 import aiopg
 import psycopg2
 import pytest
-from support import drop_database, new_database, process_env
+from support import drop_database, migrated_database, new_database, process_env
 
 from devtools.services import PostgresServer
 from shared.auditchain import AuditChain
@@ -81,7 +81,7 @@ async def trail(
 ) -> Any:
     """A private database holding a sealed trail of every kind of row (no connection left open, so it
     can serve as a template); yields its URL."""
-    url = new_database(pg_server)
+    url = migrated_database(pg_server)
     await write_traffic(make_client, settings.replace(postgres_url=url), token, unique_prefix)
     yield url
     drop_database(pg_server, url)

@@ -23,14 +23,14 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psycopg2
 import pytest
-from support import WatchRecorder, drop_database, new_database, process_env
+from support import WatchRecorder, process_env
 
 from api_server.backup import SKIP_REVISIONS
 from devtools.services import free_port
@@ -118,14 +118,6 @@ class Rest:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-@pytest.fixture
-def empty_db(pg_server: Any) -> Iterator[str]:
-    """A new database with nothing in it, as a restore wants (``private_db`` may come migrated)."""
-    url = new_database(pg_server)
-    yield url
-    drop_database(pg_server, url)
 
 
 async def test_a_backup_restored_into_a_fresh_database_serves_its_state_and_only_its_state(

@@ -16,7 +16,6 @@ import pytest
 
 from api_server import fence as fence_module
 from api_server.fence import CacheFence
-from shared.db import migrate
 from shared.sql import changelog as changelog_sql
 from shared.tasks import cancel_and_wait
 
@@ -24,7 +23,6 @@ from shared.tasks import cancel_and_wait
 @pytest.fixture
 async def db(private_db: str) -> AsyncIterator[aiopg.Pool]:
     async with aiopg.create_pool(private_db, minsize=1, maxsize=2) as pool:
-        await migrate(pool)
         yield pool
 
 

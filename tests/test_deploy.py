@@ -34,6 +34,7 @@ from yamllint import linter
 from yamllint.config import YamlLintConfig
 
 from shared.appkeys import METRICS
+from shared.migrate import load_settings as load_migrate_settings
 from shared.serve import SHUTDOWN_TIMEOUT_SECONDS
 from shared.settings import Settings
 
@@ -429,6 +430,30 @@ def container_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> tupl
     return env, problems
 
 
+def hardening_problems(pod: dict[str, Any], container: dict[str, Any]) -> list[str]:
+    """What a DynConfig container (a Deployment's or a Job's) lacks of the hardening every one has."""
+    sc = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
+    own = container.get("securityContext", {})
+    hardening = {
+        "runAsNonRoot": sc.get("runAsNonRoot") is True and sc.get("runAsUser", 1) != 0,
+        "allowPrivilegeEscalation false": own.get("allowPrivilegeEscalation") is False,
+        "readOnlyRootFilesystem": own.get("readOnlyRootFilesystem") is True,
+        "drop ALL capabilities": own.get("capabilities", {}).get("drop") == ["ALL"],
+        "automountServiceAccountToken false": pod.get("automountServiceAccountToken") is False,
+    }
+    problems = [f"not {what}" for what, ok in hardening.items() if not ok]
+    tmp = [m for m in container.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    if not tmp or "emptyDir" not in volumes.get(tmp[0]["name"], {}):
+        problems.append("/tmp is not an emptyDir")
+    resources = container.get("resources", {})
+    for part in ("requests", "limits"):
+        for res in ("cpu", "memory"):
+            if res not in resources.get(part, {}):
+                problems.append(f"no {part}.{res}")
+    return problems
+
+
 def workload_problems(docs: list[dict[str, Any]]) -> list[str]:
     """Each DynConfig container: settings names and values, ports, probes, drain, hardening."""
     known, required = setting_names()
@@ -453,25 +478,7 @@ def workload_problems(docs: list[dict[str, Any]]) -> list[str]:
             problems.append(
                 f"{where}: terminationGracePeriodSeconds {grace} < preStop {pre_stop_sleep} + drain {drain} + 5"
             )
-        sc = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
-        hardening = {
-            "runAsNonRoot": sc.get("runAsNonRoot") is True and sc.get("runAsUser", 1) != 0,
-            "allowPrivilegeEscalation false": container.get("securityContext", {}).get("allowPrivilegeEscalation")
-            is False,
-            "readOnlyRootFilesystem": container.get("securityContext", {}).get("readOnlyRootFilesystem") is True,
-            "drop ALL capabilities": container.get("securityContext", {}).get("capabilities", {}).get("drop")
-            == ["ALL"],
-        }
-        problems += [f"{where}: not {what}" for what, ok in hardening.items() if not ok]
-        tmp = [m for m in container.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
-        volumes = {v["name"]: v for v in pod.get("volumes", [])}
-        if not tmp or "emptyDir" not in volumes.get(tmp[0]["name"], {}):
-            problems.append(f"{where}: /tmp is not an emptyDir")
-        resources = container.get("resources", {})
-        for part in ("requests", "limits"):
-            for res in ("cpu", "memory"):
-                if res not in resources.get(part, {}):
-                    problems.append(f"{where}: no {part}.{res}")
+        problems += [f"{where}: {p}" for p in hardening_problems(pod, container)]
         try:
             settings = settings_for(env)
         except Exception as exc:  # the settings' own one-line complaint
@@ -549,12 +556,85 @@ def test_workload_check_catches_a_short_grace_period_and_a_bad_value(rendered: d
     assert "Settings.from_env refuses it: LOG_LEVEL" in problems
 
 
+# --- the migration Job: before the pods, the same image, POSTGRES_URL alone --------------------------
+
+
+def migrate_job_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """The Job that runs dynconfig-migrate: as the command expects, hardened like the Deployments, on
+    their image, reaching nothing but the database."""
+    jobs = [job for job in objects(docs, "Job") if job["metadata"]["name"] == "dynconfig-migrate"]
+    if len(jobs) != 1:
+        return [f"one Job dynconfig-migrate expected, found {len(jobs)}"]
+    job = jobs[0]
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    problems = []
+    for field, why in (("backoffLimit", "bounded retries"), ("ttlSecondsAfterFinished", "finished runs cleaned up")):
+        if not isinstance(spec.get(field), int):
+            problems.append(f"no {field} ({why})")
+    if pod.get("restartPolicy") not in ("Never", "OnFailure"):
+        problems.append(f"restartPolicy {pod.get('restartPolicy')}")
+    (container,) = pod["containers"]
+    if container.get("command", []) + container.get("args", []) not in (
+        ["python", "-m", "shared.migrate"],
+        ["dynconfig-migrate"],
+    ):
+        problems.append(f"command {container.get('command')} is not dynconfig-migrate")
+    problems += hardening_problems(pod, container)
+    images = {c["image"] for _, c, _ in dynconfig_workloads(docs)}
+    if images != {container["image"]}:
+        problems.append(f"image {container['image']}, the processes run {sorted(images)}")
+    env, env_problems = container_env(docs, container)
+    problems += env_problems
+    known, _ = setting_names()
+    problems += [f"{name} is not a setting of shared/settings.py" for name in sorted(set(env) - known)]
+    secrets = {v["name"] for v in container.get("env", []) if "secretKeyRef" in v.get("valueFrom", {})}
+    if secrets != {"POSTGRES_URL"}:
+        problems.append(f"secrets {sorted(secrets)}: it needs POSTGRES_URL alone")
+    try:
+        load_migrate_settings(env)
+    except Exception as exc:  # the settings' own one-line complaint
+        problems.append(f"dynconfig-migrate refuses its settings: {exc}")
+    return problems
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_migration_job_runs_dynconfig_migrate_as_the_processes_run(
+    rendered: dict[str, list[dict[str, Any]]], target: str
+) -> None:
+    assert migrate_job_problems(rendered[target]) == []
+
+
+def test_migration_job_check_catches_drift(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = copy.deepcopy(rendered["base"])
+    (job,) = objects(docs, "Job")
+    pod = job["spec"]["template"]["spec"]
+    del job["spec"]["backoffLimit"]
+    pod["containers"][0]["image"] = "dynconfig:0.0.1"
+    pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False
+    pod["containers"][0]["env"].append(
+        {
+            "name": "ENCRYPTION_KEYS",
+            "valueFrom": {"secretKeyRef": {"name": "dynconfig-secrets", "key": "ENCRYPTION_KEYS"}},
+        }
+    )
+    pod["containers"][0]["env"].append({"name": "MIGRATE_ATTEMPTS", "value": "0"})
+    problems = "\n".join(migrate_job_problems(docs))
+    for expected in (
+        "no backoffLimit",
+        "image dynconfig:0.0.1",
+        "not readOnlyRootFilesystem",
+        "needs POSTGRES_URL alone",
+    ):
+        assert expected in problems, problems
+    assert "refuses its settings: MIGRATE_ATTEMPTS" in problems, problems
+
+
 def test_base_holds_no_secret_and_the_overlay_generates_every_key_it_needs(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
     assert objects(rendered["base"], "Secret") == []
     docs = rendered["dev"]
-    for dep in objects(docs, "Deployment"):
+    for dep in [*objects(docs, "Deployment"), *objects(docs, "Job")]:
         for container in _containers(dep):
             for var in container.get("env", []):
                 ref = var.get("valueFrom", {}).get("secretKeyRef")
@@ -876,6 +956,49 @@ def test_compose_check_catches_drift() -> None:
     assert "/watch goes to port 8081, notifier listens on 9091" in problems
     assert "ENCRYPTION_KEYS must come from" in problems
     assert "EXPIRY_SECONDS is not a setting" in problems
+
+
+def compose_migrate_problems(services: dict[str, dict[str, Any]]) -> list[str]:
+    """A one-shot ``migrate`` service that every process waits for, with POSTGRES_URL alone."""
+    migrate = services.get("migrate")
+    if migrate is None:
+        return ["no migrate service"]
+    problems = []
+    if migrate.get("command") not in (["python", "-m", "shared.migrate"], ["dynconfig-migrate"]):
+        problems.append(f"migrate: command {migrate.get('command')} is not dynconfig-migrate")
+    if str(migrate.get("restart", "no")) != "no":
+        problems.append(f"migrate: restart {migrate.get('restart')}: a one-shot must not restart")
+    if (migrate.get("depends_on") or {}).get("postgres", {}).get("condition") != "service_healthy":
+        problems.append("migrate: does not wait for postgres to be healthy")
+    env = compose_env(migrate, FAKE_SECRETS)
+    if set(env) & (SECRET_SETTINGS - {"POSTGRES_URL"}):
+        problems.append(f"migrate: gets {sorted(set(env) & SECRET_SETTINGS)}: it needs POSTGRES_URL alone")
+    try:
+        load_migrate_settings(env)
+    except Exception as exc:
+        problems.append(f"migrate: dynconfig-migrate refuses its settings: {exc}")
+    for name, svc in services.items():
+        command = svc.get("command") or []
+        if command[:2] == ["python", "-m"] and command[2] in PROCESSES:
+            condition = (svc.get("depends_on") or {}).get("migrate", {}).get("condition")
+            if condition != "service_completed_successfully":
+                problems.append(f"{name}: does not wait for migrate to complete successfully")
+    return problems
+
+
+def test_compose_migrates_before_the_processes_start() -> None:
+    assert compose_migrate_problems(compose_services()) == []
+
+
+def test_compose_migrate_check_catches_drift() -> None:
+    services = copy.deepcopy(compose_services())
+    services["notifier"]["depends_on"]["migrate"] = {"condition": "service_started"}
+    services["migrate"]["restart"] = "unless-stopped"
+    services["migrate"]["environment"]["ENCRYPTION_KEYS"] = "${ENCRYPTION_KEYS:?}"
+    problems = "\n".join(compose_migrate_problems(services))
+    assert "notifier: does not wait for migrate" in problems
+    assert "a one-shot must not restart" in problems
+    assert "it needs POSTGRES_URL alone" in problems
 
 
 def test_compose_refuses_to_start_without_its_secrets() -> None:

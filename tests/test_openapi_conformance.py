@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from aiohttp.test_utils import TestClient
-from support import drop_database, new_database
+from support import drop_database, migrated_database
 
 from api_server.handlers import cursors
 from devtools.services import PostgresServer, RedisServer
@@ -95,7 +95,7 @@ def test_the_server_does_what_its_openapi_document_says(
     try:
         # Redis databases 14 and 15 of the session's Redis: nothing else uses them.
         for redis_db, (role, username) in enumerate((("admin", admin), ("user", "conformance-user")), start=14):
-            databases.append(new_database(pg_server))
+            databases.append(migrated_database(pg_server))
             redis_url = f"{redis_server.url.rsplit('/', 1)[0]}/{redis_db}"
             redis.Redis.from_url(redis_url).flushdb()
             api = spawn("api_server", POSTGRES_URL=databases[-1], REDIS_URL=redis_url, RATE_LIMIT="1000000")

@@ -24,8 +24,10 @@ from aiohttp.test_utils import TestClient
 from support import write_self_signed
 
 from devtools.services import PostgresServer, RedisServer, die_with_parent, free_port
+from shared.migrate import migrate
 from shared.migrations import MIGRATIONS
 from shared.settings import Settings
+from shared.version import SCHEMA_MAX, SCHEMA_MIN, VERSION
 
 if TYPE_CHECKING:
     from tests.conftest import JwksServer
@@ -281,28 +283,29 @@ async def test_access_log_has_path_but_no_query_value_no_stored_value_no_token(
     assert jwt.split(".")[2] not in log  # not even the signature
 
 
-# --- concurrent start-up against a fresh database -----------------------------------------------
+# --- the schema: processes never migrate -------------------------------------------------------
 
 
-async def test_two_processes_migrate_a_fresh_database_together(
-    start_api: StartApi, process_env: dict[str, str], private_db: str
+async def test_a_process_refuses_a_database_nobody_migrated_then_starts_once_it_is(
+    start_api: StartApi, process_env: dict[str, str], empty_db: str
 ) -> None:
-    envs = [{**process_env, "POSTGRES_URL": private_db, "API_PORT": str(port)} for port in (free_port(), free_port())]
-    assert envs[0]["API_PORT"] != envs[1]["API_PORT"]
-    procs = [start_api(env) for env in envs]
-    bodies = await asyncio.gather(*(p.wait_healthy() for p in procs))
-    assert [b["status"] for b in bodies] == ["healthy", "healthy"]
+    env = {**process_env, "POSTGRES_URL": empty_db}
+    result = run_to_exit(env)
+    assert result.returncode == 1, result.stderr
+    assert stderr_lines(result.stderr) == [
+        f"api_server: cannot start: database has no DynConfig schema, this release ({VERSION}) needs "
+        f"{SCHEMA_MIN}–{SCHEMA_MAX}; run dynconfig-migrate (python -m shared.migrate) first"
+    ], result.stderr
+    with psycopg2.connect(empty_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('schema_migrations'), to_regclass('keys')")
+        assert cur.fetchone() == (None, None), "the process created part of the schema"
+    conn.close()
 
-    conn = psycopg2.connect(private_db)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY version")
-            rows = cur.fetchall()
-    finally:
-        conn.close()
-    assert rows == [(version, 1) for version in sorted(v for v, _, _ in MIGRATIONS)]
-    for proc in procs:
-        assert proc.terminate() == 0
+    migrate(empty_db)
+    proc = start_api(env)
+    body = await proc.wait_healthy()
+    assert body["version"] == VERSION and body["checks"]["schema"] == MIGRATIONS[-1].version, body
+    assert proc.terminate() == 0
 
 
 # --- TLS ------------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""What a write leaves in Postgres and Redis: rows, ciphertext, cache behaviour, re-encryption, migrations."""
+"""What a write leaves in Postgres and Redis: rows, ciphertext, cache behaviour, re-encryption, connections.
+
+Migrations are tested in tests/test_migrate.py."""
 
 from __future__ import annotations
 
@@ -21,8 +23,6 @@ from aiohttp.test_utils import TestClient
 from api_server.cache import cache_key
 from api_server.reencrypt import reencrypt
 from shared.crypto import DecryptionError, Keyring
-from shared.db import migrate
-from shared.migrations import MIGRATIONS
 from shared.settings import Settings
 from tests.conftest import TEST_ENCRYPTION_KEYS, process_env
 
@@ -535,38 +535,7 @@ async def test_reencrypt_command_reseals_and_clears_the_cache(
     await _assert_reads_back(client_b, admin, unique_prefix, live)
 
 
-# --- migrations ------------------------------------------------------------------------------------
-
-
-async def _migrate_concurrently(db_url: str, times: int = 5) -> list[list[int]]:
-    pools = [await aiopg.create_pool(db_url, minsize=1, maxsize=1) for _ in range(times)]
-    try:
-        return list(await asyncio.gather(*(migrate(pool) for pool in pools)))
-    finally:
-        for pool in pools:
-            pool.close()
-            await pool.wait_closed()
-
-
-async def _applied_versions(db_url: str) -> list[tuple[int, int]]:
-    async with aiopg.create_pool(db_url, minsize=1, maxsize=1) as pool:
-        rows = await fetch(pool, "SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY version")
-    return [(int(v), int(n)) for v, n in rows]
-
-
-async def test_concurrent_migrations_on_the_test_database(pg_server: Any, client: Client) -> None:
-    # ``client`` makes sure the schema exists already; every run is then a no-op
-    results = await _migrate_concurrently(pg_server.url)
-    assert results == [[]] * 5
-    assert await _applied_versions(pg_server.url) == [(version, 1) for version, _, _ in MIGRATIONS]
-
-
-async def test_concurrent_migrations_on_an_empty_database(private_db: str) -> None:
-    results = await _migrate_concurrently(private_db)
-    applied = sorted(v for result in results for v in result)
-    assert applied == [version for version, _, _ in MIGRATIONS]  # each applied by exactly one process
-    assert await _applied_versions(private_db) == [(version, 1) for version, _, _ in MIGRATIONS]
-    assert await _migrate_concurrently(private_db, 2) == [[], []]
+# --- connections -----------------------------------------------------------------------------------
 
 
 async def test_our_connections_never_jit_compile(settings: Settings) -> None:

@@ -279,10 +279,14 @@ SCHEMAS: dict[str, Any] = {
     },
     "Health": {
         "type": "object",
-        "required": ["status", "checks"],
+        "required": ["status", "version", "checks"],
         "properties": {
             "status": {"enum": ["healthy", "unhealthy"]},
-            "checks": {"type": "object"},
+            "version": {"type": "string", "description": "the release of this process (shared/version.py)"},
+            "checks": {
+                "type": "object",
+                "description": "each check's state; `schema` is the database's schema version",
+            },
             "error": {"type": "string"},
             "message": {"type": "string"},
         },
