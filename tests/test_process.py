@@ -62,6 +62,9 @@ def process_env(
         "REDIS_URL": redis_server.url,
         "JWKS_URL": jwks.url,
         "ENCRYPTION_KEYS": f"{key_id}:{base64.b64encode(key).decode()}",
+        # The session's budget, not the default 1,000/min: the admin's requests are counted in the
+        # session's Redis across tests (a version-skew run just before left it nearly spent).
+        "RATE_LIMIT": str(settings.rate_limit),
         "API_PORT": str(free_port()),
         "HOST": "127.0.0.1",
     }
