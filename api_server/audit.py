@@ -32,7 +32,7 @@ import aiopg
 from shared import auditadopt
 from shared.auditchain import AuditChain, Row
 from shared.auditverify import Checkpoint, sealed_pages, verify
-from shared.db import connect_pool, migrate
+from shared.db import connect_pool, connector, migrate
 from shared.serve import run_command
 from shared.settings import Settings
 
@@ -114,7 +114,8 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     checkpoints = (
         [*args.checkpoint, *(cp for found in args.checkpoints for cp in found)] if args.command == "verify" else []
     )
-    pool = await connect_pool(settings.postgres_url, wait_seconds=settings.startup_timeout_seconds, maxsize=2)
+    target = connector(settings, "audit/pool")
+    pool = await connect_pool(target, wait_seconds=settings.startup_timeout_seconds, maxsize=2)
     try:
         await migrate(pool)
         if args.command == "verify":

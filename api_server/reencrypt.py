@@ -13,7 +13,7 @@ import aiopg
 import redis.asyncio as aioredis
 
 from shared.crypto import Keyring
-from shared.db import connect_pool, migrate
+from shared.db import connect_pool, connector, migrate
 from shared.redis import REDIS_ERRORS
 from shared.serve import run_command
 from shared.settings import Settings
@@ -56,7 +56,7 @@ async def reencrypt(pool: aiopg.Pool, keyring: Keyring) -> tuple[int, list[str]]
 
 async def _run(settings: Settings) -> int:
     keyring = Keyring(settings.encryption_keys)
-    pool = await connect_pool(settings.postgres_url, wait_seconds=settings.startup_timeout_seconds)
+    pool = await connect_pool(connector(settings, "reencrypt/pool"), wait_seconds=settings.startup_timeout_seconds)
     try:
         await migrate(pool)
         changed, touched = await reencrypt(pool, keyring)
