@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import aiopg
 import psycopg2
 import pytest
+import yaml
 from support import WatchRecorder
 
 from devtools.services import PostgresServer
@@ -36,6 +39,7 @@ from shared.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("redis_server")
 
+REPO = Path(__file__).resolve().parent.parent
 PROCESSES = ("api_server", "notifier", "expiry_worker")
 #: How long a process gets to notice Postgres going or coming back (its checks answer within 2 s; its
 #: listeners reconnect with a backoff capped at 5 s).
@@ -410,6 +414,39 @@ CONNECTIONS = {
     "notifier": {"pool", "watch-pool", "namespace-acls", "hub", "relay"},
     "expiry_worker": {"pool", "expiry"},
 }
+
+
+def test_the_connections_table_in_deploy_readme_adds_up() -> None:
+    """deploy/README.md's "Postgres connections" table: per pod, the default pool size, the notifier's
+    watch pool and the dedicated connections above; pods at most, from deploy/k8s/base; the total."""
+    from notifier.main import WATCH_POOL_SIZE
+
+    pool = next(f.default for f in dataclasses.fields(Settings) if f.name == "postgres_pool_size")
+    readme = (REPO / "deploy" / "README.md").read_text()
+    section = readme.split("## Postgres connections", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        cells[0]: cells
+        for line in section.splitlines()
+        if line.startswith("| ") and (cells := [c.strip(" *`") for c in line.strip("|").split("|")])
+    }
+    most_pods = {}
+    for path in (REPO / "deploy" / "k8s" / "base").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc["kind"] == "HorizontalPodAutoscaler":
+                most_pods[doc["spec"]["scaleTargetRef"]["name"]] = doc["spec"]["maxReplicas"]
+            elif doc and doc["kind"] == "Deployment" and "replicas" in doc["spec"]:
+                most_pods.setdefault(doc["metadata"]["name"], doc["spec"]["replicas"])
+    total = 0
+    for process, roles in CONNECTIONS.items():
+        dedicated = roles - {"pool", "watch-pool"}
+        per_pod = pool + (WATCH_POOL_SIZE if "watch-pool" in roles else 0) + len(dedicated)
+        pods = most_pods[f"dynconfig-{process.replace('_', '-')}"]
+        cells = rows[process]
+        assert cells[1] == str(pool), cells
+        assert cells[3].startswith(f"{len(dedicated)}: ") and all(role in cells[3] for role in dedicated), cells
+        assert [int(cells[4]), int(cells[5].split()[0]), int(cells[6])] == [per_pod, pods, per_pod * pods], cells
+        total += per_pod * pods
+    assert rows["all"][6] == str(total), rows["all"]
 
 
 def _tcp_sockets() -> dict[tuple[int, int], tuple[int, float]]:
