@@ -34,7 +34,7 @@ import aiopg
 from shared import auditadopt
 from shared.auditchain import AuditChain, Row
 from shared.auditverify import Checkpoint, sealed_pages, verify
-from shared.db import check_schema, connect_pool
+from shared.db import check_schema, command_connector, connect_pool
 from shared.serve import run_command
 from shared.settings import Settings
 from shared.version import version_line
@@ -124,7 +124,8 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     checkpoints = (
         [*args.checkpoint, *(cp for found in args.checkpoints for cp in found)] if args.command == "verify" else []
     )
-    pool = await connect_pool(settings.postgres_url, wait_seconds=settings.startup_timeout_seconds, maxsize=2)
+    target = command_connector(settings, "audit")
+    pool = await connect_pool(target, wait_seconds=settings.startup_timeout_seconds, maxsize=2)
     try:
         await check_schema(pool)
         if args.command == "verify" and chain is not None:

@@ -57,7 +57,7 @@ import aiopg
 from aiohttp import web
 
 from shared.appkeys import DB_POOL, REDIS, SETTINGS, SUPERVISOR
-from shared.db import Hearing, listen, wait_notices
+from shared.db import Hearing, Target, app_connector, listen, wait_notices
 from shared.model import KeyState
 from shared.redis import REDIS_ERRORS, REDIS_UNREACHABLE, RedisLink
 from shared.sql import cache as sql
@@ -277,9 +277,9 @@ class CacheGuard:
             self._heard.clear()
         self._heard[key] = max(version, self._heard.get(key, 0))
 
-    async def run(self, dsn: str, pool: aiopg.Pool) -> None:
+    async def run(self, listener: Target, pool: aiopg.Pool) -> None:
         """Listen, and scan ``cache_dirty`` every ``SCAN_SECONDS``, for ever (reconnecting)."""
-        await listen(dsn, [sql.CHANNEL], lambda conn: self._serve(conn, pool), name="cache")
+        await listen(listener, [sql.CHANNEL], lambda conn: self._serve(conn, pool))
 
     async def _serve(self, conn: aiopg.Connection, pool: aiopg.Pool) -> None:
         self._conn = conn
@@ -317,10 +317,10 @@ async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the cache and its guard (needs ``redis_ctx`` and ``pool_ctx`` first)."""
     cache = ValueCache(app[REDIS], app[SETTINGS].cache_ttl_seconds, app[API_METRICS])
     app[CACHE] = cache
-    dsn = app[SETTINGS].postgres_url
+    guard, fence = app_connector(app, "cache-guard", dedicated=True), app_connector(app, "cache-fence", dedicated=True)
     tasks = [
-        app[SUPERVISOR].spawn("cache-guard", lambda: cache.guard.run(dsn, app[DB_POOL])),
-        app[SUPERVISOR].spawn("cache-fence", lambda: cache.fence.run(dsn)),
+        app[SUPERVISOR].spawn("cache-guard", lambda: cache.guard.run(guard, app[DB_POOL])),
+        app[SUPERVISOR].spawn("cache-fence", lambda: cache.fence.run(fence)),
     ]
     try:
         yield

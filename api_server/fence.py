@@ -30,7 +30,7 @@ from collections import deque
 
 import aiopg
 
-from shared.db import Hearing, listen
+from shared.db import Hearing, Target, listen
 from shared.sql import changelog as sql
 
 log = logging.getLogger(__name__)
@@ -87,9 +87,9 @@ class CacheFence:
 
         await self._hearing.until(heard, within, f"revision {revision} by the cache fence (heard {self.heard})")
 
-    async def run(self, dsn: str) -> None:
+    async def run(self, listener: Target) -> None:
         """Follow the changes for ever (supervised; reconnects)."""
-        await listen(dsn, [sql.CHANGES_CHANNEL], self._serve, name="cache-fence")
+        await listen(listener, [sql.CHANGES_CHANNEL], self._serve)
 
     async def _serve(self, conn: aiopg.Connection) -> None:
         self._conn = conn

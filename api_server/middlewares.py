@@ -14,7 +14,7 @@ from shared.web import request_id
 from .console import is_console_path
 from .domain.keys import Caller
 
-OPEN_PATHS = frozenset({"/health", "/metrics", "/openapi.json"})
+OPEN_PATHS = frozenset({"/health", "/health/live", "/metrics", "/openapi.json"})
 CALLER = web.RequestKey("caller", Caller)
 
 

@@ -15,7 +15,7 @@ import aiopg
 import redis.asyncio as aioredis
 
 from shared.crypto import Keyring
-from shared.db import check_schema, connect_pool
+from shared.db import check_schema, command_connector, connect_pool
 from shared.redis import REDIS_ERRORS
 from shared.serve import run_command
 from shared.settings import Settings
@@ -61,7 +61,7 @@ async def reencrypt(pool: aiopg.Pool, keyring: Keyring) -> tuple[int, list[str]]
 
 async def _run(settings: Settings) -> int:
     keyring = Keyring(settings.encryption_keys)
-    pool = await connect_pool(settings.postgres_url, wait_seconds=settings.startup_timeout_seconds)
+    pool = await connect_pool(command_connector(settings, "reencrypt"), wait_seconds=settings.startup_timeout_seconds)
     try:
         await check_schema(pool)
         changed, touched = await reencrypt(pool, keyring)

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from shared.metrics import metrics_handler
+from shared.web import live
 
 from . import console
 from .handlers import audit, health, keys, namespaces
@@ -31,6 +32,7 @@ def only(*methods: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]
 def setup_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/health", health.health)
+    r.add_get("/health/live", live)
     r.add_get("/metrics", metrics_handler)
     r.add_get("/openapi.json", openapi_handler)
     r.add_get("/keys", keys.list_keys)

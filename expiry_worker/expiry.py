@@ -12,7 +12,7 @@ import logging
 import aiopg
 
 from shared.auditchain import AuditChain
-from shared.db import listen, wait_notices
+from shared.db import Target, listen, wait_notices
 from shared.model import KeyState
 from shared.nsacls import load_all
 from shared.sql import expiry as sql
@@ -34,8 +34,8 @@ MAX_RECHECK_SECONDS = 0.5
 class ExpiryWorker:
     """``run_once()`` expires what is due now; ``run()`` does so for ever."""
 
-    def __init__(self, dsn: str, pool: aiopg.Pool, metrics: ExpiryMetrics, chain: AuditChain) -> None:
-        self._dsn = dsn
+    def __init__(self, listener: Target, pool: aiopg.Pool, metrics: ExpiryMetrics, chain: AuditChain) -> None:
+        self._listener = listener
         self._pool = pool
         self._chain = chain
         self._metrics = metrics
@@ -73,7 +73,7 @@ class ExpiryWorker:
 
     async def run(self) -> None:
         """Expire due keys, then sleep until the next deadline or a wake-up, for ever."""
-        await listen(self._dsn, [sql.CHANNEL], self._serve, name="expiry")
+        await listen(self._listener, [sql.CHANNEL], self._serve)
 
     async def _serve(self, conn: aiopg.Connection) -> None:
         recheck = Backoff(first=RECHECK_SECONDS, cap=MAX_RECHECK_SECONDS)

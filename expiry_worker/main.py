@@ -6,14 +6,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from shared.appkeys import AUDIT_CHAIN, DB_POOL, SETTINGS, SUPERVISOR
-from shared.db import pool_ctx
+from shared.appkeys import AUDIT_CHAIN, DB_POOL, SUPERVISOR
+from shared.db import app_connector, pool_ctx
 from shared.keyring_check import keyring_check_ctx
 from shared.metrics import metrics_handler
 from shared.serve import main_for
 from shared.settings import Settings
 from shared.tasks import cancel_and_wait
-from shared.web import base_checks, health_response, process_app
+from shared.web import base_checks, health_response, live, process_app
 
 from .expiry import ExpiryWorker
 from .metrics import ExpiryMetrics
@@ -24,7 +24,8 @@ EXPIRY_METRICS = web.AppKey("expiry_metrics", ExpiryMetrics)
 
 
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
-    worker = ExpiryWorker(app[SETTINGS].postgres_url, app[DB_POOL], app[EXPIRY_METRICS], app[AUDIT_CHAIN])
+    listener = app_connector(app, "expiry", dedicated=True)
+    worker = ExpiryWorker(listener, app[DB_POOL], app[EXPIRY_METRICS], app[AUDIT_CHAIN])
     app[WORKER] = worker
     task = app[SUPERVISOR].spawn("expiry", worker.run)
     try:
@@ -45,6 +46,7 @@ def create_app(settings: Settings) -> web.Application:
     app[EXPIRY_METRICS] = metrics
     app.cleanup_ctx.extend([pool_ctx, keyring_check_ctx, _worker_ctx])
     app.router.add_get("/health", health)
+    app.router.add_get("/health/live", live)
     app.router.add_get("/metrics", metrics_handler)
     return app
 

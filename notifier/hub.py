@@ -22,7 +22,7 @@ import psycopg2
 from shared.acl import Acl, Principal
 from shared.changelog import ChangeEvent, Readers, events_after, head, may_read_event, resume_point
 from shared.crypto import Keyring
-from shared.db import listen, wait_notices
+from shared.db import Target, listen, wait_notices
 from shared.nsacls import NamespaceAcls
 from shared.redis import REDIS_ERRORS, RedisLink
 from shared.sql import changelog as changelog_sql
@@ -118,7 +118,7 @@ class Hub:
 
     def __init__(
         self,
-        dsn: str,
+        listener: Target,
         pool: aiopg.Pool,
         link: RedisLink,
         keyring: Keyring,
@@ -126,7 +126,7 @@ class Hub:
         metrics: NotifierMetrics,
         supervisor: Supervisor,
     ) -> None:
-        self._dsn = dsn
+        self._listener = listener
         self._supervisor = supervisor
         self._pool = pool
         self._link = link
@@ -209,7 +209,7 @@ class Hub:
         self.redis_ok = ok
 
     async def _pg_listener(self) -> None:
-        await listen(self._dsn, [changelog_sql.REVISIONS_CHANNEL], self._on_notices, name="hub")
+        await listen(self._listener, [changelog_sql.REVISIONS_CHANNEL], self._on_notices)
 
     async def _on_notices(self, conn: aiopg.Connection) -> None:
         async with conn.cursor() as cur:

@@ -11,7 +11,7 @@ from aiohttp import WSCloseCode, web
 from shared.appkeys import AUDIT, DB_POOL, KEYRING, NAMESPACE_ACLS, REDIS, SETTINGS, SUPERVISOR, VERIFIER
 from shared.audit import audit_ctx
 from shared.crypto import Keyring
-from shared.db import connect_pool, pool_ctx
+from shared.db import POSTGRES_UNREACHABLE, app_connector, connect_pool, pool_ctx
 from shared.errors import Unauthorized
 from shared.jwks import http_session_ctx, verifier_ctx
 from shared.keyring_check import keyring_check_ctx
@@ -22,7 +22,7 @@ from shared.redis import redis_ctx
 from shared.serve import main_for
 from shared.settings import Settings
 from shared.tasks import cancel_and_wait
-from shared.web import base_checks, close_websockets, health_response, process_app, request_id
+from shared.web import base_checks, close_websockets, health_response, live, process_app, request_id
 
 from .hub import Hub
 from .metrics import NotifierMetrics
@@ -45,7 +45,7 @@ WATCH_POOL_SIZE = 10
 async def _watch_pool_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pool = await connect_pool(
-        settings.postgres_url, wait_seconds=settings.startup_timeout_seconds, maxsize=WATCH_POOL_SIZE
+        app_connector(app, "watch-pool"), wait_seconds=settings.startup_timeout_seconds, maxsize=WATCH_POOL_SIZE
     )
     app[WATCH_POOL] = pool
     try:
@@ -90,6 +90,11 @@ async def watch(request: web.Request) -> web.WebSocketResponse:
     app[NOTIFIER_METRICS].connections.inc()
     try:
         await serve(conn, request)
+    except POSTGRES_UNREACHABLE as exc:  # an outage is expected: one line, and the client resumes
+        log.warning(
+            "watch: Postgres unavailable (request %s): %s; closing 1013", request_id(request), type(exc).__name__
+        )
+        conn.unavailable()
     except Exception:
         # The socket is upgraded: an HTTP 500 can no longer be sent (the client would see 1002).
         log.exception("watch connection failed (request %s)", request_id(request))
@@ -120,9 +125,10 @@ async def _streams_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     metrics = app[NOTIFIER_METRICS]
     supervisor = app[SUPERVISOR]
-    hub = Hub(settings.postgres_url, app[DB_POOL], app[REDIS], app[KEYRING], app[NAMESPACE_ACLS], metrics, supervisor)
+    hub_listener = app_connector(app, "hub", dedicated=True)
+    hub = Hub(hub_listener, app[DB_POOL], app[REDIS], app[KEYRING], app[NAMESPACE_ACLS], metrics, supervisor)
     relay = Relay(
-        settings.postgres_url,
+        app_connector(app, "relay", dedicated=True),
         app[DB_POOL],
         app[REDIS],
         metrics,
@@ -171,6 +177,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_close_watchers)
     app.router.add_get("/watch", watch)
     app.router.add_get("/health", health)
+    app.router.add_get("/health/live", live)
     app.router.add_get("/metrics", metrics_handler)
     return app
 

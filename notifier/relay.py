@@ -18,7 +18,7 @@ import aiopg
 import psycopg2
 
 from shared.changelog import ChangeEvent, events_after, head
-from shared.db import listen, wait_notices
+from shared.db import Target, listen, wait_notices
 from shared.redis import REDIS_ERRORS, RedisLink
 from shared.sql import changelog as sql
 from shared.sql import outbox as outbox_sql
@@ -43,7 +43,7 @@ class Relay:
 
     def __init__(
         self,
-        dsn: str,
+        listener: Target,
         pool: aiopg.Pool,
         link: RedisLink,
         metrics: NotifierMetrics,
@@ -52,7 +52,7 @@ class Relay:
         retention_seconds: int,
     ) -> None:
         self._supervisor = supervisor
-        self._dsn = dsn
+        self._listener = listener
         self._pool = pool
         self._link = link
         self._metrics = metrics
@@ -63,7 +63,7 @@ class Relay:
 
     async def run(self) -> None:
         """Forever: take the lock when free, then relay until the lock connection fails."""
-        await listen(self._dsn, [outbox_sql.CHANNEL], self._lead, name="relay")
+        await listen(self._listener, [outbox_sql.CHANNEL], self._lead)
 
     def _set_leader(self, leader: bool) -> None:
         if leader != self.is_leader:

@@ -45,6 +45,7 @@ HUB_CATCH_UP_SECONDS = 2.0
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_BAD_REQUEST = 4400
+CLOSE_TRY_AGAIN = 1013  # RFC 6455 §7.4.1 (IANA): try again later
 # The reason sent with each close code (a browser shows it as CloseEvent.reason). Every close of a watch
 # socket, here and in main.py, takes its reason from this list.
 REASON_INVALID_TOKEN = "unauthorized: invalid or expired token"
@@ -56,6 +57,7 @@ REASON_HELD_EVENTS = "slow consumer: over {limit} events held back during replay
 REASON_BAD_SINCE = "bad request: invalid since_version"
 REASON_SHUTDOWN = "server shutting down"
 REASON_INTERNAL = "internal server error"
+REASON_UNAVAILABLE = "database unavailable: reconnect and resume with since_version"
 MAX_REASON_BYTES = 123  # RFC 6455 §5.5: 125 bytes of payload, 2 of them the code
 _PREFIX = re.compile(r"^[A-Za-z0-9._:/-]{0,255}\*$")
 
@@ -167,6 +169,15 @@ class WatchConnection:
         if error_event is not None and not self._transport.is_closing():
             self._transport.write(json_frame(error_event))
         self._close_task = asyncio.create_task(self.ws.close(code=code, message=close_message(reason)))
+
+    def unavailable(self) -> None:
+        """Postgres could not serve this watcher (a subscribe's replay or head during an outage): an
+        error event and close 1013, try again later. The client reconnects and resumes with
+        ``since_version``, as after any close, and loses nothing."""
+        message = "The database is unavailable; reconnect and resume with since_version"
+        self._kick(
+            CLOSE_TRY_AGAIN, REASON_UNAVAILABLE, {"event": "error", "error": "Service Unavailable", "message": message}
+        )
 
     def _token_expired(self) -> None:
         self._kick(

@@ -1,11 +1,16 @@
-"""The Postgres pool (one per process), the schema check, and LISTEN on a dedicated connection."""
+"""Postgres connections: how each kind is opened (:func:`connector`), the pool (one per process), the
+schema check, and LISTEN on a dedicated connection."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiopg
@@ -13,7 +18,8 @@ import psycopg2
 import psycopg2.extensions
 from aiohttp import web
 
-from .appkeys import DB_POOL, SETTINGS
+from .appkeys import DB_POOL, PROCESS, SETTINGS
+from .settings import Settings
 from .sql import schema_migrations as schema_sql
 from .tasks import Backoff
 from .version import schema_refusal
@@ -25,26 +31,157 @@ class StartupError(Exception):
     """A dependency was unreachable for the whole start-up window."""
 
 
+# --- how a connection is opened ---------------------------------------------------------------------
+
 #: Session settings of every connection we open. JIT off: our statements are short OLTP ones, and on a
 #: fresh database (``relay_state`` not yet analysed, estimated at ~1,800 rows) the planner JIT-compiled
 #: the write statement of a batch of 64+ changes: 0.19 s per batch at 64, 1.55 s at 256 (found by
 #: bench/scale.py: 252 writes/s before, 751/s after).
 SESSION_OPTIONS = "-c jit=off"
+#: Every connection's ``application_name`` is this plus ``<process>/<role>`` (pg_stat_activity).
+APPLICATION_PREFIX = "dynconfig/"
+#: The ``statement_timeout`` of dedicated connections (LISTEN, the relay's lock), whatever
+#: ``POSTGRES_STATEMENT_TIMEOUT_SECONDS`` says: a request's limit, however low it is set, must not cut
+#: a listener's catch-up (at most 10,000 changes). Their client gives up far sooner
+#: (:data:`DEDICATED_CLIENT_TIMEOUT_SECONDS`) and reconnects; this only reaps a statement left
+#: running by a client that is gone.
+DEDICATED_STATEMENT_TIMEOUT_SECONDS = 60
+#: How long a dedicated connection's client waits for any answer before it reconnects.
+DEDICATED_CLIENT_TIMEOUT_SECONDS = 10.0
+#: The ``statement_timeout`` of the one-off commands' connections (``audit verify``, ``reencrypt``):
+#: they walk whole tables in pages and verify's anti-join reads all of history once, which a request's
+#: limit would cut on a big database.
+COMMAND_STATEMENT_TIMEOUT_SECONDS = 3600
+#: A pooled connection's client waits this much longer than the server's ``statement_timeout``: the
+#: server cancels a slow statement first (cleanly: the transaction rolls back, the connection stays
+#: usable), and the client's own timeout (which closes the connection) is left for a server that does
+#: not answer at all: frozen, or behind a network that drops packets.
+CLIENT_TIMEOUT_MARGIN_SECONDS = 5.0
 
 
-def session_dsn(dsn: str) -> str:
-    """``dsn`` with :data:`SESSION_OPTIONS` added to any ``options`` it has."""
-    options = psycopg2.extensions.parse_dsn(dsn).get("options")
-    return psycopg2.extensions.make_dsn(dsn, options=f"{options} {SESSION_OPTIONS}" if options else SESSION_OPTIONS)
+@dataclass(frozen=True)
+class Connector:
+    """How one kind of connection is opened: its DSN, its name (``<process>/<role>``), and how long its
+    client waits for any answer (connect, acquire from the pool, each statement)."""
+
+    dsn: str = field(repr=False)
+    name: str
+    timeout: float
 
 
-async def connect_pool(dsn: str, *, wait_seconds: float, minsize: int = 1, maxsize: int = 20) -> aiopg.Pool:
+def connector(settings: Settings, name: str, *, dedicated: bool = False) -> Connector:
+    """The connector of the connections ``name`` (``<process>/<role>``, e.g. ``api_server/pool``) of a
+    process with ``settings``: POSTGRES_URL plus
+
+    - ``application_name`` ``dynconfig/<process>/<role>``, so pg_stat_activity tells who holds what;
+    - TCP keepalives on both ends (libpq's ``keepalives_*`` and the server's ``tcp_keepalives_*``): a
+      peer gone without a word (a lost node, a partition) is dropped after idle + interval × count
+      seconds on either side, and the server gives its locks back (the relay's among them);
+    - ``statement_timeout``: ``POSTGRES_STATEMENT_TIMEOUT_SECONDS`` for pooled connections,
+      :data:`DEDICATED_STATEMENT_TIMEOUT_SECONDS` for ``dedicated`` ones;
+    - ``idle_in_transaction_session_timeout`` (a transaction a stuck process left open ends), and
+      :data:`SESSION_OPTIONS`.
+
+    Dedicated connections go to ``POSTGRES_LISTEN_URL`` when it is set (a transaction-mode PgBouncer
+    in front of the pools cannot carry LISTEN or a session's advisory lock). Any ``options`` the URL
+    has come first; ours win where they name the same setting."""
+    statement = DEDICATED_STATEMENT_TIMEOUT_SECONDS if dedicated else settings.postgres_statement_timeout_seconds
+    idle, interval, count = (
+        settings.postgres_keepalives_idle_seconds,
+        settings.postgres_keepalives_interval_seconds,
+        settings.postgres_keepalives_count,
+    )
+    ours = [
+        SESSION_OPTIONS,
+        f"-c statement_timeout={statement * 1000}",
+        f"-c idle_in_transaction_session_timeout={settings.postgres_idle_in_transaction_timeout_seconds * 1000}",
+        f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} -c tcp_keepalives_count={count}",
+    ]
+    url = (settings.postgres_listen_url if dedicated else None) or settings.postgres_url
+    theirs = psycopg2.extensions.parse_dsn(url).get("options")
+    dsn = psycopg2.extensions.make_dsn(
+        url,
+        application_name=(APPLICATION_PREFIX + name)[:63],  # Postgres keeps 63 bytes
+        keepalives=1,
+        keepalives_idle=idle,
+        keepalives_interval=interval,
+        keepalives_count=count,
+        options=" ".join([theirs, *ours] if theirs else ours),
+    )
+    timeout = DEDICATED_CLIENT_TIMEOUT_SECONDS if dedicated else statement + CLIENT_TIMEOUT_MARGIN_SECONDS
+    return Connector(dsn, name, timeout)
+
+
+def command_connector(settings: Settings, command: str) -> Connector:
+    """:func:`connector` for the pool of a one-off command, with :data:`COMMAND_STATEMENT_TIMEOUT_SECONDS`."""
+    long = dataclasses.replace(settings, postgres_statement_timeout_seconds=COMMAND_STATEMENT_TIMEOUT_SECONDS)
+    return connector(long, f"{command}/pool")
+
+
+def app_connector(app: web.Application, role: str, *, dedicated: bool = False) -> Connector:
+    """:func:`connector` for the connections ``role`` of the process ``app`` is."""
+    return connector(app[SETTINGS], f"{app[PROCESS]}/{role}", dedicated=dedicated)
+
+
+#: Where a dedicated connection or a pool goes: a :class:`Connector`, or a bare URL (tests, one-off
+#: commands), which gets the settings' defaults.
+Target = Connector | str
+
+
+def _as_connector(target: Target, role: str, *, dedicated: bool) -> Connector:
+    """A bare URL (a one-off command, a test) gets the settings' defaults, named after the command."""
+    if isinstance(target, Connector):
+        return target
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    command = spec.name if spec is not None else Path(sys.argv[0]).name or "python"
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings) if f.default is not dataclasses.MISSING}
+    settings = Settings(postgres_url=target, redis_url="", jwks_url="", encryption_keys=(), **defaults)
+    return connector(settings, f"{command}/{role}", dedicated=dedicated)
+
+
+def dsn_for(target: Target, role: str, *, dedicated: bool = False) -> str:
+    """The DSN a synchronous client (``dynconfig-migrate``'s psycopg2) opens ``target`` with: the same
+    name, keepalives and session settings as every other connection (:func:`connector`)."""
+    return _as_connector(target, role, dedicated=dedicated).dsn
+
+
+# --- aiopg: a statement the server cancels is an error, not a cancellation ---------------------------
+
+
+async def _poll(self: aiopg.Connection, waiter: asyncio.Future[None], timeout: float) -> None:  # noqa: ASYNC109
+    """``aiopg.Connection._poll`` of aiopg 1.4, less its ``QueryCanceledError`` branch. aiopg turns a
+    statement the server cancelled (``statement_timeout``, ``pg_cancel_backend``: SQLSTATE 57014) into
+    ``asyncio.CancelledError`` and logs it through the loop as an ERROR with a traceback
+    (aio-libs/aiopg#537). Every loop here reads ``CancelledError`` as "stop": one cancelled statement
+    stopped the committer's contended lane for good, silently, and the writes of its batch never got
+    an answer. Raised as itself (``QueryCanceled`` is an ``OperationalError``), it is a 503 for a
+    request and a logged retry for a loop. tests/test_outage.py holds aiopg to this."""
+    assert waiter is self._waiter, (waiter, self._waiter)
+    self._ready(self._weakref)  # type: ignore[attr-defined]
+    try:
+        await asyncio.wait_for(self._waiter, timeout)
+    except (asyncio.CancelledError, TimeoutError):
+        await asyncio.shield(self.close())
+        raise
+    finally:
+        self._waiter = None
+
+
+aiopg.Connection._poll = _poll  # type: ignore[method-assign]
+
+
+# --- the pool and dedicated connections ---------------------------------------------------------------
+
+
+async def connect_pool(target: Target, *, wait_seconds: float, minsize: int = 1, maxsize: int = 20) -> aiopg.Pool:
     """Open a pool, retrying while Postgres comes up (containers start in any order)."""
+    pooled = _as_connector(target, "pool", dedicated=False)
     deadline = time.monotonic() + wait_seconds
     backoff = Backoff(cap=2.0)
     while True:
         try:
-            return await aiopg.create_pool(session_dsn(dsn), minsize=minsize, maxsize=maxsize, timeout=10.0)
+            return await aiopg.create_pool(pooled.dsn, minsize=minsize, maxsize=maxsize, timeout=pooled.timeout)
         except psycopg2.OperationalError as exc:
             if time.monotonic() >= deadline:
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
@@ -58,28 +195,37 @@ CONNECTION_ERRORS = (psycopg2.Error, OSError, TimeoutError)
 #: The errors of a Postgres that cannot be reached or serve now (every statement would fail alike), as
 #: opposed to one that refuses one statement's data (``psycopg2.DataError``, an encoding error…): a
 #: batch that fails with one of these fails for all its writers or readers at once; any other failure
-#: is narrowed down to the item that caused it (``shared.tasks.Coalescer``, the committer).
+#: is narrowed down to the item that caused it (``shared.tasks.Coalescer``, the committer). A request
+#: that meets one is answered 503 (``shared.web.error_middleware``): a statement cancelled by
+#: ``statement_timeout`` is an ``OperationalError`` too, and a server that does not answer in time a
+#: ``TimeoutError``.
 POSTGRES_UNREACHABLE = (psycopg2.OperationalError, psycopg2.InterfaceError, OSError, TimeoutError)
 
 
 async def listen(
-    dsn: str, channels: Sequence[str], serve: Callable[[aiopg.Connection], Awaitable[None]], *, name: str
+    target: Target,
+    channels: Sequence[str],
+    serve: Callable[[aiopg.Connection], Awaitable[None]],
+    *,
+    name: str = "listener",
 ) -> None:
-    """For ever: open a dedicated connection, ``LISTEN`` on ``channels`` and run ``serve(conn)``; when
-    the connection fails, log it and reconnect with backoff. ``serve`` reads ``conn.notifies`` (a
-    notice is a wake-up hint; a periodic look is the safety net) and may use ``conn`` for its own
-    statements (the relay holds its advisory lock on it)."""
+    """For ever: open a dedicated connection (``target``, from :func:`connector` with
+    ``dedicated=True``), ``LISTEN`` on ``channels`` and run ``serve(conn)``; when the connection fails,
+    log it and reconnect with backoff. ``serve`` reads ``conn.notifies`` (a notice is a wake-up hint; a
+    periodic look is the safety net) and may use ``conn`` for its own statements (the relay holds its
+    advisory lock on it). ``name`` names a bare URL's connection."""
+    dedicated = _as_connector(target, name, dedicated=True)
     backoff = Backoff(first=0.5)
     while True:
         try:
-            async with aiopg.connect(session_dsn(dsn), timeout=10.0) as conn:
+            async with aiopg.connect(dedicated.dsn, timeout=dedicated.timeout) as conn:
                 async with conn.cursor() as cur:
                     for channel in channels:
                         await cur.execute(f"LISTEN {channel}")
                 backoff.reset()
                 await serve(conn)
         except CONNECTION_ERRORS as exc:
-            log.warning("%s: Postgres connection lost (%s); reconnecting", name, type(exc).__name__)
+            log.warning("%s: Postgres connection lost (%s); reconnecting", dedicated.name, type(exc).__name__)
         await asyncio.sleep(backoff.next())
 
 
@@ -153,7 +299,9 @@ async def check_schema(pool: aiopg.Pool) -> int:
 async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the process's pool, on a schema this release works with (else it does not start)."""
     settings = app[SETTINGS]
-    pool = await connect_pool(settings.postgres_url, wait_seconds=settings.startup_timeout_seconds)
+    pool = await connect_pool(
+        app_connector(app, "pool"), wait_seconds=settings.startup_timeout_seconds, maxsize=settings.postgres_pool_size
+    )
     try:
         await check_schema(pool)
         app[DB_POOL] = pool

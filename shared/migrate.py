@@ -34,7 +34,7 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql as pgsql
 
-from .db import session_dsn
+from .db import dsn_for
 from .migrations import MIGRATIONS, Migration
 from .serve import flush_logs, setup_logging
 from .settings import Settings, SettingsError, exit_on_bad_settings
@@ -62,7 +62,8 @@ def load_settings(env: Any = None) -> Settings:
 
 
 def _connect(dsn: str) -> psycopg2.extensions.connection:
-    conn = psycopg2.connect(session_dsn(dsn), application_name=PROG, connect_timeout=10)
+    # Dedicated: the session's own SET statement_timeout/lock_timeout then bound each migration.
+    conn = psycopg2.connect(dsn_for(dsn, "migrate", dedicated=True), connect_timeout=10)
     conn.autocommit = True  # each migration opens its own transaction, or runs outside one
     return conn
 

@@ -25,8 +25,8 @@ import aiopg
 from aiohttp import web
 
 from .acl import Acl
-from .appkeys import DB_POOL, NAMESPACE_ACLS, SETTINGS, SUPERVISOR
-from .db import Hearing, listen, wait_notices
+from .appkeys import DB_POOL, NAMESPACE_ACLS, SUPERVISOR
+from .db import Hearing, Target, app_connector, listen, wait_notices
 from .sql import namespaces as sql
 from .tasks import cancel_and_wait
 from .validation import namespaces_of
@@ -113,9 +113,9 @@ class NamespaceAcls:
         await self._hearing.until(heard, within, "a namespace ACL change")
         self._heard.discard(token)
 
-    async def run(self, dsn: str) -> None:
+    async def run(self, listener: Target) -> None:
         """Listen for changes for ever (supervised)."""
-        await listen(dsn, [sql.CHANNEL], self._serve, name="namespace-acls")
+        await listen(listener, [sql.CHANNEL], self._serve)
 
     async def _serve(self, conn: aiopg.Connection) -> None:
         self._conn = conn
@@ -142,7 +142,8 @@ async def namespace_acls_ctx(app: web.Application) -> AsyncIterator[None]:
     acls = NamespaceAcls(app[DB_POOL])
     await acls.reload()
     app[NAMESPACE_ACLS] = acls
-    task = app[SUPERVISOR].spawn("namespace-acls", lambda: acls.run(app[SETTINGS].postgres_url))
+    listener = app_connector(app, "namespace-acls", dedicated=True)
+    task = app[SUPERVISOR].spawn("namespace-acls", lambda: acls.run(listener))
     try:
         yield
     finally:

@@ -88,6 +88,22 @@ class Settings:
     migrate_statement_timeout_seconds: float = 60.0
     #: ``dynconfig-migrate``: how many times it tries (a lock not had in time, Postgres unreachable).
     migrate_attempts: int = 5
+    #: Every Postgres connection (shared/db.py ``dsn_for``). ``statement_timeout`` of the pooled ones
+    #: (requests and background batches; the dedicated LISTEN connections have their own).
+    postgres_statement_timeout_seconds: int = 10
+    #: ``idle_in_transaction_session_timeout`` of every connection: a transaction left open by a stuck
+    #: process gives its row locks back after this.
+    postgres_idle_in_transaction_timeout_seconds: int = 30
+    #: TCP keepalives, both ends of every connection: a peer gone without a word (a node lost, a
+    #: partition) is found after idle + interval × count seconds, and its locks released.
+    postgres_keepalives_idle_seconds: int = 30
+    postgres_keepalives_interval_seconds: int = 10
+    postgres_keepalives_count: int = 3
+    #: The most connections a process's pool opens (the notifier has a second pool for watchers).
+    postgres_pool_size: int = 20
+    #: Where the dedicated connections (LISTEN, the relay's lock) go, when not to ``postgres_url``: with
+    #: ``POSTGRES_URL`` on a transaction-mode PgBouncer, this one reaches Postgres itself.
+    postgres_listen_url: str | None = field(default=None, repr=False)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A server TLS context (TLS 1.3 minimum) when a certificate is configured."""
@@ -143,6 +159,8 @@ class Settings:
                 _int(env, "MIGRATE_STATEMENT_TIMEOUT_SECONDS", 60, minimum=1, maximum=86400)
             ),
             migrate_attempts=_int(env, "MIGRATE_ATTEMPTS", 5, minimum=1, maximum=100),
+            postgres_listen_url=_postgres_listen_url(env),
+            **_postgres_connection_settings(env),
         )
         if cert:
             try:
@@ -195,17 +213,17 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(name, f"must be true or false, got {raw!r}")
 
 
-def parse_postgres_url(url: str) -> str:
+def parse_postgres_url(url: str, name: str = "POSTGRES_URL") -> str:
     """Accept ``postgres://`` or ``postgresql://`` URLs with a host and a database name."""
     parts = urlsplit(url)
     if parts.scheme not in ("postgres", "postgresql"):
-        raise SettingsError("POSTGRES_URL", "must start with postgresql:// (e.g. postgresql://user:pw@host:5432/db)")
+        raise SettingsError(name, "must start with postgresql:// (e.g. postgresql://user:pw@host:5432/db)")
     try:
         _ = parts.port
     except ValueError:
-        raise SettingsError("POSTGRES_URL", "has a malformed port") from None
+        raise SettingsError(name, "has a malformed port") from None
     if not parts.hostname or parts.path in ("", "/"):
-        raise SettingsError("POSTGRES_URL", "must name a host and a database (postgresql://user@host:5432/db)")
+        raise SettingsError(name, "must name a host and a database (postgresql://user@host:5432/db)")
     return url
 
 
@@ -269,6 +287,30 @@ def _audit_keys(env: Mapping[str, str]) -> tuple[tuple[str, bytes], ...]:
         if key_id.startswith(DERIVED_AUDIT_KEY_PREFIX):
             raise SettingsError("AUDIT_HMAC_KEY", f"key id {key_id!r} may not start with {DERIVED_AUDIT_KEY_PREFIX!r}")
     return keys
+
+
+def _postgres_connection_settings(env: Mapping[str, str]) -> dict[str, int]:
+    """The ``POSTGRES_*`` numbers of every connection (shared/db.py ``connector``)."""
+    return {
+        "postgres_statement_timeout_seconds": _int(
+            env, "POSTGRES_STATEMENT_TIMEOUT_SECONDS", 10, minimum=1, maximum=3600
+        ),
+        "postgres_idle_in_transaction_timeout_seconds": _int(
+            env, "POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS", 30, minimum=1, maximum=86400
+        ),
+        "postgres_keepalives_idle_seconds": _int(env, "POSTGRES_KEEPALIVES_IDLE_SECONDS", 30, minimum=1, maximum=7200),
+        "postgres_keepalives_interval_seconds": _int(
+            env, "POSTGRES_KEEPALIVES_INTERVAL_SECONDS", 10, minimum=1, maximum=600
+        ),
+        "postgres_keepalives_count": _int(env, "POSTGRES_KEEPALIVES_COUNT", 3, minimum=1, maximum=100),
+        # The committer's two lanes, reads, the audit writer and the checks share it: fewer than 4 starve.
+        "postgres_pool_size": _int(env, "POSTGRES_POOL_SIZE", 20, minimum=4, maximum=1000),
+    }
+
+
+def _postgres_listen_url(env: Mapping[str, str]) -> str | None:
+    url = _optional(env, "POSTGRES_LISTEN_URL")
+    return None if url is None else parse_postgres_url(url, "POSTGRES_LISTEN_URL")
 
 
 def _admins(env: Mapping[str, str]) -> frozenset[str]:

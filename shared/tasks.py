@@ -78,7 +78,8 @@ class Backoff:
 class Supervisor:
     """Runs a process's background loops. A loop that raises anything unexpected is logged with its
     name, counted (``dynconfig_background_errors_total{loop}``), restarted with backoff, and reported
-    failing (``/health`` 503, so Kubernetes restarts a pod that cannot recover) until it has run
+    failing (``/health`` 503: the pod leaves the Service's endpoints; the restart is this supervisor's,
+    not Kubernetes', whose liveness probe asks only ``/health/live``) until it has run
     ``RECOVERED_AFTER_SECONDS`` without failing or reports :meth:`ok`."""
 
     RECOVERED_AFTER_SECONDS = 5.0

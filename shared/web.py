@@ -11,13 +11,13 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-import psycopg2
+import psycopg2.errors
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from .appkeys import AUDIT_CHAIN, DB_POOL, KEYRING_CHECK, METRICS, PROCESS, SETTINGS, SUPERVISOR
 from .auditchain import AuditChain
-from .db import schema_version
+from .db import CONNECTION_ERRORS, POSTGRES_UNREACHABLE, schema_version
 from .errors import BadRequest, DynConfigError, PayloadTooLarge, ServiceUnavailable
 from .metrics import Metrics, metrics_middleware, route_template
 from .settings import Settings
@@ -91,8 +91,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = await handler(request)
     except DynConfigError as exc:
         response = json_response(exc.body(), status=exc.status, headers=exc.headers)
-    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-        # Postgres down, a connection lost, a statement cancelled: 503 and try again, never 500 (SPEC §7).
+    except POSTGRES_UNREACHABLE as exc:
+        # Postgres down, frozen or too slow (a connection lost, no answer in time, a statement cancelled
+        # by statement_timeout): 503 and try again, never 500 (SPEC §7). Expected: one line, no traceback.
         log.warning(
             "Postgres unavailable in %s %s (request %s): %s",
             request.method,
@@ -100,7 +101,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             rid,
             type(exc).__name__,
         )
-        unavailable = ServiceUnavailable("The database is unavailable; try again")
+        slow = isinstance(exc, TimeoutError | psycopg2.errors.QueryCanceled)
+        unavailable = ServiceUnavailable(
+            f"The database {'did not answer in time' if slow else 'is unavailable'}; try again"
+        )
         response = json_response(unavailable.body(), status=unavailable.status, headers=unavailable.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -148,35 +152,51 @@ def process_app(
 async def base_checks(app: web.Application) -> dict[str, Any]:
     """The ``/health`` checks every process has: Postgres answers, no background loop is failing, the
     keyring opens the values in use (shared/keyring_check.py)."""
+    postgres = await postgres_check(app[DB_POOL])
     return {
-        "postgres": await postgres_check(app[DB_POOL]),
-        "schema": await schema_check(app[DB_POOL]),
+        "postgres": postgres,
+        "schema": await schema_check(app[DB_POOL]) if postgres == "ok" else "unavailable",
         "background": app[SUPERVISOR].status,
         "keyring": app[KEYRING_CHECK].status,
     }
 
 
+#: How long ``/health`` waits for Postgres (a pooled connection, then ``SELECT 1``): within the probes'
+#: 3 s timeout, so a frozen database or an exhausted pool makes the pod unready, not the probe time out.
+POSTGRES_CHECK_SECONDS = 2.0
+
+
 async def schema_check(pool: Any) -> int | str:
-    """The database's schema version (reported only: the range was checked at start), for /health."""
+    """The database's schema version (reported only: the range was checked at start), for /health;
+    asked only once :func:`postgres_check` passed, so the two stay within the probe's timeout."""
     try:
-        return await asyncio.wait_for(schema_version(pool), timeout=2.0)
-    except (psycopg2.Error, OSError, TimeoutError):
+        async with asyncio.timeout(POSTGRES_CHECK_SECONDS):
+            return await schema_version(pool)
+    except CONNECTION_ERRORS:
         return "unavailable"
 
 
 async def postgres_check(pool: Any) -> str:
     """``"ok"`` when Postgres answers ``SELECT 1`` within 2 s, else ``"unavailable"`` (for /health)."""
     try:
-        async with pool.acquire() as conn, conn.cursor() as cur:
-            await asyncio.wait_for(cur.execute("SELECT 1"), timeout=2.0)
-    except (psycopg2.Error, OSError, TimeoutError):
+        async with asyncio.timeout(POSTGRES_CHECK_SECONDS), pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute("SELECT 1")
+    except CONNECTION_ERRORS:
         return "unavailable"
     return "ok"
 
 
-#: Checks that make a process unhealthy (503: not ready, and restarted if it lasts) when they are not
-#: "ok"; the others (Redis, the relay role) are reported only: the process works without them.
+#: Checks that make a process unhealthy (503: not ready, out of the Service's endpoints until it
+#: passes; liveness is ``/health/live``'s) when they are not "ok"; the others (Redis, the relay role)
+#: are reported only: the process works without them.
 REQUIRED_CHECKS = ("postgres", "audit", "background", "keyring")
+
+
+async def live(request: web.Request) -> web.Response:
+    """``GET /health/live``, the liveness probe of every process (SPEC §1): 200 whenever the event loop
+    answers. It looks at nothing else: Postgres, Redis and the JWKS are ``/health``'s (readiness), so a
+    database blip takes pods out of rotation but never has Kubernetes restart them all."""
+    return json_response({"status": "alive"})
 
 
 def health_response(checks: dict[str, Any]) -> web.Response:

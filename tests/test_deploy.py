@@ -54,7 +54,7 @@ K8S_VERSIONS = ("1.30.0", "1.34.0")
 #: Processes (``python -m <module>``) and the kind of pod each is.
 PROCESSES = ("api_server", "notifier", "expiry_worker")
 #: Settings that are secrets: only ever from a Secret (Kubernetes) or ``${VAR:?…}`` (compose).
-SECRET_SETTINGS = frozenset({"ENCRYPTION_KEYS", "POSTGRES_URL", "AUDIT_HMAC_KEY", "REDIS_URL"})
+SECRET_SETTINGS = frozenset({"ENCRYPTION_KEYS", "POSTGRES_URL", "POSTGRES_LISTEN_URL", "AUDIT_HMAC_KEY", "REDIS_URL"})
 #: The SPEC §1 bound on a drain after SIGTERM.
 SPEC_DRAIN_SECONDS = 10.0
 CLUSTER_SCOPED = frozenset({"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass"})
@@ -454,6 +454,12 @@ def hardening_problems(pod: dict[str, Any], container: dict[str, Any]) -> list[s
     return problems
 
 
+#: What each probe asks (SPEC §1): readiness and start-up look at Postgres, Redis, the loops and the
+#: keyring (``/health``); liveness only at the process itself (``/health/live``), so a database blip
+#: takes pods out of rotation but never restarts them.
+PROBE_PATHS = {"startupProbe": "/health", "readinessProbe": "/health", "livenessProbe": "/health/live"}
+
+
 def workload_problems(docs: list[dict[str, Any]]) -> list[str]:
     """Each DynConfig container: settings names and values, ports, probes, drain, hardening."""
     known, required = setting_names()
@@ -489,15 +495,15 @@ def workload_problems(docs: list[dict[str, Any]]) -> list[str]:
         if port not in ports.values():
             problems.append(f"{where}: {module} listens on {port}, container ports are {ports}")
         routes = get_routes(process_app(module, settings))
-        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        for kind, path in PROBE_PATHS.items():
             probe = container.get(kind)
             if probe is None:
                 problems.append(f"{where}: no {kind}")
                 continue
             get = probe.get("httpGet", {})
             probe_port = ports.get(get.get("port"), get.get("port"))
-            if get.get("path") != "/health" or "/health" not in routes or probe_port != port:
-                problems.append(f"{where}: {kind} {get} does not reach /health on {port}")
+            if get.get("path") != path or path not in routes or probe_port != port:
+                problems.append(f"{where}: {kind} {get} does not reach {path} on {port}")
             if probe.get("timeoutSeconds", 1) < 3:
                 problems.append(f"{where}: {kind} timeout below 3 s (/health waits up to 2 s for Postgres)")
         startup = container.get("startupProbe", {})
@@ -545,6 +551,14 @@ def test_workload_check_catches_a_port_the_container_does_not_open(rendered: dic
     assert "api_server listens on 9090, container ports are {'http': 8080}" in problems
     assert "readinessProbe {'path': '/health', 'port': 'http'} does not reach /health on 9090" in problems
     assert "prometheus.io annotations do not point at port 9090" in problems
+
+
+def test_workload_check_catches_a_liveness_probe_on_health(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """A liveness probe on /health would restart every pod during a database outage."""
+    docs = copy.deepcopy(rendered["base"])
+    _api_container(docs)["livenessProbe"]["httpGet"]["path"] = "/health"
+    problems = "\n".join(workload_problems(docs))
+    assert "livenessProbe {'path': '/health', 'port': 'http'} does not reach /health/live on 8080" in problems
 
 
 def test_workload_check_catches_a_short_grace_period_and_a_bad_value(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -69,6 +69,60 @@ def test_minimal_env_gives_spec_defaults() -> None:
     assert s.api_port == 8080
 
 
+def test_postgres_connection_settings_have_defaults_and_are_read() -> None:
+    s = Settings.from_env(env())
+    assert (
+        s.postgres_statement_timeout_seconds,
+        s.postgres_idle_in_transaction_timeout_seconds,
+        s.postgres_keepalives_idle_seconds,
+        s.postgres_keepalives_interval_seconds,
+        s.postgres_keepalives_count,
+        s.postgres_pool_size,
+    ) == (10, 30, 30, 10, 3, 20)
+    s = Settings.from_env(
+        env(
+            POSTGRES_STATEMENT_TIMEOUT_SECONDS="3",
+            POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS="20",
+            POSTGRES_KEEPALIVES_IDLE_SECONDS="15",
+            POSTGRES_KEEPALIVES_INTERVAL_SECONDS="5",
+            POSTGRES_KEEPALIVES_COUNT="4",
+            POSTGRES_POOL_SIZE="8",
+        )
+    )
+    assert (
+        s.postgres_statement_timeout_seconds,
+        s.postgres_idle_in_transaction_timeout_seconds,
+        s.postgres_keepalives_idle_seconds,
+        s.postgres_keepalives_interval_seconds,
+        s.postgres_keepalives_count,
+        s.postgres_pool_size,
+    ) == (3, 20, 15, 5, 4, 8)
+
+
+def test_postgres_listen_url_is_optional_and_read() -> None:
+    assert Settings.from_env(env()).postgres_listen_url is None
+    url = "postgresql://dynconfig@db-direct.internal:5432/dynconfig"
+    assert Settings.from_env(env(POSTGRES_LISTEN_URL=url)).postgres_listen_url == url
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("POSTGRES_LISTEN_URL", "mysql://db/x"),
+        ("POSTGRES_LISTEN_URL", "postgresql://db.internal:5432"),
+        ("POSTGRES_STATEMENT_TIMEOUT_SECONDS", "0"),
+        ("POSTGRES_STATEMENT_TIMEOUT_SECONDS", "2.5"),
+        ("POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS", "0"),
+        ("POSTGRES_KEEPALIVES_IDLE_SECONDS", "soon"),
+        ("POSTGRES_KEEPALIVES_INTERVAL_SECONDS", "0"),
+        ("POSTGRES_KEEPALIVES_COUNT", "0"),
+        ("POSTGRES_POOL_SIZE", "2"),
+    ],
+)
+def test_malformed_postgres_connection_setting_names_it(variable: str, raw: str) -> None:
+    bad(variable, **{variable: raw})
+
+
 def test_postgres_scheme_postgres_is_accepted() -> None:
     url = "postgres://u@localhost/db"
     assert Settings.from_env(env(POSTGRES_URL=url)).postgres_url == url

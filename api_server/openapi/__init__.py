@@ -202,6 +202,13 @@ SPEC: dict[str, Any] = {
                 "responses": {"200": ok("Healthy", ref("Health")), "503": ok("Unhealthy", ref("Health"))},
             }
         },
+        "/health/live": {
+            "get": {
+                "summary": "Liveness: 200 while the process answers (never looks at Postgres, Redis or the JWKS)",
+                **_OPEN,
+                "responses": {"200": ok("Alive", ref("Live"))},
+            }
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",

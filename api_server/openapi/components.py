@@ -291,6 +291,12 @@ SCHEMAS: dict[str, Any] = {
             "message": {"type": "string"},
         },
     },
+    "Live": {
+        "type": "object",
+        "required": ["status"],
+        "additionalProperties": False,
+        "properties": {"status": {"const": "alive"}},
+    },
     "AuditVerify": {
         "type": "object",
         "required": ["ok", "checked", "headSeq", "summary"],
