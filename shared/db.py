@@ -135,8 +135,9 @@ def _as_connector(target: Target, role: str, *, dedicated: bool) -> Connector:
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     command = spec.name if spec is not None else Path(sys.argv[0]).name or "python"
+    bare = {"redis_url": "", "jwks_url": "", "encryption_keys": ()}  # what a bare URL's connection never uses
     defaults = {f.name: f.default for f in dataclasses.fields(Settings) if f.default is not dataclasses.MISSING}
-    settings = Settings(postgres_url=target, redis_url="", jwks_url="", encryption_keys=(), **defaults)
+    settings = Settings(**{**bare, **defaults, "postgres_url": target})
     return connector(settings, f"{command}/{role}", dedicated=dedicated)
 
 
