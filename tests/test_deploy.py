@@ -896,7 +896,7 @@ def nginx_tree(text: str) -> list[tuple[str, list[str], list[Any]]]:
 
     def block() -> list[tuple[str, list[str], list[Any]]]:
         nonlocal pos
-        out = []
+        out: list[tuple[str, list[str], list[Any]]] = []
         words: list[str] = []
         while pos < len(tokens):
             tok = tokens[pos]
@@ -1047,9 +1047,24 @@ def dockerfile_problems(text: str) -> list[str]:
     for package in installed_packages():
         if package not in copied:
             problems.append(f"package {package} (setup.cfg) is not copied into the build stage")
-    for needed in ("pyproject.toml", "setup.cfg", "README.md"):
+    for needed in ("pyproject.toml", "setup.cfg", "README.md", "LICENSE", "requirements.lock"):
         if needed not in copied:
             problems.append(f"{needed} is not copied into the build stage")
+    runs = [args for _, body in stages[:-1] for ins, args in body if ins == "RUN"]
+    # Dependencies only from the lock (pinned, hash-checked); the project itself resolves nothing.
+    if not any(re.search(r"pip install --require-hashes -r requirements\.lock\b", r) for r in runs):
+        problems.append("the build stage does not install requirements.lock with --require-hashes")
+    for r in runs:
+        for install in re.findall(r"pip install ([^&]*)", r):
+            if "--require-hashes" not in install and "--no-deps" not in install:
+                problems.append(f"pip install resolves dependencies outside the lock: {install.strip()[:60]}")
+    # No installer or build tool left: not in the environment copied over, not in the base image.
+    uninstalled = [set(re.findall(r"pip uninstall --yes ([\w -]+)", r)[0].split()) for r in runs if "uninstall" in r]
+    final_runs = [args for ins, args in final if ins == "RUN"]
+    base_removed = [set(m.split()) for r in final_runs for m in re.findall(r"pip uninstall --yes ([\w -]+)", r)]
+    for where, removed in (("the build stage's environment", uninstalled), ("the final stage", base_removed)):
+        if not removed or not {"pip", "setuptools", "wheel"} <= set().union(*removed):
+            problems.append(f"{where} keeps pip, setuptools or wheel")
     return problems
 
 
@@ -1070,8 +1085,13 @@ def test_dockerfile_check_catches_a_root_final_stage_with_build_tools() -> None:
         "FROM ${PYTHON_IMAGE} AS runtime\n", "FROM ${PYTHON_IMAGE} AS runtime\nRUN apt-get install -y gcc\n"
     )
     text = text.replace("COPY dynconfig_client ./dynconfig_client\n", "")
+    text = text.replace("pip install --require-hashes -r requirements.lock", "pip install -r requirements.lock")
+    text = text.replace("uninstall --yes setuptools wheel packaging pip", "uninstall --yes setuptools")
     problems = "\n".join(dockerfile_problems(text))
     assert "non-root USER" in problems
+    assert "does not install requirements.lock with --require-hashes" in problems
+    assert "resolves dependencies outside the lock: -r requirements.lock" in problems
+    assert "the build stage's environment keeps pip, setuptools or wheel" in problems
     assert "the final stage builds or fetches" in problems
     assert "package dynconfig_client (setup.cfg) is not copied" in problems
 
