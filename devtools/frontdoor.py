@@ -19,7 +19,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from shared.errors import DynConfigError
 from shared.serve import run, setup_logging
-from shared.web import close_websockets
+from shared.web import close_websockets, name_the_server
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ def create_app(api_url: str, notifier_url: str) -> web.Application:
     app[API_URL] = api_url.rstrip("/")
     app[NOTIFIER_URL] = notifier_url.rstrip("/")
     app[SOCKETS] = set()
+    app.on_response_prepare.append(name_the_server)  # its own answers and those it passes on
     app.on_shutdown.append(_close_sockets)
     app.cleanup_ctx.append(_session_ctx)
     app.router.add_get("/watch", proxy_watch)

@@ -36,7 +36,7 @@ from .settings import Settings, SettingsError, exit_on_bad_settings
 from .tasks import cancel_and_wait
 from .text import escape_control, escape_control_keep_newlines
 from .version import version_line
-from .web import REQUEST_ID
+from .web import REQUEST_ID, SERVER_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,9 @@ class _JsonErrorProtocol(RequestHandler):
         else:
             text = "Malformed HTTP request"
         body = json.dumps({"error": HTTPStatus(status).phrase, "message": text}, separators=(",", ":"))
-        response = web.Response(status=status, text=body, content_type="application/json")
+        response = web.Response(
+            status=status, text=body, content_type="application/json", headers={"Server": SERVER_HEADER}
+        )
         response.force_close()
         return response
 

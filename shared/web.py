@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import psycopg2.errors
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
 from .appkeys import AUDIT_CHAIN, DB_POOL, KEYRING_CHECK, METRICS, PROCESS, SETTINGS, SUPERVISOR
@@ -29,6 +29,16 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("request_id", str)
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: The ``Server`` header of every answer: the product only. aiohttp's default names the Python and
+#: aiohttp versions, which tells a scanner which advisories to try.
+SERVER_HEADER = "DynConfig"
+
+
+async def name_the_server(_request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every answer the app gives (handlers, errors, WebSocket handshakes)
+    says ``Server: DynConfig``. (Requests refused by aiohttp's parser never reach an app:
+    ``shared.serve`` answers those with the same header.)"""
+    response.headers[hdrs.SERVER] = SERVER_HEADER
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -138,14 +148,15 @@ def process_app(
     process: str, settings: Settings, metrics: Metrics, middlewares: Sequence[Middleware] = (), **kwargs: Any
 ) -> web.Application:
     """A DynConfig process's application: the shared middlewares (metrics, JSON errors, then
-    ``middlewares``), its settings, name, metrics, the seal of its audit rows, and the supervisor of
-    its background loops."""
+    ``middlewares``), its settings, name, metrics, the seal of its audit rows, the supervisor of
+    its background loops, and a ``Server`` header without versions."""
     app = web.Application(middlewares=[metrics_middleware, error_middleware, *middlewares], **kwargs)
     app[SETTINGS] = settings
     app[PROCESS] = process
     app[METRICS] = metrics
     app[AUDIT_CHAIN] = AuditChain.from_settings(settings)
     app[SUPERVISOR] = Supervisor(metrics.background_errors)
+    app.on_response_prepare.append(name_the_server)
     return app
 
 

@@ -1,10 +1,12 @@
 """deploy/: the image, the compose stack, its nginx front door and the Kubernetes manifests, checked
 offline against the code they deploy.
 
-No container engine, cluster or kustomize binary is needed: the kustomizations are rendered here
-(:func:`render`, the few kustomize features deploy/ uses; anything else is refused), every object is
-validated against the Kubernetes schemas bundled with ``kubernetes-validate`` (strict: unknown fields
-fail), and the values the manifests give the processes are parsed by ``Settings.from_env`` itself.
+No container engine or cluster is needed: the kustomizations are rendered here (:func:`render`, the
+few kustomize features deploy/ uses; anything else is refused) and compared with ``kubectl kustomize``
+where it is installed; every object is validated against the Kubernetes schemas bundled with
+``kubernetes-validate`` (strict: unknown fields fail), or, for a custom resource (CloudNativePG, Gateway
+API, Prometheus Operator), against the schema vendored from its CRD under tests/crds/ (also strict);
+and the values the manifests give the processes are parsed by ``Settings.from_env`` itself.
 Each check returns the problems it found; the ``*_catches_*`` tests feed it a broken copy to show
 that it can fail.
 """
@@ -26,6 +28,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -43,7 +46,12 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 BASE = K8S / "base"
 DEV = K8S / "overlays" / "dev"
+PRODUCTION = K8S / "overlays" / "production"
 MONITORING = K8S / "components" / "monitoring"
+GATEWAY_API = K8S / "components" / "gateway-api"
+INGRESS_NGINX = K8S / "components" / "ingress-nginx"
+#: Custom resources' schemas, vendored from their CRDs: tests/crds/README.md says where each came from.
+CRD_SCHEMAS = Path(__file__).resolve().parent / "crds"
 COMPOSE = DEPLOY / "docker-compose.yml"
 NGINX = DEPLOY / "nginx.conf"
 DOCKERFILE = DEPLOY / "Dockerfile"
@@ -71,6 +79,7 @@ FAKE_SECRETS = {
     "AUDIT_HMAC_KEY": "a1:" + _b64(32),
     "POSTGRES_PASSWORD": "0123abcd" * 4,
     "POSTGRES_URL": "postgresql://dynconfig:pw@dynconfig-postgres:5432/dynconfig",
+    "REDIS_URL": "rediss://:pw@redis.example:6379/0",
 }
 
 
@@ -163,18 +172,34 @@ def read_env_file(path: Path) -> dict[str, str]:
     return out
 
 
-def strategic_merge(base: Any, patch: Any) -> Any:
+#: API groups whose types kustomize knows the schema of (their lists of named maps merge by name);
+#: a custom resource's lists are replaced whole by a patch.
+_BUILTIN_GROUPS = frozenset({"", "apps", "batch", "autoscaling", "policy", "networking.k8s.io"})
+
+
+def _builtin(doc: dict[str, Any]) -> bool:
+    group = doc["apiVersion"].rpartition("/")[0]
+    return group in _BUILTIN_GROUPS
+
+
+def strategic_merge(base: Any, patch: Any, *, by_name: bool = True) -> Any:
     """Strategic merge as deploy/ needs it: maps merge, ``null`` deletes, lists of named maps
-    (containers, env, volumes, ports…) merge by name, any other list is replaced."""
+    (containers, env, volumes, ports…) merge by name when ``by_name`` (a built-in type), any other
+    list is replaced."""
     if isinstance(base, dict) and isinstance(patch, dict):
         out = dict(base)
         for key, value in patch.items():
             if value is None:
                 out.pop(key, None)
             else:
-                out[key] = strategic_merge(out[key], value) if key in out else copy.deepcopy(value)
+                out[key] = strategic_merge(out[key], value, by_name=by_name) if key in out else copy.deepcopy(value)
         return out
-    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(i, dict) and "name" in i for i in patch):
+    if (
+        by_name
+        and isinstance(base, list)
+        and isinstance(patch, list)
+        and all(isinstance(i, dict) and "name" in i for i in patch)
+    ):
         if all(isinstance(i, dict) and "name" in i for i in base):
             merged = [copy.deepcopy(i) for i in base]
             for item in patch:
@@ -182,7 +207,7 @@ def strategic_merge(base: Any, patch: Any) -> Any:
                 if at is None:
                     merged.append(copy.deepcopy(item))
                 else:
-                    merged[at] = strategic_merge(merged[at], item)
+                    merged[at] = strategic_merge(merged[at], item, by_name=by_name)
             return merged
     return copy.deepcopy(patch)
 
@@ -221,9 +246,10 @@ def render(directory: Path, *, examples: bool = True) -> list[dict[str, Any]]:
     options = k.get("generatorOptions", {})
     generators = [("Secret", g) for g in k.get("secretGenerator", [])]
     generators += [("ConfigMap", g) for g in k.get("configMapGenerator", [])]
-    if generators and options.get("disableNameSuffixHash") is not True:
-        raise NotImplementedError("generators with a name hash (set generatorOptions.disableNameSuffixHash)")
     for kind, gen in generators:
+        own = {**options, **gen.get("options", {})}
+        if own.get("disableNameSuffixHash") is not True or set(own) - {"disableNameSuffixHash", "labels"}:
+            raise NotImplementedError("generators with a name hash, or options other than labels")
         data: dict[str, str] = {}
         for env_file in gen.get("envs", []):
             data.update(read_env_file(_input(directory / env_file, examples=examples)))
@@ -233,6 +259,8 @@ def render(directory: Path, *, examples: bool = True) -> list[dict[str, Any]]:
             key, _, value = literal.partition("=")
             data[key] = value
         obj: dict[str, Any] = {"apiVersion": "v1", "kind": kind, "metadata": {"name": gen["name"]}}
+        if own.get("labels"):
+            obj["metadata"]["labels"] = dict(own["labels"])
         if kind == "Secret":
             obj["type"] = "Opaque"
             obj["data"] = {key: base64.b64encode(v.encode()).decode() for key, v in data.items()}
@@ -247,7 +275,8 @@ def render(directory: Path, *, examples: bool = True) -> list[dict[str, Any]]:
             targets = [n for n, d in enumerate(docs) if d["kind"] == kind and d["metadata"]["name"] == name]
             if len(targets) != 1:
                 raise LookupError(f"{patch_entry['path']}: {len(targets)} targets for {kind}/{name}")
-            docs[targets[0]] = strategic_merge(docs[targets[0]], patch)
+            target = docs[targets[0]]
+            docs[targets[0]] = strategic_merge(target, patch, by_name=_builtin(target))
     if "namespace" in k:
         for doc in docs:
             if doc["kind"] not in CLUSTER_SCOPED:
@@ -268,14 +297,24 @@ def render(directory: Path, *, examples: bool = True) -> list[dict[str, Any]]:
     return docs
 
 
+#: What deploy/ can be applied as: the base, each overlay, and the base (or dev) with each optional
+#: component: name -> the kustomization directories that make it (a component's objects are added).
+TARGET_PARTS: dict[str, tuple[Path, ...]] = {
+    "base": (BASE,),
+    "dev": (DEV,),
+    "production": (PRODUCTION,),
+    "dev+monitoring": (DEV, MONITORING),
+    "base+gateway-api": (BASE, GATEWAY_API),
+    "base+ingress-nginx": (BASE, INGRESS_NGINX),
+    "base+monitoring": (BASE, MONITORING),
+}
+TARGETS = tuple(TARGET_PARTS)
+#: The targets with an Ingress (ingress-nginx) as their front door.
+INGRESS_TARGETS = ("dev", "dev+monitoring", "base+ingress-nginx")
+
+
 def targets() -> dict[str, list[dict[str, Any]]]:
-    """What deploy/ can be applied as: the base, the dev overlay, and the dev overlay with the
-    optional monitoring component."""
-    dev = render(DEV)
-    return {"base": render(BASE), "dev": dev, "dev+monitoring": dev + render(MONITORING)}
-
-
-TARGETS = ("base", "dev", "dev+monitoring")
+    return {name: [doc for part in parts for doc in render(part)] for name, parts in TARGET_PARTS.items()}
 
 
 @pytest.fixture(scope="module")
@@ -334,7 +373,9 @@ def kustomization_problems(directory: Path) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("directory", [BASE, DEV, MONITORING], ids=lambda p: str(p.relative_to(K8S)))
+@pytest.mark.parametrize(
+    "directory", [BASE, DEV, PRODUCTION, MONITORING, GATEWAY_API, INGRESS_NGINX], ids=lambda p: str(p.relative_to(K8S))
+)
 def test_kustomizations_name_existing_files_and_every_manifest(directory: Path) -> None:
     assert kustomization_problems(directory) == []
 
@@ -350,12 +391,24 @@ def test_kustomization_check_catches_an_unlisted_manifest(tmp_path: Path) -> Non
     assert any("missing.yaml does not exist" in p for p in problems)
 
 
+def crd_schema(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The vendored schema of a custom resource (tests/crds/<group>_<version>_<Kind>.json), if any."""
+    group, _, version = doc["apiVersion"].rpartition("/")
+    path = CRD_SCHEMAS / f"{group}_{version}_{doc['kind']}.json"
+    return json.loads(path.read_text()) if group and path.exists() else None
+
+
 def schema_problems(docs: list[dict[str, Any]], version: str) -> list[str]:
+    """Built-in kinds against Kubernetes ``version``'s schemas, custom resources against the schema
+    vendored from their CRD; both strict (an unknown field is a problem)."""
     problems = []
     for doc in docs:
-        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
-            continue  # a CRD: checked by test_monitoring_component
         name = f"{doc['kind']}/{doc['metadata']['name']}"
+        schema = crd_schema(doc)
+        if schema is not None:
+            for error in jsonschema.Draft202012Validator(schema).iter_errors(doc):
+                problems.append(f"{name}: {'.'.join(str(p) for p in error.absolute_path)}: {error.message}")
+            continue
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -746,7 +799,7 @@ def _size(text: str) -> int:
     return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", INGRESS_TARGETS)
 def test_ingress_routes_watch_to_the_notifier_and_the_rest_to_the_api(
     rendered: dict[str, list[dict[str, Any]]], target: str
 ) -> None:
@@ -754,14 +807,14 @@ def test_ingress_routes_watch_to_the_notifier_and_the_rest_to_the_api(
 
 
 def test_ingress_check_catches_watch_routed_to_the_api(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    docs = copy.deepcopy(rendered["base"])
+    docs = copy.deepcopy(rendered["base+ingress-nginx"])
     watch = by_name(docs, "Ingress", "dynconfig-watch")
     watch["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "dynconfig-api-server"
     assert ingress_problems(docs) == ["/watch does not reach the notifier"]
 
 
 def test_autoscalers_and_disruption_budgets(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    for target in ("base", "dev"):
+    for target in ("base", "dev", "production"):
         docs = rendered[target]
         scaled = {}
         for hpa in objects(docs, "HorizontalPodAutoscaler"):
@@ -835,17 +888,45 @@ def _normalise(value: Any) -> Any:
     return value
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl here: the renderer is checked by hand")
-@pytest.mark.parametrize("target", ["base", "dev"])
-def test_renderer_agrees_with_kubectl_kustomize(tmp_path: Path, target: str) -> None:
-    """Where kubectl is installed, its kustomize must build exactly what :func:`render` does."""
+def kubectl_kustomize(tmp_path: Path, target: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``kubectl kustomize`` of ``target`` (a component through a kustomization that includes it), and
+    :func:`render` of the same directory: both from a copy of deploy/k8s with the examples in place of
+    the git-ignored inputs."""
     shutil.copytree(K8S, tmp_path / "k8s")
-    directory = tmp_path / "k8s" / ("base" if target == "base" else "overlays/dev")
-    for example in directory.glob("*.example"):
+    for example in (tmp_path / "k8s").rglob("*.example"):
         shutil.copy(example, example.with_suffix(""))
-    built = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, check=True)
-    theirs = [_normalise(d) for d in yaml.safe_load_all(built.stdout) if d]
-    ours = [_normalise(d) for d in render(directory, examples=False)]
+    parts = [tmp_path / "k8s" / part.relative_to(K8S) for part in TARGET_PARTS[target]]
+    directory = parts[0]
+    if len(parts) > 1:
+        directory = tmp_path / "k8s" / "targets" / target
+        directory.mkdir(parents=True)
+        k = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [os.path.relpath(parts[0], directory)],
+            "components": [os.path.relpath(part, directory) for part in parts[1:]],
+        }
+        (directory / "kustomization.yaml").write_text(yaml.safe_dump(k))
+    built = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, check=False)
+    assert built.returncode == 0, built.stderr
+    return [d for d in yaml.safe_load_all(built.stdout) if d], render(directory, examples=False)
+
+
+@pytest.mark.skipif(
+    shutil.which("kubectl") is None and not os.environ.get("CI"),
+    reason="no kubectl here (CI has it): the renderer is checked there",
+)
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_target_renders_with_kubectl_kustomize_as_the_renderer_does_and_validates(
+    tmp_path: Path, target: str
+) -> None:
+    """kubectl's kustomize builds every overlay and component; what it builds validates against the
+    schemas (built-in and vendored CRDs, strict), and is exactly what :func:`render` builds, so
+    every other check here holds for what ``kubectl apply -k`` applies."""
+    theirs, ours = kubectl_kustomize(tmp_path, target)
+    for version in K8S_VERSIONS:
+        assert schema_problems(theirs, version) == [], version
+    theirs, ours = [_normalise(d) for d in theirs], [_normalise(d) for d in ours]
     key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
     assert sorted(map(key, theirs)) == sorted(map(key, ours))
     assert sorted(theirs, key=key) == sorted(ours, key=key)
@@ -1033,7 +1114,7 @@ def nginx_tree(text: str) -> list[tuple[str, list[str], list[Any]]]:
 
     def block() -> list[tuple[str, list[str], list[Any]]]:
         nonlocal pos
-        out = []
+        out: list[tuple[str, list[str], list[Any]]] = []
         words: list[str] = []
         while pos < len(tokens):
             tok = tokens[pos]
@@ -1184,9 +1265,24 @@ def dockerfile_problems(text: str) -> list[str]:
     for package in installed_packages():
         if package not in copied:
             problems.append(f"package {package} (setup.cfg) is not copied into the build stage")
-    for needed in ("pyproject.toml", "setup.cfg", "README.md"):
+    for needed in ("pyproject.toml", "setup.cfg", "README.md", "LICENSE", "requirements.lock"):
         if needed not in copied:
             problems.append(f"{needed} is not copied into the build stage")
+    runs = [args for _, body in stages[:-1] for ins, args in body if ins == "RUN"]
+    # Dependencies only from the lock (pinned, hash-checked); the project itself resolves nothing.
+    if not any(re.search(r"pip install --require-hashes -r requirements\.lock\b", r) for r in runs):
+        problems.append("the build stage does not install requirements.lock with --require-hashes")
+    for r in runs:
+        for install in re.findall(r"pip install ([^&]*)", r):
+            if "--require-hashes" not in install and "--no-deps" not in install:
+                problems.append(f"pip install resolves dependencies outside the lock: {install.strip()[:60]}")
+    # No installer or build tool left: not in the environment copied over, not in the base image.
+    uninstalled = [set(re.findall(r"pip uninstall --yes ([\w -]+)", r)[0].split()) for r in runs if "uninstall" in r]
+    final_runs = [args for ins, args in final if ins == "RUN"]
+    base_removed = [set(m.split()) for r in final_runs for m in re.findall(r"pip uninstall --yes ([\w -]+)", r)]
+    for where, removed in (("the build stage's environment", uninstalled), ("the final stage", base_removed)):
+        if not removed or not {"pip", "setuptools", "wheel"} <= set().union(*removed):
+            problems.append(f"{where} keeps pip, setuptools or wheel")
     return problems
 
 
@@ -1207,8 +1303,13 @@ def test_dockerfile_check_catches_a_root_final_stage_with_build_tools() -> None:
         "FROM ${PYTHON_IMAGE} AS runtime\n", "FROM ${PYTHON_IMAGE} AS runtime\nRUN apt-get install -y gcc\n"
     )
     text = text.replace("COPY dynconfig_client ./dynconfig_client\n", "")
+    text = text.replace("pip install --require-hashes -r requirements.lock", "pip install -r requirements.lock")
+    text = text.replace("uninstall --yes setuptools wheel packaging pip", "uninstall --yes setuptools")
     problems = "\n".join(dockerfile_problems(text))
     assert "non-root USER" in problems
+    assert "does not install requirements.lock with --require-hashes" in problems
+    assert "resolves dependencies outside the lock: -r requirements.lock" in problems
+    assert "the build stage's environment keeps pip, setuptools or wheel" in problems
     assert "the final stage builds or fetches" in problems
     assert "package dynconfig_client (setup.cfg) is not copied" in problems
 

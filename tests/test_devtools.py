@@ -488,10 +488,15 @@ def test_first_install_says_what_it_does_and_how_long_it_takes(tmp_path: Path, t
     first = stderr.splitlines()[0]
     assert "installing" in first and "a minute or two" in first and "first run" in first, stderr
     assert "installed" in stderr.splitlines()[-1], stderr
-    (pip,) = pip_calls
-    assert pip.startswith("-m pip install") and pip.endswith("-e .[test]")
+    # Every dependency from the lock, pinned and hash-checked; then the project alone, editable.
+    dependencies, project = pip_calls
+    assert dependencies.startswith("-m pip install") and dependencies.endswith(
+        "--require-hashes -r requirements-test.lock"
+    )
+    assert project.startswith("-m pip install") and project.endswith("--no-deps --no-build-isolation -e .")
     # On a terminal pip shows its own progress; in CI (no terminal) it stays quiet.
-    assert ("-q" in pip.split()) is not terminal, pip
+    for pip in pip_calls:
+        assert ("-q" in pip.split()) is not terminal, pip
 
 
 # --- the front door -------------------------------------------------------------------------------
