@@ -94,7 +94,7 @@ async def _adopt(pool: aiopg.Pool, chain: AuditChain, args: argparse.Namespace) 
         why = finding.detail if finding is not None else "the genesis is not sealed yet (start an api_server first)"
         print(f"not adopting: {why}")
         return 1
-    after = report.adoptions[-1][1].through_id
+    after = report.adoptions[-1].adoption.through_id
     through = args.through_id if args.through_id is not None else await auditadopt.last_unsealed_id(pool)
     if through is None or through <= after:
         print(f"nothing to adopt: no row without a seal after id {after}")

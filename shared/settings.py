@@ -26,6 +26,9 @@ _USERNAME = re.compile(r"^\S{1,256}$")
 #: Ids of audit keys derived from encryption keys (shared/auditchain.py) start with this; an
 #: ``AUDIT_HMAC_KEY`` id may not, so the two kinds never mix.
 DERIVED_AUDIT_KEY_PREFIX = "enc."
+DAY_SECONDS = 86400
+#: Retention beyond this many days is a typo, not a policy (and would overflow a date).
+_MAX_RETENTION_DAYS = 100 * 365
 
 
 class SettingsError(Exception):
@@ -73,6 +76,13 @@ class Settings:
     keyring_check_seconds: float = 30.0
     #: How often each api_server logs and exports a checkpoint of the audit chain's head.
     audit_checkpoint_seconds: int = 60
+    #: How long audit records are kept (``AUDIT_RETENTION_DAYS``, or ``AUDIT_RETENTION_SECONDS``), and
+    #: past versions of keys (``HISTORY_RETENTION_…``: a key's current version and its 10 newest past
+    #: ones are kept whatever their age); api_server/retention.py removes older ones.
+    audit_retention_seconds: float = 365 * DAY_SECONDS
+    history_retention_seconds: float = 365 * DAY_SECONDS
+    #: How often the pruning api_server looks for rows past retention.
+    retention_interval_seconds: float = 60.0
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A server TLS context (TLS 1.3 minimum) when a certificate is configured."""
@@ -122,6 +132,9 @@ class Settings:
             startup_timeout_seconds=float(_int(env, "STARTUP_TIMEOUT_SECONDS", 30, minimum=0)),
             keyring_check_seconds=float(_int(env, "KEYRING_CHECK_SECONDS", 30, minimum=1)),
             audit_checkpoint_seconds=_int(env, "AUDIT_CHECKPOINT_SECONDS", 60, minimum=1, maximum=86400),
+            audit_retention_seconds=_retention(env, "AUDIT"),
+            history_retention_seconds=_retention(env, "HISTORY"),
+            retention_interval_seconds=float(_int(env, "RETENTION_INTERVAL_SECONDS", 60, minimum=1, maximum=86400)),
         )
         if cert:
             try:
@@ -161,6 +174,25 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maxim
         bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
         raise SettingsError(name, f"must be {bound}, got {value}")
     return value
+
+
+def _retention(env: Mapping[str, str], what: str) -> float:
+    """``{what}_RETENTION_SECONDS`` (whole seconds, for tests and demos) if set, else
+    ``{what}_RETENTION_DAYS`` (default 365; fractions allowed: 0.5 is twelve hours), in seconds."""
+    longest = _MAX_RETENTION_DAYS * DAY_SECONDS
+    if _optional(env, f"{what}_RETENTION_SECONDS") is not None:
+        return float(_int(env, f"{what}_RETENTION_SECONDS", 0, minimum=1, maximum=longest))
+    name = f"{what}_RETENTION_DAYS"
+    raw = _optional(env, name)
+    if raw is None:
+        return 365.0 * DAY_SECONDS
+    try:
+        days = float(raw)
+    except ValueError:
+        raise SettingsError(name, f"must be a number of days (fractions allowed), got {raw!r}") from None
+    if not 0 < days <= _MAX_RETENTION_DAYS:  # also refuses nan and inf
+        raise SettingsError(name, f"must be more than 0 and at most {_MAX_RETENTION_DAYS} days, got {raw}")
+    return days * DAY_SECONDS
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
