@@ -132,8 +132,8 @@ class Settings:
             startup_timeout_seconds=float(_int(env, "STARTUP_TIMEOUT_SECONDS", 30, minimum=0)),
             keyring_check_seconds=float(_int(env, "KEYRING_CHECK_SECONDS", 30, minimum=1)),
             audit_checkpoint_seconds=_int(env, "AUDIT_CHECKPOINT_SECONDS", 60, minimum=1, maximum=86400),
-            audit_retention_seconds=_retention(env, "AUDIT"),
-            history_retention_seconds=_retention(env, "HISTORY"),
+            audit_retention_seconds=_retention(env, "AUDIT_RETENTION_DAYS", "AUDIT_RETENTION_SECONDS"),
+            history_retention_seconds=_retention(env, "HISTORY_RETENTION_DAYS", "HISTORY_RETENTION_SECONDS"),
             retention_interval_seconds=float(_int(env, "RETENTION_INTERVAL_SECONDS", 60, minimum=1, maximum=86400)),
         )
         if cert:
@@ -176,22 +176,21 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maxim
     return value
 
 
-def _retention(env: Mapping[str, str], what: str) -> float:
-    """``{what}_RETENTION_SECONDS`` (whole seconds, for tests and demos) if set, else
-    ``{what}_RETENTION_DAYS`` (default 365; fractions allowed: 0.5 is twelve hours), in seconds."""
+def _retention(env: Mapping[str, str], days_name: str, seconds_name: str) -> float:
+    """A retention in seconds: ``seconds_name`` (whole seconds, for tests and demos) if set, else
+    ``days_name`` (default 365; fractions allowed: 0.5 is twelve hours)."""
     longest = _MAX_RETENTION_DAYS * DAY_SECONDS
-    if _optional(env, f"{what}_RETENTION_SECONDS") is not None:
-        return float(_int(env, f"{what}_RETENTION_SECONDS", 0, minimum=1, maximum=longest))
-    name = f"{what}_RETENTION_DAYS"
-    raw = _optional(env, name)
+    if _optional(env, seconds_name) is not None:
+        return float(_int(env, seconds_name, 0, minimum=1, maximum=longest))
+    raw = _optional(env, days_name)
     if raw is None:
         return 365.0 * DAY_SECONDS
     try:
         days = float(raw)
     except ValueError:
-        raise SettingsError(name, f"must be a number of days (fractions allowed), got {raw!r}") from None
+        raise SettingsError(days_name, f"must be a number of days (fractions allowed), got {raw!r}") from None
     if not 0 < days <= _MAX_RETENTION_DAYS:  # also refuses nan and inf
-        raise SettingsError(name, f"must be more than 0 and at most {_MAX_RETENTION_DAYS} days, got {raw}")
+        raise SettingsError(days_name, f"must be more than 0 and at most {_MAX_RETENTION_DAYS} days, got {raw}")
     return days * DAY_SECONDS
 
 

@@ -395,3 +395,25 @@ def test_a_bad_retention_setting_is_refused_naming_it(settings: Settings, name: 
     with pytest.raises(SettingsError) as refused:
         Settings.from_env({**process_env(settings), name: value})
     assert refused.value.name == name
+
+
+async def test_past_versions_are_found_through_an_index_on_their_time(
+    private_db: str, pool: aiopg.Pool, make_client: Any, settings: Settings
+) -> None:
+    """The pruner's statement walks an index on key_history (at) (migration 10) when there is one;
+    this database gets one here if the schema has none yet."""
+    await (await make_client(settings.replace(postgres_url=private_db))).close()  # the schema is there
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'key_history' AND indexdef LIKE '%%(at)%%'"
+        )
+        found = [name for (name,) in await cur.fetchall()]
+        if not found:
+            await cur.execute("CREATE INDEX key_history_at_for_test ON key_history (at)")
+            found = ["key_history_at_for_test"]
+        await cur.execute("SET enable_seqscan = off")  # a new, empty table: the planner would scan it
+        params = {"before": utcnow(), "limit": 1000, "after_at": utcnow(), "after_key": "a", "after_version": 1}
+        await cur.execute("EXPLAIN (FORMAT JSON) " + history_sql.PRUNE, params)
+        ((plan,),) = await cur.fetchall()
+    text = json.dumps(plan)
+    assert any(f'"Index Name": "{name}"' in text for name in found), text
