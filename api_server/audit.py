@@ -9,8 +9,10 @@ Run it with the api_server's environment (``POSTGRES_URL``, ``ENCRYPTION_KEYS``,
 ``verify`` exits 0 when the trail is intact, 1 naming the first thing wrong (shared/auditverify.py
 says what it checks), 2 when it cannot run. Checkpoints are the tokens every api_server logs
 (``audit checkpoint SEQ:MAC``): give some you kept (or a file of such log lines) and ``verify`` also
-catches the whole table put back as it was before they were taken. ``stream`` writes every sealed
-row, its MAC included, one JSON object per line to stdout, in chain order, for a log store.
+catches the whole table put back as it was before they were taken. After retention removed old rows
+(api_server/retention.py), ``verify`` starts from the newest sealed prune record and says so; a
+checkpoint older than it is counted as pruned. ``stream`` writes every sealed row, its MAC
+included, one JSON object per line to stdout, in chain order, for a log store.
 
 ``adopt`` is for rows without a seal written by a release before the audit chain during a rolling
 upgrade (``verify`` reports them): once no such process runs, it seals a record into the chain that
