@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
 import aiopg
 import pytest
 from support import drop_database, new_database, process_env
@@ -417,3 +419,38 @@ async def test_past_versions_are_found_through_an_index_on_their_time(
         ((plan,),) = await cur.fetchall()
     text = json.dumps(plan)
     assert any(f'"Index Name": "{name}"' in text for name in found), text
+
+
+async def test_a_real_api_server_prunes_in_the_background_and_says_so(
+    private_db: str, spawn: Any, settings: Settings, token: Token, unique_prefix: str
+) -> None:
+    """``python -m api_server`` with a retention of 1 s, looking every second: it takes the lock
+    (``dynconfig_retention_leader`` 1), removes audit records and past versions as they age, and the
+    real ``verify`` passes from its prune record."""
+    api = spawn(
+        "api_server",
+        POSTGRES_URL=private_db,
+        AUDIT_RETENTION_SECONDS="1",
+        HISTORY_RETENTION_SECONDS="1",
+        RETENTION_INTERVAL_SECONDS="1",
+    )
+    admin = {"Authorization": f"Bearer {token(ADMIN)}"}
+    async with aiohttp.ClientSession(api.url, headers=admin) as http:
+        for i in range(15):
+            async with http.put(f"/keys/{unique_prefix}.k", json={"value": i}) as resp:
+                assert resp.status in (200, 201)
+        await asyncio.sleep(2.5)
+        async with http.get("/metrics") as resp:
+            metrics = await resp.text()
+    assert re.search(r"^dynconfig_retention_leader 1\.0$", metrics, re.M), metrics
+    removed = dict(re.findall(r'^dynconfig_retention_removed_total\{table="(\w+)"\} (\S+)$', metrics, re.M))
+    assert float(removed.get("audit_log", 0)) > 0, metrics
+    done = audit_command(settings.replace(postgres_url=private_db), "verify", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["pruned"] is not None, done.stdout + done.stderr
+
+
+def test_a_process_with_a_bad_retention_stops_with_one_line(spawn: Any) -> None:
+    api = spawn("api_server", wait=False, AUDIT_RETENTION_DAYS="forever")
+    assert api.popen.wait(30) == 2
+    (line,) = api.log().strip().splitlines()
+    assert line.startswith("api_server: invalid setting AUDIT_RETENTION_DAYS: must be a number of days"), line
