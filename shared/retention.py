@@ -49,10 +49,14 @@ from .timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
-#: Sealed rows one prune record removes at most (read, walked and digested in memory).
+#: Sealed rows one prune record removes at most (read, walked and digested in memory), unless one
+#: batch of the chain (rows appended together) is longer: a record ends where a batch ends.
 ROUND_ROWS = 20_000
+_MAX_ROUND_ROWS = 1_000_000
 #: Rows one DELETE removes at most: one short transaction.
 BATCH = 1000
+#: Sealed rows read per round trip while looking for the next prune's rows.
+_PAGE = 1000
 #: Between batches: writers, autovacuum and replicas get the table.
 PAUSE_SECONDS = 0.02
 #: How often a delete blocked by a ``verify`` in progress tries again within a round, and how many times.
@@ -124,17 +128,19 @@ class Pruner:
     async def _next(self, start: PrunePoint | None, cutoff: datetime) -> Pruned | None:
         """What the next prune record removes, walked and found intact; None when nothing can go."""
         after = start.pruned.through_seq if start is not None else 0
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
-            params = {"after": after, "through": None, "limit": self._round_rows + 1}
-            await cur.execute(audit_sql.SEALED_PAGE, params)
-            rows = [Row.from_db(r) for r in await cur.fetchall()]
-        old = 0
-        while old < len(rows) and rows[old].entry.at < cutoff:
-            old += 1
-        end = next(
-            (i for i in range(min(old, len(rows) - 1) - 1, -1, -1) if _ends_batch(rows[i], rows[i + 1])),
-            None,
-        )
+        most = self._round_rows
+        while True:
+            rows = await self._oldest(after, cutoff, most)
+            old = 0
+            while old < len(rows) and rows[old].entry.at < cutoff:
+                old += 1
+            end = next(
+                (i for i in range(min(old, len(rows) - 1) - 1, -1, -1) if _ends_batch(rows[i], rows[i + 1])),
+                None,
+            )
+            if end is not None or old <= most or most >= _MAX_ROUND_ROWS:
+                break
+            most *= 2  # one batch (one append) longer than a round: take it whole
         if end is None:
             return None
         segment = rows[: end + 1]
@@ -166,6 +172,22 @@ class Pruner:
             tuple(walk.adoptions),
             (start.pruned.total if start is not None else 0) + len(segment),
         )
+
+    async def _oldest(self, after: int, cutoff: datetime, most: int) -> list[Row]:
+        """The sealed rows after seq ``after`` up to the first one not older than ``cutoff`` (included:
+        its link may name the last old one), at most ``most`` + 1, read a page at a time so a round
+        with little or nothing to remove reads little."""
+        rows: list[Row] = []
+        page = min(_PAGE, most + 1)
+        while len(rows) <= most:
+            async with self._pool.acquire() as conn, conn.cursor() as cur:
+                params = {"after": rows[-1].seq if rows else after, "through": None, "limit": page}
+                await cur.execute(audit_sql.SEALED_PAGE, params)
+                found = [Row.from_db(r) for r in await cur.fetchall()]
+            rows += found
+            if len(found) < page or found[-1].entry.at >= cutoff:
+                break
+        return rows[: most + 1]
 
     async def _seal(self, start: PrunePoint | None, record: Pruned) -> bool:
         """Append ``record`` to the chain, unless another prune record came after ``start`` meanwhile

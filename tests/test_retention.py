@@ -122,6 +122,26 @@ async def test_a_pruned_chain_still_verifies_from_its_prune_record(
     assert ids and ids <= {i for (i,) in sql(private_db, "SELECT id FROM audit_log")}
 
 
+async def test_a_backlog_goes_in_rounds_each_with_its_own_record(
+    private_db: str, pool: aiopg.Pool, make_client: Any, settings: Settings, token: Token, unique_prefix: str
+) -> None:
+    """Rounds of ``round_rows`` rows (or one batch of the chain, when longer), each sealed by a record
+    that follows the one before it: the chain verifies after each."""
+    await write_traffic(make_client, settings.replace(postgres_url=private_db), token, unique_prefix, rounds=4)
+    await past_retention()
+    prune = pruner(pool, settings, round_rows=2)
+    while await prune.seal_next() is not None:
+        await check(pool, settings)
+        assert (await prune.delete_pruned())[1]
+        await check(pool, settings)
+    records = prune_records(private_db)
+    assert len(records) >= 3 and max(r["count"] for r in records) > 2, records  # some batch was longer
+    # One batch longer than a round (the reads' records are appended a batch at a time) goes whole.
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("SELECT count(*) FROM audit_log WHERE seq IS NOT NULL AND at < now() - interval '1 s'")
+        assert (await cur.fetchone())[0] == 0
+
+
 async def test_a_prune_waits_for_rows_that_do_not_verify(
     private_db: str, pool: aiopg.Pool, make_client: Any, settings: Settings, token: Token, unique_prefix: str
 ) -> None:
