@@ -11,8 +11,10 @@ migrates: run ``dynconfig-migrate`` first (it refuses a schema its release does 
 ``verify`` exits 0 when the trail is intact, 1 naming the first thing wrong (shared/auditverify.py
 says what it checks), 2 when it cannot run. Checkpoints are the tokens every api_server logs
 (``audit checkpoint SEQ:MAC``): give some you kept (or a file of such log lines) and ``verify`` also
-catches the whole table put back as it was before they were taken. ``stream`` writes every sealed
-row, its MAC included, one JSON object per line to stdout, in chain order, for a log store.
+catches the whole table put back as it was before they were taken. After retention removed old rows
+(api_server/retention.py), ``verify`` starts from the newest sealed prune record and says so; a
+checkpoint older than it is counted as pruned. ``stream`` writes every sealed row, its MAC
+included, one JSON object per line to stdout, in chain order, for a log store.
 
 ``adopt`` is for rows without a seal written by a release before the audit chain during a rolling
 upgrade (``verify`` reports them): once no such process runs, it seals a record into the chain that
@@ -103,7 +105,7 @@ async def _adopt(pool: aiopg.Pool, chain: AuditChain, args: argparse.Namespace) 
         why = finding.detail if finding is not None else "the genesis is not sealed yet (start an api_server first)"
         print(f"not adopting: {why}")
         return 1
-    after = report.adoptions[-1][1].through_id
+    after = report.adoptions[-1].adoption.through_id
     through = args.through_id if args.through_id is not None else await auditadopt.last_unsealed_id(pool)
     if through is None or through <= after:
         print(f"nothing to adopt: no row without a seal after id {after}")

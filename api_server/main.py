@@ -23,6 +23,7 @@ from .committer import committer_ctx
 from .metrics import API_METRICS, ApiMetrics
 from .middlewares import auth_middleware
 from .reads import state_reader_ctx
+from .retention import retention_ctx
 from .routes import setup_routes
 
 PROCESS_NAME = "api_server"
@@ -45,6 +46,7 @@ def create_app(settings: Settings) -> web.Application:
             state_reader_ctx,
             audit_ctx,
             audit_keeper_ctx,
+            retention_ctx,
             redis_ctx,
             cache_ctx,
             committer_ctx,

@@ -28,6 +28,18 @@ class ApiMetrics(ServingMetrics):
             "The first 48 bits of the head's MAC at the last checkpoint, as an integer (the token's MAC part).",
             registry=r,
         )
+        # api_server/retention.py: the one api_server pruning at a time, and what it removed.
+        self.retention_leader = Gauge(
+            "dynconfig_retention_leader", "1 while this api_server is the one removing rows past retention.", registry=r
+        )
+        self.retention_removed = Counter(
+            "dynconfig_retention_removed", "Rows removed past retention, by table.", ["table"], registry=r
+        )
+        self.audit_prune_blocked = Gauge(
+            "dynconfig_audit_prune_blocked",
+            "1 while the oldest audit rows do not verify, so none is pruned (run dynconfig-audit verify).",
+            registry=r,
+        )
 
 
 API_METRICS = web.AppKey("api_metrics", ApiMetrics)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -92,6 +92,14 @@ class Adoption:
             return None
         try:
             d = json.loads(entry.detail)
+        except ValueError:
+            return None
+        return cls.from_json(d)
+
+    @classmethod
+    def from_json(cls, d: Any) -> Adoption | None:
+        """An adoption from its JSON form (None when malformed)."""
+        try:
             adoption = cls(
                 d["afterId"],
                 d["throughId"],
@@ -101,13 +109,36 @@ class Adoption:
                 d.get("unaudited"),
                 d.get("unauditedDigest"),
             )
-        except (ValueError, TypeError, KeyError):
+        except (TypeError, KeyError, AttributeError):
             return None
         return adoption if isinstance(adoption.after_id, int) and isinstance(adoption.through_id, int) else None
 
     @property
     def genesis(self) -> bool:
         return self.unaudited is not None
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """An adoption and where the chain holds it: its record's seq and time (and id while the record is
+    still there: a prune record restates the adoptions whose records it removes, shared/auditprune.py)."""
+
+    seq: int
+    at: datetime
+    adoption: Adoption
+    row_id: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "at": self.at.isoformat(timespec="microseconds"), **self.adoption.as_json()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Adopted | None:
+        """An adoption as a prune record restates it (None when malformed)."""
+        adoption = Adoption.from_json(d)
+        try:
+            return None if adoption is None else cls(int(d["seq"]), datetime.fromisoformat(d["at"]), adoption)
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
 def unsealed_item(row_id: int, entry: Entry) -> list[Any]:
@@ -154,12 +185,13 @@ class Unaudited:
     newest: list[tuple[str, int, datetime]]
 
 
-async def unaudited_versions(pool: aiopg.Pool, *, newest: int = 5) -> Unaudited:
-    """Every version of a key without an audit row that says it was written (one statement; a
-    healthy trail has none but those the genesis found, usually none either)."""
+async def unaudited_versions(pool: aiopg.Pool, *, since: datetime | None = None, newest: int = 5) -> Unaudited:
+    """Every version of a key (written at ``since`` or later, when given) without an audit row that
+    says it was written (one statement; a healthy trail has none but those the genesis found, usually
+    none either)."""
     versions = SetDigest()
     async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute(sql.UNAUDITED_VERSIONS)
+        await cur.execute(sql.UNAUDITED_VERSIONS, {"since": since})
         rows = await cur.fetchall()
     for key, version, _ in rows:
         versions.add([key, version])
@@ -174,21 +206,22 @@ async def read_head(pool: aiopg.Pool) -> tuple[Head, int]:
     return Head.from_db(row), int(row[7])
 
 
-async def _append_record(
+async def append_record(
     pool: aiopg.Pool,
     chain: AuditChain,
     entry: Entry,
     *,
-    unless: Callable[[Head], bool],
+    unless: Callable[[Head, aiopg.Cursor], Awaitable[bool]],
     adopted_through: int | None = None,
 ) -> int | None:
-    """Append ``entry`` alone in a transaction of its own, unless ``unless(head)`` holds once the head
-    is locked; the seq it was given, or None."""
+    """Append ``entry`` (one of the chain's own records) alone in a transaction of its own, unless
+    ``unless(head, cur)`` holds once the head is locked; the seq it was given, or None. The head is
+    locked for this one small transaction only."""
 
     async def work() -> int | None:
         async with pool.acquire() as conn, conn.cursor() as cur, cur.begin():
             head = await chain.link(cur)
-            if unless(head):
+            if await unless(head, cur):
                 return None
             await chain.append(cur, [entry], adopted_through=adopted_through)
             return head.seq + 1
@@ -208,12 +241,12 @@ async def seal_genesis(pool: aiopg.Pool, chain: AuditChain) -> int | None:
     genesis = Adoption(
         0, legacy_through, rows.count, rows.digest, GENESIS_REASON, unaudited.versions.count, unaudited.versions.digest
     )
-    seq = await _append_record(
-        pool,
-        chain,
-        _record(ADOPT, genesis.detail()),
-        unless=lambda h: h.adopted_through is not None,
-        adopted_through=legacy_through,
+
+    async def sealed_already(h: Head, _: aiopg.Cursor) -> bool:
+        return h.adopted_through is not None
+
+    seq = await append_record(
+        pool, chain, system_record(ADOPT, genesis.detail()), unless=sealed_already, adopted_through=legacy_through
     )
     if seq is not None:
         log.info("audit chain genesis sealed at seq %d: %d rows from before the chain adopted", seq, rows.count)
@@ -227,16 +260,19 @@ async def seal_key_switch(pool: aiopg.Pool, chain: AuditChain) -> int | None:
     if not chain.has_audit_key:
         return None
     detail = json.dumps({"key": chain.active_id}, separators=(",", ":"))
-    seq = await _append_record(
-        pool, chain, _record(KEY_SWITCH, detail), unless=lambda h: h.seal_key is None or not is_derived(h.seal_key)
-    )
+
+    async def switched_already(h: Head, _: aiopg.Cursor) -> bool:
+        return h.seal_key is None or not is_derived(h.seal_key)
+
+    seq = await append_record(pool, chain, system_record(KEY_SWITCH, detail), unless=switched_already)
     if seq is not None:
         log.info("audit chain sealed with AUDIT_HMAC_KEY %s from seq %d on", chain.active_id, seq)
     return seq
 
 
-def _record(action: str, detail: str) -> Entry:
-    return Entry(utcnow(), SYSTEM_ACTOR, action, None, None, "ok", None, detail)
+def system_record(action: str, detail: str, at: datetime | None = None) -> Entry:
+    """One of the chain's own records (``detail`` says what it vouches for)."""
+    return Entry(at or utcnow(), SYSTEM_ACTOR, action, None, None, "ok", None, detail)
 
 
 async def adopt(
@@ -247,11 +283,11 @@ async def adopt(
     adoption came first) and what it says."""
     rows = await digest_unsealed(pool, after, through)
     adoption = Adoption(after, through, rows.count, rows.digest, reason)
-    seq = await _append_record(
-        pool,
-        chain,
-        _record(ADOPT, adoption.detail()),
-        unless=lambda h: h.adopted_through != after,
-        adopted_through=through,
+
+    async def moved_meanwhile(h: Head, _: aiopg.Cursor) -> bool:
+        return h.adopted_through != after
+
+    seq = await append_record(
+        pool, chain, system_record(ADOPT, adoption.detail()), unless=moved_meanwhile, adopted_through=through
     )
     return seq, adoption

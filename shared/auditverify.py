@@ -2,15 +2,19 @@
 
 :func:`verify` reports the first thing wrong, checking in this order:
 
-1. every sealed row in chain order, and the head with its seal (shared/auditwalk.py);
+1. every sealed row in chain order, and the head with its seal (shared/auditwalk.py) — after a prune,
+   from the newest prune record's anchor on (shared/auditprune.py);
 2. no row lies beyond the head (one sealed there would never be walked);
 3. checkpoints (``verify --checkpoint``): each names a row the chain still holds with the same MAC, so
-   a table put back as it was earlier, seals and all, is caught against what left the database;
+   a table put back as it was earlier, seals and all, is caught against what left the database; one
+   older than the prune's anchor can no longer be checked, and is counted as pruned;
 4. rows without a seal: each lies in a range an adoption vouches for, and each range holds the rows
    it held when adopted (shared/auditadopt.py);
-5. every version of a key (``key_history``) has its audit row, but those the genesis found without one.
+5. every version of a key (``key_history``) has its audit row, but those the genesis found without one
+   (after a prune: every version written since the prune's cutoff).
 
-Rows sealed after verification began are left for the next run.
+Rows sealed after verification began are left for the next run. While it runs, no pruned row is
+deleted (``sql.HOLD_AGAINST_DELETES``), so a prune sealed meanwhile never looks like rows deleted.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from typing import Any
 
 import aiopg
 
-from .auditadopt import Adoption, SetDigest, read_head, unaudited_versions, unsealed_item, unsealed_pages
+from .auditadopt import Adopted, SetDigest, read_head, unaudited_versions, unsealed_item, unsealed_pages
 from .auditchain import AuditChain, Entry, Head, Row
+from .auditprune import PrunePoint, latest_prune
 from .auditwalk import Finding, Walk
 from .sql import audit as sql
+from .tasks import complete_then_cancel
 
 _PAGE = 5000
 _MIN_ID = -(2**63)
@@ -65,11 +71,15 @@ class Report:
     checked: int
     head: Head
     finding: Finding | None
-    adoptions: Sequence[tuple[Row, Adoption]] = ()
+    adoptions: Sequence[Adopted] = ()
     #: The seqs of the last rows, which the head's seal does not cover (appended by a previous release).
     unsealed_tail: tuple[int, int] | None = None
     checkpoints: int = 0
     unaudited_before_chain: int = 0
+    #: The prune record verification started after (None: never pruned).
+    pruned: PrunePoint | None = None
+    #: Checkpoints older than the prune's anchor, which can no longer be checked.
+    checkpoints_pruned: int = 0
 
     @property
     def ok(self) -> bool:
@@ -77,23 +87,40 @@ class Report:
 
     @property
     def adopted_before_chain(self) -> int:
-        return sum(a.count for _, a in self.adoptions if a.genesis)
+        return sum(a.adoption.count for a in self.adoptions if a.adoption.genesis)
+
+    @property
+    def first_seq(self) -> int:
+        return self.pruned.pruned.through_seq + 1 if self.pruned is not None else 1
 
     def summary(self) -> str:
         """One line for people: what ``verify`` prints, and what the console shows."""
         notes = "".join(self._notes())
         if self.finding is None:
-            return f"audit chain intact: {self.checked} rows verified (seq 1–{self.head.seq}){notes}"
+            return f"audit chain intact: {self.checked} rows verified (seq {self.first_seq}–{self.head.seq}){notes}"
         f = self.finding
         return f"audit chain BROKEN ({f.kind}): {f.detail} — {self.checked} rows verified before it{notes}"
 
     def _notes(self) -> list[str]:
         notes = []
-        adopted = [f"{a.count} {a.reason} (adopted at seq {row.seq})" for row, a in self.adoptions if a.count]
+        if self.pruned is not None:
+            p = self.pruned.pruned
+            notes.append(
+                f"; seq 1–{p.through_seq} pruned ({p.total} rows, all older than "
+                f"{p.before.astimezone(UTC).isoformat()}; the prune record is seq {self.pruned.seq}, and versions "
+                "written before that time are no longer checked for their audit rows)"
+            )
+        adopted = [f"{a.adoption.count} {a.adoption.reason} (adopted at seq {a.seq})" for a in self.adoptions]
+        adopted = [text for text, a in zip(adopted, self.adoptions, strict=True) if a.adoption.count]
         if adopted:
             notes.append("; rows without a seal, vouched for by adoptions: " + ", ".join(adopted))
         if self.checkpoints:
             notes.append(f"; {self.checkpoints} checkpoints match")
+        if self.checkpoints_pruned:
+            notes.append(
+                f"; {self.checkpoints_pruned} checkpoints are older than the prune's anchor (seq {self.first_seq - 1}) "
+                "and can no longer be checked (pruned)"
+            )
         if self.unaudited_before_chain:
             notes.append(f"; {self.unaudited_before_chain} versions written before the chain began have no audit row")
         if self.unsealed_tail is not None:
@@ -108,19 +135,29 @@ class Report:
 
     def as_json(self) -> dict[str, Any]:
         """``verify --json`` and ``GET /audit/verify``."""
-        tail = self.unsealed_tail
+        tail, pruned = self.unsealed_tail, self.pruned
         return {
             "ok": self.ok,
             "checked": self.checked,
+            "firstSeq": self.first_seq,
             "headSeq": self.head.seq,
             "headSealedSeq": self.head.sealed_seq,
             "unsealedBeforeChain": self.adopted_before_chain,
             "adopted": [
-                {"seq": row.seq, "at": row.entry.at.astimezone(UTC).isoformat(), **a.as_json()}
-                for row, a in self.adoptions
+                {"seq": a.seq, "at": a.at.astimezone(UTC).isoformat(), **a.adoption.as_json()} for a in self.adoptions
             ],
             "unsealedHead": None if tail is None else {"fromSeq": tail[0], "throughSeq": tail[1]},
+            "pruned": None
+            if pruned is None
+            else {
+                "seq": pruned.seq,
+                "at": pruned.row.entry.at.astimezone(UTC).isoformat(),
+                "throughSeq": pruned.pruned.through_seq,
+                "rows": pruned.pruned.total,
+                "before": pruned.pruned.before.astimezone(UTC).isoformat(),
+            },
             "checkpoints": self.checkpoints,
+            "checkpointsPruned": self.checkpoints_pruned,
             "unauditedBeforeChain": self.unaudited_before_chain,
             "finding": None if self.finding is None else dataclasses.asdict(self.finding),
             "summary": self.summary(),
@@ -144,15 +181,21 @@ async def sealed_pages(
 
 async def walk_chain(
     pool: aiopg.Pool, chain: AuditChain, checkpoints: Sequence[Checkpoint] = (), *, page: int = _PAGE
-) -> tuple[Walk, Head, Finding | None]:
-    """Steps 1–3: the walk over every sealed row up to the head as it is now, and its first finding."""
+) -> tuple[Walk, Head, Finding | None, int]:
+    """Steps 1–3: the walk over every sealed row (after the newest prune's anchor) up to the head as
+    it is now, its first finding, and how many checkpoints predate the anchor."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        start = await latest_prune(cur)  # before the head: the head is at or past it
     head, _ = await read_head(pool)
-    walk = Walk(chain.keys, wanted=[c.seq for c in checkpoints], audit_key=chain.has_audit_key)
-    async for rows in sealed_pages(pool, through=head.seq, page=page):
+    walk = Walk(chain.keys, wanted=[c.seq for c in checkpoints], audit_key=chain.has_audit_key, start=start)
+    async for rows in sealed_pages(pool, walk.first - 1, through=head.seq, page=page):
         if not walk.feed(rows, last=len(rows) < page):
             break
-    finding = walk.finish(head) or await _beyond_head(pool) or _check_checkpoints(walk, head, checkpoints)
-    return walk, head, finding
+    finding = walk.finish(head) or await _beyond_head(pool)
+    pruned = 0
+    if finding is None:
+        finding, pruned = _check_checkpoints(walk, head, checkpoints)
+    return walk, head, finding, pruned
 
 
 async def _beyond_head(pool: aiopg.Pool) -> Finding | None:
@@ -165,30 +208,34 @@ async def _beyond_head(pool: aiopg.Pool) -> Finding | None:
     return Finding("inserted", row.id, row.seq, f"{row.describe()} lies beyond the chain's head: it was inserted")
 
 
-def _check_checkpoints(walk: Walk, head: Head, checkpoints: Sequence[Checkpoint]) -> Finding | None:
+def _check_checkpoints(walk: Walk, head: Head, checkpoints: Sequence[Checkpoint]) -> tuple[Finding | None, int]:
+    pruned = 0
     for cp in sorted(checkpoints, key=lambda c: c.seq, reverse=True):
         if cp.seq == 0:
+            continue
+        if cp.seq < walk.first - 1:  # the anchor itself (first - 1) is still checked: its MAC is kept
+            pruned += 1
             continue
         if cp.seq > head.seq:
             detail = (
                 f"checkpoint {cp.token} saw the chain reach seq {cp.seq}, but it ends at seq {head.seq}: rows were "
                 "cut off, or the table was put back as it was before"
             )
-            return Finding("rolled-back", None, cp.seq, detail)
+            return Finding("rolled-back", None, cp.seq, detail), 0
         mac = walk.macs.get(cp.seq)
         if mac is None or not mac.startswith(cp.mac):
             detail = (
                 f"row seq {cp.seq} is not the one checkpoint {cp.token} saw: the table was put back as it was "
                 "before, and written again"
             )
-            return Finding("rolled-back", None, cp.seq, detail)
-    return None
+            return Finding("rolled-back", None, cp.seq, detail), 0
+    return None, pruned
 
 
 async def _check_unsealed(pool: aiopg.Pool, walk: Walk) -> Finding | None:
     """Step 4: every row without a seal lies in an adopted range, and each range is as adopted."""
     adoptions = walk.adoptions
-    throughs = [a.through_id for _, a in adoptions]
+    throughs = [a.adoption.through_id for a in adoptions]
     found = [SetDigest() for _ in adoptions]
     first: tuple[int, Entry] | None = None
     count = last_id = 0
@@ -200,14 +247,15 @@ async def _check_unsealed(pool: aiopg.Pool, walk: Walk) -> Finding | None:
                 continue
             count, last_id = count + 1, row_id
             first = first or (row_id, entry)
-    for (row, a), now in zip(adoptions, found, strict=True):
+    for adopted, now in zip(adoptions, found, strict=True):
+        a = adopted.adoption
         if (now.count, now.digest) != (a.count, a.digest):
             kind = "inserted" if now.count > a.count else "deleted" if now.count < a.count else "altered"
             detail = (
-                f"the rows without a seal adopted at seq {row.seq} ({a.reason}; ids {a.after_id + 1}–{a.through_id}) "
-                f"are not those adopted: {now.count} rows now, {a.count} then (rows were {kind})"
+                f"the rows without a seal adopted at seq {adopted.seq} ({a.reason}; ids {a.after_id + 1}–"
+                f"{a.through_id}) are not those adopted: {now.count} rows now, {a.count} then (rows were {kind})"
             )
-            return Finding(kind, row.id, row.seq, detail)
+            return Finding(kind, adopted.row_id, adopted.seq, detail)
     if first is None:
         return None
     first_id, entry = first
@@ -230,17 +278,22 @@ async def _check_unsealed(pool: aiopg.Pool, walk: Walk) -> Finding | None:
 
 
 async def _check_versions(pool: aiopg.Pool, walk: Walk) -> tuple[Finding | None, int]:
-    """Step 5: the versions without an audit row are exactly those the genesis found."""
-    unaudited = await unaudited_versions(pool)
-    genesis = next((a for _, a in walk.adoptions if a.genesis), None)
+    """Step 5: the versions without an audit row are exactly those the genesis found; after a prune,
+    there is none among those written since its cutoff (shared/auditprune.py says why)."""
+    since = walk.start.pruned.before if walk.start is not None else None
+    unaudited = await unaudited_versions(pool, since=since)
+    genesis = next((a.adoption for a in walk.adoptions if a.adoption.genesis), None)
     expected = (genesis.unaudited, genesis.unaudited_digest) if genesis is not None else (0, SetDigest().digest)
+    if since is not None:
+        expected = (0, SetDigest().digest)
     count = expected[0] or 0
     if (unaudited.versions.count, unaudited.versions.digest) == expected:
         return None, count
     newest = ", ".join(f"{key!r} version {v} ({at.astimezone(UTC).isoformat()})" for key, v, at in unaudited.newest)
+    then = f"{count} had when the chain began" if since is None else f"none may since {since.astimezone(UTC):%FT%T}Z"
     detail = (
-        f"{unaudited.versions.count} versions of keys have no audit row, {count} had when the chain began: a "
-        f"version was written without one, its audit row was deleted, or history was altered (newest: {newest})"
+        f"{unaudited.versions.count} versions of keys have no audit row, {then}: a version was written without "
+        f"one, its audit row was deleted, or history was altered (newest: {newest})"
     )
     return Finding("unaudited-write", None, None, detail), count
 
@@ -248,8 +301,18 @@ async def _check_versions(pool: aiopg.Pool, walk: Walk) -> tuple[Finding | None,
 async def verify(
     pool: aiopg.Pool, chain: AuditChain, checkpoints: Sequence[Checkpoint] = (), *, page: int = _PAGE
 ) -> Report:
-    """Check the whole trail (the module docstring says what, in which order)."""
-    walk, head, finding = await walk_chain(pool, chain, checkpoints, page=page)
+    """Check the whole trail (the module docstring says what, in which order), holding pruned rows
+    against deletion meanwhile (one more pooled connection for the whole run)."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(sql.HOLD_AGAINST_DELETES)
+        try:
+            return await _verify(pool, chain, checkpoints, page)
+        finally:
+            await complete_then_cancel(cur.execute(sql.RELEASE_AGAINST_DELETES))
+
+
+async def _verify(pool: aiopg.Pool, chain: AuditChain, checkpoints: Sequence[Checkpoint], page: int) -> Report:
+    walk, head, finding, pruned = await walk_chain(pool, chain, checkpoints, page=page)
     unaudited = 0
     if finding is None:
         finding = await _check_unsealed(pool, walk)
@@ -261,6 +324,8 @@ async def verify(
         finding,
         walk.adoptions,
         walk.unsealed_tail,
-        len(checkpoints) if finding is None else 0,
+        len(checkpoints) - pruned if finding is None else 0,
         unaudited,
+        walk.start,
+        pruned if finding is None else 0,
     )

@@ -12,9 +12,12 @@ is wrong (:class:`Finding`):
   in between were appended by a release that moves the head without sealing it. A seal naming a row
   the chain no longer has, or an older one, means rows had been cut off the end and the head moved
   back (``truncated``), and the row that says so stays in the chain;
-- an adoption record that does not follow the ones before it.
+- an adoption record that does not follow the ones before it, or a prune record that does not
+  follow the prune before it (shared/auditprune.py).
 
-:meth:`Walk.finish` then checks the head itself the same way.
+After a prune the walk starts at the newest prune record's anchor (``start``), with the state that
+record sealed, and must reach that record in chain order. :meth:`Walk.finish` then checks the head
+itself the same way.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .auditadopt import ADOPT, Adoption
+from .auditadopt import ADOPT, Adopted, Adoption
 from .auditchain import GENESIS, Head, Row, is_derived, seal, seal_head
+from .auditprune import PRUNE, Pruned, PrunePoint
 
 #: How far around a row that does not verify :func:`_diagnose` looks to tell what happened to it.
 _WINDOW = 32
@@ -56,9 +60,17 @@ class _Sealed:
 class Walk:
     """Checks sealed rows in ``seq`` order, fed a page at a time (:meth:`feed`), then :meth:`finish`.
     ``wanted``: seqs whose MAC to keep (checkpoints); ``audit_key``: an ``AUDIT_HMAC_KEY`` is
-    configured, so the head must not be sealed with a derived key."""
+    configured, so the head must not be sealed with a derived key; ``start``: the prune record to
+    start after (rows from its anchor on), None to start at seq 1."""
 
-    def __init__(self, keys: Mapping[str, bytes], *, wanted: Iterable[int] = (), audit_key: bool = False) -> None:
+    def __init__(
+        self,
+        keys: Mapping[str, bytes],
+        *,
+        wanted: Iterable[int] = (),
+        audit_key: bool = False,
+        start: PrunePoint | None = None,
+    ) -> None:
         self._keys = keys
         self._audit_key = audit_key
         self._prev, self._expected, self.checked = GENESIS, 1, 0
@@ -72,10 +84,30 @@ class Walk:
         self._since: dict[int, _Sealed] = {}  # every row from batch_start on
         #: How far adoptions reach (None before the genesis), and each adoption with its row.
         self.adopted_through: int | None = None
-        self.adoptions: list[tuple[Row, Adoption]] = []
+        self.adoptions: list[Adopted] = []
         #: After :meth:`finish`: the seqs of the last rows, which the head's seal does not cover.
         self.unsealed_tail: tuple[int, int] | None = None
         self.macs: dict[int, bytes | None] = dict.fromkeys(wanted)
+        self.start = start
+        self._last_prune: Pruned | None = None
+        self._start_seen = start is None
+        if start is not None:
+            self._resume(start.pruned)
+
+    def _resume(self, p: Pruned) -> None:
+        """Start after ``p``'s anchor, in the state the walk was in there."""
+        self._prev, self._expected = p.mac, p.through_seq + 1
+        self.switched_at, self.adopted_through, self.adoptions = p.switched_at, p.adopted_through, list(p.adoptions)
+        if p.linked:  # the anchor ends a batch: the next row's link names it
+            self.batch_start = p.through_seq
+            self._since = {p.through_seq: _Sealed(p.mac, p.mac_key, p.adopted_through)}
+        if p.through_seq in self.macs:
+            self.macs[p.through_seq] = p.mac
+
+    @property
+    def first(self) -> int:
+        """The first seq this walk checks (1, or the one after the anchor it started from)."""
+        return self.start.pruned.through_seq + 1 if self.start is not None else 1
 
     def feed(self, rows: Sequence[Row], *, last: bool = False) -> bool:
         """Check ``rows`` (the next ones in order); keep the last few back as context for the next
@@ -118,6 +150,8 @@ class Walk:
                 return finding
             self.batch_start, self._since = row.seq, {}
         if row.entry.action == ADOPT and (finding := self._adopt(row, Adoption.from_entry(row.entry))) is not None:
+            return finding
+        if row.entry.action == PRUNE and (finding := self._prune(row)) is not None:
             return finding
         self._prev, self._expected, self.checked = row.mac, expected + 1, self.checked + 1
         if self.batch_start is not None:
@@ -167,8 +201,26 @@ class Walk:
             return Finding("altered", row.id, row.seq, detail)
         if adoption.through_id < adoption.after_id:
             return Finding("altered", row.id, row.seq, f"{row.describe()} adopts an empty id range")
-        self.adoptions.append((row, adoption))
+        assert row.seq is not None
+        self.adoptions.append(Adopted(row.seq, row.entry.at, adoption, row.id))
         self.adopted_through = adoption.through_id
+        return None
+
+    def _prune(self, row: Row) -> Finding | None:
+        """A prune record: it must say what it removed, follow the prune before it, and be the record
+        the walk started from when it is at its seq (a genuine one: its MAC verified)."""
+        pruned, what = Pruned.from_row(row), row.describe()
+        if pruned is None:
+            return Finding("altered", row.id, row.seq, f"{what} is a prune record that does not say what it removed")
+        last = self._last_prune
+        if last is not None and pruned.after_seq != last.through_seq:
+            detail = f"{what} does not follow the prune before it (through seq {last.through_seq})"
+            return Finding("altered", row.id, row.seq, detail)
+        if self.start is not None and row.seq == self.start.seq:
+            if row.mac != self.start.row.mac or pruned != self.start.pruned:
+                return Finding("altered", row.id, row.seq, f"{what} is not the prune record verification started from")
+            self._start_seen = True
+        self._last_prune = pruned
         return None
 
     def finish(self, head: Head) -> Finding | None:
@@ -176,6 +228,10 @@ class Walk:
         if self.finding is not None:
             return self.finding
         last = self._expected - 1
+        if not self._start_seen:
+            assert self.start is not None
+            detail = f"the prune record verification started from ({self.start.row.describe()}) is not in the chain"
+            return Finding("deleted", self.start.row.id, self.start.seq, detail)
         if head.seq != last or not hmac.compare_digest(head.mac, self._prev):
             if head.seq > last:
                 detail = f"the chain head says seq {head.seq}, but the rows end at seq {last}: the last rows were cut"
@@ -186,7 +242,7 @@ class Walk:
             if head.seal is not None or head.sealed_seq is not None:
                 detail = "the chain's head carries a seal, but no row was appended by a process that seals it"
                 return Finding("altered", None, head.seq, detail)
-            self.unsealed_tail = (1, last) if last else None
+            self.unsealed_tail = (self.first, last) if last >= self.first else None
             return None
         return self._check_head_seal(head, last)
 

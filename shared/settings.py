@@ -27,6 +27,9 @@ _USERNAME = re.compile(r"^\S{1,256}$")
 #: Ids of audit keys derived from encryption keys (shared/auditchain.py) start with this; an
 #: ``AUDIT_HMAC_KEY`` id may not, so the two kinds never mix.
 DERIVED_AUDIT_KEY_PREFIX = "enc."
+DAY_SECONDS = 86400
+#: Retention beyond this many days is a typo, not a policy (and would overflow a date).
+_MAX_RETENTION_DAYS = 100 * 365
 
 
 class SettingsError(Exception):
@@ -104,6 +107,13 @@ class Settings:
     #: Where the dedicated connections (LISTEN, the relay's lock) go, when not to ``postgres_url``: with
     #: ``POSTGRES_URL`` on a transaction-mode PgBouncer, this one reaches Postgres itself.
     postgres_listen_url: str | None = field(default=None, repr=False)
+    #: How long audit records are kept (``AUDIT_RETENTION_DAYS``, or ``AUDIT_RETENTION_SECONDS``), and
+    #: past versions of keys (``HISTORY_RETENTION_…``: a key's current version and its 10 newest past
+    #: ones are kept whatever their age); api_server/retention.py removes older ones.
+    audit_retention_seconds: float = 365 * DAY_SECONDS
+    history_retention_seconds: float = 365 * DAY_SECONDS
+    #: How often the pruning api_server looks for rows past retention.
+    retention_interval_seconds: float = 60.0
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A server TLS context (TLS 1.3 minimum) when a certificate is configured."""
@@ -161,6 +171,9 @@ class Settings:
             migrate_attempts=_int(env, "MIGRATE_ATTEMPTS", 5, minimum=1, maximum=100),
             postgres_listen_url=_postgres_listen_url(env),
             **_postgres_connection_settings(env),
+            audit_retention_seconds=_retention(env, "AUDIT_RETENTION_DAYS", "AUDIT_RETENTION_SECONDS"),
+            history_retention_seconds=_retention(env, "HISTORY_RETENTION_DAYS", "HISTORY_RETENTION_SECONDS"),
+            retention_interval_seconds=float(_int(env, "RETENTION_INTERVAL_SECONDS", 60, minimum=1, maximum=86400)),
         )
         if cert:
             try:
@@ -200,6 +213,24 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maxim
         bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
         raise SettingsError(name, f"must be {bound}, got {value}")
     return value
+
+
+def _retention(env: Mapping[str, str], days_name: str, seconds_name: str) -> float:
+    """A retention in seconds: ``seconds_name`` (whole seconds, for tests and demos) if set, else
+    ``days_name`` (default 365; fractions allowed: 0.5 is twelve hours)."""
+    longest = _MAX_RETENTION_DAYS * DAY_SECONDS
+    if _optional(env, seconds_name) is not None:
+        return float(_int(env, seconds_name, 0, minimum=1, maximum=longest))
+    raw = _optional(env, days_name)
+    if raw is None:
+        return 365.0 * DAY_SECONDS
+    try:
+        days = float(raw)
+    except ValueError:
+        raise SettingsError(days_name, f"must be a number of days (fractions allowed), got {raw!r}") from None
+    if not 0 < days <= _MAX_RETENTION_DAYS:  # also refuses nan and inf
+        raise SettingsError(days_name, f"must be more than 0 and at most {_MAX_RETENTION_DAYS} days, got {raw}")
+    return days * DAY_SECONDS
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -85,7 +85,7 @@ FAKE_SECRETS = {
 
 # --- shared/settings.py, read as code ----------------------------------------------------------------
 
-_SETTING_READERS = {"_required", "_optional", "_int", "_bool"}
+_SETTING_READERS = {"_required", "_optional", "_int", "_bool", "_retention"}
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
@@ -102,7 +102,7 @@ def setting_names() -> tuple[set[str], dict[str, set[str]]]:
         fname = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
         literals = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
         if fname in _SETTING_READERS or (fname == "get" and isinstance(func, ast.Attribute)):
-            names.update(v for v in literals[:1] if _NAME.match(v))
+            names.update(v for v in literals[: 2 if fname == "_retention" else 1] if _NAME.match(v))
         if fname == "_required" and literals:
             required[literals[0]] = set()
         if fname == "SettingsError" and len(literals) >= 2 and literals[1].startswith("is required"):

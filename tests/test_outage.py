@@ -410,7 +410,7 @@ async def test_a_frozen_postgres_gets_503s_not_500s_then_all_recovers(
 
 #: Each process's connections, by role: its pool, and its dedicated ones (LISTEN, the relay's lock).
 CONNECTIONS = {
-    "api_server": {"pool", "namespace-acls", "cache-guard", "cache-fence"},
+    "api_server": {"pool", "namespace-acls", "cache-guard", "cache-fence", "retention"},
     "notifier": {"pool", "watch-pool", "namespace-acls", "hub", "relay"},
     "expiry_worker": {"pool", "expiry"},
 }

@@ -303,6 +303,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "ok": {"type": "boolean", "description": "true when every sealed row and the chain's head verify"},
             "checked": {"type": "integer", "description": "rows verified (before the first bad one)"},
+            "firstSeq": {"type": "integer", "description": "the first seq verified (1, or after the newest prune)"},
             "headSeq": {"type": "integer"},
             "headSealedSeq": {
                 "type": ["integer", "null"],
@@ -320,7 +321,16 @@ SCHEMAS: dict[str, Any] = {
                 "description": "fromSeq, throughSeq: the last rows, appended by a process that does not "
                 "seal the head (the previous release, during a rolling upgrade)",
             },
+            "pruned": {
+                "type": ["object", "null"],
+                "description": "seq, at, throughSeq, rows, before: the newest prune record (retention), which "
+                "verification starts after; null when nothing was pruned",
+            },
             "checkpoints": {"type": "integer"},
+            "checkpointsPruned": {
+                "type": "integer",
+                "description": "checkpoints older than the prune's anchor, which can no longer be checked",
+            },
             "unauditedBeforeChain": {"type": "integer"},
             "finding": {
                 "type": ["object", "null"],

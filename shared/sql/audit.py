@@ -67,11 +67,13 @@ SELECT id, {SEALED} FROM audit_log
 LAST_UNSEALED_ID = "SELECT max(id) FROM audit_log WHERE seq IS NULL"
 
 #: Every version of a key (``key_history``) that no audit row records as written (same key and
-#: version, outcome ok), in a fixed order, with its time. One statement: one snapshot, and a change
+#: version, outcome ok), in a fixed order, with its time; only those written at ``since`` or later
+#: when it is given (after a prune: shared/auditprune.py). One statement: one snapshot, and a change
 #: commits its version and its audit row together, so a write in flight is never half seen.
 UNAUDITED_VERSIONS = """
 SELECT h.key, h.version, h.at FROM key_history h
- WHERE NOT EXISTS (
+ WHERE (%(since)s::timestamptz IS NULL OR h.at >= %(since)s)
+   AND NOT EXISTS (
        SELECT 1 FROM audit_log a WHERE a.key = h.key AND a.version = h.version AND a.outcome = 'ok')
  ORDER BY h.key COLLATE "C", h.version
 """
@@ -86,4 +88,42 @@ SELECT id, at, actor, action, key, version, outcome, request_id, seq IS NOT NULL
    AND (%(before_at)s::timestamptz IS NULL OR (at, id) < (%(before_at)s, %(before_id)s::bigint))
  ORDER BY at DESC, id DESC
  LIMIT %(limit)s
+"""
+
+# --- retention (shared/auditprune.py, shared/retention.py) -----------------------------------------
+
+#: The newest few of the chain's own records of one kind (``actor`` system:audit, so the index on
+#: (actor, at, id) finds them among millions), newest first; the caller takes the highest seq.
+LATEST_RECORDS = f"""
+SELECT id, seq, {SEALED}, {LINKED}, mac, mac_key FROM audit_log
+ WHERE actor = %(actor)s AND action = %(action)s AND seq IS NOT NULL
+ ORDER BY at DESC, id DESC
+ LIMIT %(limit)s
+"""
+
+#: The oldest of the chain's own records of one kind (the genesis, for ``audit.adopt``).
+FIRST_RECORD = f"""
+SELECT id, seq, {SEALED}, {LINKED}, mac, mac_key FROM audit_log
+ WHERE actor = %(actor)s AND action = %(action)s AND seq IS NOT NULL
+ ORDER BY at, id
+ LIMIT 1
+"""
+
+#: Deleting pruned rows (seq up to a prune record's anchor) waits for no verification in progress: each
+#: batch takes this lock exclusively (``pg_try_advisory_xact_lock``, never waiting), ``verify`` holds it
+#: shared for its whole walk (on a session, so a long walk never sits idle in a transaction).
+PRUNE_DELETE_LOCK = 0x44594E56  # "DYNV"
+TRY_DELETE_LOCK = f"SELECT pg_try_advisory_xact_lock({PRUNE_DELETE_LOCK})"
+HOLD_AGAINST_DELETES = f"SELECT pg_advisory_lock_shared({PRUNE_DELETE_LOCK})"
+RELEASE_AGAINST_DELETES = f"SELECT pg_advisory_unlock_shared({PRUNE_DELETE_LOCK})"
+
+#: One batch of the oldest sealed rows a prune record removed (seq up to ``through``): a short
+#: transaction on the unique index on seq, touching no row a writer touches; how many went.
+DELETE_PRUNED = """
+WITH gone AS (
+    DELETE FROM audit_log WHERE id IN (
+        SELECT id FROM audit_log WHERE seq <= %(through)s ORDER BY seq LIMIT %(limit)s
+    ) RETURNING 1
+)
+SELECT count(*) FROM gone
 """

@@ -11,3 +11,35 @@ SELECT version, event, value_enc, actor, at, read_entries, read_owner FROM key_h
 ONE = """
 SELECT event, value_enc, read_entries, read_owner FROM key_history WHERE key = %(key)s AND version = %(version)s
 """
+
+#: A key's current version and this many past versions are kept whatever their age (SPEC §8).
+KEEP_PAST = 10
+
+#: Retention (shared/retention.py): the next ``limit`` versions older than ``before`` in (at, key,
+#: version) order after the cursor ``after_*`` (all NULL: from the oldest), of which those that are
+#: neither among their key's current and ``KEEP_PAST`` newest past versions (versions are numbered
+#: 1, 2, 3… per key, so that is ``version < current - KEEP_PAST``) nor still in the change log (its
+#: outbox row not yet pruned: replay and polling join it to its history row) are deleted. Returns how
+#: many went, how many were looked at, and the cursor for the next batch. Walks an index on
+#: key_history (at) (migration 10) a batch at a time; without one each batch is a sequential scan.
+#: Versions are never written with an old time, so the rows it looks at are no writer's.
+PRUNE = f"""
+WITH scanned AS (
+    SELECT key, version, at, revision FROM key_history
+     WHERE at < %(before)s
+       AND (%(after_at)s::timestamptz IS NULL OR (at, key, version) > (%(after_at)s, %(after_key)s, %(after_version)s))
+     ORDER BY at, key, version
+     LIMIT %(limit)s
+), gone AS (
+    DELETE FROM key_history h
+     USING scanned s, keys k
+     WHERE h.key = s.key AND h.version = s.version AND k.key = s.key
+       AND s.version < k.version - {KEEP_PAST}
+       AND (s.revision IS NULL OR s.revision <= (SELECT pruned_through FROM relay_state))
+    RETURNING 1
+), last AS (
+    SELECT at, key, version FROM scanned ORDER BY at DESC, key DESC, version DESC LIMIT 1
+)
+SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM scanned), last.at, last.key, last.version
+  FROM (SELECT 1) AS one LEFT JOIN last ON true
+"""
