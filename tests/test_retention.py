@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import aiopg
 import pytest
-from support import drop_database, new_database, process_env
+from support import drop_database, migrated_database, new_database, process_env
 from test_audit_chain import audit_command, sql, write_traffic
 
 from api_server.retention import RETENTION, RETENTION_LOCK
@@ -177,7 +177,7 @@ TAMPERING = [
 async def test_tampering_after_a_prune_is_still_caught(
     pg_server: PostgresServer, make_client: Any, settings: Settings, token: Token, unique_prefix: str
 ) -> None:
-    url = new_database(pg_server)
+    url = migrated_database(pg_server)
     try:
         custom = settings.replace(postgres_url=url)
         await write_traffic(make_client, custom, token, unique_prefix)
