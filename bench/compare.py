@@ -20,7 +20,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -28,12 +27,12 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from devtools.devkeys import ensure_dev_keys, mint_token
-from devtools.services import PostgresServer, RedisServer, free_port, wait_healthy
+from devtools.devkeys import mint_token
+from devtools.services import free_port, wait_healthy
 
 from . import scale
+from .stack import private_folder, start_process, start_stores, stop
 
-ROOT = Path(__file__).resolve().parent.parent
 GEN = Path(__file__).resolve().parent / "gen"
 TICKS = os.sysconf("SC_CLK_TCK")
 CONCURRENCY = 64
@@ -176,30 +175,15 @@ class Systems:
 
     def __init__(self, base: Path, stack: ExitStack, api_processes: int = 1) -> None:
         self.base = base
-        pg = PostgresServer(base / "postgres", durable=True)
-        redis = RedisServer(base / "redis")
-        pg.start()
-        stack.callback(pg.stop)
-        redis.start()
-        stack.callback(redis.stop)
-        keys = ensure_dev_keys(base / "keys")
+        stores = start_stores(base, stack, durable=True)
+        pg, redis, keys = stores.pg, stores.redis, stores.keys
         self.admin_token = mint_token(keys.signing_key_path, keys.kid, "admin-user", ttl_seconds=7200)
         #: What the generators use: a plain user whom the namespace ACL of ``bench`` lets read and write
         #: (set below), as a service would be, so every request pays for its access checks.
         self.token = mint_token(keys.signing_key_path, keys.kid, CLIENT, ttl_seconds=7200)
         self.api_port, self.notifier_port = free_port(), free_port()
-        env = {
-            **os.environ,
-            "POSTGRES_URL": pg.url,
-            "REDIS_URL": redis.url,
-            "JWKS_URL": keys.jwks_url,
-            "ENCRYPTION_KEYS": keys.encryption_keys,
-            "RATE_LIMIT": "100000000",
-            "HOST": "127.0.0.1",
-            "LOG_LEVEL": "INFO",  # as deployed: the access log is on
-            "API_PORT": str(self.api_port),
-            "NOTIFIER_PORT": str(self.notifier_port),
-        }
+        # LOG_LEVEL INFO as deployed: the access log is on.
+        env = stores.env(log_level="INFO", API_PORT=str(self.api_port), NOTIFIER_PORT=str(self.notifier_port))
         if api_processes > 1:
             env["REUSE_PORT"] = "true"  # the API processes share one port; the kernel spreads connections
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -208,12 +192,7 @@ class Systems:
             *((n, "api_server", self.api_port) for n in names),
             ("notifier", "notifier", self.notifier_port),
         ]:
-            log = open(base / f"{name}.log", "ab")  # closed with the stack
-            stack.callback(log.close)
-            proc = subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT, stderr=log)
-            stack.callback(_stop, proc)
-            self.procs[name] = proc
-            wait_healthy(f"http://127.0.0.1:{port}", proc)
+            self.procs[name] = start_process(stack, module, env, port, log=base / f"{name}.log")
         self._put_json(f"/namespaces/{NAMESPACE}", {"acls": {"read": [CLIENT], "write": [CLIENT]}})
         self.etcd_port, peer = free_port(), free_port()
         etcd = subprocess.Popen(
@@ -231,7 +210,7 @@ class Systems:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        stack.callback(_stop, etcd)
+        stack.callback(stop, etcd)
         self.procs["etcd"] = etcd
         wait_healthy(f"http://127.0.0.1:{self.etcd_port}", etcd)  # etcd serves /health too
         self.pids = {
@@ -269,16 +248,6 @@ def _pid(pid: int | None) -> int:
     if pid is None:
         raise RuntimeError("a server of the benchmark is not running")
     return pid
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # --- scenarios ------------------------------------------------------------------------------------
@@ -424,13 +393,7 @@ def main() -> None:
     targets = args.targets.split(",")
     seconds = 5.0 if args.quick else args.seconds
     ensure_generators()
-    base = Path(tempfile.mkdtemp(prefix="dynconfig-bench-"))
-    os.chmod(base, 0o755)
-    if os.geteuid() == 0:
-        import pwd
-
-        entry = pwd.getpwnam("postgres")
-        os.chown(base, entry.pw_uid, entry.pw_gid)
+    base = private_folder()
     results: dict[str, Any] = {}
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, base, True)

@@ -19,21 +19,18 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
+from contextlib import ExitStack
 from datetime import datetime
-from pathlib import Path
 
 import aiohttp
 
-from devtools.devkeys import ensure_dev_keys, mint_token
-from devtools.services import PostgresServer, RedisServer, free_port, wait_healthy
+from devtools.devkeys import mint_token
+from devtools.services import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+from .stack import start_process, stores
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -122,37 +119,12 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=300)
     parser.add_argument("--interval", type=float, default=0.02, help="seconds between updates")
     args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="dynconfig-bench-"))
-    os.chmod(base, 0o755)
-    pg = PostgresServer(base / "postgres")
-    redis = RedisServer(base / "redis")
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        if os.geteuid() == 0:
-            import pwd
-
-            entry = pwd.getpwnam("postgres")
-            os.chown(base, entry.pw_uid, entry.pw_gid)
-        pg.start()
-        redis.start()
-        keys = ensure_dev_keys(base / "keys")
+    with stores() as local, ExitStack() as running:
+        keys = local.keys
         ports = {"api_server": free_port(), "notifier": free_port()}
-        env = {
-            **os.environ,
-            "POSTGRES_URL": pg.url,
-            "REDIS_URL": redis.url,
-            "JWKS_URL": keys.jwks_url,
-            "ENCRYPTION_KEYS": keys.encryption_keys,
-            "RATE_LIMIT": "1000000",
-            "HOST": "127.0.0.1",
-            "LOG_LEVEL": "WARNING",
-            "API_PORT": str(ports["api_server"]),
-            "NOTIFIER_PORT": str(ports["notifier"]),
-        }
-        for module in ("api_server", "notifier"):
-            proc = subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT)
-            procs.append(proc)
-            wait_healthy(f"http://127.0.0.1:{ports[module]}", proc)
+        env = local.env(API_PORT=str(ports["api_server"]), NOTIFIER_PORT=str(ports["notifier"]))
+        for module, port in ports.items():
+            start_process(running, module, env, port)
         token = mint_token(keys.signing_key_path, keys.kid, "admin-user", ttl_seconds=3600)
         result = asyncio.run(
             _run(
@@ -172,17 +144,6 @@ def main() -> None:
                 f"{name:18} n={row['n']:6d}  p50={row['p50']:7.1f}  p90={row['p90']:7.1f}  "
                 f"p99={row['p99']:7.1f}  max={row['max']:7.1f}"
             )
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        redis.stop()
-        pg.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

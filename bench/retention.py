@@ -17,22 +17,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
+from contextlib import ExitStack
 
 import aiohttp
 import psycopg2
 
-from devtools.devkeys import ensure_dev_keys, mint_token
-from devtools.services import PostgresServer, RedisServer, free_port, wait_healthy
+from devtools.devkeys import mint_token
+from devtools.services import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+from .stack import ROOT, start_process, stores
+
 TABLES = ("audit_log", "key_history", "outbox")
 #: (rows, bytes with indexes and TOAST) by table.
 Sizes = dict[str, tuple[int, int]]
@@ -135,41 +133,19 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=200)
     parser.add_argument("--sample", type=float, default=30.0, help="seconds between size samples")
     args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="dynconfig-bench-"))
-    os.chmod(base, 0o755)
-    pg = PostgresServer(base / "postgres")
-    redis = RedisServer(base / "redis")
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        if os.geteuid() == 0:
-            import pwd
-
-            entry = pwd.getpwnam("postgres")
-            os.chown(base, entry.pw_uid, entry.pw_gid)
-        pg.start()
-        redis.start()
-        keys = ensure_dev_keys(base / "keys")
+    with stores() as local, ExitStack() as running:
+        pg, keys = local.pg, local.keys
         ports = {"api_server": free_port(), "notifier": free_port()}
-        env = {
-            **os.environ,
-            "POSTGRES_URL": pg.url,
-            "REDIS_URL": redis.url,
-            "JWKS_URL": keys.jwks_url,
-            "ENCRYPTION_KEYS": keys.encryption_keys,
-            "RATE_LIMIT": "100000000",
-            "HOST": "127.0.0.1",
-            "LOG_LEVEL": "WARNING",
-            "API_PORT": str(ports["api_server"]),
-            "NOTIFIER_PORT": str(ports["notifier"]),
-            "AUDIT_RETENTION_SECONDS": str(args.retention),
-            "HISTORY_RETENTION_SECONDS": str(args.retention),
-            "RETENTION_INTERVAL_SECONDS": "10",
-            "CHANGELOG_RETENTION_SECONDS": "60",
-        }
-        for module in ("api_server", "notifier"):
-            proc = subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT)
-            procs.append(proc)
-            wait_healthy(f"http://127.0.0.1:{ports[module]}", proc)
+        env = local.env(
+            API_PORT=str(ports["api_server"]),
+            NOTIFIER_PORT=str(ports["notifier"]),
+            AUDIT_RETENTION_SECONDS=str(args.retention),
+            HISTORY_RETENTION_SECONDS=str(args.retention),
+            RETENTION_INTERVAL_SECONDS="10",
+            CHANGELOG_RETENTION_SECONDS="60",
+        )
+        for module, port in ports.items():
+            start_process(running, module, env, port)
         token = mint_token(keys.signing_key_path, keys.kid, "admin-user", ttl_seconds=int(args.minutes * 60) + 3600)
         print(
             f"retention {args.retention} s (audit, history), change log 60 s; load {args.writes:g} writes/s and "
@@ -195,17 +171,6 @@ def main() -> None:
         per_row(pg.url)
         if done.returncode != 0 or counts["errors"]:
             raise SystemExit(1)
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        redis.stop()
-        pg.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
