@@ -161,7 +161,11 @@ async def _poll(self: aiopg.Connection, waiter: asyncio.Future[None], timeout: f
     assert waiter is self._waiter, (waiter, self._waiter)
     self._ready(self._weakref)  # type: ignore[attr-defined]
     try:
-        await asyncio.wait_for(self._waiter, timeout)
+        # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that lands in the loop step
+        # the answer does, and a listener's task then runs on after its cancel_and_wait (every test
+        # app's teardown waited 2 s for the second cancel; a shutdown would too).
+        async with asyncio.timeout(timeout):
+            await self._waiter
     except (asyncio.CancelledError, TimeoutError):
         await asyncio.shield(self.close())
         raise
