@@ -173,7 +173,7 @@ def ensure_generators() -> None:
 class Systems:
     """DynConfig (Postgres, Redis, api_server, notifier) and etcd, running on loopback."""
 
-    def __init__(self, base: Path, stack: ExitStack, api_processes: int = 1) -> None:
+    def __init__(self, base: Path, stack: ExitStack, api_processes: int = 1, etcd: bool = True) -> None:
         self.base = base
         stores = start_stores(base, stack, durable=True)
         pg, redis, keys = stores.pg, stores.redis, stores.keys
@@ -194,12 +194,23 @@ class Systems:
         ]:
             self.procs[name] = start_process(stack, module, env, port, log=base / f"{name}.log")
         self._put_json(f"/namespaces/{NAMESPACE}", {"acls": {"read": [CLIENT], "write": [CLIENT]}})
+        self.pids = {
+            "api_server": [self.procs[name].pid for name in names],
+            "notifier": [self.procs["notifier"].pid],
+            "postgres": [_pid(pg.pid)],
+            "redis": [_pid(redis.pid)],
+        }
+        self.etcd_port = 0
+        if etcd:  # only when it is a target: a DynConfig-only run needs no etcd on the machine
+            self._start_etcd(stack)
+
+    def _start_etcd(self, stack: ExitStack) -> None:
         self.etcd_port, peer = free_port(), free_port()
         etcd = subprocess.Popen(
             [
                 "etcd",
                 "--name=bench",
-                f"--data-dir={base / 'etcd'}",
+                f"--data-dir={self.base / 'etcd'}",
                 f"--listen-client-urls=http://127.0.0.1:{self.etcd_port}",
                 f"--advertise-client-urls=http://127.0.0.1:{self.etcd_port}",
                 f"--listen-peer-urls=http://127.0.0.1:{peer}",
@@ -213,13 +224,7 @@ class Systems:
         stack.callback(stop, etcd)
         self.procs["etcd"] = etcd
         wait_healthy(f"http://127.0.0.1:{self.etcd_port}", etcd)  # etcd serves /health too
-        self.pids = {
-            "api_server": [self.procs[name].pid for name in names],
-            "notifier": [self.procs["notifier"].pid],
-            "postgres": [_pid(pg.pid)],
-            "redis": [_pid(redis.pid)],
-            "etcd": [etcd.pid],
-        }
+        self.pids["etcd"] = [etcd.pid]
 
     def _put_json(self, path: str, body: dict[str, Any]) -> None:
         """PUT ``body`` to the API as the admin."""
@@ -272,9 +277,9 @@ def http_load(
     return result
 
 
-def preload(systems: Systems, prefix: str) -> None:
-    """``READ_KEYS`` keys (``prefix.0`` …) in both systems, for the read runs."""
-    for target in ("dynconfig", "etcd"):
+def preload(systems: Systems, prefix: str, targets: list[str]) -> None:
+    """``READ_KEYS`` keys (``prefix.0`` …) in each target, for the read runs."""
+    for target in targets:
         config = {
             "target": target,
             "mode": "fill",
@@ -397,7 +402,7 @@ def main() -> None:
     results: dict[str, Any] = {}
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, base, True)
-        systems = Systems(base, stack, args.api_processes)
+        systems = Systems(base, stack, args.api_processes, etcd="etcd" in targets)
         meter = Meter(systems.pids, args.profile)
         for target in targets:
             if "writes" in groups:
@@ -408,7 +413,7 @@ def main() -> None:
                     systems, meter, target, "write-hot", seconds, "bench.h"
                 )
         if "reads" in groups:
-            preload(systems, "bench.r")
+            preload(systems, "bench.r", targets)
             for target in targets:
                 results.setdefault("reads, 64 clients, 1,000 keys", {})[target] = http_load(
                     systems, meter, target, "read", seconds, "bench.r"
