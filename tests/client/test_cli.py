@@ -25,7 +25,7 @@ from support import LineReader
 from devtools.devkeys import ensure_dev_keys
 from devtools.services import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 Token = Callable[..., str]
 Run = Callable[..., subprocess.CompletedProcess[str]]
 

@@ -15,7 +15,7 @@ from dynconfig_client.models import EventKind as ClientEventKind
 from shared.events import EventKind
 from shared.migrations import MIGRATIONS
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_client_and_server_kinds_agree() -> None:

@@ -1,9 +1,9 @@
-"""``python tests/release_check.py DIST``: is what ``python -m build`` wrote to DIST a release?
+"""``python tests/ops/release_check.py DIST``: is what ``python -m build`` wrote to DIST a release?
 
 One wheel and one sdist of the project's version (setup.cfg's, resolved as setuptools resolves it,
 ``attr:`` included), the wheel holding every package setup.cfg ships and the web console's static
 files, both holding the LICENSE, and the wheel's console scripts those of setup.cfg. .ci/run runs it
-on the artifacts it builds; tests/test_release.py runs it on a build of its own and on broken copies.
+on the artifacts it builds; tests/ops/test_release.py runs it on a build of its own and on broken copies.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from setuptools import find_packages
 from setuptools.config.setupcfg import read_configuration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONSOLE_STATIC = Path("api_server") / "console" / "static"
 
 
@@ -79,7 +79,7 @@ def dist_problems(dist: Path, root: Path = ROOT) -> list[str]:
 
 def main() -> None:
     if len(sys.argv) != 2:
-        raise SystemExit("usage: python tests/release_check.py DIST")
+        raise SystemExit("usage: python tests/ops/release_check.py DIST")
     problems = dist_problems(Path(sys.argv[1]))
     for problem in problems:
         print(f"release: {problem}", file=sys.stderr)

@@ -39,7 +39,7 @@ from shared.auditverify import Checkpoint
 from shared.settings import Settings
 from shared.sql import changelog as changelog_sql
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "admin-user"
 Token = Callable[..., str]
 Json = dict[str, Any]

@@ -22,7 +22,7 @@ from yarl import URL
 
 from dynconfig_client import Client
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 ADMIN = "admin-user"
 WAIT_MS = 10_000

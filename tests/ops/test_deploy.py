@@ -5,7 +5,7 @@ No container engine or cluster is needed: the kustomizations are rendered here (
 few kustomize features deploy/ uses; anything else is refused) and compared with ``kubectl kustomize``
 where it is installed; every object is validated against the Kubernetes schemas bundled with
 ``kubernetes-validate`` (strict: unknown fields fail), or, for a custom resource (CloudNativePG, Gateway
-API, Prometheus Operator), against the schema vendored from its CRD under tests/crds/ (also strict);
+API, Prometheus Operator), against the schema vendored from its CRD under tests/ops/crds/ (also strict);
 and the values the manifests give the processes are parsed by ``Settings.from_env`` itself.
 Each check returns the problems it found; the ``*_catches_*`` tests feed it a broken copy to show
 that it can fail.
@@ -41,7 +41,7 @@ from shared.migrate import load_settings as load_migrate_settings
 from shared.serve import SHUTDOWN_TIMEOUT_SECONDS
 from shared.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 BASE = K8S / "base"
@@ -50,7 +50,7 @@ PRODUCTION = K8S / "overlays" / "production"
 MONITORING = K8S / "components" / "monitoring"
 GATEWAY_API = K8S / "components" / "gateway-api"
 INGRESS_NGINX = K8S / "components" / "ingress-nginx"
-#: Custom resources' schemas, vendored from their CRDs: tests/crds/README.md says where each came from.
+#: Custom resources' schemas, vendored from their CRDs: tests/ops/crds/README.md says where each came from.
 CRD_SCHEMAS = Path(__file__).resolve().parent / "crds"
 COMPOSE = DEPLOY / "docker-compose.yml"
 NGINX = DEPLOY / "nginx.conf"
@@ -392,7 +392,7 @@ def test_kustomization_check_catches_an_unlisted_manifest(tmp_path: Path) -> Non
 
 
 def crd_schema(doc: dict[str, Any]) -> dict[str, Any] | None:
-    """The vendored schema of a custom resource (tests/crds/<group>_<version>_<Kind>.json), if any."""
+    """The vendored schema of a custom resource (tests/ops/crds/<group>_<version>_<Kind>.json), if any."""
     group, _, version = doc["apiVersion"].rpartition("/")
     path = CRD_SCHEMAS / f"{group}_{version}_{doc['kind']}.json"
     return json.loads(path.read_text()) if group and path.exists() else None

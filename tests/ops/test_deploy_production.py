@@ -1,5 +1,5 @@
 """deploy/k8s/overlays/production and the components it uses, checked for what they mean rather than
-their shape (tests/test_deploy.py renders and validates them): the Gateway API routes against the
+their shape (tests/ops/test_deploy.py renders and validates them): the Gateway API routes against the
 apps' own routes, the NetworkPolicies evaluated for who gets through, CloudNativePG wired to the
 processes, zones, the notifier's autoscaling, and the Grafana dashboard's series. Each check returns
 the problems it found; the ``*_catches_*`` tests feed it a broken copy.

@@ -36,7 +36,7 @@ from shared.settings import parse_jwks_url, parse_keyring
 if TYPE_CHECKING:
     from tests.conftest import JwksServer
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:

@@ -24,7 +24,7 @@ from support import CHROMIUM_LAUNCH, LineReader
 
 from devtools.services import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # The interpreter .venv was made from: what `python` is for someone who has not activated .venv.
 PLAIN_PYTHON = getattr(sys, "_base_executable", sys.executable)
 

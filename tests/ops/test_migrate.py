@@ -21,7 +21,7 @@ from devtools.services import free_port
 from shared.migrate import MigrationError, migrate
 from shared.migrations import MIGRATIONS, Migration
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LAST = MIGRATIONS[-1].version
 ALL = ", ".join(str(m.version) for m in MIGRATIONS)
 #: The migration built outside a transaction (CREATE INDEX CONCURRENTLY), and its index.

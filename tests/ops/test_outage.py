@@ -39,7 +39,7 @@ from shared.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("redis_server")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PROCESSES = ("api_server", "notifier", "expiry_worker")
 #: How long a process gets to notice Postgres going or coming back (its checks answer within 2 s; its
 #: listeners reconnect with a backoff capped at 5 s).

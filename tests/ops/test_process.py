@@ -32,7 +32,7 @@ from shared.version import SCHEMA_MAX, SCHEMA_MIN, VERSION
 if TYPE_CHECKING:
     from tests.conftest import JwksServer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 20.0
 QUICK_EXIT_TIMEOUT = 15.0
 

@@ -1,5 +1,5 @@
 """``python -m build`` makes a release: a wheel and an sdist of the project's version that hold every
-package, the console's static files and the LICENSE (tests/release_check.py; .ci/run runs the same
+package, the console's static files and the LICENSE (tests/ops/release_check.py; .ci/run runs the same
 check on the artifacts CI builds)."""
 
 from __future__ import annotations
@@ -89,9 +89,9 @@ def test_release_check_catches_a_version_that_is_not_the_projects(dist: Path, tm
 
 
 def test_release_check_runs_as_ci_runs_it(dist: Path, tmp_path: Path) -> None:
-    ok = subprocess.run([sys.executable, str(ROOT / "tests" / "release_check.py"), str(dist)], capture_output=True)
+    ok = subprocess.run([sys.executable, str(ROOT / "tests" / "ops" / "release_check.py"), str(dist)], capture_output=True)
     assert ok.returncode == 0, ok.stderr
     empty = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "release_check.py"), str(tmp_path)], capture_output=True, text=True
+        [sys.executable, str(ROOT / "tests" / "ops" / "release_check.py"), str(tmp_path)], capture_output=True, text=True
     )
     assert empty.returncode == 1 and "expected one wheel and one sdist" in empty.stderr

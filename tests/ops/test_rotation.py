@@ -34,7 +34,7 @@ from dynconfig_client import Client, ConnectionFailed, EventStream
 from shared.crypto import Keyring
 from shared.settings import Settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ADMIN = "admin-user"
 WRITERS = 4
 KEYS_PER_WRITER = 5

@@ -95,5 +95,5 @@ async def _wait_listening(port: int) -> None:
 
 def test_the_compose_front_door_hides_its_version() -> None:
     """nginx answers ``Server: nginx/1.x`` unless told otherwise."""
-    text = (Path(__file__).resolve().parent.parent / "deploy" / "nginx.conf").read_text()
+    text = (Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf").read_text()
     assert "server_tokens off;" in text

@@ -1,6 +1,6 @@
 """Upgrades (SPEC §1): one version, the schemas a release works with, and one-off commands that read
 only the settings they use and never migrate. The rolling upgrade itself, old and new code side by
-side under load, is tests/test_version_skew.py; the migration command is tests/test_migrate.py."""
+side under load, is tests/ops/test_version_skew.py; the migration command is tests/ops/test_migrate.py."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from shared.migrations import MIGRATIONS, Migration
 from shared.settings import Settings, SettingsError
 from shared.version import SCHEMA_MAX, SCHEMA_MIN, VERSION
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LAST = MIGRATIONS[-1].version
 ADMIN = "admin-user"
 PROCESSES = ("api_server", "notifier", "expiry_worker")

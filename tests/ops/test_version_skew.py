@@ -35,7 +35,7 @@ from support import process_env
 from devtools.services import free_port
 from shared.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: The previous release's code: the end of step 8 (0.1.0), the last commit before schema 9, whose
 #: processes still migrate at start. Move it to the previous release's tag when a release ships.
 PREVIOUS_RELEASE = "d568c83"

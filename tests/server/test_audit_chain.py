@@ -29,7 +29,7 @@ from shared.auditchain import AuditChain
 from shared.auditverify import verify
 from shared.settings import Settings, SettingsError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 Token = Callable[..., str]
 ADMIN = "admin-user"
 

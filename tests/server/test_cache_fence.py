@@ -2,7 +2,7 @@
 changes a writer sent no notice for (the previous release's, during a rolling upgrade) read from the
 outbox, and a floor that moves up so that an entry older than the window is never trusted again.
 The end-to-end case (Redis going back to an older state under two real replicas) is in
-tests/test_read_your_writes.py."""
+tests/server/test_read_your_writes.py."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from shared.settings import Settings
 if TYPE_CHECKING:
     from tests.conftest import JwksServer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "schemathesis.toml"
 SEED = 20261127
 METHODS = ("get", "put", "post", "patch", "delete", "head", "options", "trace")

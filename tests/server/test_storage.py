@@ -1,6 +1,6 @@
 """What a write leaves in Postgres and Redis: rows, ciphertext, cache behaviour, re-encryption, connections.
 
-Migrations are tested in tests/test_migrate.py."""
+Migrations are tested in tests/ops/test_migrate.py."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from shared.settings import Settings
 from tests.conftest import TEST_ENCRYPTION_KEYS, process_env
 
 Client = TestClient[Any, Any]
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture
