@@ -89,9 +89,8 @@ def test_release_check_catches_a_version_that_is_not_the_projects(dist: Path, tm
 
 
 def test_release_check_runs_as_ci_runs_it(dist: Path, tmp_path: Path) -> None:
-    ok = subprocess.run([sys.executable, str(ROOT / "tests" / "ops" / "release_check.py"), str(dist)], capture_output=True)
+    script = str(ROOT / "tests" / "ops" / "release_check.py")
+    ok = subprocess.run([sys.executable, script, str(dist)], capture_output=True)
     assert ok.returncode == 0, ok.stderr
-    empty = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "ops" / "release_check.py"), str(tmp_path)], capture_output=True, text=True
-    )
+    empty = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True)
     assert empty.returncode == 1 and "expected one wheel and one sdist" in empty.stderr
