@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import inspect
 import ipaddress
 import json
 import os
@@ -11,8 +12,9 @@ import queue
 import shutil
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import uuid4
 
 import aiopg
@@ -23,6 +25,62 @@ from cryptography.x509.oid import NameOID
 
 if TYPE_CHECKING:
     from shared.settings import Settings
+
+T = TypeVar("T")
+
+
+def _describe(what: str | Callable[[], str]) -> str:
+    return what() if callable(what) else what
+
+
+async def eventually(
+    predicate: Callable[[], T | Awaitable[T]],
+    timeout: float = 10.0,
+    what: str | Callable[[], str] = "the condition",
+    *,
+    interval: float = 0.05,
+    ignoring: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Call ``predicate`` (plain or async) every ``interval`` s until it answers something truthy, and
+    return that answer. After ``timeout`` s without one: AssertionError naming ``what`` (a string, or
+    a function called then, for a message that shows the state at the end). An exception in
+    ``ignoring`` counts as a falsy answer (e.g. ``aiohttp.ClientError`` while a process starts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            answer = predicate()
+            if inspect.isawaitable(answer):
+                answer = await answer
+        except ignoring:
+            answer = None
+        if answer:
+            return answer  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout} s: {_describe(what)}")
+        await asyncio.sleep(interval)
+
+
+def eventually_sync(
+    predicate: Callable[[], T],
+    timeout: float = 10.0,
+    what: str | Callable[[], str] = "the condition",
+    *,
+    interval: float = 0.05,
+    ignoring: tuple[type[BaseException], ...] = (),
+) -> T:
+    """:func:`eventually` for plain (non-async) tests and threads: the same, with ``time.sleep``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            answer = predicate()
+        except ignoring:
+            answer = None  # type: ignore[assignment]
+        if answer:
+            return answer
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout} s: {_describe(what)}")
+        time.sleep(interval)
+
 
 #: Debian's Chromium for Playwright (its own browser download does not work here): headless, and
 #: nothing that reaches for Google's hosts (the machine's network is closed).
@@ -84,15 +142,13 @@ async def wait_caught_up(pg: aiopg.Pool, server: Any, timeout: float = 10.0) -> 
     (an aiohttp TestServer), so a watcher that connects now is not sent changes made before it."""
     from notifier.main import HUB  # late: importing the notifier is not free
 
-    deadline = time.monotonic() + timeout
-    while True:
+    async def caught_up() -> bool:
         async with pg.acquire() as conn, conn.cursor() as cur:
             await cur.execute("SELECT (SELECT count(*) FROM outbox WHERE revision IS NULL), head FROM relay_state")
             pending, head = await cur.fetchone()
-        if pending == 0 and server.app[HUB].last >= head:
-            return
-        assert time.monotonic() < deadline, "notifier did not catch up with the change log"
-        await asyncio.sleep(0.01)
+        return bool(pending == 0 and server.app[HUB].last >= head)
+
+    await eventually(caught_up, timeout, "notifier caught up with the change log", interval=0.01)
 
 
 class WatchRecorder:
@@ -174,15 +230,18 @@ async def first_health(proc: Any, timeout: float = 30.0) -> tuple[int, dict[str,
     e.g. one that must never become ready."""
     import aiohttp
 
-    deadline = time.monotonic() + timeout
-    while True:
+    async def health() -> tuple[int, dict[str, Any]]:
         assert proc.popen.poll() is None, f"{proc.name} exited:\n{proc.log()[-2000:]}"
-        try:
-            async with aiohttp.ClientSession() as session, session.get(f"{proc.url}/health") as resp:
-                return resp.status, await resp.json()
-        except aiohttp.ClientError:
-            assert time.monotonic() < deadline, f"{proc.name} never answered /health:\n{proc.log()[-2000:]}"
-            await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession() as session, session.get(f"{proc.url}/health") as resp:
+            return resp.status, await resp.json()
+
+    return await eventually(
+        health,
+        timeout,
+        lambda: f"{proc.name} answering /health:\n{proc.log()[-2000:]}",
+        interval=0.1,
+        ignoring=(aiohttp.ClientError,),
+    )
 
 
 class LineReader:

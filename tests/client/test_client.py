@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import pytest
+from support import eventually
 
 from devtools.services import free_port
 from dynconfig_client.client import UNSET, Client, watch_url
@@ -42,16 +42,6 @@ async def api(base_url: str, token: Token) -> AsyncIterator[Client]:
     """A Client for the admin."""
     async with Client(base_url, token()) as c:
         yield c
-
-
-async def _eventually(probe: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await probe()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 # --- keys ------------------------------------------------------------------------------------------
@@ -341,7 +331,7 @@ async def test_poll_returns_events_after_a_revision(api: Client, notifier_server
         result = await api.poll(0, namespace=unique_prefix)
         return result if result.events else None
 
-    result = await _eventually(first_event)
+    result = await eventually(first_event, 10, "the update in a poll")
     [event] = result.events
     revision = event["revision"]
     assert event == {
@@ -361,7 +351,7 @@ async def test_poll_returns_events_after_a_revision(api: Client, notifier_server
         result = await api.poll(revision, namespace=unique_prefix)
         return result if result.events else None
 
-    [deleted] = (await _eventually(second_event)).events
+    [deleted] = (await eventually(second_event, 10, "the delete in a poll")).events
     assert (deleted["event"], deleted["key"], deleted["version"], "value" in deleted) == ("delete", key, 2, False)
     assert deleted["revision"] > revision
 
@@ -394,7 +384,7 @@ async def test_audit_iterates_pages_of_records(api: Client, unique_prefix: str) 
         found = [r async for r in api.audit(key=key, limit=1)]
         return found if {r.action for r in found} >= {"create", "read"} else None
 
-    found = await _eventually(records, timeout=5)
+    found = await eventually(records, 5, "the create and the read in the audit")
     assert all(isinstance(r, AuditRecord) and r.key == key and r.actor == "admin-user" for r in found)
     [create] = [r for r in found if r.action == "create"]
     assert (create.version, create.outcome) == (1, "ok")

@@ -18,6 +18,7 @@ from typing import Any
 import aiopg
 import pytest
 from aiohttp.test_utils import TestClient
+from support import eventually
 
 from dynconfig_client.disk_cache import CacheState, DiskCache, Entry
 from dynconfig_client.errors import BadRequest
@@ -56,22 +57,17 @@ def view_state(live: LiveConfig, keys: list[str]) -> dict[str, tuple[Any, int | 
     return {key: (live[key], live.version(key)) for key in keys if key in live}
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 async def converged(api: Api, live: LiveConfig, keys: list[str], timeout: float = TIMEOUT) -> dict[str, Any]:
     """Wait until the view equals GET for every key (and nothing else under the prefix); GET's state."""
-    deadline = time.monotonic() + timeout
-    while True:
+    expected: dict[str, Any] = {}
+
+    async def same() -> bool:
+        nonlocal expected
         expected = await api.state(keys)
-        if view_state(live, keys) == expected and len(live) == len(expected):
-            return expected
-        assert time.monotonic() < deadline, f"view {view_state(live, keys)} != GET {expected}"
-        await asyncio.sleep(0.05)
+        return view_state(live, keys) == expected and len(live) == len(expected)
+
+    await eventually(same, timeout, lambda: f"view {view_state(live, keys)} == GET {expected}")
+    return expected
 
 
 def ws_url(server: Any) -> str:
@@ -95,7 +91,7 @@ async def test_callbacks_get_old_and_new_values_for_put_patch_and_delete(
     async with LiveConfig(ws_url(notifier_server), token(), [f"{unique_prefix}.*"]) as live:
         assert await live.ready(timeout=TIMEOUT)
         assert live.source == "server" and live.connected
-        await wait_until(lambda: live.get(a) == "one")
+        await eventually(lambda: live.get(a) == "one", TIMEOUT, "the first value")
         everything, on_all = recorder()
         for_a, on_a = recorder()
         for_sub, on_sub = recorder()
@@ -105,7 +101,7 @@ async def test_callbacks_get_old_and_new_values_for_put_patch_and_delete(
         await api.write("PATCH", a, "two")
         await api.write("PUT", sub, {"n": 1})
         await api.write("DELETE", a)
-        await wait_until(lambda: len(everything) == 3)
+        await eventually(lambda: len(everything) == 3, TIMEOUT, "three changes")
         kinds = [(c.key, c.old, c.new, c.version, c.kind) for c in everything]
         assert kinds == [
             (a, "one", "two", 2, "update"),
@@ -138,7 +134,7 @@ async def test_expired_key_fires_an_expired_change(
         seen, record = recorder()
         live.on_key(key, record)
         await api.write("PUT", key, "soon gone", ttl=1)
-        await wait_until(lambda: len(seen) == 2, what="update then expired")
+        await eventually(lambda: len(seen) == 2, TIMEOUT, "update then expired")
     assert [(c.old, c.new, c.version, c.kind) for c in seen] == [
         (None, "soon gone", 1, "update"),
         ("soon gone", None, 2, "expired"),
@@ -170,7 +166,7 @@ async def test_async_callbacks_are_awaited_and_a_raising_callback_does_not_break
         live.on_key(key, slow)
         for value in range(3):
             await api.write("PUT", key, value)
-        await wait_until(lambda: len(awaited) == 3)
+        await eventually(lambda: len(awaited) == 3, TIMEOUT, "three awaited callbacks")
         assert awaited == [(None, 0), (0, 1), (1, 2)]
         assert live.get(key) == 2 and live.connected
     failures = [r for r in caplog.records if r.levelno == logging.ERROR and "callback" in r.getMessage()]
@@ -201,7 +197,7 @@ async def test_state_equals_get_after_notifier_sigkill_and_redis_restart_while_w
 
     async def writes_pass(count: int) -> None:
         target = writes + count
-        await wait_until(lambda: writes >= target, what=f"{count} more writes")
+        await eventually(lambda: writes >= target, TIMEOUT, f"{count} more writes")
 
     async with LiveConfig(url, token(), [f"{unique_prefix}.*"], backoff_max=1.0) as live:
         await live.ready(timeout=TIMEOUT)
@@ -212,7 +208,7 @@ async def test_state_equals_get_after_notifier_sigkill_and_redis_restart_while_w
             await writes_pass(10)
             proc.popen.kill()
             await asyncio.to_thread(proc.popen.wait)
-            await wait_until(lambda: not live.connected, what="the view to notice the dead notifier")
+            await eventually(lambda: not live.connected, TIMEOUT, "the view to notice the dead notifier")
             await writes_pass(10)
             await asyncio.to_thread(redis_server.stop)
             await writes_pass(10)
@@ -252,7 +248,7 @@ async def test_cold_start_from_the_disk_cache_while_the_server_is_down_then_catc
     await api.write("PUT", b, 2)
     async with LiveConfig(url, token(), [f"{unique_prefix}.*"], **options) as first:
         await first.ready(timeout=TIMEOUT)
-        await wait_until(lambda: first.get(a) == "secret-value-1" and first.get(b) == 2)
+        await eventually(lambda: first.get(a) == "secret-value-1" and first.get(b) == 2, TIMEOUT, "both values")
         saved_revision = first.revision
     assert stat.S_IMODE(cache_path.stat().st_mode) == 0o600
     assert b"secret-value-1" not in cache_path.read_bytes()
@@ -296,7 +292,7 @@ async def stale_cache(api: Api, url: str, token: Token, key: str, tmp_path: Path
     await api.write("PUT", key, "cached")
     async with LiveConfig(url, token(), [key], **options) as first:
         await first.ready(timeout=TIMEOUT)
-        await wait_until(lambda: first.get(key) == "cached")
+        await eventually(lambda: first.get(key) == "cached", TIMEOUT, "the first value")
     await api.write("PATCH", key, "fresh")
     return options
 
@@ -356,7 +352,7 @@ async def test_an_unreadable_cache_is_logged_and_ignored(
     ) as live:
         await live.ready(timeout=TIMEOUT)
         assert live.source == "server"
-        await wait_until(lambda: live.get(key) == "fresh")
+        await eventually(lambda: live.get(key) == "fresh", TIMEOUT, "the fresh value")
     assert any("wrong cache key or corrupt file" in r.getMessage() for r in caplog.records)
 
 
@@ -402,11 +398,12 @@ async def test_reset_swaps_in_the_snapshot_and_reports_vanished_keys_as_deletion
         await api.write("DELETE", b)
         await api.write("PUT", d, "d")
         sql = "SELECT (SELECT count(*) FROM outbox WHERE revision IS NULL), head, pruned_through FROM relay_state"
-        deadline = time.monotonic() + TIMEOUT
-        while (row := await pg_one(sql))[0]:
-            assert time.monotonic() < deadline, "the relay did not relay the writes"
-            await asyncio.sleep(0.02)
-        _, head, old_pruned = row
+
+        async def relayed() -> Any:
+            row = await pg_one(sql)
+            return None if row[0] else row
+
+        _, head, old_pruned = await eventually(relayed, TIMEOUT, "the relay relaying the writes", interval=0.02)
         assert (live.revision or 0) < head
         await pg_one("UPDATE relay_state SET pruned_through = %s", head)
         try:
@@ -439,7 +436,7 @@ async def test_typed_getters_convert_or_fall_back_to_the_default(
         await api.write("PUT", f"{p}.{name}", value)
     async with LiveConfig(ws_url(notifier_server), token(), [f"{p}.*"]) as live:
         await live.ready(timeout=TIMEOUT)
-        await wait_until(lambda: len(live) == len(values))
+        await eventually(lambda: len(live) == len(values), TIMEOUT, "every value")
         assert (live.get_bool(f"{p}.t"), live.get_bool(f"{p}.f"), live.get_bool(f"{p}.yes")) == (True, False, True)
         assert (live.get_int(f"{p}.i"), live.get_int(f"{p}.n")) == (42, 7)
         assert (live.get_float(f"{p}.x"), live.get_float(f"{p}.n")) == (3.5, 7.0)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from support import eventually_sync
 
 from dynconfig_client.live import Change
 from dynconfig_client.sync import SyncLiveConfig
@@ -34,13 +34,6 @@ def http(method: str, url: str, token: str, body: Any = None) -> tuple[int, Any]
         return exc.code, json.loads(exc.read())
 
 
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def live_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == THREAD]
 
@@ -59,13 +52,13 @@ def test_sync_facade_follows_changes_and_runs_callbacks_on_its_background_thread
 
     with SyncLiveConfig(f"ws://127.0.0.1:{notifier.port}/watch", lambda: token(ADMIN), [f"{unique_prefix}.*"]) as live:
         assert live.is_ready and live.source == "server"
-        wait_until(lambda: live.get(key) == "true", "the first value")
+        eventually_sync(lambda: live.get(key) == "true", TIMEOUT, "the first value")
         assert live.get_bool(key) is True and live.connected and isinstance(live.revision, int)
         assert (thread := live_threads()) and thread[0] is not threading.current_thread()
         live.on_key(key, record)
         assert http("PATCH", f"{api.url}/keys/{key}", admin, {"value": "false"})[0] == 200
         assert http("PUT", f"{api.url}/keys/{other}", admin, {"value": "12"})[0] == 201
-        wait_until(lambda: live.get_int(other) == 12, "the second write")
+        eventually_sync(lambda: live.get_int(other) == 12, TIMEOUT, "the second write")
         assert calls == [("true", "false", THREAD)]
         assert live.get_bool(key) is False and live.snapshot() == {key: "false", other: "12"}
         assert live.seconds_since_last_event is not None and live.seconds_since_last_event < TIMEOUT
@@ -96,7 +89,7 @@ def test_sync_start_prefers_the_server_over_a_stale_cache_and_falls_back_to_it(
     options: dict[str, Any] = {"cache_path": tmp_path / "config.cache", "cache_key": os.urandom(32)}
     assert http("PUT", f"{api.url}/keys/{key}", admin, {"value": "cached"})[0] == 201
     with SyncLiveConfig(url, admin, [key], **options) as first:
-        wait_until(lambda: first.get(key) == "cached", "the first value")
+        eventually_sync(lambda: first.get(key) == "cached", TIMEOUT, "the first value")
     assert http("PATCH", f"{api.url}/keys/{key}", admin, {"value": "fresh"})[0] == 200
 
     with SyncLiveConfig(url, admin, [key], **options) as live:  # start() waits until ready

@@ -27,6 +27,7 @@ import psycopg2
 import pytest
 import redis
 import redis.asyncio as aioredis
+from support import eventually, eventually_sync
 
 from devtools.devkeys import ensure_dev_keys, load_dev_keys, mint_token
 from devtools.services import PostgresServer, RedisServer, ServerError, free_port, port_in_use
@@ -294,13 +295,6 @@ def _up_env(up_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def test_up_runs_everything_and_stops_it_on_sigterm(up_dir: Path) -> None:
     pg_port, redis_port, api_port = free_port(), free_port(), free_port()
     env = _up_env(
@@ -310,7 +304,9 @@ def test_up_runs_everything_and_stops_it_on_sigterm(up_dir: Path) -> None:
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", _RUN_UP], cwd=REPO_ROOT, env=env, stdout=out, stderr=out)
     try:
-        _wait_for(lambda: "is up at" in log.read_text(), 60, f"the banner; log:\n{log.read_text()}")
+        eventually_sync(
+            lambda: "is up at" in log.read_text(), 60, lambda: f"the banner; log:\n{log.read_text()}", interval=0.1
+        )
         text = log.read_text()
         assert f"http://localhost:{api_port}" in text and "./dev/token --username admin-user" in text
 
@@ -529,10 +525,7 @@ async def test_front_door_passes_close_codes_and_reasons_both_ways(
         assert (await ws.receive_json(timeout=10))["event"] == "subscribed"
         assert len(connections) == 1
         await asyncio.wait_for(ws.close(code=4000, message=b"client going"), 10)
-        deadline = time.monotonic() + 10
-        while connections:
-            assert time.monotonic() < deadline, "the notifier kept the closed connection"
-            await asyncio.sleep(0.02)
+        await eventually(lambda: not connections, 10, "the notifier letting the closed connection go", interval=0.02)
 
 
 async def test_front_door_passes_a_refused_watch_handshake_on(

@@ -13,14 +13,13 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import CHROMIUM_LAUNCH, LineReader
+from support import CHROMIUM_LAUNCH, LineReader, eventually
 
 from devtools.services import free_port
 
@@ -173,10 +172,11 @@ async def test_readme_javascript_watch_runs_in_a_browser(
         await dialog.accept(admin)
 
     async def seen(what: Callable[[Any], bool]) -> None:
-        deadline = time.monotonic() + 15
-        while not any(isinstance(item, dict) and what(item) for item in logged):
-            assert time.monotonic() < deadline, f"the page logged only {logged}; its errors: {errors}"
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: any(isinstance(item, dict) and what(item) for item in logged),
+            15,
+            lambda: f"the page to log it; it logged only {logged}; its errors: {errors}",
+        )
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(**CHROMIUM_LAUNCH)

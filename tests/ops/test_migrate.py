@@ -10,12 +10,12 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
 import pytest
+from support import eventually_sync
 
 from devtools.services import free_port
 from shared.migrate import MigrationError, migrate
@@ -218,10 +218,12 @@ def test_a_migration_that_cannot_have_its_lock_lets_writers_through_and_gives_up
             cur.execute("SELECT count(*) FROM keys")
         migration = threading.Thread(target=run)
         migration.start()
-        deadline = time.monotonic() + 10
-        while not query(private_db, "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'ALTER TABLE keys%%'"):
-            assert time.monotonic() < deadline, "the migration never started waiting"
-            time.sleep(0.02)
+        eventually_sync(
+            lambda: query(private_db, "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'ALTER TABLE keys%%'"),
+            10,
+            "the migration waiting for its lock",
+            interval=0.02,
+        )
         with writer.cursor() as cur:  # waits behind the ALTER until it gives up, not behind the reader
             cur.execute(
                 "INSERT INTO keys (key, version, creator, created_at, last_modified) VALUES ('w', 1, 'a', now(), now())"

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,7 +24,7 @@ import aiopg
 import psycopg2
 import pytest
 import yaml
-from support import WatchRecorder
+from support import WatchRecorder, eventually
 
 from devtools.services import PostgresServer
 from shared.db import (
@@ -58,13 +57,16 @@ async def get_json(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
 
 async def health_becomes(session: aiohttp.ClientSession, base: str, status: int) -> dict[str, Any]:
     """Poll ``/health`` until it answers ``status``; its body."""
-    deadline = time.monotonic() + NOTICE_SECONDS
-    while True:
+    got, body = 0, None
+
+    async def answered() -> dict[str, Any] | None:
+        nonlocal got, body
         got, body = await get_json(session, f"{base}/health")
-        if got == status:
-            return dict(body)
-        assert time.monotonic() < deadline, f"{base}/health still {got} {body} after {NOTICE_SECONDS:.0f} s"
-        await asyncio.sleep(0.2)
+        return dict(body) if got == status else None  # a /health body is never empty
+
+    return await eventually(
+        answered, NOTICE_SECONDS, lambda: f"{base}/health answering {status}; still {got} {body}", interval=0.2
+    )
 
 
 def assert_unavailable(status: int, headers: Any, body: Any, what: str) -> None:
@@ -271,17 +273,16 @@ async def row_locked(url: str, key: str) -> AsyncIterator[None]:
 
 async def waiting_for_lock(url: str) -> int:
     """The backend of a write that waits for a row lock (the committer's contended lane)."""
-    deadline = time.monotonic() + NOTICE_SECONDS
     async with aiopg.connect(url) as conn, conn.cursor() as cur:
-        while True:
+
+        async def waiter() -> Any:
             await cur.execute(
                 "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FROM keys%FOR UPDATE'"
             )
-            row = await cur.fetchone()
-            if row is not None:
-                return int(row[0])
-            assert time.monotonic() < deadline, "no write waits for the row lock"
-            await asyncio.sleep(0.05)
+            return await cur.fetchone()
+
+        row = await eventually(waiter, NOTICE_SECONDS, "a write waiting for the row lock")
+        return int(row[0])
 
 
 async def test_a_cancelled_statement_is_a_503_and_the_committer_keeps_writing(
@@ -479,28 +480,35 @@ async def test_every_connection_is_named_and_keeps_alive(
         spawn(name, POSTGRES_URL=private_db, POSTGRES_KEEPALIVES_IDLE_SECONDS=str(idle))
     expected = {f"dynconfig/{process}/{role}" for process, roles in CONNECTIONS.items() for role in roles}
     database = private_db.rsplit("/", 1)[1]
-    deadline = time.monotonic() + NOTICE_SECONDS
+    rows: list[tuple[str, int]] = []
     async with aiopg.connect(pg_server.url) as conn, conn.cursor() as cur:
-        while True:
+
+        async def connected() -> bool:
+            nonlocal rows
             await cur.execute(
                 "SELECT application_name, client_port FROM pg_stat_activity WHERE datname = %s", (database,)
             )
             rows = await cur.fetchall()
-            if {name for name, _ in rows} >= expected or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
+            return {name for name, _ in rows} >= expected
+
+        await eventually(connected, NOTICE_SECONDS, lambda: f"every role connected: {sorted(rows)}", interval=0.2)
     assert {name for name, _ in rows} == expected, sorted(rows)
     ports = {port for _, port in rows}
     unseen = set(ports)
-    for _ in range(50):  # a socket with a statement in flight shows its retransmission timer instead
+    sockets: dict[tuple[int, int], Any] = {}
+
+    def all_keepalive() -> bool:  # a socket with a statement in flight shows its retransmission timer instead
+        nonlocal sockets
         sockets = _tcp_sockets()
         for port in list(unseen):
             ends = [sockets.get((port, pg_server.port)), sockets.get((pg_server.port, port))]
             if all(end is not None and end[0] == 2 and end[1] <= idle + 1 for end in ends):
                 unseen.discard(port)
-        if not unseen:
-            break
-        await asyncio.sleep(0.1)
+        return not unseen
+
+    await eventually(
+        all_keepalive, 5, lambda: f"keepalive timers on every socket; not on {sorted(unseen)}", interval=0.1
+    )
     assert not unseen, {
         port: (sockets.get((port, pg_server.port)), sockets.get((pg_server.port, port))) for port in unseen
     }

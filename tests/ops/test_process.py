@@ -10,7 +10,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
@@ -21,7 +20,7 @@ import aiohttp
 import psycopg2
 import pytest
 from aiohttp.test_utils import TestClient
-from support import write_self_signed
+from support import eventually, write_self_signed
 
 from devtools.services import PostgresServer, RedisServer, die_with_parent, free_port
 from shared.migrate import migrate
@@ -129,23 +128,26 @@ class ApiProcess:
 
     async def wait_healthy(self, ssl_ctx: ssl.SSLContext | None = None) -> dict[str, Any]:
         """Poll ``/health`` until 200; fail with the process's stderr if it exits or never gets there."""
-        deadline = time.monotonic() + START_TIMEOUT
         timeout = aiohttp.ClientTimeout(total=2)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            while True:
+
+            async def healthy() -> dict[str, Any] | None:
                 code = self.proc.poll()
                 if code is not None:
                     pytest.fail(f"api_server exited with {code} before it was healthy:\n{self.stderr()}")
-                try:
-                    async with session.get(f"{self.base}/health", ssl=ssl_ctx if ssl_ctx else True) as resp:
-                        if resp.status == 200:
-                            body: dict[str, Any] = await resp.json()
-                            return body
-                except (TimeoutError, aiohttp.ClientError):
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"api_server not healthy within {START_TIMEOUT:.0f}s:\n{self.stderr()}")
-                await asyncio.sleep(0.1)
+                async with session.get(f"{self.base}/health", ssl=ssl_ctx if ssl_ctx else True) as resp:
+                    if resp.status == 200:
+                        body: dict[str, Any] = await resp.json()
+                        return body
+                return None
+
+            return await eventually(
+                healthy,
+                START_TIMEOUT,
+                lambda: f"api_server healthy:\n{self.stderr()}",
+                interval=0.1,
+                ignoring=(TimeoutError, aiohttp.ClientError),
+            )
 
 
 StartApi = Callable[[dict[str, str]], ApiProcess]
@@ -394,15 +396,14 @@ async def test_postgres_down_health_503_reads_503_then_recovers(
     assert body["error"] == HTTPStatus(resp.status).phrase
 
     pg_server.start()
-    deadline = time.monotonic() + 15
-    while True:
-        resp = await client.get("/health", timeout=timeout)
-        if resp.status == 200:
-            assert (await resp.json())["status"] == "healthy"
-            break
-        await resp.release()
-        assert time.monotonic() < deadline, "still unhealthy 15 s after Postgres came back"
-        await asyncio.sleep(0.2)
+
+    async def healthy() -> bool:
+        async with client.get("/health", timeout=timeout) as resp:
+            if resp.status == 200:
+                assert (await resp.json())["status"] == "healthy"
+            return resp.status == 200
+
+    await eventually(healthy, 15, "healthy within 15 s of Postgres coming back", interval=0.2)
 
     resp = await client.get(f"/keys/{unique_prefix}.pg-down", headers=auth(token()), timeout=timeout)
     assert resp.status == 404

@@ -19,14 +19,13 @@ import base64
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiopg
 import pytest
-from support import first_health, process_env
+from support import eventually, first_health, process_env
 
 from api_server.reencrypt import reencrypt
 from devtools.services import free_port
@@ -92,13 +91,6 @@ async def collect(stream: EventStream, into: list[dict[str, Any]]) -> None:
         into.append(event)
 
 
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 def roll(spawn: Callable[..., Any], old: list[Any], ports: dict[str, int], env: dict[str, str]) -> list[Any]:
     """Start the new api_server and notifier beside the old ones, then SIGTERM the old ones and wait
     for them to exit (drained)."""
@@ -151,11 +143,11 @@ async def test_rotation_under_writes_and_watchers_loses_nothing(
     writers = Writers(api_url, admin, unique_prefix)
     writers.start()
     try:
-        await wait_until(lambda: writers.count >= 100 and len(events) >= 50, "writes under k1")
+        await eventually(lambda: writers.count >= 100 and len(events) >= 50, TIMEOUT, "writes under k1")
 
         procs = roll(spawn, procs, ports, {"ENCRYPTION_KEYS": keyring(k2, k1), **common})
         at_roll = writers.count
-        await wait_until(lambda: writers.count >= at_roll + 100, "writes after the first roll")
+        await eventually(lambda: writers.count >= at_roll + 100, TIMEOUT, "writes after the first roll")
 
         # Re-encrypt while the writers go on.
         env = process_env(settings.replace(postgres_url=private_db, encryption_keys=(k2, k1)), **common)
@@ -167,18 +159,20 @@ async def test_rotation_under_writes_and_watchers_loses_nothing(
         assert reencrypt.returncode == 0, output.decode()
         assert "re-encrypted" in output.decode() and "'k2'" in output.decode()
         at_reencrypt = writers.count
-        await wait_until(lambda: writers.count >= at_reencrypt + 50, "writes after the re-encryption")
+        await eventually(lambda: writers.count >= at_reencrypt + 50, TIMEOUT, "writes after the re-encryption")
 
         assert (await sealed_by(private_db)).keys() == {"k2"}, "a value is still sealed by k1 after reencrypt"
         # A read that raced the re-encryption may have cached a k1 copy: see the last test below.
 
         procs = roll(spawn, procs, ports, {"ENCRYPTION_KEYS": keyring(k2), **common})
         at_second = writers.count
-        await wait_until(lambda: writers.count >= at_second + 100, "writes under k2 alone")
+        await eventually(lambda: writers.count >= at_second + 100, TIMEOUT, "writes under k2 alone")
         await writers.stop()
         acked = {(key, version) for key, writes in writers.acked.items() for version, _ in writes}
-        await wait_until(
-            lambda: {(e["key"], e["version"]) for e in events} >= acked, "every acknowledged write to reach the watcher"
+        await eventually(
+            lambda: {(e["key"], e["version"]) for e in events} >= acked,
+            TIMEOUT,
+            "every acknowledged write to reach the watcher",
         )
     finally:
         if not writers._stop.is_set():

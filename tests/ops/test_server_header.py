@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from support import eventually
 
 from shared.web import SERVER_HEADER
 
@@ -81,16 +82,13 @@ async def test_the_watch_handshake_and_the_dev_front_door_name_no_versions(
 
 
 async def _wait_listening(port: int) -> None:
-    for _ in range(200):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
+    async def connects() -> bool:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.close()
         await writer.wait_closed()
-        return
-    raise AssertionError(f"nothing listens on {port}")
+        return True
+
+    await eventually(connects, 10, f"something listening on {port}", ignoring=(OSError,))
 
 
 def test_the_compose_front_door_hides_its_version() -> None:

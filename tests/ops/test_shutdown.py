@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import aiopg
+from support import eventually
 
 if TYPE_CHECKING:
     from tests.conftest import Proc
@@ -137,13 +138,6 @@ async def wait_exit(proc: Proc, timeout: float = DRAIN_SECONDS) -> int | None:
         return None
 
 
-async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 async def check_writes(writers: Writers, pg: aiopg.Pool) -> None:
     """Every write sent before SIGTERM got an answer: a 2xx that Postgres holds, or a 503 for a write
     that was not made; and some of them were in flight when the signal came (else the test proved
@@ -223,7 +217,7 @@ async def test_api_sigterm_under_writes_answers_every_request_sent_before_it(
     proc = spawn("api_server", RATE_LIMIT="1000000")
     writers = Writers(proc.port, token(), unique_prefix, 32)
     try:
-        await wait_for(lambda: writers.answered() >= 300, "300 writes answered before SIGTERM")
+        await eventually(lambda: writers.answered() >= 300, 20, "300 writes answered before SIGTERM", interval=0.02)
         writers.signal(proc.popen.pid)
         await writers.finish()
     finally:
@@ -247,7 +241,9 @@ async def test_frontdoor_sigterm_answers_proxied_requests_and_closes_bridged_wat
     session, sockets = await open_watchers(f"ws://127.0.0.1:{door.port}/watch", token(), f"{unique_prefix}.*", 10)
     writers = Writers(door.port, token(), unique_prefix, 16)
     try:
-        await wait_for(lambda: writers.answered() >= 150, "150 writes answered through the front door")
+        await eventually(
+            lambda: writers.answered() >= 150, 20, "150 writes answered through the front door", interval=0.02
+        )
         writers.signal(door.popen.pid)
         await writers.finish()
         codes = await close_codes(sockets)

@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 import psycopg2
 import pytest
-from support import process_env
+from support import eventually, process_env
 
 from devtools.services import free_port
 from shared.settings import Settings
@@ -117,18 +117,21 @@ class Cluster:
         """:meth:`launch`, then wait until its ``/health`` is 200."""
         proc = self.launch(release, module, port)
         popen = proc.popen
-        deadline = time.monotonic() + START_TIMEOUT
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-            while True:
+
+            async def healthy() -> bool:
                 assert popen.poll() is None, f"{release} {module} exited:\n{proc.log()}"
-                try:
-                    async with session.get(f"{proc.url}/health") as resp:
-                        if resp.status == 200:
-                            return proc
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-                assert time.monotonic() < deadline, f"{release} {module} not healthy:\n{proc.log()}"
-                await asyncio.sleep(0.1)
+                async with session.get(f"{proc.url}/health") as resp:
+                    return resp.status == 200
+
+            await eventually(
+                healthy,
+                START_TIMEOUT,
+                lambda: f"{release} {module} healthy:\n{proc.log()}",
+                interval=0.1,
+                ignoring=(aiohttp.ClientError, TimeoutError),
+            )
+            return proc
 
     async def stop(self, proc: Process) -> int:
         """SIGTERM, as Kubernetes stops a pod; its exit status."""
@@ -318,10 +321,12 @@ async def test_a_rolling_upgrade_from_the_previous_release_loses_and_repeats_not
     assert tally.refused == [] and tally.other_5xx == [], (tally.refused, tally.other_5xx)
     stored = history(empty_db, unique_prefix)
     assert acknowledged <= set(stored), sorted(acknowledged - set(stored))[:5]
-    deadline = time.monotonic() + 20
-    while watcher.last < stored[-1][2]:
-        assert time.monotonic() < deadline, f"the watcher stopped at {watcher.last}, the log is at {stored[-1][2]}"
-        await asyncio.sleep(0.1)
+    await eventually(
+        lambda: watcher.last >= stored[-1][2],
+        20,
+        lambda: f"the watcher at the log's head: it stopped at {watcher.last}, the log is at {stored[-1][2]}",
+        interval=0.1,
+    )
     watching.cancel()
     await asyncio.gather(watching, return_exceptions=True)
 

@@ -6,8 +6,6 @@ functions of ``shared/acl.py``.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +13,7 @@ import aiopg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
+from support import eventually
 
 from shared.acl import Acl, Principal, entries_match, entry_matches, governing_namespace, may_access, may_create
 
@@ -100,18 +99,18 @@ def assert_not_found(status: int, body: Any) -> None:
 
 async def audit_rows(pg: aiopg.Pool, key: str, actor: str, outcome: str, *, at_least: int = 1) -> list[tuple[Any, ...]]:
     """Poll ``audit_log`` (reads and denials are flushed asynchronously) for up to 2 s."""
-    deadline = time.monotonic() + 2.0
-    while True:
+
+    async def rows() -> list[tuple[Any, ...]] | None:
         async with pg.acquire() as conn, conn.cursor() as cur:
             await cur.execute(
                 "SELECT action, key, actor, outcome, version FROM audit_log"
                 " WHERE key = %s AND actor = %s AND outcome = %s ORDER BY id",
                 (key, actor, outcome),
             )
-            rows = await cur.fetchall()
-        if len(rows) >= at_least or time.monotonic() > deadline:
-            return list(rows)
-        await asyncio.sleep(0.05)
+            found = list(await cur.fetchall())
+        return found if len(found) >= at_least else None
+
+    return await eventually(rows, 2.0, f"{at_least} {outcome} audit row(s) of {key} by {actor}")
 
 
 # --- ACL entries --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
+from support import eventually
 
 ADMIN = "admin-user"
 TIMEOUT = 10.0
@@ -64,16 +65,17 @@ class Api:
 
     async def poll(self, user: str, namespace: str, marker: str) -> list[dict[str, Any]]:
         """``GET /keys?since_version=0&namespace=…`` as ``user`` until the marker's event is in it."""
-        deadline = time.monotonic() + TIMEOUT
-        while True:
+        body: Any = None
+
+        async def with_marker() -> list[dict[str, Any]] | None:
+            nonlocal body
             status, body = await self.call("GET", "/keys", user, params={"since_version": "0", "namespace": namespace})
             assert status == 200, body
             assert "reset" not in body and body["more"] is False, body
             events: list[dict[str, Any]] = body["events"]
-            if any(e["key"] == marker for e in events):
-                return events
-            assert time.monotonic() < deadline, f"marker {marker} never showed up in {user}'s poll: {body}"
-            await asyncio.sleep(0.05)
+            return events if any(e["key"] == marker for e in events) else None
+
+        return await eventually(with_marker, TIMEOUT, lambda: f"marker {marker} in {user}'s poll: {body}")
 
 
 def assert_error(status: int, body: Any) -> None:
@@ -187,11 +189,14 @@ async def test_expired_key_keeps_its_acl_so_a_write_only_namespace_user_cannot_t
     own = {"read": [alice], "write": [alice]}
     for key in (with_acls, without_acls):
         await api.ok("PUT", f"/keys/{key}", ADMIN, {"value": "alice-ttl-secret", "ttl": 1, "acls": own})
-    deadline = time.monotonic() + TIMEOUT
     for key in (with_acls, without_acls):
-        while (status := (await api.call("GET", f"/keys/{key}"))[0]) != 404:
-            assert status == 200 and time.monotonic() < deadline, f"{key} did not expire: {status}"
-            await asyncio.sleep(0.05)
+
+        async def expired(key: str = key) -> bool:
+            status = (await api.call("GET", f"/keys/{key}"))[0]
+            assert status in (200, 404), f"{key} did not expire: {status}"
+            return status == 404
+
+        await eventually(expired, TIMEOUT, f"{key} expiring")
 
     takeover = {"value": "carol-was-here", "acls": {"read": [carol], "write": [carol]}}
     observed = {

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +17,7 @@ from uuid import uuid4
 import aiopg
 import pytest
 from aiohttp.test_utils import TestClient
+from support import eventually
 
 ADMIN = "admin-user"
 Client = TestClient[Any, Any]
@@ -59,12 +59,15 @@ class Api:
         self, predicate: Callable[[list[dict[str, Any]]], bool], **query: Any
     ) -> list[dict[str, Any]]:
         """Poll ``/audit`` (reads and denials land asynchronously) until ``predicate`` holds, up to 2 s."""
-        deadline = time.monotonic() + 2.0
-        while True:
+        records: list[dict[str, Any]] = []
+
+        async def matching() -> bool:
+            nonlocal records
             records = await self.records(**query)
-            if predicate(records) or time.monotonic() > deadline:
-                return records
-            await asyncio.sleep(0.05)
+            return predicate(records)
+
+        await eventually(matching, 2.0, lambda: f"audit records {query} matching; last {records}")
+        return records
 
     async def record_of(self, key: str, rid: str) -> dict[str, Any]:
         """The one audit record of ``key`` carrying request id ``rid``."""
@@ -110,14 +113,13 @@ async def test_non_admin_gets_403(api: Api, unique_prefix: str, pg: aiopg.Pool) 
     user = f"{unique_prefix}-alice"
     status, body = await api.audit(user)
     assert_error(status, body, 403, "Forbidden")
-    deadline = time.monotonic() + 2.0
-    while True:
+
+    async def rows_of_user() -> list[Any]:
         async with pg.acquire() as conn, conn.cursor() as cur:
             await cur.execute("SELECT outcome, version FROM audit_log WHERE actor = %s", (user,))
-            rows = await cur.fetchall()
-        if rows or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.05)
+            return list(await cur.fetchall())
+
+    rows = await eventually(rows_of_user, 2.0, f"the audit row of {user}'s denial")
     assert rows == [("denied", None)]
 
 

@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import aiopg
 import psycopg2
 import pytest
-from support import drop_database, migrated_database, new_database, process_env
+from support import drop_database, eventually, migrated_database, new_database, process_env
 
 from devtools.services import PostgresServer
 from shared.auditchain import AuditChain
@@ -290,15 +289,15 @@ async def test_stream_follow_writes_rows_sealed_later(
         await write_traffic(make_client, custom, token, f"{unique_prefix}-later", rounds=1)
         after = count(trail)
         seen: list[int] = []
-        deadline = time.monotonic() + 10
         assert follower.stdout is not None
         os.set_blocking(follower.stdout.fileno(), False)
-        while len(seen) < after - before and time.monotonic() < deadline:
-            line = follower.stdout.readline()
-            if line:
+
+        def streamed() -> bool:
+            while len(seen) < after - before and (line := follower.stdout.readline()):
                 seen.append(json.loads(line)["seq"])
-            else:
-                await asyncio.sleep(0.05)
+            return len(seen) >= after - before
+
+        await eventually(streamed, 10, lambda: f"{after - before} rows streamed; so far {seen}")
         assert seen == list(range(before + 1, after + 1))
     finally:
         follower.terminate()

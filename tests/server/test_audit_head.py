@@ -15,7 +15,6 @@ import base64
 import json
 import re
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import aiohttp
 import psycopg2
 import pytest
 import test_audit_chain
-from support import drop_database, new_database, process_env
+from support import drop_database, eventually, new_database, process_env
 from test_audit_chain import audit_command, sql, write_traffic
 
 from devtools.services import PostgresServer
@@ -117,11 +116,14 @@ async def test_every_api_server_sends_checkpoints_out_that_catch_the_table_put_b
             async with http.get(f"/keys/{unique_prefix}.k0") as resp:
                 assert resp.status == 200
 
-        deadline = time.monotonic() + 15
         seen: list[tuple[int, str]] = []
-        while time.monotonic() < deadline and not any(seq > saved_seq + 10 for seq, _ in seen):
+
+        def checkpointed() -> bool:
+            nonlocal seen
             seen = [(int(s), m) for s, m in CHECKPOINT_LINE.findall(api.log())]
-            await asyncio.sleep(0.2)
+            return any(seq > saved_seq + 10 for seq, _ in seen)
+
+        await eventually(checkpointed, 15, lambda: f"a checkpoint after the reads: {api.log()}", interval=0.2)
         assert seen and max(seq for seq, _ in seen) > saved_seq + 10, f"no checkpoint after the reads: {api.log()}"
         async with http.get("/metrics") as resp:
             metrics = await resp.text()

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 from uuid import uuid4
@@ -21,6 +20,7 @@ from uuid import uuid4
 import aiohttp
 import aiopg
 from aiohttp.test_utils import TestClient
+from support import eventually
 
 from shared.appkeys import AUDIT
 from shared.audit import AuditRecord
@@ -47,16 +47,6 @@ RATE_LIMITED = {"error": "Rate Limited", "message": f"Exceed {BURST_LIMIT} req/m
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], seconds: float) -> T | None:
-    """Call ``probe`` until it returns something other than None, for up to ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = await probe()
-        if result is not None or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.05)
 
 
 async def shared_key(client: Client, token: Token, key: str) -> None:
@@ -121,7 +111,7 @@ async def test_nul_username_does_not_stop_read_auditing(client: Client, token: T
         records: list[dict[str, Any]] = (await response.json())["records"]
         return next((r for r in records if r["action"] == "read" and r["outcome"] == "ok"), None)
 
-    assert await eventually(read_record, 3.0) is not None, "a normal user's read is no longer audited"
+    assert await eventually(read_record, 3.0, "a normal user's read audited") is not None
 
 
 async def test_audit_writer_repairs_control_characters_and_keeps_writing(
@@ -141,7 +131,7 @@ async def test_audit_writer_repairs_control_characters_and_keeps_writing(
 
     writer.add(entry("bad\u0000actor", bad_key))
     writer.add(entry(f"{unique_prefix}-good", good_key))
-    landed = await eventually(lambda: rows(bad_key, good_key), 3.0)
+    landed = await eventually(lambda: rows(bad_key, good_key), 3.0, "audit rows after a record with a NUL actor")
     assert landed is not None, f"audit rows after a record with a NUL actor: {await rows(bad_key, good_key)}"
     assert landed == {bad_key: "bad\\x00actor", good_key: f"{unique_prefix}-good"}
 
@@ -153,7 +143,9 @@ async def test_audit_writer_repairs_control_characters_and_keeps_writing(
 
     # The writer is still running: a record added afterwards lands too.
     writer.add(entry(f"{unique_prefix}-later", later_key))
-    assert await eventually(lambda: rows(later_key), 3.0) == {later_key: f"{unique_prefix}-later"}
+    assert await eventually(lambda: rows(later_key), 3.0, "a record added afterwards") == {
+        later_key: f"{unique_prefix}-later"
+    }
 
 
 async def test_a_row_postgres_refuses_costs_only_itself(
@@ -171,7 +163,7 @@ async def test_a_row_postgres_refuses_costs_only_itself(
     writer.add(AuditRecord("someone", "read", keys[0], "ok", None))
     writer.add(AuditRecord("someone", "read", keys[1], "ok", None, version=2**70))  # not a bigint
     writer.add(AuditRecord("someone", "read", keys[2], "ok", None))
-    assert await eventually(landed, 3.0) == [keys[0], keys[2]]
+    assert await eventually(landed, 3.0, "the rows around the refused one") == [keys[0], keys[2]]
     assert writer.running
     text = await (await client.get("/metrics")).text()
     assert re.search(r"^dynconfig_audit_dropped_total [1-9]", text, re.MULTILINE), "the refused row is not counted"

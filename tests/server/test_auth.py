@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import hashlib
@@ -19,6 +18,7 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from jwt.algorithms import ECAlgorithm
+from support import eventually
 
 from shared.appkeys import VERIFIER
 
@@ -302,13 +302,13 @@ async def test_app_starts_when_jwks_fails_and_refuses_tokens_until_it_loads(make
     assert (await client.get("/openapi.json")).status == 200  # the app is up
     await assert_401(await client.get(probe(unique_prefix), headers=bearer(token())))
     jwks.fail_with = None
+
     # The app must load the JWKS on its own (retry / unknown-kid refresh); allow a few seconds.
-    deadline = time.monotonic() + 8
-    while True:
+    async def accepted() -> Any:
         response = await client.get(probe(unique_prefix), headers=bearer(token()))
-        if response.status == 200 or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.25)
+        return response if response.status == 200 else None
+
+    response = await eventually(accepted, 8, "a token accepted once the JWKS is back", interval=0.25)
     await assert_ok(response)
 
 

@@ -7,12 +7,12 @@ tests/server/test_read_your_writes.py."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiopg
 import pytest
+from support import eventually
 
 from api_server import fence as fence_module
 from api_server.fence import CacheFence
@@ -31,17 +31,10 @@ async def fence(private_db: str, db: aiopg.Pool) -> AsyncIterator[CacheFence]:
     follower = CacheFence()
     task = asyncio.create_task(follower.run(private_db))
     try:
-        await until(lambda: follower.trusted, "the fence never caught up")
+        await eventually(lambda: follower.trusted, 5, "the fence catching up", interval=0.01)
         yield follower
     finally:
         await cancel_and_wait(task)
-
-
-async def until(condition: Callable[[], bool], message: str, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, message
-        await asyncio.sleep(0.01)
 
 
 async def change(pool: aiopg.Pool, *keys: str, notice: bool = True) -> int:
@@ -88,7 +81,9 @@ async def test_a_change_sent_without_a_notice_is_read_from_the_outbox(fence: Cac
 async def test_without_any_notice_the_poll_finds_the_change(fence: CacheFence, db: aiopg.Pool) -> None:
     before = fence.heard
     silent = await change(db, "c.quiet", notice=False)
-    await until(lambda: fence.heard >= silent, "the poll did not read the change", within=fence_module.POLL_SECONDS * 5)
+    await eventually(
+        lambda: fence.heard >= silent, fence_module.POLL_SECONDS * 5, "the poll reading the change", interval=0.01
+    )
     assert not fence.admits("c.quiet", before)
 
 
@@ -101,12 +96,12 @@ async def test_the_floor_trails_the_head_so_an_entry_older_than_the_window_is_re
     follower = CacheFence()
     task = asyncio.create_task(follower.run(private_db))
     try:
-        await until(lambda: follower.trusted, "the fence never caught up")
+        await eventually(lambda: follower.trusted, 5, "the fence catching up", interval=0.01)
         old = follower.heard
         unrelated = await change(db, "d.busy")
         await follower.wait_heard(unrelated, 5.0)
         assert follower.admits("d.idle", old)  # within the window: no change of d.idle heard
-        await until(lambda: follower.floor >= unrelated, "the floor did not move up")
+        await eventually(lambda: follower.floor >= unrelated, 5, "the floor moving up", interval=0.01)
         assert not follower.admits("d.idle", old)  # older than anything remembered: read it again
         assert follower.admits("d.idle", unrelated)
         assert "d.busy" not in follower._latest  # forgotten below the floor: memory stays bounded

@@ -27,6 +27,7 @@ import aiopg
 import psycopg2
 import pytest
 from aiohttp.test_utils import TestClient
+from support import eventually
 
 from shared.crypto import Keyring
 from shared.settings import Settings
@@ -47,18 +48,6 @@ _GSSENC_REQUEST = 80877104
 @pytest.fixture
 def admin(token: Token) -> dict[str, str]:
     return {"Authorization": f"Bearer {token()}"}
-
-
-async def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll the coroutine function ``check`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s (last: {result!r})")
-        await asyncio.sleep(interval)
 
 
 class Holder:
@@ -122,7 +111,7 @@ async def wait_blocked(pg: aiopg.Pool, holder: Holder, count: int) -> None:
     async def check() -> bool:
         return await blocked_by(pg, holder.pid) >= count
 
-    await wait_for(check, 5.0, f"{count} backend(s) waiting on the test's lock")
+    await eventually(check, 5.0, f"{count} backend(s) waiting on the test's lock")
 
 
 async def insert_keys(
@@ -377,7 +366,7 @@ async def test_expiry_worker_does_not_spin_on_a_locked_due_row(
     async def expired() -> bool:
         return await key_row(pg, key) == (2, True)
 
-    await wait_for(expired, 3.0, "the key expired once its row was released")
+    await eventually(expired, 3.0, "the key expired once its row was released")
     assert time.monotonic() - released <= 1.5, time.monotonic() - released
 
 
@@ -399,7 +388,7 @@ async def test_expiry_batch_takes_few_round_trips(
                     except aiohttp.ClientError:
                         return False
 
-                await wait_for(healthy, 20.0, "expiry worker healthy through the proxy", interval=0.1)
+                await eventually(healthy, 20.0, "expiry worker healthy through the proxy", interval=0.1)
 
             async def idle() -> bool:  # whatever earlier tests left due is expired first
                 async with pg.acquire() as conn, conn.cursor() as cur:
@@ -407,7 +396,7 @@ async def test_expiry_batch_takes_few_round_trips(
                     (due,) = await cur.fetchone()
                 return int(due) == 0
 
-            await wait_for(idle, 10.0, "no key left due")
+            await eventually(idle, 10.0, "no key left due")
             await insert_keys(pg, Keyring(settings.encryption_keys), keys, expires_in=0.5)
             proxy.reset()
             async with pg.acquire() as conn, conn.cursor() as cur:
@@ -421,7 +410,7 @@ async def test_expiry_batch_takes_few_round_trips(
                     (done,) = await cur.fetchone()
                 return int(done) == len(keys)
 
-            await wait_for(all_expired, 8.0, f"the worker expired all {len(keys)} keys")
+            await eventually(all_expired, 8.0, f"the worker expired all {len(keys)} keys")
             round_trips = proxy.queries
         finally:
             worker.popen.terminate()
@@ -454,7 +443,7 @@ async def test_write_queued_past_the_deadline_records_the_expiry_first(
                 return resp.status == 404
 
             await asyncio.sleep(max(0.0, deadline - time.time()))
-            await wait_for(gone, 2.0, "readers see the key expired")
+            await eventually(gone, 2.0, "readers see the key expired")
             seen_expired = time.time()
             assert not writer.done()
             await holder.release()
@@ -505,7 +494,7 @@ async def test_last_modified_never_goes_backwards_under_contention(
             await wait_blocked(pg, holder, 1)
             await asyncio.sleep(0.3)
             second = asyncio.create_task(other.patch(f"/keys/{key}", json={"value": "B"}, headers=admin))
-            await wait_for(lambda: lock_waiters(pg, 2), 5.0, "A and B both waiting on a lock")
+            await eventually(lambda: lock_waiters(pg, 2), 5.0, "A and B both waiting on a lock")
             await holder.release()
             resp_a, resp_b = await asyncio.wait_for(asyncio.gather(first, second), 10)
         finally:
@@ -545,7 +534,7 @@ async def test_audit_is_newest_first_by_time_across_pages(
         records: list[dict[str, Any]] = (await resp.json())["records"]
         return records if len(records) >= expected_count else None
 
-    whole = await wait_for(all_visible, 3.0, f"{expected_count} audit records of {key}")
+    whole = await eventually(all_visible, 3.0, f"{expected_count} audit records of {key}")
     assert len(whole) == expected_count, whole
 
     async with pg.acquire() as conn, conn.cursor() as cur:  # the true order, at full precision

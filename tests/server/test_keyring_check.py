@@ -8,16 +8,14 @@ later process of the suite unready.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient
-from support import first_health
+from support import eventually, first_health
 
 from shared.settings import Settings
 
@@ -44,13 +42,15 @@ async def health(url: str) -> tuple[int, dict[str, Any]]:
 
 
 async def health_becomes(url: str, status: int, timeout: float) -> tuple[int, dict[str, Any]]:
-    """Poll ``/health`` until it answers ``status`` (or ``timeout`` passes); the last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = await health(url)
-        if answer[0] == status or time.monotonic() > deadline:
-            return answer
-        await asyncio.sleep(0.1)
+    """Poll ``/health`` until it answers ``status``; that answer."""
+    last: tuple[int, dict[str, Any]] | None = None
+
+    async def answered() -> tuple[int, dict[str, Any]] | None:
+        nonlocal last
+        last = await health(url)
+        return last if last[0] == status else None
+
+    return await eventually(answered, timeout, lambda: f"{url}/health answering {status}; last {last}", interval=0.1)
 
 
 def assert_cannot_open(answer: tuple[int, dict[str, Any]], key_id: str, why: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -23,7 +24,7 @@ import aiohttp
 import aiopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from support import WatchRecorder, client_frame, wait_caught_up
+from support import WatchRecorder, client_frame, eventually, wait_caught_up
 
 Client = TestClient[Any, Any]
 Token = Callable[..., str]
@@ -192,11 +193,8 @@ async def test_watchers_that_never_read_their_replay_do_not_stall_live_events_of
         assert not errors, f"{len(errors)} silent watchers failed to subscribe: {errors[:3]!r}"
         # Synchronisation only: let the replays start writing to the sockets that never read. A notifier
         # that starves replays of database connections never starts some of them; go on after 5 s then.
-        deadline = time.monotonic() + 5.0
-        while not all(w.has_unread_data() for w in silent):
-            if time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(AssertionError):
+            await eventually(lambda: all(w.has_unread_data() for w in silent), 5.0, "replays writing to every socket")
 
         healthy = await LiveWatcher.open(session, notifier_server.make_url("/watch"), token(), [live])
         head_before, _ = await relay_state(pg)
@@ -244,16 +242,17 @@ async def wait_process_caught_up(
     session: aiohttp.ClientSession, pg: aiopg.Pool, proc: Any, timeout: float = TIMEOUT
 ) -> None:
     """Synchronisation only: every committed change is relayed, and ``proc``'s hub has fanned it out."""
-    deadline = time.monotonic() + timeout
-    while True:
+    pending, head, checks = None, None, {}
+
+    async def caught_up() -> bool:
+        nonlocal pending, head, checks
         async with pg.acquire() as conn, conn.cursor() as cur:
             await cur.execute("SELECT (SELECT count(*) FROM outbox WHERE revision IS NULL), head FROM relay_state")
             pending, head = await cur.fetchone()
         checks = (await notifier_health(session, proc)).get("checks", {})
-        if pending == 0 and checks.get("revision", -1) >= head:
-            return
-        assert time.monotonic() < deadline, f"notifier did not catch up ({pending} pending, head {head}, {checks})"
-        await asyncio.sleep(0.05)
+        return bool(pending == 0 and checks.get("revision", -1) >= head)
+
+    await eventually(caught_up, timeout, lambda: f"notifier caught up ({pending} pending, head {head}, {checks})")
 
 
 async def test_changes_keep_flowing_while_the_relay_catches_up_after_a_redis_outage(
@@ -270,10 +269,14 @@ async def test_changes_keep_flowing_while_the_relay_catches_up_after_a_redis_out
     a change written after Redis returns reaches its watcher within 1 s, however large the outage backlog."""
     marker = f"{unique_prefix}.marker"
     proc = spawn("notifier")
-    deadline = time.monotonic() + 15
-    while (checks := (await notifier_health(session, proc))["checks"])["relay"] != "active" or checks["redis"] != "ok":
-        assert time.monotonic() < deadline, f"notifier not relaying with Redis in 15 s: {checks}"
-        await asyncio.sleep(0.05)
+    checks: dict[str, Any] = {}
+
+    async def relaying() -> bool:
+        nonlocal checks
+        checks = (await notifier_health(session, proc))["checks"]
+        return bool(checks["relay"] == "active" and checks["redis"] == "ok")
+
+    await eventually(relaying, 15, lambda: f"notifier relaying with Redis: {checks}")
     await write(client, token, "PUT", marker, 1)
     await wait_process_caught_up(session, pg, proc)
     watcher = await LiveWatcher.open(session, f"{proc.url}/watch", token(), [marker])
@@ -330,13 +333,11 @@ async def take_relay_lock(cur: aiopg.Cursor) -> None:
     """Hold the relay's advisory lock on ``cur``'s connection, so no notifier relays until it closes."""
     from notifier.relay import RELAY_LOCK
 
-    deadline = time.monotonic() + TIMEOUT
-    while True:
+    async def taken() -> bool:
         await cur.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,))
-        if (await cur.fetchone())[0]:
-            return
-        assert time.monotonic() < deadline, "another relay holds the relay lock"
-        await asyncio.sleep(0.1)
+        return bool((await cur.fetchone())[0])
+
+    await eventually(taken, TIMEOUT, "the relay lock, which another relay holds", interval=0.1)
 
 
 async def blocked_deletes(pg: aiopg.Pool) -> list[str]:
@@ -394,10 +395,9 @@ async def test_pruning_after_a_takeover_does_not_hold_up_revisions(
             async with pruning.begin():  # the previous relay's prune, still running
                 await pruning.execute("DELETE FROM outbox WHERE key = %s", (expired,))
                 lock_conn.close()  # the previous relay's lock connection is gone: this notifier takes over
-                deadline = time.monotonic() + TIMEOUT
-                while not server.app[RELAY].is_leader:
-                    assert time.monotonic() < deadline, "the notifier did not take over the relay"
-                    await asyncio.sleep(0.01)
+                await eventually(
+                    lambda: server.app[RELAY].is_leader, TIMEOUT, "the notifier taking over the relay", interval=0.01
+                )
                 took_over = time.monotonic()
                 version = 0
                 while time.monotonic() - took_over < AFTER_TAKEOVER_SECONDS:

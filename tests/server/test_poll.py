@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ import aiopg
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
+from support import eventually
 
 from shared.timeutil import parse_rfc3339
 
@@ -87,13 +87,16 @@ async def poll_until(
     client: Client, headers: dict[str, str], since: int, namespace: str, count: int, timeout: float = 10.0
 ) -> dict[str, Any]:
     """Poll (one page) until ``count`` events are there, i.e. the relay has caught up."""
-    deadline = time.monotonic() + timeout
-    while True:
+    body: dict[str, Any] = {}
+
+    async def enough() -> bool:
+        nonlocal body
         body = await poll(client, headers, since, namespace=namespace)
-        if len(body["events"]) >= count or time.monotonic() > deadline:
-            assert len(body["events"]) == count, body
-            return body
-        await asyncio.sleep(0.1)
+        return len(body["events"]) >= count
+
+    await eventually(enough, timeout, lambda: f"{count} events in the poll: {body}", interval=0.1)
+    assert len(body["events"]) == count, body
+    return body
 
 
 async def poll_all_pages(

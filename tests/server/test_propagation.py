@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import aiopg
 from aiohttp.test_utils import TestClient
-from support import WatchRecorder
+from support import WatchRecorder, eventually
 
 from shared.auditchain import AuditChain
 from shared.crypto import Keyring
@@ -140,15 +140,20 @@ async def wait_relay_state(proc: Proc, state: str, timeout: float) -> float:
     """Poll the process's /health until ``checks.relay == state``; return how long it took."""
     start = time.monotonic()
     last: Any = None
-    while time.monotonic() - start < timeout:
+
+    async def in_state() -> bool:
+        nonlocal last
         try:
             last = await asyncio.to_thread(health_of, proc)
-            if last["checks"]["relay"] == state:
-                return time.monotonic() - start
         except OSError as exc:
             last = exc
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{proc.name} relay not {state!r} within {timeout} s: {last}\n{proc.log()[-2000:]}")
+            return False
+        return bool(last["checks"]["relay"] == state)
+
+    await eventually(
+        in_state, timeout, lambda: f"{proc.name} relay {state!r}: {last}\n{proc.log()[-2000:]}", interval=0.1
+    )
+    return time.monotonic() - start
 
 
 async def send(client: Client, method: str, key: str, headers: dict[str, str], body: Any = None) -> tuple[int, Any]:

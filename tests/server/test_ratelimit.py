@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 from typing import Any
 
 import aiohttp
 import pytest
+from support import eventually
 
 LIMIT = 5
 RATE_LIMITED = {"error": "Rate Limited", "message": f"Exceed {LIMIT} req/min"}
@@ -139,11 +140,16 @@ async def test_redis_down_falls_back_to_per_process_limit(limited, token, redis_
     await assert_limited(await limited.get(probe(unique_prefix), headers=auth))
 
     redis_server.start()
+
     # Once Redis answers again the shared log is used: the request lands in the user's sorted set.
-    deadline = time.monotonic() + 5
-    while await redis_client.zcard(LOG_PREFIX + user) == 0 and time.monotonic() < deadline:
+    async def logged() -> bool:
+        if await redis_client.zcard(LOG_PREFIX + user) > 0:
+            return True
         await limited.get(probe(unique_prefix), headers=auth)
-        await asyncio.sleep(0.2)
+        return False
+
+    with contextlib.suppress(AssertionError):  # the assertion below says what went wrong
+        await eventually(logged, 5, "a request in the user's sorted set", interval=0.2)
     assert await redis_client.zcard(LOG_PREFIX + user) >= 1
 
 
@@ -156,16 +162,18 @@ async def test_redis_back_restores_shared_budget(make_client, settings, token, r
     await assert_accepted(await two.get(probe(unique_prefix), headers=warm), 4)
     redis_server.start()
     # Wait until both replicas use Redis again (their own short circuit breakers reopen).
-    deadline = time.monotonic() + 5
     probe_user = 0
-    while time.monotonic() < deadline:
+
+    async def shared() -> bool:
+        nonlocal probe_user
         probe_user += 1
         auth = bearer(token(username=f"{unique_prefix}-probe{probe_user}"))
         first = await one.get(probe(unique_prefix), headers=auth)
         second = await two.get(probe(unique_prefix), headers=auth)
-        if first.headers.get("X-RateLimit-Remaining") == "4" and second.headers.get("X-RateLimit-Remaining") == "3":
-            break
-        await asyncio.sleep(0.2)
+        return first.headers.get("X-RateLimit-Remaining") == "4" and second.headers.get("X-RateLimit-Remaining") == "3"
+
+    with contextlib.suppress(AssertionError):  # a wait only: the assertions below check the budget
+        await eventually(shared, 5, "both replicas on the shared budget", interval=0.2)
     auth = bearer(token(username=f"{unique_prefix}-user"))
     for remaining in (4, 3, 2):
         await assert_accepted(await one.get(probe(unique_prefix), headers=auth), remaining)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import aiopg
 import redis.asyncio as aioredis
+from support import eventually
 
 from api_server.cache import cache_key
 from devtools.services import free_port
@@ -84,10 +84,11 @@ async def test_a_writer_killed_right_after_its_commit_does_not_leave_others_serv
         await redis_client.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
         try:
             write = asyncio.create_task(put(session, two.url, key, "v2", auth))
-            deadline = time.monotonic() + 10
-            while await committed_version(pg, key) < 2:
-                assert time.monotonic() < deadline, "the write did not commit"
-                await asyncio.sleep(0.005)
+
+            async def committed() -> bool:
+                return await committed_version(pg, key) >= 2
+
+            await eventually(committed, 10, "the write committing", interval=0.005)
             two.popen.send_signal(signal.SIGKILL)  # right after the commit
             two.popen.wait(5)
             write.cancel()
@@ -105,15 +106,14 @@ async def test_reads_are_served_from_the_cache_once_it_is_trusted(
     key = f"{unique_prefix}.hits"
     auth = bearer(token(ADMIN))
     assert (await client.put(f"/keys/{key}", json={"value": 1}, headers=auth)).status == 201
-    deadline = time.monotonic() + 5
-    while True:
+
+    async def hit() -> bool:
         assert (await client.get(f"/keys/{key}", headers=auth)).status == 200
         text = await (await client.get("/metrics")).text()
         hits = [line for line in text.splitlines() if line.startswith('dynconfig_cache_lookups_total{result="hit"}')]
-        if hits and float(hits[0].split()[-1]) >= 1:
-            break
-        assert time.monotonic() < deadline, "no cache hit within 5 s"
-        await asyncio.sleep(0.1)
+        return bool(hits and float(hits[0].split()[-1]) >= 1)
+
+    await eventually(hit, 5, "a cache hit", interval=0.1)
 
 
 async def cache_hits(session: aiohttp.ClientSession, base: str) -> float:
@@ -138,13 +138,13 @@ async def test_a_redis_that_goes_back_to_an_older_state_does_not_bring_back_an_o
         assert await put(session, one.url, key, "v1", auth) == 1
         for replica in (one, two):
             before = await cache_hits(session, replica.url)
-            deadline = time.monotonic() + 5
-            while True:  # served from the cache (the guard trusts it once its listener has scanned)
+
+            async def cached(replica: Any = replica, before: float = before) -> bool:
+                # served from the cache (the guard trusts it once its listener has scanned)
                 assert await get_version(session, replica.url, key, auth) == 1
-                if await cache_hits(session, replica.url) > before:
-                    break
-                assert time.monotonic() < deadline, "v1 never served from the cache"
-                await asyncio.sleep(0.05)
+                return await cache_hits(session, replica.url) > before
+
+            await eventually(cached, 5, "v1 served from the cache")
         entry = cache_key(key)
         snapshot, ttl_ms = await redis_client.dump(entry), await redis_client.pttl(entry)
         assert snapshot is not None and ttl_ms > 0
@@ -159,8 +159,11 @@ async def test_a_redis_that_goes_back_to_an_older_state_does_not_bring_back_an_o
 
         # The fence does not turn the cache off: v2 is cached again and served from it.
         hits = await cache_hits(session, two.url)
-        deadline = time.monotonic() + 5
-        while await cache_hits(session, two.url) <= hits:
+
+        async def refilled() -> bool:
+            if await cache_hits(session, two.url) > hits:
+                return True
             assert await get_version(session, two.url, key, auth) == 2
-            assert time.monotonic() < deadline, "no cache hit after the refill"
-            await asyncio.sleep(0.05)
+            return False
+
+        await eventually(refilled, 5, "a cache hit after the refill")

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import aiopg
 import pytest
-from support import drop_database, migrated_database, new_database, process_env
+from support import drop_database, eventually, migrated_database, new_database, process_env
 from test_audit_chain import audit_command, sql, write_traffic
 
 from api_server.retention import RETENTION, RETENTION_LOCK
@@ -369,10 +369,7 @@ async def test_two_replicas_never_prune_at_once(
         first = a if a.app[RETENTION].is_leader else b
         other = b if first is a else a
         await first.close()
-        for _ in range(100):
-            if other.app[RETENTION].is_leader:
-                break
-            await asyncio.sleep(0.1)
+        await eventually(lambda: other.app[RETENTION].is_leader, 10, "the other replica taking over", interval=0.1)
         assert other.app[RETENTION].is_leader
         await traffic(5)
         await asyncio.sleep(2.5)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 from uuid import uuid4
@@ -19,6 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
+from support import eventually
 
 from api_server.cache import cache_key
 from api_server.reencrypt import reencrypt
@@ -130,12 +131,7 @@ async def test_a_write_commits_its_revision_with_it(
 
 
 async def _poll_audit(pg: aiopg.Pool, sql: str, *args: Any, seconds: float = 2.0) -> list[tuple[Any, ...]]:
-    deadline = time.monotonic() + seconds
-    while True:
-        rows = await fetch(pg, sql, *args)
-        if rows or time.monotonic() > deadline:
-            return rows
-        await asyncio.sleep(0.05)
+    return await eventually(lambda: fetch(pg, sql, *args), seconds, f"audit rows: {sql} {args}")
 
 
 async def test_denied_create_leaves_no_rows_but_a_denied_audit_record(
@@ -404,17 +400,20 @@ async def test_write_while_redis_down_is_never_read_stale_after_recovery(
         for k, entry in saved.items():
             await fresh.hset(cache_key(k), mapping=entry)
             await fresh.pexpire(cache_key(k), 60_000)
-        deadline = time.monotonic() + 3.0
-        while True:
+        refilled = unclean = False
+
+        async def settled() -> bool:
+            nonlocal refilled, unclean
             body = await (await client.get(f"/keys/{key}", headers=admin)).json()
             assert (body["value"], body["version"]) == ("new", 2), body
             await expect_error(await client.get(f"/keys/{gone}", headers=admin), 404, "Not Found")
             refilled = await fresh.hget(cache_key(key), "version") == b"2"
             # A 404 is decided on Postgres and fills nothing: the entry of `gone` stays unclean.
             unclean = int(await fresh.hget(cache_key(gone), "pending") or 0) >= 2
-            if (refilled and unclean) or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.1)
+            return refilled and unclean
+
+        with contextlib.suppress(AssertionError):  # the assertion below says which one is missing
+            await eventually(settled, 3.0, "the live key refilled and the gone one unclean", interval=0.1)
         # the pending invalidation made both entries unclean; the read of the live key filled it again
         assert refilled and unclean
     finally:

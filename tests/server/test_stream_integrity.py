@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -23,7 +22,7 @@ import aiopg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
-from support import WatchRecorder, wait_caught_up
+from support import WatchRecorder, eventually, wait_caught_up
 
 from api_server.cache import cache_key
 from notifier.main import HUB
@@ -119,14 +118,16 @@ async def relayed(pg: aiopg.Pool, prefix: str) -> list[tuple[str, int, int]]:
 
 async def wait_relayed(pg: aiopg.Pool, prefix: str, count: int) -> list[tuple[str, int, int]]:
     """Wait until ``count`` changes of keys under ``prefix`` have a revision; return them."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
+    rows: list[tuple[str, int, int]] = []
+
+    async def enough() -> bool:
+        nonlocal rows
         rows = await relayed(pg, prefix)
-        if len(rows) >= count:
-            assert len(rows) == count, rows
-            return rows
-        assert time.monotonic() < deadline, f"only {len(rows)} of {count} changes relayed"
-        await asyncio.sleep(0.02)
+        return len(rows) >= count
+
+    await eventually(enough, TIMEOUT, lambda: f"{count} changes relayed; only {len(rows)}", interval=0.02)
+    assert len(rows) == count, rows
+    return rows
 
 
 async def health(session: aiohttp.ClientSession, server: TestServer) -> tuple[int, Any]:
@@ -136,12 +137,16 @@ async def health(session: aiohttp.ClientSession, server: TestServer) -> tuple[in
 
 async def wait_unhealthy(session: aiohttp.ClientSession, server: TestServer, timeout: float) -> tuple[int, Any]:
     """Poll ``/health`` until it answers 503 or ``timeout`` passes; return the last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status, body = await health(session, server)
-        if status == 503 or time.monotonic() >= deadline:
-            return status, body
-        await asyncio.sleep(0.1)
+    last: tuple[int, Any] = (0, None)
+
+    async def unhealthy() -> bool:
+        nonlocal last
+        last = await health(session, server)
+        return last[0] == 503
+
+    with contextlib.suppress(AssertionError):  # the caller checks the answer
+        await eventually(unhealthy, timeout, "a 503 from /health", interval=0.1)
+    return last
 
 
 def summary(events: list[dict[str, Any]]) -> list[tuple[str, str, int, Any]]:
@@ -241,19 +246,22 @@ async def test_an_event_the_notifier_cannot_decrypt_turns_it_unhealthy_and_never
 
 async def wait_blocked(pg: aiopg.Pool, after: int, timeout: float = 5.0) -> bool:
     """Wait until some backend waits for a lock in a query reading events after revision ``after``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    async def waiting() -> bool:
         async with pg.acquire() as conn, conn.cursor() as cur:
             await cur.execute(
                 "SELECT count(*) FROM pg_stat_activity"
                 " WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid() AND query LIKE %s",
                 (f"%revision > {after} %",),
             )
-            (waiting,) = await cur.fetchone()
-        if waiting:
-            return True
-        await asyncio.sleep(0.02)
-    return False
+            (count,) = await cur.fetchone()
+        return bool(count)
+
+    try:
+        await eventually(waiting, timeout, "a reader waiting for the lock", interval=0.02)
+    except AssertionError:
+        return False  # reported by the caller's messages, not a failure by itself
+    return True
 
 
 @pytest.mark.parametrize("reader", ["poll", "watch"])

@@ -26,7 +26,7 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
-from support import client_frame, wait_caught_up
+from support import client_frame, eventually, wait_caught_up
 
 import notifier.watch
 from notifier.main import CONNECTIONS, HUB
@@ -229,24 +229,27 @@ async def relay_state(pg: aiopg.Pool) -> tuple[int, int]:
 
 async def wait_relayed(pg: aiopg.Pool, prefix: str, count: int) -> None:
     """Wait until ``count`` changes of keys under ``prefix`` have a revision."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
+    relayed = 0
+
+    async def enough() -> bool:
+        nonlocal relayed
         async with pg.acquire() as conn, conn.cursor() as cur:
             await cur.execute("SELECT count(*) FROM outbox WHERE key LIKE %s AND revision IS NOT NULL", (prefix + "%",))
             (relayed,) = await cur.fetchone()
-        if relayed >= count:
-            assert relayed == count, f"{relayed} relayed changes under {prefix}, expected {count}"
-            return
-        assert time.monotonic() < deadline, f"only {relayed} of {count} changes relayed"
-        await asyncio.sleep(0.05)
+        return relayed >= count
+
+    await eventually(enough, TIMEOUT, lambda: f"{count} changes relayed; only {relayed}")
+    assert relayed == count, f"{relayed} relayed changes under {prefix}, expected {count}"
 
 
 async def wait_namespace_loaded(server: TestServer, namespace: str, present: bool) -> None:
     """Synchronisation only: wait until the hub has (re)loaded a namespace ACL change."""
-    deadline = time.monotonic() + 5.0
-    while (namespace in server.app[HUB].namespace_acls) != present:
-        assert time.monotonic() < deadline, f"notifier did not reload namespace {namespace}"
-        await asyncio.sleep(0.02)
+    await eventually(
+        lambda: (namespace in server.app[HUB].namespace_acls) == present,
+        5.0,
+        f"notifier reloading namespace {namespace}",
+        interval=0.02,
+    )
 
 
 def assert_strictly_increasing(events: list[dict[str, Any]]) -> None:
@@ -992,10 +995,11 @@ async def test_slow_consumer_is_closed_with_4008_and_others_get_every_event(
     assert len(slow_events) < count, "the slow consumer was not cut off before the end"
     # What it got is a gap-free prefix of the stream, so it can resume with since_version.
     assert [e["version"] for e in slow_events] == list(range(1, len(slow_events) + 1))
-    deadline = time.monotonic() + TIMEOUT
-    while any(c.principal.username == slow_user for c in notifier_server.app[CONNECTIONS]):
-        assert time.monotonic() < deadline, "closed slow consumer still in CONNECTIONS"
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: not any(c.principal.username == slow_user for c in notifier_server.app[CONNECTIONS]),
+        TIMEOUT,
+        "the closed slow consumer gone from CONNECTIONS",
+    )
 
     # It resumes losslessly from the last revision it applied.
     resumed = await connect(slow_user)
