@@ -105,60 +105,57 @@ def test_postgres_listen_url_is_optional_and_read() -> None:
     assert Settings.from_env(env(POSTGRES_LISTEN_URL=url)).postgres_listen_url == url
 
 
-@pytest.mark.parametrize(
-    ("variable", "raw"),
-    [
-        ("POSTGRES_LISTEN_URL", "mysql://db/x"),
-        ("POSTGRES_LISTEN_URL", "postgresql://db.internal:5432"),
-        ("POSTGRES_STATEMENT_TIMEOUT_SECONDS", "0"),
-        ("POSTGRES_STATEMENT_TIMEOUT_SECONDS", "2.5"),
-        ("POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS", "0"),
-        ("POSTGRES_KEEPALIVES_IDLE_SECONDS", "soon"),
-        ("POSTGRES_KEEPALIVES_INTERVAL_SECONDS", "0"),
-        ("POSTGRES_KEEPALIVES_COUNT", "0"),
-        ("POSTGRES_POOL_SIZE", "2"),
-    ],
-)
-def test_malformed_postgres_connection_setting_names_it(variable: str, raw: str) -> None:
-    bad(variable, **{variable: raw})
+#: (what the env changes, the settings that follow from it): one row per case.
+PARSED = [
+    pytest.param(
+        {"POSTGRES_URL": "postgres://u@localhost/db"},
+        {"postgres_url": "postgres://u@localhost/db"},
+        id="postgres-scheme-postgres-accepted",
+    ),
+    pytest.param(
+        {"REDIS_HOST": "10.0.0.7", "REDIS_PORT": "6390"},
+        {"redis_url": "redis://10.0.0.7:6390/0"},
+        id="redis-host-with-redis-port",
+    ),
+    pytest.param(
+        {"REDIS_HOST": None, "REDIS_URL": "redis://127.0.0.1:7001/3"},
+        {"redis_url": "redis://127.0.0.1:7001/3"},
+        id="redis-url-alone-is-enough",
+    ),
+    *(
+        pytest.param({"JWKS_URL": url}, {"jwks_url": url}, id=f"jwks-url-{url.split(':')[0]}-accepted")
+        for url in (
+            "http://127.0.0.1:9000/jwks.json",
+            "https://auth.example.com/jwks",
+            "file:///etc/dynconfig/jwks.json",
+        )
+    ),
+    pytest.param({"RATE_LIMIT": "250"}, {"rate_limit": 250}, id="rate-limit"),
+    pytest.param(
+        {"ADMIN_USERS": "alice, bob ,service:ops"},
+        {"admin_users": frozenset({"alice", "bob", "service:ops"})},
+        id="admin-users-comma-list",
+    ),
+    pytest.param(
+        {"ENCRYPTION_KEYS": f"new:{base64.b64encode(KEY_B).decode()},old:{base64.b64encode(KEY_A).decode()}"},
+        {"encryption_keys": (("new", KEY_B), ("old", KEY_A))},
+        id="encryption-keys-keep-order-first-is-active",
+    ),
+    pytest.param({"LOG_LEVEL": "debug"}, {"log_level": "DEBUG"}, id="log-level-case-insensitive"),
+    pytest.param(
+        {"JWT_ISSUER": "https://issuer.example", "JWT_AUDIENCE": "dynconfig"},
+        {"jwt_issuer": "https://issuer.example", "jwt_audience": "dynconfig"},
+        id="jwt-issuer-and-audience",
+    ),
+    pytest.param({"API_PORT": "9090"}, {"api_port": 9090}, id="api-port"),
+]
 
 
-def test_postgres_scheme_postgres_is_accepted() -> None:
-    url = "postgres://u@localhost/db"
-    assert Settings.from_env(env(POSTGRES_URL=url)).postgres_url == url
-
-
-def test_redis_host_with_redis_port() -> None:
-    s = Settings.from_env(env(REDIS_HOST="10.0.0.7", REDIS_PORT="6390"))
-    assert s.redis_url == "redis://10.0.0.7:6390/0"
-
-
-def test_redis_url_alone_is_enough() -> None:
-    s = Settings.from_env(env(REDIS_HOST=None, REDIS_URL="redis://127.0.0.1:7001/3"))
-    assert s.redis_url == "redis://127.0.0.1:7001/3"
-
-
-@pytest.mark.parametrize(
-    "url",
-    ["http://127.0.0.1:9000/jwks.json", "https://auth.example.com/jwks", "file:///etc/dynconfig/jwks.json"],
-)
-def test_jwks_url_http_https_and_file_are_accepted(url: str) -> None:
-    assert Settings.from_env(env(JWKS_URL=url)).jwks_url == url
-
-
-def test_rate_limit_is_parsed() -> None:
-    assert Settings.from_env(env(RATE_LIMIT="250")).rate_limit == 250
-
-
-def test_admin_users_is_a_comma_list() -> None:
-    s = Settings.from_env(env(ADMIN_USERS="alice, bob ,service:ops"))
-    assert s.admin_users == frozenset({"alice", "bob", "service:ops"})
-
-
-def test_encryption_keys_keep_order_first_is_active() -> None:
-    raw = f"new:{base64.b64encode(KEY_B).decode()},old:{base64.b64encode(KEY_A).decode()}"
-    s = Settings.from_env(env(ENCRYPTION_KEYS=raw))
-    assert s.encryption_keys == (("new", KEY_B), ("old", KEY_A))
+@pytest.mark.parametrize(("changes", "expected"), PARSED)
+def test_setting_is_read(changes: dict[str, str | None], expected: dict[str, object]) -> None:
+    s = Settings.from_env(env(**changes))
+    for name, value in expected.items():
+        assert getattr(s, name) == value
 
 
 def test_tls_cert_and_key_give_a_tls13_context(cert_pair: tuple[str, str]) -> None:
@@ -168,20 +165,6 @@ def test_tls_cert_and_key_give_a_tls13_context(cert_pair: tuple[str, str]) -> No
     ctx = s.ssl_context()
     assert ctx is not None
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_3
-
-
-def test_log_level_is_case_insensitive() -> None:
-    assert Settings.from_env(env(LOG_LEVEL="debug")).log_level == "DEBUG"
-
-
-def test_jwt_issuer_and_audience_are_read() -> None:
-    s = Settings.from_env(env(JWT_ISSUER="https://issuer.example", JWT_AUDIENCE="dynconfig"))
-    assert s.jwt_issuer == "https://issuer.example"
-    assert s.jwt_audience == "dynconfig"
-
-
-def test_api_port_is_read() -> None:
-    assert Settings.from_env(env(API_PORT="9090")).api_port == 9090
 
 
 @pytest.mark.parametrize(("raw", "expected"), [("true", True), ("1", True), ("No", False), ("off", False)])
@@ -198,79 +181,56 @@ def test_settings_are_frozen() -> None:
 
 # --- what is refused, naming the variable -------------------------------------------------------
 
-
-def test_missing_postgres_url_names_it() -> None:
-    bad("POSTGRES_URL", POSTGRES_URL=None)
+SHORT_KEY = base64.b64encode(b"0123456789abcdef").decode()
 
 
-def test_mysql_postgres_url_names_it_without_echoing_the_password() -> None:
-    exc = bad("POSTGRES_URL", POSTGRES_URL=f"mysql://root:{PG_PASSWORD}@db/dynconfig")
-    assert PG_PASSWORD not in str(exc)
+def refused(variable: str, raw: str | None, *, hidden: str | None = None, **also: str | None) -> object:
+    """A row of REFUSED: ``variable`` set to ``raw`` (None: removed) plus ``also``; the error must name
+    ``variable`` and must not echo ``hidden``."""
+    ident = f"{variable}={raw!r}" + "".join(f",{k}={v!r}" for k, v in also.items())
+    return pytest.param(variable, {variable: raw, **also}, hidden, id=ident)
 
 
-def test_postgres_url_without_database_names_it() -> None:
-    bad("POSTGRES_URL", POSTGRES_URL="postgresql://u@db.internal:5432/")
+#: (the variable the error names, what the env changes, a secret the error must not echo).
+REFUSED = [
+    refused("POSTGRES_URL", None),
+    refused("POSTGRES_URL", f"mysql://root:{PG_PASSWORD}@db/dynconfig", hidden=PG_PASSWORD),
+    refused("POSTGRES_URL", "postgresql://u@db.internal:5432/"),  # no database
+    refused("POSTGRES_URL", "postgresql://u@db.internal:notaport/db"),
+    refused("POSTGRES_LISTEN_URL", "mysql://db/x"),
+    refused("POSTGRES_LISTEN_URL", "postgresql://db.internal:5432"),
+    refused("POSTGRES_STATEMENT_TIMEOUT_SECONDS", "0"),
+    refused("POSTGRES_STATEMENT_TIMEOUT_SECONDS", "2.5"),
+    refused("POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS", "0"),
+    refused("POSTGRES_KEEPALIVES_IDLE_SECONDS", "soon"),
+    refused("POSTGRES_KEEPALIVES_INTERVAL_SECONDS", "0"),
+    refused("POSTGRES_KEEPALIVES_COUNT", "0"),
+    refused("POSTGRES_POOL_SIZE", "2"),
+    refused("REDIS_HOST", None),  # and no REDIS_URL
+    refused("REDIS_PORT", "sixty"),
+    refused("REDIS_URL", "http://127.0.0.1:6379", REDIS_HOST=None),
+    refused("JWKS_URL", None),
+    refused("JWKS_URL", "ftp://auth.example.com/jwks.json"),
+    *(refused("RATE_LIMIT", raw) for raw in ("abc", "0", "-5", "1.5")),
+    refused("REUSE_PORT", "sometimes"),
+    refused("ADMIN_USERS", " , "),
+    refused("ENCRYPTION_KEYS", None),
+    refused("ENCRYPTION_KEYS", f"k1:{SHORT_KEY}", hidden=SHORT_KEY),  # 16 bytes
+    refused("ENCRYPTION_KEYS", "k1:not*base64!"),
+    refused("ENCRYPTION_KEYS", base64.b64encode(KEY_A).decode()),  # no id
+    refused(
+        "ENCRYPTION_KEYS", f"k1:{base64.b64encode(KEY_A).decode()},k1:{base64.b64encode(KEY_B).decode()}"
+    ),  # the same id twice
+    refused("LOG_LEVEL", "LOUD"),
+    *(refused("API_PORT", raw) for raw in ("70000", "0", "http")),
+]
 
 
-def test_postgres_url_with_malformed_port_names_it() -> None:
-    bad("POSTGRES_URL", POSTGRES_URL="postgresql://u@db.internal:notaport/db")
-
-
-def test_missing_redis_host_and_url_names_redis_host() -> None:
-    bad("REDIS_HOST", REDIS_HOST=None)
-
-
-def test_malformed_redis_port_names_it() -> None:
-    bad("REDIS_PORT", REDIS_PORT="sixty")
-
-
-def test_redis_url_with_wrong_scheme_names_it() -> None:
-    bad("REDIS_URL", REDIS_HOST=None, REDIS_URL="http://127.0.0.1:6379")
-
-
-def test_missing_jwks_url_names_it() -> None:
-    bad("JWKS_URL", JWKS_URL=None)
-
-
-def test_ftp_jwks_url_names_it() -> None:
-    bad("JWKS_URL", JWKS_URL="ftp://auth.example.com/jwks.json")
-
-
-@pytest.mark.parametrize("raw", ["abc", "0", "-5", "1.5"])
-def test_malformed_rate_limit_names_it(raw: str) -> None:
-    bad("RATE_LIMIT", RATE_LIMIT=raw)
-
-
-def test_malformed_reuse_port_names_it() -> None:
-    bad("REUSE_PORT", REUSE_PORT="sometimes")
-
-
-def test_empty_admin_users_names_it() -> None:
-    bad("ADMIN_USERS", ADMIN_USERS=" , ")
-
-
-def test_missing_encryption_keys_names_it() -> None:
-    bad("ENCRYPTION_KEYS", ENCRYPTION_KEYS=None)
-
-
-def test_16_byte_encryption_key_names_it_without_echoing_the_key() -> None:
-    short = base64.b64encode(b"0123456789abcdef").decode()
-    exc = bad("ENCRYPTION_KEYS", ENCRYPTION_KEYS=f"k1:{short}")
-    assert short not in str(exc)
-
-
-def test_bad_base64_encryption_key_names_it() -> None:
-    bad("ENCRYPTION_KEYS", ENCRYPTION_KEYS="k1:not*base64!")
-
-
-def test_encryption_keys_without_id_names_it() -> None:
-    bad("ENCRYPTION_KEYS", ENCRYPTION_KEYS=base64.b64encode(KEY_A).decode())
-
-
-def test_duplicate_encryption_key_id_names_it() -> None:
-    a = base64.b64encode(KEY_A).decode()
-    b = base64.b64encode(KEY_B).decode()
-    bad("ENCRYPTION_KEYS", ENCRYPTION_KEYS=f"k1:{a},k1:{b}")
+@pytest.mark.parametrize(("variable", "changes", "hidden"), REFUSED)
+def test_malformed_setting_names_itself(variable: str, changes: dict[str, str | None], hidden: str | None) -> None:
+    exc = bad(variable, **changes)
+    if hidden is not None:
+        assert hidden not in str(exc)
 
 
 def test_tls_cert_without_key_names_tls_key_file(cert_pair: tuple[str, str]) -> None:
@@ -289,15 +249,6 @@ def test_tls_files_that_are_not_pem_name_tls_cert_file(tmp_path: Path) -> None:
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
     bad("TLS_CERT_FILE", TLS_CERT_FILE=str(junk), TLS_KEY_FILE=str(junk))
-
-
-def test_unknown_log_level_names_it() -> None:
-    bad("LOG_LEVEL", LOG_LEVEL="LOUD")
-
-
-@pytest.mark.parametrize("raw", ["70000", "0", "http"])
-def test_malformed_api_port_names_it(raw: str) -> None:
-    bad("API_PORT", API_PORT=raw)
 
 
 # --- secrets ------------------------------------------------------------------------------------
