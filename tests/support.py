@@ -13,8 +13,9 @@ import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from uuid import uuid4
 
 import aiopg
@@ -80,6 +81,125 @@ def eventually_sync(
         if time.monotonic() >= deadline:
             raise AssertionError(f"not within {timeout} s: {_describe(what)}")
         time.sleep(interval)
+
+
+#: The username the test JWKS's tokens name by default, an admin in the test settings.
+ADMIN = "admin-user"
+
+
+# --- HTTP through the real api_server app -----------------------------------------------------------
+
+
+class Answer(NamedTuple):
+    status: int
+    body: Any  # the JSON body, None for a 204
+    headers: Any  # the response's headers (a CIMultiDictProxy)
+
+
+class Api:
+    """HTTP calls through a test client of the real api_server app (``client`` fixture or
+    ``make_client()``), each made as a named user with a token from ``token`` (the admin by default).
+    Test modules subclass it for calls of their own."""
+
+    def __init__(self, client: Any, token: Callable[..., str]) -> None:
+        self.client = client
+        self.token = token
+
+    def headers(self, user: str = ADMIN, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(user)}", **extra}
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        user: str = ADMIN,
+        body: Any = None,
+        *,
+        params: dict[str, str] | None = None,
+        **headers: str,
+    ) -> Answer:
+        kwargs: dict[str, Any] = {"headers": self.headers(user, **headers), "params": params}
+        if body is not None:
+            kwargs["json"] = body
+        async with self.client.request(method, path, **kwargs) as resp:
+            return Answer(resp.status, await resp.json() if resp.status != 204 else None, resp.headers)
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        user: str = ADMIN,
+        body: Any = None,
+        *,
+        params: dict[str, str] | None = None,
+        **headers: str,
+    ) -> tuple[int, Any]:
+        """(status, JSON body or None for a 204)."""
+        answer = await self.request(method, path, user, body, params=params, **headers)
+        return answer.status, answer.body
+
+    async def ok(self, method: str, path: str, user: str = ADMIN, body: Any = None) -> Any:
+        """A call that must succeed (2xx); its body."""
+        status, answer = await self.call(method, path, user, body)
+        assert 200 <= status < 300, (method, path, user, status, answer)
+        return answer
+
+    async def write(self, method: str, key: str, value: Any = None, **extra: Any) -> None:
+        """PUT or PATCH ``{"value": value, **extra}``, or DELETE, as the admin; it must succeed."""
+        status, body = await self.call(
+            method, f"/keys/{key}", ADMIN, None if method == "DELETE" else {"value": value, **extra}
+        )
+        assert status in (200, 201, 204), (status, body)
+
+    async def put(self, key: str, value: Any, user: str = ADMIN, **extra: Any) -> dict[str, Any]:
+        status, body = await self.call("PUT", f"/keys/{key}", user, {"value": value, **extra})
+        assert status in (200, 201), body
+        return body  # type: ignore[no-any-return]
+
+    async def patch(self, key: str, value: Any, user: str = ADMIN) -> dict[str, Any]:
+        status, body = await self.call("PATCH", f"/keys/{key}", user, {"value": value})
+        assert status == 200, body
+        return body  # type: ignore[no-any-return]
+
+    async def delete(self, key: str, user: str = ADMIN) -> None:
+        status, body = await self.call("DELETE", f"/keys/{key}", user)
+        assert status == 204, body
+
+
+# --- the JSON error shape (SPEC §4) -----------------------------------------------------------------
+
+
+def assert_error(
+    status: int, body: Any, expected: int | tuple[int, ...] | None = None, phrase: str | None = None
+) -> None:
+    """``body`` is an error answer, ``{"error": <phrase>, "message": <text>}``; with ``expected``, the
+    status is (one of) it and the phrase is ``phrase`` (by default, the status's own phrase)."""
+    if expected is not None:
+        assert status in (expected if isinstance(expected, tuple) else (expected,)), (status, body)
+    assert isinstance(body, dict) and isinstance(body.get("error"), str), (status, body)
+    if expected is not None or phrase is not None:
+        assert body["error"] == (phrase or HTTPStatus(status).phrase), body
+    assert isinstance(body.get("message"), str) and body["message"], (status, body)
+
+
+def assert_forbidden(status: int, body: Any) -> None:
+    assert_error(status, body, 403, "Forbidden")
+
+
+def assert_not_found(status: int, body: Any) -> None:
+    assert_error(status, body, 404, "Not Found")
+
+
+async def expect_error(resp: Any, status: int, phrase: str) -> dict[str, Any]:
+    """Read ``resp`` (an aiohttp response): ``status``, JSON, the error shape with ``phrase`` and
+    nothing but ``error``, ``message`` and ``fields``; the body."""
+    text = await resp.text()
+    assert resp.status == status, text
+    assert resp.content_type == "application/json", resp.content_type
+    body = json.loads(text)
+    assert_error(resp.status, body, status, phrase)
+    assert set(body) <= {"error", "message", "fields"}, body
+    return dict(body)
 
 
 #: Debian's Chromium for Playwright (its own browser download does not work here): headless, and

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from support import Api
 
 import notifier.watch
 from dynconfig_client.errors import BadRequest, Unauthorized
@@ -22,19 +23,6 @@ from dynconfig_client.stream import EventStream, refresh_delay, token_expiry
 ADMIN = "admin-user"
 TIMEOUT = 15.0
 Token = Callable[..., str]
-
-
-class Api:
-    """Writes through the real API app."""
-
-    def __init__(self, client: TestClient[Any, Any], token: Token) -> None:
-        self.client = client
-        self.headers = {"Authorization": f"Bearer {token(ADMIN)}"}
-
-    async def write(self, method: str, key: str, value: Any = None) -> None:
-        body = None if method == "DELETE" else {"value": value}
-        async with self.client.request(method, f"/keys/{key}", json=body, headers=self.headers) as resp:
-            assert resp.status in (200, 201, 204), await resp.text()
 
 
 def ws_url(server: Any) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import aiopg
 import pytest
 from aiohttp.test_utils import TestClient
-from support import eventually
+from support import Api, eventually
 
 from dynconfig_client.disk_cache import CacheState, DiskCache, Entry
 from dynconfig_client.errors import BadRequest
@@ -29,28 +29,15 @@ TIMEOUT = 15.0
 Token = Callable[..., str]
 
 
-class Api:
-    """The real API app: writes, and GET as the reference state."""
-
-    def __init__(self, client: TestClient[Any, Any], token: Token) -> None:
-        self.client = client
-        self.headers = {"Authorization": f"Bearer {token(ADMIN)}"}
-
-    async def write(self, method: str, key: str, value: Any = None, **extra: Any) -> None:
-        body = None if method == "DELETE" else {"value": value, **extra}
-        async with self.client.request(method, f"/keys/{key}", json=body, headers=self.headers) as resp:
-            assert resp.status in (200, 201, 204), await resp.text()
-
-    async def state(self, keys: list[str]) -> dict[str, tuple[Any, int | None]]:
-        """{key: (value, version)} of the keys that exist, as GET answers."""
-        found = {}
-        for key in keys:
-            async with self.client.get(f"/keys/{key}", headers=self.headers) as resp:
-                assert resp.status in (200, 404), await resp.text()
-                if resp.status == 200:
-                    body = await resp.json()
-                    found[key] = (body["value"], body["version"])
-        return found
+async def get_state(api: Api, keys: list[str]) -> dict[str, tuple[Any, int | None]]:
+    """{key: (value, version)} of the keys that exist, as GET answers."""
+    found = {}
+    for key in keys:
+        status, body = await api.call("GET", f"/keys/{key}")
+        assert status in (200, 404), body
+        if status == 200:
+            found[key] = (body["value"], body["version"])
+    return found
 
 
 def view_state(live: LiveConfig, keys: list[str]) -> dict[str, tuple[Any, int | None]]:
@@ -63,7 +50,7 @@ async def converged(api: Api, live: LiveConfig, keys: list[str], timeout: float 
 
     async def same() -> bool:
         nonlocal expected
-        expected = await api.state(keys)
+        expected = await get_state(api, keys)
         return view_state(live, keys) == expected and len(live) == len(expected)
 
     await eventually(same, timeout, lambda: f"view {view_state(live, keys)} == GET {expected}")

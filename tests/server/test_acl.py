@@ -13,7 +13,7 @@ import aiopg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
-from support import eventually
+from support import Api, assert_forbidden, assert_not_found, eventually
 
 from shared.acl import Acl, Principal, entries_match, entry_matches, governing_namespace, may_access, may_create
 
@@ -25,25 +25,8 @@ Token = Callable[..., str]
 # --- helpers ------------------------------------------------------------------------------------
 
 
-class Api:
-    """Small HTTP helper: every call names the user whose token it carries."""
-
-    def __init__(self, client: Client, token: Token) -> None:
-        self.client = client
-        self.token = token
-
-    def headers(self, user: str, **extra: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token(user)}", **extra}
-
-    async def call(
-        self, method: str, path: str, user: str = ADMIN, body: Any = None, **headers: str
-    ) -> tuple[int, Any]:
-        kwargs: dict[str, Any] = {"headers": self.headers(user, **headers)}
-        if body is not None:
-            kwargs["json"] = body
-        async with self.client.request(method, path, **kwargs) as resp:
-            data = await resp.json() if resp.status != 204 else None
-            return resp.status, data
+class AclApi(Api):
+    """Key and namespace calls as a named user; the answer, unchecked: the tests check it."""
 
     async def put_key(self, key: str, body: Any, user: str = ADMIN) -> tuple[int, Any]:
         return await self.call("PUT", f"/keys/{key}", user, body)
@@ -71,8 +54,8 @@ class Api:
 
 
 @pytest.fixture
-def api(client: Client, token: Token) -> Api:
-    return Api(client, token)
+def api(client: Client, token: Token) -> AclApi:
+    return AclApi(client, token)
 
 
 @pytest.fixture
@@ -83,18 +66,6 @@ def alice(unique_prefix: str) -> str:
 @pytest.fixture
 def bob(unique_prefix: str) -> str:
     return f"{unique_prefix}-bob"
-
-
-def assert_forbidden(status: int, body: Any) -> None:
-    assert status == 403, body
-    assert body["error"] == "Forbidden"
-    assert isinstance(body["message"], str) and body["message"]
-
-
-def assert_not_found(status: int, body: Any) -> None:
-    assert status == 404, body
-    assert body["error"] == "Not Found"
-    assert isinstance(body["message"], str) and body["message"]
 
 
 async def audit_rows(pg: aiopg.Pool, key: str, actor: str, outcome: str, *, at_least: int = 1) -> list[tuple[Any, ...]]:
@@ -116,7 +87,9 @@ async def audit_rows(pg: aiopg.Pool, key: str, actor: str, outcome: str, *, at_l
 # --- ACL entries --------------------------------------------------------------------------------
 
 
-async def test_exact_username_entry_grants_only_that_user(api: Api, unique_prefix: str, alice: str, bob: str) -> None:
+async def test_exact_username_entry_grants_only_that_user(
+    api: AclApi, unique_prefix: str, alice: str, bob: str
+) -> None:
     key = f"{unique_prefix}.exact"
     await api.create(key, "x", acls={"read": [alice], "write": []})
     status, body = await api.get_key(key, alice)
@@ -125,7 +98,9 @@ async def test_exact_username_entry_grants_only_that_user(api: Api, unique_prefi
     assert_forbidden(*await api.get_key(key, bob))
 
 
-async def test_star_entry_admits_any_authenticated_caller(api: Api, unique_prefix: str, alice: str, bob: str) -> None:
+async def test_star_entry_admits_any_authenticated_caller(
+    api: AclApi, unique_prefix: str, alice: str, bob: str
+) -> None:
     key = f"{unique_prefix}.star"
     await api.create(key, 1, acls={"read": ["*"], "write": ["*"]})
     for user in (alice, bob, "service:payment-api"):
@@ -137,7 +112,7 @@ async def test_star_entry_admits_any_authenticated_caller(api: Api, unique_prefi
     assert body["version"] == 2
 
 
-async def test_prefix_entry_matches_usernames_starting_with_the_prefix(api: Api, unique_prefix: str) -> None:
+async def test_prefix_entry_matches_usernames_starting_with_the_prefix(api: AclApi, unique_prefix: str) -> None:
     key = f"{unique_prefix}.prefix"
     await api.create(key, "p", acls={"read": ["service:*"], "write": []})
     for user in ("service:payment-api", "service:billing"):
@@ -147,7 +122,7 @@ async def test_prefix_entry_matches_usernames_starting_with_the_prefix(api: Api,
         assert_forbidden(*await api.get_key(key, user))
 
 
-async def test_write_does_not_imply_read(api: Api, unique_prefix: str, alice: str) -> None:
+async def test_write_does_not_imply_read(api: AclApi, unique_prefix: str, alice: str) -> None:
     key = f"{unique_prefix}.writer-only"
     await api.create(key, "a", acls={"read": [], "write": [alice]})
     assert_forbidden(*await api.get_key(key, alice))
@@ -161,7 +136,7 @@ async def test_write_does_not_imply_read(api: Api, unique_prefix: str, alice: st
     assert (status, body["value"], body["version"]) == (200, "c", 3)
 
 
-async def test_read_does_not_imply_write(api: Api, unique_prefix: str, alice: str) -> None:
+async def test_read_does_not_imply_write(api: AclApi, unique_prefix: str, alice: str) -> None:
     key = f"{unique_prefix}.reader-only"
     await api.create(key, "a", acls={"read": [alice], "write": []})
     assert (await api.get_key(key, alice))[0] == 200
@@ -175,14 +150,14 @@ async def test_read_does_not_imply_write(api: Api, unique_prefix: str, alice: st
 # --- creating keys ------------------------------------------------------------------------------
 
 
-async def test_non_admin_create_without_namespace_acl_is_forbidden(api: Api, unique_prefix: str, alice: str) -> None:
+async def test_non_admin_create_without_namespace_acl_is_forbidden(api: AclApi, unique_prefix: str, alice: str) -> None:
     key = f"{unique_prefix}.app.k"
     assert_forbidden(*await api.put_key(key, {"value": 1}, alice))
     assert_not_found(*await api.get_key(key))
 
 
 async def test_non_admin_create_with_write_on_governing_namespace_is_created(
-    api: Api, unique_prefix: str, alice: str, bob: str
+    api: AclApi, unique_prefix: str, alice: str, bob: str
 ) -> None:
     ns = f"{unique_prefix}.app"
     assert (await api.put_ns(ns, [alice], [alice]))[0] == 201
@@ -192,13 +167,13 @@ async def test_non_admin_create_with_write_on_governing_namespace_is_created(
     assert_forbidden(*await api.put_key(f"{ns}.other", {"value": 1}, bob))
 
 
-async def test_namespace_read_alone_does_not_allow_create(api: Api, unique_prefix: str, alice: str) -> None:
+async def test_namespace_read_alone_does_not_allow_create(api: AclApi, unique_prefix: str, alice: str) -> None:
     ns = f"{unique_prefix}.ro"
     await api.put_ns(ns, [alice], [])
     assert_forbidden(*await api.put_key(f"{ns}.k", {"value": 1}, alice))
 
 
-async def test_nearest_namespace_acl_wins_over_a_farther_one(api: Api, unique_prefix: str, alice: str) -> None:
+async def test_nearest_namespace_acl_wins_over_a_farther_one(api: AclApi, unique_prefix: str, alice: str) -> None:
     p = f"{unique_prefix}.p"
     await api.put_ns(p, [], [alice])
     await api.put_ns(f"{p}.sub", [], ["someone-else"])
@@ -208,7 +183,7 @@ async def test_nearest_namespace_acl_wins_over_a_farther_one(api: Api, unique_pr
 
 
 async def test_nearer_namespace_acl_can_allow_what_a_farther_one_denies(
-    api: Api, unique_prefix: str, alice: str
+    api: AclApi, unique_prefix: str, alice: str
 ) -> None:
     p = f"{unique_prefix}/p"
     await api.put_ns(p, [], [])
@@ -219,7 +194,7 @@ async def test_nearer_namespace_acl_can_allow_what_a_farther_one_denies(
 
 
 async def test_non_admin_creator_may_set_ttl_and_acls_at_creation(
-    api: Api, unique_prefix: str, alice: str, bob: str
+    api: AclApi, unique_prefix: str, alice: str, bob: str
 ) -> None:
     # SPEC §4 forbids non-admins to *change* ttl/acls on replace; the seed defines per-key ACLs
     # "at creation". A creator with namespace write therefore sets them when creating.
@@ -239,49 +214,49 @@ async def test_non_admin_creator_may_set_ttl_and_acls_at_creation(
 
 
 @pytest.fixture
-async def writable_key(api: Api, unique_prefix: str, alice: str) -> str:
+async def writable_key(api: AclApi, unique_prefix: str, alice: str) -> str:
     """A key alice may read and write, with a TTL, created by the admin."""
     key = f"{unique_prefix}.meta"
     await api.create(key, "v1", ttl=3600, acls={"read": [alice], "write": [alice]})
     return key
 
 
-async def _unchanged(api: Api, key: str, alice: str) -> None:
+async def _unchanged(api: AclApi, key: str, alice: str) -> None:
     status, body = await api.get_key(key)
     assert status == 200, body
     assert (body["value"], body["version"], body["ttl"]) == ("v1", 1, 3600)
     assert (await api.get_key(key, alice))[0] == 200
 
 
-async def test_non_admin_put_with_a_different_ttl_is_forbidden(api: Api, writable_key: str, alice: str) -> None:
+async def test_non_admin_put_with_a_different_ttl_is_forbidden(api: AclApi, writable_key: str, alice: str) -> None:
     assert_forbidden(*await api.put_key(writable_key, {"value": "v2", "ttl": 60}, alice))
     await _unchanged(api, writable_key, alice)
 
 
-async def test_non_admin_put_clearing_the_ttl_is_forbidden(api: Api, writable_key: str, alice: str) -> None:
+async def test_non_admin_put_clearing_the_ttl_is_forbidden(api: AclApi, writable_key: str, alice: str) -> None:
     assert_forbidden(*await api.put_key(writable_key, {"value": "v2", "ttl": None}, alice))
     await _unchanged(api, writable_key, alice)
 
 
-async def test_non_admin_put_with_different_acls_is_forbidden(api: Api, writable_key: str, alice: str) -> None:
+async def test_non_admin_put_with_different_acls_is_forbidden(api: AclApi, writable_key: str, alice: str) -> None:
     body = {"value": "v2", "acls": {"read": ["*"], "write": [alice]}}
     assert_forbidden(*await api.put_key(writable_key, body, alice))
     await _unchanged(api, writable_key, alice)
 
 
-async def test_non_admin_patch_with_ttl_is_forbidden(api: Api, writable_key: str, alice: str) -> None:
+async def test_non_admin_patch_with_ttl_is_forbidden(api: AclApi, writable_key: str, alice: str) -> None:
     assert_forbidden(*await api.patch_key(writable_key, {"value": "v2", "ttl": 60}, alice))
     await _unchanged(api, writable_key, alice)
 
 
-async def test_non_admin_patch_with_acls_is_forbidden(api: Api, writable_key: str, alice: str) -> None:
+async def test_non_admin_patch_with_acls_is_forbidden(api: AclApi, writable_key: str, alice: str) -> None:
     body = {"acls": {"read": ["*"], "write": ["*"]}}
     assert_forbidden(*await api.patch_key(writable_key, body, alice))
     await _unchanged(api, writable_key, alice)
 
 
 async def test_non_admin_put_with_only_a_value_keeps_the_metadata(
-    api: Api, pg: aiopg.Pool, writable_key: str, alice: str, bob: str
+    api: AclApi, pg: aiopg.Pool, writable_key: str, alice: str, bob: str
 ) -> None:
     status, body = await api.put_key(writable_key, {"value": "v2"}, alice)
     assert status == 200, body
@@ -295,7 +270,9 @@ async def test_non_admin_put_with_only_a_value_keeps_the_metadata(
         assert await cur.fetchone() == ([alice], [alice], 3600)
 
 
-async def test_non_admin_put_restating_unchanged_metadata_is_allowed(api: Api, writable_key: str, alice: str) -> None:
+async def test_non_admin_put_restating_unchanged_metadata_is_allowed(
+    api: AclApi, writable_key: str, alice: str
+) -> None:
     # "A non-admin may not *change* ttl/acls": restating the stored ones is no change.
     body = {"value": "v2", "ttl": 3600, "acls": {"read": [alice], "write": [alice]}}
     status, resp = await api.put_key(writable_key, body, alice)
@@ -303,7 +280,7 @@ async def test_non_admin_put_restating_unchanged_metadata_is_allowed(api: Api, w
     assert resp["version"] == 2
 
 
-async def test_admin_may_change_ttl_and_acls_with_put(api: Api, writable_key: str, alice: str, bob: str) -> None:
+async def test_admin_may_change_ttl_and_acls_with_put(api: AclApi, writable_key: str, alice: str, bob: str) -> None:
     body = {"value": "v2", "ttl": 60, "acls": {"read": [bob], "write": []}}
     status, resp = await api.put_key(writable_key, body)
     assert status == 200, resp
@@ -312,7 +289,7 @@ async def test_admin_may_change_ttl_and_acls_with_put(api: Api, writable_key: st
     assert_forbidden(*await api.get_key(writable_key, alice))
 
 
-async def test_admin_may_change_ttl_and_acls_with_patch(api: Api, writable_key: str, alice: str, bob: str) -> None:
+async def test_admin_may_change_ttl_and_acls_with_patch(api: AclApi, writable_key: str, alice: str, bob: str) -> None:
     status, resp = await api.patch_key(writable_key, {"ttl": None, "acls": {"read": [bob], "write": [bob]}})
     assert status == 200, resp
     assert resp["version"] == 2
@@ -326,7 +303,7 @@ async def test_admin_may_change_ttl_and_acls_with_patch(api: Api, writable_key: 
 
 
 async def test_changing_the_namespace_acl_changes_who_reads_a_cached_key(
-    api: Api, redis_client: aioredis.Redis, unique_prefix: str, alice: str
+    api: AclApi, redis_client: aioredis.Redis, unique_prefix: str, alice: str
 ) -> None:
     ns = f"{unique_prefix}.inherit"
     key = f"{ns}.k"
@@ -342,7 +319,9 @@ async def test_changing_the_namespace_acl_changes_who_reads_a_cached_key(
     assert (await api.get_key(key, alice))[0] == 200
 
 
-async def test_a_new_nearer_namespace_acl_takes_over_an_existing_key(api: Api, unique_prefix: str, alice: str) -> None:
+async def test_a_new_nearer_namespace_acl_takes_over_an_existing_key(
+    api: AclApi, unique_prefix: str, alice: str
+) -> None:
     key = f"{unique_prefix}.a.b.k"
     await api.put_ns(f"{unique_prefix}.a", ["*"], [])
     await api.create(key)
@@ -353,7 +332,7 @@ async def test_a_new_nearer_namespace_acl_takes_over_an_existing_key(api: Api, u
     assert (await api.get_key(key, alice))[0] == 200
 
 
-async def test_namespace_acl_governs_writes_of_inheriting_keys(api: Api, unique_prefix: str, alice: str) -> None:
+async def test_namespace_acl_governs_writes_of_inheriting_keys(api: AclApi, unique_prefix: str, alice: str) -> None:
     ns = f"{unique_prefix}.w"
     key = f"{ns}.k"
     await api.put_ns(ns, [], [])
@@ -364,7 +343,7 @@ async def test_namespace_acl_governs_writes_of_inheriting_keys(api: Api, unique_
     assert status == 200, body
 
 
-async def test_key_acl_overrides_the_namespace_acl(api: Api, unique_prefix: str, alice: str) -> None:
+async def test_key_acl_overrides_the_namespace_acl(api: AclApi, unique_prefix: str, alice: str) -> None:
     ns = f"{unique_prefix}.own"
     await api.put_ns(ns, ["*"], ["*"])
     key = f"{ns}.k"
@@ -373,7 +352,7 @@ async def test_key_acl_overrides_the_namespace_acl(api: Api, unique_prefix: str,
     assert_forbidden(*await api.patch_key(key, {"value": 2}, alice))
 
 
-async def test_no_acl_anywhere_means_only_the_creator_and_admins(api: Api, unique_prefix: str, alice: str) -> None:
+async def test_no_acl_anywhere_means_only_the_creator_and_admins(api: AclApi, unique_prefix: str, alice: str) -> None:
     key = f"{unique_prefix}.lonely"
     await api.create(key, "mine")
     assert_forbidden(*await api.get_key(key, alice))
@@ -383,7 +362,7 @@ async def test_no_acl_anywhere_means_only_the_creator_and_admins(api: Api, uniqu
 
 
 async def test_no_acl_anywhere_leaves_a_non_admin_creator_access(
-    api: Api, unique_prefix: str, alice: str, bob: str
+    api: AclApi, unique_prefix: str, alice: str, bob: str
 ) -> None:
     ns = f"{unique_prefix}.tmp"
     key = f"{ns}.k"
@@ -401,7 +380,7 @@ async def test_no_acl_anywhere_leaves_a_non_admin_creator_access(
 
 
 async def test_unreadable_existing_and_absent_keys_both_answer_403(
-    api: Api, unique_prefix: str, alice: str, bob: str
+    api: AclApi, unique_prefix: str, alice: str, bob: str
 ) -> None:
     ns = f"{unique_prefix}.hidden"
     await api.put_ns(ns, [alice], [])
@@ -414,13 +393,13 @@ async def test_unreadable_existing_and_absent_keys_both_answer_403(
     assert body_e["message"].replace(existing, "K") == body_a["message"].replace(absent, "K")
 
 
-async def test_absent_key_without_any_acl_answers_403_to_non_admins(api: Api, unique_prefix: str, bob: str) -> None:
+async def test_absent_key_without_any_acl_answers_403_to_non_admins(api: AclApi, unique_prefix: str, bob: str) -> None:
     assert_forbidden(*await api.get_key(f"{unique_prefix}.nowhere.k", bob))
     assert_not_found(*await api.get_key(f"{unique_prefix}.nowhere.k"))
 
 
 async def test_deleted_key_answers_403_to_a_caller_without_read(
-    api: Api, unique_prefix: str, alice: str, bob: str
+    api: AclApi, unique_prefix: str, alice: str, bob: str
 ) -> None:
     ns = f"{unique_prefix}.gone"
     key = f"{ns}.k"
@@ -431,13 +410,15 @@ async def test_deleted_key_answers_403_to_a_caller_without_read(
     assert_not_found(*await api.get_key(key, alice))
 
 
-async def test_absent_key_answers_404_to_a_namespace_reader(api: Api, unique_prefix: str, alice: str) -> None:
+async def test_absent_key_answers_404_to_a_namespace_reader(api: AclApi, unique_prefix: str, alice: str) -> None:
     ns = f"{unique_prefix}.open"
     await api.put_ns(ns, [alice], [])
     assert_not_found(*await api.get_key(f"{ns}.missing", alice))
 
 
-async def test_patch_and_delete_of_absent_key_answer_403_without_read(api: Api, unique_prefix: str, bob: str) -> None:
+async def test_patch_and_delete_of_absent_key_answer_403_without_read(
+    api: AclApi, unique_prefix: str, bob: str
+) -> None:
     ns = f"{unique_prefix}.closed"
     await api.put_ns(ns, [], [])
     assert_forbidden(*await api.patch_key(f"{ns}.missing", {"value": 1}, bob))
@@ -448,7 +429,7 @@ async def test_patch_and_delete_of_absent_key_answer_403_without_read(api: Api, 
 
 @pytest.mark.parametrize(("method", "body"), [("PUT", {"value": 1}), ("PATCH", {"value": 1}), ("DELETE", None)])
 async def test_denied_writes_do_not_reveal_whether_the_key_exists(
-    api: Api, unique_prefix: str, alice: str, bob: str, method: str, body: Any
+    api: AclApi, unique_prefix: str, alice: str, bob: str, method: str, body: Any
 ) -> None:
     # Same status AND same message for an existing and an absent key (the GET test above checks reads).
     ns = f"{unique_prefix}.sealed"
@@ -463,7 +444,7 @@ async def test_denied_writes_do_not_reveal_whether_the_key_exists(
 
 
 async def test_a_refused_create_says_that_a_namespace_acl_grants_write(
-    api: Api, unique_prefix: str, alice: str
+    api: AclApi, unique_prefix: str, alice: str
 ) -> None:
     key = f"{unique_prefix}.team.app.flag"  # no namespace ACL above it: only admins create here
     status, body = await api.put_key(key, {"value": 1}, alice)
@@ -482,7 +463,7 @@ async def test_a_refused_create_says_that_a_namespace_acl_grants_write(
 
 @pytest.mark.parametrize(("method", "body"), [("PUT", {"value": 1}), ("PATCH", {"value": 1}), ("DELETE", None)])
 async def test_the_hint_of_a_refused_write_is_the_same_for_existing_and_missing_keys(
-    api: Api, unique_prefix: str, alice: str, bob: str, method: str, body: Any
+    api: AclApi, unique_prefix: str, alice: str, bob: str, method: str, body: Any
 ) -> None:
     # SPEC §5: the hint may tell how write is granted, never whether the key exists; so it is the same
     # for a key that exists (with or without its own ACL), one that was deleted, and one that never did.
@@ -504,7 +485,7 @@ async def test_the_hint_of_a_refused_write_is_the_same_for_existing_and_missing_
 
 
 async def test_history_of_absent_key_is_403_without_read_and_404_with_it(
-    api: Api, unique_prefix: str, alice: str, bob: str
+    api: AclApi, unique_prefix: str, alice: str, bob: str
 ) -> None:
     ns = f"{unique_prefix}.hns"
     await api.put_ns(ns, [alice], [])
@@ -516,7 +497,7 @@ async def test_history_of_absent_key_is_403_without_read_and_404_with_it(
 
 
 @pytest.fixture
-async def mixed_keys(api: Api, unique_prefix: str, alice: str, bob: str) -> list[str]:
+async def mixed_keys(api: AclApi, unique_prefix: str, alice: str, bob: str) -> list[str]:
     """Four keys under ``{unique}.list``; alice may read ``a`` and ``d`` only."""
     ns = f"{unique_prefix}.list"
     await api.create(f"{ns}.a", acls={"read": ["*"], "write": []})
@@ -527,7 +508,7 @@ async def mixed_keys(api: Api, unique_prefix: str, alice: str, bob: str) -> list
 
 
 async def test_listing_leaves_out_unreadable_keys_and_counts_only_readable(
-    api: Api, unique_prefix: str, mixed_keys: list[str], alice: str
+    api: AclApi, unique_prefix: str, mixed_keys: list[str], alice: str
 ) -> None:
     status, body = await api.call("GET", f"/keys?namespace={unique_prefix}.list", alice)
     assert status == 200, body
@@ -537,7 +518,7 @@ async def test_listing_leaves_out_unreadable_keys_and_counts_only_readable(
 
 
 async def test_listing_pagination_covers_only_readable_keys(
-    api: Api, unique_prefix: str, mixed_keys: list[str], alice: str
+    api: AclApi, unique_prefix: str, mixed_keys: list[str], alice: str
 ) -> None:
     status, page1 = await api.call("GET", f"/keys?namespace={unique_prefix}.list&limit=1", alice)
     assert status == 200, page1
@@ -548,7 +529,7 @@ async def test_listing_pagination_covers_only_readable_keys(
     assert page2 == {"keys": [mixed_keys[3]], "total": 2}
 
 
-async def test_listing_follows_namespace_acl_changes(api: Api, unique_prefix: str, alice: str) -> None:
+async def test_listing_follows_namespace_acl_changes(api: AclApi, unique_prefix: str, alice: str) -> None:
     ns = f"{unique_prefix}.lns"
     await api.create(f"{ns}.k")
     status, body = await api.call("GET", f"/keys?namespace={ns}", alice)
@@ -561,7 +542,7 @@ async def test_listing_follows_namespace_acl_changes(api: Api, unique_prefix: st
 # --- history and delete -------------------------------------------------------------------------
 
 
-async def test_history_requires_read(api: Api, unique_prefix: str, alice: str, bob: str) -> None:
+async def test_history_requires_read(api: AclApi, unique_prefix: str, alice: str, bob: str) -> None:
     key = f"{unique_prefix}.hist"
     await api.create(key, 1, acls={"read": [alice], "write": [bob]})
     assert_forbidden(*await api.call("GET", f"/keys/{key}/history", bob))
@@ -570,7 +551,7 @@ async def test_history_requires_read(api: Api, unique_prefix: str, alice: str, b
     assert body["key"] == key and [v["version"] for v in body["versions"]] == [1]
 
 
-async def test_delete_requires_write(api: Api, unique_prefix: str, alice: str, bob: str) -> None:
+async def test_delete_requires_write(api: AclApi, unique_prefix: str, alice: str, bob: str) -> None:
     key = f"{unique_prefix}.del"
     await api.create(key, 1, acls={"read": [alice], "write": [bob]})
     assert_forbidden(*await api.delete_key(key, alice))
@@ -583,7 +564,7 @@ async def test_delete_requires_write(api: Api, unique_prefix: str, alice: str, b
 # --- audit of denials ---------------------------------------------------------------------------
 
 
-async def test_denied_get_is_audited_as_denied(api: Api, pg: aiopg.Pool, unique_prefix: str, bob: str) -> None:
+async def test_denied_get_is_audited_as_denied(api: AclApi, pg: aiopg.Pool, unique_prefix: str, bob: str) -> None:
     key = f"{unique_prefix}.audit-get"
     await api.create(key, acls={"read": [], "write": []})
     assert_forbidden(*await api.get_key(key, bob))
@@ -593,7 +574,7 @@ async def test_denied_get_is_audited_as_denied(api: Api, pg: aiopg.Pool, unique_
     assert (row_key, actor, outcome, version) == (key, bob, "denied", None)
 
 
-async def test_denied_put_is_audited_as_denied(api: Api, pg: aiopg.Pool, unique_prefix: str, bob: str) -> None:
+async def test_denied_put_is_audited_as_denied(api: AclApi, pg: aiopg.Pool, unique_prefix: str, bob: str) -> None:
     key = f"{unique_prefix}.audit-put"
     await api.create(key, acls={"read": [], "write": []})
     assert_forbidden(*await api.put_key(key, {"value": "no"}, bob))

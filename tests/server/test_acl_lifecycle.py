@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
-from support import eventually
+from support import Api, assert_error, eventually
 
 ADMIN = "admin-user"
 TIMEOUT = 10.0
@@ -30,27 +30,8 @@ Token = Callable[..., str]
 OPEN = {"read": ["*"], "write": []}  # the ACL of marker keys: anyone may read them
 
 
-class Api:
-    """HTTP calls through the real api_server app, each made as a named user (admin by default)."""
-
-    def __init__(self, client: Client, token: Token) -> None:
-        self.client = client
-        self.token = token
-
-    async def call(
-        self, method: str, path: str, user: str = ADMIN, body: Any = None, params: dict[str, str] | None = None
-    ) -> tuple[int, Any]:
-        kwargs: dict[str, Any] = {"headers": {"Authorization": f"Bearer {self.token(user)}"}, "params": params}
-        if body is not None:
-            kwargs["json"] = body
-        async with self.client.request(method, path, **kwargs) as resp:
-            return resp.status, (await resp.json() if resp.status != 204 else None)
-
-    async def ok(self, method: str, path: str, user: str = ADMIN, body: Any = None) -> Any:
-        """A call that must succeed (2xx)."""
-        status, answer = await self.call(method, path, user, body)
-        assert 200 <= status < 300, (method, path, user, status, answer)
-        return answer
+class LifecycleApi(Api):
+    """Namespace ACLs, history and polls as a named user."""
 
     async def put_ns(self, ns: str, read: list[str], write: list[str]) -> None:
         await self.ok("PUT", f"/namespaces/{ns}", ADMIN, {"acls": {"read": read, "write": write}})
@@ -76,12 +57,6 @@ class Api:
             return events if any(e["key"] == marker for e in events) else None
 
         return await eventually(with_marker, TIMEOUT, lambda: f"marker {marker} in {user}'s poll: {body}")
-
-
-def assert_error(status: int, body: Any) -> None:
-    """Every error answer is ``{"error": <phrase>, "message": <text>}``."""
-    assert isinstance(body, dict) and isinstance(body.get("error"), str), (status, body)
-    assert isinstance(body.get("message"), str) and body["message"], (status, body)
 
 
 def outcome(status: int, body: Any) -> tuple[int, str | None]:
@@ -122,8 +97,8 @@ async def watch(
 
 
 @pytest.fixture
-def api(client: Client, token: Token) -> Api:
-    return Api(client, token)
+def api(client: Client, token: Token) -> LifecycleApi:
+    return LifecycleApi(client, token)
 
 
 @pytest.fixture
@@ -133,7 +108,7 @@ def users(unique_prefix: str) -> tuple[str, str, str]:
 
 
 async def test_deleted_key_keeps_its_acl_so_a_namespace_writer_cannot_take_it_over(
-    api: Api, notifier_server: TestServer, token: Token, unique_prefix: str, users: tuple[str, str, str]
+    api: LifecycleApi, notifier_server: TestServer, token: Token, unique_prefix: str, users: tuple[str, str, str]
 ) -> None:
     alice, bob, _ = users
     ns = unique_prefix
@@ -180,7 +155,7 @@ async def test_deleted_key_keeps_its_acl_so_a_namespace_writer_cannot_take_it_ov
 
 
 async def test_expired_key_keeps_its_acl_so_a_write_only_namespace_user_cannot_take_it_over(
-    api: Api, unique_prefix: str, users: tuple[str, str, str]
+    api: LifecycleApi, unique_prefix: str, users: tuple[str, str, str]
 ) -> None:
     alice, _, carol = users
     ns = unique_prefix
@@ -218,7 +193,7 @@ async def test_expired_key_keeps_its_acl_so_a_write_only_namespace_user_cannot_t
 
 
 async def test_each_version_is_served_under_the_key_acl_it_was_written_with(
-    api: Api, notifier_server: TestServer, token: Token, unique_prefix: str, users: tuple[str, str, str]
+    api: LifecycleApi, notifier_server: TestServer, token: Token, unique_prefix: str, users: tuple[str, str, str]
 ) -> None:
     alice, bob, _ = users
     ns = unique_prefix
@@ -255,7 +230,7 @@ async def test_each_version_is_served_under_the_key_acl_it_was_written_with(
 
 
 async def test_each_version_is_served_under_the_namespace_acl_that_governed_it(
-    api: Api, notifier_server: TestServer, unique_prefix: str, users: tuple[str, str, str]
+    api: LifecycleApi, notifier_server: TestServer, unique_prefix: str, users: tuple[str, str, str]
 ) -> None:
     alice, bob, _ = users
     ns = unique_prefix
@@ -279,7 +254,7 @@ async def test_each_version_is_served_under_the_namespace_acl_that_governed_it(
 
 
 async def test_history_paging_skips_hidden_versions_and_ends(
-    api: Api, unique_prefix: str, users: tuple[str, str, str]
+    api: LifecycleApi, unique_prefix: str, users: tuple[str, str, str]
 ) -> None:
     alice, bob, _ = users
     key = f"{unique_prefix}.k"

@@ -17,7 +17,7 @@ import aiohttp
 import aiopg
 import pytest
 from aiohttp.test_utils import TestClient
-from support import WatchRecorder
+from support import WatchRecorder, assert_not_found
 
 from expiry_worker.expiry import ExpiryWorker
 from expiry_worker.metrics import ExpiryMetrics
@@ -101,11 +101,6 @@ async def expires_at(client: Client, key: str, headers: dict[str, str]) -> float
 
 async def sleep_until(moment: float) -> None:
     await asyncio.sleep(max(0.0, moment - time.time()))
-
-
-def assert_not_found(status: int, body: dict[str, Any]) -> None:
-    assert status == 404, body
-    assert body["error"] == "Not Found" and isinstance(body["message"], str), body
 
 
 # --- with a running worker --------------------------------------------------------------------------

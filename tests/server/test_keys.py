@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
+from support import expect_error
 from yarl import URL
 
 from shared.timeutil import parse_rfc3339
@@ -32,19 +33,6 @@ def admin(token: Callable[..., str]) -> dict[str, str]:
 
 def bearer(token: Callable[..., str], username: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token(username)}"}
-
-
-async def expect_error(resp: ClientResponse, status: int, phrase: str) -> dict[str, Any]:
-    """Assert the SPEC §4 error shape with ``phrase``; return the body."""
-    text = await resp.text()
-    assert resp.status == status, text
-    assert resp.content_type == "application/json", resp.content_type
-    body = json.loads(text)
-    assert isinstance(body, dict)
-    assert body["error"] == phrase, body
-    assert isinstance(body["message"], str) and body["message"], body
-    assert set(body) <= {"error", "message", "fields"}, body
-    return body
 
 
 async def put(client: Client, key: str, headers: dict[str, str], **body: Any) -> ClientResponse:

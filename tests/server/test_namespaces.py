@@ -8,6 +8,7 @@ from typing import Any
 import aiopg
 import pytest
 from aiohttp.test_utils import TestClient
+from support import assert_error
 
 ADMIN = "admin-user"
 Client = TestClient[Any, Any]
@@ -20,12 +21,6 @@ def auth(token: Token) -> Callable[..., dict[str, str]]:
         return {"Authorization": f"Bearer {token(user)}"}
 
     return make
-
-
-def assert_error(status: int, body: Any, expected_status: int, phrase: str) -> None:
-    assert status == expected_status, body
-    assert body["error"] == phrase, body
-    assert isinstance(body["message"], str) and body["message"]
 
 
 async def call(client: Client, method: str, path: str, headers: dict[str, str], **kwargs: Any) -> tuple[int, Any]:

@@ -14,9 +14,8 @@ from typing import Any
 import aiohttp
 import aiopg
 import pytest
-from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
-from support import eventually
+from support import eventually, expect_error
 
 from shared.timeutil import parse_rfc3339
 
@@ -32,17 +31,6 @@ EVENT_FIELDS = {
 @pytest.fixture
 def admin(token: Callable[..., str]) -> dict[str, str]:
     return {"Authorization": f"Bearer {token()}"}
-
-
-async def expect_error(resp: ClientResponse, status: int, phrase: str) -> dict[str, Any]:
-    text = await resp.text()
-    assert resp.status == status, text
-    assert resp.content_type == "application/json", resp.content_type
-    body: dict[str, Any] = json.loads(text)
-    assert body["error"] == phrase, body
-    assert isinstance(body["message"], str) and body["message"], body
-    assert set(body) <= {"error", "message", "fields"}, body
-    return body
 
 
 async def poll(

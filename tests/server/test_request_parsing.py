@@ -16,7 +16,6 @@ import re
 import signal
 import time
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import Any
 from uuid import uuid4
 
@@ -24,6 +23,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
+from support import assert_error
 
 ADMIN = "admin-user"
 TIMEOUT = 10.0
@@ -69,15 +69,6 @@ async def put(client: Client, token: Token, key: str, value: Any, **extra: Any) 
     status, body = await call(client, token, "PUT", key, body={"value": value, **extra})
     assert status in (200, 201), body
     return body  # type: ignore[no-any-return]
-
-
-def assert_error(status: int, body: Any, expected: int | tuple[int, ...], phrase: str | None = None) -> None:
-    """``status`` is expected and ``body`` has the SPEC §4 error shape with the right phrase."""
-    wanted = expected if isinstance(expected, tuple) else (expected,)
-    assert status in wanted, (status, body)
-    assert isinstance(body, dict) and {"error", "message"} <= set(body), body
-    assert body["error"] == (phrase or HTTPStatus(status).phrase), body
-    assert isinstance(body["message"], str) and body["message"], body
 
 
 async def raw_http(port: int, request: bytes, timeout: float = TIMEOUT) -> tuple[int, dict[str, str], bytes]:

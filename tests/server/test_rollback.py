@@ -4,14 +4,13 @@ honoured, and never a way to show an old value to someone who could not read it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import aiopg
 from aiohttp.test_utils import TestClient
-from support import WatchRecorder
+from support import Api, WatchRecorder
 
 from shared.crypto import Keyring
 from shared.settings import Settings
@@ -20,21 +19,12 @@ Client = TestClient[Any, Any]
 Token = Callable[..., str]
 
 
-class Api:
-    def __init__(self, client: Client, token: Token) -> None:
-        self.client, self.token = client, token
-
-    async def call(self, method: str, path: str, user: str = "admin-user", body: Any = None, **headers: str) -> Any:
-        hdrs = {"Authorization": f"Bearer {self.token(user)}", **headers}
-        async with self.client.request(method, path, json=body, headers=hdrs) as resp:
-            text = await resp.text()
-            return resp.status, (json.loads(text) if text else None)
-
+class RollbackApi(Api):
     async def rollback(self, key: str, version: Any, user: str = "admin-user", **headers: str) -> Any:
         return await self.call("POST", f"/keys/{key}/rollback", user, {"version": version}, **headers)
 
 
-async def three_versions(api: Api, key: str, **put: Any) -> None:
+async def three_versions(api: RollbackApi, key: str, **put: Any) -> None:
     """v1 = "first", v2 = "second", v3 = a delete, v4 = "fourth"."""
     assert (await api.call("PUT", f"/keys/{key}", body={"value": "first", **put}))[0] == 201
     assert (await api.call("PATCH", f"/keys/{key}", body={"value": "second"}))[0] == 200
@@ -45,7 +35,7 @@ async def three_versions(api: Api, key: str, **put: Any) -> None:
 async def test_rollback_writes_the_old_value_as_a_new_version_audited_and_propagated(
     client: Client, token: Token, notifier_server: Any, pg: aiopg.Pool, unique_prefix: str
 ) -> None:
-    api = Api(client, token)
+    api = RollbackApi(client, token)
     key = f"{unique_prefix}.flag"
     await three_versions(api, key)
     async with aiohttp.ClientSession() as session:
@@ -73,7 +63,7 @@ async def test_rollback_writes_the_old_value_as_a_new_version_audited_and_propag
 async def test_rollback_keeps_the_ttl_and_acls_as_a_put_of_the_value_would(
     client: Client, token: Token, unique_prefix: str
 ) -> None:
-    api = Api(client, token)
+    api = RollbackApi(client, token)
     key = f"{unique_prefix}.ttl"
     acls = {"read": ["*"], "write": ["admin-user"]}
     assert (await api.call("PUT", f"/keys/{key}", body={"value": 1, "ttl": 3600, "acls": acls}))[0] == 201
@@ -84,7 +74,7 @@ async def test_rollback_keeps_the_ttl_and_acls_as_a_put_of_the_value_would(
 
 
 async def test_rollback_of_a_deleted_key_brings_it_back(client: Client, token: Token, unique_prefix: str) -> None:
-    api = Api(client, token)
+    api = RollbackApi(client, token)
     key = f"{unique_prefix}.gone"
     assert (await api.call("PUT", f"/keys/{key}", body={"value": {"a": [1, 2.5, None]}}))[0] == 201
     assert (await api.call("DELETE", f"/keys/{key}"))[0] == 204
@@ -94,7 +84,7 @@ async def test_rollback_of_a_deleted_key_brings_it_back(client: Client, token: T
 
 
 async def test_rollback_refusals(client: Client, token: Token, unique_prefix: str) -> None:
-    api = Api(client, token)
+    api = RollbackApi(client, token)
     key = f"{unique_prefix}.r"
     await three_versions(api, key)
 
@@ -128,7 +118,7 @@ async def test_rollback_needs_write_now_and_read_of_that_version(
     """A writer who could not read version 1 when it was written may not roll back to it (that would
     publish a value they were never allowed to see); one who could, may; one without write may not;
     one who may not read the key learns nothing about its versions."""
-    api = Api(client, token)
+    api = RollbackApi(client, token)
     key = f"{unique_prefix}.secret"
     writer, outsider = f"{unique_prefix}-writer", f"{unique_prefix}-outsider"
     acls_v1 = {"read": ["admin-user"], "write": [writer]}
@@ -162,13 +152,13 @@ async def test_rollback_reseals_the_value_with_the_active_key(
     end: a current value sealed by ``rb2`` would make every later process's keyring check fail.)"""
     key = f"{unique_prefix}.rotated"
     old = await make_client(settings)
-    api = Api(old, token)
+    api = RollbackApi(old, token)
     assert (await api.call("PUT", f"/keys/{key}", body={"value": 41}))[0] == 201
     assert (await api.call("PUT", f"/keys/{key}", body={"value": 42}))[0] == 200
     await old.close()
     new_key = ("rb2", bytes(range(32)))
     rotated = settings.replace(encryption_keys=(new_key, *settings.encryption_keys))
-    api = Api(await make_client(rotated), token)
+    api = RollbackApi(await make_client(rotated), token)
     try:
         status, body = await api.rollback(key, 1)
         assert status == 200, body

@@ -17,9 +17,8 @@ from uuid import uuid4
 import aiopg
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
-from support import eventually
+from support import eventually, expect_error
 
 from api_server.cache import cache_key
 from api_server.reencrypt import reencrypt
@@ -40,16 +39,6 @@ async def fetch(pool: aiopg.Pool, sql: str, *args: Any) -> list[tuple[Any, ...]]
     async with pool.acquire() as conn, conn.cursor() as cur:
         await cur.execute(sql, args)
         return list(await cur.fetchall())
-
-
-async def expect_error(resp: ClientResponse, status: int, phrase: str) -> dict[str, Any]:
-    text = await resp.text()
-    assert resp.status == status, text
-    assert resp.content_type == "application/json"
-    body = json.loads(text)
-    assert body["error"] == phrase, body
-    assert isinstance(body["message"], str) and body["message"]
-    return dict(body)
 
 
 def compact(value: Any) -> bytes:

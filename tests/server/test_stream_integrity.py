@@ -22,7 +22,7 @@ import aiopg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
-from support import WatchRecorder, eventually, wait_caught_up
+from support import Api, WatchRecorder, eventually, wait_caught_up
 
 from api_server.cache import cache_key
 from notifier.main import HUB
@@ -40,20 +40,12 @@ TIMEOUT = 10.0
 # --- helpers --------------------------------------------------------------------------------------
 
 
-class Api:
+class PollApi(Api):
     """Writes and polls through a real api_server app, as the admin."""
-
-    def __init__(self, client: Client, token: Token) -> None:
-        self.client = client
-        self.headers = {"Authorization": f"Bearer {token(ADMIN)}"}
-
-    async def put(self, key: str, value: Any) -> None:
-        async with self.client.put(f"/keys/{key}", json={"value": value}, headers=self.headers) as resp:
-            assert resp.status in (200, 201), await resp.text()
 
     async def poll(self, since: int, namespace: str) -> dict[str, Any]:
         params = {"since_version": str(since), "namespace": namespace}
-        async with self.client.get("/keys", params=params, headers=self.headers) as resp:
+        async with self.client.get("/keys", params=params, headers=self.headers()) as resp:
             text = await resp.text()
             assert resp.status == 200, text
         body: dict[str, Any] = json.loads(text)
@@ -199,7 +191,7 @@ async def test_an_event_the_notifier_cannot_decrypt_turns_it_unhealthy_and_never
 ) -> None:
     p = unique_prefix
     first, second = f"{p}.first", f"{p}.second"
-    api = Api(await make_client(settings.replace(encryption_keys=rotated_keyring)), token)  # writes seal with k2
+    api = PollApi(await make_client(settings.replace(encryption_keys=rotated_keyring)), token)  # writes seal with k2
     lacking = await make_notifier()  # the session keyring: k1 only (not yet rolled); it is the relayer
     stuck = await watch(lacking, [f"{p}.*"])
     since = stuck.subscribed["revision"]
@@ -275,7 +267,7 @@ async def test_a_prune_between_reading_the_boundary_and_the_events_gives_reset_n
     reader: str,
 ) -> None:
     p = unique_prefix
-    api = Api(client, token)
+    api = PollApi(client, token)
     keys = [f"{p}.k{i}" for i in range(4)]
     for i, key in enumerate(keys):
         await api.put(key, i)
@@ -358,7 +350,7 @@ async def test_watch_since_version_beyond_the_head_gets_reset_then_snapshot_then
 ) -> None:
     p = unique_prefix
     a, b, end = f"{p}.a", f"{p}.b", f"{p}.end"
-    api = Api(client, token)
+    api = PollApi(client, token)
     await api.put(a, "a1")
     await api.put(b, "b1")
     await api.put(b, "b2")
@@ -382,7 +374,7 @@ async def test_watch_since_version_beyond_the_head_gets_reset_then_snapshot_then
 async def test_poll_since_version_beyond_the_head_answers_reset_with_the_head(
     client: Client, token: Token, pg: aiopg.Pool, unique_prefix: str
 ) -> None:
-    api = Api(client, token)
+    api = PollApi(client, token)
     head, _ = await relay_state(pg)
     body = await api.poll(head + 1000, unique_prefix)
     current, _ = await relay_state(pg)
@@ -405,7 +397,7 @@ async def test_a_hub_that_sees_the_head_go_backwards_resynchronises(
     unique_prefix: str,
 ) -> None:
     p = unique_prefix
-    api = Api(client, token)
+    api = PollApi(client, token)
     stream = await watch(notifier_server, [f"{p}.*"])
     olds = [f"{p}.old{i}" for i in range(3)]
     for i, key in enumerate(olds):

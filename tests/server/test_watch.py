@@ -26,7 +26,7 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
-from support import client_frame, eventually, wait_caught_up
+from support import Api, client_frame, eventually, wait_caught_up
 
 import notifier.watch
 from notifier.main import CONNECTIONS, HUB
@@ -43,36 +43,11 @@ Token = Callable[..., str]
 # --- helpers ------------------------------------------------------------------------------------
 
 
-class Api:
-    """Writes through the real API, each as a named user (admin by default)."""
-
-    def __init__(self, client: Client, token: Token) -> None:
-        self.client = client
-        self.token = token
-
-    async def call(self, method: str, path: str, body: Any = None, user: str = ADMIN) -> tuple[int, Any]:
-        kwargs: dict[str, Any] = {"headers": {"Authorization": f"Bearer {self.token(user)}"}}
-        if body is not None:
-            kwargs["json"] = body
-        async with self.client.request(method, path, **kwargs) as resp:
-            return resp.status, (await resp.json() if resp.status != 204 else None)
-
-    async def put(self, key: str, value: Any, user: str = ADMIN, **extra: Any) -> dict[str, Any]:
-        status, body = await self.call("PUT", f"/keys/{key}", {"value": value, **extra}, user)
-        assert status in (200, 201), body
-        return body  # type: ignore[no-any-return]
-
-    async def patch(self, key: str, value: Any, user: str = ADMIN) -> dict[str, Any]:
-        status, body = await self.call("PATCH", f"/keys/{key}", {"value": value}, user)
-        assert status == 200, body
-        return body  # type: ignore[no-any-return]
-
-    async def delete(self, key: str, user: str = ADMIN) -> None:
-        status, body = await self.call("DELETE", f"/keys/{key}", None, user)
-        assert status == 204, body
+class WatchApi(Api):
+    """Namespace ACLs, as the admin, that must succeed."""
 
     async def put_ns(self, ns: str, read: list[str], write: list[str]) -> None:
-        status, body = await self.call("PUT", f"/namespaces/{ns}", {"acls": {"read": read, "write": write}})
+        status, body = await self.call("PUT", f"/namespaces/{ns}", body={"acls": {"read": read, "write": write}})
         assert status in (200, 201), body
 
     async def delete_ns(self, ns: str) -> None:
@@ -175,8 +150,8 @@ async def close_notifier(server: TestServer, within: float = 10.0) -> bool:
 
 
 @pytest.fixture
-def api(client: Client, token: Token) -> Api:
-    return Api(client, token)
+def api(client: Client, token: Token) -> WatchApi:
+    return WatchApi(client, token)
 
 
 @pytest.fixture
@@ -286,7 +261,7 @@ async def test_access_token_query_parameter_authenticates(connect: Connect, uniq
 
 
 async def test_token_message_before_subscribe_authenticates(
-    connect: Connect, token: Token, api: Api, unique_prefix: str
+    connect: Connect, token: Token, api: WatchApi, unique_prefix: str
 ) -> None:
     key = f"{unique_prefix}.a"
     w = await connect(auth=None)
@@ -298,7 +273,7 @@ async def test_token_message_before_subscribe_authenticates(
 
 
 async def test_token_inside_subscribe_message_authenticates(
-    connect: Connect, token: Token, api: Api, unique_prefix: str
+    connect: Connect, token: Token, api: WatchApi, unique_prefix: str
 ) -> None:
     key = f"{unique_prefix}.a"
     w = await connect(auth=None)
@@ -371,7 +346,7 @@ async def test_subscribe_before_any_token_gets_error_then_4401(connect: Connect,
 
 
 async def test_subscribed_carries_patterns_and_current_revision(
-    connect: Connect, api: Api, pg: aiopg.Pool, unique_prefix: str
+    connect: Connect, api: WatchApi, pg: aiopg.Pool, unique_prefix: str
 ) -> None:
     await api.put(f"{unique_prefix}.a", 1)
     await wait_relayed(pg, unique_prefix, 1)
@@ -385,7 +360,7 @@ async def test_subscribed_carries_patterns_and_current_revision(
 
 
 async def test_update_patch_delete_events_have_the_documented_shape(
-    connect: Connect, api: Api, unique_prefix: str
+    connect: Connect, api: WatchApi, unique_prefix: str
 ) -> None:
     key = f"{unique_prefix}.app.feature"
     w = await connect()
@@ -417,7 +392,7 @@ async def test_update_patch_delete_events_have_the_documented_shape(
     assert_strictly_increasing([update, patched, deleted])
 
 
-async def test_exact_pattern_matches_only_that_key(connect: Connect, api: Api, unique_prefix: str) -> None:
+async def test_exact_pattern_matches_only_that_key(connect: Connect, api: WatchApi, unique_prefix: str) -> None:
     key = f"{unique_prefix}.a"
     w = await connect()
     await w.subscribe([key])
@@ -427,7 +402,9 @@ async def test_exact_pattern_matches_only_that_key(connect: Connect, api: Api, u
     assert summary(await w.until(key, unique_prefix)) == [("update", key, 1, 1)]
 
 
-async def test_prefix_pattern_matches_descendants_not_siblings(connect: Connect, api: Api, unique_prefix: str) -> None:
+async def test_prefix_pattern_matches_descendants_not_siblings(
+    connect: Connect, api: WatchApi, unique_prefix: str
+) -> None:
     p = f"{unique_prefix}.p"
     w = await connect()
     await w.subscribe([f"{p}.*"])
@@ -439,7 +416,7 @@ async def test_prefix_pattern_matches_descendants_not_siblings(connect: Connect,
     assert summary(events) == [("update", f"{p}.x.y", 1, 1), ("update", f"{p}.end", 1, 2)]
 
 
-async def test_star_pattern_matches_every_key(connect: Connect, api: Api, unique_prefix: str) -> None:
+async def test_star_pattern_matches_every_key(connect: Connect, api: WatchApi, unique_prefix: str) -> None:
     w = await connect()
     await w.subscribe(["*"])
     await api.put(f"{unique_prefix}.a", 1)
@@ -453,7 +430,7 @@ async def test_star_pattern_matches_every_key(connect: Connect, api: Api, unique
     ]
 
 
-async def test_unsubscribe_answers_and_stops_those_events(connect: Connect, api: Api, unique_prefix: str) -> None:
+async def test_unsubscribe_answers_and_stops_those_events(connect: Connect, api: WatchApi, unique_prefix: str) -> None:
     gone, kept = f"{unique_prefix}.gone", f"{unique_prefix}.kept"
     w = await connect()
     await w.subscribe([gone, kept, f"{unique_prefix}.x.*"])
@@ -472,7 +449,7 @@ async def test_unsubscribe_answers_and_stops_those_events(connect: Connect, api:
     ids=["empty-segment", "star-inside", "number", "empty-list", "not-a-list", "null", "one-bad", "empty", "long"],
 )
 async def test_invalid_subscribe_gets_bad_request_and_connection_stays_usable(
-    connect: Connect, api: Api, unique_prefix: str, patterns: Any
+    connect: Connect, api: WatchApi, unique_prefix: str, patterns: Any
 ) -> None:
     key = f"{unique_prefix}.a"
     w = await connect()
@@ -484,7 +461,9 @@ async def test_invalid_subscribe_gets_bad_request_and_connection_stays_usable(
     assert summary(await w.until(key, unique_prefix)) == [("update", key, 1, 1)]
 
 
-async def test_invalid_subscribe_registers_none_of_its_patterns(connect: Connect, api: Api, unique_prefix: str) -> None:
+async def test_invalid_subscribe_registers_none_of_its_patterns(
+    connect: Connect, api: WatchApi, unique_prefix: str
+) -> None:
     good, end = f"{unique_prefix}.good", f"{unique_prefix}.end"
     w = await connect()
     await w.send({"subscribe": [good, "a..b"]})
@@ -507,7 +486,7 @@ async def test_invalid_subscribe_registers_none_of_its_patterns(connect: Connect
     ids=["negative", "fraction", "string", "bool", "snapshot-not-bool"],
 )
 async def test_invalid_since_version_or_snapshot_gets_bad_request(
-    connect: Connect, api: Api, unique_prefix: str, extra: dict[str, Any]
+    connect: Connect, api: WatchApi, unique_prefix: str, extra: dict[str, Any]
 ) -> None:
     key = f"{unique_prefix}.a"
     w = await connect()
@@ -524,7 +503,7 @@ async def test_invalid_since_version_or_snapshot_gets_bad_request(
     ids=["malformed-json", "json-array", "json-string", "unknown-message", "binary"],
 )
 async def test_malformed_or_unknown_message_gets_bad_request_and_connection_stays_open(
-    connect: Connect, api: Api, unique_prefix: str, frame: str | bytes
+    connect: Connect, api: WatchApi, unique_prefix: str, frame: str | bytes
 ) -> None:
     key = f"{unique_prefix}.a"
     w = await connect()
@@ -541,7 +520,7 @@ async def test_malformed_or_unknown_message_gets_bad_request_and_connection_stay
 # --- the 1000-pattern limit ---------------------------------------------------------------------
 
 
-async def test_1000_patterns_are_accepted(connect: Connect, api: Api, unique_prefix: str) -> None:
+async def test_1000_patterns_are_accepted(connect: Connect, api: WatchApi, unique_prefix: str) -> None:
     patterns = [f"{unique_prefix}.k{i}" for i in range(1000)]
     w = await connect()
     answer = await w.subscribe(patterns)
@@ -550,7 +529,9 @@ async def test_1000_patterns_are_accepted(connect: Connect, api: Api, unique_pre
     assert summary(await w.changes(unique_prefix, 1)) == [("update", f"{unique_prefix}.k999", 1, 1)]
 
 
-async def test_1001_patterns_in_one_subscribe_are_refused_whole(connect: Connect, api: Api, unique_prefix: str) -> None:
+async def test_1001_patterns_in_one_subscribe_are_refused_whole(
+    connect: Connect, api: WatchApi, unique_prefix: str
+) -> None:
     refused = [f"{unique_prefix}.r{i}" for i in range(1001)]
     w = await connect()
     await w.send({"subscribe": refused})
@@ -564,7 +545,7 @@ async def test_1001_patterns_in_one_subscribe_are_refused_whole(connect: Connect
 
 
 async def test_subscribe_past_1000_in_two_steps_is_refused_and_earlier_patterns_still_deliver(
-    connect: Connect, api: Api, unique_prefix: str
+    connect: Connect, api: WatchApi, unique_prefix: str
 ) -> None:
     first = [f"{unique_prefix}.k{i}" for i in range(600)]
     second = [f"{unique_prefix}.r{i}" for i in range(401)]
@@ -582,7 +563,7 @@ async def test_subscribe_past_1000_in_two_steps_is_refused_and_earlier_patterns_
 # --- since_version: replay, then live -----------------------------------------------------------
 
 
-async def write_five(api: Api, prefix: str) -> list[tuple[str, str, int, Any]]:
+async def write_five(api: WatchApi, prefix: str) -> list[tuple[str, str, int, Any]]:
     """Five changes under ``prefix``; returns their expected (event, key, version, value)."""
     a, b, c = f"{prefix}.a", f"{prefix}.b", f"{prefix}.c"
     await api.put(a, "a1")
@@ -601,7 +582,7 @@ async def write_five(api: Api, prefix: str) -> list[tuple[str, str, int, Any]]:
 
 @pytest.mark.parametrize("where", ["message", "query"])
 async def test_since_version_replays_missed_events_then_live_without_gap_or_duplicate(
-    connect: Connect, api: Api, pg: aiopg.Pool, unique_prefix: str, where: str
+    connect: Connect, api: WatchApi, pg: aiopg.Pool, unique_prefix: str, where: str
 ) -> None:
     before, _ = await relay_state(pg)
     expected = await write_five(api, unique_prefix)
@@ -635,7 +616,7 @@ async def test_since_version_replays_missed_events_then_live_without_gap_or_dupl
 
 
 async def test_resume_with_since_version_gets_exactly_the_missed_events(
-    connect: Connect, api: Api, pg: aiopg.Pool, unique_prefix: str
+    connect: Connect, api: WatchApi, pg: aiopg.Pool, unique_prefix: str
 ) -> None:
     a, end = f"{unique_prefix}.a", f"{unique_prefix}.end"
     w = await connect()
@@ -667,7 +648,7 @@ async def test_resume_with_since_version_gets_exactly_the_missed_events(
 
 
 async def test_snapshot_sends_current_values_of_live_keys_first_then_live(
-    connect: Connect, api: Api, pg: aiopg.Pool, unique_prefix: str
+    connect: Connect, api: WatchApi, pg: aiopg.Pool, unique_prefix: str
 ) -> None:
     a, b, c, d = (f"{unique_prefix}.{name}" for name in "abcd")
     await api.put(a, "a1")
@@ -688,7 +669,7 @@ async def test_snapshot_sends_current_values_of_live_keys_first_then_live(
 
 
 async def test_snapshot_leaves_out_keys_past_their_ttl(
-    connect: Connect, api: Api, pg: aiopg.Pool, unique_prefix: str
+    connect: Connect, api: WatchApi, pg: aiopg.Pool, unique_prefix: str
 ) -> None:
     short, kept, end = f"{unique_prefix}.short", f"{unique_prefix}.kept", f"{unique_prefix}.end"
     await api.put(short, "gone soon", ttl=1)
@@ -703,7 +684,7 @@ async def test_snapshot_leaves_out_keys_past_their_ttl(
 
 
 async def test_since_version_older_than_the_change_log_gets_reset_then_snapshot_then_live(
-    connect: Connect, api: Api, pg: aiopg.Pool, unique_prefix: str
+    connect: Connect, api: WatchApi, pg: aiopg.Pool, unique_prefix: str
 ) -> None:
     a, b, c, d = (f"{unique_prefix}.{name}" for name in "abcd")
     before, _ = await relay_state(pg)
@@ -740,7 +721,7 @@ async def test_since_version_older_than_the_change_log_gets_reset_then_snapshot_
 
 @pytest.mark.parametrize("pattern", ["*", "prefix"])
 async def test_watchers_never_receive_keys_they_may_not_read_and_admins_receive_all(
-    connect: Connect, api: Api, notifier_server: TestServer, unique_prefix: str, pattern: str
+    connect: Connect, api: WatchApi, notifier_server: TestServer, unique_prefix: str, pattern: str
 ) -> None:
     p = unique_prefix
     await api.put_ns(f"{p}.open", [ALICE], [])
@@ -776,7 +757,7 @@ async def test_watchers_never_receive_keys_they_may_not_read_and_admins_receive_
 
 @pytest.mark.parametrize("mode", ["since_version", "snapshot"])
 async def test_replay_and_snapshot_leave_out_keys_the_watcher_may_not_read(
-    connect: Connect, api: Api, pg: aiopg.Pool, unique_prefix: str, mode: str
+    connect: Connect, api: WatchApi, pg: aiopg.Pool, unique_prefix: str, mode: str
 ) -> None:
     p = unique_prefix
     before, _ = await relay_state(pg)
@@ -793,7 +774,7 @@ async def test_replay_and_snapshot_leave_out_keys_the_watcher_may_not_read(
 
 
 async def test_update_that_removes_the_watchers_read_access_is_not_delivered_to_it(
-    connect: Connect, api: Api, unique_prefix: str
+    connect: Connect, api: WatchApi, unique_prefix: str
 ) -> None:
     key, end = f"{unique_prefix}.k", f"{unique_prefix}.end"
     alice = await connect(ALICE)
@@ -806,7 +787,7 @@ async def test_update_that_removes_the_watchers_read_access_is_not_delivered_to_
 
 
 async def test_creator_only_key_is_delivered_to_its_creator_only(
-    connect: Connect, api: Api, notifier_server: TestServer, unique_prefix: str
+    connect: Connect, api: WatchApi, notifier_server: TestServer, unique_prefix: str
 ) -> None:
     team = f"{unique_prefix}.team"
     key = f"{team}.k"
@@ -825,7 +806,7 @@ async def test_creator_only_key_is_delivered_to_its_creator_only(
     assert summary(await bob.until(end, unique_prefix)) == [("update", end, 1, "end")]
 
 
-async def probe(api: Api, watcher: Watcher, key: str, end: str, prefix: str) -> bool:
+async def probe(api: WatchApi, watcher: Watcher, key: str, end: str, prefix: str) -> bool:
     """Write ``key`` then the sentinel ``end``; did ``watcher`` receive ``key``?"""
     await api.put(key, time.time())
     await api.put(end, time.time())
@@ -833,7 +814,7 @@ async def probe(api: Api, watcher: Watcher, key: str, end: str, prefix: str) -> 
 
 
 async def test_namespace_acl_change_while_connected_changes_what_is_delivered(
-    connect: Connect, api: Api, unique_prefix: str
+    connect: Connect, api: WatchApi, unique_prefix: str
 ) -> None:
     ns = f"{unique_prefix}.ns"
     key, end = f"{ns}.k", f"{unique_prefix}.end"
@@ -878,7 +859,7 @@ async def test_token_expiry_closes_the_watch_with_4401(
 
 
 async def test_fresh_token_for_same_user_keeps_the_watch_open(
-    connect: Connect, api: Api, token: Token, monkeypatch: pytest.MonkeyPatch, unique_prefix: str
+    connect: Connect, api: WatchApi, token: Token, monkeypatch: pytest.MonkeyPatch, unique_prefix: str
 ) -> None:
     monkeypatch.setattr(notifier.watch, "LEEWAY_SECONDS", 0)
     key = f"{unique_prefix}.a"
@@ -949,7 +930,7 @@ async def raw_watcher(
 
 async def test_slow_consumer_is_closed_with_4008_and_others_get_every_event(
     connect: Connect,
-    api: Api,
+    api: WatchApi,
     token: Token,
     notifier_server: TestServer,
     monkeypatch: pytest.MonkeyPatch,
@@ -1070,7 +1051,7 @@ def metric(text: str, name: str) -> float:
 
 
 async def test_metrics_show_connections_deliveries_and_propagation_lag(
-    connect: Connect, api: Api, session: aiohttp.ClientSession, notifier_server: TestServer, unique_prefix: str
+    connect: Connect, api: WatchApi, session: aiohttp.ClientSession, notifier_server: TestServer, unique_prefix: str
 ) -> None:
     key = f"{unique_prefix}.a"
     w = await connect()
