@@ -271,6 +271,20 @@ async def wait_caught_up(pg: aiopg.Pool, server: Any, timeout: float = 10.0) -> 
     await eventually(caught_up, timeout, "notifier caught up with the change log", interval=0.01)
 
 
+async def lock_waiters(pg: aiopg.Pool, query_like: str = "%") -> int:
+    """How many other backends wait for a lock (``pg_stat_activity.wait_event_type = 'Lock'``) in a
+    statement LIKE ``query_like``: what a test waits for, instead of sleeping, when it holds a lock and
+    needs a request to be queued behind it."""
+    async with pg.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid() AND query LIKE %s",
+            (query_like,),
+        )
+        (count,) = await cur.fetchone()
+    return int(count)
+
+
 class WatchRecorder:
     """One real ``/watch`` connection after its ``subscribed``: a reader task keeps every message in
     order (``messages``), the change events apart (``events``, with their arrival times) and the rest

@@ -582,7 +582,13 @@ async def test_a_cancelled_statement_raises_its_own_error_and_a_cancelled_task_s
                 await cur.execute("SELECT pg_sleep(0.8)")
 
         task = asyncio.ensure_future(sleep())
-        await asyncio.sleep(0.2)
+        async with aiopg.connect(settings.postgres_url) as watcher, watcher.cursor() as cur:
+
+            async def sleeping() -> bool:
+                await cur.execute("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(0.8)'")
+                return bool((await cur.fetchone())[0])
+
+            await eventually(sleeping, 5, "the statement running", interval=0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

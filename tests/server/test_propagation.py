@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import aiopg
 from aiohttp.test_utils import TestClient
-from support import WatchRecorder, eventually
+from support import WatchRecorder, eventually, lock_waiters
 
 from shared.auditchain import AuditChain
 from shared.crypto import Keyring
@@ -250,7 +250,7 @@ async def test_writer_blocked_on_row_lock_commits_after_a_later_writer_and_order
             async with cur.begin():
                 await cur.execute("SELECT version FROM keys WHERE key = %s FOR UPDATE", (k1,))
                 blocked = asyncio.create_task(send(client, "PATCH", k1, admin, {"value": 1}))
-                await asyncio.sleep(0.3)
+                await eventually(lambda: lock_waiters(pg), 5, "the PATCH queued behind the row lock")
                 assert not blocked.done(), "PATCH did not wait for the row lock"
                 status, body = await send(client, "PATCH", k2, admin, {"value": 2})
                 assert (status, body["version"]) == (200, 2), body
