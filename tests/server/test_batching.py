@@ -1,4 +1,4 @@
-"""SPEC §7: one bad request never fails another. Requests are batched in three places — the rate
+"""Batching (SPEC §7): one bad request never fails another. Requests are batched in three places — the rate
 limiter's and the cache's Redis calls (one script call per event-loop turn) and the committer's group
 commit (one Postgres transaction per batch) — so an item that the server below refuses must fail
 alone, and the others of its batch go through. Real Redis and Postgres; the bad items are ones that

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -302,3 +304,56 @@ async def test_watch_token_message_counts_for_its_user(limited, limited_notifier
         answer = await ws.receive_json(timeout=10)
         assert answer["event"] == "error" and answer["error"] == "Rate Limited", answer
         await ws.close()
+
+
+# --- a burst from one user ----------------------------------------------------------------------
+# Held to the rate limit whatever the concurrency: exhausting the Redis connection pool is
+# back-pressure, not an outage that switches to a per-process count.
+
+BURST_LIMIT = 1000
+BURST_TOTAL = 1150
+BURST_PARALLEL = 300
+BURST_LIMITED = {"error": "Rate Limited", "message": f"Exceed {BURST_LIMIT} req/min"}
+
+
+async def burst(urls: list[str], path: str, auth: dict[str, str]) -> list[tuple[int, Any, dict[str, str]]]:
+    """Send BURST_TOTAL GETs of ``path``, BURST_PARALLEL in flight, alternating over ``urls``:
+    (status, JSON body of a 429 or None, headers) per request."""
+    gate = asyncio.Semaphore(BURST_PARALLEL)
+    connector = aiohttp.TCPConnector(limit=BURST_PARALLEL)
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one(i: int) -> tuple[int, Any, dict[str, str]]:
+            async with gate, session.get(urls[i % len(urls)] + path, headers=auth) as response:
+                body = await response.json() if response.status == 429 else None
+                await response.read()
+                return response.status, body, dict(response.headers)
+
+        return await asyncio.gather(*(one(i) for i in range(BURST_TOTAL)))
+
+
+def assert_held_to_limit(answers: list[tuple[int, Any, dict[str, str]]]) -> None:
+    statuses = Counter(status for status, _, _ in answers)
+    assert statuses == {200: BURST_LIMIT, 429: BURST_TOTAL - BURST_LIMIT}, f"statuses: {dict(statuses)}"
+    for status, body, headers in answers:
+        if status == 429:
+            assert body == BURST_LIMITED, body
+            assert headers["Retry-After"].isdigit() and 1 <= int(headers["Retry-After"]) <= 60, headers
+            assert headers["X-RateLimit-Remaining"] == "0", headers
+
+
+async def test_burst_from_one_user_is_held_to_the_limit(
+    spawn: Callable[..., Any], token: Callable[..., str], unique_prefix: str
+) -> None:
+    server = spawn("api_server", RATE_LIMIT=str(BURST_LIMIT))
+    auth = bearer(token(f"burst-{unique_prefix}"))
+    assert_held_to_limit(await burst([server.url], f"/keys?namespace={unique_prefix}", auth))
+
+
+async def test_burst_across_two_replicas_is_held_to_the_limit(
+    spawn: Callable[..., Any], token: Callable[..., str], unique_prefix: str
+) -> None:
+    replicas = [spawn("api_server", RATE_LIMIT=str(BURST_LIMIT)) for _ in range(2)]
+    auth = bearer(token(f"burst2-{unique_prefix}"))
+    assert_held_to_limit(await burst([r.url for r in replicas], f"/keys?namespace={unique_prefix}", auth))

@@ -1,5 +1,6 @@
-"""Hostile input: If-Match before authorization and its RFC 9110 syntax (SPEC §4, §5), malformed tokens,
-bodies and headers answered in the JSON error shape (SPEC §2, §4, §6), and log forging through the path.
+"""Parsing what a request carries, whoever sends it: If-Match before authorization and its RFC 9110
+syntax (SPEC §4, §5), malformed tokens, bodies and headers answered in the JSON error shape (SPEC §2,
+§4, §6), and control characters in the path escaped in the log (no log forging).
 
 Everything runs against real servers: the in-process api_server/notifier apps on 127.0.0.1, or a real
 ``python -m api_server`` process where the process's own HTTP stack matters. Bytes that aiohttp's
