@@ -7,7 +7,6 @@ Tests keep apart by using ``unique_prefix`` in every key they create.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import pwd
@@ -29,7 +28,15 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
-from support import MIGRATED_TEMPLATE, copy_database, drop_database, migrated_database, new_database, process_env
+from support import (
+    MIGRATED_TEMPLATE,
+    copy_database,
+    drop_database,
+    eventually,
+    migrated_database,
+    new_database,
+    process_env,
+)
 
 from devtools.services import PostgresServer, RedisServer
 from shared.migrate import migrate
@@ -361,10 +368,12 @@ def make_notifier(aiohttp_server: Any, settings: Settings) -> Callable[..., Awai
         from notifier.main import HUB, RELAY, create_app
 
         server = await aiohttp_server(create_app(custom or settings))
-        deadline = time.monotonic() + 15
-        while not (server.app[HUB].redis_ok and (server.app[RELAY].is_leader or not relay)):
-            assert time.monotonic() < deadline, "notifier not ready in 15 s (Redis subscription, relay lock)"
-            await asyncio.sleep(0.02)
+        await eventually(
+            lambda: server.app[HUB].redis_ok and (server.app[RELAY].is_leader or not relay),
+            15,
+            "notifier ready (Redis subscription, relay lock)",
+            interval=0.02,
+        )
         return server
 
     return make

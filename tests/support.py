@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import inspect
 import ipaddress
 import json
 import os
@@ -11,8 +12,10 @@ import queue
 import shutil
 import threading
 import time
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from uuid import uuid4
 
 import aiopg
@@ -23,6 +26,181 @@ from cryptography.x509.oid import NameOID
 
 if TYPE_CHECKING:
     from shared.settings import Settings
+
+T = TypeVar("T")
+
+
+def _describe(what: str | Callable[[], str]) -> str:
+    return what() if callable(what) else what
+
+
+async def eventually(
+    predicate: Callable[[], T | Awaitable[T]],
+    timeout: float = 10.0,
+    what: str | Callable[[], str] = "the condition",
+    *,
+    interval: float = 0.05,
+    ignoring: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Call ``predicate`` (plain or async) every ``interval`` s until it answers something truthy, and
+    return that answer. After ``timeout`` s without one: AssertionError naming ``what`` (a string, or
+    a function called then, for a message that shows the state at the end). An exception in
+    ``ignoring`` counts as a falsy answer (e.g. ``aiohttp.ClientError`` while a process starts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            answer = predicate()
+            if inspect.isawaitable(answer):
+                answer = await answer
+        except ignoring:
+            answer = None
+        if answer:
+            return answer  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout} s: {_describe(what)}")
+        await asyncio.sleep(interval)
+
+
+def eventually_sync(
+    predicate: Callable[[], T],
+    timeout: float = 10.0,
+    what: str | Callable[[], str] = "the condition",
+    *,
+    interval: float = 0.05,
+    ignoring: tuple[type[BaseException], ...] = (),
+) -> T:
+    """:func:`eventually` for plain (non-async) tests and threads: the same, with ``time.sleep``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            answer = predicate()
+        except ignoring:
+            answer = None  # type: ignore[assignment]
+        if answer:
+            return answer
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout} s: {_describe(what)}")
+        time.sleep(interval)
+
+
+#: The username the test JWKS's tokens name by default, an admin in the test settings.
+ADMIN = "admin-user"
+
+
+# --- HTTP through the real api_server app -----------------------------------------------------------
+
+
+class Answer(NamedTuple):
+    status: int
+    body: Any  # the JSON body, None for a 204
+    headers: Any  # the response's headers (a CIMultiDictProxy)
+
+
+class Api:
+    """HTTP calls through a test client of the real api_server app (``client`` fixture or
+    ``make_client()``), each made as a named user with a token from ``token`` (the admin by default).
+    Test modules subclass it for calls of their own."""
+
+    def __init__(self, client: Any, token: Callable[..., str]) -> None:
+        self.client = client
+        self.token = token
+
+    def headers(self, user: str = ADMIN, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(user)}", **extra}
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        user: str = ADMIN,
+        body: Any = None,
+        *,
+        params: dict[str, str] | None = None,
+        **headers: str,
+    ) -> Answer:
+        kwargs: dict[str, Any] = {"headers": self.headers(user, **headers), "params": params}
+        if body is not None:
+            kwargs["json"] = body
+        async with self.client.request(method, path, **kwargs) as resp:
+            return Answer(resp.status, await resp.json() if resp.status != 204 else None, resp.headers)
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        user: str = ADMIN,
+        body: Any = None,
+        *,
+        params: dict[str, str] | None = None,
+        **headers: str,
+    ) -> tuple[int, Any]:
+        """(status, JSON body or None for a 204)."""
+        answer = await self.request(method, path, user, body, params=params, **headers)
+        return answer.status, answer.body
+
+    async def ok(self, method: str, path: str, user: str = ADMIN, body: Any = None) -> Any:
+        """A call that must succeed (2xx); its body."""
+        status, answer = await self.call(method, path, user, body)
+        assert 200 <= status < 300, (method, path, user, status, answer)
+        return answer
+
+    async def write(self, method: str, key: str, value: Any = None, **extra: Any) -> None:
+        """PUT or PATCH ``{"value": value, **extra}``, or DELETE, as the admin; it must succeed."""
+        status, body = await self.call(
+            method, f"/keys/{key}", ADMIN, None if method == "DELETE" else {"value": value, **extra}
+        )
+        assert status in (200, 201, 204), (status, body)
+
+    async def put(self, key: str, value: Any, user: str = ADMIN, **extra: Any) -> dict[str, Any]:
+        status, body = await self.call("PUT", f"/keys/{key}", user, {"value": value, **extra})
+        assert status in (200, 201), body
+        return body  # type: ignore[no-any-return]
+
+    async def patch(self, key: str, value: Any, user: str = ADMIN) -> dict[str, Any]:
+        status, body = await self.call("PATCH", f"/keys/{key}", user, {"value": value})
+        assert status == 200, body
+        return body  # type: ignore[no-any-return]
+
+    async def delete(self, key: str, user: str = ADMIN) -> None:
+        status, body = await self.call("DELETE", f"/keys/{key}", user)
+        assert status == 204, body
+
+
+# --- the JSON error shape (SPEC §4) -----------------------------------------------------------------
+
+
+def assert_error(
+    status: int, body: Any, expected: int | tuple[int, ...] | None = None, phrase: str | None = None
+) -> None:
+    """``body`` is an error answer, ``{"error": <phrase>, "message": <text>}``; with ``expected``, the
+    status is (one of) it and the phrase is ``phrase`` (by default, the status's own phrase)."""
+    if expected is not None:
+        assert status in (expected if isinstance(expected, tuple) else (expected,)), (status, body)
+    assert isinstance(body, dict) and isinstance(body.get("error"), str), (status, body)
+    if expected is not None or phrase is not None:
+        assert body["error"] == (phrase or HTTPStatus(status).phrase), body
+    assert isinstance(body.get("message"), str) and body["message"], (status, body)
+
+
+def assert_forbidden(status: int, body: Any) -> None:
+    assert_error(status, body, 403, "Forbidden")
+
+
+def assert_not_found(status: int, body: Any) -> None:
+    assert_error(status, body, 404, "Not Found")
+
+
+async def expect_error(resp: Any, status: int, phrase: str) -> dict[str, Any]:
+    """Read ``resp`` (an aiohttp response): ``status``, JSON, the error shape with ``phrase`` and
+    nothing but ``error``, ``message`` and ``fields``; the body."""
+    text = await resp.text()
+    assert resp.status == status, text
+    assert resp.content_type == "application/json", resp.content_type
+    body = json.loads(text)
+    assert_error(resp.status, body, status, phrase)
+    assert set(body) <= {"error", "message", "fields"}, body
+    return dict(body)
+
 
 #: Debian's Chromium for Playwright (its own browser download does not work here): headless, and
 #: nothing that reaches for Google's hosts (the machine's network is closed).
@@ -84,15 +262,27 @@ async def wait_caught_up(pg: aiopg.Pool, server: Any, timeout: float = 10.0) -> 
     (an aiohttp TestServer), so a watcher that connects now is not sent changes made before it."""
     from notifier.main import HUB  # late: importing the notifier is not free
 
-    deadline = time.monotonic() + timeout
-    while True:
+    async def caught_up() -> bool:
         async with pg.acquire() as conn, conn.cursor() as cur:
             await cur.execute("SELECT (SELECT count(*) FROM outbox WHERE revision IS NULL), head FROM relay_state")
             pending, head = await cur.fetchone()
-        if pending == 0 and server.app[HUB].last >= head:
-            return
-        assert time.monotonic() < deadline, "notifier did not catch up with the change log"
-        await asyncio.sleep(0.01)
+        return bool(pending == 0 and server.app[HUB].last >= head)
+
+    await eventually(caught_up, timeout, "notifier caught up with the change log", interval=0.01)
+
+
+async def lock_waiters(pg: aiopg.Pool, query_like: str = "%") -> int:
+    """How many other backends wait for a lock (``pg_stat_activity.wait_event_type = 'Lock'``) in a
+    statement LIKE ``query_like``: what a test waits for, instead of sleeping, when it holds a lock and
+    needs a request to be queued behind it."""
+    async with pg.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid() AND query LIKE %s",
+            (query_like,),
+        )
+        (count,) = await cur.fetchone()
+    return int(count)
 
 
 class WatchRecorder:
@@ -174,15 +364,18 @@ async def first_health(proc: Any, timeout: float = 30.0) -> tuple[int, dict[str,
     e.g. one that must never become ready."""
     import aiohttp
 
-    deadline = time.monotonic() + timeout
-    while True:
+    async def health() -> tuple[int, dict[str, Any]]:
         assert proc.popen.poll() is None, f"{proc.name} exited:\n{proc.log()[-2000:]}"
-        try:
-            async with aiohttp.ClientSession() as session, session.get(f"{proc.url}/health") as resp:
-                return resp.status, await resp.json()
-        except aiohttp.ClientError:
-            assert time.monotonic() < deadline, f"{proc.name} never answered /health:\n{proc.log()[-2000:]}"
-            await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession() as session, session.get(f"{proc.url}/health") as resp:
+            return resp.status, await resp.json()
+
+    return await eventually(
+        health,
+        timeout,
+        lambda: f"{proc.name} answering /health:\n{proc.log()[-2000:]}",
+        interval=0.1,
+        ignoring=(aiohttp.ClientError,),
+    )
 
 
 class LineReader:
