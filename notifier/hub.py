@@ -22,7 +22,7 @@ import psycopg2
 from shared.acl import Acl, Principal
 from shared.changelog import ChangeEvent, Readers, events_after, head, may_read_event, resume_point
 from shared.crypto import Keyring
-from shared.db import Target, listen, wait_notices
+from shared.db import Target, listen, ping, wait_notices
 from shared.nsacls import NamespaceAcls
 from shared.redis import REDIS_ERRORS, RedisLink
 from shared.sql import changelog as changelog_sql
@@ -216,7 +216,7 @@ class Hub:
             while True:
                 notices = await wait_notices(conn, 10.0)
                 if not notices:
-                    await cur.execute("SELECT 1")  # notice a dead connection even when all is quiet
+                    await ping(cur)  # notice a dead connection even when all is quiet
                     continue
                 if not self.redis_ok:
                     self._poll_now = True
