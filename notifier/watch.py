@@ -25,7 +25,7 @@ from aiohttp import WSMsgType, web
 from shared.acl import Principal
 from shared.audit import AuditRecord, AuditWriter
 from shared.auth import LEEWAY_SECONDS, TokenVerifier, bearer_token
-from shared.changelog import events_after, head, like_patterns, may_read_event, resume_point, snapshot_pages
+from shared.changelog import ChangeEvent, events_after, head, like_patterns, resume_point, snapshot_pages
 from shared.errors import DynConfigError, Unauthorized
 from shared.ratelimit import RateLimiter
 from shared.validation import key_problem
@@ -82,7 +82,8 @@ def pattern_problem(pattern: Any) -> str | None:
 
 
 class WatchConnection:
-    """The state of one watcher: who it is, what it watches, what it has been sent."""
+    """The state of one watcher: who it is, what it watches (its :class:`~notifier.hub.Feed`), what it
+    has been sent."""
 
     def __init__(
         self,
@@ -99,7 +100,7 @@ class WatchConnection:
     ) -> None:
         self.ws = ws
         self._transport = transport
-        self._hub = hub
+        self._feed = hub.feed(self)
         self._verifier = verifier
         self._limiter = limiter
         self._pool = pool
@@ -108,7 +109,6 @@ class WatchConnection:
         self._request_id = request_id
         self.principal: Principal = Principal("", False)
         self.authenticated = False
-        self.patterns: set[str] = set()
         self.last_sent = 0
         self._holding = False
         self._held: list[tuple[int, bytes]] = []
@@ -120,27 +120,34 @@ class WatchConnection:
 
     # --- what the hub calls ------------------------------------------------------------------------
 
-    def deliver(self, revision: int, frame: bytes) -> None:
-        """Queue one live event (already encoded) unless it was sent before; never blocks. The hub
-        calls :meth:`flush` once it has fanned out what it has, so the events of one pass go out in one
-        write per socket."""
+    def deliver(self, revision: int, frame: bytes) -> bool:
+        """Queue one live event (already encoded) unless it was sent before; never blocks. True when it
+        is the first queued since the last flush: the hub calls :meth:`flush` once it has fanned out
+        what it has, so the events of one pass go out in one write per socket."""
         if self._closing or revision <= self.last_sent:
-            return
+            return False
         if self._holding:
             self._held.append((revision, frame))
             if len(self._held) > MAX_HELD_EVENTS:
                 self._kick(CLOSE_SLOW_CONSUMER, REASON_HELD_EVENTS.format(limit=MAX_HELD_EVENTS))
-            return
-        if not self._pending:
-            self._hub.touched.append(self)
+            return False
+        first = not self._pending
         self._pending.append(frame)
         self.last_sent = revision
+        return first
 
     def flush(self) -> None:
         """Write the queued live events (called by the hub; every other write flushes first)."""
         pending, self._pending = self._pending, []
         if pending:
             self._write_frames(pending)
+
+    def resync(self, revision: int) -> None:
+        """The change log started again below what we sent (a restored database): ``reset`` and a
+        snapshot at ``revision``, then live events from there."""
+        if self._closing or not self._feed.patterns:
+            return
+        self._resyncing = asyncio.create_task(self._resync(revision), name="watch-resync")
 
     def _write(self, revision: int, frame: bytes) -> None:
         self.flush()
@@ -165,7 +172,7 @@ class WatchConnection:
             return
         self._closing = True
         self._pending.clear()  # the client resumes from the last event it got
-        self._hub.patterns.remove(self, self.patterns)
+        self._feed.close()
         if error_event is not None and not self._transport.is_closing():
             self._transport.write(json_frame(error_event))
         self._close_task = asyncio.create_task(self.ws.close(code=code, message=close_message(reason)))
@@ -189,7 +196,7 @@ class WatchConnection:
     async def finish(self) -> None:
         """Release everything the connection holds (called once, when the socket is done)."""
         self._closing = True
-        self._hub.patterns.remove(self, self.patterns)
+        self._feed.close()
         if self._expiry is not None:
             self._expiry.cancel()
         if self._close_task is not None:
@@ -222,7 +229,7 @@ class WatchConnection:
             return False
         if principal != self.principal:
             self.principal = principal
-            self._hub.patterns.changed()  # the hub's delivery lists took verdicts for the old one
+            self._feed.principal_changed()
         self.authenticated = True
         if self._expiry is not None:
             self._expiry.cancel()
@@ -274,9 +281,7 @@ class WatchConnection:
     async def unsubscribe(self, patterns: Any) -> None:
         if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
             raise BadMessage("unsubscribe takes a list of patterns")
-        gone = [p for p in dict.fromkeys(patterns) if p in self.patterns]
-        self._hub.patterns.remove(self, gone)
-        self.patterns.difference_update(gone)
+        self._feed.remove([p for p in dict.fromkeys(patterns) if p in self._feed.patterns])
         await self.send({"event": "unsubscribed", "patterns": patterns})
 
     async def subscribe(self, message: dict[str, Any], query_since: int | None) -> None:
@@ -288,27 +293,26 @@ class WatchConnection:
             problem = pattern_problem(pattern)
             if problem:
                 raise BadMessage(problem)
-        since = message.get("since_version", query_since if not self.patterns else None)
+        since = message.get("since_version", query_since if not self._feed.patterns else None)
         if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
             raise BadMessage("since_version must be a whole number >= 0")
         want_snapshot = message.get("snapshot", False)
         if not isinstance(want_snapshot, bool):
             raise BadMessage("snapshot must be true or false")
-        new = [p for p in dict.fromkeys(patterns) if p not in self.patterns]
-        if len(self.patterns) + len(new) > MAX_PATTERNS:
+        watched = self._feed.patterns
+        new = [p for p in dict.fromkeys(patterns) if p not in watched]
+        if len(watched) + len(new) > MAX_PATTERNS:
             raise BadMessage(f"at most {MAX_PATTERNS} patterns per connection")
-        old = set(self.patterns)
+        old = set(watched)
         first = not old
         # Start from everything committed by now, even what the hub has not fanned out yet: a write
         # whose answer the client already has must be in the replay or snapshot, not come later as a
         # change. The hub is normally there within milliseconds; if it is not within 2 s (relay down),
         # start from where it is — its events follow live.
-        await self._hub.reached(await self._committed_head(), HUB_CATCH_UP_SECONDS)
+        await self._feed.reached(await self._committed_head(), HUB_CATCH_UP_SECONDS)
         self._holding = True
         try:
-            self._hub.patterns.add(self, new)
-            self.patterns.update(new)
-            through = self._hub.last
+            through = self._feed.add(new)
             self._audit.add(
                 AuditRecord(self.principal.username, "watch", ",".join(new)[:1000] or None, "ok", self._request_id)
             )
@@ -376,30 +380,23 @@ class WatchConnection:
                     return
                 await self._send_event(event, old)
 
-    def resync(self, revision: int) -> None:
-        """The change log started again below what we sent (a restored database): ``reset`` and a
-        snapshot at ``revision``, then live events from there (called by the hub)."""
-        if self._closing or not self.patterns:
-            return
-        self._resyncing = asyncio.create_task(self._resync(revision), name="watch-resync")
-
     async def _resync(self, revision: int) -> None:
         self._holding = True
         try:
             self.last_sent = 0
             self._held = [(r, frame) for r, frame in self._held if r > revision]
-            await self._reset(sorted(self.patterns), set(), revision)
+            await self._reset(sorted(self._feed.patterns), set(), revision)
             self.last_sent = max(self.last_sent, revision)
         finally:
             self._release_held()
 
-    async def _send_event(self, event: Any, old: set[str]) -> None:
+    async def _send_event(self, event: ChangeEvent, old: set[str]) -> None:
         if old and any(pattern_matches(p, event.key) for p in old):
             return  # the client gets this key through an earlier subscription
-        if not may_read_event(self.principal, event.readers(self._hub.namespace_acls)):
-            return
-        await self.send(event.wire(self._hub.keyring))
-        self._metrics.events_delivered.inc()
+        message = self._feed.readable(event)
+        if message is not None:
+            await self.send(message)
+            self._metrics.events_delivered.inc()
 
 
 def token_from_request(request: web.Request) -> str | None:
