@@ -111,11 +111,6 @@ class Patterns:
         return found
 
 
-def pattern_matches(pattern: str, key: str) -> bool:
-    """Does one watch pattern match ``key``?"""
-    return key.startswith(pattern[:-1]) if pattern.endswith("*") else key == pattern
-
-
 class Feed:
     """One subscriber's handle on the hub, from :meth:`Hub.feed`: all a watch connection asks of the
     hub. It keeps the subscriber's patterns, so the hub's index and the connection cannot disagree."""

@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import aiopg
@@ -24,61 +24,62 @@ from aiohttp import WSMsgType, web
 
 from shared.acl import Principal
 from shared.audit import AuditRecord, AuditWriter
-from shared.auth import LEEWAY_SECONDS, TokenVerifier, bearer_token
+from shared.auth import LEEWAY_SECONDS, TokenVerifier
 from shared.changelog import ChangeEvent, events_after, head, like_patterns, resume_point, snapshot_pages
-from shared.errors import DynConfigError, Unauthorized
+from shared.db import POSTGRES_UNREACHABLE
+from shared.errors import DynConfigError
 from shared.ratelimit import RateLimiter
-from shared.validation import key_problem
+from shared.web import close_websockets, request_id
 
 from .frames import json_frame
-from .hub import Hub, pattern_matches
+from .hub import Hub
 from .metrics import NotifierMetrics
+from .protocol import (
+    AUTH_TIMEOUT,
+    AUTH_TIMEOUT_SECONDS,
+    CLOSE_BAD_REQUEST,
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_TRY_AGAIN,
+    CLOSE_UNAUTHORIZED,
+    MAX_PATTERNS,
+    NO_TOKEN,
+    NOT_TEXT,
+    OTHER_USER,
+    REASON_AUTH_TIMEOUT,
+    REASON_BAD_SINCE,
+    REASON_HELD_EVENTS,
+    REASON_INTERNAL,
+    REASON_INVALID_TOKEN,
+    REASON_NO_TOKEN,
+    REASON_SHUTDOWN,
+    REASON_SLOW_CONSUMER,
+    REASON_TOKEN_EXPIRED,
+    REASON_UNAVAILABLE,
+    TOKEN_EXPIRED,
+    UNAVAILABLE,
+    BadMessage,
+    Subscribe,
+    bad_request,
+    close_message,
+    error_event_of,
+    parse_message,
+    parse_subscribe,
+    parse_token,
+    parse_unsubscribe,
+    pattern_matches,
+    rate_limited,
+    since_from_request,
+    token_from_request,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_PATTERNS = 1000
-AUTH_TIMEOUT_SECONDS = 10.0
 MAX_BUFFER_BYTES = 4 * 1024 * 1024
 MAX_HELD_EVENTS = 10_000
 REPLAY_PAGE = 1000
 HUB_CATCH_UP_SECONDS = 2.0
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_SLOW_CONSUMER = 4008
-CLOSE_BAD_REQUEST = 4400
-CLOSE_TRY_AGAIN = 1013  # RFC 6455 §7.4.1 (IANA): try again later
-# The reason sent with each close code (a browser shows it as CloseEvent.reason). Every close of a watch
-# socket, here and in main.py, takes its reason from this list.
-REASON_INVALID_TOKEN = "unauthorized: invalid or expired token"
-REASON_NO_TOKEN = "unauthorized: send a token first"
-REASON_AUTH_TIMEOUT = "unauthorized: no valid token within {seconds:g} s"
-REASON_TOKEN_EXPIRED = "unauthorized: token expired"
-REASON_SLOW_CONSUMER = "slow consumer: backlog over {limit} bytes, resume with since_version"
-REASON_HELD_EVENTS = "slow consumer: over {limit} events held back during replay, resume with since_version"
-REASON_BAD_SINCE = "bad request: invalid since_version"
-REASON_SHUTDOWN = "server shutting down"
-REASON_INTERNAL = "internal server error"
-REASON_UNAVAILABLE = "database unavailable: reconnect and resume with since_version"
-MAX_REASON_BYTES = 123  # RFC 6455 §5.5: 125 bytes of payload, 2 of them the code
-_PREFIX = re.compile(r"^[A-Za-z0-9._:/-]{0,255}\*$")
-
-
-def close_message(reason: str) -> bytes:
-    """``reason`` as a close frame's payload: UTF-8, cut to 123 bytes at a character boundary."""
-    return reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore").encode()
-
-
-class BadMessage(Exception):
-    """A client message we answer with an error event (the connection stays open)."""
-
-
-def pattern_problem(pattern: Any) -> str | None:
-    """Why ``pattern`` is not a valid watch pattern (exact key, or a prefix ending in ``*``)."""
-    if not isinstance(pattern, str):
-        return "patterns are strings"
-    if pattern.endswith("*"):
-        return None if _PREFIX.match(pattern) else f"invalid prefix pattern {pattern!r}"
-    problem = key_problem(pattern)
-    return f"invalid pattern {pattern!r}: {problem}" if problem else None
 
 
 class WatchConnection:
@@ -181,17 +182,10 @@ class WatchConnection:
         """Postgres could not serve this watcher (a subscribe's replay or head during an outage): an
         error event and close 1013, try again later. The client reconnects and resumes with
         ``since_version``, as after any close, and loses nothing."""
-        message = "The database is unavailable; reconnect and resume with since_version"
-        self._kick(
-            CLOSE_TRY_AGAIN, REASON_UNAVAILABLE, {"event": "error", "error": "Service Unavailable", "message": message}
-        )
+        self._kick(CLOSE_TRY_AGAIN, REASON_UNAVAILABLE, UNAVAILABLE)
 
     def _token_expired(self) -> None:
-        self._kick(
-            CLOSE_UNAUTHORIZED,
-            REASON_TOKEN_EXPIRED,
-            {"event": "error", "error": "Unauthorized", "message": "Token expired; reconnect with a fresh token"},
-        )
+        self._kick(CLOSE_UNAUTHORIZED, REASON_TOKEN_EXPIRED, TOKEN_EXPIRED)
 
     async def finish(self) -> None:
         """Release everything the connection holds (called once, when the socket is done)."""
@@ -216,16 +210,12 @@ class WatchConnection:
     async def authenticate(self, token: Any) -> bool:
         """Verify a token (first or fresh); on failure an error event. Returns success."""
         try:
-            if not isinstance(token, str) or not token:
-                raise Unauthorized("token must be a non-empty string")
-            principal, exp = await self._verifier.verify(token)
+            principal, exp = await self._verifier.verify(parse_token(token))
         except DynConfigError as exc:
-            await self.send({"event": "error", **exc.body()})
+            await self.send(error_event_of(exc))
             return False
         if self.authenticated and principal.username != self.principal.username:
-            await self.send(
-                {"event": "error", "error": "Unauthorized", "message": "A fresh token must be for the same user"}
-            )
+            await self.send(OTHER_USER)
             return False
         if principal != self.principal:
             self.principal = principal
@@ -243,8 +233,7 @@ class WatchConnection:
         connection stays open."""
         decision = await self._limiter.hit(self.principal.username)
         if not decision.allowed:
-            message = f"{decision.message}; message ignored, retry in {decision.retry_after} s"
-            await self.send({"event": "error", "error": "Rate Limited", "message": message})
+            await self.send(rate_limited(decision.message, decision.retry_after))
         return decision.allowed
 
     async def handle(self, text: str, query_since: int | None) -> None:
@@ -252,19 +241,14 @@ class WatchConnection:
         counted = self.authenticated
         if counted and not await self.within_limit():
             return
-        try:
-            message = json.loads(text)
-        except ValueError:
-            raise BadMessage("messages are JSON objects") from None
-        if not isinstance(message, dict):
-            raise BadMessage("messages are JSON objects")
+        message = parse_message(text)
         if "token" in message:
             ok = await self.authenticate(message["token"])
             if not ok and not self.authenticated:
                 self._kick(CLOSE_UNAUTHORIZED, REASON_INVALID_TOKEN)
                 return
         if not self.authenticated:
-            await self.send({"event": "error", "error": "Unauthorized", "message": "Send a token first"})
+            await self.send(NO_TOKEN)
             self._kick(CLOSE_UNAUTHORIZED, REASON_NO_TOKEN)
             return
         # The first token message: its user is known only now. Over the limit, the token still
@@ -272,39 +256,25 @@ class WatchConnection:
         if not counted and not await self.within_limit():
             return
         if "subscribe" in message:
-            await self.subscribe(message, query_since)
+            await self.subscribe(parse_subscribe(message, None if self._feed.patterns else query_since))
         elif "unsubscribe" in message:
-            await self.unsubscribe(message["unsubscribe"])
+            await self.unsubscribe(parse_unsubscribe(message["unsubscribe"]))
         elif "token" not in message:
             raise BadMessage("expected subscribe, unsubscribe or token")
 
-    async def unsubscribe(self, patterns: Any) -> None:
-        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-            raise BadMessage("unsubscribe takes a list of patterns")
+    async def unsubscribe(self, patterns: list[str]) -> None:
         self._feed.remove([p for p in dict.fromkeys(patterns) if p in self._feed.patterns])
         await self.send({"event": "unsubscribed", "patterns": patterns})
 
-    async def subscribe(self, message: dict[str, Any], query_since: int | None) -> None:
+    async def subscribe(self, request: Subscribe) -> None:
         """Register patterns, then replay (``since_version``) or snapshot, then go live."""
-        patterns = message["subscribe"]
-        if not isinstance(patterns, list) or not patterns:
-            raise BadMessage("subscribe takes a non-empty list of patterns")
-        for pattern in patterns:
-            problem = pattern_problem(pattern)
-            if problem:
-                raise BadMessage(problem)
-        since = message.get("since_version", query_since if not self._feed.patterns else None)
-        if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
-            raise BadMessage("since_version must be a whole number >= 0")
-        want_snapshot = message.get("snapshot", False)
-        if not isinstance(want_snapshot, bool):
-            raise BadMessage("snapshot must be true or false")
         watched = self._feed.patterns
-        new = [p for p in dict.fromkeys(patterns) if p not in watched]
+        new = [p for p in dict.fromkeys(request.patterns) if p not in watched]
         if len(watched) + len(new) > MAX_PATTERNS:
             raise BadMessage(f"at most {MAX_PATTERNS} patterns per connection")
         old = set(watched)
         first = not old
+        since = request.since
         # Start from everything committed by now, even what the hub has not fanned out yet: a write
         # whose answer the client already has must be in the replay or snapshot, not come later as a
         # change. The hub is normally there within milliseconds; if it is not within 2 s (relay down),
@@ -316,17 +286,19 @@ class WatchConnection:
             self._audit.add(
                 AuditRecord(self.principal.username, "watch", ",".join(new)[:1000] or None, "ok", self._request_id)
             )
-            await self.send({"event": "subscribed", "patterns": patterns, "revision": through})
+            await self.send({"event": "subscribed", "patterns": request.patterns, "revision": through})
             if new and since is not None:
                 reset = await self._replay(new, old, since, through)
                 if first and since > through and not reset:
                     self.last_sent = max(self.last_sent, since)  # the client already has those
-            elif new and want_snapshot:
+            elif new and request.snapshot:
                 await self._snapshot(new, old, through)
             if first:
                 self.last_sent = max(self.last_sent, through)
         finally:
             self._release_held()
+
+    # --- replay, snapshot, resync ------------------------------------------------------------------
 
     async def _committed_head(self) -> int:
         async with self._pool.acquire() as conn, conn.cursor() as cur:
@@ -399,33 +371,28 @@ class WatchConnection:
             self._metrics.events_delivered.inc()
 
 
-def token_from_request(request: web.Request) -> str | None:
-    """A token from the Authorization header or the ``access_token`` query parameter."""
-    header = request.headers.get("Authorization")
-    if header:
-        try:
-            return bearer_token(header)
-        except Unauthorized:
-            return ""
-    return request.query.get("access_token")
-
-
-def since_from_request(request: web.Request) -> int | None:
-    raw = request.query.get("since_version")
-    if raw is None:
-        return None
-    if not raw.isascii() or not raw.isdigit():
-        raise BadMessage("since_version must be a whole number >= 0")
-    return int(raw)
-
-
 async def serve(conn: WatchConnection, request: web.Request) -> None:
+    """Run one socket until it is done, whatever happens: a Postgres outage closes it 1013 (the client
+    resumes), anything unexpected 1011 (the socket is upgraded: an HTTP 500 can no longer be sent)."""
+    try:
+        await _read(conn, request)
+    except POSTGRES_UNREACHABLE as exc:  # an outage is expected: one line, and the client resumes
+        log.warning(
+            "watch: Postgres unavailable (request %s): %s; closing 1013", request_id(request), type(exc).__name__
+        )
+        conn.unavailable()
+    except Exception:
+        log.exception("watch connection failed (request %s)", request_id(request))
+        await conn.ws.close(code=CLOSE_INTERNAL, message=close_message(REASON_INTERNAL))
+
+
+async def _read(conn: WatchConnection, request: web.Request) -> None:
     """Authenticate, then read the client's messages until the socket closes."""
     ws = conn.ws
     try:
         query_since = since_from_request(request)
     except BadMessage as exc:
-        await conn.send({"event": "error", "error": "Bad Request", "message": str(exc)})
+        await conn.send(bad_request(str(exc)))
         await ws.close(code=CLOSE_BAD_REQUEST, message=close_message(REASON_BAD_SINCE))
         return
     token = token_from_request(request)
@@ -438,7 +405,7 @@ async def serve(conn: WatchConnection, request: web.Request) -> None:
         try:
             msg = await ws.receive(timeout=timeout)
         except TimeoutError:
-            await conn.send({"event": "error", "error": "Unauthorized", "message": "No valid token within 10 s"})
+            await conn.send(AUTH_TIMEOUT)
             reason = REASON_AUTH_TIMEOUT.format(seconds=AUTH_TIMEOUT_SECONDS)
             await ws.close(code=CLOSE_UNAUTHORIZED, message=close_message(reason))
             return
@@ -446,10 +413,17 @@ async def serve(conn: WatchConnection, request: web.Request) -> None:
             try:
                 await conn.handle(msg.data, query_since)
             except BadMessage as exc:
-                await conn.send({"event": "error", "error": "Bad Request", "message": str(exc)})
+                await conn.send(bad_request(str(exc)))
         elif msg.type == WSMsgType.BINARY:
             if conn.authenticated and not await conn.within_limit():
                 continue
-            await conn.send({"event": "error", "error": "Bad Request", "message": "messages are JSON text"})
+            await conn.send(NOT_TEXT)
         else:  # CLOSE, CLOSING, CLOSED, ERROR
             return
+
+
+async def close_all(connections: Iterable[WatchConnection]) -> None:
+    """On shutdown: close every watch socket with 1001 (going away)."""
+    await close_websockets(
+        [conn.ws for conn in connections], code=CLOSE_GOING_AWAY, reason=close_message(REASON_SHUTDOWN)
+    )
