@@ -16,7 +16,7 @@ from aiohttp import WSCloseCode, web
 
 from shared.auth import bearer_token
 from shared.errors import DynConfigError, Unauthorized
-from shared.validation import key_problem
+from shared.validation import key_problem, parse_since_version
 
 MAX_PATTERNS = 1000
 AUTH_TIMEOUT_SECONDS = 10.0
@@ -165,10 +165,7 @@ def token_from_request(request: web.Request) -> str | None:
 
 
 def since_from_request(request: web.Request) -> int | None:
-    """The ``since_version`` query parameter."""
+    """The ``since_version`` query parameter, read as the poll reads it; raises
+    :class:`~shared.errors.BadRequest`."""
     raw = request.query.get("since_version")
-    if raw is None:
-        return None
-    if not raw.isascii() or not raw.isdigit():
-        raise BadMessage("since_version must be a whole number >= 0")
-    return int(raw)
+    return None if raw is None else parse_since_version(raw)

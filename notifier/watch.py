@@ -27,7 +27,7 @@ from shared.audit import AuditRecord, AuditWriter
 from shared.auth import LEEWAY_SECONDS, TokenVerifier
 from shared.changelog import ChangeEvent, events_after, head, like_patterns, resume_point, snapshot_pages
 from shared.db import POSTGRES_UNREACHABLE
-from shared.errors import DynConfigError
+from shared.errors import BadRequest, DynConfigError
 from shared.ratelimit import RateLimiter
 from shared.web import close_websockets, request_id
 
@@ -391,8 +391,8 @@ async def _read(conn: WatchConnection, request: web.Request) -> None:
     ws = conn.ws
     try:
         query_since = since_from_request(request)
-    except BadMessage as exc:
-        await conn.send(bad_request(str(exc)))
+    except BadRequest as exc:
+        await conn.send(bad_request(exc.message))
         await ws.close(code=CLOSE_BAD_REQUEST, message=close_message(REASON_BAD_SINCE))
         return
     token = token_from_request(request)

@@ -223,10 +223,11 @@ def text_filter(raw: str | None, name: str) -> str | None:
     return raw
 
 
-def parse_whole_number(raw: str, name: str) -> int:
-    """A query parameter that is a whole number >= 0 (``since_version``): ASCII digits, else 400."""
+def parse_since_version(raw: str) -> int:
+    """A ``since_version`` query parameter, the poll's (``GET /keys``) and the watch's: a revision, as
+    ASCII digits; else :class:`BadRequest` (a 400, or on ``/watch`` an error event and close 4400)."""
     if not _DIGITS.fullmatch(raw):
-        raise BadRequest(f"{name} must be a whole number >= 0", fields={name: ["not a whole number"]})
+        raise BadRequest("since_version must be a whole number >= 0", fields={"since_version": ["not a whole number"]})
     return int(raw)
 
 
