@@ -16,7 +16,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import aiopg
@@ -279,7 +279,7 @@ class WatchConnection:
         # whose answer the client already has must be in the replay or snapshot, not come later as a
         # change. The hub is normally there within milliseconds; if it is not within 2 s (relay down),
         # start from where it is — its events follow live.
-        await self._feed.reached(await self._committed_head(), HUB_CATCH_UP_SECONDS)
+        await self._feed.reached(await committed_head(self._pool), HUB_CATCH_UP_SECONDS)
         self._holding = True
         try:
             through = self._feed.add(new)
@@ -300,11 +300,6 @@ class WatchConnection:
 
     # --- replay, snapshot, resync ------------------------------------------------------------------
 
-    async def _committed_head(self) -> int:
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
-            current, _ = await head(cur)
-        return current
-
     def _release_held(self) -> None:
         """Go live: write the live events held back while replaying, those not already sent."""
         self._holding = False
@@ -316,29 +311,17 @@ class WatchConnection:
                 self._write(revision, frame)
 
     async def _replay(self, new: list[str], old: set[str], since: int, through: int) -> bool:
-        """Every event after ``since`` up to ``through``, a page at a time. A database connection is held
-        only to read a page, never while a send waits on the client (a slow watcher must not take
-        what the relay and the hub need). The boundary is read again after each page, so a prune in
-        between gives a ``reset``, never a silent gap. Returns whether it sent a reset instead."""
-        patterns = like_patterns(new)
-        after = since
-        while not self._closing:
-            async with self._pool.acquire() as conn, conn.cursor() as cur:
-                _, pruned = await head(cur)
-                if after == since and (await resume_point(cur, since)).start_over:  # pruned, or never in this log
-                    pruned = since + 1
-                events = []
-                if pruned <= after < through:
-                    events = await events_after(cur, after, through=through, patterns=patterns, limit=REPLAY_PAGE)
-                    _, pruned = await head(cur)
-            if pruned > after:
-                await self._reset(new, old, through)
-                return True
-            for event in events:
-                after = event.revision
-                await self._send_event(event, old)
-            if len(events) < REPLAY_PAGE:
-                break
+        """Every event after ``since`` up to ``through``; or, when the log no longer holds them all, a
+        ``reset`` and a snapshot. Returns whether it sent a reset instead."""
+        try:
+            async for page in replay_pages(self._pool, new, since, through):
+                for event in page:  # sent with the connection back in the pool
+                    await self._send_event(event, old)
+                if self._closing:
+                    break
+        except StartOver:
+            await self._reset(new, old, through)
+            return True
         return False
 
     async def _reset(self, new: list[str], old: set[str], through: int) -> None:
@@ -369,6 +352,43 @@ class WatchConnection:
         if message is not None:
             await self.send(message)
             self._metrics.events_delivered.inc()
+
+
+class StartOver(Exception):
+    """The change log no longer holds every event a replay needs (pruned, or never in this log)."""
+
+
+async def replay_pages(
+    pool: aiopg.Pool, patterns: list[str], since: int, through: int
+) -> AsyncIterator[list[ChangeEvent]]:
+    """The events after ``since`` up to ``through`` on ``patterns``, a page at a time; raises
+    :class:`StartOver` instead of leaving a gap. A database connection is held only to read a page,
+    never while the consumer sends it (a slow watcher must not take what the relay and the hub need).
+    The boundary is read again after each page, so a prune in between is noticed."""
+    like = like_patterns(patterns)
+    after = since
+    while True:
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            _, pruned = await head(cur)
+            if after == since and (await resume_point(cur, since)).start_over:
+                pruned = since + 1
+            events = []
+            if pruned <= after < through:
+                events = await events_after(cur, after, through=through, patterns=like, limit=REPLAY_PAGE)
+                _, pruned = await head(cur)
+        if pruned > after:
+            raise StartOver
+        yield events
+        if len(events) < REPLAY_PAGE:
+            return
+        after = events[-1].revision
+
+
+async def committed_head(pool: aiopg.Pool) -> int:
+    """The last revision committed (perhaps not yet fanned out by the hub)."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        current, _ = await head(cur)
+    return current
 
 
 async def serve(conn: WatchConnection, request: web.Request) -> None:
