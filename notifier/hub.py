@@ -113,7 +113,8 @@ class Patterns:
 
 class Feed:
     """One subscriber's handle on the hub, from :meth:`Hub.feed`: all a watch connection asks of the
-    hub. It keeps the subscriber's patterns, so the hub's index and the connection cannot disagree."""
+    hub. It keeps the subscriber's patterns, so the hub's index and the connection cannot disagree.
+    It is part of the hub (it works on the hub's index and keyring), the one way in from outside."""
 
     def __init__(self, hub: Hub, subscriber: Subscriber) -> None:
         self._hub = hub

@@ -67,7 +67,7 @@ def bad_request(message: str) -> dict[str, Any]:
 
 
 NO_TOKEN = error_event("Unauthorized", "Send a token first")
-AUTH_TIMEOUT = error_event("Unauthorized", "No valid token within 10 s")
+AUTH_TIMEOUT = error_event("Unauthorized", f"No valid token within {AUTH_TIMEOUT_SECONDS:g} s")
 TOKEN_EXPIRED = error_event("Unauthorized", "Token expired; reconnect with a fresh token")
 OTHER_USER = error_event("Unauthorized", "A fresh token must be for the same user")
 UNAVAILABLE = error_event("Service Unavailable", "The database is unavailable; reconnect and resume with since_version")
