@@ -165,7 +165,7 @@ def token_from_request(request: web.Request) -> str | None:
 
 
 def since_from_request(request: web.Request) -> int | None:
-    """The ``since_version`` query parameter, read as the poll reads it; raises
+    """The ``since_version`` query parameter, of any size (see :func:`parse_since_version`); raises
     :class:`~shared.errors.BadRequest`."""
     raw = request.query.get("since_version")
-    return None if raw is None else parse_since_version(raw)
+    return None if raw is None else parse_since_version(raw, bigint=False)
