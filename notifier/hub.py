@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiopg
 import psycopg2
@@ -22,7 +22,7 @@ import psycopg2
 from shared.acl import Acl, Principal
 from shared.changelog import ChangeEvent, Readers, events_after, head, may_read_event, resume_point
 from shared.crypto import Keyring
-from shared.db import Target, listen, wait_notices
+from shared.db import Target, listen, ping, wait_notices
 from shared.nsacls import NamespaceAcls
 from shared.redis import REDIS_ERRORS, RedisLink
 from shared.sql import changelog as changelog_sql
@@ -47,7 +47,10 @@ class Subscriber(Protocol):
 
     principal: Principal
 
-    def deliver(self, revision: int, frame: bytes) -> None: ...
+    def deliver(self, revision: int, frame: bytes) -> bool:
+        """Take one live event (already encoded) without blocking; True when the hub must call
+        :meth:`flush` after this pass (it queued the first frame since the last flush)."""
+        ...
 
     def flush(self) -> None: ...
 
@@ -108,9 +111,48 @@ class Patterns:
         return found
 
 
-def pattern_matches(pattern: str, key: str) -> bool:
-    """Does one watch pattern match ``key``?"""
-    return key.startswith(pattern[:-1]) if pattern.endswith("*") else key == pattern
+class Feed:
+    """One subscriber's handle on the hub, from :meth:`Hub.feed`: all a watch connection asks of the
+    hub. It keeps the subscriber's patterns, so the hub's index and the connection cannot disagree.
+    It is part of the hub (it works on the hub's index and keyring), the one way in from outside."""
+
+    def __init__(self, hub: Hub, subscriber: Subscriber) -> None:
+        self._hub = hub
+        self._subscriber = subscriber
+        self.patterns: set[str] = set()
+
+    async def reached(self, revision: int, within: float) -> None:
+        """Wait until the hub has fanned out ``revision``, at most ``within`` s."""
+        await self._hub.reached(revision, within)
+
+    def add(self, patterns: list[str]) -> int:
+        """Start live events for ``patterns``; returns the revision the hub has fanned out through
+        (events after it come live, those up to it are the connection's to replay)."""
+        self._hub._patterns.add(self._subscriber, patterns)
+        self.patterns.update(patterns)
+        return self._hub.last
+
+    def remove(self, patterns: Iterable[str]) -> None:
+        """Stop live events for ``patterns``."""
+        patterns = list(patterns)
+        self._hub._patterns.remove(self._subscriber, patterns)
+        self.patterns.difference_update(patterns)
+
+    def close(self) -> None:
+        """Stop every live event."""
+        self.remove(self.patterns)
+
+    def principal_changed(self) -> None:
+        """The subscriber reads as someone else now (the hub's delivery lists took the old one's verdicts)."""
+        self._hub._patterns.changed()
+
+    def readable(self, event: ChangeEvent) -> dict[str, Any] | None:
+        """``event`` as sent to this subscriber, if it may read it (a replayed or snapshot event: the
+        same ACLs and keys as live ones)."""
+        hub = self._hub
+        if not may_read_event(self._subscriber.principal, event.readers(hub.namespace_acls)):
+            return None
+        return event.wire(hub._keyring)
 
 
 class Hub:
@@ -130,9 +172,9 @@ class Hub:
         self._supervisor = supervisor
         self._pool = pool
         self._link = link
-        self.keyring = keyring
+        self._keyring = keyring
         self._metrics = metrics
-        self.patterns = Patterns()
+        self._patterns = Patterns()
         self._namespaces = namespaces
         self.last = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -141,9 +183,8 @@ class Hub:
         self._wake = asyncio.Event()
         self._poll_now = False
         self._tasks: list[asyncio.Task[None]] = []
-        self.ready = asyncio.Event()
         #: Subscribers with events queued by this pass of the pump (:meth:`_flush`).
-        self.touched: list[Subscriber] = []
+        self._touched: list[Subscriber] = []
         self._deliveries: dict[tuple[str, Readers], list[Subscriber]] = {}
         self._deliveries_for: tuple[int, dict[str, Acl]] = (-1, {})
 
@@ -166,11 +207,14 @@ class Hub:
             spawn("hub-pg", self._pg_listener),
             spawn("hub-tick", self._ticker),
         ]
-        self.ready.set()
 
     async def stop(self) -> None:
         for task in self._tasks:
             await cancel_and_wait(task)
+
+    def feed(self, subscriber: Subscriber) -> Feed:
+        """A new subscriber's handle on this hub."""
+        return Feed(self, subscriber)
 
     # --- inputs ------------------------------------------------------------------------------------
 
@@ -216,7 +260,7 @@ class Hub:
             while True:
                 notices = await wait_notices(conn, 10.0)
                 if not notices:
-                    await cur.execute("SELECT 1")  # notice a dead connection even when all is quiet
+                    await ping(cur)  # notice a dead connection even when all is quiet
                     continue
                 if not self.redis_ok:
                     self._poll_now = True
@@ -278,7 +322,7 @@ class Hub:
     def _flush(self) -> None:
         """Write what this pass fanned out: one write per socket, however many events it got. Called
         before every await of the pump, so no other write to a socket can come between."""
-        touched, self.touched = self.touched, []
+        touched, self._touched = self._touched, []
         if not touched:
             return
         started = time.perf_counter()
@@ -341,21 +385,21 @@ class Hub:
         self.last = current
         self._advanced()
         self._metrics.hub_revision.set(current)
-        for subscriber in self.patterns.everyone():
+        for subscriber in self._patterns.everyone():
             subscriber.resync(current)
 
     def _entitled(self, event: ChangeEvent) -> list[Subscriber]:
         """The subscribers that get ``event``: built once per (key, readers) and kept until who watches
         what, or a namespace ACL, changes; the ACL verdict is taken once per principal."""
-        if self._deliveries_for != (self.patterns.generation, self.namespace_acls):
+        if self._deliveries_for != (self._patterns.generation, self.namespace_acls):
             self._deliveries.clear()
-            self._deliveries_for = (self.patterns.generation, self.namespace_acls)
+            self._deliveries_for = (self._patterns.generation, self.namespace_acls)
         readers = event.readers(self.namespace_acls)
         entitled = self._deliveries.get((event.key, readers))
         if entitled is None:
             verdicts: dict[Principal, bool] = {}
             entitled = []
-            for subscriber in self.patterns.matching(event.key):
+            for subscriber in self._patterns.matching(event.key):
                 who = subscriber.principal
                 verdict = verdicts.get(who)
                 if verdict is None:
@@ -371,12 +415,13 @@ class Hub:
         entitled = self._entitled(event)
         # Encode before moving on: an event that cannot be encoded (its value cannot be decrypted)
         # raises here, with ``last`` still before it, so it is retried rather than skipped.
-        frame = json_frame(event.wire(self.keyring)) if entitled else b""
+        frame = json_frame(event.wire(self._keyring)) if entitled else b""
         self.last = event.revision
         if self._waiters:
             self._advanced()
         self._metrics.hub_revision.set(event.revision)
         self._metrics.propagation_lag.observe(max(0.0, (utcnow() - event.at).total_seconds()))
         for subscriber in entitled:
-            subscriber.deliver(event.revision, frame)
+            if subscriber.deliver(event.revision, frame):
+                self._touched.append(subscriber)
         self._metrics.events_delivered.inc(len(entitled))

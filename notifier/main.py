@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 
 import aiopg
-from aiohttp import WSCloseCode, web
+from aiohttp import web
 
 from shared.appkeys import AUDIT, DB_POOL, KEYRING, NAMESPACE_ACLS, REDIS, SETTINGS, SUPERVISOR, VERIFIER
 from shared.audit import audit_ctx
 from shared.crypto import Keyring
-from shared.db import POSTGRES_UNREACHABLE, app_connector, connect_pool, pool_ctx
+from shared.db import app_connector, connect_pool, pool_ctx
 from shared.errors import Unauthorized
 from shared.jwks import http_session_ctx, verifier_ctx
 from shared.keyring_check import keyring_check_ctx
@@ -22,14 +21,13 @@ from shared.redis import redis_ctx
 from shared.serve import main_for
 from shared.settings import Settings
 from shared.tasks import cancel_and_wait
-from shared.web import base_checks, close_websockets, health_response, live, process_app, request_id
+from shared.web import base_checks, health_response, live, process_app, request_id
 
 from .hub import Hub
 from .metrics import NotifierMetrics
+from .protocol import token_from_request
 from .relay import Relay
-from .watch import REASON_INTERNAL, REASON_SHUTDOWN, WatchConnection, close_message, serve, token_from_request
-
-log = logging.getLogger(__name__)
+from .watch import WatchConnection, close_all, serve
 
 PROCESS_NAME = "notifier"
 HUB = web.AppKey("hub", Hub)
@@ -90,15 +88,6 @@ async def watch(request: web.Request) -> web.WebSocketResponse:
     app[NOTIFIER_METRICS].connections.inc()
     try:
         await serve(conn, request)
-    except POSTGRES_UNREACHABLE as exc:  # an outage is expected: one line, and the client resumes
-        log.warning(
-            "watch: Postgres unavailable (request %s): %s; closing 1013", request_id(request), type(exc).__name__
-        )
-        conn.unavailable()
-    except Exception:
-        # The socket is upgraded: an HTTP 500 can no longer be sent (the client would see 1002).
-        log.exception("watch connection failed (request %s)", request_id(request))
-        await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=close_message(REASON_INTERNAL))
     finally:
         app[CONNECTIONS].discard(conn)
         app[NOTIFIER_METRICS].connections.dec()
@@ -150,8 +139,8 @@ async def _streams_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _close_watchers(app: web.Application) -> None:
     """On shutdown, close every watch socket with 1001 (going away)."""
-    sockets = [conn.ws for conn in app[CONNECTIONS]]
-    await close_websockets(sockets, code=WSCloseCode.GOING_AWAY, reason=close_message(REASON_SHUTDOWN))
+    connections = app[CONNECTIONS]
+    await close_all(connections)
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import aiopg
@@ -24,65 +24,67 @@ from aiohttp import WSMsgType, web
 
 from shared.acl import Principal
 from shared.audit import AuditRecord, AuditWriter
-from shared.auth import LEEWAY_SECONDS, TokenVerifier, bearer_token
-from shared.changelog import events_after, head, like_patterns, may_read_event, resume_point, snapshot_pages
-from shared.errors import DynConfigError, Unauthorized
+from shared.auth import LEEWAY_SECONDS, TokenVerifier
+from shared.changelog import ChangeEvent, events_after, head, like_patterns, resume_point, snapshot_pages
+from shared.db import POSTGRES_UNREACHABLE
+from shared.errors import BadRequest, DynConfigError
 from shared.ratelimit import RateLimiter
-from shared.validation import key_problem
+from shared.web import close_websockets, request_id
 
 from .frames import json_frame
-from .hub import Hub, pattern_matches
+from .hub import Hub
 from .metrics import NotifierMetrics
+from .protocol import (
+    AUTH_TIMEOUT,
+    AUTH_TIMEOUT_SECONDS,
+    CLOSE_BAD_REQUEST,
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_TRY_AGAIN,
+    CLOSE_UNAUTHORIZED,
+    MAX_PATTERNS,
+    NO_TOKEN,
+    NOT_TEXT,
+    OTHER_USER,
+    REASON_AUTH_TIMEOUT,
+    REASON_BAD_SINCE,
+    REASON_HELD_EVENTS,
+    REASON_INTERNAL,
+    REASON_INVALID_TOKEN,
+    REASON_NO_TOKEN,
+    REASON_SHUTDOWN,
+    REASON_SLOW_CONSUMER,
+    REASON_TOKEN_EXPIRED,
+    REASON_UNAVAILABLE,
+    TOKEN_EXPIRED,
+    UNAVAILABLE,
+    BadMessage,
+    Subscribe,
+    bad_request,
+    close_message,
+    error_event_of,
+    parse_message,
+    parse_subscribe,
+    parse_token,
+    parse_unsubscribe,
+    pattern_matches,
+    rate_limited,
+    since_from_request,
+    token_from_request,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_PATTERNS = 1000
-AUTH_TIMEOUT_SECONDS = 10.0
 MAX_BUFFER_BYTES = 4 * 1024 * 1024
 MAX_HELD_EVENTS = 10_000
 REPLAY_PAGE = 1000
 HUB_CATCH_UP_SECONDS = 2.0
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_SLOW_CONSUMER = 4008
-CLOSE_BAD_REQUEST = 4400
-CLOSE_TRY_AGAIN = 1013  # RFC 6455 §7.4.1 (IANA): try again later
-# The reason sent with each close code (a browser shows it as CloseEvent.reason). Every close of a watch
-# socket, here and in main.py, takes its reason from this list.
-REASON_INVALID_TOKEN = "unauthorized: invalid or expired token"
-REASON_NO_TOKEN = "unauthorized: send a token first"
-REASON_AUTH_TIMEOUT = "unauthorized: no valid token within {seconds:g} s"
-REASON_TOKEN_EXPIRED = "unauthorized: token expired"
-REASON_SLOW_CONSUMER = "slow consumer: backlog over {limit} bytes, resume with since_version"
-REASON_HELD_EVENTS = "slow consumer: over {limit} events held back during replay, resume with since_version"
-REASON_BAD_SINCE = "bad request: invalid since_version"
-REASON_SHUTDOWN = "server shutting down"
-REASON_INTERNAL = "internal server error"
-REASON_UNAVAILABLE = "database unavailable: reconnect and resume with since_version"
-MAX_REASON_BYTES = 123  # RFC 6455 §5.5: 125 bytes of payload, 2 of them the code
-_PREFIX = re.compile(r"^[A-Za-z0-9._:/-]{0,255}\*$")
-
-
-def close_message(reason: str) -> bytes:
-    """``reason`` as a close frame's payload: UTF-8, cut to 123 bytes at a character boundary."""
-    return reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore").encode()
-
-
-class BadMessage(Exception):
-    """A client message we answer with an error event (the connection stays open)."""
-
-
-def pattern_problem(pattern: Any) -> str | None:
-    """Why ``pattern`` is not a valid watch pattern (exact key, or a prefix ending in ``*``)."""
-    if not isinstance(pattern, str):
-        return "patterns are strings"
-    if pattern.endswith("*"):
-        return None if _PREFIX.match(pattern) else f"invalid prefix pattern {pattern!r}"
-    problem = key_problem(pattern)
-    return f"invalid pattern {pattern!r}: {problem}" if problem else None
 
 
 class WatchConnection:
-    """The state of one watcher: who it is, what it watches, what it has been sent."""
+    """The state of one watcher: who it is, what it watches (its :class:`~notifier.hub.Feed`), what it
+    has been sent."""
 
     def __init__(
         self,
@@ -99,7 +101,7 @@ class WatchConnection:
     ) -> None:
         self.ws = ws
         self._transport = transport
-        self._hub = hub
+        self._feed = hub.feed(self)
         self._verifier = verifier
         self._limiter = limiter
         self._pool = pool
@@ -108,7 +110,6 @@ class WatchConnection:
         self._request_id = request_id
         self.principal: Principal = Principal("", False)
         self.authenticated = False
-        self.patterns: set[str] = set()
         self.last_sent = 0
         self._holding = False
         self._held: list[tuple[int, bytes]] = []
@@ -120,27 +121,34 @@ class WatchConnection:
 
     # --- what the hub calls ------------------------------------------------------------------------
 
-    def deliver(self, revision: int, frame: bytes) -> None:
-        """Queue one live event (already encoded) unless it was sent before; never blocks. The hub
-        calls :meth:`flush` once it has fanned out what it has, so the events of one pass go out in one
-        write per socket."""
+    def deliver(self, revision: int, frame: bytes) -> bool:
+        """Queue one live event (already encoded) unless it was sent before; never blocks. True when it
+        is the first queued since the last flush: the hub calls :meth:`flush` once it has fanned out
+        what it has, so the events of one pass go out in one write per socket."""
         if self._closing or revision <= self.last_sent:
-            return
+            return False
         if self._holding:
             self._held.append((revision, frame))
             if len(self._held) > MAX_HELD_EVENTS:
                 self._kick(CLOSE_SLOW_CONSUMER, REASON_HELD_EVENTS.format(limit=MAX_HELD_EVENTS))
-            return
-        if not self._pending:
-            self._hub.touched.append(self)
+            return False
+        first = not self._pending
         self._pending.append(frame)
         self.last_sent = revision
+        return first
 
     def flush(self) -> None:
         """Write the queued live events (called by the hub; every other write flushes first)."""
         pending, self._pending = self._pending, []
         if pending:
             self._write_frames(pending)
+
+    def resync(self, revision: int) -> None:
+        """The change log started again below what we sent (a restored database): ``reset`` and a
+        snapshot at ``revision``, then live events from there."""
+        if self._closing or not self._feed.patterns:
+            return
+        self._resyncing = asyncio.create_task(self._resync(revision), name="watch-resync")
 
     def _write(self, revision: int, frame: bytes) -> None:
         self.flush()
@@ -165,7 +173,7 @@ class WatchConnection:
             return
         self._closing = True
         self._pending.clear()  # the client resumes from the last event it got
-        self._hub.patterns.remove(self, self.patterns)
+        self._feed.close()
         if error_event is not None and not self._transport.is_closing():
             self._transport.write(json_frame(error_event))
         self._close_task = asyncio.create_task(self.ws.close(code=code, message=close_message(reason)))
@@ -174,22 +182,15 @@ class WatchConnection:
         """Postgres could not serve this watcher (a subscribe's replay or head during an outage): an
         error event and close 1013, try again later. The client reconnects and resumes with
         ``since_version``, as after any close, and loses nothing."""
-        message = "The database is unavailable; reconnect and resume with since_version"
-        self._kick(
-            CLOSE_TRY_AGAIN, REASON_UNAVAILABLE, {"event": "error", "error": "Service Unavailable", "message": message}
-        )
+        self._kick(CLOSE_TRY_AGAIN, REASON_UNAVAILABLE, UNAVAILABLE)
 
     def _token_expired(self) -> None:
-        self._kick(
-            CLOSE_UNAUTHORIZED,
-            REASON_TOKEN_EXPIRED,
-            {"event": "error", "error": "Unauthorized", "message": "Token expired; reconnect with a fresh token"},
-        )
+        self._kick(CLOSE_UNAUTHORIZED, REASON_TOKEN_EXPIRED, TOKEN_EXPIRED)
 
     async def finish(self) -> None:
         """Release everything the connection holds (called once, when the socket is done)."""
         self._closing = True
-        self._hub.patterns.remove(self, self.patterns)
+        self._feed.close()
         if self._expiry is not None:
             self._expiry.cancel()
         if self._close_task is not None:
@@ -209,20 +210,16 @@ class WatchConnection:
     async def authenticate(self, token: Any) -> bool:
         """Verify a token (first or fresh); on failure an error event. Returns success."""
         try:
-            if not isinstance(token, str) or not token:
-                raise Unauthorized("token must be a non-empty string")
-            principal, exp = await self._verifier.verify(token)
+            principal, exp = await self._verifier.verify(parse_token(token))
         except DynConfigError as exc:
-            await self.send({"event": "error", **exc.body()})
+            await self.send(error_event_of(exc))
             return False
         if self.authenticated and principal.username != self.principal.username:
-            await self.send(
-                {"event": "error", "error": "Unauthorized", "message": "A fresh token must be for the same user"}
-            )
+            await self.send(OTHER_USER)
             return False
         if principal != self.principal:
             self.principal = principal
-            self._hub.patterns.changed()  # the hub's delivery lists took verdicts for the old one
+            self._feed.principal_changed()
         self.authenticated = True
         if self._expiry is not None:
             self._expiry.cancel()
@@ -236,8 +233,7 @@ class WatchConnection:
         connection stays open."""
         decision = await self._limiter.hit(self.principal.username)
         if not decision.allowed:
-            message = f"{decision.message}; message ignored, retry in {decision.retry_after} s"
-            await self.send({"event": "error", "error": "Rate Limited", "message": message})
+            await self.send(rate_limited(decision.message, decision.retry_after))
         return decision.allowed
 
     async def handle(self, text: str, query_since: int | None) -> None:
@@ -245,19 +241,14 @@ class WatchConnection:
         counted = self.authenticated
         if counted and not await self.within_limit():
             return
-        try:
-            message = json.loads(text)
-        except ValueError:
-            raise BadMessage("messages are JSON objects") from None
-        if not isinstance(message, dict):
-            raise BadMessage("messages are JSON objects")
+        message = parse_message(text)
         if "token" in message:
             ok = await self.authenticate(message["token"])
             if not ok and not self.authenticated:
                 self._kick(CLOSE_UNAUTHORIZED, REASON_INVALID_TOKEN)
                 return
         if not self.authenticated:
-            await self.send({"event": "error", "error": "Unauthorized", "message": "Send a token first"})
+            await self.send(NO_TOKEN)
             self._kick(CLOSE_UNAUTHORIZED, REASON_NO_TOKEN)
             return
         # The first token message: its user is known only now. Over the limit, the token still
@@ -265,69 +256,49 @@ class WatchConnection:
         if not counted and not await self.within_limit():
             return
         if "subscribe" in message:
-            await self.subscribe(message, query_since)
+            await self.subscribe(parse_subscribe(message, None if self._feed.patterns else query_since))
         elif "unsubscribe" in message:
-            await self.unsubscribe(message["unsubscribe"])
+            await self.unsubscribe(parse_unsubscribe(message["unsubscribe"]))
         elif "token" not in message:
             raise BadMessage("expected subscribe, unsubscribe or token")
 
-    async def unsubscribe(self, patterns: Any) -> None:
-        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-            raise BadMessage("unsubscribe takes a list of patterns")
-        gone = [p for p in dict.fromkeys(patterns) if p in self.patterns]
-        self._hub.patterns.remove(self, gone)
-        self.patterns.difference_update(gone)
+    async def unsubscribe(self, patterns: list[str]) -> None:
+        self._feed.remove([p for p in dict.fromkeys(patterns) if p in self._feed.patterns])
         await self.send({"event": "unsubscribed", "patterns": patterns})
 
-    async def subscribe(self, message: dict[str, Any], query_since: int | None) -> None:
+    async def subscribe(self, request: Subscribe) -> None:
         """Register patterns, then replay (``since_version``) or snapshot, then go live."""
-        patterns = message["subscribe"]
-        if not isinstance(patterns, list) or not patterns:
-            raise BadMessage("subscribe takes a non-empty list of patterns")
-        for pattern in patterns:
-            problem = pattern_problem(pattern)
-            if problem:
-                raise BadMessage(problem)
-        since = message.get("since_version", query_since if not self.patterns else None)
-        if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
-            raise BadMessage("since_version must be a whole number >= 0")
-        want_snapshot = message.get("snapshot", False)
-        if not isinstance(want_snapshot, bool):
-            raise BadMessage("snapshot must be true or false")
-        new = [p for p in dict.fromkeys(patterns) if p not in self.patterns]
-        if len(self.patterns) + len(new) > MAX_PATTERNS:
+        watched = self._feed.patterns
+        new = [p for p in dict.fromkeys(request.patterns) if p not in watched]
+        if len(watched) + len(new) > MAX_PATTERNS:
             raise BadMessage(f"at most {MAX_PATTERNS} patterns per connection")
-        old = set(self.patterns)
+        old = set(watched)
         first = not old
+        since = request.since
         # Start from everything committed by now, even what the hub has not fanned out yet: a write
         # whose answer the client already has must be in the replay or snapshot, not come later as a
         # change. The hub is normally there within milliseconds; if it is not within 2 s (relay down),
         # start from where it is — its events follow live.
-        await self._hub.reached(await self._committed_head(), HUB_CATCH_UP_SECONDS)
+        await self._feed.reached(await committed_head(self._pool), HUB_CATCH_UP_SECONDS)
         self._holding = True
         try:
-            self._hub.patterns.add(self, new)
-            self.patterns.update(new)
-            through = self._hub.last
+            through = self._feed.add(new)
             self._audit.add(
                 AuditRecord(self.principal.username, "watch", ",".join(new)[:1000] or None, "ok", self._request_id)
             )
-            await self.send({"event": "subscribed", "patterns": patterns, "revision": through})
+            await self.send({"event": "subscribed", "patterns": request.patterns, "revision": through})
             if new and since is not None:
                 reset = await self._replay(new, old, since, through)
                 if first and since > through and not reset:
                     self.last_sent = max(self.last_sent, since)  # the client already has those
-            elif new and want_snapshot:
+            elif new and request.snapshot:
                 await self._snapshot(new, old, through)
             if first:
                 self.last_sent = max(self.last_sent, through)
         finally:
             self._release_held()
 
-    async def _committed_head(self) -> int:
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
-            current, _ = await head(cur)
-        return current
+    # --- replay, snapshot, resync ------------------------------------------------------------------
 
     def _release_held(self) -> None:
         """Go live: write the live events held back while replaying, those not already sent."""
@@ -340,29 +311,17 @@ class WatchConnection:
                 self._write(revision, frame)
 
     async def _replay(self, new: list[str], old: set[str], since: int, through: int) -> bool:
-        """Every event after ``since`` up to ``through``, a page at a time. A database connection is held
-        only to read a page, never while a send waits on the client (a slow watcher must not take
-        what the relay and the hub need). The boundary is read again after each page, so a prune in
-        between gives a ``reset``, never a silent gap. Returns whether it sent a reset instead."""
-        patterns = like_patterns(new)
-        after = since
-        while not self._closing:
-            async with self._pool.acquire() as conn, conn.cursor() as cur:
-                _, pruned = await head(cur)
-                if after == since and (await resume_point(cur, since)).start_over:  # pruned, or never in this log
-                    pruned = since + 1
-                events = []
-                if pruned <= after < through:
-                    events = await events_after(cur, after, through=through, patterns=patterns, limit=REPLAY_PAGE)
-                    _, pruned = await head(cur)
-            if pruned > after:
-                await self._reset(new, old, through)
-                return True
-            for event in events:
-                after = event.revision
-                await self._send_event(event, old)
-            if len(events) < REPLAY_PAGE:
-                break
+        """Every event after ``since`` up to ``through``; or, when the log no longer holds them all, a
+        ``reset`` and a snapshot. Returns whether it sent a reset instead."""
+        try:
+            async for page in replay_pages(self._pool, new, since, through):
+                for event in page:  # sent with the connection back in the pool
+                    await self._send_event(event, old)
+                if self._closing:
+                    break
+        except StartOver:
+            await self._reset(new, old, through)
+            return True
         return False
 
     async def _reset(self, new: list[str], old: set[str], through: int) -> None:
@@ -376,59 +335,84 @@ class WatchConnection:
                     return
                 await self._send_event(event, old)
 
-    def resync(self, revision: int) -> None:
-        """The change log started again below what we sent (a restored database): ``reset`` and a
-        snapshot at ``revision``, then live events from there (called by the hub)."""
-        if self._closing or not self.patterns:
-            return
-        self._resyncing = asyncio.create_task(self._resync(revision), name="watch-resync")
-
     async def _resync(self, revision: int) -> None:
         self._holding = True
         try:
             self.last_sent = 0
             self._held = [(r, frame) for r, frame in self._held if r > revision]
-            await self._reset(sorted(self.patterns), set(), revision)
+            await self._reset(sorted(self._feed.patterns), set(), revision)
             self.last_sent = max(self.last_sent, revision)
         finally:
             self._release_held()
 
-    async def _send_event(self, event: Any, old: set[str]) -> None:
+    async def _send_event(self, event: ChangeEvent, old: set[str]) -> None:
         if old and any(pattern_matches(p, event.key) for p in old):
             return  # the client gets this key through an earlier subscription
-        if not may_read_event(self.principal, event.readers(self._hub.namespace_acls)):
+        message = self._feed.readable(event)
+        if message is not None:
+            await self.send(message)
+            self._metrics.events_delivered.inc()
+
+
+class StartOver(Exception):
+    """The change log no longer holds every event a replay needs (pruned, or never in this log)."""
+
+
+async def replay_pages(
+    pool: aiopg.Pool, patterns: list[str], since: int, through: int
+) -> AsyncIterator[list[ChangeEvent]]:
+    """The events after ``since`` up to ``through`` on ``patterns``, a page at a time; raises
+    :class:`StartOver` instead of leaving a gap. A database connection is held only to read a page,
+    never while the consumer sends it (a slow watcher must not take what the relay and the hub need).
+    The boundary is read again after each page, so a prune in between is noticed."""
+    like = like_patterns(patterns)
+    after = since
+    while True:
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            _, pruned = await head(cur)
+            if after == since and (await resume_point(cur, since)).start_over:
+                pruned = since + 1
+            events = []
+            if pruned <= after < through:
+                events = await events_after(cur, after, through=through, patterns=like, limit=REPLAY_PAGE)
+                _, pruned = await head(cur)
+        if pruned > after:
+            raise StartOver
+        yield events
+        if len(events) < REPLAY_PAGE:
             return
-        await self.send(event.wire(self._hub.keyring))
-        self._metrics.events_delivered.inc()
+        after = events[-1].revision
 
 
-def token_from_request(request: web.Request) -> str | None:
-    """A token from the Authorization header or the ``access_token`` query parameter."""
-    header = request.headers.get("Authorization")
-    if header:
-        try:
-            return bearer_token(header)
-        except Unauthorized:
-            return ""
-    return request.query.get("access_token")
-
-
-def since_from_request(request: web.Request) -> int | None:
-    raw = request.query.get("since_version")
-    if raw is None:
-        return None
-    if not raw.isascii() or not raw.isdigit():
-        raise BadMessage("since_version must be a whole number >= 0")
-    return int(raw)
+async def committed_head(pool: aiopg.Pool) -> int:
+    """The last revision committed (perhaps not yet fanned out by the hub)."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        current, _ = await head(cur)
+    return current
 
 
 async def serve(conn: WatchConnection, request: web.Request) -> None:
+    """Run one socket until it is done, whatever happens: a Postgres outage closes it 1013 (the client
+    resumes), anything unexpected 1011 (the socket is upgraded: an HTTP 500 can no longer be sent)."""
+    try:
+        await _read(conn, request)
+    except POSTGRES_UNREACHABLE as exc:  # an outage is expected: one line, and the client resumes
+        log.warning(
+            "watch: Postgres unavailable (request %s): %s; closing 1013", request_id(request), type(exc).__name__
+        )
+        conn.unavailable()
+    except Exception:
+        log.exception("watch connection failed (request %s)", request_id(request))
+        await conn.ws.close(code=CLOSE_INTERNAL, message=close_message(REASON_INTERNAL))
+
+
+async def _read(conn: WatchConnection, request: web.Request) -> None:
     """Authenticate, then read the client's messages until the socket closes."""
     ws = conn.ws
     try:
         query_since = since_from_request(request)
-    except BadMessage as exc:
-        await conn.send({"event": "error", "error": "Bad Request", "message": str(exc)})
+    except BadRequest as exc:
+        await conn.send(bad_request(exc.message))
         await ws.close(code=CLOSE_BAD_REQUEST, message=close_message(REASON_BAD_SINCE))
         return
     token = token_from_request(request)
@@ -441,7 +425,7 @@ async def serve(conn: WatchConnection, request: web.Request) -> None:
         try:
             msg = await ws.receive(timeout=timeout)
         except TimeoutError:
-            await conn.send({"event": "error", "error": "Unauthorized", "message": "No valid token within 10 s"})
+            await conn.send(AUTH_TIMEOUT)
             reason = REASON_AUTH_TIMEOUT.format(seconds=AUTH_TIMEOUT_SECONDS)
             await ws.close(code=CLOSE_UNAUTHORIZED, message=close_message(reason))
             return
@@ -449,10 +433,17 @@ async def serve(conn: WatchConnection, request: web.Request) -> None:
             try:
                 await conn.handle(msg.data, query_since)
             except BadMessage as exc:
-                await conn.send({"event": "error", "error": "Bad Request", "message": str(exc)})
+                await conn.send(bad_request(str(exc)))
         elif msg.type == WSMsgType.BINARY:
             if conn.authenticated and not await conn.within_limit():
                 continue
-            await conn.send({"event": "error", "error": "Bad Request", "message": "messages are JSON text"})
+            await conn.send(NOT_TEXT)
         else:  # CLOSE, CLOSING, CLOSED, ERROR
             return
+
+
+async def close_all(connections: Iterable[WatchConnection]) -> None:
+    """On shutdown: close every watch socket with 1001 (going away)."""
+    await close_websockets(
+        [conn.ws for conn in connections], code=CLOSE_GOING_AWAY, reason=close_message(REASON_SHUTDOWN)
+    )

@@ -314,3 +314,9 @@ async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         pool.close()
         await pool.wait_closed()
+
+
+async def ping(cur: aiopg.Cursor) -> None:
+    """``SELECT 1``: a listener's look at its dedicated connection while no notice comes (a dead one
+    raises here, and :func:`listen` reconnects)."""
+    await cur.execute("SELECT 1")

@@ -223,10 +223,15 @@ def text_filter(raw: str | None, name: str) -> str | None:
     return raw
 
 
-def parse_whole_number(raw: str, name: str) -> int:
-    """A query parameter that is a whole number >= 0 (``since_version``): ASCII digits, else 400."""
-    if not _DIGITS.fullmatch(raw):
-        raise BadRequest(f"{name} must be a whole number >= 0", fields={name: ["not a whole number"]})
+def parse_since_version(raw: str, *, bigint: bool = True) -> int:
+    """A ``since_version`` query parameter, the poll's (``GET /keys``) and the watch's: a revision, as
+    ASCII digits; else :class:`BadRequest` (a 400, or on ``/watch`` an error event and close 4400).
+
+    The poll hands it to Postgres, so it takes at most 18 digits (``DIGITS_PATTERN``, as the OpenAPI
+    says); the watch compares it in Python (``bigint=False``), where any number beyond the head gives
+    ``reset`` and a snapshot, as a JSON ``since_version`` in a subscribe message does."""
+    if not (_DIGITS.fullmatch(raw) if bigint else raw.isascii() and raw.isdigit()):
+        raise BadRequest("since_version must be a whole number >= 0", fields={"since_version": ["not a whole number"]})
     return int(raw)
 
 

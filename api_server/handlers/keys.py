@@ -14,7 +14,7 @@ from shared.validation import (
     RollbackSchema,
     load,
     parse_limit,
-    parse_whole_number,
+    parse_since_version,
     validate_key,
     validate_namespace,
 )
@@ -161,7 +161,7 @@ async def list_keys(request: web.Request) -> web.Response:
 
 async def _poll(request: web.Request, namespace: str | None, limit: int) -> web.Response:
     """The poll fallback: events after ``since_version`` (a revision), for consumers without WebSockets."""
-    since = parse_whole_number(request.query["since_version"], "since_version")
+    since = parse_since_version(request.query["since_version"])
     events, revision, more, reset = await store.poll_events(
         store_of(request), caller_of(request), since, namespace, limit
     )
