@@ -683,6 +683,26 @@ async def test_snapshot_leaves_out_keys_past_their_ttl(
     assert summary(events) == [("update", kept, 1, "kept"), ("update", end, 1, "end")]
 
 
+@pytest.mark.parametrize("where", ["message", "query"])
+async def test_since_version_of_any_size_past_the_head_gets_reset_then_snapshot(
+    connect: Connect, api: WatchApi, unique_prefix: str, where: str
+) -> None:
+    # 20 digits: more than a Postgres bigint holds, so the watch must not hand it to SQL, and a query
+    # parameter is read as the JSON number in a subscribe message is.
+    key, since = f"{unique_prefix}.a", 10**19 + 7
+    await api.put(key, 1)
+    if where == "query":
+        w = await connect(query={"since_version": str(since)})
+        answer = await w.subscribe([f"{unique_prefix}.*"])
+    else:
+        w = await connect()
+        answer = await w.subscribe([f"{unique_prefix}.*"], since_version=since)
+    assert answer["event"] == "subscribed", answer
+    reset = await w.recv()
+    assert reset == {"event": "reset", "revision": answer["revision"]}, reset
+    assert summary(await w.until(key, unique_prefix)) == [("update", key, 1, 1)]
+
+
 async def test_since_version_older_than_the_change_log_gets_reset_then_snapshot_then_live(
     connect: Connect, api: WatchApi, pg: aiopg.Pool, unique_prefix: str
 ) -> None:
