@@ -33,16 +33,15 @@ from typing import TYPE_CHECKING, Any
 import aiopg
 import psycopg2
 
-from api_server.committer import _namespace_acls_and_clock
 from devtools.devkeys import ensure_dev_keys, mint_token
 from shared.auditchain import AuditChain
 from shared.changelog import snapshot_pages
 from shared.crypto import Keyring
 from shared.events import EventKind
-from shared.model import KeyState
 from shared.settings import Settings
 from shared.sql import changelog as changelog_sql
 from shared.sql import keys as keys_sql
+from shared.sql import namespaces as ns_sql
 from shared.validation import encode_value
 from shared.writes import NewState, change, write_changes
 
@@ -119,10 +118,8 @@ async def _create(pool: aiopg.Pool, keyring: Keyring, chain: AuditChain, numbere
     keys = sorted(key for key, _ in numbered)
     sealed = {key: keyring.encrypt(encode_value(value(i)), aad=key) for key, i in numbered}
     async with pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-        await cur.execute(keys_sql.CLAIM_MANY, {"keys": keys, "actors": [ACTOR] * len(keys)})
-        await cur.execute(keys_sql.LOCK_MANY, {"keys": keys})
-        states = [KeyState.from_row(row) for row in await cur.fetchall()]
-        ns_acls, now = await _namespace_acls_and_clock(cur, keys)
+        states = list((await keys_sql.claim_many(cur, keys, [ACTOR] * len(keys))).values())
+        ns_acls, now = await ns_sql.acls_above_and_clock(cur, keys)
         changes = [
             change(
                 state,

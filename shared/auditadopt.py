@@ -33,14 +33,13 @@ from typing import Any
 import aiopg
 
 from .auditchain import AuditChain, Entry, Head, canonical, is_derived
+from .events import AuditAction
 from .sql import audit as sql
 from .tasks import complete_then_cancel
 from .timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
-ADOPT = "audit.adopt"
-KEY_SWITCH = "audit.key"
 SYSTEM_ACTOR = "system:audit"
 GENESIS_REASON = "written before the audit chain began"
 _PAGE = 5000
@@ -88,7 +87,7 @@ class Adoption:
     @classmethod
     def from_entry(cls, entry: Entry) -> Adoption | None:
         """The adoption ``entry`` records, or None when it is not one (or its detail is malformed)."""
-        if entry.action != ADOPT or entry.detail is None:
+        if entry.action != AuditAction.AUDIT_ADOPT or entry.detail is None:
             return None
         try:
             d = json.loads(entry.detail)
@@ -246,7 +245,11 @@ async def seal_genesis(pool: aiopg.Pool, chain: AuditChain) -> int | None:
         return h.adopted_through is not None
 
     seq = await append_record(
-        pool, chain, system_record(ADOPT, genesis.detail()), unless=sealed_already, adopted_through=legacy_through
+        pool,
+        chain,
+        system_record(AuditAction.AUDIT_ADOPT, genesis.detail()),
+        unless=sealed_already,
+        adopted_through=legacy_through,
     )
     if seq is not None:
         log.info("audit chain genesis sealed at seq %d: %d rows from before the chain adopted", seq, rows.count)
@@ -264,7 +267,7 @@ async def seal_key_switch(pool: aiopg.Pool, chain: AuditChain) -> int | None:
     async def switched_already(h: Head, _: aiopg.Cursor) -> bool:
         return h.seal_key is None or not is_derived(h.seal_key)
 
-    seq = await append_record(pool, chain, system_record(KEY_SWITCH, detail), unless=switched_already)
+    seq = await append_record(pool, chain, system_record(AuditAction.AUDIT_KEY, detail), unless=switched_already)
     if seq is not None:
         log.info("audit chain sealed with AUDIT_HMAC_KEY %s from seq %d on", chain.active_id, seq)
     return seq
@@ -288,6 +291,10 @@ async def adopt(
         return h.adopted_through != after
 
     seq = await append_record(
-        pool, chain, system_record(ADOPT, adoption.detail()), unless=moved_meanwhile, adopted_through=through
+        pool,
+        chain,
+        system_record(AuditAction.AUDIT_ADOPT, adoption.detail()),
+        unless=moved_meanwhile,
+        adopted_through=through,
     )
     return seq, adoption

@@ -43,7 +43,7 @@ class ChangeEvent:
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> ChangeEvent:
         revision, key, version, event, at, value_enc, acl_read, acl_write, creator, read_entries, read_owner = row
-        acl = None if acl_read is None and acl_write is None else Acl.from_lists(acl_read, acl_write)
+        acl = Acl.from_columns(acl_read, acl_write)
         blob = bytes(value_enc) if value_enc is not None and event == EventKind.UPDATE else None
         return cls(revision, key, version, event, at, blob, acl, creator, stored_audience(read_entries, read_owner))
 
@@ -83,7 +83,7 @@ def like_patterns(patterns: Iterable[str]) -> list[str] | None:
     for pattern in patterns:
         if pattern == "*":
             return None
-        escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        escaped = sql.like_escape(pattern)
         out.append(escaped[:-1] + "%" if escaped.endswith("*") else escaped)
     return out
 

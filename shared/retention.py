@@ -40,8 +40,9 @@ import aiopg
 
 from .auditadopt import append_record, system_record
 from .auditchain import AuditChain, Head, Row
-from .auditprune import GENESIS_MARGIN, PRUNE, Pruned, PrunePoint, genesis, latest_prune, removed_digest
+from .auditprune import GENESIS_MARGIN, Pruned, PrunePoint, genesis, latest_prune, removed_digest
 from .auditwalk import Finding, Walk
+from .events import AuditAction
 from .sql import audit as audit_sql
 from .sql import history as history_sql
 from .tasks import complete_then_cancel
@@ -201,7 +202,9 @@ class Pruner:
             latest = await latest_prune(cur)
             return (latest.seq if latest is not None else None) != expected
 
-        seq = await append_record(self._pool, self._chain, system_record(PRUNE, record.detail(), at), unless=superseded)
+        seq = await append_record(
+            self._pool, self._chain, system_record(AuditAction.AUDIT_PRUNE, record.detail(), at), unless=superseded
+        )
         if seq is None:
             log.warning("retention: another pruner sealed a prune record meanwhile; this round stops")
             return False

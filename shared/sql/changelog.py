@@ -13,6 +13,12 @@ o.revision, o.key, o.version, o.event, o.at, h.value_enc, k.acl_read, k.acl_writ
 h.read_entries, h.read_owner
 """
 
+
+def like_escape(text: str) -> str:
+    """``text`` matched literally in a LIKE pattern (``\\`` is the escape character)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 HEAD = "SELECT head, pruned_through FROM relay_state"
 
 # Where a client resuming after revision %(since)s stands: the head, the newest revision pruned, and
