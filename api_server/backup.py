@@ -23,7 +23,7 @@ backup came from went on handing out revisions after the backup's head, and clie
 cache remember states as of them. So new changes skip ``N`` revisions (default a billion, the figure
 commonly given to etcd's ``etcdutl snapshot restore --bump-revision``; it must exceed the changes made
 after the backup): no revision is ever handed out twice, a client resuming from a skipped one is told ``reset``
-and given a snapshot (shared/changelog.py, ``resume_point``), and each api_server's cache fence starts
+and given a snapshot (shared/sql/changelog.py, ``resume_point``), and each api_server's cache fence starts
 above every skipped revision, so no state Redis holds from the discarded changes is served
 (api_server/fence.py) and Redis needs no flush.
 

@@ -35,7 +35,6 @@ import psycopg2
 
 from devtools.devkeys import ensure_dev_keys, mint_token
 from shared.auditchain import AuditChain
-from shared.changelog import snapshot_pages
 from shared.crypto import Keyring
 from shared.events import EventKind
 from shared.settings import Settings
@@ -350,13 +349,12 @@ def reader_token(systems: Systems) -> str:
 
 
 async def _snapshot_query(dsn: str) -> float:
-    """The notifier's snapshot reads (shared.changelog.snapshot_pages) of the namespace, alone."""
+    """The notifier's snapshot reads (shared.sql.changelog.snapshot_pages) of the namespace, alone."""
     async with aiopg.create_pool(dsn, minsize=1, maxsize=1) as pool:
         async with pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(changelog_sql.HEAD)
-            (through, _) = await cur.fetchone()
+            through, _ = await changelog_sql.head(cur)
         started = time.monotonic()
-        async for _ in snapshot_pages(pool, [f"{NAMESPACE}.*"], through):
+        async for _ in changelog_sql.snapshot_pages(pool, [f"{NAMESPACE}.*"], through):
             pass
         return round(time.monotonic() - started, 2)
 

@@ -17,7 +17,7 @@ from datetime import timedelta
 import aiopg
 import psycopg2
 
-from shared.changelog import ChangeEvent, events_after, head
+from shared.changelog import ChangeEvent
 from shared.db import Target, listen, wait_notices
 from shared.redis import REDIS_ERRORS, RedisLink
 from shared.sql import changelog as sql
@@ -109,15 +109,15 @@ class Relay:
         """Publish the next batch of committed changes after the last one published; return it."""
         now = utcnow()
         async with self._pool.acquire() as conn, conn.cursor() as cur:
-            current, _ = await head(cur)
+            current, _ = await sql.head(cur)
             if self.published is None or current < self.published:
                 # Taking over (hubs read anything older from Postgres), or a restored database.
                 self.published = current
             if current == self.published:
                 return []
-            events = await events_after(cur, self.published, through=current, limit=BATCH)
+            events = await sql.events_after(cur, self.published, through=current, limit=BATCH)
             # Wakes hubs that read Postgres while Redis is down.
-            await cur.execute(sql.NOTIFY_REVISIONS, {"head": events[-1].revision if events else current})
+            await sql.notify_revisions(cur, events[-1].revision if events else current)
         self.published = events[-1].revision if len(events) == BATCH else current
         for event in events:
             self._metrics.relay_lag.observe(max(0.0, (now - event.at).total_seconds()))
@@ -138,7 +138,7 @@ class Relay:
 
     async def _update_backlog(self) -> None:
         async with self._pool.acquire() as conn, conn.cursor() as cur:
-            current, _ = await head(cur)
+            current, _ = await sql.head(cur)
         self._metrics.outbox_backlog.set(max(0, current - (self.published or current)))
 
     async def _prune_forever(self) -> None:
@@ -156,8 +156,7 @@ class Relay:
         total = 0
         while True:
             async with self._pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-                await cur.execute(sql.PRUNE, {"before": utcnow() - self._retention, "limit": PRUNE_BATCH})
-                (removed,) = await cur.fetchone()
+                removed = await sql.prune(cur, utcnow() - self._retention, PRUNE_BATCH)
             total += removed
             if removed < PRUNE_BATCH:
                 return total

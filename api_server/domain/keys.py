@@ -14,9 +14,10 @@ from shared.crypto import DecryptionError
 from shared.errors import BadRequest, Forbidden, NotFound, PreconditionFailed
 from shared.events import AuditAction, EventKind
 from shared.model import KeyState
+from shared.sql import changelog as changelog_sql
 from shared.sql import history as history_sql
 from shared.sql import keys as keys_sql
-from shared.sql.changelog import like_escape
+from shared.sql import like_escape
 from shared.timeutil import utcnow
 from shared.validation import namespaces_of
 from shared.writes import NewState
@@ -321,7 +322,7 @@ async def poll_events(
     patterns = None if namespace is None else [like_escape(namespace) + ".%", like_escape(namespace) + "/%"]
     async with store.pool.acquire() as conn, conn.cursor() as cur:
         # Older than the log, or a revision it never had (a database restored from a backup): start over.
-        point = await changelog.resume_point(cur, since)
+        point = await changelog_sql.resume_point(cur, since)
         head_revision = point.head
         if point.start_over:
             return [], head_revision, False, True
@@ -329,7 +330,9 @@ async def poll_events(
         events: list[dict[str, Any]] = []
         position = since
         while len(events) < limit and position < head_revision:
-            page = await changelog.events_after(cur, position, through=head_revision, patterns=patterns, limit=limit)
+            page = await changelog_sql.events_after(
+                cur, position, through=head_revision, patterns=patterns, limit=limit
+            )
             for event in page:
                 position = event.revision
                 if changelog.may_read_event(who, event.readers(ns_acls)):
@@ -341,7 +344,7 @@ async def poll_events(
                     position = head_revision
                 break
         # A prune between reading the boundary and the events would leave a silent gap: look again.
-        _, pruned = await changelog.head(cur)
+        _, pruned = await changelog_sql.head(cur)
         if since < pruned:
             return [], head_revision, False, True
     return events, position, position < head_revision, False
