@@ -152,8 +152,7 @@ async def unsealed_pages(
     negative), in id order, a page per round trip."""
     while True:
         async with pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(sql.UNSEALED_PAGE, {"after": after, "through": through, "limit": _PAGE})
-            rows = [(r[0], Entry(*r[1:])) for r in await cur.fetchall()]
+            rows = await sql.unsealed_page(cur, after, through, _PAGE)
         if rows:
             yield rows
         if len(rows) < _PAGE:
@@ -171,9 +170,7 @@ async def digest_unsealed(pool: aiopg.Pool, after: int, through: int) -> SetDige
 
 async def last_unsealed_id(pool: aiopg.Pool) -> int | None:
     async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute(sql.LAST_UNSEALED_ID)
-        (last,) = await cur.fetchone()
-    return None if last is None else int(last)
+        return await sql.last_unsealed_id(cur)
 
 
 @dataclass(frozen=True)
@@ -190,8 +187,7 @@ async def unaudited_versions(pool: aiopg.Pool, *, since: datetime | None = None,
     none either)."""
     versions = SetDigest()
     async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute(sql.UNAUDITED_VERSIONS, {"since": since})
-        rows = await cur.fetchall()
+        rows = await sql.unaudited_versions(cur, since)
     for key, version, _ in rows:
         versions.add([key, version])
     return Unaudited(versions, sorted(rows, key=lambda r: r[2], reverse=True)[:newest])
@@ -200,9 +196,7 @@ async def unaudited_versions(pool: aiopg.Pool, *, since: datetime | None = None,
 async def read_head(pool: aiopg.Pool) -> tuple[Head, int]:
     """The head as it is now (not locked), and the last id written before the chain began."""
     async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute(sql.HEAD)
-        row = await cur.fetchone()
-    return Head.from_db(row), int(row[7])
+        return await sql.read_head(cur)
 
 
 async def append_record(
@@ -219,10 +213,10 @@ async def append_record(
 
     async def work() -> int | None:
         async with pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-            head = await chain.link(cur)
+            head = await sql.lock_head(cur)
             if await unless(head, cur):
                 return None
-            await chain.append(cur, [entry], adopted_through=adopted_through)
+            await sql.append(cur, chain, [entry], adopted_through=adopted_through)
             return head.seq + 1
 
     return await complete_then_cancel(work())

@@ -182,9 +182,7 @@ class Pruner:
         page = min(_PAGE, most + 1)
         while len(rows) <= most:
             async with self._pool.acquire() as conn, conn.cursor() as cur:
-                params = {"after": rows[-1].seq if rows else after, "through": None, "limit": page}
-                await cur.execute(audit_sql.SEALED_PAGE, params)
-                found = [Row.from_db(r) for r in await cur.fetchall()]
+                found = await audit_sql.sealed_page(cur, rows[-1].seq if rows else after, None, page)
             rows += found
             if len(found) < page or found[-1].entry.at >= cutoff:
                 break
@@ -225,13 +223,9 @@ class Pruner:
 
         async def batch() -> int | None:
             async with self._pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-                await cur.execute(audit_sql.TRY_DELETE_LOCK)
-                (free,) = await cur.fetchone()
-                if not free:
+                if not await audit_sql.try_delete_lock(cur):
                     return None
-                await cur.execute(audit_sql.DELETE_PRUNED, {"through": through, "limit": self._batch})
-                (gone,) = await cur.fetchone()
-                return int(gone)
+                return await audit_sql.delete_pruned(cur, through, self._batch)
 
         while True:
             gone = await complete_then_cancel(batch())

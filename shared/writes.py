@@ -21,6 +21,7 @@ from .audit import AuditRecord, safe_record
 from .auditchain import AuditChain, Entry
 from .events import AuditAction, EventKind
 from .model import KeyState
+from .sql import audit as audit_sql
 from .sql import writes as writes_sql
 
 EXPIRY_ACTOR = "system:expiry"
@@ -121,7 +122,7 @@ async def write_changes(cur: aiopg.Cursor, changes: Sequence[Change], chain: Aud
         for name, value in row.items():
             columns[name].append(value)
         entries.append(Entry(c.now, audit.actor, audit.action, c.before.key, new.version, "ok", audit.request_id))
-    columns.update(chain.columns(await chain.link(cur), entries))
+    columns.update(chain.columns(await audit_sql.lock_head(cur), entries))
     return await writes_sql.write(cur, columns, deadline=deadline)
 
 
