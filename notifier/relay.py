@@ -18,7 +18,7 @@ import aiopg
 import psycopg2
 
 from shared.changelog import ChangeEvent
-from shared.db import Target, listen, wait_notices
+from shared.db import Target, listen, ping, try_session_lock, wait_notices
 from shared.redis import REDIS_ERRORS, RedisLink
 from shared.sql import changelog as sql
 from shared.sql import outbox as outbox_sql
@@ -81,9 +81,7 @@ class Relay:
     async def _relay_while_leader(self, conn: aiopg.Connection) -> None:
         async with conn.cursor() as cur:
             while True:
-                await cur.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,))
-                (acquired,) = await cur.fetchone()
-                if acquired:
+                if await try_session_lock(cur, RELAY_LOCK):
                     break
                 await asyncio.sleep(STANDBY_POLL_SECONDS)
                 await wait_notices(conn, 0)  # standing by: drop the wake-ups meant for the leader
@@ -100,7 +98,7 @@ class Relay:
                     await self._update_backlog()
                     await wait_notices(conn, POLL_SECONDS)
                     if time.monotonic() - last_check > 5.0:
-                        await cur.execute("SELECT 1")  # is the lock connection still alive?
+                        await ping(cur)  # is the lock connection still alive?
                         last_check = time.monotonic()
             finally:
                 await cancel_and_wait(pruner)

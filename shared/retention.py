@@ -254,29 +254,21 @@ class Pruner:
 
     async def prune_history(self) -> int:
         """One pass over the past versions older than the cutoff; how many went."""
-        params: dict[str, object] = {
-            "before": utcnow() - self._history_retention,
-            "limit": self._batch,
-            "after_at": None,
-            "after_key": None,
-            "after_version": None,
-        }
+        before = utcnow() - self._history_retention
+        cursor: history_sql.PruneCursor | None = None
 
-        async def batch() -> tuple[int, int, datetime | None, str | None, int | None]:
+        async def batch() -> tuple[int, int, history_sql.PruneCursor | None]:
             async with self._pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-                await cur.execute(history_sql.PRUNE, params)
-                gone, scanned, at, key, version = await cur.fetchone()
-                return int(gone), int(scanned), at, key, version
+                return await history_sql.prune_batch(cur, before, self._batch, cursor)
 
         removed = 0
         while True:
-            gone, scanned, *cursor = await complete_then_cancel(batch())
+            gone, scanned, cursor = await complete_then_cancel(batch())
             removed += gone
             if gone:
                 self._removed("key_history", gone)
             if scanned < self._batch:
                 return removed
-            params.update(after_at=cursor[0], after_key=cursor[1], after_version=cursor[2])
             await asyncio.sleep(self._pause)
 
 

@@ -107,3 +107,25 @@ async def one_version(cur: aiopg.Cursor, key: str, version: int) -> PastVersion 
     return PastVersion(
         EventKind(event), bytes(blob) if blob is not None else None, stored_audience(read_entries, read_owner)
     )
+
+
+#: Where a pass of :func:`prune_batch` stands: the (at, key, version) of the last version looked at.
+PruneCursor = tuple[datetime, str, int]
+
+
+async def prune_batch(
+    cur: aiopg.Cursor, before: datetime, limit: int, after: PruneCursor | None
+) -> tuple[int, int, PruneCursor | None]:
+    """One batch of :data:`PRUNE`: the next ``limit`` versions older than ``before`` after ``after``
+    (None: from the oldest). (How many went, how many were looked at, the cursor for the next batch.)"""
+    after_at, after_key, after_version = after if after is not None else (None, None, None)
+    params = {
+        "before": before,
+        "limit": limit,
+        "after_at": after_at,
+        "after_key": after_key,
+        "after_version": after_version,
+    }
+    await cur.execute(PRUNE, params)
+    gone, scanned, at, key, version = await cur.fetchone()
+    return int(gone), int(scanned), (at, key, version) if at is not None else None
