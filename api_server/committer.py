@@ -248,25 +248,8 @@ class Committer:
             if not batch:
                 return [], contended
             ns_acls, clock = await ns_sql.acls_above_and_clock(cur, [op.key for op in batch])
-            decided: list[tuple[WriteOp, Decision, Change]] = []
-            expiries: list[Change] = []
-            current = dict(states)  # each key's state as the writes decided so far leave it
-            for op in batch:
-                state = current.get(op.key)
-                now = clock if state is None or state.version == 0 else max(clock, state.last_modified)
-                # Past its deadline: readers already see the key gone, so its expiry is recorded first
-                # (if the write is made) and the write is decided on the state the expiry leaves.
-                expired = expiry(state, now, ns_acls, op.request_id) if state and state.expired(now) else None
-                try:
-                    decision = op.decide(expired.after if expired else state, ns_acls, now)
-                except DynConfigError as refused:
-                    outcomes[id(op)] = refused
-                    continue
-                made = _change(op, decision, now, ns_acls)
-                decided.append((op, decision, made))
-                if expired:
-                    expiries.append(expired)
-                current[op.key] = made.after
+            decided, expiries, refused = _decide(batch, states, ns_acls, clock)
+            outcomes.update(refused)
             if decided:
                 # The version each key is left at, announced to the cache before COMMIT; where Redis
                 # cannot take it, recorded in Postgres in this transaction (api_server/cache.py).
@@ -285,6 +268,35 @@ class Committer:
             if unused:
                 await keys_sql.drop_placeholders(cur, unused)
         return [(op, outcomes[id(op)]) for op in batch], contended
+
+
+def _decide(
+    batch: list[WriteOp], states: dict[str, KeyState], ns_acls: dict[str, Acl], clock: datetime
+) -> tuple[list[tuple[WriteOp, Decision, Change]], list[Change], dict[int, DynConfigError]]:
+    """Decide the writes of a batch in order, each on the state the ones before it leave its key in,
+    and build each one's change once. Returns the writes made (with their decision and change), the
+    expiries to record before them, and the refused writes' errors (by ``id`` of the write)."""
+    decided: list[tuple[WriteOp, Decision, Change]] = []
+    expiries: list[Change] = []
+    refused: dict[int, DynConfigError] = {}
+    current = dict(states)
+    for op in batch:
+        state = current.get(op.key)
+        now = clock if state is None or state.version == 0 else max(clock, state.last_modified)
+        # Past its deadline: readers already see the key gone, so its expiry is recorded first (if
+        # the write is made) and the write is decided on the state the expiry leaves.
+        expired = expiry(state, now, ns_acls, op.request_id) if state and state.expired(now) else None
+        try:
+            decision = op.decide(expired.after if expired else state, ns_acls, now)
+        except DynConfigError as exc:
+            refused[id(op)] = exc
+            continue
+        made = _change(op, decision, now, ns_acls)
+        decided.append((op, decision, made))
+        if expired:
+            expiries.append(expired)
+        current[op.key] = made.after
+    return decided, expiries, refused
 
 
 def _take(queue: deque[WriteOp]) -> list[WriteOp]:

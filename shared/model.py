@@ -10,12 +10,6 @@ from typing import Any
 
 from .acl import Acl
 
-# Column order of every SELECT of a key row (shared/sql/keys.py).
-KEY_COLUMNS = (
-    "key, version, value_enc, ttl, expires_at, acl_read, acl_write, creator, deleted, created_at, last_modified, "
-    "revision"
-)
-
 
 @dataclass(frozen=True)
 class KeyState:
@@ -35,6 +29,7 @@ class KeyState:
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> KeyState:
+        """A row of ``shared.sql.keys.KEY_COLUMNS`` (the revision may be left out)."""
         key, version, value_enc, ttl, expires_at, acl_read, acl_write, creator, deleted, created_at, modified = row[:11]
         revision = row[11] if len(row) > 11 else None
         acl = Acl.from_columns(acl_read, acl_write)

@@ -6,7 +6,9 @@ from datetime import datetime
 
 import aiopg
 
-from shared.model import KEY_COLUMNS, KeyState
+from shared.model import KeyState
+
+from .keys import KEY_COLUMNS
 
 # Due keys by Postgres's clock (the clock every writer uses), and that clock, for the expiry's time.
 DUE = f"""

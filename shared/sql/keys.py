@@ -9,7 +9,13 @@ from typing import Any
 import aiopg
 
 from shared.acl import Acl
-from shared.model import KEY_COLUMNS, KeyState
+from shared.model import KeyState
+
+# Column order of every SELECT of a key row, as KeyState.from_row reads it.
+KEY_COLUMNS = (
+    "key, version, value_enc, ttl, expires_at, acl_read, acl_write, creator, deleted, created_at, last_modified, "
+    "revision"
+)
 
 SELECT = f"SELECT {KEY_COLUMNS} FROM keys WHERE key = %(key)s"
 
