@@ -23,7 +23,7 @@ backup came from went on handing out revisions after the backup's head, and clie
 cache remember states as of them. So new changes skip ``N`` revisions (default a billion, the figure
 commonly given to etcd's ``etcdutl snapshot restore --bump-revision``; it must exceed the changes made
 after the backup): no revision is ever handed out twice, a client resuming from a skipped one is told ``reset``
-and given a snapshot (shared/changelog.py, ``resume_point``), and each api_server's cache fence starts
+and given a snapshot (shared/sql/changelog.py, ``resume_point``), and each api_server's cache fence starts
 above every skipped revision, so no state Redis holds from the discarded changes is served
 (api_server/fence.py) and Redis needs no flush.
 
@@ -52,7 +52,6 @@ import psycopg2.extensions
 from api_server.backup_manifest import MANIFEST_FORMAT, Manifest, read_manifest
 from shared.settings import SettingsError, parse_postgres_url
 from shared.sql import backup as sql
-from shared.sql import changelog as changelog_sql
 from shared.version import version_line
 
 PROG = "dynconfig-backup"
@@ -145,8 +144,7 @@ def dump(db: Database, file: Path, bindir: str | None) -> Manifest:
     try:
         conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
         with conn.cursor() as cur:
-            cur.execute(sql.EXPORT_SNAPSHOT)
-            (snapshot,) = cur.fetchone()
+            snapshot = sql.export_snapshot(cur)
             taken_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
             facts = read_manifest(cur, taken_at, db.name)
             # The transaction stays open, so the snapshot does, until pg_dump has read everything.
@@ -186,8 +184,7 @@ def restore(db: Database, file: Path, bindir: str | None, skip: int) -> tuple[Ma
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute(sql.TABLES)
-            (tables,) = cur.fetchone()
+            tables = sql.table_count(cur)
         if tables:
             raise Refused(
                 f"database {db.name!r} has {tables} tables: restore into a new, empty database "
@@ -224,16 +221,14 @@ def mark_restored(db: Database, skip: int) -> tuple[int, int]:
     conn = db.connect()
     try:
         with conn, conn.cursor() as cur:
-            cur.execute(sql.OTHER_SESSIONS)
-            (others,) = cur.fetchone()
+            others = sql.other_sessions(cur)
             if others:
                 print(
                     f"{PROG}: warning: {others} other sessions are connected to {db.name!r}; stop every "
                     "DynConfig process before a restore, or its notifiers keep what they sent",
                     file=sys.stderr,
                 )
-            cur.execute(changelog_sql.SKIP_REVISIONS, {"skip": skip})
-            head, moved = cur.fetchone()
+            head, moved = sql.skip_revisions(cur, skip)
     finally:
         conn.close()
     return head + 1, moved

@@ -7,9 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from shared.auditchain import Head
 from shared.auditverify import Checkpoint
-from shared.sql import audit as audit_sql
 from shared.sql import backup as sql
 
 MANIFEST_FORMAT = 1
@@ -62,27 +60,18 @@ def _camel(name: str) -> str:
 
 def read_manifest(cur: Any, taken_at: str, database: str) -> Manifest:
     """The facts of the database as ``cur``'s transaction sees it."""
-    cur.execute(sql.SCHEMA_VERSION)
-    (schema,) = cur.fetchone()
-    cur.execute(sql.COUNTS)
-    head, pruned, keys, versions, audit_rows = cur.fetchone()
-    cur.execute(audit_sql.HEAD)
-    checkpoint = Checkpoint.of(Head.from_db(cur.fetchone()))
-    cur.execute(sql.ENCRYPTION_KEY_IDS)
-    encryption_ids = [row[0] for row in cur.fetchall()]
-    cur.execute(sql.AUDIT_KEY_IDS)
-    audit_ids = [row[0] for row in cur.fetchall()]
+    facts = sql.read_facts(cur)
     return Manifest(
         format=MANIFEST_FORMAT,
         taken_at=taken_at,
         database=database,
-        schema_version=schema,
-        revision=head,
-        pruned_through=pruned,
-        keys=keys,
-        versions=versions,
-        audit_rows=audit_rows,
-        audit_checkpoint=checkpoint.token,
-        encryption_key_ids=encryption_ids,
-        audit_key_ids=audit_ids,
+        schema_version=facts.schema_version,
+        revision=facts.revision,
+        pruned_through=facts.pruned_through,
+        keys=facts.keys,
+        versions=facts.versions,
+        audit_rows=facts.audit_rows,
+        audit_checkpoint=Checkpoint.of(facts.audit_head).token,
+        encryption_key_ids=facts.encryption_key_ids,
+        audit_key_ids=facts.audit_key_ids,
     )

@@ -33,12 +33,14 @@ entries), to drop one release later with ``pending`` and ``cache_dirty``:
   It is served only while clean (``version >= pending``), and only ever replaced by a newer version
   that is not older than ``pending`` (Lua), so a slow reader's fill cannot bring an old version back.
 - A writer announces the version it is about to commit inside its transaction, before COMMIT
-  (:meth:`ValueCache.announce`), and stores the new state after it (:meth:`ValueCache.written`). One
-  that dies in between leaves the entry unclean: readers go to Postgres, and their fill cleans it.
-- A writer that cannot reach Redis records the key in Postgres instead, in the same transaction
-  (``cache_dirty`` + ``NOTIFY dynconfig_cache``). Every api_server listens (:class:`CacheGuard`): a key
-  it hears of is not served from the cache until a replica that reaches Redis has made the entry
-  unclean and removed the row. Such a writer answers only once its own listener has heard its notice.
+  (api_server/committer.py calls :meth:`ValueCache.mark_unclean`), and stores the new state after it
+  (:meth:`ValueCache.written`). One that dies in between leaves the entry unclean: readers go to
+  Postgres, and their fill cleans it.
+- A writer that cannot reach Redis records the key in Postgres instead, in the same transaction (the
+  committer, with ``shared.sql.cache.record_dirty``: ``cache_dirty`` + ``NOTIFY dynconfig_cache``).
+  Every api_server listens (:class:`CacheGuard`): a key it hears of is not served from the cache
+  until a replica that reaches Redis has made the entry unclean and removed the row. Such a writer
+  answers only once its own listener has heard its notice.
 - A replica trusts the cache only while its listener is connected and has scanned ``cache_dirty``
   since it connected and since its own last Redis failure. Entries also expire after
   ``CACHE_TTL_SECONDS``.
@@ -187,16 +189,6 @@ class ValueCache:
         await self._put(keys=[cache_key(state.key) for state, _ in states], args=args)
         return [None] * len(states)
 
-    async def announce(self, cur: aiopg.Cursor, versions: list[tuple[str, int]]) -> list[bool]:
-        """Inside the writers' transaction, before COMMIT: announce each (key, version) in Redis, all in
-        one round trip, or, if Redis cannot be reached, record them in Postgres (same transaction).
-        For each, whether it was recorded in Postgres."""
-        if await self.mark_unclean(versions):
-            return [False] * len(versions)
-        for key, version in versions:
-            await cur.execute(sql.RECORD_DIRTY, {"key": key, "version": version, "notice": f"{version}:{key}"})
-        return [True] * len(versions)
-
     async def mark_unclean(self, versions: list[tuple[str, int]]) -> bool:
         """Announce each (key, version) in Redis, in one call: no replica serves an older cached state
         of those keys from now on. False when Redis did not take it."""
@@ -296,12 +288,10 @@ class CacheGuard:
     async def _scan(self, pool: aiopg.Pool) -> None:
         """Make every recorded key unclean in Redis, then drop its row; what remains stays distrusted."""
         async with pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(sql.SELECT_DIRTY)
-            rows = await cur.fetchall()
+            rows = await sql.dirty(cur)
             remaining: dict[str, int] = {}
             if rows and await self._cache.mark_unclean(rows):
-                for key, version in rows:
-                    await cur.execute(sql.DELETE_CLEANED, {"key": key, "version": version})
+                await sql.delete_cleaned(cur, rows)
             else:
                 remaining = dict(rows)
         self._take_notices()

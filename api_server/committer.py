@@ -4,10 +4,10 @@ at the revision counter (shared/sql/writes.py) instead of queueing for it one by
 
 A batch, in one transaction: lock the rows of its keys (existing ones in key order, then the
 placeholders of new keys), read the namespace ACLs and Postgres's clock once, decide every write in
-Python (each keeps its own outcome: a 403 or a 412 for one never fails its neighbours), announce the
-new versions to the cache, write the expiries the writes found, then all the changes in one statement,
-and commit. Writes of one key are decided in arrival order, each on the state the one before it
-leaves, so a hot key gets many versions per commit, in order.
+Python (each keeps its own outcome: a 403 or a 412 for one never fails its neighbours) and build its
+change once, announce the new versions to the cache, write the expiries the writes found, then all the
+changes in one statement, and commit. Writes of one key are decided in arrival order, each on the
+state the one before it leaves, so a hot key gets many versions per commit, in order.
 A batch that Postgres aborts for a deadlock (another replica locking the same keys) is tried again.
 After COMMIT the new states go to the cache in one call and the writers get their answers, while the
 next batch already runs.
@@ -45,13 +45,13 @@ from shared.appkeys import AUDIT_CHAIN, DB_POOL, SUPERVISOR
 from shared.auditchain import AuditChain
 from shared.db import POSTGRES_UNREACHABLE
 from shared.errors import DynConfigError, ServiceUnavailable
-from shared.events import EventKind
+from shared.events import AuditAction, EventKind
 from shared.model import KeyState
+from shared.sql import cache as cache_sql
 from shared.sql import keys as keys_sql
 from shared.sql import namespaces as ns_sql
 from shared.tasks import cancel_and_wait, complete_then_cancel
-from shared.validation import namespaces_of
-from shared.writes import Change, NewState, after_change, change, expiry, write_changes
+from shared.writes import Change, NewState, change, expiry, write_changes
 
 from .cache import CACHE, ValueCache
 from .metrics import API_METRICS, ApiMetrics
@@ -69,18 +69,19 @@ STOP_WAIT_SECONDS = 2.0
 
 @dataclass(frozen=True)
 class Decision:
-    """What one write does to its key, decided under the key's row lock."""
+    """What one write does to its key, decided under the key's row lock: from it the committer builds
+    the write's :class:`~shared.writes.Change`, once."""
 
     before: KeyState
     new: NewState
     event: EventKind
-    action: str
+    action: AuditAction
     created: bool = False
-    expired: KeyState | None = None  # an expiry to record first (readers already saw the key gone)
 
 
-#: Decides a write from the locked state (None: the key never existed), the namespace ACLs above it
-#: and the time of the change; raises a DynConfigError to refuse it.
+#: Decides a write from the locked state (None: the key never existed; a key past its deadline comes
+#: as its expiry leaves it), the namespace ACLs above it and the time of the change; raises a
+#: DynConfigError to refuse it.
 Decide = Callable[[KeyState | None, dict[str, Acl], datetime], Decision]
 
 
@@ -246,37 +247,56 @@ class Committer:
             batch = [op for op in batch if op.key not in busy]
             if not batch:
                 return [], contended
-            ns_acls, clock = await _namespace_acls_and_clock(cur, [op.key for op in batch])
-            decided: list[tuple[WriteOp, Decision, datetime]] = []
-            current = dict(states)  # each key's state as the writes decided so far leave it
-            for op in batch:
-                state = current.get(op.key)
-                now = clock if state is None or state.version == 0 else max(clock, state.last_modified)
-                try:
-                    decision = op.decide(state, ns_acls, now)
-                except DynConfigError as refused:
-                    outcomes[id(op)] = refused
-                else:
-                    decided.append((op, decision, now))
-                    current[op.key] = after_change(_change(op, decision, now, ns_acls))
+            ns_acls, clock = await ns_sql.acls_above_and_clock(cur, [op.key for op in batch])
+            decided, expiries, refused = _decide(batch, states, ns_acls, clock)
+            outcomes.update(refused)
             if decided:
-                last = {d.before.key: d.before.version + 1 for _, d, _ in decided}
-                announced = list(last.items())
-                recorded_by_key = dict(zip(last, await self._cache.announce(cur, announced), strict=True))
-                expiries = [expiry(d.expired, now, ns_acls, op.request_id) for op, d, now in decided if d.expired]
+                # The version each key is left at, announced to the cache before COMMIT; where Redis
+                # cannot take it, recorded in Postgres in this transaction (api_server/cache.py).
+                announced = list({made.before.key: made.after.version for _, _, made in decided}.items())
+                recorded = not await self._cache.mark_unclean(announced)
+                if recorded:
+                    await cache_sql.record_dirty(cur, announced)
                 if expiries:
                     await write_changes(cur, expiries, self._chain)
-                states_after = await write_changes(
-                    cur, [_change(op, d, now, ns_acls) for op, d, now in decided], self._chain
-                )
+                states_after = await write_changes(cur, [made for _, _, made in decided], self._chain)
                 for (op, d, _), state in zip(decided, states_after, strict=True):
-                    outcomes[id(op)] = (state, d, recorded_by_key[state.key])
+                    outcomes[id(op)] = (state, d, recorded)
             # A create refused in a batch that commits must not leave its placeholder row behind.
             written = {d.before.key for _, d, _ in decided}
             unused = [key for key, state in states.items() if state.version == 0 and key not in written]
             if unused:
-                await cur.execute(keys_sql.DROP_PLACEHOLDERS, {"keys": unused})
+                await keys_sql.drop_placeholders(cur, unused)
         return [(op, outcomes[id(op)]) for op in batch], contended
+
+
+def _decide(
+    batch: list[WriteOp], states: dict[str, KeyState], ns_acls: dict[str, Acl], clock: datetime
+) -> tuple[list[tuple[WriteOp, Decision, Change]], list[Change], dict[int, DynConfigError]]:
+    """Decide the writes of a batch in order, each on the state the ones before it leave its key in,
+    and build each one's change once. Returns the writes made (with their decision and change), the
+    expiries to record before them, and the refused writes' errors (by ``id`` of the write)."""
+    decided: list[tuple[WriteOp, Decision, Change]] = []
+    expiries: list[Change] = []
+    refused: dict[int, DynConfigError] = {}
+    current = dict(states)
+    for op in batch:
+        state = current.get(op.key)
+        now = clock if state is None or state.version == 0 else max(clock, state.last_modified)
+        # Past its deadline: readers already see the key gone, so its expiry is recorded first (if
+        # the write is made) and the write is decided on the state the expiry leaves.
+        expired = expiry(state, now, ns_acls, op.request_id) if state and state.expired(now) else None
+        try:
+            decision = op.decide(expired.after if expired else state, ns_acls, now)
+        except DynConfigError as exc:
+            refused[id(op)] = exc
+            continue
+        made = _change(op, decision, now, ns_acls)
+        decided.append((op, decision, made))
+        if expired:
+            expiries.append(expired)
+        current[op.key] = made.after
+    return decided, expiries, refused
 
 
 def _take(queue: deque[WriteOp]) -> list[WriteOp]:
@@ -308,30 +328,18 @@ async def _lock(cur: aiopg.Cursor, batch: list[WriteOp], wait: bool) -> tuple[di
     that a PUT creates. Returns the locked states by key, and (unless ``wait``) the keys whose rows
     another transaction holds, left unlocked."""
     keys = sorted({op.key for op in batch})
-    await cur.execute(keys_sql.LOCK_MANY if wait else keys_sql.LOCK_MANY_FREE, {"keys": keys})
-    states = {row[0]: KeyState.from_row(row) for row in await cur.fetchall()}
+    states = await keys_sql.lock_many(cur, keys, wait=wait)
     busy: set[str] = set()
     if not wait and len(states) < len(keys):
-        await cur.execute(keys_sql.EXISTING, {"keys": [key for key in keys if key not in states]})
-        busy = {key for (key,) in await cur.fetchall()}
+        busy = await keys_sql.existing(cur, [key for key in keys if key not in states])
     new = sorted({op.key for op in batch if op.creates and op.key not in states and op.key not in busy})
     if new:
-        await cur.execute(keys_sql.CLAIM_MANY, {"keys": new, "actors": [_creator(batch, key) for key in new]})
-        await cur.execute(keys_sql.LOCK_MANY, {"keys": new})
-        states.update({row[0]: KeyState.from_row(row) for row in await cur.fetchall()})
+        states.update(await keys_sql.claim_many(cur, new, [_creator(batch, key) for key in new]))
     return states, busy
 
 
 def _creator(batch: list[WriteOp], key: str) -> str:
     return next(op.actor for op in batch if op.key == key and op.creates)
-
-
-async def _namespace_acls_and_clock(cur: aiopg.Cursor, keys: list[str]) -> tuple[dict[str, Acl], datetime]:
-    """The ACLs of every namespace above the keys, and Postgres's clock now (after the row locks)."""
-    namespaces = sorted({ns for key in keys for ns in namespaces_of(key)})
-    await cur.execute(ns_sql.SELECT_MANY_AND_NOW, {"namespaces": namespaces})
-    now, acls = await cur.fetchone()
-    return {ns: Acl.from_lists(read, write) for ns, read, write in acls}, now
 
 
 COMMITTER = web.AppKey("committer", Committer)

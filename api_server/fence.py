@@ -124,10 +124,7 @@ class CacheFence:
     async def _catch_up(self, cur: aiopg.Cursor) -> None:
         """Read what the notices did not bring, from the outbox: every change after ``heard``."""
         after = self.heard
-        await cur.execute(sql.CHANGES_AFTER, {"after": after, "limit": CATCH_UP_LIMIT})
-        rows = await cur.fetchall()
-        head = rows[0][0]
-        changes = [(revision, key) for _, revision, key in rows if revision is not None]
+        head, changes = await sql.changes_after(cur, after, CATCH_UP_LIMIT)
         if head < after:
             log.warning(
                 "cache fence: the head went back from %d to %d (a database restored without `dynconfig-backup "

@@ -30,8 +30,7 @@ class StateReader:
 
     async def _select_many(self, keys: list[str]) -> list[tuple[KeyState, int] | None]:
         async with self._pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(keys_sql.SELECT_MANY_WITH_HEAD, {"keys": sorted(set(keys))})
-            found = {row[0]: (KeyState.from_row(row[:-1]), row[-1]) for row in await cur.fetchall()}
+            found = await keys_sql.get_many_with_head(cur, keys)
         return [found.get(key) for key in keys]
 
 

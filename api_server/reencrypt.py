@@ -37,24 +37,20 @@ async def reencrypt(pool: aiopg.Pool, keyring: Keyring) -> tuple[int, list[str]]
     touched: list[str] = []
     while True:
         async with pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-            await cur.execute(sql.KEYS_BATCH, {"active": active, "limit": BATCH})
-            rows = await cur.fetchall()
-            for key, blob in rows:
-                fresh = keyring.reseal(bytes(blob), aad=key)
-                await cur.execute(sql.UPDATE_KEY, {"blob": fresh, "key": key})
+            current = await sql.lock_keys_to_reseal(cur, active, BATCH)
+            for key, blob in current:
+                await sql.update_key(cur, key, keyring.reseal(blob, aad=key))
                 touched.append(key)
-        changed += len(rows)
-        if len(rows) < BATCH:
+        changed += len(current)
+        if len(current) < BATCH:
             break
     while True:
         async with pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-            await cur.execute(sql.HISTORY_BATCH, {"active": active, "limit": BATCH})
-            rows = await cur.fetchall()
-            for key, version, blob in rows:
-                fresh = keyring.reseal(bytes(blob), aad=key)
-                await cur.execute(sql.UPDATE_HISTORY, {"blob": fresh, "key": key, "version": version})
-        changed += len(rows)
-        if len(rows) < BATCH:
+            past = await sql.lock_history_to_reseal(cur, active, BATCH)
+            for key, version, blob in past:
+                await sql.update_history(cur, key, version, keyring.reseal(blob, aad=key))
+        changed += len(past)
+        if len(past) < BATCH:
             break
     return changed, touched
 

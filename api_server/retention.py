@@ -18,7 +18,7 @@ import aiopg
 from aiohttp import web
 
 from shared.appkeys import AUDIT_CHAIN, DB_POOL, SETTINGS, SUPERVISOR
-from shared.db import CONNECTION_ERRORS, Target, app_connector, listen
+from shared.db import CONNECTION_ERRORS, Target, app_connector, listen, ping, try_session_lock
 from shared.retention import Pruner
 from shared.tasks import cancel_and_wait
 
@@ -48,16 +48,14 @@ class Retention:
         try:
             async with conn.cursor() as cur:
                 while True:
-                    await cur.execute("SELECT pg_try_advisory_lock(%s)", (RETENTION_LOCK,))
-                    (acquired,) = await cur.fetchone()
-                    if acquired:
+                    if await try_session_lock(cur, RETENTION_LOCK):
                         break
                     await asyncio.sleep(min(self._every, STANDBY_POLL_SECONDS))
                 self._set_leader(True)
                 while True:
                     await self._round()
                     await asyncio.sleep(self._every)
-                    await cur.execute("SELECT 1")  # still holding the lock (its connection is alive)?
+                    await ping(cur)  # still holding the lock (its connection is alive)?
         finally:
             self._set_leader(False)
 

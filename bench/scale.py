@@ -33,16 +33,14 @@ from typing import TYPE_CHECKING, Any
 import aiopg
 import psycopg2
 
-from api_server.committer import _namespace_acls_and_clock
 from devtools.devkeys import ensure_dev_keys, mint_token
 from shared.auditchain import AuditChain
-from shared.changelog import snapshot_pages
 from shared.crypto import Keyring
 from shared.events import EventKind
-from shared.model import KeyState
 from shared.settings import Settings
 from shared.sql import changelog as changelog_sql
 from shared.sql import keys as keys_sql
+from shared.sql import namespaces as ns_sql
 from shared.validation import encode_value
 from shared.writes import NewState, change, write_changes
 
@@ -119,10 +117,8 @@ async def _create(pool: aiopg.Pool, keyring: Keyring, chain: AuditChain, numbere
     keys = sorted(key for key, _ in numbered)
     sealed = {key: keyring.encrypt(encode_value(value(i)), aad=key) for key, i in numbered}
     async with pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-        await cur.execute(keys_sql.CLAIM_MANY, {"keys": keys, "actors": [ACTOR] * len(keys)})
-        await cur.execute(keys_sql.LOCK_MANY, {"keys": keys})
-        states = [KeyState.from_row(row) for row in await cur.fetchall()]
-        ns_acls, now = await _namespace_acls_and_clock(cur, keys)
+        states = list((await keys_sql.claim_many(cur, keys, [ACTOR] * len(keys))).values())
+        ns_acls, now = await ns_sql.acls_above_and_clock(cur, keys)
         changes = [
             change(
                 state,
@@ -353,13 +349,12 @@ def reader_token(systems: Systems) -> str:
 
 
 async def _snapshot_query(dsn: str) -> float:
-    """The notifier's snapshot reads (shared.changelog.snapshot_pages) of the namespace, alone."""
+    """The notifier's snapshot reads (shared.sql.changelog.snapshot_pages) of the namespace, alone."""
     async with aiopg.create_pool(dsn, minsize=1, maxsize=1) as pool:
         async with pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(changelog_sql.HEAD)
-            (through, _) = await cur.fetchone()
+            through, _ = await changelog_sql.head(cur)
         started = time.monotonic()
-        async for _ in snapshot_pages(pool, [f"{NAMESPACE}.*"], through):
+        async for _ in changelog_sql.snapshot_pages(pool, [f"{NAMESPACE}.*"], through):
             pass
         return round(time.monotonic() - started, 2)
 

@@ -13,9 +13,8 @@ import aiopg
 
 from shared.auditchain import AuditChain
 from shared.db import Target, listen, wait_notices
-from shared.model import KeyState
-from shared.nsacls import load_all
 from shared.sql import expiry as sql
+from shared.sql import namespaces as ns_sql
 from shared.tasks import Backoff, complete_then_cancel
 from shared.writes import expiry, write_changes
 
@@ -46,19 +45,14 @@ class ExpiryWorker:
         while True:
             async with self._pool.acquire() as conn, conn.cursor() as cur, cur.begin():
                 # A batch in a few round trips: due rows, the namespace ACLs once, one write.
-                await cur.execute(sql.DUE, {"limit": BATCH})
-                rows = await cur.fetchall()
-                states = [KeyState.from_row(row[:-1]) for row in rows]
-                if states:
-                    ns_acls = await load_all(cur) if any(s.acl is None for s in states) else {}
-                    changes = [
-                        expiry(state, max(row[-1], state.last_modified), ns_acls)
-                        for state, row in zip(states, rows, strict=True)
-                    ]
+                states, clock = await sql.lock_due(cur, BATCH)
+                if clock is not None:
+                    ns_acls = await ns_sql.all_acls(cur) if any(s.acl is None for s in states) else {}
+                    changes = [expiry(state, max(clock, state.last_modified), ns_acls) for state in states]
                     await write_changes(cur, changes, self._chain)
-            for state, row in zip(states, rows, strict=True):
-                assert state.expires_at is not None
-                self._metrics.expiry_delay.observe(max(0.0, (row[-1] - state.expires_at).total_seconds()))
+            for state in states:
+                assert state.expires_at is not None and clock is not None
+                self._metrics.expiry_delay.observe(max(0.0, (clock - state.expires_at).total_seconds()))
             self._metrics.expiries.inc(len(states))
             total += len(states)
             if len(states) < BATCH:
@@ -67,9 +61,7 @@ class ExpiryWorker:
     async def seconds_to_next_deadline(self) -> float | None:
         """How long until the next deadline by Postgres's clock (≤ 0: one is due), None without one."""
         async with self._pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(sql.NEXT_DEADLINE)
-            row = await cur.fetchone()
-        return None if row is None or row[1] is None else float(row[1])
+            return await sql.seconds_to_next_deadline(cur)
 
     async def run(self) -> None:
         """Expire due keys, then sleep until the next deadline or a wake-up, for ever."""

@@ -45,7 +45,7 @@ def _encode(event: ChangeEvent) -> dict[str, Any]:
 
 
 def _decode(item: dict[str, Any]) -> ChangeEvent:
-    acl = None if item["ar"] is None and item["aw"] is None else Acl.from_lists(item["ar"], item["aw"])
+    acl = Acl.from_columns(item["ar"], item["aw"])
     return ChangeEvent(
         revision=item["r"],
         key=item["k"],

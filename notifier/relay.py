@@ -17,8 +17,8 @@ from datetime import timedelta
 import aiopg
 import psycopg2
 
-from shared.changelog import ChangeEvent, events_after, head
-from shared.db import Target, listen, wait_notices
+from shared.changelog import ChangeEvent
+from shared.db import Target, listen, ping, try_session_lock, wait_notices
 from shared.redis import REDIS_ERRORS, RedisLink
 from shared.sql import changelog as sql
 from shared.sql import outbox as outbox_sql
@@ -81,9 +81,7 @@ class Relay:
     async def _relay_while_leader(self, conn: aiopg.Connection) -> None:
         async with conn.cursor() as cur:
             while True:
-                await cur.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,))
-                (acquired,) = await cur.fetchone()
-                if acquired:
+                if await try_session_lock(cur, RELAY_LOCK):
                     break
                 await asyncio.sleep(STANDBY_POLL_SECONDS)
                 await wait_notices(conn, 0)  # standing by: drop the wake-ups meant for the leader
@@ -100,7 +98,7 @@ class Relay:
                     await self._update_backlog()
                     await wait_notices(conn, POLL_SECONDS)
                     if time.monotonic() - last_check > 5.0:
-                        await cur.execute("SELECT 1")  # is the lock connection still alive?
+                        await ping(cur)  # is the lock connection still alive?
                         last_check = time.monotonic()
             finally:
                 await cancel_and_wait(pruner)
@@ -109,15 +107,15 @@ class Relay:
         """Publish the next batch of committed changes after the last one published; return it."""
         now = utcnow()
         async with self._pool.acquire() as conn, conn.cursor() as cur:
-            current, _ = await head(cur)
+            current, _ = await sql.head(cur)
             if self.published is None or current < self.published:
                 # Taking over (hubs read anything older from Postgres), or a restored database.
                 self.published = current
             if current == self.published:
                 return []
-            events = await events_after(cur, self.published, through=current, limit=BATCH)
+            events = await sql.events_after(cur, self.published, through=current, limit=BATCH)
             # Wakes hubs that read Postgres while Redis is down.
-            await cur.execute(sql.NOTIFY_REVISIONS, {"head": events[-1].revision if events else current})
+            await sql.notify_revisions(cur, events[-1].revision if events else current)
         self.published = events[-1].revision if len(events) == BATCH else current
         for event in events:
             self._metrics.relay_lag.observe(max(0.0, (now - event.at).total_seconds()))
@@ -138,7 +136,7 @@ class Relay:
 
     async def _update_backlog(self) -> None:
         async with self._pool.acquire() as conn, conn.cursor() as cur:
-            current, _ = await head(cur)
+            current, _ = await sql.head(cur)
         self._metrics.outbox_backlog.set(max(0, current - (self.published or current)))
 
     async def _prune_forever(self) -> None:
@@ -156,8 +154,7 @@ class Relay:
         total = 0
         while True:
             async with self._pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-                await cur.execute(sql.PRUNE, {"before": utcnow() - self._retention, "limit": PRUNE_BATCH})
-                (removed,) = await cur.fetchone()
+                removed = await sql.prune(cur, utcnow() - self._retention, PRUNE_BATCH)
             total += removed
             if removed < PRUNE_BATCH:
                 return total

@@ -27,6 +27,12 @@ class Acl:
     def from_lists(cls, read: Iterable[str] | None, write: Iterable[str] | None) -> Acl:
         return cls(tuple(read or ()), tuple(write or ()))
 
+    @classmethod
+    def from_columns(cls, read: Iterable[str] | None, write: Iterable[str] | None) -> Acl | None:
+        """A key's ACL as stored (two nullable columns, or two fields of a cached or relayed copy):
+        None when both are absent, the key has no ACL of its own."""
+        return None if read is None and write is None else cls.from_lists(read, write)
+
     def as_json(self) -> dict[str, list[str]]:
         return {"read": list(self.read), "write": list(self.write)}
 

@@ -26,6 +26,7 @@ from .appkeys import AUDIT, AUDIT_CHAIN, DB_POOL, METRICS
 from .auditchain import AuditChain, Entry
 from .db import POSTGRES_UNREACHABLE
 from .metrics import ServingMetrics
+from .sql import audit as audit_sql
 from .tasks import Backoff, cancel_and_wait, complete_then_cancel
 from .text import escape_control
 from .timeutil import utcnow
@@ -87,7 +88,7 @@ def safe_record(entry: AuditRecord) -> AuditRecord:
 async def append(cur: aiopg.Cursor, chain: AuditChain, records: Sequence[AuditRecord]) -> None:
     """Seal ``records`` into the chain and write them, in one statement after the chain's head is
     locked; inside the caller's transaction, which holds the head until it ends."""
-    await chain.append(cur, [_entry(r) for r in records])
+    await audit_sql.append(cur, chain, [_entry(r) for r in records])
 
 
 async def record(cur: aiopg.Cursor, chain: AuditChain, entry: AuditRecord) -> None:

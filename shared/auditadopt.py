@@ -33,14 +33,13 @@ from typing import Any
 import aiopg
 
 from .auditchain import AuditChain, Entry, Head, canonical, is_derived
+from .events import AuditAction
 from .sql import audit as sql
 from .tasks import complete_then_cancel
 from .timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
-ADOPT = "audit.adopt"
-KEY_SWITCH = "audit.key"
 SYSTEM_ACTOR = "system:audit"
 GENESIS_REASON = "written before the audit chain began"
 _PAGE = 5000
@@ -88,7 +87,7 @@ class Adoption:
     @classmethod
     def from_entry(cls, entry: Entry) -> Adoption | None:
         """The adoption ``entry`` records, or None when it is not one (or its detail is malformed)."""
-        if entry.action != ADOPT or entry.detail is None:
+        if entry.action != AuditAction.AUDIT_ADOPT or entry.detail is None:
             return None
         try:
             d = json.loads(entry.detail)
@@ -153,8 +152,7 @@ async def unsealed_pages(
     negative), in id order, a page per round trip."""
     while True:
         async with pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(sql.UNSEALED_PAGE, {"after": after, "through": through, "limit": _PAGE})
-            rows = [(r[0], Entry(*r[1:])) for r in await cur.fetchall()]
+            rows = await sql.unsealed_page(cur, after, through, _PAGE)
         if rows:
             yield rows
         if len(rows) < _PAGE:
@@ -172,9 +170,7 @@ async def digest_unsealed(pool: aiopg.Pool, after: int, through: int) -> SetDige
 
 async def last_unsealed_id(pool: aiopg.Pool) -> int | None:
     async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute(sql.LAST_UNSEALED_ID)
-        (last,) = await cur.fetchone()
-    return None if last is None else int(last)
+        return await sql.last_unsealed_id(cur)
 
 
 @dataclass(frozen=True)
@@ -191,8 +187,7 @@ async def unaudited_versions(pool: aiopg.Pool, *, since: datetime | None = None,
     none either)."""
     versions = SetDigest()
     async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute(sql.UNAUDITED_VERSIONS, {"since": since})
-        rows = await cur.fetchall()
+        rows = await sql.unaudited_versions(cur, since)
     for key, version, _ in rows:
         versions.add([key, version])
     return Unaudited(versions, sorted(rows, key=lambda r: r[2], reverse=True)[:newest])
@@ -201,9 +196,7 @@ async def unaudited_versions(pool: aiopg.Pool, *, since: datetime | None = None,
 async def read_head(pool: aiopg.Pool) -> tuple[Head, int]:
     """The head as it is now (not locked), and the last id written before the chain began."""
     async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute(sql.HEAD)
-        row = await cur.fetchone()
-    return Head.from_db(row), int(row[7])
+        return await sql.read_head(cur)
 
 
 async def append_record(
@@ -220,10 +213,10 @@ async def append_record(
 
     async def work() -> int | None:
         async with pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-            head = await chain.link(cur)
+            head = await sql.lock_head(cur)
             if await unless(head, cur):
                 return None
-            await chain.append(cur, [entry], adopted_through=adopted_through)
+            await sql.append(cur, chain, [entry], adopted_through=adopted_through)
             return head.seq + 1
 
     return await complete_then_cancel(work())
@@ -246,7 +239,11 @@ async def seal_genesis(pool: aiopg.Pool, chain: AuditChain) -> int | None:
         return h.adopted_through is not None
 
     seq = await append_record(
-        pool, chain, system_record(ADOPT, genesis.detail()), unless=sealed_already, adopted_through=legacy_through
+        pool,
+        chain,
+        system_record(AuditAction.AUDIT_ADOPT, genesis.detail()),
+        unless=sealed_already,
+        adopted_through=legacy_through,
     )
     if seq is not None:
         log.info("audit chain genesis sealed at seq %d: %d rows from before the chain adopted", seq, rows.count)
@@ -264,7 +261,7 @@ async def seal_key_switch(pool: aiopg.Pool, chain: AuditChain) -> int | None:
     async def switched_already(h: Head, _: aiopg.Cursor) -> bool:
         return h.seal_key is None or not is_derived(h.seal_key)
 
-    seq = await append_record(pool, chain, system_record(KEY_SWITCH, detail), unless=switched_already)
+    seq = await append_record(pool, chain, system_record(AuditAction.AUDIT_KEY, detail), unless=switched_already)
     if seq is not None:
         log.info("audit chain sealed with AUDIT_HMAC_KEY %s from seq %d on", chain.active_id, seq)
     return seq
@@ -288,6 +285,10 @@ async def adopt(
         return h.adopted_through != after
 
     seq = await append_record(
-        pool, chain, system_record(ADOPT, adoption.detail()), unless=moved_meanwhile, adopted_through=through
+        pool,
+        chain,
+        system_record(AuditAction.AUDIT_ADOPT, adoption.detail()),
+        unless=moved_meanwhile,
+        adopted_through=through,
     )
     return seq, adoption

@@ -4,7 +4,7 @@ and the chain's head is sealed too.
 Each row gets ``seq`` (1, 2, 3, … with no gap, in the order rows are appended) and
 ``mac = HMAC-SHA256(key, mac of seq - 1 ‖ canonical(row))`` (:func:`message`), the key named in
 ``mac_key``. Whoever appends takes the one-row ``audit_chain`` head ``FOR UPDATE`` inside its own
-transaction (:meth:`AuditChain.link`), seals its rows after it and moves the head in the statement
+transaction (``shared.sql.audit.lock_head``), seals its rows after it and moves the head in the statement
 that inserts them, so rows are chained in commit order: the change writer (``shared.writes``), the
 batched read and denial records (``shared.audit.AuditWriter``), namespace ACL changes and the chain's
 own records (``shared.auditadopt``) alike. Only holders of the key can make a row that verifies, so
@@ -35,16 +35,14 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiopg
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .settings import DERIVED_AUDIT_KEY_PREFIX, Settings
-from .sql import audit as sql
 
 GENESIS = bytes(32)
 _HEAD_CONTEXT = b"dynconfig audit chain head\n"
@@ -197,11 +195,6 @@ class AuditChain:
         """Whether an ``AUDIT_HMAC_KEY`` is configured (it then seals; derived keys only verify)."""
         return not is_derived(self.active_id)
 
-    async def link(self, cur: aiopg.Cursor) -> Head:
-        """Lock the head for this transaction and return it (rows appended now follow it)."""
-        await cur.execute(sql.HEAD_FOR_UPDATE)
-        return Head.from_db(await cur.fetchone())
-
     def columns(self, after: Head, entries: Sequence[Entry], *, adopted_through: int | None = None) -> dict[str, Any]:
         """``seq``, ``mac``, ``mac_key``, ``link_seq`` and ``link_seal`` for ``entries`` appended after
         ``after``, one list each, plus the new head (``head_seq``, ``head_mac``, ``seal``, ``seal_key``,
@@ -235,12 +228,3 @@ class AuditChain:
             "seal_key": self.active_id,
             "adopted_through": adopted,
         }
-
-    async def append(self, cur: aiopg.Cursor, entries: Sequence[Entry], *, adopted_through: int | None = None) -> Head:
-        """Seal ``entries`` and write them after the head, which this locks (inside the caller's
-        transaction, which holds it until it ends); return the head as it was."""
-        head = await self.link(cur)
-        params: dict[str, Any] = {f.name: [getattr(e, f.name) for e in entries] for f in fields(Entry)}
-        params.update(self.columns(head, entries, adopted_through=adopted_through))
-        await cur.execute(sql.INSERT_MANY, params)
-        return head

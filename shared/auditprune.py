@@ -39,11 +39,11 @@ from typing import Any
 
 import aiopg
 
-from .auditadopt import ADOPT, SYSTEM_ACTOR, Adopted, Adoption, SetDigest
+from .auditadopt import SYSTEM_ACTOR, Adopted, Adoption, SetDigest
 from .auditchain import Row
+from .events import AuditAction
 from .sql import audit as sql
 
-PRUNE = "audit.prune"
 #: How far past the genesis the pruner's cutoff must be before it prunes anything.
 GENESIS_MARGIN = timedelta(hours=1)
 #: Prune records are appended with ever later times; a few are read in case clocks disagreed.
@@ -93,7 +93,7 @@ class Pruned:
     def from_row(cls, row: Row) -> Pruned | None:
         """The prune ``row`` records, or None when it is not one or says nothing coherent."""
         e = row.entry
-        if e.action != PRUNE or e.actor != SYSTEM_ACTOR or e.detail is None:
+        if e.action != AuditAction.AUDIT_PRUNE or e.actor != SYSTEM_ACTOR or e.detail is None:
             return None
         try:
             d = json.loads(e.detail)
@@ -144,8 +144,8 @@ def removed_digest(rows: Sequence[Row]) -> str:
 async def latest_prune(cur: aiopg.Cursor) -> PrunePoint | None:
     """The newest prune record in the chain (by seq among the newest few by time), or None. One that
     does not parse is passed over: the walk, from an older anchor, reaches it and reports it."""
-    await cur.execute(sql.LATEST_RECORDS, {"actor": SYSTEM_ACTOR, "action": PRUNE, "limit": _LATEST})
-    rows = sorted((Row.from_db(r) for r in await cur.fetchall()), key=lambda r: r.seq or 0)
+    latest = await sql.latest_records(cur, SYSTEM_ACTOR, AuditAction.AUDIT_PRUNE, _LATEST)
+    rows = sorted(latest, key=lambda r: r.seq or 0)
     for row in reversed(rows):
         pruned = Pruned.from_row(row)
         if pruned is not None:
@@ -159,11 +159,9 @@ async def genesis(cur: aiopg.Cursor, since: PrunePoint | None) -> Adopted | None
         found = next((a for a in since.pruned.adoptions if a.adoption.genesis), None)
         if found is not None:
             return found
-    await cur.execute(sql.FIRST_RECORD, {"actor": SYSTEM_ACTOR, "action": ADOPT})
-    first = await cur.fetchone()
-    if first is None:
+    row = await sql.first_record(cur, SYSTEM_ACTOR, AuditAction.AUDIT_ADOPT)
+    if row is None:
         return None
-    row = Row.from_db(first)
     adoption = Adoption.from_entry(row.entry)
     if adoption is None or not adoption.genesis or row.seq is None:
         return None

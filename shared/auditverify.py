@@ -171,8 +171,7 @@ async def sealed_pages(
     per round trip (the last page is shorter than ``page``, possibly empty)."""
     while True:
         async with pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(sql.SEALED_PAGE, {"after": after_seq, "through": through, "limit": page})
-            rows = [Row.from_db(r) for r in await cur.fetchall()]
+            rows = await sql.sealed_page(cur, after_seq, through, page)
         yield rows
         if len(rows) < page:
             return
@@ -200,11 +199,9 @@ async def walk_chain(
 
 async def _beyond_head(pool: aiopg.Pool) -> Finding | None:
     async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute(sql.SEALED_BEYOND_HEAD)
-        found = await cur.fetchone()
-    if found is None:
+        row = await sql.sealed_beyond_head(cur)
+    if row is None:
         return None
-    row = Row.from_db(found)
     return Finding("inserted", row.id, row.seq, f"{row.describe()} lies beyond the chain's head: it was inserted")
 
 
@@ -304,11 +301,11 @@ async def verify(
     """Check the whole trail (the module docstring says what, in which order), holding pruned rows
     against deletion meanwhile (one more pooled connection for the whole run)."""
     async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute(sql.HOLD_AGAINST_DELETES)
+        await sql.hold_against_deletes(cur)
         try:
             return await _verify(pool, chain, checkpoints, page)
         finally:
-            await complete_then_cancel(cur.execute(sql.RELEASE_AGAINST_DELETES))
+            await complete_then_cancel(sql.release_against_deletes(cur))
 
 
 async def _verify(pool: aiopg.Pool, chain: AuditChain, checkpoints: Sequence[Checkpoint], page: int) -> Report:

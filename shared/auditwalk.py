@@ -27,9 +27,10 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .auditadopt import ADOPT, Adopted, Adoption
+from .auditadopt import Adopted, Adoption
 from .auditchain import GENESIS, Head, Row, is_derived, seal, seal_head
-from .auditprune import PRUNE, Pruned, PrunePoint
+from .auditprune import Pruned, PrunePoint
+from .events import AuditAction
 
 #: How far around a row that does not verify :func:`_diagnose` looks to tell what happened to it.
 _WINDOW = 32
@@ -149,9 +150,12 @@ class Walk:
             if (finding := self._check_link(row)) is not None:
                 return finding
             self.batch_start, self._since = row.seq, {}
-        if row.entry.action == ADOPT and (finding := self._adopt(row, Adoption.from_entry(row.entry))) is not None:
+        if (
+            row.entry.action == AuditAction.AUDIT_ADOPT
+            and (finding := self._adopt(row, Adoption.from_entry(row.entry))) is not None
+        ):
             return finding
-        if row.entry.action == PRUNE and (finding := self._prune(row)) is not None:
+        if row.entry.action == AuditAction.AUDIT_PRUNE and (finding := self._prune(row)) is not None:
             return finding
         self._prev, self._expected, self.checked = row.mac, expected + 1, self.checked + 1
         if self.batch_start is not None:

@@ -1,24 +1,20 @@
-"""Reading the change log: events after a revision, snapshots, and who may see an event.
-
-Events are read here and encoded by :mod:`shared.events` only, for every consumer (notifier live
-stream and replay, the HTTP poll fallback, snapshots).
+"""The change log's events, and who may see one: what shared/sql/changelog.py reads (events after a
+revision, snapshots) and every consumer (notifier live stream and replay, the HTTP poll fallback,
+snapshots) shares. Events are encoded by :mod:`shared.events` only.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import aiopg
-
 from .acl import Acl, Audience, Principal, audience
 from .crypto import Keyring
 from .events import EventKind, change_event
-from .sql import changelog as sql
-from .timeutil import utcnow
+from .sql import like_escape
 
 
 @dataclass(frozen=True)
@@ -39,13 +35,6 @@ class ChangeEvent:
     def __post_init__(self) -> None:
         # Rows and pub/sub messages (shared.wire) carry the kind as text: hold it as the enum.
         object.__setattr__(self, "event", EventKind(self.event))
-
-    @classmethod
-    def from_row(cls, row: Sequence[Any]) -> ChangeEvent:
-        revision, key, version, event, at, value_enc, acl_read, acl_write, creator, read_entries, read_owner = row
-        acl = None if acl_read is None and acl_write is None else Acl.from_lists(acl_read, acl_write)
-        blob = bytes(value_enc) if value_enc is not None and event == EventKind.UPDATE else None
-        return cls(revision, key, version, event, at, blob, acl, creator, stored_audience(read_entries, read_owner))
 
     def wire(self, keyring: Keyring) -> dict[str, Any]:
         """The event as clients see it (value decrypted)."""
@@ -83,16 +72,9 @@ def like_patterns(patterns: Iterable[str]) -> list[str] | None:
     for pattern in patterns:
         if pattern == "*":
             return None
-        escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        escaped = like_escape(pattern)
         out.append(escaped[:-1] + "%" if escaped.endswith("*") else escaped)
     return out
-
-
-async def head(cur: aiopg.Cursor) -> tuple[int, int]:
-    """(last assigned revision, newest revision pruned from the log)."""
-    await cur.execute(sql.HEAD)
-    row = await cur.fetchone()
-    return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 @dataclass(frozen=True)
@@ -111,32 +93,6 @@ class ResumePoint:
         past the head, or among the revisions a restore skipped (``sql.RESUME_POINT``), both revisions of
         the database a backup came from, whose changes the client saw and this log does not have."""
         return self.since < self.pruned or not self.known
-
-
-async def resume_point(cur: aiopg.Cursor, since: int) -> ResumePoint:
-    """Where a client resuming after revision ``since`` stands: must it start over?"""
-    await cur.execute(sql.RESUME_POINT, {"since": since})
-    row = await cur.fetchone()
-    if row is None:
-        return ResumePoint(0, 0, since == 0, since)
-    return ResumePoint(int(row[0]), int(row[1]), bool(row[2]) and since <= int(row[0]), since)
-
-
-async def events_after(
-    cur: aiopg.Cursor, after: int, *, through: int | None = None, patterns: list[str] | None = None, limit: int = 500
-) -> list[ChangeEvent]:
-    """Relayed events with ``after < revision <= through`` for keys matching LIKE ``patterns``."""
-    await cur.execute(
-        sql.EVENTS_AFTER,
-        {
-            "after": after,
-            "through": through if through is not None else 2**62,
-            "all": patterns is None,
-            "patterns": patterns or [],
-            "limit": limit,
-        },
-    )
-    return [ChangeEvent.from_row(row) for row in await cur.fetchall()]
 
 
 #: Keys are printable ASCII (SPEC §3): a prefix's range ends before "\x7f", an exact key's before the
@@ -161,26 +117,15 @@ def key_ranges(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
     return [low for low, _ in merged], [high for _, high in merged]
 
 
-async def snapshot_pages(
-    pool: aiopg.Pool, patterns: Iterable[str], through: int, page: int = 1000
-) -> AsyncIterator[list[ChangeEvent]]:
-    """The state at revision ``through``: the newest version (relayed by then) of every live key
-    matching the watch ``patterns``, as ``update`` events in revision order, a page at a time.
+# The change log's readers live in shared/sql/changelog.py. notifier/hub.py and notifier/watch.py,
+# under refactoring apart, still import them from here: they are handed out on first use (a
+# module-level import would be circular: shared/sql/changelog.py builds this module's types).
+_READERS = frozenset({"head", "resume_point", "events_after", "snapshot_pages"})
 
-    One query reads the snapshot's index, (revision, key), through the key ranges of the patterns;
-    then each page's events are read on their own, so neither the memory nor a pooled connection is
-    held for the values of the whole snapshot while the caller sends them. Revisions up to
-    ``through`` never change, so the pages need no shared transaction; a key written or deleted
-    meanwhile is still served as it was at ``through`` (its history row), one that passed its deadline
-    meanwhile is left out."""
-    lows, highs = key_ranges(patterns)
-    now = utcnow()
-    async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute(sql.SNAPSHOT_INDEX, {"lows": lows, "highs": highs, "through": through, "now": now})
-        index = await cur.fetchall()
-    for start in range(0, len(index), page):
-        keys = [key for _, key in index[start : start + page]]
-        async with pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(sql.SNAPSHOT_PAGE, {"keys": keys, "through": through, "now": now})
-            rows = await cur.fetchall()
-        yield [ChangeEvent.from_row(row) for row in rows]
+
+def __getattr__(name: str) -> Any:
+    if name in _READERS:
+        from .sql import changelog as sql
+
+        return getattr(sql, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

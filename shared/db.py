@@ -278,6 +278,20 @@ async def wait_notices(conn: aiopg.Connection, within: float) -> list[Any]:
     return notices
 
 
+async def ping(cur: aiopg.Cursor) -> None:
+    """One round trip on ``cur``'s connection: raises when the connection is dead (a session lock held
+    on it is then gone too)."""
+    await cur.execute("SELECT 1")
+
+
+async def try_session_lock(cur: aiopg.Cursor, lock: int) -> bool:
+    """Take the advisory lock ``lock`` for ``cur``'s session (until it ends) without waiting; whether
+    it was free: one leader among replicas."""
+    await cur.execute("SELECT pg_try_advisory_lock(%s)", (lock,))
+    (acquired,) = await cur.fetchone()
+    return bool(acquired)
+
+
 async def schema_version(pool: aiopg.Pool) -> int:
     """The database's schema version (its newest applied migration; 0 before the first)."""
     async with pool.acquire() as conn, conn.cursor() as cur:

@@ -58,15 +58,10 @@ class KeyringCheck:
     async def check(self) -> str:
         """Look at the values in use now; set and return ``status``."""
         async with self._pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(sql.RECENT_HEADS, {"limit": SAMPLE, "head": HEAD_BYTES})
-            heads = await cur.fetchall()
-            if not heads:
-                await cur.execute(sql.SOME_HEADS, {"limit": SAMPLE, "head": HEAD_BYTES})
-                heads = await cur.fetchall()
-            by_id = _by_key_id((key, bytes(head)) for key, head in heads)
+            heads = await sql.value_heads(cur, SAMPLE, HEAD_BYTES)
+            by_id = _by_key_id(heads)
             to_open = [key for key_id, keys in by_id.items() if self._keyring.holds(key_id) for key in keys[:TRIES]]
-            await cur.execute(sql.VALUES, {"keys": to_open})
-            fetched = [(key, bytes(blob)) for key, blob in await cur.fetchall()]
+            fetched = await sql.values(cur, to_open)
         tried = _by_key_id(fetched)  # by the id that sealed each now (it may have been rewritten since)
         opened = _by_key_id((key, blob) for key, blob in fetched if self._opens(key, blob))
         status = self._judge(by_id, tried.keys() - opened.keys(), len(heads))

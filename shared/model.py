@@ -10,12 +10,6 @@ from typing import Any
 
 from .acl import Acl
 
-# Column order of every SELECT of a key row (shared/sql/keys.py).
-KEY_COLUMNS = (
-    "key, version, value_enc, ttl, expires_at, acl_read, acl_write, creator, deleted, created_at, last_modified, "
-    "revision"
-)
-
 
 @dataclass(frozen=True)
 class KeyState:
@@ -35,9 +29,10 @@ class KeyState:
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> KeyState:
+        """A row of ``shared.sql.keys.KEY_COLUMNS`` (the revision may be left out)."""
         key, version, value_enc, ttl, expires_at, acl_read, acl_write, creator, deleted, created_at, modified = row[:11]
         revision = row[11] if len(row) > 11 else None
-        acl = None if acl_read is None and acl_write is None else Acl.from_lists(acl_read, acl_write)
+        acl = Acl.from_columns(acl_read, acl_write)
         return cls(
             key=key,
             version=version,
@@ -89,7 +84,7 @@ class KeyState:
             value_enc=base64.b64decode(d["e"]) if d["e"] is not None else None,
             ttl=d["t"],
             expires_at=_from_ts(d["x"]),
-            acl=None if d["r"] is None and d["w"] is None else Acl.from_lists(d["r"], d["w"]),
+            acl=Acl.from_columns(d["r"], d["w"]),
             creator=d["c"],
             deleted=d["d"],
             created_at=_from_ts(d["ca"]),  # type: ignore[arg-type]

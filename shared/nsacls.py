@@ -36,16 +36,9 @@ RELOAD_SECONDS = 5.0
 HEARD_WAIT_SECONDS = 1.0
 
 
-async def load_all(cur: aiopg.Cursor) -> dict[str, Acl]:
-    """Every namespace ACL, from Postgres."""
-    await cur.execute(sql.SELECT_ALL)
-    return {ns: Acl.from_lists(read, write) for ns, read, write in await cur.fetchall()}
-
-
 async def load_for_key(cur: aiopg.Cursor, key: str) -> dict[str, Acl]:
     """The ACLs of every namespace above ``key`` that has one, from Postgres."""
-    await cur.execute(sql.SELECT_MANY, {"namespaces": namespaces_of(key)})
-    return {ns: Acl.from_lists(read, write) for ns, read, write in await cur.fetchall()}
+    return await sql.acls_of(cur, namespaces_of(key))
 
 
 class NamespaceAcls:
@@ -72,9 +65,9 @@ class NamespaceAcls:
         started = next(self._starts)
         if cur is None:
             async with self._pool.acquire() as conn, conn.cursor() as pooled:
-                acls = await load_all(pooled)
+                acls = await sql.all_acls(pooled)
         else:
-            acls = await load_all(cur)
+            acls = await sql.all_acls(cur)
         if started > self._installed:
             self._installed, self.last = started, acls
         return self.last
@@ -84,9 +77,9 @@ class NamespaceAcls:
         if self.trusted:
             return self.last
         if cur is not None:
-            return await load_all(cur)
+            return await sql.all_acls(cur)
         async with self._pool.acquire() as conn, conn.cursor() as pooled:
-            return await load_all(pooled)
+            return await sql.all_acls(pooled)
 
     async def for_key(self, key: str, cur: aiopg.Cursor | None = None) -> dict[str, Acl]:
         """The ACLs of the namespaces above ``key``: from the copy when trusted, else from Postgres."""

@@ -50,10 +50,6 @@ class RedisLink:
         """False for a moment after a failure, so requests don't each wait for a timeout."""
         return time.monotonic() >= self._down_until
 
-    @property
-    def down(self) -> bool:
-        return self._down
-
     def failed(self, exc: BaseException) -> None:
         """Record a failed call (logs once per outage)."""
         self._down_until = time.monotonic() + _RETRY_AFTER_FAILURE

@@ -40,8 +40,9 @@ import aiopg
 
 from .auditadopt import append_record, system_record
 from .auditchain import AuditChain, Head, Row
-from .auditprune import GENESIS_MARGIN, PRUNE, Pruned, PrunePoint, genesis, latest_prune, removed_digest
+from .auditprune import GENESIS_MARGIN, Pruned, PrunePoint, genesis, latest_prune, removed_digest
 from .auditwalk import Finding, Walk
+from .events import AuditAction
 from .sql import audit as audit_sql
 from .sql import history as history_sql
 from .tasks import complete_then_cancel
@@ -181,9 +182,7 @@ class Pruner:
         page = min(_PAGE, most + 1)
         while len(rows) <= most:
             async with self._pool.acquire() as conn, conn.cursor() as cur:
-                params = {"after": rows[-1].seq if rows else after, "through": None, "limit": page}
-                await cur.execute(audit_sql.SEALED_PAGE, params)
-                found = [Row.from_db(r) for r in await cur.fetchall()]
+                found = await audit_sql.sealed_page(cur, rows[-1].seq if rows else after, None, page)
             rows += found
             if len(found) < page or found[-1].entry.at >= cutoff:
                 break
@@ -201,7 +200,9 @@ class Pruner:
             latest = await latest_prune(cur)
             return (latest.seq if latest is not None else None) != expected
 
-        seq = await append_record(self._pool, self._chain, system_record(PRUNE, record.detail(), at), unless=superseded)
+        seq = await append_record(
+            self._pool, self._chain, system_record(AuditAction.AUDIT_PRUNE, record.detail(), at), unless=superseded
+        )
         if seq is None:
             log.warning("retention: another pruner sealed a prune record meanwhile; this round stops")
             return False
@@ -222,13 +223,9 @@ class Pruner:
 
         async def batch() -> int | None:
             async with self._pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-                await cur.execute(audit_sql.TRY_DELETE_LOCK)
-                (free,) = await cur.fetchone()
-                if not free:
+                if not await audit_sql.try_delete_lock(cur):
                     return None
-                await cur.execute(audit_sql.DELETE_PRUNED, {"through": through, "limit": self._batch})
-                (gone,) = await cur.fetchone()
-                return int(gone)
+                return await audit_sql.delete_pruned(cur, through, self._batch)
 
         while True:
             gone = await complete_then_cancel(batch())
@@ -257,29 +254,21 @@ class Pruner:
 
     async def prune_history(self) -> int:
         """One pass over the past versions older than the cutoff; how many went."""
-        params: dict[str, object] = {
-            "before": utcnow() - self._history_retention,
-            "limit": self._batch,
-            "after_at": None,
-            "after_key": None,
-            "after_version": None,
-        }
+        before = utcnow() - self._history_retention
+        cursor: history_sql.PruneCursor | None = None
 
-        async def batch() -> tuple[int, int, datetime | None, str | None, int | None]:
+        async def batch() -> tuple[int, int, history_sql.PruneCursor | None]:
             async with self._pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-                await cur.execute(history_sql.PRUNE, params)
-                gone, scanned, at, key, version = await cur.fetchone()
-                return int(gone), int(scanned), at, key, version
+                return await history_sql.prune_batch(cur, before, self._batch, cursor)
 
         removed = 0
         while True:
-            gone, scanned, *cursor = await complete_then_cancel(batch())
+            gone, scanned, cursor = await complete_then_cancel(batch())
             removed += gone
             if gone:
                 self._removed("key_history", gone)
             if scanned < self._batch:
                 return removed
-            params.update(after_at=cursor[0], after_key=cursor[1], after_version=cursor[2])
             await asyncio.sleep(self._pause)
 
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 import re
 import unicodedata
 
-#: C0 controls and DEL: refused in free-text filters (``shared.validation.text_filter``).
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _UNSAFE_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 

@@ -17,7 +17,7 @@ from aiohttp.typedefs import Middleware
 
 from .appkeys import AUDIT_CHAIN, DB_POOL, KEYRING_CHECK, METRICS, PROCESS, SETTINGS, SUPERVISOR
 from .auditchain import AuditChain
-from .db import CONNECTION_ERRORS, POSTGRES_UNREACHABLE, schema_version
+from .db import CONNECTION_ERRORS, POSTGRES_UNREACHABLE, ping, schema_version
 from .errors import BadRequest, DynConfigError, PayloadTooLarge, ServiceUnavailable
 from .metrics import Metrics, metrics_middleware, route_template
 from .settings import Settings
@@ -191,7 +191,7 @@ async def postgres_check(pool: Any) -> str:
     """``"ok"`` when Postgres answers ``SELECT 1`` within 2 s, else ``"unavailable"`` (for /health)."""
     try:
         async with asyncio.timeout(POSTGRES_CHECK_SECONDS), pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute("SELECT 1")
+            await ping(cur)
     except CONNECTION_ERRORS:
         return "unavailable"
     return "ok"

@@ -2,7 +2,8 @@
 
 Every function here takes a cursor that is already inside ``async with cur.begin()``; the caller owns
 the transaction. The API server's committer and the expiry worker both write through
-:func:`write_changes`; :func:`change` and :func:`expiry` make what they write.
+:func:`write_changes`; :func:`change` and :func:`expiry` make what they write, each change once, with
+the state it leaves its key in (what a later change in the same batch builds on).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import aiopg
 from .acl import Acl, Audience, audience
 from .audit import AuditRecord, safe_record
 from .auditchain import AuditChain, Entry
-from .events import EventKind
+from .events import AuditAction, EventKind
 from .model import KeyState
+from .sql import audit as audit_sql
 from .sql import writes as writes_sql
 
 EXPIRY_ACTOR = "system:expiry"
@@ -42,11 +44,13 @@ class Change:
     before: KeyState
     new: NewState
     event: EventKind
-    action: str
+    action: AuditAction
     actor: str
     request_id: str | None
     now: datetime
     readers: Audience
+    #: The state it leaves its key in (its revision is given when it is written).
+    after: KeyState
 
 
 def change(
@@ -54,7 +58,7 @@ def change(
     new: NewState,
     *,
     event: EventKind,
-    action: str,
+    action: AuditAction | str,
     actor: str,
     request_id: str | None,
     now: datetime,
@@ -63,23 +67,22 @@ def change(
     """A :class:`Change`, with the readers of the new version decided now (SPEC §5: a past version is
     served only to readers it had then as well as now)."""
     readers = audience("read", key=before.key, key_acl=new.acl, creator=new.creator, namespace_acls=namespace_acls)
-    return Change(before, new, event, action, actor, request_id, now, readers)
+    return Change(before, new, event, AuditAction(action), actor, request_id, now, readers, _after(before, new, now))
 
 
-def after_change(c: Change) -> KeyState:
-    """The state ``c`` leaves its key in (its revision is given when it is written)."""
-    deleted = c.new.value_enc is None
+def _after(before: KeyState, new: NewState, now: datetime) -> KeyState:
+    deleted = new.value_enc is None
     return replace(
-        c.before,
-        version=c.before.version + 1,
-        value_enc=c.new.value_enc,
-        ttl=c.new.ttl,
-        expires_at=c.now + timedelta(seconds=c.new.ttl) if c.new.ttl and not deleted else None,
-        acl=c.new.acl,
-        creator=c.new.creator,
+        before,
+        version=before.version + 1,
+        value_enc=new.value_enc,
+        ttl=new.ttl,
+        expires_at=now + timedelta(seconds=new.ttl) if new.ttl and not deleted else None,
+        acl=new.acl,
+        creator=new.creator,
         deleted=deleted,
-        created_at=c.now if c.before.deleted and not deleted else c.before.created_at,
-        last_modified=c.now,
+        created_at=now if before.deleted and not deleted else before.created_at,
+        last_modified=now,
         revision=None,
     )
 
@@ -87,13 +90,13 @@ def after_change(c: Change) -> KeyState:
 async def write_changes(cur: aiopg.Cursor, changes: Sequence[Change], chain: AuditChain) -> list[KeyState]:
     """Write the next version of each locked key, with its history, outbox and audit rows (sealed
     into ``chain``), in one statement after the chain's head is locked; return the new states in the
-    same order. A key changed twice in a batch: the second change's ``before`` is
-    :func:`after_change` of the first."""
+    same order. A key changed twice in a batch: the second change's ``before`` is the first's
+    ``after``."""
     columns: dict[str, Any] = {name: [] for name in writes_sql.COLUMNS}
     entries: list[Entry] = []
     deadline = False
     for c in changes:
-        new = after_change(c)
+        new = c.after
         deadline = deadline or new.expires_at is not None
         acl, readers = c.new.acl, c.readers
         audit = safe_record(AuditRecord(c.actor, c.action, c.before.key, "ok", c.request_id))
@@ -119,9 +122,8 @@ async def write_changes(cur: aiopg.Cursor, changes: Sequence[Change], chain: Aud
         for name, value in row.items():
             columns[name].append(value)
         entries.append(Entry(c.now, audit.actor, audit.action, c.before.key, new.version, "ok", audit.request_id))
-    columns.update(chain.columns(await chain.link(cur), entries))
-    await cur.execute(writes_sql.WRITE_WITH_DEADLINE if deadline else writes_sql.WRITE, columns)
-    return [KeyState.from_row(row) for row in await cur.fetchall()]
+    columns.update(chain.columns(await audit_sql.lock_head(cur), entries))
+    return await writes_sql.write(cur, columns, deadline=deadline)
 
 
 def expiry(state: KeyState, now: datetime, namespace_acls: Mapping[str, Acl], request_id: str | None = None) -> Change:
@@ -131,14 +133,9 @@ def expiry(state: KeyState, now: datetime, namespace_acls: Mapping[str, Acl], re
         state,
         tombstone,
         event=EventKind.EXPIRED,
-        action="expire",
+        action=AuditAction.EXPIRE,
         actor=EXPIRY_ACTOR,
         request_id=request_id,
         now=now,
         namespace_acls=namespace_acls,
     )
-
-
-def after_expiry(state: KeyState, now: datetime) -> KeyState:
-    """The state :func:`expiry` leaves ``state`` in at ``now`` (to decide on before writing it)."""
-    return after_change(expiry(state, now, {}))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import aiopg
 
-from shared.auditchain import AuditChain, Head
+from shared.auditchain import AuditChain
 from shared.errors import Forbidden
 from shared.sql import audit as sql
 
@@ -40,10 +39,9 @@ class AuditRow:
     seal: str
 
     @classmethod
-    def from_db(cls, row: tuple[Any, ...], adopted_through: int) -> AuditRow:
-        row_id, at, actor, action, key, version, outcome, request_id, sealed = row
-        seal = SEALED if sealed else ADOPTED if 0 < row_id <= adopted_through else UNSEALED
-        return cls(row_id, at, actor, action, key, version, outcome, request_id, seal)
+    def of(cls, r: sql.Record, adopted_through: int) -> AuditRow:
+        seal = SEALED if r.sealed else ADOPTED if 0 < r.id <= adopted_through else UNSEALED
+        return cls(r.id, r.at, r.actor, r.action, r.key, r.version, r.outcome, r.request_id, seal)
 
 
 async def page(
@@ -59,19 +57,8 @@ async def page(
     """Up to ``limit`` records matching the filters, older than ``before`` (the (at, id) of the last
     record of the previous page). Rows without a seal count as adopted only as far as the head's seal,
     checked here, says adoptions reach: moving that mark in the database takes the key."""
-    before_at, before_id = before if before is not None else (None, None)
-    params = {
-        "key": key,
-        "actor": actor,
-        "since": since,
-        "before_at": before_at,
-        "before_id": before_id,
-        "limit": limit,
-    }
     async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute(sql.HEAD)
-        head = Head.from_db(await cur.fetchone())
-        await cur.execute(sql.PAGE, params)
-        rows = await cur.fetchall()
+        head, _ = await sql.read_head(cur)
+        records = await sql.records_page(cur, key=key, actor=actor, since=since, before=before, limit=limit)
     adopted_through = (head.adopted_through or 0) if head.seal_verifies(chain.keys) else 0
-    return [AuditRow.from_db(row, adopted_through) for row in rows]
+    return [AuditRow.of(record, adopted_through) for record in records]

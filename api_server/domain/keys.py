@@ -12,13 +12,15 @@ from shared import changelog
 from shared.acl import Acl, Principal, governing_namespace, may_access, may_create
 from shared.crypto import DecryptionError
 from shared.errors import BadRequest, Forbidden, NotFound, PreconditionFailed
-from shared.events import EventKind
+from shared.events import AuditAction, EventKind
 from shared.model import KeyState
+from shared.sql import changelog as changelog_sql
 from shared.sql import history as history_sql
 from shared.sql import keys as keys_sql
+from shared.sql import like_escape
 from shared.timeutil import utcnow
 from shared.validation import namespaces_of
-from shared.writes import NewState, after_expiry
+from shared.writes import NewState
 
 from ..committer import Decision, WriteOp
 from . import Caller, Store
@@ -92,9 +94,6 @@ async def put_key(
 
     def decide(state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> Decision:
         assert state is not None  # a PUT's row is claimed
-        expired = state if state.expired(now) else None  # readers already see it gone: record that first
-        if expired is not None:
-            state = after_expiry(expired, now)
         # Authorization first, then If-Match: a caller without access learns nothing (SPEC §5).
         if state.version == 0:  # never existed: a create
             if not may_create(who, key=key, namespace_acls=ns_acls):
@@ -103,8 +102,8 @@ async def put_key(
         else:
             new = _replacement(who, key, state, ns_acls, value_enc, body)
         check_if_match(if_match, None if state.deleted else state)
-        action = "create" if state.deleted else "replace"
-        return Decision(state, new, EventKind.UPDATE, action, created=state.deleted, expired=expired)
+        action = AuditAction.CREATE if state.deleted else AuditAction.REPLACE
+        return Decision(state, new, EventKind.UPDATE, action, created=state.deleted)
 
     op = WriteOp(key, True, decide, who.username, caller.request_id, size=len(value_enc))
     result, decision = await store.committer.write(op)
@@ -135,23 +134,19 @@ async def rollback_key(store: Store, caller: Caller, key: str, version: int, if_
     who = caller.principal
     await screen(store, who, key, _write_refusal(who, key, live=False), _cannot_see_missing(who, key))
     async with store.pool.acquire() as conn, conn.cursor() as cur:  # history is append-only: it stays true
-        await cur.execute(history_sql.ONE, {"key": key, "version": version})
-        past = await cur.fetchone()
+        past = await history_sql.one_version(cur, key, version)
     # Re-sealed with the active key, the bytes as stored (no decode and encode again).
-    value_enc = None if past is None or past[1] is None else store.keyring.reseal(bytes(past[1]), aad=key)
+    value_enc = None if past is None or past.value_enc is None else store.keyring.reseal(past.value_enc, aad=key)
 
     def decide(state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> Decision:
         if state is None or state.version == 0:
             raise _missing_or_denied(who, key, None, ns_acls, "write")
-        expired = state if state.expired(now) else None
-        if expired is not None:
-            state = after_expiry(expired, now)
         # Authorization first (write now, then read of that version), then the version, then If-Match.
         if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
             raise _deny("write", key, ns_acls)
         if past is None:
             raise NotFound(f"Key '{key}' has no version {version}")
-        readers = changelog.stored_audience(past[2], past[3])
+        readers = past.readers
         may_read_now = may_access(
             who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls
         )
@@ -159,12 +154,12 @@ async def rollback_key(store: Store, caller: Caller, key: str, version: int, if_
             raise Forbidden(f"You may not read version {version} of key '{key}', so you may not roll back to it")
         if value_enc is None:
             raise BadRequest(
-                f"Version {version} of '{key}' is a {past[0]} and holds no value: roll back to an update",
-                fields={"version": [f"version {version} is a {past[0]}, not an update"]},
+                f"Version {version} of '{key}' is a {past.event} and holds no value: roll back to an update",
+                fields={"version": [f"version {version} is a {past.event}, not an update"]},
             )
         new = _replacement(who, key, state, ns_acls, value_enc, {})
         check_if_match(if_match, None if state.deleted else state)
-        return Decision(state, new, EventKind.UPDATE, "rollback", expired=expired)
+        return Decision(state, new, EventKind.UPDATE, AuditAction.ROLLBACK)
 
     op = WriteOp(key, False, decide, who.username, caller.request_id, size=len(value_enc or b""))
     result, _ = await store.committer.write(op)
@@ -187,7 +182,7 @@ async def patch_key(store: Store, caller: Caller, key: str, body: dict[str, Any]
             _acl(body["acls"]) if "acls" in body else state.acl,
             state.creator,
         )
-        return Decision(state, new, EventKind.UPDATE, "patch")
+        return Decision(state, new, EventKind.UPDATE, AuditAction.PATCH)
 
     op = WriteOp(key, False, decide, who.username, caller.request_id, size=len(value_enc or b""))
     result, _ = await store.committer.write(op)
@@ -202,7 +197,7 @@ async def delete_key(store: Store, caller: Caller, key: str, if_match: IfMatch |
     def decide(state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> Decision:
         state = _writable(who, key, if_match, state, ns_acls, now)
         tombstone = NewState(None, state.ttl, state.acl, state.creator)
-        return Decision(state, tombstone, EventKind.DELETE, "delete")
+        return Decision(state, tombstone, EventKind.DELETE, AuditAction.DELETE)
 
     result, _ = await store.committer.write(WriteOp(key, False, decide, who.username, caller.request_id))
     return result
@@ -297,35 +292,25 @@ async def list_keys(
     decides access (ACL, creator, parent namespace), on the first page, and carried in the cursor
     (pass it back as ``total``)."""
     who = caller.principal
-    params: dict[str, Any] = {
-        "now": utcnow(),
-        "all": namespace is None,
-        "low": "" if namespace is None else f"{namespace}.",
-        "high": "" if namespace is None else f"{namespace}0",
-    }
+    live = keys_sql.LiveRange(namespace, utcnow())
     page: list[str] = []
     async with store.pool.acquire() as conn, conn.cursor() as cur:
         ns_acls = await store.namespaces.all(cur) if not who.is_admin else {}
 
-        def readable(row: tuple[Any, ...]) -> bool:
-            key, acl_read, acl_write, creator = row
-            acl = None if acl_read is None and acl_write is None else Acl.from_lists(acl_read, acl_write)
-            return may_access(who, "read", key=key, key_acl=acl, creator=creator, namespace_acls=ns_acls)
+        def readable(row: keys_sql.KeyAccess) -> bool:
+            return may_access(who, "read", key=row.key, key_acl=row.acl, creator=row.creator, namespace_acls=ns_acls)
 
         if total is None and who.is_admin:
-            await cur.execute(keys_sql.COUNT_LIVE, params)
-            (total,) = await cur.fetchone()
+            total = await keys_sql.count_live(cur, live)
         elif total is None:
-            await cur.execute(keys_sql.COUNT_LIVE_BY_ACCESS, params)
-            total = sum(row[4] for row in await cur.fetchall() if readable(row[:4]))
+            total = sum(count for group, count in await keys_sql.count_live_by_access(cur, live) if readable(group))
         position, chunk = after, limit + 1
         while len(page) <= limit:
-            await cur.execute(keys_sql.LIST_PAGE, {**params, "after": position, "limit": chunk})
-            rows = await cur.fetchall()
-            page.extend(row[0] for row in rows if who.is_admin or readable(row))
+            rows = await keys_sql.list_page(cur, live, position, chunk)
+            page.extend(row.key for row in rows if who.is_admin or readable(row))
             if len(rows) < chunk:
                 break
-            position, chunk = rows[-1][0], min(chunk * 2, 5000)
+            position, chunk = rows[-1].key, min(chunk * 2, 5000)
     return page[:limit], total, len(page) > limit
 
 
@@ -334,10 +319,10 @@ async def poll_events(
 ) -> tuple[list[dict[str, Any]], int, bool, bool]:
     """Readable events after revision ``since``: (events, revision to poll from next, more?, reset?)."""
     who = caller.principal
-    patterns = None if namespace is None else [_like_escape(namespace) + ".%", _like_escape(namespace) + "/%"]
+    patterns = None if namespace is None else [like_escape(namespace) + ".%", like_escape(namespace) + "/%"]
     async with store.pool.acquire() as conn, conn.cursor() as cur:
         # Older than the log, or a revision it never had (a database restored from a backup): start over.
-        point = await changelog.resume_point(cur, since)
+        point = await changelog_sql.resume_point(cur, since)
         head_revision = point.head
         if point.start_over:
             return [], head_revision, False, True
@@ -345,7 +330,9 @@ async def poll_events(
         events: list[dict[str, Any]] = []
         position = since
         while len(events) < limit and position < head_revision:
-            page = await changelog.events_after(cur, position, through=head_revision, patterns=patterns, limit=limit)
+            page = await changelog_sql.events_after(
+                cur, position, through=head_revision, patterns=patterns, limit=limit
+            )
             for event in page:
                 position = event.revision
                 if changelog.may_read_event(who, event.readers(ns_acls)):
@@ -357,14 +344,10 @@ async def poll_events(
                     position = head_revision
                 break
         # A prune between reading the boundary and the events would leave a silent gap: look again.
-        _, pruned = await changelog.head(cur)
+        _, pruned = await changelog_sql.head(cur)
         if since < pruned:
             return [], head_revision, False, True
     return events, position, position < head_revision, False
-
-
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 async def key_history(
@@ -373,9 +356,7 @@ async def key_history(
     """Versions of ``key`` newest first, below ``before``; and the cursor for the next page."""
     who = caller.principal
     async with store.pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute(keys_sql.SELECT, {"key": key})
-        row = await cur.fetchone()
-        state = KeyState.from_row(row) if row else None
+        state = await keys_sql.get(cur, key)
         ns_acls = await store.namespaces.for_key(key, cur)
         if state is None or state.version == 0:
             raise _missing_or_denied(who, key, None, ns_acls)
@@ -383,27 +364,25 @@ async def key_history(
             raise _deny("read", key, ns_acls)
         # Leave out versions the caller could not read when they were written (SPEC §5); read on
         # until the page is full, so paging stays exact.
-        rows: list[tuple[Any, ...]] = []
+        rows: list[history_sql.HistoryRow] = []
         position = before if before is not None else 2**62
         while len(rows) <= limit:
-            await cur.execute(history_sql.PAGE, {"key": key, "before": position, "limit": limit + 1})
-            page = await cur.fetchall()
+            page = await history_sql.history_page(cur, key, position, limit + 1)
             for row in page:
-                readers = changelog.stored_audience(row[5], row[6])
-                if who.is_admin or readers is None or readers.admits(who.username):
+                if who.is_admin or row.readers is None or row.readers.admits(who.username):
                     rows.append(row)
             if len(page) <= limit:
                 break
-            position = page[-1][0]
-    versions = [
+            position = page[-1].version
+    versions: list[dict[str, Any]] = [
         {
-            "version": version,
-            "value": store.open(key, bytes(blob)) if blob is not None else None,
-            "event": event,
-            "actor": actor,
-            "at": at,
+            "version": row.version,
+            "value": store.open(key, row.value_enc) if row.value_enc is not None else None,
+            "event": row.event,
+            "actor": row.actor,
+            "at": row.at,
         }
-        for version, event, blob, actor, at, _, _ in rows[:limit]
+        for row in rows[:limit]
     ]
     next_before = versions[-1]["version"] if len(rows) > limit else None
     return versions, next_before

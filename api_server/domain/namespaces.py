@@ -7,9 +7,11 @@ from typing import Any
 
 import aiopg
 
+from shared.acl import Acl
 from shared.audit import AuditRecord, record
 from shared.auditchain import AuditChain
 from shared.errors import Forbidden, NotFound
+from shared.events import AuditAction
 from shared.nsacls import NamespaceAcls
 from shared.sql import namespaces as sql
 from shared.timeutil import utcnow
@@ -36,28 +38,26 @@ async def put_acl(
     require_admin(caller, namespace)
     now = utcnow()
     async with pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-        params = {"ns": namespace, "read": acls["read"], "write": acls["write"], "actor": caller.username, "now": now}
-        await cur.execute(sql.UPSERT, params)
-        (created,) = await cur.fetchone()
+        created = await sql.upsert(cur, namespace, Acl.from_lists(acls["read"], acls["write"]), caller.username, now)
         token = held.new_token()
-        await cur.execute(sql.NOTIFY, {"token": token})
+        await sql.notify(cur, token)
         await record(
-            cur, chain, AuditRecord(caller.username, "namespace.put", namespace, "ok", caller.request_id, at=now)
+            cur,
+            chain,
+            AuditRecord(caller.username, AuditAction.NAMESPACE_PUT, namespace, "ok", caller.request_id, at=now),
         )
     await held.reload()
     await held.wait_heard(token)
-    return bool(created), now
+    return created, now
 
 
 async def get_acl(pool: aiopg.Pool, namespace: str) -> dict[str, Any]:
     """``namespace``'s ACL with who set it and when (anyone may read it), or 404."""
     async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute(sql.SELECT_ONE, {"ns": namespace})
-        row = await cur.fetchone()
-    if row is None:
+        found = await sql.get_one(cur, namespace)
+    if found is None:
         raise NotFound(f"Namespace '{namespace}' has no ACL")
-    _, read, write, updated_by, updated_at = row
-    return {"acls": {"read": read, "write": write}, "updated_by": updated_by, "updated_at": updated_at}
+    return {"acls": found.acl.as_json(), "updated_by": found.updated_by, "updated_at": found.updated_at}
 
 
 async def delete_acl(pool: aiopg.Pool, chain: AuditChain, held: NamespaceAcls, caller: Caller, namespace: str) -> None:
@@ -65,11 +65,12 @@ async def delete_acl(pool: aiopg.Pool, chain: AuditChain, held: NamespaceAcls, c
     this process's copy no longer holds it."""
     require_admin(caller, namespace)
     async with pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-        await cur.execute(sql.DELETE, {"ns": namespace})
-        if cur.rowcount == 0:
+        if not await sql.delete(cur, namespace):
             raise NotFound(f"Namespace '{namespace}' has no ACL")
         token = held.new_token()
-        await cur.execute(sql.NOTIFY, {"token": token})
-        await record(cur, chain, AuditRecord(caller.username, "namespace.delete", namespace, "ok", caller.request_id))
+        await sql.notify(cur, token)
+        await record(
+            cur, chain, AuditRecord(caller.username, AuditAction.NAMESPACE_DELETE, namespace, "ok", caller.request_id)
+        )
     await held.reload()
     await held.wait_heard(token)

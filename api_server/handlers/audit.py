@@ -7,6 +7,7 @@ from aiohttp import web
 from shared.appkeys import AUDIT_CHAIN, DB_POOL
 from shared.auditverify import verify
 from shared.errors import BadRequest
+from shared.events import AuditAction
 from shared.timeutil import parse_rfc3339, rfc3339
 from shared.validation import parse_limit, text_filter
 from shared.web import json_response
@@ -18,7 +19,7 @@ from .common import audit, audited_failures, caller_of
 
 async def list_audit(request: web.Request) -> web.Response:
     """Filter by ``key``, ``actor`` and ``since`` (RFC 3339); page with ``cursor``."""
-    async with audited_failures(request, "audit.read", None):
+    async with audited_failures(request, AuditAction.AUDIT_READ, None):
         audit_log.require_admin(caller_of(request))
     query = request.query
     since = None
@@ -37,7 +38,7 @@ async def list_audit(request: web.Request) -> web.Response:
         before=cursors.read_audit_cursor(query.get("cursor")),
         limit=limit + 1,
     )
-    audit(request, "audit.read", None, "ok")
+    audit(request, AuditAction.AUDIT_READ, None, "ok")
     records = [
         {
             "id": r.id,
@@ -62,8 +63,8 @@ async def list_audit(request: web.Request) -> web.Response:
 async def verify_audit(request: web.Request) -> web.Response:
     """Walk the audit chain (what ``python -m api_server.audit verify`` does): 200 with the report,
     ``ok`` false and the first bad row named when it is broken. Admins only."""
-    async with audited_failures(request, "audit.verify", None):
+    async with audited_failures(request, AuditAction.AUDIT_VERIFY, None):
         audit_log.require_admin(caller_of(request))
     report = await verify(request.app[DB_POOL], request.app[AUDIT_CHAIN])
-    audit(request, "audit.verify", None, "ok" if report.ok else "broken")
+    audit(request, AuditAction.AUDIT_VERIFY, None, "ok" if report.ok else "broken")
     return json_response(report.as_json())

@@ -10,6 +10,7 @@ from aiohttp import web
 from shared.appkeys import AUDIT, DB_POOL, KEYRING, NAMESPACE_ACLS
 from shared.audit import AuditRecord
 from shared.errors import DynConfigError, Forbidden, NotFound, PreconditionFailed
+from shared.events import AuditAction
 
 from ..cache import CACHE
 from ..committer import COMMITTER
@@ -44,14 +45,14 @@ def caller_of(request: web.Request) -> Caller:
     return request[CALLER]
 
 
-def audit(request: web.Request, action: str, key: str | None, outcome: str, version: int | None = None) -> None:
+def audit(request: web.Request, action: AuditAction, key: str | None, outcome: str, version: int | None = None) -> None:
     """Queue an audit row for a read or a denial (writes are audited in their transaction)."""
     caller = caller_of(request)
     request.app[AUDIT].add(AuditRecord(caller.username, action, key, outcome, caller.request_id, version))
 
 
 @asynccontextmanager
-async def audited_failures(request: web.Request, action: str, key: str | None) -> AsyncIterator[None]:
+async def audited_failures(request: web.Request, action: AuditAction, key: str | None) -> AsyncIterator[None]:
     """Audit denials, misses and failed preconditions of ``action`` on ``key``, then re-raise."""
     try:
         yield

@@ -7,6 +7,7 @@ import re
 from aiohttp import web
 
 from shared.errors import BadRequest
+from shared.events import AuditAction
 from shared.timeutil import rfc3339
 from shared.validation import (
     PatchKeySchema,
@@ -80,7 +81,7 @@ async def put_key(request: web.Request) -> web.Response:
     """Create (201) or replace (200) a key."""
     key = validate_key(request.match_info["key"])
     body = load(_PUT, await read_json(request))
-    async with audited_failures(request, "put", key):
+    async with audited_failures(request, AuditAction.PUT, key):
         state, created = await store.put_key(store_of(request), caller_of(request), key, body, _if_match(request))
     return _written(state, 201 if created else 200)
 
@@ -89,7 +90,7 @@ async def patch_key(request: web.Request) -> web.Response:
     """Update a live key's value (and, for admins, its ttl/acls)."""
     key = validate_key(request.match_info["key"])
     body = load(_PATCH, await read_json(request))
-    async with audited_failures(request, "patch", key):
+    async with audited_failures(request, AuditAction.PATCH, key):
         state = await store.patch_key(store_of(request), caller_of(request), key, body, _if_match(request))
     return _written(state, 200)
 
@@ -98,7 +99,7 @@ async def rollback_key(request: web.Request) -> web.Response:
     """Write the value of an earlier version again, as a new version (200)."""
     key = validate_key(request.match_info["key"])
     body = load(_ROLLBACK, await read_json(request))
-    async with audited_failures(request, "rollback", key):
+    async with audited_failures(request, AuditAction.ROLLBACK, key):
         state = await store.rollback_key(
             store_of(request), caller_of(request), key, body["version"], _if_match(request)
         )
@@ -109,9 +110,9 @@ async def get_key(request: web.Request) -> web.Response:
     """A live key's value and metadata, with its version as the ETag."""
     key = validate_key(request.match_info["key"])
     include_acls = _include_acls(request)
-    async with audited_failures(request, "read", key):
+    async with audited_failures(request, AuditAction.READ, key):
         state, value = await store.get_key(store_of(request), caller_of(request), key)
-    audit(request, "read", key, "ok")
+    audit(request, AuditAction.READ, key, "ok")
     body = {
         "key": key,
         "value": value,
@@ -138,7 +139,7 @@ def _include_acls(request: web.Request) -> bool:
 async def delete_key(request: web.Request) -> web.Response:
     """Soft-delete a key: 204."""
     key = validate_key(request.match_info["key"])
-    async with audited_failures(request, "delete", key):
+    async with audited_failures(request, AuditAction.DELETE, key):
         await store.delete_key(store_of(request), caller_of(request), key, _if_match(request))
     return web.Response(status=204)
 
@@ -152,7 +153,7 @@ async def list_keys(request: web.Request) -> web.Response:
     if "since_version" in query:
         return await _poll(request, namespace, limit)
     keys, total, more = await store.list_keys(store_of(request), caller_of(request), namespace, after, limit, total)
-    audit(request, "list", namespace, "ok")
+    audit(request, AuditAction.LIST, namespace, "ok")
     body: dict[str, object] = {"keys": keys, "total": total}
     if more:
         body["next"] = cursors.list_cursor(keys[-1], total)
@@ -165,7 +166,7 @@ async def _poll(request: web.Request, namespace: str | None, limit: int) -> web.
     events, revision, more, reset = await store.poll_events(
         store_of(request), caller_of(request), since, namespace, limit
     )
-    audit(request, "poll", namespace, "ok")
+    audit(request, AuditAction.POLL, namespace, "ok")
     body: dict[str, object] = {"events": events, "revision": revision, "more": more}
     if reset:
         body["reset"] = True
@@ -177,9 +178,9 @@ async def key_history(request: web.Request) -> web.Response:
     key = validate_key(request.match_info["key"])
     limit = parse_limit(request.query.get("limit"))
     before = cursors.read_history_cursor(request.query.get("cursor"))
-    async with audited_failures(request, "history", key):
+    async with audited_failures(request, AuditAction.HISTORY, key):
         versions, next_before = await store.key_history(store_of(request), caller_of(request), key, before, limit)
-    audit(request, "history", key, "ok")
+    audit(request, AuditAction.HISTORY, key, "ok")
     for version in versions:
         version["at"] = rfc3339(version["at"])
     body: dict[str, object] = {"key": key, "versions": versions}

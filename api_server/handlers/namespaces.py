@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from shared.appkeys import AUDIT_CHAIN, DB_POOL, NAMESPACE_ACLS
+from shared.events import AuditAction
 from shared.timeutil import rfc3339
 from shared.validation import NamespaceSchema, load, validate_namespace
 from shared.web import json_response, read_json
@@ -19,7 +20,7 @@ async def put_namespace(request: web.Request) -> web.Response:
     """Set a namespace's ACL: 201 when new, 200 when replaced."""
     namespace = validate_namespace(request.match_info["ns"])
     caller = caller_of(request)
-    async with audited_failures(request, "namespace.put", namespace):
+    async with audited_failures(request, AuditAction.NAMESPACE_PUT, namespace):
         namespaces.require_admin(caller, namespace)
     acls = load(_SCHEMA, await read_json(request))["acls"]
     created, now = await namespaces.put_acl(
@@ -32,9 +33,9 @@ async def put_namespace(request: web.Request) -> web.Response:
 async def get_namespace(request: web.Request) -> web.Response:
     """A namespace's ACL (any authenticated caller)."""
     namespace = validate_namespace(request.match_info["ns"])
-    async with audited_failures(request, "namespace.read", namespace):
+    async with audited_failures(request, AuditAction.NAMESPACE_READ, namespace):
         found = await namespaces.get_acl(request.app[DB_POOL], namespace)
-    audit(request, "namespace.read", namespace, "ok")
+    audit(request, AuditAction.NAMESPACE_READ, namespace, "ok")
     body = {
         "namespace": namespace,
         "acls": found["acls"],
@@ -47,7 +48,7 @@ async def get_namespace(request: web.Request) -> web.Response:
 async def delete_namespace(request: web.Request) -> web.Response:
     """Remove a namespace's ACL: 204, or 404 when it has none."""
     namespace = validate_namespace(request.match_info["ns"])
-    async with audited_failures(request, "namespace.delete", namespace):
+    async with audited_failures(request, AuditAction.NAMESPACE_DELETE, namespace):
         await namespaces.delete_acl(
             request.app[DB_POOL], request.app[AUDIT_CHAIN], request.app[NAMESPACE_ACLS], caller_of(request), namespace
         )

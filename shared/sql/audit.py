@@ -1,5 +1,16 @@
 """The ``audit_log`` table and the audit chain's head (``audit_chain``, one row)."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+import aiopg
+
+from shared.auditchain import AuditChain, Entry, Head, Row
+
 #: The sealed columns, in the order shared.auditchain.Entry and the statements below take them.
 SEALED = "at, actor, action, key, version, outcome, request_id"
 
@@ -127,3 +138,140 @@ WITH gone AS (
 )
 SELECT count(*) FROM gone
 """
+
+
+# --- access: the statements above, run, their rows read into types ---------------------------------
+
+
+async def lock_head(cur: aiopg.Cursor) -> Head:
+    """Lock the chain's head for this transaction and return it (rows appended now follow it)."""
+    await cur.execute(HEAD_FOR_UPDATE)
+    return Head.from_db(await cur.fetchone())
+
+
+async def read_head(cur: aiopg.Cursor) -> tuple[Head, int]:
+    """The head as it is now (not locked), and the last id written before the chain began."""
+    await cur.execute(HEAD)
+    row = await cur.fetchone()
+    return Head.from_db(row), int(row[7])
+
+
+async def append(
+    cur: aiopg.Cursor, chain: AuditChain, entries: Sequence[Entry], *, adopted_through: int | None = None
+) -> Head:
+    """Seal ``entries`` into ``chain`` and write them after the head, which this locks (inside the
+    caller's transaction, which holds it until it ends); return the head as it was."""
+    head = await lock_head(cur)
+    params: dict[str, Any] = {f.name: [getattr(e, f.name) for e in entries] for f in fields(Entry)}
+    params.update(chain.columns(head, entries, adopted_through=adopted_through))
+    await cur.execute(INSERT_MANY, params)
+    return head
+
+
+async def sealed_page(cur: aiopg.Cursor, after: int | None, through: int | None, limit: int) -> list[Row]:
+    """Up to ``limit`` sealed rows with ``after`` < seq ≤ ``through`` (None: no bound), in seq order."""
+    await cur.execute(SEALED_PAGE, {"after": after, "through": through, "limit": limit})
+    return [Row.from_db(r) for r in await cur.fetchall()]
+
+
+async def sealed_beyond_head(cur: aiopg.Cursor) -> Row | None:
+    """The first sealed row past the head, if any (none can be there honestly)."""
+    await cur.execute(SEALED_BEYOND_HEAD)
+    found = await cur.fetchone()
+    return None if found is None else Row.from_db(found)
+
+
+async def unsealed_page(cur: aiopg.Cursor, after: int, through: int | None, limit: int) -> list[tuple[int, Entry]]:
+    """Up to ``limit`` rows without a seal with ``after`` < id ≤ ``through`` (None: no bound), in id
+    order: (id, sealed fields)."""
+    await cur.execute(UNSEALED_PAGE, {"after": after, "through": through, "limit": limit})
+    return [(r[0], Entry(*r[1:])) for r in await cur.fetchall()]
+
+
+async def last_unsealed_id(cur: aiopg.Cursor) -> int | None:
+    """The highest id of a row without a seal, or None."""
+    await cur.execute(LAST_UNSEALED_ID)
+    (last,) = await cur.fetchone()
+    return None if last is None else int(last)
+
+
+async def unaudited_versions(cur: aiopg.Cursor, since: datetime | None) -> list[tuple[str, int, datetime]]:
+    """Every version of a key (written at ``since`` or later, when given) that no audit row records as
+    written: (key, version, at), in key and version order."""
+    await cur.execute(UNAUDITED_VERSIONS, {"since": since})
+    return [(key, int(version), at) for key, version, at in await cur.fetchall()]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One audit row as ``GET /audit`` lists it; ``sealed``: it has a seal (a seq)."""
+
+    id: int
+    at: datetime
+    actor: str | None
+    action: str
+    key: str | None
+    version: int | None
+    outcome: str
+    request_id: str | None
+    sealed: bool
+
+
+async def records_page(
+    cur: aiopg.Cursor,
+    *,
+    key: str | None,
+    actor: str | None,
+    since: datetime | None,
+    before: tuple[datetime, int] | None,
+    limit: int,
+) -> list[Record]:
+    """Up to ``limit`` records matching the filters (None: any), newest first, older than ``before``
+    (the (at, id) of the last record of the previous page)."""
+    before_at, before_id = before if before is not None else (None, None)
+    params = {
+        "key": key,
+        "actor": actor,
+        "since": since,
+        "before_at": before_at,
+        "before_id": before_id,
+        "limit": limit,
+    }
+    await cur.execute(PAGE, params)
+    return [Record(*row) for row in await cur.fetchall()]
+
+
+async def latest_records(cur: aiopg.Cursor, actor: str, action: str, limit: int) -> list[Row]:
+    """The newest ``limit`` sealed records of ``actor`` and ``action`` by time, newest first."""
+    await cur.execute(LATEST_RECORDS, {"actor": actor, "action": action, "limit": limit})
+    return [Row.from_db(r) for r in await cur.fetchall()]
+
+
+async def first_record(cur: aiopg.Cursor, actor: str, action: str) -> Row | None:
+    """The oldest sealed record of ``actor`` and ``action``, or None."""
+    await cur.execute(FIRST_RECORD, {"actor": actor, "action": action})
+    first = await cur.fetchone()
+    return None if first is None else Row.from_db(first)
+
+
+async def try_delete_lock(cur: aiopg.Cursor) -> bool:
+    """Take the lock against verification for this transaction, without waiting; False if held."""
+    await cur.execute(TRY_DELETE_LOCK)
+    (free,) = await cur.fetchone()
+    return bool(free)
+
+
+async def hold_against_deletes(cur: aiopg.Cursor) -> None:
+    """Hold pruned rows against deletion (shared, on this session) until :func:`release_against_deletes`."""
+    await cur.execute(HOLD_AGAINST_DELETES)
+
+
+async def release_against_deletes(cur: aiopg.Cursor) -> None:
+    await cur.execute(RELEASE_AGAINST_DELETES)
+
+
+async def delete_pruned(cur: aiopg.Cursor, through: int, limit: int) -> int:
+    """Delete up to ``limit`` of the oldest sealed rows up to seq ``through``; how many went."""
+    await cur.execute(DELETE_PRUNED, {"through": through, "limit": limit})
+    (gone,) = await cur.fetchone()
+    return int(gone)

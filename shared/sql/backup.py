@@ -1,6 +1,17 @@
 """What ``dynconfig-backup`` (api_server/backup.py) reads: the facts a backup's manifest records, read
 in the snapshot the dump is taken from, and read again from the restored database to compare."""
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg2.extensions
+
+from shared.auditchain import Head
+
+from . import audit as audit_sql
+from . import changelog as changelog_sql
+
 # Run first in the dump's REPEATABLE READ transaction: pg_dump --snapshot takes the same snapshot.
 EXPORT_SNAPSHOT = "SELECT pg_export_snapshot()"
 
@@ -43,3 +54,65 @@ SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 OTHER_SESSIONS = """
 SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
 """
+
+
+# --- access: the statements above, run, their rows read into types ---------------------------------
+# Synchronous: ``dynconfig-backup`` is a command on psycopg2, with no event loop.
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a manifest records of a database, as one transaction sees it."""
+
+    schema_version: int
+    revision: int
+    pruned_through: int
+    keys: int
+    versions: int
+    audit_rows: int
+    audit_head: Head
+    encryption_key_ids: list[str]
+    audit_key_ids: list[str]
+
+
+def read_facts(cur: psycopg2.extensions.cursor) -> Facts:
+    """The :class:`Facts` of the database as ``cur``'s transaction sees it."""
+    cur.execute(SCHEMA_VERSION)
+    (schema,) = cur.fetchone()
+    cur.execute(COUNTS)
+    head, pruned, keys, versions, audit_rows = cur.fetchone()
+    cur.execute(audit_sql.HEAD)
+    audit_head = Head.from_db(cur.fetchone())
+    cur.execute(ENCRYPTION_KEY_IDS)
+    encryption_ids = [row[0] for row in cur.fetchall()]
+    cur.execute(AUDIT_KEY_IDS)
+    audit_ids = [row[0] for row in cur.fetchall()]
+    return Facts(schema, head, pruned, keys, versions, audit_rows, audit_head, encryption_ids, audit_ids)
+
+
+def export_snapshot(cur: psycopg2.extensions.cursor) -> str:
+    """The id of this transaction's snapshot, for ``pg_dump --snapshot``."""
+    cur.execute(EXPORT_SNAPSHOT)
+    (snapshot,) = cur.fetchone()
+    return str(snapshot)
+
+
+def table_count(cur: psycopg2.extensions.cursor) -> int:
+    """How many tables the database holds (a restore goes only into one without)."""
+    cur.execute(TABLES)
+    (tables,) = cur.fetchone()
+    return int(tables)
+
+
+def other_sessions(cur: psycopg2.extensions.cursor) -> int:
+    """How many sessions other than ours are connected to this database."""
+    cur.execute(OTHER_SESSIONS)
+    (others,) = cur.fetchone()
+    return int(others)
+
+
+def skip_revisions(cur: psycopg2.extensions.cursor, skip: int) -> tuple[int, int]:
+    """Move the change log's head ``skip`` revisions on (after a restore): (head before, head after)."""
+    cur.execute(changelog_sql.SKIP_REVISIONS, {"skip": skip})
+    before, after = cur.fetchone()
+    return int(before), int(after)

@@ -1,6 +1,12 @@
 """``cache_dirty``: keys whose Redis entry a writer could not make unclean before committing (see
 api_server/cache.py), and the channel that tells every api_server at once."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import aiopg
+
 CHANNEL = "dynconfig_cache"
 
 # In the writer's transaction: record the key and tell every listener ("<version>:<key>") at commit.
@@ -14,3 +20,25 @@ SELECT_DIRTY = "SELECT key, version FROM cache_dirty ORDER BY at LIMIT 1000"
 
 # Only the version we made unclean: a newer record stays for the next scan.
 DELETE_CLEANED = "DELETE FROM cache_dirty WHERE key = %(key)s AND version <= %(version)s"
+
+
+# --- access: the statements above, run, their rows read into types ---------------------------------
+
+
+async def record_dirty(cur: aiopg.Cursor, versions: Sequence[tuple[str, int]]) -> None:
+    """In a writer's transaction: record each (key, version) whose entry Redis could not make unclean,
+    and tell every api_server at COMMIT."""
+    for key, version in versions:
+        await cur.execute(RECORD_DIRTY, {"key": key, "version": version, "notice": f"{version}:{key}"})
+
+
+async def dirty(cur: aiopg.Cursor) -> list[tuple[str, int]]:
+    """The oldest recorded (key, version) pairs, at most 1000."""
+    await cur.execute(SELECT_DIRTY)
+    return [(key, int(version)) for key, version in await cur.fetchall()]
+
+
+async def delete_cleaned(cur: aiopg.Cursor, versions: Sequence[tuple[str, int]]) -> None:
+    """Drop the records of (key, version) pairs made unclean in Redis (a newer record stays)."""
+    for key, version in versions:
+        await cur.execute(DELETE_CLEANED, {"key": key, "version": version})

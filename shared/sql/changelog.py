@@ -5,13 +5,25 @@ Used by the relay (publishing), the notifier's backfill and replay, the poll fal
 so every path reads events the same way.
 """
 
-from shared.events import EventKind
+from __future__ import annotations
 
-# Columns of an event row, decoded by shared.changelog.ChangeEvent.from_row.
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import aiopg
+
+from shared.acl import Acl
+from shared.changelog import ChangeEvent, ResumePoint, key_ranges, stored_audience
+from shared.events import EventKind
+from shared.timeutil import utcnow
+
+# Columns of an event row, decoded by _event (below).
 _EVENT_COLUMNS = """
 o.revision, o.key, o.version, o.event, o.at, h.value_enc, k.acl_read, k.acl_write, k.creator,
 h.read_entries, h.read_owner
 """
+
 
 HEAD = "SELECT head, pruned_through FROM relay_state"
 
@@ -98,7 +110,7 @@ SELECT {_EVENT_COLUMNS}
 # A snapshot at revision %(through)s: for every live key in the ranges [low, high) (byte order, on the
 # index of migration 5), the newest version relayed by then; leaving out a key whose deadline has
 # passed even if the expiry worker has not got to it yet. First its index, (revision, key) in revision
-# order; then its events a page of keys at a time (shared.changelog.snapshot_pages).
+# order; then its events a page of keys at a time (snapshot_pages, below).
 _SNAPSHOT_LATEST = f"""
  CROSS JOIN LATERAL (
         SELECT revision, version, event, at, value_enc, read_entries, read_owner FROM key_history
@@ -125,3 +137,91 @@ SELECT h.revision, k.key, h.version, h.event, h.at, h.value_enc, k.acl_read, k.a
    AND k.key = ANY(%(keys)s)
  ORDER BY h.revision
 """
+
+
+# --- access: the statements above, run, their rows read into types ---------------------------------
+
+
+def _event(row: Sequence[Any]) -> ChangeEvent:
+    """An event row (``_EVENT_COLUMNS``, or ``SNAPSHOT_PAGE``'s in the same order)."""
+    revision, key, version, event, at, value_enc, acl_read, acl_write, creator, read_entries, read_owner = row
+    blob = bytes(value_enc) if value_enc is not None and event == EventKind.UPDATE else None
+    acl = Acl.from_columns(acl_read, acl_write)
+    return ChangeEvent(revision, key, version, event, at, blob, acl, creator, stored_audience(read_entries, read_owner))
+
+
+async def head(cur: aiopg.Cursor) -> tuple[int, int]:
+    """(last assigned revision, newest revision pruned from the log)."""
+    await cur.execute(HEAD)
+    row = await cur.fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+async def resume_point(cur: aiopg.Cursor, since: int) -> ResumePoint:
+    """Where a client resuming after revision ``since`` stands: must it start over?"""
+    await cur.execute(RESUME_POINT, {"since": since})
+    row = await cur.fetchone()
+    if row is None:
+        return ResumePoint(0, 0, since == 0, since)
+    return ResumePoint(int(row[0]), int(row[1]), bool(row[2]) and since <= int(row[0]), since)
+
+
+async def events_after(
+    cur: aiopg.Cursor, after: int, *, through: int | None = None, patterns: list[str] | None = None, limit: int = 500
+) -> list[ChangeEvent]:
+    """Relayed events with ``after < revision <= through`` for keys matching LIKE ``patterns``."""
+    await cur.execute(
+        EVENTS_AFTER,
+        {
+            "after": after,
+            "through": through if through is not None else 2**62,
+            "all": patterns is None,
+            "patterns": patterns or [],
+            "limit": limit,
+        },
+    )
+    return [_event(row) for row in await cur.fetchall()]
+
+
+async def snapshot_pages(
+    pool: aiopg.Pool, patterns: Iterable[str], through: int, page: int = 1000
+) -> AsyncIterator[list[ChangeEvent]]:
+    """The state at revision ``through``: the newest version (relayed by then) of every live key
+    matching the watch ``patterns``, as ``update`` events in revision order, a page at a time.
+
+    One query reads the snapshot's index, (revision, key), through the key ranges of the patterns;
+    then each page's events are read on their own, so neither the memory nor a pooled connection is
+    held for the values of the whole snapshot while the caller sends them. Revisions up to
+    ``through`` never change, so the pages need no shared transaction; a key written or deleted
+    meanwhile is still served as it was at ``through`` (its history row), one that passed its deadline
+    meanwhile is left out."""
+    lows, highs = key_ranges(patterns)
+    now = utcnow()
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(SNAPSHOT_INDEX, {"lows": lows, "highs": highs, "through": through, "now": now})
+        index = await cur.fetchall()
+    for start in range(0, len(index), page):
+        keys = [key for _, key in index[start : start + page]]
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(SNAPSHOT_PAGE, {"keys": keys, "through": through, "now": now})
+            rows = await cur.fetchall()
+        yield [_event(row) for row in rows]
+
+
+async def notify_revisions(cur: aiopg.Cursor, head: int) -> None:
+    """Wake the notifiers catching up from Postgres: the log holds revisions up to ``head``."""
+    await cur.execute(NOTIFY_REVISIONS, {"head": head})
+
+
+async def prune(cur: aiopg.Cursor, before: datetime, limit: int) -> int:
+    """Remove up to ``limit`` of the oldest relayed rows older than ``before``; how many went."""
+    await cur.execute(PRUNE, {"before": before, "limit": limit})
+    (removed,) = await cur.fetchone()
+    return int(removed)
+
+
+async def changes_after(cur: aiopg.Cursor, after: int, limit: int) -> tuple[int, list[tuple[int, str]]]:
+    """The head, and the first ``limit`` changes after revision ``after`` up to it: (revision, key)."""
+    await cur.execute(CHANGES_AFTER, {"after": after, "limit": limit})
+    rows = await cur.fetchall()
+    return int(rows[0][0]), [(revision, key) for _, revision, key in rows if revision is not None]

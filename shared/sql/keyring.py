@@ -4,6 +4,10 @@ The first two read only the head of each value (``%(head)s`` bytes: the key id t
 Postgres reads without decompressing a large value whole); the third fetches the few values opened.
 """
 
+from __future__ import annotations
+
+import aiopg
+
 # The keys changed most recently, newest change first, with the head of their current value. The
 # outbox's revision index finds them by reading %(limit)s index entries, however many keys there are.
 RECENT_HEADS = """
@@ -25,3 +29,23 @@ SELECT key, substring(value_enc from 1 for %(head)s) FROM keys
 """
 
 VALUES = "SELECT key, value_enc FROM keys WHERE key = ANY(%(keys)s) AND value_enc IS NOT NULL"
+
+
+# --- access: the statements above, run, their rows read into types ---------------------------------
+
+
+async def value_heads(cur: aiopg.Cursor, limit: int, head: int) -> list[tuple[str, bytes]]:
+    """(key, the first ``head`` bytes of its value) for up to ``limit`` keys: the most recently
+    changed, or, when the change log holds none, the first in key order."""
+    await cur.execute(RECENT_HEADS, {"limit": limit, "head": head})
+    rows = await cur.fetchall()
+    if not rows:
+        await cur.execute(SOME_HEADS, {"limit": limit, "head": head})
+        rows = await cur.fetchall()
+    return [(key, bytes(blob)) for key, blob in rows]
+
+
+async def values(cur: aiopg.Cursor, keys: list[str]) -> list[tuple[str, bytes]]:
+    """(key, its stored value) for those of ``keys`` that hold one."""
+    await cur.execute(VALUES, {"keys": keys})
+    return [(key, bytes(blob)) for key, blob in await cur.fetchall()]

@@ -1,6 +1,21 @@
 """The ``keys`` table: the current state of every key."""
 
-from shared.model import KEY_COLUMNS
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiopg
+
+from shared.acl import Acl
+from shared.model import KeyState
+
+# Column order of every SELECT of a key row, as KeyState.from_row reads it.
+KEY_COLUMNS = (
+    "key, version, value_enc, ttl, expires_at, acl_read, acl_write, creator, deleted, created_at, last_modified, "
+    "revision"
+)
 
 SELECT = f"SELECT {KEY_COLUMNS} FROM keys WHERE key = %(key)s"
 
@@ -54,3 +69,93 @@ COUNT_LIVE_BY_ACCESS = f"""
 SELECT min(key COLLATE "C"), acl_read, acl_write, creator, count(*) FROM keys {_LIVE_IN_NAMESPACE}
  GROUP BY substring(key from '^(.*)[./][^./]*$'), acl_read, acl_write, creator
 """
+
+
+# --- access: the statements above, run, their rows read into types ---------------------------------
+
+
+@dataclass(frozen=True)
+class KeyAccess:
+    """What decides who may read a key: its name, its own ACL and its creator."""
+
+    key: str
+    acl: Acl | None
+    creator: str
+
+    @classmethod
+    def from_columns(cls, key: str, acl_read: list[str] | None, acl_write: list[str] | None, creator: str) -> KeyAccess:
+        return cls(key, Acl.from_columns(acl_read, acl_write), creator)
+
+
+@dataclass(frozen=True)
+class LiveRange:
+    """The live keys of one namespace (``namespace`` None: of all), as of ``now``."""
+
+    namespace: str | None
+    now: datetime
+
+    def params(self) -> dict[str, Any]:
+        ns = self.namespace
+        return {
+            "now": self.now,
+            "all": ns is None,
+            "low": "" if ns is None else f"{ns}.",
+            "high": "" if ns is None else f"{ns}0",
+        }
+
+
+async def get(cur: aiopg.Cursor, key: str) -> KeyState | None:
+    """The row of ``key`` (a placeholder is version 0), or None."""
+    await cur.execute(SELECT, {"key": key})
+    row = await cur.fetchone()
+    return KeyState.from_row(row) if row else None
+
+
+async def get_many_with_head(cur: aiopg.Cursor, keys: list[str]) -> dict[str, tuple[KeyState, int]]:
+    """The rows of ``keys`` that exist, each with the head revision it is current as of."""
+    await cur.execute(SELECT_MANY_WITH_HEAD, {"keys": sorted(set(keys))})
+    return {row[0]: (KeyState.from_row(row[:-1]), row[-1]) for row in await cur.fetchall()}
+
+
+async def lock_many(cur: aiopg.Cursor, keys: list[str], *, wait: bool = True) -> dict[str, KeyState]:
+    """Lock the existing rows of ``keys`` in key order; without ``wait``, rows another transaction
+    holds are left out (:func:`existing` tells them from keys that have no row)."""
+    await cur.execute(LOCK_MANY if wait else LOCK_MANY_FREE, {"keys": keys})
+    return {row[0]: KeyState.from_row(row) for row in await cur.fetchall()}
+
+
+async def existing(cur: aiopg.Cursor, keys: list[str]) -> set[str]:
+    """Those of ``keys`` that have a row (without locking it)."""
+    await cur.execute(EXISTING, {"keys": keys})
+    return {key for (key,) in await cur.fetchall()}
+
+
+async def claim_many(cur: aiopg.Cursor, keys: list[str], creators: list[str]) -> dict[str, KeyState]:
+    """Insert placeholders for new ``keys`` (sorted) created by ``creators``, and lock every row of
+    them, placeholder or not; the locked states by key."""
+    await cur.execute(CLAIM_MANY, {"keys": keys, "actors": creators})
+    return await lock_many(cur, keys)
+
+
+async def drop_placeholders(cur: aiopg.Cursor, keys: list[str]) -> None:
+    """Remove the placeholders (version 0) of ``keys`` a batch claimed and then did not write."""
+    await cur.execute(DROP_PLACEHOLDERS, {"keys": keys})
+
+
+async def count_live(cur: aiopg.Cursor, live: LiveRange) -> int:
+    """How many live keys ``live`` holds."""
+    await cur.execute(COUNT_LIVE, live.params())
+    (total,) = await cur.fetchone()
+    return int(total)
+
+
+async def count_live_by_access(cur: aiopg.Cursor, live: LiveRange) -> list[tuple[KeyAccess, int]]:
+    """The live keys of ``live`` by what decides who may read them: one key of each group, and its count."""
+    await cur.execute(COUNT_LIVE_BY_ACCESS, live.params())
+    return [(KeyAccess.from_columns(*row[:4]), int(row[4])) for row in await cur.fetchall()]
+
+
+async def list_page(cur: aiopg.Cursor, live: LiveRange, after: str, limit: int) -> list[KeyAccess]:
+    """The next ``limit`` live keys of ``live`` after ``after``, in key order."""
+    await cur.execute(LIST_PAGE, {**live.params(), "after": after, "limit": limit})
+    return [KeyAccess.from_columns(*row) for row in await cur.fetchall()]

@@ -1,5 +1,17 @@
 """The ``namespaces`` table: namespace ACLs for inheritance."""
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiopg
+
+from shared.acl import Acl
+from shared.validation import namespaces_of
+
 SELECT_ALL = "SELECT namespace, acl_read, acl_write FROM namespaces"
 
 SELECT_MANY = "SELECT namespace, acl_read, acl_write FROM namespaces WHERE namespace = ANY(%(namespaces)s)"
@@ -30,3 +42,70 @@ CHANNEL = "dynconfig_namespaces"
 # The payload names the write (a token of the writer's), so its process can wait until its own
 # listener has heard it (shared.nsacls.NamespaceAcls.wait_heard).
 NOTIFY = f"SELECT pg_notify('{CHANNEL}', %(token)s)"
+
+
+# --- access: the statements above, run, their rows read into types ---------------------------------
+
+
+@dataclass(frozen=True)
+class NamespaceAcl:
+    """One namespace's ACL, with who set it and when."""
+
+    namespace: str
+    acl: Acl
+    updated_by: str
+    updated_at: datetime
+
+
+def _acls(rows: Iterable[Sequence[Any]]) -> dict[str, Acl]:
+    return {ns: Acl.from_lists(read, write) for ns, read, write in rows}
+
+
+async def all_acls(cur: aiopg.Cursor) -> dict[str, Acl]:
+    """Every namespace ACL."""
+    await cur.execute(SELECT_ALL)
+    return _acls(await cur.fetchall())
+
+
+async def acls_of(cur: aiopg.Cursor, namespaces: list[str]) -> dict[str, Acl]:
+    """The ACLs of those of ``namespaces`` that have one."""
+    await cur.execute(SELECT_MANY, {"namespaces": namespaces})
+    return _acls(await cur.fetchall())
+
+
+async def acls_above_and_clock(cur: aiopg.Cursor, keys: Iterable[str]) -> tuple[dict[str, Acl], datetime]:
+    """The ACLs of every namespace above ``keys``, and Postgres's clock now (read by a writer after its
+    row locks: the time of its changes)."""
+    namespaces = sorted({ns for key in keys for ns in namespaces_of(key)})
+    await cur.execute(SELECT_MANY_AND_NOW, {"namespaces": namespaces})
+    now, acls = await cur.fetchone()
+    return _acls(acls), now
+
+
+async def get_one(cur: aiopg.Cursor, namespace: str) -> NamespaceAcl | None:
+    """``namespace``'s ACL with who set it and when, or None."""
+    await cur.execute(SELECT_ONE, {"ns": namespace})
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    ns, read, write, updated_by, updated_at = row
+    return NamespaceAcl(ns, Acl.from_lists(read, write), updated_by, updated_at)
+
+
+async def upsert(cur: aiopg.Cursor, namespace: str, acl: Acl, actor: str, now: datetime) -> bool:
+    """Set ``namespace``'s ACL; True when it had none."""
+    params = {"ns": namespace, "read": list(acl.read), "write": list(acl.write), "actor": actor, "now": now}
+    await cur.execute(UPSERT, params)
+    (created,) = await cur.fetchone()
+    return bool(created)
+
+
+async def delete(cur: aiopg.Cursor, namespace: str) -> bool:
+    """Remove ``namespace``'s ACL; False when it had none."""
+    await cur.execute(DELETE, {"ns": namespace})
+    return bool(cur.rowcount)
+
+
+async def notify(cur: aiopg.Cursor, token: str) -> None:
+    """Tell every holder of the ACLs, at COMMIT, to reload (``token`` names the write)."""
+    await cur.execute(NOTIFY, {"token": token})

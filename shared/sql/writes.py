@@ -21,6 +21,15 @@ Parameters are one array per column, a change per index. ACL lists vary in lengt
 arrays of arrays cannot hold, so they travel as JSON arrays (``jsonb[]``, NULL for "no ACL").
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import aiopg
+
+from shared.model import KeyState
+
 from . import audit as audit_sql
 from . import changelog as changelog_sql
 from .expiry import NOTIFY as NOTIFY_TTL
@@ -106,3 +115,10 @@ WRITE = NOTIFY_OUTBOX + ";\n" + _WRITE
 
 #: The same, also waking the expiry worker (a change in the batch sets a deadline).
 WRITE_WITH_DEADLINE = NOTIFY_OUTBOX + ";\n" + NOTIFY_TTL + ";\n" + _WRITE
+
+
+async def write(cur: aiopg.Cursor, columns: Mapping[str, list[Any]], *, deadline: bool) -> list[KeyState]:
+    """Run :data:`WRITE` (:data:`WRITE_WITH_DEADLINE` when a change sets a ``deadline``) with one list
+    per name of :data:`COLUMNS` and the chain's; the new states, in order."""
+    await cur.execute(WRITE_WITH_DEADLINE if deadline else WRITE, columns)
+    return [KeyState.from_row(row) for row in await cur.fetchall()]
