@@ -20,12 +20,12 @@ import aiopg
 import psycopg2
 
 from shared.acl import Acl, Principal
-from shared.changelog import ChangeEvent, Readers, events_after, head, may_read_event, resume_point
+from shared.changelog import ChangeEvent, Readers, may_read_event
 from shared.crypto import Keyring
 from shared.db import Target, listen, ping, wait_notices
 from shared.nsacls import NamespaceAcls
 from shared.redis import REDIS_ERRORS, RedisLink
-from shared.sql import changelog as changelog_sql
+from shared.sql.changelog import REVISIONS_CHANNEL, events_after, head, resume_point
 from shared.tasks import Backoff, Supervisor, cancel_and_wait
 from shared.timeutil import utcnow
 
@@ -253,7 +253,7 @@ class Hub:
         self.redis_ok = ok
 
     async def _pg_listener(self) -> None:
-        await listen(self._listener, [changelog_sql.REVISIONS_CHANNEL], self._on_notices)
+        await listen(self._listener, [REVISIONS_CHANNEL], self._on_notices)
 
     async def _on_notices(self, conn: aiopg.Connection) -> None:
         async with conn.cursor() as cur:

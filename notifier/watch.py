@@ -25,10 +25,12 @@ from aiohttp import WSMsgType, web
 from shared.acl import Principal
 from shared.audit import AuditRecord, AuditWriter
 from shared.auth import LEEWAY_SECONDS, TokenVerifier
-from shared.changelog import ChangeEvent, events_after, head, like_patterns, resume_point, snapshot_pages
+from shared.changelog import ChangeEvent, like_patterns
 from shared.db import POSTGRES_UNREACHABLE
 from shared.errors import BadRequest, DynConfigError
+from shared.events import AuditAction
 from shared.ratelimit import RateLimiter
+from shared.sql.changelog import events_after, head, resume_point, snapshot_pages
 from shared.web import close_websockets, request_id
 
 from .frames import json_frame
@@ -284,7 +286,9 @@ class WatchConnection:
         try:
             through = self._feed.add(new)
             self._audit.add(
-                AuditRecord(self.principal.username, "watch", ",".join(new)[:1000] or None, "ok", self._request_id)
+                AuditRecord(
+                    self.principal.username, AuditAction.WATCH, ",".join(new)[:1000] or None, "ok", self._request_id
+                )
             )
             await self.send({"event": "subscribed", "patterns": request.patterns, "revision": through})
             if new and since is not None:

@@ -115,17 +115,3 @@ def key_ranges(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
         else:
             merged.append((low, high))
     return [low for low, _ in merged], [high for _, high in merged]
-
-
-# The change log's readers live in shared/sql/changelog.py. notifier/hub.py and notifier/watch.py,
-# under refactoring apart, still import them from here: they are handed out on first use (a
-# module-level import would be circular: shared/sql/changelog.py builds this module's types).
-_READERS = frozenset({"head", "resume_point", "events_after", "snapshot_pages"})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _READERS:
-        from .sql import changelog as sql
-
-        return getattr(sql, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -279,8 +279,9 @@ async def wait_notices(conn: aiopg.Connection, within: float) -> list[Any]:
 
 
 async def ping(cur: aiopg.Cursor) -> None:
-    """One round trip on ``cur``'s connection: raises when the connection is dead (a session lock held
-    on it is then gone too)."""
+    """One round trip (``SELECT 1``) on ``cur``'s connection: raises when the connection is dead (a session
+    lock held on it is then gone too; a listener looking at its connection while no notice comes then
+    reconnects)."""
     await cur.execute("SELECT 1")
 
 
@@ -328,9 +329,3 @@ async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         pool.close()
         await pool.wait_closed()
-
-
-async def ping(cur: aiopg.Cursor) -> None:
-    """``SELECT 1``: a listener's look at its dedicated connection while no notice comes (a dead one
-    raises here, and :func:`listen` reconnects)."""
-    await cur.execute("SELECT 1")

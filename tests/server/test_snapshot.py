@@ -1,4 +1,4 @@
-"""Snapshots (SPEC §6, ``snapshot: true``) read a page of keys at a time (shared.changelog.snapshot_pages):
+"""Snapshots (SPEC §6, ``snapshot: true``) read a page of keys at a time (shared.sql.changelog.snapshot_pages):
 the index of the snapshot first, through the key ranges of the patterns, then each page's values, so a
 100,000-key snapshot no longer holds every value in the notifier's memory, and its query no longer
 reads every key of the table."""
@@ -12,8 +12,9 @@ from typing import Any
 import aiopg
 from aiohttp.test_utils import TestClient
 
-from shared.changelog import head, key_ranges, snapshot_pages
+from shared.changelog import key_ranges
 from shared.sql import changelog as changelog_sql
+from shared.sql.changelog import head, snapshot_pages
 from shared.timeutil import utcnow
 
 ADMIN = "admin-user"
