@@ -19,11 +19,12 @@ from collections.abc import AsyncIterator
 import aiopg
 from aiohttp import web
 
-from shared.appkeys import AUDIT_CHAIN, DB_POOL, SETTINGS, SUPERVISOR
 from shared.auditadopt import read_head, seal_genesis, seal_key_switch
-from shared.auditchain import AuditChain
+from shared.auditchain import AUDIT_CHAIN, AuditChain
 from shared.auditverify import Checkpoint
-from shared.tasks import cancel_and_wait
+from shared.db import DB_POOL
+from shared.settings import SETTINGS
+from shared.tasks import SUPERVISOR, cancel_and_wait
 
 from .metrics import API_METRICS, ApiMetrics
 

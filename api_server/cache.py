@@ -58,12 +58,12 @@ from typing import Any
 import aiopg
 from aiohttp import web
 
-from shared.appkeys import DB_POOL, REDIS, SETTINGS, SUPERVISOR
-from shared.db import Hearing, Target, app_connector, listen, wait_notices
+from shared.db import DB_POOL, Hearing, Target, app_connector, listen, wait_notices
 from shared.model import KeyState
-from shared.redis import REDIS_ERRORS, REDIS_UNREACHABLE, RedisLink
+from shared.redis import REDIS, REDIS_ERRORS, REDIS_UNREACHABLE, RedisLink
+from shared.settings import SETTINGS
 from shared.sql import cache as sql
-from shared.tasks import Coalescer, cancel_and_wait
+from shared.tasks import SUPERVISOR, Coalescer, cancel_and_wait
 
 from .fence import CacheFence
 from .metrics import API_METRICS, ApiMetrics

@@ -41,16 +41,15 @@ from aiohttp import web
 from psycopg2 import errors as pg_errors
 
 from shared.acl import Acl
-from shared.appkeys import AUDIT_CHAIN, DB_POOL, SUPERVISOR
-from shared.auditchain import AuditChain
-from shared.db import POSTGRES_UNREACHABLE
+from shared.auditchain import AUDIT_CHAIN, AuditChain
+from shared.db import DB_POOL, POSTGRES_UNREACHABLE
 from shared.errors import DynConfigError, ServiceUnavailable
 from shared.events import AuditAction, EventKind
 from shared.model import KeyState
 from shared.sql import cache as cache_sql
 from shared.sql import keys as keys_sql
 from shared.sql import namespaces as ns_sql
-from shared.tasks import cancel_and_wait, complete_then_cancel
+from shared.tasks import SUPERVISOR, cancel_and_wait, complete_then_cancel
 from shared.writes import Change, NewState, change, expiry, write_changes
 
 from .cache import CACHE, ValueCache

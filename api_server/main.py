@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.appkeys import KEYRING
 from shared.audit import audit_ctx
-from shared.crypto import Keyring
+from shared.crypto import KEYRING, Keyring
 from shared.db import pool_ctx
 from shared.jwks import http_session_ctx, verifier_ctx
 from shared.keyring_check import keyring_check_ctx

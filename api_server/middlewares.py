@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.appkeys import VERIFIER
-from shared.auth import bearer_token
+from shared.auth import VERIFIER, bearer_token
 from shared.errors import DynConfigError
 from shared.metrics import Handler
 from shared.ratelimit import RATE_LIMITER

@@ -11,8 +11,7 @@ from collections.abc import AsyncIterator
 import aiopg
 from aiohttp import web
 
-from shared.appkeys import DB_POOL
-from shared.db import POSTGRES_UNREACHABLE
+from shared.db import DB_POOL, POSTGRES_UNREACHABLE
 from shared.model import KeyState
 from shared.sql import keys as keys_sql
 from shared.tasks import Coalescer

@@ -17,10 +17,11 @@ from collections.abc import AsyncIterator
 import aiopg
 from aiohttp import web
 
-from shared.appkeys import AUDIT_CHAIN, DB_POOL, SETTINGS, SUPERVISOR
-from shared.db import CONNECTION_ERRORS, Target, app_connector, listen, ping, try_session_lock
+from shared.auditchain import AUDIT_CHAIN
+from shared.db import CONNECTION_ERRORS, DB_POOL, Target, app_connector, listen, ping, try_session_lock
 from shared.retention import Pruner
-from shared.tasks import cancel_and_wait
+from shared.settings import SETTINGS
+from shared.tasks import SUPERVISOR, cancel_and_wait
 
 from .metrics import API_METRICS, ApiMetrics
 

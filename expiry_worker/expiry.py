@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 import aiopg
+from aiohttp import web
 
 from shared.auditchain import AuditChain
 from shared.db import Target, listen, wait_notices
@@ -80,3 +81,6 @@ class ExpiryWorker:
             else:
                 recheck.reset()
             await wait_notices(conn, sleep)  # a write that sets a deadline wakes us early
+
+
+WORKER = web.AppKey("worker", ExpiryWorker)

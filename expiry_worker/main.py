@@ -6,21 +6,19 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from shared.appkeys import AUDIT_CHAIN, DB_POOL, SUPERVISOR
-from shared.db import app_connector, pool_ctx
+from shared.auditchain import AUDIT_CHAIN
+from shared.db import DB_POOL, app_connector, pool_ctx
 from shared.keyring_check import keyring_check_ctx
 from shared.metrics import metrics_handler
 from shared.serve import main_for
 from shared.settings import Settings
-from shared.tasks import cancel_and_wait
+from shared.tasks import SUPERVISOR, cancel_and_wait
 from shared.web import base_checks, health_response, live, process_app
 
-from .expiry import ExpiryWorker
-from .metrics import ExpiryMetrics
+from .expiry import WORKER, ExpiryWorker
+from .metrics import EXPIRY_METRICS, ExpiryMetrics
 
 PROCESS_NAME = "expiry_worker"
-WORKER = web.AppKey("worker", ExpiryWorker)
-EXPIRY_METRICS = web.AppKey("expiry_metrics", ExpiryMetrics)
 
 
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from shared.metrics import Metrics
@@ -18,3 +19,6 @@ class ExpiryMetrics(Metrics):
             registry=r,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
         )
+
+
+EXPIRY_METRICS = web.AppKey("expiry_metrics", ExpiryMetrics)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import aiopg
 import psycopg2
+from aiohttp import web
 
 from shared.acl import Acl, Principal
 from shared.changelog import ChangeEvent, Readers, may_read_event
@@ -425,3 +426,6 @@ class Hub:
             if subscriber.deliver(event.revision, frame):
                 self._touched.append(subscriber)
         self._metrics.events_delivered.inc(len(entitled))
+
+
+HUB = web.AppKey("hub", Hub)

@@ -4,39 +4,31 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import aiopg
 from aiohttp import web
 
-from shared.appkeys import AUDIT, DB_POOL, KEYRING, NAMESPACE_ACLS, REDIS, SETTINGS, SUPERVISOR, VERIFIER
-from shared.audit import audit_ctx
-from shared.crypto import Keyring
-from shared.db import app_connector, connect_pool, pool_ctx
+from shared.audit import AUDIT, audit_ctx
+from shared.auth import VERIFIER
+from shared.crypto import KEYRING, Keyring
+from shared.db import DB_POOL, app_connector, connect_pool, pool_ctx
 from shared.errors import Unauthorized
 from shared.jwks import http_session_ctx, verifier_ctx
 from shared.keyring_check import keyring_check_ctx
 from shared.metrics import metrics_handler
-from shared.nsacls import namespace_acls_ctx
+from shared.nsacls import NAMESPACE_ACLS, namespace_acls_ctx
 from shared.ratelimit import RATE_LIMITER, rate_limiter_ctx
-from shared.redis import redis_ctx
+from shared.redis import REDIS, redis_ctx
 from shared.serve import main_for
-from shared.settings import Settings
-from shared.tasks import cancel_and_wait
+from shared.settings import SETTINGS, Settings
+from shared.tasks import SUPERVISOR, cancel_and_wait
 from shared.web import base_checks, health_response, live, process_app, request_id
 
-from .hub import Hub
-from .metrics import NotifierMetrics
+from .hub import HUB, Hub
+from .metrics import NOTIFIER_METRICS, NotifierMetrics
 from .protocol import token_from_request
-from .relay import Relay
-from .watch import WatchConnection, close_all, serve
+from .relay import RELAY, Relay
+from .watch import CONNECTIONS, WATCH_POOL, WatchConnection, close_all, serve
 
 PROCESS_NAME = "notifier"
-HUB = web.AppKey("hub", Hub)
-RELAY = web.AppKey("relay", Relay)
-CONNECTIONS = web.AppKey("connections", set[WatchConnection])
-NOTIFIER_METRICS = web.AppKey("notifier_metrics", NotifierMetrics)
-#: Connections for watchers' replays and snapshots, apart from the pool of the relay and the hub, so
-#: no number of subscribing watchers can take what propagation needs.
-WATCH_POOL = web.AppKey("watch_pool", aiopg.Pool)
 WATCH_POOL_SIZE = 10
 
 

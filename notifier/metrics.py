@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
 from shared.metrics import ServingMetrics
@@ -55,3 +56,6 @@ class NotifierMetrics(ServingMetrics):
             "dynconfig_events_backfilled_total", "Events the hub read from Postgres instead of Redis.", registry=r
         )
         self.hub_revision = Gauge("dynconfig_hub_revision", "Last revision this hub fanned out.", registry=r)
+
+
+NOTIFIER_METRICS = web.AppKey("notifier_metrics", NotifierMetrics)

@@ -16,6 +16,7 @@ from datetime import timedelta
 
 import aiopg
 import psycopg2
+from aiohttp import web
 
 from shared.changelog import ChangeEvent
 from shared.db import Target, listen, ping, try_session_lock, wait_notices
@@ -159,3 +160,6 @@ class Relay:
             if removed < PRUNE_BATCH:
                 return total
             await asyncio.sleep(0)  # let the relay's own transactions in between
+
+
+RELAY = web.AppKey("relay", Relay)

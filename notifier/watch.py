@@ -358,6 +358,12 @@ class WatchConnection:
             self._metrics.events_delivered.inc()
 
 
+CONNECTIONS = web.AppKey("connections", set[WatchConnection])
+#: Connections for watchers' replays and snapshots, apart from the pool of the relay and the hub, so
+#: no number of subscribing watchers can take what propagation needs.
+WATCH_POOL = web.AppKey("watch_pool", aiopg.Pool)
+
+
 class StartOver(Exception):
     """The change log no longer holds every event a replay needs (pruned, or never in this log)."""
 

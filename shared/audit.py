@@ -22,10 +22,9 @@ import aiopg
 import psycopg2
 from aiohttp import web
 
-from .appkeys import AUDIT, AUDIT_CHAIN, DB_POOL, METRICS
-from .auditchain import AuditChain, Entry
-from .db import POSTGRES_UNREACHABLE
-from .metrics import ServingMetrics
+from .auditchain import AUDIT_CHAIN, AuditChain, Entry
+from .db import DB_POOL, POSTGRES_UNREACHABLE
+from .metrics import METRICS, ServingMetrics
 from .sql import audit as audit_sql
 from .tasks import Backoff, cancel_and_wait, complete_then_cancel
 from .text import escape_control
@@ -212,6 +211,9 @@ class AuditWriter:
             await self.flush()
         except POSTGRES_UNREACHABLE:
             log.error("could not flush %d audit records at shutdown", len(self._buffer))
+
+
+AUDIT = web.AppKey("audit", AuditWriter)
 
 
 async def audit_ctx(app: web.Application) -> AsyncIterator[None]:

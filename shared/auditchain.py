@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from aiohttp import web
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -228,3 +229,6 @@ class AuditChain:
             "seal_key": self.active_id,
             "adopted_through": adopted,
         }
+
+
+AUDIT_CHAIN = web.AppKey("audit_chain", AuditChain)

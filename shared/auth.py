@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import jwt
+from aiohttp import web
 from jwt.exceptions import PyJWKError, PyJWTError
 
 from .acl import Principal
@@ -211,6 +212,9 @@ class TokenVerifier:
         if problem:
             raise Unauthorized(f"Invalid JWT: 'username' claim {problem}")
         return Principal(username=username, is_admin=username in self.admins), float(claims["exp"])
+
+
+VERIFIER = web.AppKey("verifier", TokenVerifier)
 
 
 def _is_timestamp(value: Any) -> bool:

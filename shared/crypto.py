@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from aiohttp import web
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -69,3 +70,6 @@ class Keyring:
     def needs_rotation(self, blob: bytes) -> bool:
         """True when ``blob`` was sealed with a key other than the active one."""
         return self.key_id_of(blob) != self.active_id
+
+
+KEYRING = web.AppKey("keyring", Keyring)

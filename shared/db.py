@@ -18,11 +18,13 @@ import psycopg2
 import psycopg2.extensions
 from aiohttp import web
 
-from .appkeys import DB_POOL, PROCESS, SETTINGS
-from .settings import Settings
+from .settings import PROCESS, SETTINGS, Settings
 from .sql import schema_migrations as schema_sql
 from .tasks import Backoff
 from .version import schema_refusal
+
+DB_POOL = web.AppKey("db_pool", aiopg.Pool)
+
 
 log = logging.getLogger(__name__)
 

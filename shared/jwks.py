@@ -9,9 +9,12 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from .appkeys import HTTP_SESSION, SETTINGS, SUPERVISOR, VERIFIER
-from .auth import JwksCache, JwksError, TokenVerifier
-from .tasks import cancel_and_wait
+from .auth import VERIFIER, JwksCache, JwksError, TokenVerifier
+from .settings import SETTINGS
+from .tasks import SUPERVISOR, cancel_and_wait
+
+HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ from collections.abc import AsyncIterator, Iterable
 import aiopg
 from aiohttp import web
 
-from .appkeys import DB_POOL, KEYRING_CHECK, SETTINGS, SUPERVISOR
 from .crypto import HEAD_BYTES, DecryptionError, Keyring
-from .db import CONNECTION_ERRORS
+from .db import CONNECTION_ERRORS, DB_POOL
+from .settings import SETTINGS
 from .sql import keyring as sql
-from .tasks import Backoff, cancel_and_wait
+from .tasks import SUPERVISOR, Backoff, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,9 @@ class KeyringCheck:
             finally:
                 self.attempted.set()
             await asyncio.sleep(delay)
+
+
+KEYRING_CHECK = web.AppKey("keyring_check", KeyringCheck)
 
 
 def _by_key_id(values: Iterable[tuple[str, bytes]]) -> dict[str, list[str]]:

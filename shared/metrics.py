@@ -8,8 +8,6 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .appkeys import METRICS
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -32,6 +30,9 @@ class Metrics:
             ["loop"],
             registry=self.registry,
         )
+
+
+METRICS = web.AppKey("metrics", Metrics)
 
 
 class ServingMetrics(Metrics):

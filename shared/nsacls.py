@@ -25,10 +25,9 @@ import aiopg
 from aiohttp import web
 
 from .acl import Acl
-from .appkeys import DB_POOL, NAMESPACE_ACLS, SUPERVISOR
-from .db import Hearing, Target, app_connector, listen, wait_notices
+from .db import DB_POOL, Hearing, Target, app_connector, listen, wait_notices
 from .sql import namespaces as sql
-from .tasks import cancel_and_wait
+from .tasks import SUPERVISOR, cancel_and_wait
 from .validation import namespaces_of
 
 RELOAD_SECONDS = 5.0
@@ -128,6 +127,9 @@ class NamespaceAcls:
             self._conn = None
             self._loaded = False
             self._hearing.wake()
+
+
+NAMESPACE_ACLS = web.AppKey("namespace_acls", NamespaceAcls)
 
 
 async def namespace_acls_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .appkeys import METRICS, REDIS, SETTINGS
 from .errors import RateLimited
-from .metrics import ServingMetrics
-from .redis import REDIS_ERRORS, REDIS_UNREACHABLE, RedisLink
+from .metrics import METRICS, ServingMetrics
+from .redis import REDIS, REDIS_ERRORS, REDIS_UNREACHABLE, RedisLink
+from .settings import SETTINGS
 from .tasks import Coalescer
 
 WINDOW_SECONDS = 60

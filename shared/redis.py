@@ -18,8 +18,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .appkeys import METRICS, REDIS, SETTINGS
-from .metrics import ServingMetrics
+from .metrics import METRICS, ServingMetrics
+from .settings import SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,9 @@ class RedisLink:
             return False
         self.succeeded()
         return True
+
+
+REDIS = web.AppKey("redis", RedisLink)
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
 
+from aiohttp import web
+
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 _KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _USERNAME = re.compile(r"^\S{1,256}$")
@@ -181,6 +183,11 @@ class Settings:
             except (ssl.SSLError, OSError) as exc:
                 raise SettingsError("TLS_CERT_FILE", f"cannot load certificate/key: {exc}") from None
         return settings
+
+
+SETTINGS = web.AppKey("settings", Settings)
+#: The process's name ("api_server", "notifier", …), for logs, metrics and connection names.
+PROCESS = web.AppKey("process", str)
 
 
 def exit_on_bad_settings(process: str, exc: SettingsError) -> NoReturn:

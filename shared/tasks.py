@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from aiohttp import web
 from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,9 @@ class Supervisor:
             if time.monotonic() - started >= self.RECOVERED_AFTER_SECONDS:
                 backoff.reset()  # it had been working: this is a new failure, not the same one again
             await asyncio.sleep(backoff.next())
+
+
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
 
 
 class Coalescer(Generic[T, R]):

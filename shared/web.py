@@ -15,13 +15,13 @@ import psycopg2.errors
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
-from .appkeys import AUDIT_CHAIN, DB_POOL, KEYRING_CHECK, METRICS, PROCESS, SETTINGS, SUPERVISOR
-from .auditchain import AuditChain
-from .db import CONNECTION_ERRORS, POSTGRES_UNREACHABLE, ping, schema_version
+from .auditchain import AUDIT_CHAIN, AuditChain
+from .db import CONNECTION_ERRORS, DB_POOL, POSTGRES_UNREACHABLE, ping, schema_version
 from .errors import BadRequest, DynConfigError, PayloadTooLarge, ServiceUnavailable
-from .metrics import Metrics, metrics_middleware, route_template
-from .settings import Settings
-from .tasks import Supervisor
+from .keyring_check import KEYRING_CHECK
+from .metrics import METRICS, Metrics, metrics_middleware, route_template
+from .settings import PROCESS, SETTINGS, Settings
+from .tasks import SUPERVISOR, Supervisor
 from .version import VERSION
 
 log = logging.getLogger(__name__)

@@ -365,7 +365,9 @@ def make_notifier(aiohttp_server: Any, settings: Settings) -> Callable[..., Awai
     """
 
     async def make(custom: Settings | None = None, *, relay: bool = True) -> Any:
-        from notifier.main import HUB, RELAY, create_app
+        from notifier.hub import HUB
+        from notifier.main import create_app
+        from notifier.relay import RELAY
 
         server = await aiohttp_server(create_app(custom or settings))
         await eventually(

@@ -260,7 +260,7 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
 async def wait_caught_up(pg: aiopg.Pool, server: Any, timeout: float = 10.0) -> None:
     """Synchronisation only: every committed change is relayed and fanned out by the notifier ``server``
     (an aiohttp TestServer), so a watcher that connects now is not sent changes made before it."""
-    from notifier.main import HUB  # late: importing the notifier is not free
+    from notifier.hub import HUB
 
     async def caught_up() -> bool:
         async with pg.acquire() as conn, conn.cursor() as cur:

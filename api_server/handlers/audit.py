@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.appkeys import AUDIT_CHAIN, DB_POOL
+from shared.auditchain import AUDIT_CHAIN
 from shared.auditverify import verify
+from shared.db import DB_POOL
 from shared.errors import BadRequest
 from shared.events import AuditAction
 from shared.timeutil import parse_rfc3339, rfc3339

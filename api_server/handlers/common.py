@@ -7,10 +7,12 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
-from shared.appkeys import AUDIT, DB_POOL, KEYRING, NAMESPACE_ACLS
-from shared.audit import AuditRecord
+from shared.audit import AUDIT, AuditRecord
+from shared.crypto import KEYRING
+from shared.db import DB_POOL
 from shared.errors import DynConfigError, Forbidden, NotFound, PreconditionFailed
 from shared.events import AuditAction
+from shared.nsacls import NAMESPACE_ACLS
 
 from ..cache import CACHE
 from ..committer import COMMITTER

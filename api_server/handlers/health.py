@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.appkeys import AUDIT, REDIS
+from shared.audit import AUDIT
+from shared.redis import REDIS
 from shared.web import base_checks, health_response
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.appkeys import AUDIT_CHAIN, DB_POOL, NAMESPACE_ACLS
+from shared.auditchain import AUDIT_CHAIN
+from shared.db import DB_POOL
 from shared.events import AuditAction
+from shared.nsacls import NAMESPACE_ACLS
 from shared.timeutil import rfc3339
 from shared.validation import NamespaceSchema, load, validate_namespace
 from shared.web import json_response, read_json

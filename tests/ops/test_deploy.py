@@ -36,7 +36,7 @@ from aiohttp import web
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from shared.appkeys import METRICS
+from shared.metrics import METRICS
 from shared.migrate import load_settings as load_migrate_settings
 from shared.serve import SHUTDOWN_TIMEOUT_SECONDS
 from shared.settings import Settings

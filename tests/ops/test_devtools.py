@@ -503,7 +503,7 @@ async def test_front_door_passes_close_codes_and_reasons_both_ways(
 ) -> None:
     """What a browser on http://localhost:8080 sees: the notifier's close code *and* reason."""
     from devtools.frontdoor import create_app
-    from notifier.main import CONNECTIONS
+    from notifier.watch import CONNECTIONS
 
     door = await aiohttp_server(create_app("http://127.0.0.1:9", str(notifier_server.make_url("")).rstrip("/")))
     async with aiohttp.ClientSession() as session:

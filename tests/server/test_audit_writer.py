@@ -15,8 +15,7 @@ import aiopg
 from aiohttp.test_utils import TestClient
 from support import eventually
 
-from shared.appkeys import AUDIT
-from shared.audit import AuditRecord
+from shared.audit import AUDIT, AuditRecord
 
 ADMIN = "admin-user"
 Client = TestClient[Any, Any]

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from jwt.algorithms import ECAlgorithm
 from support import eventually
 
-from shared.appkeys import VERIFIER
+from shared.auth import VERIFIER
 
 ADMIN = "admin-user"
 

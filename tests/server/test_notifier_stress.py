@@ -364,7 +364,7 @@ async def test_pruning_after_a_takeover_does_not_hold_up_revisions(
     it must not hold up the relay, and a live change written right after the takeover reaches its
     watcher within 1 s. Here the previous relay's prune is a transaction that has deleted our expired
     rows and not yet committed."""
-    from notifier.main import RELAY
+    from notifier.relay import RELAY
 
     expired, marker = f"{unique_prefix}.expired", f"{unique_prefix}.marker"
     _, old_pruned = await relay_state(pg)

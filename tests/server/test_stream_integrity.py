@@ -25,7 +25,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from support import Api, WatchRecorder, eventually, wait_caught_up
 
 from api_server.cache import cache_key
-from notifier.main import HUB
+from notifier.hub import HUB
 from shared.crypto import Keyring
 from shared.settings import Settings
 

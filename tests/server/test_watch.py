@@ -29,7 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import Api, client_frame, eventually, wait_caught_up
 
 import notifier.watch
-from notifier.main import CONNECTIONS, HUB
+from notifier.hub import HUB
+from notifier.watch import CONNECTIONS
 
 ADMIN = "admin-user"
 ALICE = "alice"
