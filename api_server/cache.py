@@ -37,7 +37,7 @@ entries), to drop one release later with ``pending`` and ``cache_dirty``:
   (:meth:`ValueCache.written`). One that dies in between leaves the entry unclean: readers go to
   Postgres, and their fill cleans it.
 - A writer that cannot reach Redis records the key in Postgres instead, in the same transaction (the
-  committer, with ``shared.sql.cache.record_dirty``: ``cache_dirty`` + ``NOTIFY dynconfig_cache``).
+  committer, with ``shared.sql.cache.record_unclean``: ``cache_dirty`` + ``NOTIFY dynconfig_cache``).
   Every api_server listens (:class:`CacheGuard`): a key it hears of is not served from the cache
   until a replica that reaches Redis has made the entry unclean and removed the row. Such a writer
   answers only once its own listener has heard its notice.
@@ -158,7 +158,7 @@ class ValueCache:
         clean = data is not None and version is not None and int(version) >= int(pending or 0)
         # Notices that reached us while we waited for Redis count: a write acknowledged before this
         # read began has been heard by now.
-        if not clean or self.guard.distrusts(key) or not self.fence.admits(key, int(as_of or -1)):
+        if not clean or self.guard.recorded_unclean(key) or not self.fence.admits(key, int(as_of or -1)):
             self._metrics.cache_lookups.labels("miss").inc()
             return None
         self._metrics.cache_lookups.labels("hit").inc()
@@ -228,7 +228,7 @@ class CacheGuard:
         self._cache = cache
         self._conn: aiopg.Connection | None = None
         self._scanned = False
-        self._distrusted: dict[str, int] = {}
+        self._unclean: dict[str, int] = {}
         self._heard: dict[str, int] = {}
         self._hearing = Hearing()
 
@@ -240,10 +240,10 @@ class CacheGuard:
     def redis_failed(self) -> None:
         self._scanned = False
 
-    def distrusts(self, key: str) -> bool:
-        """Is ``key`` recorded dirty (by a notice taken in now, or the last scan)?"""
+    def recorded_unclean(self, key: str) -> bool:
+        """Is ``key`` recorded unclean (by a notice taken in now, or the last scan)?"""
         self._take_notices()
-        return key in self._distrusted
+        return key in self._unclean
 
     async def wait_heard(self, key: str, version: int, within: float) -> None:
         """Until our listener has heard that ``version`` of ``key`` was recorded (at most ``within`` s)."""
@@ -264,7 +264,7 @@ class CacheGuard:
     def _note(self, notice: Any) -> None:
         version_text, _, key = notice.payload.partition(":")
         version = int(version_text)
-        self._distrusted[key] = max(version, self._distrusted.get(key, 0))
+        self._unclean[key] = max(version, self._unclean.get(key, 0))
         if len(self._heard) > 10_000:
             self._heard.clear()
         self._heard[key] = max(version, self._heard.get(key, 0))
@@ -286,19 +286,19 @@ class CacheGuard:
             self._scanned = False
 
     async def _scan(self, pool: aiopg.Pool) -> None:
-        """Make every recorded key unclean in Redis, then drop its row; what remains stays distrusted."""
+        """Make every recorded key unclean in Redis, then drop its row; what remains stays unclean."""
         async with pool.acquire() as conn, conn.cursor() as cur:
-            rows = await sql.dirty(cur)
+            rows = await sql.recorded_unclean(cur)
             remaining: dict[str, int] = {}
             if rows and await self._cache.mark_unclean(rows):
                 await sql.delete_cleaned(cur, rows)
             else:
                 remaining = dict(rows)
         self._take_notices()
-        # Notices newer than the rows we cleaned stay distrusted until the next scan.
+        # Notices newer than the rows we cleaned stay unclean until the next scan.
         cleaned = dict(rows)
-        fresh = {k: v for k, v in self._distrusted.items() if v > cleaned.get(k, 0)}
-        self._distrusted = {**remaining, **fresh}
+        fresh = {k: v for k, v in self._unclean.items() if v > cleaned.get(k, 0)}
+        self._unclean = {**remaining, **fresh}
         if not remaining and self._cache._link.usable:
             self._scanned = True
 

@@ -255,7 +255,7 @@ class Committer:
                 announced = list({made.before.key: made.after.version for _, _, made in decided}.items())
                 recorded = not await self._cache.mark_unclean(announced)
                 if recorded:
-                    await cache_sql.record_dirty(cur, announced)
+                    await cache_sql.record_unclean(cur, announced)
                 if expiries:
                     await write_changes(cur, expiries, self._chain)
                 states_after = await write_changes(cur, [made for _, _, made in decided], self._chain)

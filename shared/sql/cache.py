@@ -1,5 +1,6 @@
-"""``cache_dirty``: keys whose Redis entry a writer could not make unclean before committing (see
-api_server/cache.py), and the channel that tells every api_server at once."""
+"""``cache_dirty``: Postgres's record of keys whose Redis entry a writer could not make unclean before
+committing (see api_server/cache.py), and the channel that tells every api_server at once. The table
+keeps its schema name; in the code such a key is *unclean*, the one word (README's glossary)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import aiopg
 CHANNEL = "dynconfig_cache"
 
 # In the writer's transaction: record the key and tell every listener ("<version>:<key>") at commit.
-RECORD_DIRTY = f"""
+RECORD_UNCLEAN = f"""
 INSERT INTO cache_dirty (key, version) VALUES (%(key)s, %(version)s)
 ON CONFLICT (key) DO UPDATE SET version = GREATEST(cache_dirty.version, EXCLUDED.version), at = now();
 SELECT pg_notify('{CHANNEL}', %(notice)s)
 """
 
-SELECT_DIRTY = "SELECT key, version FROM cache_dirty ORDER BY at LIMIT 1000"
+SELECT_UNCLEAN = "SELECT key, version FROM cache_dirty ORDER BY at LIMIT 1000"
 
 # Only the version we made unclean: a newer record stays for the next scan.
 DELETE_CLEANED = "DELETE FROM cache_dirty WHERE key = %(key)s AND version <= %(version)s"
@@ -25,16 +26,16 @@ DELETE_CLEANED = "DELETE FROM cache_dirty WHERE key = %(key)s AND version <= %(v
 # --- access: the statements above, run, their rows read into types ---------------------------------
 
 
-async def record_dirty(cur: aiopg.Cursor, versions: Sequence[tuple[str, int]]) -> None:
+async def record_unclean(cur: aiopg.Cursor, versions: Sequence[tuple[str, int]]) -> None:
     """In a writer's transaction: record each (key, version) whose entry Redis could not make unclean,
     and tell every api_server at COMMIT."""
     for key, version in versions:
-        await cur.execute(RECORD_DIRTY, {"key": key, "version": version, "notice": f"{version}:{key}"})
+        await cur.execute(RECORD_UNCLEAN, {"key": key, "version": version, "notice": f"{version}:{key}"})
 
 
-async def dirty(cur: aiopg.Cursor) -> list[tuple[str, int]]:
+async def recorded_unclean(cur: aiopg.Cursor) -> list[tuple[str, int]]:
     """The oldest recorded (key, version) pairs, at most 1000."""
-    await cur.execute(SELECT_DIRTY)
+    await cur.execute(SELECT_UNCLEAN)
     return [(key, int(version)) for key, version in await cur.fetchall()]
 
 
