@@ -114,6 +114,24 @@ def test_every_command_says_its_version(module: str) -> None:
     assert re.fullmatch(rf"\S+ {re.escape(VERSION)}( \(database schema {SCHEMA_MIN}–{SCHEMA_MAX}\))?\n", done.stdout)
 
 
+def test_no_runtime_module_imports_the_one_off_commands() -> None:
+    # The commands (dynconfig_admin) use the runtime packages, never the other way round.
+    code = (
+        "import importlib, pkgutil, sys\n"
+        f"for package in {(*PROCESSES, 'shared')!r}:\n"
+        "    root = importlib.import_module(package)\n"
+        "    for found in pkgutil.walk_packages(root.__path__, package + '.'):\n"
+        "        if not found.name.endswith('__main__'):\n"
+        "            importlib.import_module(found.name)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dynconfig_admin'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=minimal_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 # --- the schema range -----------------------------------------------------------------------------
 
 
