@@ -40,10 +40,7 @@ def schema_refusal(found: int) -> str | None:
     both versions), or None when it can."""
     if found < SCHEMA_MIN:
         what = "has no DynConfig schema" if found == 0 else f"schema is version {found}"
-        return (
-            f"database {what}, this release ({VERSION}) needs {SCHEMA_MIN}–{SCHEMA_MAX}; "
-            "run dynconfig-migrate (python -m dynconfig_admin.migrate) first"
-        )
+        return f"database {what}, this release ({VERSION}) needs {SCHEMA_MIN}–{SCHEMA_MAX}; run dynconfig-migrate first"
     if found > SCHEMA_MAX:
         return (
             f"database schema is version {found}, newer than this release ({VERSION}) works with "

@@ -148,7 +148,7 @@ def test_a_process_refuses_a_schema_older_than_its_release_needs(process: str, a
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines() == [
         f"{process}: cannot start: database schema is version 8, this release ({VERSION}) needs "
-        f"{SCHEMA_MIN}–{SCHEMA_MAX}; run dynconfig-migrate (python -m dynconfig_admin.migrate) first"
+        f"{SCHEMA_MIN}–{SCHEMA_MAX}; run dynconfig-migrate first"
     ]
     assert sql(at_8, "SELECT max(version) FROM schema_migrations") == [(8,)], "the process migrated"
 
@@ -273,7 +273,7 @@ def test_audit_verify_never_migrates(empty_db: str, settings: Settings) -> None:
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.strip().splitlines() == [
         f"audit: database has no DynConfig schema, this release ({VERSION}) needs {SCHEMA_MIN}–{SCHEMA_MAX}; "
-        "run dynconfig-migrate (python -m dynconfig_admin.migrate) first"
+        "run dynconfig-migrate first"
     ]
     assert sql(empty_db, "SELECT to_regclass('schema_migrations'), to_regclass('audit_log')") == [(None, None)]
 
