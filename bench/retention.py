@@ -8,7 +8,7 @@ processes on free loopback ports, with audit records and past versions kept ``--
 change log 60 s (``CHANGELOG_RETENTION_SECONDS``, its minimum). Then for ``--minutes`` it sends a
 steady load — ``--writes`` PUTs and ``--reads`` GETs a second over ``--keys`` keys, each read audited —
 and every ``--sample`` seconds prints the rows and ``pg_total_relation_size`` of ``audit_log``,
-``key_history`` and ``outbox``. At the end it runs ``python -m api_server.audit verify`` (must pass),
+``key_history`` and ``outbox``. At the end it runs ``dynconfig-audit verify`` (must pass),
 and prints the bytes per row of each table as it stands and once packed (``VACUUM FULL``, which the
 benchmark may do: it owns the database). Everything it starts is stopped by pid when it ends.
 """
@@ -165,7 +165,7 @@ def main() -> None:
         counts = asyncio.run(run())
         print(f"answered: {counts['writes']:,} writes, {counts['reads']:,} reads, {counts['errors']:,} errors")
         done = subprocess.run(
-            [sys.executable, "-m", "api_server.audit", "verify"], env=env, cwd=ROOT, capture_output=True, text=True
+            [sys.executable, "-m", "dynconfig_admin.audit", "verify"], env=env, cwd=ROOT, capture_output=True, text=True
         )
         print(f"verify (exit {done.returncode}): {done.stdout.strip() or done.stderr.strip()}")
         per_row(pg.url)

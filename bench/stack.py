@@ -18,7 +18,7 @@ from typing import Any
 
 from devtools.devkeys import DevKeys, ensure_dev_keys
 from devtools.services import PostgresServer, RedisServer, wait_healthy
-from shared.migrate import migrate
+from dynconfig_admin.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 

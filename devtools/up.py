@@ -167,7 +167,8 @@ def _say(message: str) -> None:
 def _migrate(env: Mapping[str, str]) -> bool:
     """Run ``dynconfig-migrate``, as a deployment does before its processes start (they never migrate)."""
     _say("bringing the database schema up to date (dynconfig-migrate)")
-    done = subprocess.run([sys.executable, "-m", "shared.migrate"], env=env, stdin=subprocess.DEVNULL, check=False)
+    command = [sys.executable, "-m", "dynconfig_admin.migrate"]
+    done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, check=False)
     if done.returncode != 0:
         _say(f"dynconfig-migrate exited with status {done.returncode}; stopping")
     return done.returncode == 0

@@ -338,7 +338,7 @@ class Hub:
             if through is None:
                 point = await resume_point(cur, self.last)
                 # Behind what we fanned out, or past revisions we fanned out (skipped by a restore marked
-                # under us, api_server/backup.py): a database restored from a backup.
+                # under us, dynconfig_admin/backup.py): a database restored from a backup.
                 if point.head < self.last or (self.last >= point.pruned and not point.known):
                     self._restart_numbering(point.head)
                     return

@@ -1,7 +1,7 @@
 """The schema, as numbered migrations. Append only: never edit a migration that has shipped.
 
-``dynconfig-migrate`` (shared/migrate.py) applies them, in order, before a release's processes roll
-out; no process migrates (shared/version.py says which schemas each release works with).
+``dynconfig-migrate`` (dynconfig_admin/migrate.py) applies them, in order, before a release's
+processes roll out; no process migrates (shared/version.py says which schemas each release works with).
 
 A migration runs beside the processes of the release before it (SPEC §1: expand, then contract), so
 it must be **add-only** as they see it:

@@ -310,7 +310,7 @@ def run_command(
     unreachable_status: int,
     uses: AbstractSet[str],
 ) -> NoReturn:
-    """The ``main()`` of a one-off command (``api_server.reencrypt``, ``api_server.audit``): read the
+    """The ``main()`` of a one-off command (``dynconfig-reencrypt``, ``dynconfig-audit``): read the
     environment, only the settings it ``uses`` of ``OPTIONAL_PARTS`` (one line and exit 2 if bad),
     then exit with what ``command`` returns. A Postgres that cannot be reached, or a schema this
     release does not work with, is one line and ``unreachable_status``; Ctrl-C and a closed stdout

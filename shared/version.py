@@ -3,7 +3,8 @@ its processes work with.
 
 Every process reads the schema's version at start and refuses, in one line naming both, a database
 outside [:data:`SCHEMA_MIN`, :data:`SCHEMA_MAX`] (``shared.db.check_schema``). Migrations are one
-explicit step (``dynconfig-migrate``, shared/migrate.py) run before a release's processes roll out.
+explicit step (``dynconfig-migrate``, dynconfig_admin/migrate.py) run before a release's processes roll
+out.
 
 Expand, then contract (SPEC §1): a release works with the schema of the release before it and the
 release after it, so old and new pods can serve side by side during a rolling upgrade.
@@ -39,10 +40,7 @@ def schema_refusal(found: int) -> str | None:
     both versions), or None when it can."""
     if found < SCHEMA_MIN:
         what = "has no DynConfig schema" if found == 0 else f"schema is version {found}"
-        return (
-            f"database {what}, this release ({VERSION}) needs {SCHEMA_MIN}–{SCHEMA_MAX}; "
-            "run dynconfig-migrate (python -m shared.migrate) first"
-        )
+        return f"database {what}, this release ({VERSION}) needs {SCHEMA_MIN}–{SCHEMA_MAX}; run dynconfig-migrate first"
     if found > SCHEMA_MAX:
         return (
             f"database schema is version {found}, newer than this release ({VERSION}) works with "

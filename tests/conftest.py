@@ -39,7 +39,7 @@ from support import (
 )
 
 from devtools.services import PostgresServer, RedisServer
-from shared.migrate import migrate
+from dynconfig_admin.migrate import migrate
 from shared.settings import Settings
 
 #: One keyring for the whole session: values written by one test stay readable in the next.

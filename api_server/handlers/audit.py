@@ -62,7 +62,7 @@ async def list_audit(request: web.Request) -> web.Response:
 
 
 async def verify_audit(request: web.Request) -> web.Response:
-    """Walk the audit chain (what ``python -m api_server.audit verify`` does): 200 with the report,
+    """Walk the audit chain (what ``dynconfig-audit verify`` does): 200 with the report,
     ``ok`` false and the first bad row named when it is broken. Admins only."""
     async with audited_failures(request, AuditAction.AUDIT_VERIFY, None):
         audit_log.require_admin(caller_of(request))

@@ -162,7 +162,7 @@ SPEC: dict[str, Any] = {
         },
         "/audit/verify": {
             "get": {
-                "summary": "Verify the audit chain, as `python -m api_server.audit verify` does (admins)",
+                "summary": "Verify the audit chain, as `dynconfig-audit verify` does (admins)",
                 "responses": {"200": ok("The report (ok false: broken)", ref("AuditVerify")), **errors(403)},
             }
         },

@@ -1,5 +1,5 @@
-"""What ``dynconfig-backup`` (api_server/backup.py) reads: the facts a backup's manifest records, read
-in the snapshot the dump is taken from, and read again from the restored database to compare."""
+"""What ``dynconfig-backup`` (dynconfig_admin/backup.py) reads: the facts a backup's manifest records,
+read in the snapshot the dump is taken from, and read again from the restored database to compare."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ HEAD = "SELECT head, pruned_through FROM relay_state"
 
 # Where a client resuming after revision %(since)s stands: the head, the newest revision pruned, and
 # whether %(since)s is a revision of this log. Revisions have no gaps, except the one a restore leaves
-# (api_server/backup.py moves the head far past the backup's): a revision in it was handed out by the
+# (dynconfig_admin/backup.py moves the head far past the backup's): a revision in it was handed out by the
 # database the backup came from, after the backup, and names a state this log never had. The revision
 # the log resumed from after a restore is the head clients were given until the next change, so it
 # counts too: the log holds the revision after it.
@@ -40,7 +40,7 @@ SELECT head, pruned_through,
   FROM relay_state
 """
 
-# After a restore (api_server/backup.py): new changes take revisions after %(skip)s more, so none is
+# After a restore (dynconfig_admin/backup.py): new changes take revisions after %(skip)s more, so none is
 # ever handed out twice, and a client resuming from one of the skipped revisions starts over.
 SKIP_REVISIONS = "UPDATE relay_state SET head = head + %(skip)s RETURNING head - %(skip)s, head"
 

@@ -1,5 +1,5 @@
 """The ``schema_migrations`` table (one row per applied migration, shared/migrations.py) and the
-statements of the migration runner (shared/migrate.py)."""
+statements of the migration runner (dynconfig_admin/migrate.py)."""
 
 #: Any constant works: every ``dynconfig-migrate`` takes this session lock, so runs queue, not race.
 MIGRATION_LOCK = 0x44594E43  # "DYNC"

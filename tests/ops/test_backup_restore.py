@@ -32,8 +32,8 @@ import psycopg2
 import pytest
 from support import WatchRecorder, process_env
 
-from api_server.backup import SKIP_REVISIONS
 from devtools.services import free_port
+from dynconfig_admin.backup import SKIP_REVISIONS
 from shared.auditchain import Head
 from shared.auditverify import Checkpoint
 from shared.settings import Settings
@@ -181,7 +181,7 @@ async def test_a_backup_restored_into_a_fresh_database_serves_its_state_and_only
     assert r_before < head and saved["audit_log"], (r_before, head)
 
     # --- the backup, with the real tool --------------------------------------------------------------
-    done = command(settings, "api_server.backup", "dump", str(backup), postgres_url=private_db)
+    done = command(settings, "dynconfig_admin.backup", "dump", str(backup), postgres_url=private_db)
     assert done.returncode == 0, done.stdout + done.stderr
     manifest = read_json(backup.with_name(backup.name + ".json"))
     assert manifest["revision"] == head and manifest["auditCheckpoint"] == backup_checkpoint.token, manifest
@@ -208,7 +208,7 @@ async def test_a_backup_restored_into_a_fresh_database_serves_its_state_and_only
     assert r_after > head and later_checkpoint.seq > backup_checkpoint.seq
 
     # --- the restore into a fresh database, with the real tool -----------------------------------------
-    done = command(settings, "api_server.backup", "restore", str(backup), postgres_url=empty_db)
+    done = command(settings, "dynconfig_admin.backup", "restore", str(backup), postgres_url=empty_db)
     assert done.returncode == 0, done.stdout + done.stderr
     api = spawn("api_server", POSTGRES_URL=empty_db)
     notifier = spawn("notifier", POSTGRES_URL=empty_db)
@@ -242,11 +242,11 @@ async def test_a_backup_restored_into_a_fresh_database_serves_its_state_and_only
     # The trail verifies, against the backup's checkpoint too; a checkpoint taken after the backup is
     # what it is: the chain was put back to an earlier state.
     done = command(
-        settings, "api_server.audit", "verify", "--checkpoint", backup_checkpoint.token, postgres_url=empty_db
+        settings, "dynconfig_admin.audit", "verify", "--checkpoint", backup_checkpoint.token, postgres_url=empty_db
     )
     assert done.returncode == 0 and "audit chain intact" in done.stdout, done.stdout + done.stderr
     done = command(
-        settings, "api_server.audit", "verify", "--checkpoint", later_checkpoint.token, postgres_url=empty_db
+        settings, "dynconfig_admin.audit", "verify", "--checkpoint", later_checkpoint.token, postgres_url=empty_db
     )
     assert done.returncode == 1 and "rolled-back" in done.stdout, done.stdout + done.stderr
 
@@ -374,28 +374,28 @@ async def test_the_command_refuses_what_would_do_harm_and_says_why_in_one_line(
 ) -> None:
     await (await make_client(settings.replace(postgres_url=private_db))).close()  # a database in use
     backup = tmp_path / "b.dump"
-    done = command(settings, "api_server.backup", "dump", str(backup), postgres_url=private_db)
+    done = command(settings, "dynconfig_admin.backup", "dump", str(backup), postgres_url=private_db)
     assert done.returncode == 0, done.stderr
     assert backup.stat().st_mode & 0o077 == 0, oct(backup.stat().st_mode)  # never readable by others
 
     # Never over a database that has tables.
-    done = command(settings, "api_server.backup", "restore", str(backup), postgres_url=private_db)
+    done = command(settings, "dynconfig_admin.backup", "restore", str(backup), postgres_url=private_db)
     assert done.returncode == 1 and "restore into a new, empty database" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
     # Never a file its manifest does not describe; nothing is restored.
     damage(backup)
-    done = command(settings, "api_server.backup", "restore", str(backup), postgres_url=empty_db)
+    done = command(settings, "dynconfig_admin.backup", "restore", str(backup), postgres_url=empty_db)
     assert done.returncode == 1 and "SHA-256 differs" in done.stderr, done.stderr
     assert rows(empty_db, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
 
     # Settings and Postgres: one line, status 2.
-    done = command(settings, "api_server.backup", "mark-restored", postgres_url=None)
+    done = command(settings, "dynconfig_admin.backup", "mark-restored", postgres_url=None)
     assert done.returncode == 2 and done.stderr.strip() == (
         "dynconfig-backup: invalid setting POSTGRES_URL: is required but not set"
     ), done.stderr
     done = command(
-        settings, "api_server.backup", "mark-restored", postgres_url=f"postgresql://x@127.0.0.1:{free_port()}/x"
+        settings, "dynconfig_admin.backup", "mark-restored", postgres_url=f"postgresql://x@127.0.0.1:{free_port()}/x"
     )
     assert done.returncode == 2 and "Postgres unreachable at POSTGRES_URL" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -404,7 +404,9 @@ async def test_the_command_refuses_what_would_do_harm_and_says_why_in_one_line(
     (before,) = rows(private_db, "SELECT head FROM relay_state")[0]
     other = psycopg2.connect(private_db)
     try:
-        done = command(settings, "api_server.backup", "mark-restored", "--skip-revisions", "5", postgres_url=private_db)
+        done = command(
+            settings, "dynconfig_admin.backup", "mark-restored", "--skip-revisions", "5", postgres_url=private_db
+        )
     finally:
         other.close()
     assert done.returncode == 0, done.stderr

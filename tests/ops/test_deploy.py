@@ -36,8 +36,8 @@ from aiohttp import web
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
+from dynconfig_admin.migrate import load_settings as load_migrate_settings
 from shared.metrics import METRICS
-from shared.migrate import load_settings as load_migrate_settings
 from shared.serve import SHUTDOWN_TIMEOUT_SECONDS
 from shared.settings import Settings
 
@@ -642,7 +642,7 @@ def migrate_job_problems(docs: list[dict[str, Any]]) -> list[str]:
         problems.append(f"restartPolicy {pod.get('restartPolicy')}")
     (container,) = pod["containers"]
     if container.get("command", []) + container.get("args", []) not in (
-        ["python", "-m", "shared.migrate"],
+        ["python", "-m", "dynconfig_admin.migrate"],
         ["dynconfig-migrate"],
     ):
         problems.append(f"command {container.get('command')} is not dynconfig-migrate")
@@ -1059,7 +1059,7 @@ def compose_migrate_problems(services: dict[str, dict[str, Any]]) -> list[str]:
     if migrate is None:
         return ["no migrate service"]
     problems = []
-    if migrate.get("command") not in (["python", "-m", "shared.migrate"], ["dynconfig-migrate"]):
+    if migrate.get("command") not in (["python", "-m", "dynconfig_admin.migrate"], ["dynconfig-migrate"]):
         problems.append(f"migrate: command {migrate.get('command')} is not dynconfig-migrate")
     if str(migrate.get("restart", "no")) != "no":
         problems.append(f"migrate: restart {migrate.get('restart')}: a one-shot must not restart")

@@ -199,7 +199,16 @@ async def test_readme_javascript_watch_runs_in_a_browser(
 # --- the README names every setting ------------------------------------------------------------------
 
 #: Where settings are read: every first-party package a user runs (the processes, the dev run, the client).
-READERS_OF_SETTINGS = ("shared", "api_server", "notifier", "expiry_worker", "devtools", "dynconfig_client", "examples")
+READERS_OF_SETTINGS = (
+    "shared",
+    "api_server",
+    "notifier",
+    "expiry_worker",
+    "dynconfig_admin",
+    "devtools",
+    "dynconfig_client",
+    "examples",
+)
 _ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]{2,}")
 # Calls that read one variable, named by their first string argument: ``env.get("X")``,
 # ``os.getenv("X")``, and any helper handed the environment, ``_int(env, "X", 30)``, ``_port(environ, "X")``.

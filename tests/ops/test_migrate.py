@@ -1,7 +1,7 @@
-"""``dynconfig-migrate`` (shared/migrate.py): the one step that changes the schema (SPEC §1).
+"""``dynconfig-migrate`` (dynconfig_admin/migrate.py): the one step that changes the schema (SPEC §1).
 
-The command runs for real (``python -m shared.migrate``) with nothing but ``POSTGRES_URL`` (and the
-settings a test names); the runner is called directly where a test needs migrations of its own.
+The command runs for real (``python -m dynconfig_admin.migrate``) with nothing but ``POSTGRES_URL`` (and
+the settings a test names); the runner is called directly where a test needs migrations of its own.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from support import eventually_sync
 
 from devtools.services import free_port
-from shared.migrate import MigrationError, migrate
+from dynconfig_admin.migrate import MigrationError, migrate
 from shared.migrations import MIGRATIONS, Migration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,13 +29,14 @@ CONCURRENT = next(m for m in MIGRATIONS if not m.transactional)
 
 
 def run_migrate(url: str | None, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
-    """``python -m shared.migrate`` with only ``POSTGRES_URL`` and ``settings`` set (no Redis, JWKS or keys)."""
+    """``python -m dynconfig_admin.migrate`` with only ``POSTGRES_URL`` and ``settings`` set (no Redis, JWKS or
+    keys)."""
     env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ}
     env.update(settings, LOG_LEVEL=settings.get("LOG_LEVEL", "WARNING"))
     if url is not None:
         env["POSTGRES_URL"] = url
     return subprocess.run(
-        [sys.executable, "-m", "shared.migrate", *args],
+        [sys.executable, "-m", "dynconfig_admin.migrate", *args],
         cwd=REPO,
         env=env,
         stdin=subprocess.DEVNULL,

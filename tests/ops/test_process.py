@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient
 from support import eventually, write_self_signed
 
 from devtools.services import PostgresServer, RedisServer, die_with_parent, free_port
-from shared.migrate import migrate
+from dynconfig_admin.migrate import migrate
 from shared.migrations import MIGRATIONS
 from shared.settings import Settings
 from shared.version import SCHEMA_MAX, SCHEMA_MIN, VERSION
@@ -299,7 +299,7 @@ async def test_a_process_refuses_a_database_nobody_migrated_then_starts_once_it_
     assert result.returncode == 1, result.stderr
     assert stderr_lines(result.stderr) == [
         f"api_server: cannot start: database has no DynConfig schema, this release ({VERSION}) needs "
-        f"{SCHEMA_MIN}–{SCHEMA_MAX}; run dynconfig-migrate (python -m shared.migrate) first"
+        f"{SCHEMA_MIN}–{SCHEMA_MAX}; run dynconfig-migrate first"
     ], result.stderr
     with psycopg2.connect(empty_db) as conn, conn.cursor() as cur:
         cur.execute("SELECT to_regclass('schema_migrations'), to_regclass('keys')")

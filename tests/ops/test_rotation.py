@@ -4,7 +4,7 @@
 1. api_server and notifier run with ``k1``;
 2. they are rolled to ``k2,k1``: the new processes listen beside the old ones on the same ports
    (``REUSE_PORT``), then the old ones get SIGTERM and drain;
-3. ``python -m api_server.reencrypt`` re-seals every stored value under ``k2``;
+3. ``dynconfig-reencrypt`` re-seals every stored value under ``k2``;
 4. they are rolled again, to ``k2`` alone.
 
 Then nothing is lost (every acknowledged write reached the watcher, which resumed across both rolls,
@@ -27,8 +27,8 @@ import aiopg
 import pytest
 from support import eventually, first_health, process_env
 
-from api_server.reencrypt import reencrypt
 from devtools.services import free_port
+from dynconfig_admin.reencrypt import reencrypt
 from dynconfig_client import Client, ConnectionFailed, EventStream
 from shared.crypto import Keyring
 from shared.settings import Settings
@@ -152,7 +152,7 @@ async def test_rotation_under_writes_and_watchers_loses_nothing(
         # Re-encrypt while the writers go on.
         env = process_env(settings.replace(postgres_url=private_db, encryption_keys=(k2, k1)), **common)
         reencrypt = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "api_server.reencrypt", env=env, cwd=REPO,
+            sys.executable, "-m", "dynconfig_admin.reencrypt", env=env, cwd=REPO,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         output, _ = await asyncio.wait_for(reencrypt.communicate(), TIMEOUT)
@@ -217,7 +217,7 @@ async def test_rotation_under_writes_and_watchers_loses_nothing(
 
     # The audit chain is intact across both rolls (its key never changed).
     verify = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "api_server.audit", "verify", "--json",
+        sys.executable, "-m", "dynconfig_admin.audit", "verify", "--json",
         env=process_env(settings.replace(postgres_url=private_db, encryption_keys=(k2,)), **common),
         cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

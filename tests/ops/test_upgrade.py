@@ -21,7 +21,7 @@ import pytest
 import yaml
 from support import WatchRecorder, process_env
 
-from shared.migrate import migrate
+from dynconfig_admin.migrate import migrate
 from shared.migrations import MIGRATIONS, Migration
 from shared.settings import Settings, SettingsError
 from shared.version import SCHEMA_MAX, SCHEMA_MIN, VERSION
@@ -84,7 +84,7 @@ def test_the_version_is_written_once_and_the_schema_range_holds_this_release() -
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     assert cfg["metadata"]["version"] == "attr: shared.version.VERSION"
-    assert "dynconfig-migrate = shared.migrate:main" in cfg["options.entry_points"]["console_scripts"]
+    assert "dynconfig-migrate = dynconfig_admin.migrate:main" in cfg["options.entry_points"]["console_scripts"]
     assert SCHEMA_MIN <= LAST <= SCHEMA_MAX
     # The release's images in deploy/ are this version (an overlay pins its own with ``images:``).
     for path in (ROOT / "deploy" / "k8s" / "base").glob("*.yaml"):
@@ -100,9 +100,9 @@ def test_the_version_is_written_once_and_the_schema_range_holds_this_release() -
     "module",
     [
         *PROCESSES,
-        "shared.migrate",
-        "api_server.audit",
-        "api_server.reencrypt",
+        "dynconfig_admin.migrate",
+        "dynconfig_admin.audit",
+        "dynconfig_admin.reencrypt",
         "dynconfig_client",
         "devtools.token",
         "devtools.up",
@@ -112,6 +112,24 @@ def test_every_command_says_its_version(module: str) -> None:
     done = run(module, "--version", env=minimal_env())  # no settings: --version needs none
     assert done.returncode == 0, done.stderr
     assert re.fullmatch(rf"\S+ {re.escape(VERSION)}( \(database schema {SCHEMA_MIN}–{SCHEMA_MAX}\))?\n", done.stdout)
+
+
+def test_no_runtime_module_imports_the_one_off_commands() -> None:
+    # The commands (dynconfig_admin) use the runtime packages, never the other way round.
+    code = (
+        "import importlib, pkgutil, sys\n"
+        f"for package in {(*PROCESSES, 'shared')!r}:\n"
+        "    root = importlib.import_module(package)\n"
+        "    for found in pkgutil.walk_packages(root.__path__, package + '.'):\n"
+        "        if not found.name.endswith('__main__'):\n"
+        "            importlib.import_module(found.name)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dynconfig_admin'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=minimal_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 # --- the schema range -----------------------------------------------------------------------------
@@ -130,7 +148,7 @@ def test_a_process_refuses_a_schema_older_than_its_release_needs(process: str, a
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines() == [
         f"{process}: cannot start: database schema is version 8, this release ({VERSION}) needs "
-        f"{SCHEMA_MIN}–{SCHEMA_MAX}; run dynconfig-migrate (python -m shared.migrate) first"
+        f"{SCHEMA_MIN}–{SCHEMA_MAX}; run dynconfig-migrate first"
     ]
     assert sql(at_8, "SELECT max(version) FROM schema_migrations") == [(8,)], "the process migrated"
 
@@ -201,9 +219,9 @@ async def test_this_release_serves_on_the_next_releases_schema(
             assert [e["revision"] for e in replay.events] == revisions
         finally:
             await replay.close()
-    done = run("api_server.audit", "verify", env=process_env(settings, POSTGRES_URL=private_db))
+    done = run("dynconfig_admin.audit", "verify", env=process_env(settings, POSTGRES_URL=private_db))
     assert done.returncode == 0, done.stdout + done.stderr
-    again = run("shared.migrate", env=minimal_env(POSTGRES_URL=private_db))
+    again = run("dynconfig_admin.migrate", env=minimal_env(POSTGRES_URL=private_db))
     assert again.returncode == 0 and "nothing to apply" in again.stdout, again.stdout + again.stderr
     assert sql(private_db, "SELECT max(version) FROM schema_migrations") == [(NEXT_RELEASE.version,)]
 
@@ -226,13 +244,13 @@ async def trail(private_db: str, make_client: Any, settings: Settings, token: Ca
 
 def test_audit_verify_needs_neither_redis_nor_the_jwks(trail: str, settings: Settings) -> None:
     env = minimal_env(POSTGRES_URL=trail, ENCRYPTION_KEYS=keyring(settings))
-    done = run("api_server.audit", "verify", "--json", env=env)
+    done = run("dynconfig_admin.audit", "verify", "--json", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.stdout)["ok"] is True
 
 
 def test_audit_stream_needs_postgres_alone(trail: str) -> None:
-    done = run("api_server.audit", "stream", env=minimal_env(POSTGRES_URL=trail))
+    done = run("dynconfig_admin.audit", "stream", env=minimal_env(POSTGRES_URL=trail))
     assert done.returncode == 0, done.stderr
     assert sum(json.loads(line)["action"] == "create" for line in done.stdout.splitlines()) == 3
 
@@ -242,25 +260,27 @@ def test_audit_verify_still_stops_with_one_line_on_a_setting_it_uses(
     trail: str, value: str | None, problem: str
 ) -> None:
     env = minimal_env(POSTGRES_URL=trail, **({} if value is None else {"ENCRYPTION_KEYS": value}))
-    done = run("api_server.audit", "verify", env=env)
+    done = run("dynconfig_admin.audit", "verify", env=env)
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("audit: invalid setting ENCRYPTION_KEYS") and problem in line, line
 
 
 def test_audit_verify_never_migrates(empty_db: str, settings: Settings) -> None:
-    done = run("api_server.audit", "verify", env=minimal_env(POSTGRES_URL=empty_db, ENCRYPTION_KEYS=keyring(settings)))
+    done = run(
+        "dynconfig_admin.audit", "verify", env=minimal_env(POSTGRES_URL=empty_db, ENCRYPTION_KEYS=keyring(settings))
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.strip().splitlines() == [
         f"audit: database has no DynConfig schema, this release ({VERSION}) needs {SCHEMA_MIN}–{SCHEMA_MAX}; "
-        "run dynconfig-migrate (python -m shared.migrate) first"
+        "run dynconfig-migrate first"
     ]
     assert sql(empty_db, "SELECT to_regclass('schema_migrations'), to_regclass('audit_log')") == [(None, None)]
 
 
 def test_reencrypt_needs_no_jwks(trail: str, settings: Settings) -> None:
     env = minimal_env(POSTGRES_URL=trail, ENCRYPTION_KEYS=keyring(settings), REDIS_URL=settings.redis_url)
-    done = run("api_server.reencrypt", env=env)
+    done = run("dynconfig_admin.reencrypt", env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("re-encrypted "), done.stdout
 

@@ -271,7 +271,7 @@ def history(url: str, prefix: str) -> list[tuple[str, int, int]]:
 def audit_verify(env: dict[str, str]) -> tuple[int, dict[str, Any]]:
     """This release's ``audit verify --json``: its exit status and report."""
     done = subprocess.run(
-        [sys.executable, "-m", "api_server.audit", "verify", "--json"],
+        [sys.executable, "-m", "dynconfig_admin.audit", "verify", "--json"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     return done.returncode, json.loads(done.stdout) if done.stdout.strip() else {"stderr": done.stderr}
@@ -301,7 +301,7 @@ async def test_a_rolling_upgrade_from_the_previous_release_loses_and_repeats_not
         await serve_a_while(tally, "the previous release")
         # 1. This release's migrations, while the previous release serves.
         migration = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "shared.migrate", cwd=ROOT, env=cluster.env,
+            sys.executable, "-m", "dynconfig_admin.migrate", cwd=ROOT, env=cluster.env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, err = await asyncio.wait_for(migration.communicate(), 60)

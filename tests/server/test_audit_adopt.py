@@ -22,7 +22,7 @@ from support import drop_database, new_database
 from test_audit_chain import audit_command, sql, write_traffic
 
 from devtools.services import PostgresServer
-from shared.migrate import migrate
+from dynconfig_admin.migrate import migrate
 from shared.migrations import MIGRATIONS
 from shared.settings import Settings
 

@@ -1,5 +1,5 @@
 """The tamper-evident audit trail (step 7): every audit row sealed with an HMAC chained over the row
-before it, ``python -m api_server.audit verify`` naming the first row altered, inserted, deleted or
+before it, ``dynconfig-audit verify`` naming the first row altered, inserted, deleted or
 reordered, and ``stream`` shipping rows as JSON lines.
 
 Rows are written by real api_server apps into a private database; tampering is done with plain SQL
@@ -34,9 +34,9 @@ ADMIN = "admin-user"
 
 
 def audit_command(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """``python -m api_server.audit ARGS`` with the api_server's environment for ``settings``."""
+    """``python -m dynconfig_admin.audit ARGS`` with the api_server's environment for ``settings``."""
     return subprocess.run(
-        [sys.executable, "-m", "api_server.audit", *args],
+        [sys.executable, "-m", "dynconfig_admin.audit", *args],
         env=process_env(settings, **env),
         cwd=ROOT,
         capture_output=True,
@@ -279,7 +279,17 @@ async def test_stream_follow_writes_rows_sealed_later(
     custom = settings.replace(postgres_url=trail)
     before = count(trail)
     follower = subprocess.Popen(  # noqa: ASYNC220 (read without blocking below)
-        [sys.executable, "-m", "api_server.audit", "stream", "--follow", "--interval", "0.2", "--after", str(before)],
+        [
+            sys.executable,
+            "-m",
+            "dynconfig_admin.audit",
+            "stream",
+            "--follow",
+            "--interval",
+            "0.2",
+            "--after",
+            str(before),
+        ],
         env=process_env(custom),
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -3,7 +3,7 @@ batches that never wait for writers, with the audit chain still verifiable after
 
 Rows are written by real api_server apps into a private database; the pruner runs with a retention
 of a fraction of a second (``Pruner`` directly, or the api_server's own loop); the verdict comes from
-``verify`` and the real ``python -m api_server.audit verify`` command.
+``verify`` and the real ``dynconfig-audit verify`` command.
 """
 
 from __future__ import annotations

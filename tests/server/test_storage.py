@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 from support import eventually, expect_error
 
 from api_server.cache import cache_key
-from api_server.reencrypt import reencrypt
+from dynconfig_admin.reencrypt import reencrypt
 from shared.crypto import DecryptionError, Keyring
 from shared.settings import Settings
 from tests.conftest import TEST_ENCRYPTION_KEYS, process_env
@@ -510,7 +510,7 @@ async def test_reencrypt_command_reseals_and_clears_the_cache(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "api_server.reencrypt",
+        "dynconfig_admin.reencrypt",
         env=env,
         cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE,

@@ -1,4 +1,4 @@
-"""``dynconfig-audit`` (``python -m api_server.audit``): check the tamper-evident audit trail, ship it
+"""``dynconfig-audit`` (``python -m dynconfig_admin.audit``): check the tamper-evident audit trail, ship it
 as JSON lines, or adopt rows written without a seal.
 
     dynconfig-audit verify [--json] [--checkpoint SEQ:MAC …] [--checkpoints FILE]
@@ -41,7 +41,7 @@ from shared.serve import run_command
 from shared.settings import Settings
 from shared.version import version_line
 
-PROG = "python -m api_server.audit"
+PROG = "dynconfig-audit"
 #: Of OPTIONAL_PARTS (shared/settings.py), what each subcommand reads: the chain's keys to check seals.
 USES = {
     "verify": frozenset({"ENCRYPTION_KEYS", "AUDIT_HMAC_KEY"}),

@@ -1,4 +1,4 @@
-"""``dynconfig-migrate`` (``python -m shared.migrate``): bring the database's schema up to this release.
+"""``dynconfig-migrate`` (``python -m dynconfig_admin.migrate``): bring the database's schema up to this release.
 
     dynconfig-migrate             apply every pending migration; exit 0 once the schema is current
     dynconfig-migrate --status    print the database's schema version and this release's; exit 0 when
@@ -34,13 +34,13 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql as pgsql
 
-from .db import dsn_for
-from .migrations import MIGRATIONS, Migration
-from .serve import flush_logs, setup_logging
-from .settings import Settings, SettingsError, exit_on_bad_settings
-from .sql import schema_migrations as sql
-from .tasks import Backoff
-from .version import VERSION, schema_refusal, version_line
+from shared.db import dsn_for
+from shared.migrations import MIGRATIONS, Migration
+from shared.serve import flush_logs, setup_logging
+from shared.settings import Settings, SettingsError, exit_on_bad_settings
+from shared.sql import schema_migrations as sql
+from shared.tasks import Backoff
+from shared.version import VERSION, schema_refusal, version_line
 
 log = logging.getLogger(__name__)
 

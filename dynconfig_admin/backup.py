@@ -1,4 +1,4 @@
-"""``dynconfig-backup`` (``python -m api_server.backup``): a backup of the database with PostgreSQL's own
+"""``dynconfig-backup`` (``python -m dynconfig_admin.backup``): a backup of the database with PostgreSQL's own
 tools, and the way back (deploy/README.md, "Backup and restore").
 
     dynconfig-backup dump FILE [--bindir DIR]
@@ -49,7 +49,7 @@ from typing import Any, NoReturn
 import psycopg2
 import psycopg2.extensions
 
-from api_server.backup_manifest import MANIFEST_FORMAT, Manifest, read_manifest
+from dynconfig_admin.backup_manifest import MANIFEST_FORMAT, Manifest, read_manifest
 from shared.settings import SettingsError, parse_postgres_url
 from shared.sql import backup as sql
 from shared.version import version_line

@@ -1,4 +1,5 @@
-"""``python -m api_server.reencrypt``: re-seal every stored value with the active key of ENCRYPTION_KEYS.
+"""``dynconfig-reencrypt`` (``python -m dynconfig_admin.reencrypt``): re-seal every stored value with the
+active key of ENCRYPTION_KEYS.
 
 Rotate by putting a new key first in ENCRYPTION_KEYS (old ids stay listed, so old values still
 decrypt), rolling the processes, running this, and only then dropping the old key from the list.
@@ -14,6 +15,7 @@ import logging
 import aiopg
 import redis.asyncio as aioredis
 
+from api_server.cache import cache_key
 from shared.crypto import Keyring
 from shared.db import check_schema, command_connector, connect_pool
 from shared.redis import REDIS_ERRORS
@@ -21,8 +23,6 @@ from shared.serve import run_command
 from shared.settings import Settings
 from shared.sql import reencrypt as sql
 from shared.version import version_line
-
-from .cache import cache_key
 
 log = logging.getLogger(__name__)
 BATCH = 500
@@ -78,9 +78,7 @@ async def _run(settings: Settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m api_server.reencrypt", description=(__doc__ or "").split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="dynconfig-reencrypt", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--version", action="version", version=version_line("dynconfig-reencrypt"))
     parser.parse_args(argv)
     run_command("reencrypt", _run, unreachable_status=1, uses=USES)
