@@ -1,6 +1,6 @@
-"""The api_server's care of the audit chain (shared/auditchain.py), one supervised loop per process.
+"""The api_server's care of the audit chain (shared/audit/chain.py), one supervised loop per process.
 
-At start it seals the genesis if no process has (shared/auditadopt.py), and, with ``AUDIT_HMAC_KEY``
+At start it seals the genesis if no process has (shared/audit/adopt.py), and, with ``AUDIT_HMAC_KEY``
 newly configured, a record sealed with it so derived keys stop being valid at once. Then, every
 ``AUDIT_CHECKPOINT_SECONDS``, it takes a checkpoint of the head out of the database: one log line
 ``audit checkpoint SEQ:MAC`` (written whatever ``LOG_LEVEL`` says: it is what a table put back as it
@@ -19,14 +19,13 @@ from collections.abc import AsyncIterator
 import aiopg
 from aiohttp import web
 
-from shared.auditadopt import read_head, seal_genesis, seal_key_switch
-from shared.auditchain import AUDIT_CHAIN, AuditChain
-from shared.auditverify import Checkpoint
+from api_server.metrics import API_METRICS, ApiMetrics
+from shared.audit.adopt import read_head, seal_genesis, seal_key_switch
+from shared.audit.chain import AUDIT_CHAIN, AuditChain
+from shared.audit.verify import Checkpoint
 from shared.db import DB_POOL
+from shared.runtime.supervisor import SUPERVISOR, cancel_and_wait
 from shared.settings import SETTINGS
-from shared.tasks import SUPERVISOR, cancel_and_wait
-
-from .metrics import API_METRICS, ApiMetrics
 
 log = logging.getLogger(__name__)
 checkpoint_log = logging.getLogger(f"{__name__}.checkpoint")

@@ -6,7 +6,7 @@ failover to a replica that missed the last writes).
 The fence (what this replica serves). Redis is not trusted to remember anything: Postgres is.
 - Every entry carries ``as_of``, a revision at which its state was the key's current state: for a
   writer's entry its own revision, for a fill after a miss the head read in the same statement as the
-  row (api_server/reads.py).
+  row (api_server/state_reader.py).
 - Every api_server follows the change log (:class:`api_server.fence.CacheFence`): each write statement
   NOTIFYs, at COMMIT, the keys it changed and their revisions, and the follower keeps, for changes
   above a floor that trails the head by ~30 s, the newest revision of each key changed.
@@ -58,15 +58,15 @@ from typing import Any
 import aiopg
 from aiohttp import web
 
+from api_server.fence import CacheFence
+from api_server.metrics import API_METRICS, ApiMetrics
+from shared.changes.state import KeyState
 from shared.db import DB_POOL, Hearing, Target, app_connector, listen, wait_notices
-from shared.model import KeyState
 from shared.redis import REDIS, REDIS_ERRORS, REDIS_UNREACHABLE, RedisLink
+from shared.runtime.coalescer import Coalescer
+from shared.runtime.supervisor import SUPERVISOR, cancel_and_wait
 from shared.settings import SETTINGS
 from shared.sql import cache as sql
-from shared.tasks import SUPERVISOR, Coalescer, cancel_and_wait
-
-from .fence import CacheFence
-from .metrics import API_METRICS, ApiMetrics
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def cache_key(key: str) -> str:
 
 
 # The scripts take many entries at once: a batch of a write (announce) or the calls of one event-loop
-# turn (get, put; shared.tasks.Coalescer) cost one round trip.
+# turn (get, put; shared.runtime.supervisor.Coalescer) cost one round trip.
 
 # KEYS = entries; ARGV = ttl ms, then a version per entry. Raise ``pending`` to the version about to
 # be committed.

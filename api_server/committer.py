@@ -40,20 +40,19 @@ import aiopg
 from aiohttp import web
 from psycopg2 import errors as pg_errors
 
-from shared.acl import Acl
-from shared.auditchain import AUDIT_CHAIN, AuditChain
+from api_server.cache import CACHE, ValueCache
+from api_server.metrics import API_METRICS, ApiMetrics
+from shared.audit.chain import AUDIT_CHAIN, AuditChain
+from shared.changes.kinds import AuditAction, EventKind
+from shared.changes.state import KeyState
+from shared.changes.writes import Change, NewState, change, expiry, write_changes
 from shared.db import DB_POOL, POSTGRES_UNREACHABLE
 from shared.errors import DynConfigError, ServiceUnavailable
-from shared.events import AuditAction, EventKind
-from shared.model import KeyState
+from shared.runtime.supervisor import SUPERVISOR, cancel_and_wait, complete_then_cancel
+from shared.security.acl import Acl
 from shared.sql import cache as cache_sql
 from shared.sql import keys as keys_sql
 from shared.sql import namespaces as ns_sql
-from shared.tasks import SUPERVISOR, cancel_and_wait, complete_then_cancel
-from shared.writes import Change, NewState, change, expiry, write_changes
-
-from .cache import CACHE, ValueCache
-from .metrics import API_METRICS, ApiMetrics
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ STOP_WAIT_SECONDS = 2.0
 @dataclass(frozen=True)
 class Decision:
     """What one write does to its key, decided under the key's row lock: from it the committer builds
-    the write's :class:`~shared.writes.Change`, once."""
+    the write's :class:`~shared.changes.writes.Change`, once."""
 
     before: KeyState
     new: NewState

@@ -4,26 +4,25 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.audit import audit_ctx
-from shared.crypto import KEYRING, Keyring
+from api_server.auditkeeper import audit_keeper_ctx
+from api_server.cache import cache_ctx
+from api_server.committer import committer_ctx
+from api_server.metrics import API_METRICS, ApiMetrics
+from api_server.middlewares import auth_middleware
+from api_server.retention import retention_ctx
+from api_server.routes import setup_routes
+from api_server.state_reader import state_reader_ctx
+from shared.audit.writer import audit_ctx
 from shared.db import pool_ctx
-from shared.jwks import http_session_ctx, verifier_ctx
-from shared.keyring_check import keyring_check_ctx
-from shared.nsacls import namespace_acls_ctx
-from shared.ratelimit import rate_limiter_ctx
 from shared.redis import redis_ctx
-from shared.serve import main_for
+from shared.runtime.process import main_for
+from shared.runtime.web import process_app
+from shared.security.crypto import KEYRING, Keyring
+from shared.security.jwks import http_session_ctx, verifier_ctx
+from shared.security.keyring_check import keyring_check_ctx
+from shared.security.nsacls import namespace_acls_ctx
+from shared.security.ratelimit import rate_limiter_ctx
 from shared.settings import Settings
-from shared.web import process_app
-
-from .auditkeeper import audit_keeper_ctx
-from .cache import cache_ctx
-from .committer import committer_ctx
-from .metrics import API_METRICS, ApiMetrics
-from .middlewares import auth_middleware
-from .reads import state_reader_ctx
-from .retention import retention_ctx
-from .routes import setup_routes
 
 PROCESS_NAME = "api_server"
 # A value's compact JSON may be 1 MiB; leave room for formatting and metadata, then check exactly.

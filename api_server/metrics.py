@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
-from shared.metrics import ServingMetrics
+from shared.runtime.metrics import ServingMetrics
 
 
 class ApiMetrics(ServingMetrics):

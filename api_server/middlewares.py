@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.auth import VERIFIER, bearer_token
+from api_server.console import is_console_path
+from api_server.domain.keys import Caller
 from shared.errors import DynConfigError
-from shared.metrics import Handler
-from shared.ratelimit import RATE_LIMITER
-from shared.web import request_id
-
-from .console import is_console_path
-from .domain.keys import Caller
+from shared.runtime.metrics import Handler
+from shared.runtime.web import request_id
+from shared.security.auth import VERIFIER, bearer_token
+from shared.security.ratelimit import RATE_LIMITER
 
 OPEN_PATHS = frozenset({"/health", "/health/live", "/metrics", "/openapi.json"})
 CALLER = web.RequestKey("caller", Caller)

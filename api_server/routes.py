@@ -6,12 +6,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from shared.metrics import metrics_handler
-from shared.web import live
-
-from . import console
-from .handlers import audit, health, keys, namespaces
-from .openapi import openapi_handler
+from api_server import console
+from api_server.handlers import audit, health, keys, namespaces
+from api_server.openapi import openapi_handler
+from shared.runtime.metrics import metrics_handler
+from shared.runtime.web import live
 
 # Any character, newlines included, so that a malformed key or namespace reaches its validator (400)
 # instead of falling through to "no route" (404).

@@ -34,15 +34,15 @@ import aiopg
 import psycopg2
 
 from devtools.devkeys import ensure_dev_keys, mint_token
-from shared.auditchain import AuditChain
-from shared.crypto import Keyring
-from shared.events import EventKind
+from shared.audit.chain import AuditChain
+from shared.changes.kinds import EventKind
+from shared.changes.writes import NewState, change, write_changes
+from shared.security.crypto import Keyring
 from shared.settings import Settings
 from shared.sql import changelog as changelog_sql
 from shared.sql import keys as keys_sql
 from shared.sql import namespaces as ns_sql
 from shared.validation import encode_value
-from shared.writes import NewState, change, write_changes
 
 # compare imports this module for its table: import the module (not names) so either may load first.
 from . import compare

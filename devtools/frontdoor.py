@@ -18,8 +18,9 @@ import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from shared.errors import DynConfigError
-from shared.serve import run, setup_logging
-from shared.web import close_websockets, name_the_server
+from shared.runtime.logs import setup_logging
+from shared.runtime.process import run
+from shared.runtime.web import close_websockets, name_the_server
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ as JSON lines, or adopt rows written without a seal.
 It needs ``POSTGRES_URL``, and for ``verify`` and ``adopt`` the keys that seal the chain
 (``ENCRYPTION_KEYS``, and ``AUDIT_HMAC_KEY`` when set); nothing else (no Redis, no JWKS). It never
 migrates: run ``dynconfig-migrate`` first (it refuses a schema its release does not work with).
-``verify`` exits 0 when the trail is intact, 1 naming the first thing wrong (shared/auditverify.py
+``verify`` exits 0 when the trail is intact, 1 naming the first thing wrong (shared/audit/verify.py
 says what it checks), 2 when it cannot run. Checkpoints are the tokens every api_server logs
 (``audit checkpoint SEQ:MAC``): give some you kept (or a file of such log lines) and ``verify`` also
 catches the whole table put back as it was before they were taken. After retention removed old rows
@@ -33,11 +33,11 @@ from typing import Any
 
 import aiopg
 
-from shared import auditadopt
-from shared.auditchain import AuditChain, Row
-from shared.auditverify import Checkpoint, sealed_pages, verify
+from shared.audit import adopt as auditadopt
+from shared.audit.chain import AuditChain, Row
+from shared.audit.verify import Checkpoint, sealed_pages, verify
 from shared.db import check_schema, command_connector, connect_pool
-from shared.serve import run_command
+from shared.runtime.process import run_command
 from shared.settings import Settings
 from shared.version import version_line
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from shared.auditverify import Checkpoint
+from shared.audit.verify import Checkpoint
 from shared.sql import backup as sql
 
 MANIFEST_FORMAT = 1

@@ -36,10 +36,10 @@ from psycopg2 import sql as pgsql
 
 from shared.db import dsn_for
 from shared.migrations import MIGRATIONS, Migration
-from shared.serve import flush_logs, setup_logging
+from shared.runtime.logs import flush_logs, setup_logging
+from shared.runtime.supervisor import Backoff
 from shared.settings import Settings, SettingsError, exit_on_bad_settings
 from shared.sql import schema_migrations as sql
-from shared.tasks import Backoff
 from shared.version import VERSION, schema_refusal, version_line
 
 log = logging.getLogger(__name__)

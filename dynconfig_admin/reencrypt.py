@@ -16,10 +16,10 @@ import aiopg
 import redis.asyncio as aioredis
 
 from api_server.cache import cache_key
-from shared.crypto import Keyring
 from shared.db import check_schema, command_connector, connect_pool
 from shared.redis import REDIS_ERRORS
-from shared.serve import run_command
+from shared.runtime.process import run_command
+from shared.security.crypto import Keyring
 from shared.settings import Settings
 from shared.sql import reencrypt as sql
 from shared.version import version_line

@@ -22,7 +22,7 @@ UNSET = Unset.UNSET
 class EventKind(enum.StrEnum):
     """What a change did to a key (SPEC §6). A ``str``: it compares equal to its wire value.
 
-    The client's own copy of the server's ``shared.events.EventKind`` (the client does not depend on
+    The client's own copy of the server's ``shared.changes.kinds.EventKind`` (the client does not depend on
     the server packages); ``tests/test_event_kinds.py`` checks that the two agree."""
 
     UPDATE = "update"

@@ -12,12 +12,12 @@ import logging
 import aiopg
 from aiohttp import web
 
-from shared.auditchain import AuditChain
+from shared.audit.chain import AuditChain
+from shared.changes.writes import expiry, write_changes
 from shared.db import Target, listen, wait_notices
+from shared.runtime.supervisor import Backoff, complete_then_cancel
 from shared.sql import expiry as sql
 from shared.sql import namespaces as ns_sql
-from shared.tasks import Backoff, complete_then_cancel
-from shared.writes import expiry, write_changes
 
 from .metrics import ExpiryMetrics
 

@@ -6,14 +6,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from shared.auditchain import AUDIT_CHAIN
+from shared.audit.chain import AUDIT_CHAIN
 from shared.db import DB_POOL, app_connector, pool_ctx
-from shared.keyring_check import keyring_check_ctx
-from shared.metrics import metrics_handler
-from shared.serve import main_for
+from shared.runtime.metrics import metrics_handler
+from shared.runtime.process import main_for
+from shared.runtime.supervisor import SUPERVISOR, cancel_and_wait
+from shared.runtime.web import base_checks, health_response, live, process_app
+from shared.security.keyring_check import keyring_check_ctx
 from shared.settings import Settings
-from shared.tasks import SUPERVISOR, cancel_and_wait
-from shared.web import base_checks, health_response, live, process_app
 
 from .expiry import WORKER, ExpiryWorker
 from .metrics import EXPIRY_METRICS, ExpiryMetrics

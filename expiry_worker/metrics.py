@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
-from shared.metrics import Metrics
+from shared.runtime.metrics import Metrics
 
 
 class ExpiryMetrics(Metrics):

@@ -20,14 +20,14 @@ import aiopg
 import psycopg2
 from aiohttp import web
 
-from shared.acl import Acl, Principal
-from shared.changelog import ChangeEvent, Readers, may_read_event
-from shared.crypto import Keyring
+from shared.changes.events import ChangeEvent, Readers, may_read_event
 from shared.db import Target, listen, ping, wait_notices
-from shared.nsacls import NamespaceAcls
 from shared.redis import REDIS_ERRORS, RedisLink
+from shared.runtime.supervisor import Backoff, Supervisor, cancel_and_wait
+from shared.security.acl import Acl, Principal
+from shared.security.crypto import Keyring
+from shared.security.nsacls import NamespaceAcls
 from shared.sql.changelog import REVISIONS_CHANNEL, events_after, head, resume_point
-from shared.tasks import Backoff, Supervisor, cancel_and_wait
 from shared.timeutil import utcnow
 
 from .frames import json_frame

@@ -6,21 +6,21 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from shared.audit import AUDIT, audit_ctx
-from shared.auth import VERIFIER
-from shared.crypto import KEYRING, Keyring
+from shared.audit.writer import AUDIT, audit_ctx
 from shared.db import DB_POOL, app_connector, connect_pool, pool_ctx
 from shared.errors import Unauthorized
-from shared.jwks import http_session_ctx, verifier_ctx
-from shared.keyring_check import keyring_check_ctx
-from shared.metrics import metrics_handler
-from shared.nsacls import NAMESPACE_ACLS, namespace_acls_ctx
-from shared.ratelimit import RATE_LIMITER, rate_limiter_ctx
 from shared.redis import REDIS, redis_ctx
-from shared.serve import main_for
+from shared.runtime.metrics import metrics_handler
+from shared.runtime.process import main_for
+from shared.runtime.supervisor import SUPERVISOR, cancel_and_wait
+from shared.runtime.web import base_checks, health_response, live, process_app, request_id
+from shared.security.auth import VERIFIER
+from shared.security.crypto import KEYRING, Keyring
+from shared.security.jwks import http_session_ctx, verifier_ctx
+from shared.security.keyring_check import keyring_check_ctx
+from shared.security.nsacls import NAMESPACE_ACLS, namespace_acls_ctx
+from shared.security.ratelimit import RATE_LIMITER, rate_limiter_ctx
 from shared.settings import SETTINGS, Settings
-from shared.tasks import SUPERVISOR, cancel_and_wait
-from shared.web import base_checks, health_response, live, process_app, request_id
 
 from .hub import HUB, Hub
 from .metrics import NOTIFIER_METRICS, NotifierMetrics

@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 
 from aiohttp import WSCloseCode, web
 
-from shared.auth import bearer_token
 from shared.errors import DynConfigError, Unauthorized
+from shared.security.auth import bearer_token
 from shared.validation import key_problem, parse_since_version
 
 MAX_PATTERNS = 1000

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.acl import Acl
-from shared.changelog import ChangeEvent, stored_audience
+from shared.changes.events import ChangeEvent, stored_audience
+from shared.security.acl import Acl
 
 CHANNEL = "dynconfig:events"
 

@@ -18,12 +18,12 @@ import aiopg
 import psycopg2
 from aiohttp import web
 
-from shared.changelog import ChangeEvent
+from shared.changes.events import ChangeEvent
 from shared.db import Target, listen, ping, try_session_lock, wait_notices
 from shared.redis import REDIS_ERRORS, RedisLink
+from shared.runtime.supervisor import Supervisor, cancel_and_wait, complete_then_cancel
 from shared.sql import changelog as sql
 from shared.sql import outbox as outbox_sql
-from shared.tasks import Supervisor, cancel_and_wait, complete_then_cancel
 from shared.timeutil import utcnow
 
 from .metrics import NotifierMetrics

@@ -22,16 +22,16 @@ from typing import Any
 import aiopg
 from aiohttp import WSMsgType, web
 
-from shared.acl import Principal
-from shared.audit import AuditRecord, AuditWriter
-from shared.auth import LEEWAY_SECONDS, TokenVerifier
-from shared.changelog import ChangeEvent, like_patterns
+from shared.audit.writer import AuditRecord, AuditWriter
+from shared.changes.events import ChangeEvent, like_patterns
+from shared.changes.kinds import AuditAction
 from shared.db import POSTGRES_UNREACHABLE
 from shared.errors import BadRequest, DynConfigError
-from shared.events import AuditAction
-from shared.ratelimit import RateLimiter
+from shared.runtime.web import close_websockets, request_id
+from shared.security.acl import Principal
+from shared.security.auth import LEEWAY_SECONDS, TokenVerifier
+from shared.security.ratelimit import RateLimiter
 from shared.sql.changelog import events_after, head, resume_point, snapshot_pages
-from shared.web import close_websockets, request_id
 
 from .frames import json_frame
 from .hub import Hub

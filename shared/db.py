@@ -18,10 +18,10 @@ import psycopg2
 import psycopg2.extensions
 from aiohttp import web
 
-from .settings import PROCESS, SETTINGS, Settings
-from .sql import schema_migrations as schema_sql
-from .tasks import Backoff
-from .version import schema_refusal
+from shared.runtime.supervisor import Backoff
+from shared.settings import PROCESS, SETTINGS, Settings
+from shared.sql import schema_migrations as schema_sql
+from shared.version import schema_refusal
 
 DB_POOL = web.AppKey("db_pool", aiopg.Pool)
 
@@ -202,8 +202,8 @@ CONNECTION_ERRORS = (psycopg2.Error, OSError, TimeoutError)
 #: The errors of a Postgres that cannot be reached or serve now (every statement would fail alike), as
 #: opposed to one that refuses one statement's data (``psycopg2.DataError``, an encoding error…): a
 #: batch that fails with one of these fails for all its writers or readers at once; any other failure
-#: is narrowed down to the item that caused it (``shared.tasks.Coalescer``, the committer). A request
-#: that meets one is answered 503 (``shared.web.error_middleware``): a statement cancelled by
+#: is narrowed down to the item that caused it (``shared.runtime.supervisor.Coalescer``, the committer). A request
+#: that meets one is answered 503 (``shared.runtime.web.error_middleware``): a statement cancelled by
 #: ``statement_timeout`` is an ``OperationalError`` too, and a server that does not answer in time a
 #: ``TimeoutError``.
 POSTGRES_UNREACHABLE = (psycopg2.OperationalError, psycopg2.InterfaceError, OSError, TimeoutError)

@@ -1,4 +1,4 @@
-"""The domain errors; one middleware (``shared.web.error_middleware``) turns them into SPEC §4 JSON."""
+"""The domain errors; one middleware (``shared.runtime.web.error_middleware``) turns them into SPEC §4 JSON."""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ MIGRATIONS: list[Migration] = [
         CREATE TABLE keys (
             key           text PRIMARY KEY,
             version       bigint NOT NULL,
-            value_enc     bytea,                  -- AES-256-GCM blob (shared/crypto.py); NULL once deleted
+            value_enc     bytea,                  -- AES-256-GCM blob (shared/security/crypto.py); NULL once deleted
             ttl           integer,
             expires_at    timestamptz,
             acl_read      text[],                 -- NULL: inherit from the namespace (SPEC §5)
@@ -194,7 +194,7 @@ MIGRATIONS: list[Migration] = [
         8,
         "the audit chain: every audit row sealed with an HMAC over the row before it",
         """
-        -- shared/auditchain.py: seq numbers the rows in chain order (no gaps), mac is the row's HMAC,
+        -- shared/audit/chain.py: seq numbers the rows in chain order (no gaps), mac is the row's HMAC,
         -- mac_key names the key. Rows written before this migration stay unsealed: legacy_through is
         -- the last of them, and any unsealed row after it is one nobody who appends could have made.
         ALTER TABLE audit_log ADD COLUMN seq bigint, ADD COLUMN mac bytea, ADD COLUMN mac_key text;
@@ -213,7 +213,7 @@ MIGRATIONS: list[Migration] = [
         9,
         "the audit chain: a sealed head, adoption records, the head each batch was appended after",
         """
-        -- shared/auditchain.py. Nullable columns without defaults: no table rewrite, and the previous
+        -- shared/audit/chain.py. Nullable columns without defaults: no table rewrite, and the previous
         -- release keeps writing (its statements name their columns; it moves seq and mac and leaves
         -- the seal stale, which verify reports as such).
         -- audit_log.detail: what the chain's own records say (an adoption's id range, count, digest);

@@ -26,7 +26,7 @@ from aiohttp import web
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 _KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _USERNAME = re.compile(r"^\S{1,256}$")
-#: Ids of audit keys derived from encryption keys (shared/auditchain.py) start with this; an
+#: Ids of audit keys derived from encryption keys (shared/audit/chain.py) start with this; an
 #: ``AUDIT_HMAC_KEY`` id may not, so the two kinds never mix.
 DERIVED_AUDIT_KEY_PREFIX = "enc."
 DAY_SECONDS = 86400
@@ -58,7 +58,7 @@ class Settings:
     jwks_url: str = ""
     encryption_keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     #: Keys of the audit chain's HMAC (``id:base64key,…``, first active; at least 32 bytes each). Empty:
-    #: a key derived from each encryption key is used instead (shared/auditchain.py).
+    #: a key derived from each encryption key is used instead (shared/audit/chain.py).
     audit_hmac_keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     rate_limit: int = 1000
     admin_users: frozenset[str] = frozenset({"admin-user"})
@@ -82,7 +82,7 @@ class Settings:
     changelog_retention_seconds: int = 86400
     #: JWKS refresh period (unknown ``kid`` also triggers a refresh, at most once per 30 s).
     jwks_refresh_seconds: float = 300.0
-    #: How often each process checks that its keyring opens the values in use (shared/keyring_check.py).
+    #: How often each process checks that its keyring opens the values in use (shared/security/keyring_check.py).
     keyring_check_seconds: float = 30.0
     #: How often each api_server logs and exports a checkpoint of the audit chain's head.
     audit_checkpoint_seconds: int = 60

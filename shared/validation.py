@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from .errors import BadRequest, PayloadTooLarge
+from shared.errors import BadRequest, PayloadTooLarge
 
 MAX_KEY_LENGTH = 256
 MAX_VALUE_BYTES = 1_048_576

@@ -10,14 +10,13 @@ from typing import Any
 
 import aiopg
 
-from shared.acl import Principal
-from shared.crypto import Keyring
-from shared.nsacls import NamespaceAcls
+from api_server.cache import ValueCache
+from api_server.committer import Committer
+from api_server.state_reader import StateReader
+from shared.security.acl import Principal
+from shared.security.crypto import Keyring
+from shared.security.nsacls import NamespaceAcls
 from shared.validation import encode_value
-
-from ..cache import ValueCache
-from ..committer import Committer
-from ..reads import StateReader
 
 
 @dataclass(frozen=True)

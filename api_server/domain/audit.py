@@ -7,11 +7,10 @@ from datetime import datetime
 
 import aiopg
 
-from shared.auditchain import AuditChain
+from api_server.domain import Caller
+from shared.audit.chain import AuditChain
 from shared.errors import Forbidden
 from shared.sql import audit as sql
-
-from . import Caller
 
 #: How a record is vouched for (``seal`` in ``GET /audit``): sealed into the chain when written;
 #: written without a seal (before the chain began, or by a release without it) in an id range an

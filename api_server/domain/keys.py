@@ -8,23 +8,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared import changelog
-from shared.acl import Acl, Principal, governing_namespace, may_access, may_create
-from shared.crypto import DecryptionError
+from api_server.committer import Decision, WriteOp
+from api_server.domain import Caller, Store
+from api_server.domain.refusals import Refusal, decided_on_postgres, screen
+from shared.changes import events as changelog
+from shared.changes.kinds import AuditAction, EventKind
+from shared.changes.state import KeyState
+from shared.changes.writes import NewState
 from shared.errors import BadRequest, Forbidden, NotFound, PreconditionFailed
-from shared.events import AuditAction, EventKind
-from shared.model import KeyState
+from shared.security.acl import Acl, Principal, governing_namespace, may_access, may_create
+from shared.security.crypto import DecryptionError
 from shared.sql import changelog as changelog_sql
 from shared.sql import history as history_sql
 from shared.sql import keys as keys_sql
 from shared.sql import like_escape
 from shared.timeutil import utcnow
 from shared.validation import namespaces_of
-from shared.writes import NewState
-
-from ..committer import Decision, WriteOp
-from . import Caller, Store
-from .refusals import Refusal, decided_on_postgres, screen
 
 
 @dataclass(frozen=True)

@@ -7,16 +7,15 @@ from typing import Any
 
 import aiopg
 
-from shared.acl import Acl
-from shared.audit import AuditRecord, record
-from shared.auditchain import AuditChain
+from api_server.domain import Caller
+from shared.audit.chain import AuditChain
+from shared.audit.writer import AuditRecord, record
+from shared.changes.kinds import AuditAction
 from shared.errors import Forbidden, NotFound
-from shared.events import AuditAction
-from shared.nsacls import NamespaceAcls
+from shared.security.acl import Acl
+from shared.security.nsacls import NamespaceAcls
 from shared.sql import namespaces as sql
 from shared.timeutil import utcnow
-
-from . import Caller
 
 
 def require_admin(caller: Caller, namespace: str) -> None:

@@ -24,10 +24,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from shared.acl import Acl, Principal
-from shared.model import KeyState
-
-from . import Store
+from api_server.domain import Store
+from shared.changes.state import KeyState
+from shared.security.acl import Acl, Principal
 
 #: Why ``who`` may not do something with a key in ``state`` (None: it never existed), given the
 #: namespace ACLs above it; None when it may.

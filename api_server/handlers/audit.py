@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.auditchain import AUDIT_CHAIN
-from shared.auditverify import verify
+from api_server.domain import audit as audit_log
+from api_server.handlers import cursors
+from api_server.handlers.common import audit, audited_failures, caller_of
+from shared.audit.chain import AUDIT_CHAIN
+from shared.audit.verify import verify
+from shared.changes.kinds import AuditAction
 from shared.db import DB_POOL
 from shared.errors import BadRequest
-from shared.events import AuditAction
+from shared.runtime.web import json_response
 from shared.timeutil import parse_rfc3339, rfc3339
 from shared.validation import parse_limit, text_filter
-from shared.web import json_response
-
-from ..domain import audit as audit_log
-from . import cursors
-from .common import audit, audited_failures, caller_of
 
 
 async def list_audit(request: web.Request) -> web.Response:

@@ -7,18 +7,17 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
-from shared.audit import AUDIT, AuditRecord
-from shared.crypto import KEYRING
+from api_server.cache import CACHE
+from api_server.committer import COMMITTER
+from api_server.domain.keys import Caller, Store
+from api_server.middlewares import CALLER
+from api_server.state_reader import STATE_READER
+from shared.audit.writer import AUDIT, AuditRecord
+from shared.changes.kinds import AuditAction
 from shared.db import DB_POOL
 from shared.errors import DynConfigError, Forbidden, NotFound, PreconditionFailed
-from shared.events import AuditAction
-from shared.nsacls import NAMESPACE_ACLS
-
-from ..cache import CACHE
-from ..committer import COMMITTER
-from ..domain.keys import Caller, Store
-from ..middlewares import CALLER
-from ..reads import STATE_READER
+from shared.security.crypto import KEYRING
+from shared.security.nsacls import NAMESPACE_ACLS
 
 _OUTCOMES: dict[type[DynConfigError], str] = {
     Forbidden: "denied",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.audit import AUDIT
+from shared.audit.writer import AUDIT
 from shared.redis import REDIS
-from shared.web import base_checks, health_response
+from shared.runtime.web import base_checks, health_response
 
 
 async def health(request: web.Request) -> web.Response:

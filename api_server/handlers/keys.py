@@ -6,8 +6,13 @@ import re
 
 from aiohttp import web
 
+from api_server.domain import keys as store
+from api_server.domain.keys import IfMatch
+from api_server.handlers import cursors
+from api_server.handlers.common import audit, audited_failures, caller_of, store_of
+from shared.changes.kinds import AuditAction
 from shared.errors import BadRequest
-from shared.events import AuditAction
+from shared.runtime.web import json_response, read_json
 from shared.timeutil import rfc3339
 from shared.validation import (
     PatchKeySchema,
@@ -19,12 +24,6 @@ from shared.validation import (
     validate_key,
     validate_namespace,
 )
-from shared.web import json_response, read_json
-
-from ..domain import keys as store
-from ..domain.keys import IfMatch
-from . import cursors
-from .common import audit, audited_failures, caller_of, store_of
 
 _PUT = PutKeySchema()
 _PATCH = PatchKeySchema()

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shared.auditchain import AUDIT_CHAIN
+from api_server.domain import namespaces
+from api_server.handlers.common import audit, audited_failures, caller_of
+from shared.audit.chain import AUDIT_CHAIN
+from shared.changes.kinds import AuditAction
 from shared.db import DB_POOL
-from shared.events import AuditAction
-from shared.nsacls import NAMESPACE_ACLS
+from shared.runtime.web import json_response, read_json
+from shared.security.nsacls import NAMESPACE_ACLS
 from shared.timeutil import rfc3339
 from shared.validation import NamespaceSchema, load, validate_namespace
-from shared.web import json_response, read_json
-
-from ..domain import namespaces
-from .common import audit, audited_failures, caller_of
 
 _SCHEMA = NamespaceSchema()
 

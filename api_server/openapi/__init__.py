@@ -12,12 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
-from shared.validation import LARGEST_WHOLE_NUMBER, TEXT_FILTER_PATTERN
-from shared.web import json_response
-
-from ..console import asset_names
-from ..handlers import cursors
-from .components import (
+from api_server.console import asset_names
+from api_server.handlers import cursors
+from api_server.openapi.components import (
     ETAG,
     IF_MATCH,
     KEY,
@@ -34,6 +31,8 @@ from .components import (
     query,
     ref,
 )
+from shared.runtime.web import json_response
+from shared.validation import LARGEST_WHOLE_NUMBER, TEXT_FILTER_PATTERN
 
 _WRITTEN = ref("Written")
 _OPEN: dict[str, Any] = {"security": []}

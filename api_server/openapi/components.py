@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.events import EventKind
+from api_server.handlers import cursors
+from api_server.handlers.keys import IF_MATCH_PATTERN
+from shared.changes.kinds import EventKind
 from shared.validation import (
     ACL_ENTRY_PATTERN,
     DEFAULT_LIMIT,
@@ -20,9 +22,6 @@ from shared.validation import (
     NAME_PATTERN,
     RESERVED_SUFFIX_PATTERN,
 )
-
-from ..handlers import cursors
-from ..handlers.keys import IF_MATCH_PATTERN
 
 _JSON = "application/json"
 

@@ -9,16 +9,16 @@ from typing import Any
 
 import aiopg
 
-from shared.auditchain import AuditChain, Entry, Head, Row
+from shared.audit.chain import AuditChain, Entry, Head, Row
 
-#: The sealed columns, in the order shared.auditchain.Entry and the statements below take them.
+#: The sealed columns, in the order shared.audit.chain.Entry and the statements below take them.
 SEALED = "at, actor, action, key, version, outcome, request_id"
 
 #: Sealed too, when set (migration 9): ``detail`` of the chain's own records (adoptions, key
 #: switches) and, on the first row of each batch, the head it was appended after (``link_*``).
 LINKED = "detail, link_seq, link_seal"
 
-#: Moves the chain's head past the rows just sealed and seals it (shared.auditchain.seal_head); ends
+#: Moves the chain's head past the rows just sealed and seals it (shared.audit.chain.seal_head); ends
 #: every statement that appends sealed rows.
 ADVANCE = """
 UPDATE audit_chain
@@ -27,7 +27,7 @@ UPDATE audit_chain
 """
 
 #: A batch in one statement: one array per column, rows in order, each sealed by the audit chain
-#: (``seq``, ``mac``, ``mac_key``, ``link_*``, from shared.auditchain.AuditChain.columns), and the
+#: (``seq``, ``mac``, ``mac_key``, ``link_*``, from shared.audit.chain.AuditChain.columns), and the
 #: chain's head moved past them. The head must have been locked in this transaction (``HEAD_FOR_UPDATE``).
 INSERT_MANY = f"""
 WITH rows AS (
@@ -42,14 +42,14 @@ WITH rows AS (
 
 _HEAD = "seq, mac, sealed_seq, sealed_mac, seal, seal_key, adopted_through"
 
-#: The chain's head (shared.auditchain.Head), locked until COMMIT: appenders queue here, so seq order
+#: The chain's head (shared.audit.chain.Head), locked until COMMIT: appenders queue here, so seq order
 #: is commit order.
 HEAD_FOR_UPDATE = f"SELECT {_HEAD} FROM audit_chain FOR UPDATE"
 
 #: The head as it is now, and the last id written before the chain began (migration 8).
 HEAD = f"SELECT {_HEAD}, legacy_through FROM audit_chain"
 
-#: A page of sealed rows in chain order, as shared.auditchain.Row.from_db reads them.
+#: A page of sealed rows in chain order, as shared.audit.chain.Row.from_db reads them.
 SEALED_PAGE = f"""
 SELECT id, seq, {SEALED}, {LINKED}, mac, mac_key FROM audit_log
  WHERE seq > %(after)s AND (%(through)s::bigint IS NULL OR seq <= %(through)s)
@@ -67,7 +67,7 @@ SELECT id, seq, {SEALED}, {LINKED}, mac, mac_key FROM audit_log
 """
 
 #: A page of rows without a seal, in id order (ids after ``after``, up to ``through`` when given), as
-#: shared.auditadopt digests them.
+#: shared.audit.adopt digests them.
 UNSEALED_PAGE = f"""
 SELECT id, {SEALED} FROM audit_log
  WHERE seq IS NULL AND id > %(after)s AND (%(through)s::bigint IS NULL OR id <= %(through)s)
@@ -79,7 +79,7 @@ LAST_UNSEALED_ID = "SELECT max(id) FROM audit_log WHERE seq IS NULL"
 
 #: Every version of a key (``key_history``) that no audit row records as written (same key and
 #: version, outcome ok), in a fixed order, with its time; only those written at ``since`` or later
-#: when it is given (after a prune: shared/auditprune.py). One statement: one snapshot, and a change
+#: when it is given (after a prune: shared/audit/prune.py). One statement: one snapshot, and a change
 #: commits its version and its audit row together, so a write in flight is never half seen.
 UNAUDITED_VERSIONS = """
 SELECT h.key, h.version, h.at FROM key_history h
@@ -101,7 +101,7 @@ SELECT id, at, actor, action, key, version, outcome, request_id, seq IS NOT NULL
  LIMIT %(limit)s
 """
 
-# --- retention (shared/auditprune.py, shared/retention.py) -----------------------------------------
+# --- retention (shared/audit/prune.py, api_server/retention/history.py) -----------------------------------------
 
 #: The newest few of the chain's own records of one kind (``actor`` system:audit, so the index on
 #: (actor, at, id) finds them among millions), newest first; the caller takes the highest seq.

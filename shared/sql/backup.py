@@ -7,10 +7,9 @@ from dataclasses import dataclass
 
 import psycopg2.extensions
 
-from shared.auditchain import Head
-
-from . import audit as audit_sql
-from . import changelog as changelog_sql
+from shared.audit.chain import Head
+from shared.sql import audit as audit_sql
+from shared.sql import changelog as changelog_sql
 
 # Run first in the dump's REPEATABLE READ transaction: pg_dump --snapshot takes the same snapshot.
 EXPORT_SNAPSHOT = "SELECT pg_export_snapshot()"
@@ -26,7 +25,7 @@ SELECT r.head, r.pruned_through,
   FROM relay_state r
 """
 
-# The ids of the encryption keys that sealed any stored value, current or past (shared/crypto.py:
+# The ids of the encryption keys that sealed any stored value, current or past (shared/security/crypto.py:
 # a blob starts with the length of its key id, then the id).
 ENCRYPTION_KEY_IDS = """
 SELECT DISTINCT convert_from(substring(v.value_enc from 2 for get_byte(v.value_enc, 0)), 'UTF8') AS id
@@ -36,7 +35,7 @@ SELECT DISTINCT convert_from(substring(v.value_enc from 2 for get_byte(v.value_e
  ORDER BY id
 """
 
-# The ids of the audit keys that sealed any audit row or the chain's head (shared/auditchain.py).
+# The ids of the audit keys that sealed any audit row or the chain's head (shared/audit/chain.py).
 AUDIT_KEY_IDS = """
 SELECT id FROM (SELECT mac_key AS id FROM audit_log UNION SELECT seal_key FROM audit_chain) AS k
  WHERE id IS NOT NULL ORDER BY id

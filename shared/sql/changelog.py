@@ -13,9 +13,9 @@ from typing import Any
 
 import aiopg
 
-from shared.acl import Acl
-from shared.changelog import ChangeEvent, ResumePoint, key_ranges, stored_audience
-from shared.events import EventKind
+from shared.changes.events import ChangeEvent, ResumePoint, key_ranges, stored_audience
+from shared.changes.kinds import EventKind
+from shared.security.acl import Acl
 from shared.timeutil import utcnow
 
 # Columns of an event row, decoded by _event (below).

@@ -6,9 +6,8 @@ from datetime import datetime
 
 import aiopg
 
-from shared.model import KeyState
-
-from .keys import KEY_COLUMNS
+from shared.changes.state import KeyState
+from shared.sql.keys import KEY_COLUMNS
 
 # Due keys by Postgres's clock (the clock every writer uses), and that clock, for the expiry's time.
 DUE = f"""

@@ -7,9 +7,9 @@ from datetime import datetime
 
 import aiopg
 
-from shared.acl import Audience
-from shared.changelog import stored_audience
-from shared.events import EventKind
+from shared.changes.events import stored_audience
+from shared.changes.kinds import EventKind
+from shared.security.acl import Audience
 
 PAGE = """
 SELECT version, event, value_enc, actor, at, read_entries, read_owner FROM key_history
@@ -26,7 +26,7 @@ SELECT event, value_enc, read_entries, read_owner FROM key_history WHERE key = %
 #: A key's current version and this many past versions are kept whatever their age (SPEC §8).
 KEEP_PAST = 10
 
-#: Retention (shared/retention.py): the next ``limit`` versions older than ``before`` in (at, key,
+#: Retention (api_server/retention/history.py): the next ``limit`` versions older than ``before`` in (at, key,
 #: version) order after the cursor ``after_*`` (all NULL: from the oldest), of which those that are
 #: neither among their key's current and ``KEEP_PAST`` newest past versions (versions are numbered
 #: 1, 2, 3… per key, so that is ``version < current - KEEP_PAST``) nor still in the change log (its

@@ -1,4 +1,4 @@
-"""The values the keyring check looks at (shared/keyring_check.py): a few, found without a scan.
+"""The values the keyring check looks at (shared/security/keyring_check.py): a few, found without a scan.
 
 The first two read only the head of each value (``%(head)s`` bytes: the key id that sealed it, which
 Postgres reads without decompressing a large value whole); the third fetches the few values opened.

@@ -8,8 +8,8 @@ from typing import Any
 
 import aiopg
 
-from shared.acl import Acl
-from shared.model import KeyState
+from shared.changes.state import KeyState
+from shared.security.acl import Acl
 
 # Column order of every SELECT of a key row, as KeyState.from_row reads it.
 KEY_COLUMNS = (

@@ -9,7 +9,7 @@ from typing import Any
 
 import aiopg
 
-from shared.acl import Acl
+from shared.security.acl import Acl
 from shared.validation import namespaces_of
 
 SELECT_ALL = "SELECT namespace, acl_read, acl_write FROM namespaces"
@@ -40,7 +40,7 @@ DELETE = "DELETE FROM namespaces WHERE namespace = %(ns)s"
 # Tells notifiers to reload namespace ACLs (watch deliveries check them per event).
 CHANNEL = "dynconfig_namespaces"
 # The payload names the write (a token of the writer's), so its process can wait until its own
-# listener has heard it (shared.nsacls.NamespaceAcls.wait_heard).
+# listener has heard it (shared.security.nsacls.NamespaceAcls.wait_heard).
 NOTIFY = f"SELECT pg_notify('{CHANNEL}', %(token)s)"
 
 

@@ -14,7 +14,7 @@ At COMMIT it tells every api_server which keys changed at which revisions (``NOT
 fence of their value caches (api_server/fence.py).
 
 The audit rows come sealed (``seq``, ``mac``, ``mac_key``, and on the first the head it follows:
-``link_seq``, ``link_seal``; shared.auditchain), the chain's head locked earlier in the transaction,
+``link_seq``, ``link_seal``; shared.audit.chain), the chain's head locked earlier in the transaction,
 and the statement moves the head past them and seals it.
 
 Parameters are one array per column, a change per index. ACL lists vary in length, which Postgres
@@ -28,12 +28,11 @@ from typing import Any
 
 import aiopg
 
-from shared.model import KeyState
-
-from . import audit as audit_sql
-from . import changelog as changelog_sql
-from .expiry import NOTIFY as NOTIFY_TTL
-from .outbox import NOTIFY as NOTIFY_OUTBOX
+from shared.changes.state import KeyState
+from shared.sql import audit as audit_sql
+from shared.sql import changelog as changelog_sql
+from shared.sql.expiry import NOTIFY as NOTIFY_TTL
+from shared.sql.outbox import NOTIFY as NOTIFY_OUTBOX
 
 COLUMNS = (
     "key",

@@ -12,7 +12,7 @@ from pathlib import Path
 import dynconfig_client
 from api_server.openapi import SPEC
 from dynconfig_client.models import EventKind as ClientEventKind
-from shared.events import EventKind
+from shared.changes.kinds import EventKind
 from shared.migrations import MIGRATIONS
 
 REPO = Path(__file__).resolve().parents[2]

@@ -34,8 +34,8 @@ from support import WatchRecorder, process_env
 
 from devtools.services import free_port
 from dynconfig_admin.backup import SKIP_REVISIONS
-from shared.auditchain import Head
-from shared.auditverify import Checkpoint
+from shared.audit.chain import Head
+from shared.audit.verify import Checkpoint
 from shared.settings import Settings
 from shared.sql import changelog as changelog_sql
 

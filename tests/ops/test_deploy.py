@@ -37,8 +37,8 @@ from yamllint import linter
 from yamllint.config import YamlLintConfig
 
 from dynconfig_admin.migrate import load_settings as load_migrate_settings
-from shared.metrics import METRICS
-from shared.serve import SHUTDOWN_TIMEOUT_SECONDS
+from shared.runtime.metrics import METRICS
+from shared.runtime.process import SHUTDOWN_TIMEOUT_SECONDS
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -30,7 +30,7 @@ from support import eventually, first_health, process_env
 from devtools.services import free_port
 from dynconfig_admin.reencrypt import reencrypt
 from dynconfig_client import Client, ConnectionFailed, EventStream
-from shared.crypto import Keyring
+from shared.security.crypto import Keyring
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

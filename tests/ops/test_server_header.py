@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from support import eventually
 
-from shared.web import SERVER_HEADER
+from shared.runtime.web import SERVER_HEADER
 
 
 async def _raw_answer(port: int, request: bytes) -> str:

@@ -2,7 +2,7 @@
 process before the signal is answered, every watch socket is closed with 1001, and the process exits
 0 within 10 s. ``python -m api_server``, ``python -m notifier`` and the dev front door
 (``python -m devtools.frontdoor``, which ``./dev/up`` runs on :8080) are each tested for real: the
-in-process app objects of the other tests never go through ``shared/serve.py``.
+in-process app objects of the other tests never go through ``shared/runtime/process.py``.
 
 The writers speak HTTP/1.1 on raw keep-alive sockets so that "sent before the signal" is exact: a
 request counts as sent when its bytes are in the kernel (``transport.write`` returned with nothing

@@ -1,7 +1,7 @@
 """Access control (SPEC §4 "who" column, §5): ACL entries, creation, metadata, inheritance, secrecy.
 
 Most tests go through HTTP with tokens of several usernames; the last section unit-tests the pure
-functions of ``shared/acl.py``.
+functions of ``shared/security/acl.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,15 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 from support import Api, assert_forbidden, assert_not_found, eventually
 
-from shared.acl import Acl, Principal, entries_match, entry_matches, governing_namespace, may_access, may_create
+from shared.security.acl import (
+    Acl,
+    Principal,
+    entries_match,
+    entry_matches,
+    governing_namespace,
+    may_access,
+    may_create,
+)
 
 ADMIN = "admin-user"
 Client = TestClient[Any, Any]
@@ -586,7 +594,7 @@ async def test_denied_put_is_audited_as_denied(api: AclApi, pg: aiopg.Pool, uniq
         assert rows[0][1:] == (denied_key, bob, "denied", None)
 
 
-# --- shared/acl.py ------------------------------------------------------------------------------
+# --- shared/security/acl.py ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

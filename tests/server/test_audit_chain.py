@@ -24,8 +24,8 @@ import pytest
 from support import drop_database, eventually, migrated_database, new_database, process_env
 
 from devtools.services import PostgresServer
-from shared.auditchain import AuditChain
-from shared.auditverify import verify
+from shared.audit.chain import AuditChain
+from shared.audit.verify import verify
 from shared.settings import Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parents[2]

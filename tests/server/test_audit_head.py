@@ -27,7 +27,7 @@ from support import drop_database, eventually, new_database, process_env
 from test_audit_chain import audit_command, sql, write_traffic
 
 from devtools.services import PostgresServer
-from shared.auditchain import Entry, derived_keys, seal
+from shared.audit.chain import Entry, derived_keys, seal
 from shared.settings import Settings, SettingsError
 
 Token = Callable[..., str]

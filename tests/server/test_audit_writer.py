@@ -15,7 +15,7 @@ import aiopg
 from aiohttp.test_utils import TestClient
 from support import eventually
 
-from shared.audit import AUDIT, AuditRecord
+from shared.audit.writer import AUDIT, AuditRecord
 
 ADMIN = "admin-user"
 Client = TestClient[Any, Any]

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from jwt.algorithms import ECAlgorithm
 from support import eventually
 
-from shared.auth import VERIFIER
+from shared.security.auth import VERIFIER
 
 ADMIN = "admin-user"
 

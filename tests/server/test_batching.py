@@ -18,10 +18,10 @@ from aiohttp.test_utils import TestClient
 from api_server.domain import Caller
 from api_server.domain import keys as domain
 from api_server.handlers.common import app_store
-from shared.acl import Principal
-from shared.model import KeyState
-from shared.ratelimit import Decision, RateLimiter
+from shared.changes.state import KeyState
 from shared.redis import RedisLink
+from shared.security.acl import Principal
+from shared.security.ratelimit import Decision, RateLimiter
 
 ADMIN = "admin-user"
 BAD_NAME = "eve\ud800"  # a legal JSON escape; neither redis-py nor psycopg2 can encode it

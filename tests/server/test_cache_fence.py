@@ -16,8 +16,8 @@ from support import eventually
 
 from api_server import fence as fence_module
 from api_server.fence import CacheFence
+from shared.runtime.supervisor import cancel_and_wait
 from shared.sql import changelog as changelog_sql
-from shared.tasks import cancel_and_wait
 
 
 @pytest.fixture

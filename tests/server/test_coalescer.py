@@ -1,4 +1,4 @@
-"""shared.tasks.Coalescer: the calls of one event-loop turn go out as one batch (used for Redis)."""
+"""shared.runtime.supervisor.Coalescer: the calls of one event-loop turn go out as one batch (used for Redis)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from shared.tasks import Coalescer
+from shared.runtime.coalescer import Coalescer
 
 
 async def test_calls_of_one_turn_form_one_batch_and_each_gets_its_own_result() -> None:

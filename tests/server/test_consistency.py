@@ -29,7 +29,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from support import eventually
 
-from shared.crypto import Keyring
+from shared.security.crypto import Keyring
 from shared.settings import Settings
 from shared.timeutil import parse_rfc3339
 

@@ -21,7 +21,7 @@ from support import WatchRecorder, assert_not_found
 
 from expiry_worker.expiry import ExpiryWorker
 from expiry_worker.metrics import ExpiryMetrics
-from shared.auditchain import AuditChain
+from shared.audit.chain import AuditChain
 from shared.settings import Settings
 from shared.timeutil import parse_rfc3339
 

@@ -1,4 +1,4 @@
-"""Each process keeps the namespace ACLs in memory (shared.nsacls), kept current by NOTIFY: a change
+"""Each process keeps the namespace ACLs in memory (shared.security.nsacls), kept current by NOTIFY: a change
 must hold for the very next read, on the replica that made it and on another one, for grants and
 revocations alike (SPEC §5: ACLs are evaluated at every check)."""
 

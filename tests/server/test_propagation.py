@@ -24,14 +24,14 @@ import aiopg
 from aiohttp.test_utils import TestClient
 from support import WatchRecorder, eventually, lock_waiters
 
-from shared.auditchain import AuditChain
-from shared.crypto import Keyring
-from shared.events import EventKind
-from shared.model import KeyState
+from shared.audit.chain import AuditChain
+from shared.changes.kinds import EventKind
+from shared.changes.state import KeyState
+from shared.changes.writes import Change, NewState, change, write_changes
+from shared.security.crypto import Keyring
 from shared.settings import Settings
 from shared.sql import keys as keys_sql
 from shared.timeutil import parse_rfc3339
-from shared.writes import Change, NewState, change, write_changes
 
 Client = TestClient[Any, Any]
 Proc = Any  # tests.conftest.Proc (importing conftest again would load a second copy with another keyring)

@@ -14,7 +14,7 @@ from support import eventually
 
 LIMIT = 5
 RATE_LIMITED = {"error": "Rate Limited", "message": f"Exceed {LIMIT} req/min"}
-LOG_PREFIX = "dynconfig:rl:"  # shared/ratelimit.py: one sorted set per username, scored in ms of Redis TIME
+LOG_PREFIX = "dynconfig:rl:"  # shared/security/ratelimit.py: one sorted set per username, scored in ms of Redis TIME
 
 
 @pytest.fixture

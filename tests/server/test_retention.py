@@ -22,10 +22,10 @@ from support import drop_database, eventually, migrated_database, new_database, 
 from test_audit_chain import audit_command, sql, write_traffic
 
 from api_server.retention import RETENTION, RETENTION_LOCK
+from api_server.retention.history import Pruner
 from devtools.services import PostgresServer
-from shared.auditchain import AuditChain
-from shared.auditverify import Checkpoint, Report, verify
-from shared.retention import Pruner
+from shared.audit.chain import AuditChain
+from shared.audit.verify import Checkpoint, Report, verify
 from shared.settings import DAY_SECONDS, Settings, SettingsError
 from shared.sql import changelog as changelog_sql
 from shared.sql import history as history_sql

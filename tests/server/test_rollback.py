@@ -12,7 +12,7 @@ import aiopg
 from aiohttp.test_utils import TestClient
 from support import Api, WatchRecorder
 
-from shared.crypto import Keyring
+from shared.security.crypto import Keyring
 from shared.settings import Settings
 
 Client = TestClient[Any, Any]

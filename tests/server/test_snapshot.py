@@ -12,7 +12,7 @@ from typing import Any
 import aiopg
 from aiohttp.test_utils import TestClient
 
-from shared.changelog import key_ranges
+from shared.changes.events import key_ranges
 from shared.sql import changelog as changelog_sql
 from shared.sql.changelog import head, snapshot_pages
 from shared.timeutil import utcnow

@@ -22,7 +22,7 @@ from support import eventually, expect_error
 
 from api_server.cache import cache_key
 from dynconfig_admin.reencrypt import reencrypt
-from shared.crypto import DecryptionError, Keyring
+from shared.security.crypto import DecryptionError, Keyring
 from shared.settings import Settings
 from tests.conftest import TEST_ENCRYPTION_KEYS, process_env
 

@@ -26,7 +26,7 @@ from support import Api, WatchRecorder, eventually, wait_caught_up
 
 from api_server.cache import cache_key
 from notifier.hub import HUB
-from shared.crypto import Keyring
+from shared.security.crypto import Keyring
 from shared.settings import Settings
 
 Client = TestClient[Any, Any]

@@ -24,11 +24,11 @@ from collections.abc import AsyncIterator
 import aiopg
 from aiohttp import web
 
-from .acl import Acl
-from .db import DB_POOL, Hearing, Target, app_connector, listen, wait_notices
-from .sql import namespaces as sql
-from .tasks import SUPERVISOR, cancel_and_wait
-from .validation import namespaces_of
+from shared.db import DB_POOL, Hearing, Target, app_connector, listen, wait_notices
+from shared.runtime.supervisor import SUPERVISOR, cancel_and_wait
+from shared.security.acl import Acl
+from shared.sql import namespaces as sql
+from shared.validation import namespaces_of
 
 RELOAD_SECONDS = 5.0
 #: How long a writer waits for its own listener to hear its change before answering anyway.

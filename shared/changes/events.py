@@ -1,6 +1,7 @@
 """The change log's events, and who may see one: what shared/sql/changelog.py reads (events after a
 revision, snapshots) and every consumer (notifier live stream and replay, the HTTP poll fallback,
-snapshots) shares. Events are encoded by :mod:`shared.events` only.
+snapshots) shares. Events are encoded by :func:`change_event` only (through
+:meth:`ChangeEvent.wire`), so the live stream, backfill, replay, snapshot and poll all send one shape.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .acl import Acl, Audience, Principal, audience
-from .crypto import Keyring
-from .events import EventKind, change_event
-from .sql import like_escape
+from shared.changes.kinds import EventKind
+from shared.security.acl import Acl, Audience, Principal, audience
+from shared.security.crypto import Keyring
+from shared.sql import like_escape
+from shared.timeutil import rfc3339
 
 
 @dataclass(frozen=True)
@@ -115,3 +117,22 @@ def key_ranges(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
         else:
             merged.append((low, high))
     return [low for low, _ in merged], [high for _, high in merged]
+
+
+def change_event(
+    *,
+    event: EventKind,
+    key: str,
+    version: int,
+    at: datetime,
+    revision: int | None = None,
+    value: Any = None,
+) -> dict[str, Any]:
+    """``{"event", "key", "version", "revision", "value" (update only), "lastModified"}``."""
+    body: dict[str, Any] = {"event": event, "key": key, "version": version}
+    if revision is not None:
+        body["revision"] = revision
+    if event == EventKind.UPDATE:
+        body["value"] = value
+    body["lastModified"] = rfc3339(at)
+    return body

@@ -15,14 +15,14 @@ import psycopg2.errors
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
-from .auditchain import AUDIT_CHAIN, AuditChain
-from .db import CONNECTION_ERRORS, DB_POOL, POSTGRES_UNREACHABLE, ping, schema_version
-from .errors import BadRequest, DynConfigError, PayloadTooLarge, ServiceUnavailable
-from .keyring_check import KEYRING_CHECK
-from .metrics import METRICS, Metrics, metrics_middleware, route_template
-from .settings import PROCESS, SETTINGS, Settings
-from .tasks import SUPERVISOR, Supervisor
-from .version import VERSION
+from shared.audit.chain import AUDIT_CHAIN, AuditChain
+from shared.db import CONNECTION_ERRORS, DB_POOL, POSTGRES_UNREACHABLE, ping, schema_version
+from shared.errors import BadRequest, DynConfigError, PayloadTooLarge, ServiceUnavailable
+from shared.runtime.metrics import METRICS, Metrics, metrics_middleware, route_template
+from shared.runtime.supervisor import SUPERVISOR, Supervisor
+from shared.security.keyring_check import KEYRING_CHECK
+from shared.settings import PROCESS, SETTINGS, Settings
+from shared.version import VERSION
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ SERVER_HEADER = "DynConfig"
 async def name_the_server(_request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: every answer the app gives (handlers, errors, WebSocket handshakes)
     says ``Server: DynConfig``. (Requests refused by aiohttp's parser never reach an app:
-    ``shared.serve`` answers those with the same header.)"""
+    ``shared.runtime.process`` answers those with the same header.)"""
     response.headers[hdrs.SERVER] = SERVER_HEADER
 
 
@@ -162,7 +162,7 @@ def process_app(
 
 async def base_checks(app: web.Application) -> dict[str, Any]:
     """The ``/health`` checks every process has: Postgres answers, no background loop is failing, the
-    keyring opens the values in use (shared/keyring_check.py)."""
+    keyring opens the values in use (shared/security/keyring_check.py)."""
     postgres = await postgres_check(app[DB_POOL])
     return {
         "postgres": postgres,

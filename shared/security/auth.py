@@ -21,9 +21,9 @@ import jwt
 from aiohttp import web
 from jwt.exceptions import PyJWKError, PyJWTError
 
-from .acl import Principal
-from .errors import Unauthorized
-from .text import unprintable
+from shared.errors import Unauthorized
+from shared.security.acl import Principal
+from shared.text import unprintable
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,11 @@ from typing import Any
 
 import aiopg
 
-from .auditchain import AuditChain, Entry, Head, canonical, is_derived
-from .events import AuditAction
-from .sql import audit as sql
-from .tasks import complete_then_cancel
-from .timeutil import utcnow
+from shared.audit.chain import AuditChain, Entry, Head, canonical, is_derived
+from shared.changes.kinds import AuditAction
+from shared.runtime.supervisor import complete_then_cancel
+from shared.sql import audit as sql
+from shared.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class Adoption:
 @dataclass(frozen=True)
 class Adopted:
     """An adoption and where the chain holds it: its record's seq and time (and id while the record is
-    still there: a prune record restates the adoptions whose records it removes, shared/auditprune.py)."""
+    still there: a prune record restates the adoptions whose records it removes, shared/audit/prune.py)."""
 
     seq: int
     at: datetime

@@ -1,4 +1,4 @@
-"""Retention in the api_server (shared/retention.py does the work): one pruner across all replicas.
+"""Retention in the api_server (api_server/retention/history.py does the work): one pruner across all replicas.
 
 Every api_server runs this loop, and the one holding a Postgres advisory lock on a dedicated
 connection prunes (as the notifier's relay does); the others stand by and take over within
@@ -17,13 +17,12 @@ from collections.abc import AsyncIterator
 import aiopg
 from aiohttp import web
 
-from shared.auditchain import AUDIT_CHAIN
+from api_server.metrics import API_METRICS, ApiMetrics
+from api_server.retention.history import Pruner
+from shared.audit.chain import AUDIT_CHAIN
 from shared.db import CONNECTION_ERRORS, DB_POOL, Target, app_connector, listen, ping, try_session_lock
-from shared.retention import Pruner
+from shared.runtime.supervisor import SUPERVISOR, cancel_and_wait
 from shared.settings import SETTINGS
-from shared.tasks import SUPERVISOR, cancel_and_wait
-
-from .metrics import API_METRICS, ApiMetrics
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ STANDBY_POLL_SECONDS = 5.0
 
 
 class Retention:
-    """The leader election and the loop around one :class:`~shared.retention.Pruner`."""
+    """The leader election and the loop around one :class:`~api_server.retention.history.Pruner`."""
 
     def __init__(self, target: Target, pruner: Pruner, metrics: ApiMetrics, every: float) -> None:
         self._target = target

@@ -1,23 +1,19 @@
-"""Running a DynConfig process: its ``main()``, its logs, and the HTTP server it listens with.
+"""Running a DynConfig process: its ``main()`` and the HTTP server it listens with (its logs:
+:mod:`shared.runtime.logs`).
 
-Two things here exist because the caller is not trusted:
-- every log line goes through :class:`SafeFormatter`, which escapes control characters, so a request
-  path such as ``/x%0A2026-12-02 ERROR …`` cannot forge a line of its own;
-- requests that aiohttp's parser rejects before any middleware runs (a header over 8,190 bytes, a
-  broken request line) get the JSON error shape of SPEC §4 from :class:`_JsonErrorProtocol`, never
-  aiohttp's plain-text answer, which quotes the offending line (the start of a token).
+The caller is not trusted: requests that aiohttp's parser rejects before any middleware runs (a
+header over 8,190 bytes, a broken request line) get the JSON error shape of SPEC §4 from
+:class:`_JsonErrorProtocol`, never aiohttp's plain-text answer, which quotes the offending line (the
+start of a token).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
-import copy
 import json
 import logging
 import logging.handlers
-import queue
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -26,17 +22,16 @@ from http import HTTPStatus
 from typing import Any, NoReturn
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from .db import StartupError
-from .settings import Settings, SettingsError, exit_on_bad_settings
-from .tasks import cancel_and_wait
-from .text import escape_control, escape_control_keep_newlines
-from .version import version_line
-from .web import REQUEST_ID, SERVER_HEADER
+from shared.db import StartupError
+from shared.runtime.logs import AccessLogger, flush_logs, setup_logging
+from shared.runtime.supervisor import cancel_and_wait
+from shared.runtime.web import SERVER_HEADER
+from shared.settings import Settings, SettingsError, exit_on_bad_settings
+from shared.version import version_line
 
 log = logging.getLogger(__name__)
 
@@ -46,86 +41,6 @@ SHUTDOWN_TIMEOUT_SECONDS = 9.0
 REQUEST_DRAIN_SECONDS = 5.0
 #: After the listener closes, how long requests that already arrived get to be read (step 2 of _drain).
 _READ_PENDING_SECONDS = 0.1
-
-
-# --- logs -----------------------------------------------------------------------------------------
-
-
-class SafeFormatter(logging.Formatter):
-    """One record, one line: control characters in the message are escaped; a traceback keeps its
-    own line breaks but every line of it is indented, so none can pass for a record of its own."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = escape_control(record.message)
-        return super().formatMessage(record)
-
-    def formatException(self, ei: Any) -> str:
-        return _indent(escape_control_keep_newlines(super().formatException(ei)))
-
-    def formatStack(self, stack_info: str) -> str:
-        return _indent(escape_control_keep_newlines(super().formatStack(stack_info)))
-
-
-def _indent(text: str) -> str:
-    return "\n".join("    " + line for line in text.splitlines())
-
-
-class _OffLoopHandler(logging.handlers.QueueHandler):
-    """Hands records to a thread that formats and writes them: the event loop pays for the message's
-    ``%`` only, never for the time stamp, the escaping or a write to a slow stderr pipe."""
-
-    def __init__(self, formatter: SafeFormatter) -> None:
-        super().__init__(queue.SimpleQueue())
-        self._formatter = formatter
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        record = copy.copy(record)
-        record.msg, record.args = record.getMessage(), None  # bind the arguments as they are now
-        if record.exc_info:  # a traceback must be read before its frames move on
-            record.exc_text = self._formatter.formatException(record.exc_info)
-            record.exc_info = None
-        return record
-
-
-_listener: logging.handlers.QueueListener | None = None
-
-
-def setup_logging(level: str, fmt: str = "%(asctime)s %(levelname)s %(name)s: %(message)s") -> None:
-    """Plain one-line logs on stderr, control characters escaped, written by a thread of their own
-    (flushed at exit)."""
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-    formatter = SafeFormatter(fmt)
-    writer = logging.StreamHandler(sys.stderr)
-    writer.setFormatter(formatter)
-    handler = _OffLoopHandler(formatter)
-    _listener = logging.handlers.QueueListener(handler.queue, writer)
-    _listener.start()
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-
-
-@atexit.register
-def flush_logs() -> None:
-    """Write out every queued record (at exit, and before a last line printed to stderr directly)."""
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-        _listener = None
-
-
-class AccessLogger(AbstractAccessLogger):
-    """One line per request: method, path (never the query string: it may carry a token), status."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info(
-            "%s %s %s %.1fms rid=%s",
-            request.method,
-            request.path,
-            response.status,
-            time * 1000,
-            request.get(REQUEST_ID, "-"),
-        )
 
 
 # --- the HTTP server ------------------------------------------------------------------------------

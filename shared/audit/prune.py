@@ -3,15 +3,15 @@ a prune removed.
 
 A prune removes a prefix of the chain: the sealed rows with seq ≤ N (after the previous prune's N).
 Before any of them goes, a *prune record* (action ``audit.prune``) is sealed into the chain at its
-head, like an adoption (shared/auditadopt.py). Its ``detail`` (:class:`Pruned`) says what goes — the
+head, like an adoption (shared/audit/adopt.py). Its ``detail`` (:class:`Pruned`) says what goes — the
 seq range, how many rows, a digest of their MACs, the time they are all older than (``before``) —
 and what verification needs to start after them: row N's MAC (the new anchor) and key, how far
 adoptions reached then, where ``AUDIT_HMAC_KEY`` took over (``switchedAt``), whether a row of a
 release that seals the head came by then (``linked``), and every adoption so far, restated, since
 their own records may be among the rows that go. Row N is always the end of a batch that the next
-row's link names (shared/auditchain.py), so the walk checks that link against the anchor.
+row's link names (shared/audit/chain.py), so the walk checks that link against the anchor.
 
-``verify`` starts from the newest prune record's anchor rather than seq 1 (shared/auditwalk.py). Its
+``verify`` starts from the newest prune record's anchor rather than seq 1 (shared/audit/walk.py). Its
 walk then reaches that record in chain order and proves it genuine (its MAC chains from the rows
 before it): a forged or altered anchor is caught there, and a prune record deleted is caught too
 (the walk from an older anchor meets the rows that record removed missing). Prune records follow each
@@ -39,10 +39,10 @@ from typing import Any
 
 import aiopg
 
-from .auditadopt import SYSTEM_ACTOR, Adopted, Adoption, SetDigest
-from .auditchain import Row
-from .events import AuditAction
-from .sql import audit as sql
+from shared.audit.adopt import SYSTEM_ACTOR, Adopted, Adoption, SetDigest
+from shared.audit.chain import Row
+from shared.changes.kinds import AuditAction
+from shared.sql import audit as sql
 
 #: How far past the genesis the pruner's cutoff must be before it prunes anything.
 GENESIS_MARGIN = timedelta(hours=1)

@@ -5,10 +5,10 @@ Each row gets ``seq`` (1, 2, 3, … with no gap, in the order rows are appended)
 ``mac = HMAC-SHA256(key, mac of seq - 1 ‖ canonical(row))`` (:func:`message`), the key named in
 ``mac_key``. Whoever appends takes the one-row ``audit_chain`` head ``FOR UPDATE`` inside its own
 transaction (``shared.sql.audit.lock_head``), seals its rows after it and moves the head in the statement
-that inserts them, so rows are chained in commit order: the change writer (``shared.writes``), the
-batched read and denial records (``shared.audit.AuditWriter``), namespace ACL changes and the chain's
-own records (``shared.auditadopt``) alike. Only holders of the key can make a row that verifies, so
-``shared.auditverify`` finds the first row that was altered, inserted, deleted or moved.
+that inserts them, so rows are chained in commit order: the change writer (``shared.changes.writes``), the
+batched read and denial records (``shared.audit.writer.AuditWriter``), namespace ACL changes and the chain's
+own records (``shared.audit.adopt``) alike. Only holders of the key can make a row that verifies, so
+``shared.audit.verify`` finds the first row that was altered, inserted, deleted or moved.
 
 The head is sealed as well (:func:`seal_head`, over its seq, its MAC and ``adopted_through``), in the
 same statement that moves it, so cutting rows off the end and moving the head back is caught. The
@@ -43,7 +43,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .settings import DERIVED_AUDIT_KEY_PREFIX, Settings
+from shared.settings import DERIVED_AUDIT_KEY_PREFIX, Settings
 
 GENESIS = bytes(32)
 _HEAD_CONTEXT = b"dynconfig audit chain head\n"

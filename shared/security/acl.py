@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from .validation import namespaces_of
+from shared.validation import namespaces_of
 
 Action = Literal["read", "write"]
 

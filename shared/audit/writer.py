@@ -1,9 +1,9 @@
 """The audit log (SPEC §8): who did what to which key, when, with what outcome.
 
-Changes are audited inside their own transaction (:func:`record`, or ``shared.writes`` for key
+Changes are audited inside their own transaction (:func:`record`, or ``shared.changes.writes`` for key
 changes). Reads and denials go through :class:`AuditWriter`, which batches them into one INSERT every
 few hundred milliseconds so a read does not pay a Postgres round trip; it flushes on shutdown. Every
-row is sealed into the tamper-evident chain of ``shared.auditchain`` as it is written (:func:`append`).
+row is sealed into the tamper-evident chain of ``shared.audit.chain`` as it is written (:func:`append`).
 
 No record can stop the writer: text with control characters is stored escaped (and counted), a row
 Postgres still refuses is stored in a safe form or, failing that, dropped with a log line, and the rest
@@ -22,13 +22,13 @@ import aiopg
 import psycopg2
 from aiohttp import web
 
-from .auditchain import AUDIT_CHAIN, AuditChain, Entry
-from .db import DB_POOL, POSTGRES_UNREACHABLE
-from .metrics import METRICS, ServingMetrics
-from .sql import audit as audit_sql
-from .tasks import Backoff, cancel_and_wait, complete_then_cancel
-from .text import escape_control
-from .timeutil import utcnow
+from shared.audit.chain import AUDIT_CHAIN, AuditChain, Entry
+from shared.db import DB_POOL, POSTGRES_UNREACHABLE
+from shared.runtime.metrics import METRICS, ServingMetrics
+from shared.runtime.supervisor import Backoff, cancel_and_wait, complete_then_cancel
+from shared.sql import audit as audit_sql
+from shared.text import escape_control
+from shared.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Walking the sealed rows of the audit chain in order (shared/auditchain.py says how they are sealed).
+"""Walking the sealed rows of the audit chain in order (shared/audit/chain.py says how they are sealed).
 
 :class:`Walk` is fed the sealed rows a page at a time, in ``seq`` order, and stops at the first that
 is wrong (:class:`Finding`):
@@ -7,13 +7,13 @@ is wrong (:class:`Finding`):
   deleted and moved rows apart), a key that is not configured;
 - a row sealed with a key derived from ``ENCRYPTION_KEYS`` after the first row sealed with an
   ``AUDIT_HMAC_KEY`` key (``derived-key``: whoever holds the encryption keys re-sealed it);
-- on the first row of each batch, the head its writer found (:class:`~shared.auditchain.Link`): its
+- on the first row of each batch, the head its writer found (:class:`~shared.audit.chain.Link`): its
   seal must be genuine and name the end of the last batch of this release, or a row after it — rows
   in between were appended by a release that moves the head without sealing it. A seal naming a row
   the chain no longer has, or an older one, means rows had been cut off the end and the head moved
   back (``truncated``), and the row that says so stays in the chain;
 - an adoption record that does not follow the ones before it, or a prune record that does not
-  follow the prune before it (shared/auditprune.py).
+  follow the prune before it (shared/audit/prune.py).
 
 After a prune the walk starts at the newest prune record's anchor (``start``), with the state that
 record sealed, and must reach that record in chain order. :meth:`Walk.finish` then checks the head
@@ -27,10 +27,10 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .auditadopt import Adopted, Adoption
-from .auditchain import GENESIS, Head, Row, is_derived, seal, seal_head
-from .auditprune import Pruned, PrunePoint
-from .events import AuditAction
+from shared.audit.adopt import Adopted, Adoption
+from shared.audit.chain import GENESIS, Head, Row, is_derived, seal, seal_head
+from shared.audit.prune import Pruned, PrunePoint
+from shared.changes.kinds import AuditAction
 
 #: How far around a row that does not verify :func:`_diagnose` looks to tell what happened to it.
 _WINDOW = 32

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from .auth import VERIFIER, JwksCache, JwksError, TokenVerifier
-from .settings import SETTINGS
-from .tasks import SUPERVISOR, cancel_and_wait
+from shared.runtime.supervisor import SUPERVISOR, cancel_and_wait
+from shared.security.auth import VERIFIER, JwksCache, JwksError, TokenVerifier
+from shared.settings import SETTINGS
 
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 

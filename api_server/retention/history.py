@@ -6,14 +6,14 @@ No delete touches a row a writer touches (writes insert rows stamped now; the pr
 ones) or takes a lock a writer takes. The one moment it queues with writers is when it appends a
 prune record to the audit chain: one row, under the chain's head lock, like any audited write.
 
-Audit records, a round at a time (:meth:`Pruner.prune_audit`; shared/auditprune.py says what a prune
+Audit records, a round at a time (:meth:`Pruner.prune_audit`; shared/audit/prune.py says what a prune
 record holds and how ``verify`` uses it):
 
 1. finish deleting what the newest prune record removed (a round cut short leaves some behind);
 2. read the next sealed rows after its anchor, at most :data:`ROUND_ROWS`, as long as they are older
    than the cutoff; the new anchor N is the last of them that ends a batch (the next row's link names
    it), so the walk from N can check that link;
-3. walk them from the state the newest record sealed (shared/auditwalk.py): rows that do not verify
+3. walk them from the state the newest record sealed (shared/audit/walk.py): rows that do not verify
    are kept, and the pruner says so (a log line, ``dynconfig_audit_prune_blocked``) — deleting them
    would destroy the evidence — until ``dynconfig-audit verify`` passes again;
 4. seal the prune record, then delete rows up to N a batch at a time; a batch waits for no
@@ -38,15 +38,15 @@ from datetime import datetime, timedelta
 
 import aiopg
 
-from .auditadopt import append_record, system_record
-from .auditchain import AuditChain, Head, Row
-from .auditprune import GENESIS_MARGIN, Pruned, PrunePoint, genesis, latest_prune, removed_digest
-from .auditwalk import Finding, Walk
-from .events import AuditAction
-from .sql import audit as audit_sql
-from .sql import history as history_sql
-from .tasks import complete_then_cancel
-from .timeutil import utcnow
+from shared.audit.adopt import append_record, system_record
+from shared.audit.chain import AuditChain, Head, Row
+from shared.audit.prune import GENESIS_MARGIN, Pruned, PrunePoint, genesis, latest_prune, removed_digest
+from shared.audit.walk import Finding, Walk
+from shared.changes.kinds import AuditAction
+from shared.runtime.supervisor import complete_then_cancel
+from shared.sql import audit as audit_sql
+from shared.sql import history as history_sql
+from shared.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class Pruner:
         if first is None:
             return None  # not sealed yet: every api_server seals it as it starts
         if first.adoption.unaudited and cutoff <= first.at + GENESIS_MARGIN:
-            return None  # its versions must all be older than the cutoff (shared/auditprune.py)
+            return None  # its versions must all be older than the cutoff (shared/audit/prune.py)
         record = await self._next(start, cutoff)
         return record if record is not None and await self._seal(start, record) else None
 

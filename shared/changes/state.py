@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .acl import Acl
+from shared.security.acl import Acl
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,11 @@ from collections.abc import AsyncIterator, Iterable
 import aiopg
 from aiohttp import web
 
-from .crypto import HEAD_BYTES, DecryptionError, Keyring
-from .db import CONNECTION_ERRORS, DB_POOL
-from .settings import SETTINGS
-from .sql import keyring as sql
-from .tasks import SUPERVISOR, Backoff, cancel_and_wait
+from shared.db import CONNECTION_ERRORS, DB_POOL
+from shared.runtime.supervisor import SUPERVISOR, Backoff, cancel_and_wait
+from shared.security.crypto import HEAD_BYTES, DecryptionError, Keyring
+from shared.settings import SETTINGS
+from shared.sql import keyring as sql
 
 log = logging.getLogger(__name__)
 

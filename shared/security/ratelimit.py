@@ -5,7 +5,7 @@ A sliding log in a Redis sorted set, shared by every replica and timed by Redis'
 Redis is unavailable each process falls back to the same algorithm in memory.
 
 The requests a process receives in one turn of its event loop are decided by one script call
-(:class:`shared.tasks.Coalescer`): the script takes them one by one, in arrival order, exactly as
+(:class:`shared.runtime.supervisor.Coalescer`): the script takes them one by one, in arrival order, exactly as
 separate calls would, so the limit stays exact across replicas; only the client's per-call cost is
 shared.
 """
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .errors import RateLimited
-from .metrics import METRICS, ServingMetrics
-from .redis import REDIS, REDIS_ERRORS, REDIS_UNREACHABLE, RedisLink
-from .settings import SETTINGS
-from .tasks import Coalescer
+from shared.errors import RateLimited
+from shared.redis import REDIS, REDIS_ERRORS, REDIS_UNREACHABLE, RedisLink
+from shared.runtime.coalescer import Coalescer
+from shared.runtime.metrics import METRICS, ServingMetrics
+from shared.settings import SETTINGS
 
 WINDOW_SECONDS = 60
 _PREFIX = "dynconfig:rl:"

@@ -16,13 +16,13 @@ from typing import Any
 
 import aiopg
 
-from .acl import Acl, Audience, audience
-from .audit import AuditRecord, safe_record
-from .auditchain import AuditChain, Entry
-from .events import AuditAction, EventKind
-from .model import KeyState
-from .sql import audit as audit_sql
-from .sql import writes as writes_sql
+from shared.audit.chain import AuditChain, Entry
+from shared.audit.writer import AuditRecord, safe_record
+from shared.changes.kinds import AuditAction, EventKind
+from shared.changes.state import KeyState
+from shared.security.acl import Acl, Audience, audience
+from shared.sql import audit as audit_sql
+from shared.sql import writes as writes_sql
 
 EXPIRY_ACTOR = "system:expiry"
 

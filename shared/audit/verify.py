@@ -2,14 +2,14 @@
 
 :func:`verify` reports the first thing wrong, checking in this order:
 
-1. every sealed row in chain order, and the head with its seal (shared/auditwalk.py) — after a prune,
-   from the newest prune record's anchor on (shared/auditprune.py);
+1. every sealed row in chain order, and the head with its seal (shared/audit/walk.py) — after a prune,
+   from the newest prune record's anchor on (shared/audit/prune.py);
 2. no row lies beyond the head (one sealed there would never be walked);
 3. checkpoints (``verify --checkpoint``): each names a row the chain still holds with the same MAC, so
    a table put back as it was earlier, seals and all, is caught against what left the database; one
    older than the prune's anchor can no longer be checked, and is counted as pruned;
 4. rows without a seal: each lies in a range an adoption vouches for, and each range holds the rows
-   it held when adopted (shared/auditadopt.py);
+   it held when adopted (shared/audit/adopt.py);
 5. every version of a key (``key_history``) has its audit row, but those the genesis found without one
    (after a prune: every version written since the prune's cutoff).
 
@@ -29,12 +29,12 @@ from typing import Any
 
 import aiopg
 
-from .auditadopt import Adopted, SetDigest, read_head, unaudited_versions, unsealed_item, unsealed_pages
-from .auditchain import AuditChain, Entry, Head, Row
-from .auditprune import PrunePoint, latest_prune
-from .auditwalk import Finding, Walk
-from .sql import audit as sql
-from .tasks import complete_then_cancel
+from shared.audit.adopt import Adopted, SetDigest, read_head, unaudited_versions, unsealed_item, unsealed_pages
+from shared.audit.chain import AuditChain, Entry, Head, Row
+from shared.audit.prune import PrunePoint, latest_prune
+from shared.audit.walk import Finding, Walk
+from shared.runtime.supervisor import complete_then_cancel
+from shared.sql import audit as sql
 
 _PAGE = 5000
 _MIN_ID = -(2**63)
@@ -276,7 +276,7 @@ async def _check_unsealed(pool: aiopg.Pool, walk: Walk) -> Finding | None:
 
 async def _check_versions(pool: aiopg.Pool, walk: Walk) -> tuple[Finding | None, int]:
     """Step 5: the versions without an audit row are exactly those the genesis found; after a prune,
-    there is none among those written since its cutoff (shared/auditprune.py says why)."""
+    there is none among those written since its cutoff (shared/audit/prune.py says why)."""
     since = walk.start.pruned.before if walk.start is not None else None
     unaudited = await unaudited_versions(pool, since=since)
     genesis = next((a.adoption for a in walk.adoptions if a.adoption.genesis), None)
