@@ -44,11 +44,12 @@ from shared.sql import keys as keys_sql
 from shared.sql import namespaces as ns_sql
 from shared.validation import encode_value
 
-# compare imports this module for its table: import the module (not names) so either may load first.
-from . import compare
+from . import measure
+from .systems import CONCURRENCY, READ_KEYS, http_load
 
 if TYPE_CHECKING:
-    from .compare import Meter, Systems
+    from .measure import Meter
+    from .systems import Systems
 
 BIG_PREFIX = "bench.big"
 NAMESPACE = "bench.list"
@@ -214,7 +215,7 @@ def load(systems: Systems, meter: Meter, sets: list[KeySet]) -> dict[str, Any]:
     }
     etcd: dict[str, Any] = {"kind": "load"}
     with meter.measure(etcd):
-        out = compare.node_result(compare.node("scale.js", config), 3600)
+        out = measure.node_result(measure.node("scale.js", config), 3600)
     if out["errors"]:
         raise RuntimeError(f"etcd refused {out['errors']} load transactions")
     etcd.update(
@@ -242,7 +243,7 @@ def _status_kib(pid: int, field: str) -> int:
 def memory(pid: int, result: dict[str, Any]) -> Iterator[None]:
     """RSS of ``pid`` before, at peak and 2 s after the block, in KiB: the peak is VmHWM after resetting
     it (``clear_refs``), or, where that is not allowed, the highest VmRSS sampled every 10 ms."""
-    before = compare.rss_kib(pid)
+    before = measure.rss_kib(pid)
     try:
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
         hwm = True
@@ -253,7 +254,7 @@ def memory(pid: int, result: dict[str, Any]) -> Iterator[None]:
 
     def sample() -> None:
         while not done.wait(0.01):
-            samples.append(compare.rss_kib(pid))
+            samples.append(measure.rss_kib(pid))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -264,7 +265,7 @@ def memory(pid: int, result: dict[str, Any]) -> Iterator[None]:
         sampler.join()
     peak = max(max(samples), _status_kib(pid, "VmHWM") if hwm else 0)
     time.sleep(2.0)
-    result.update(rss_before_kib=before, rss_peak_kib=peak, rss_after_kib=compare.rss_kib(pid))
+    result.update(rss_before_kib=before, rss_peak_kib=peak, rss_after_kib=measure.rss_kib(pid))
 
 
 # --- scenarios ------------------------------------------------------------------------------------
@@ -281,7 +282,7 @@ def reads(systems: Systems, meter: Meter, target: str, seconds: float, keys: int
     """64 clients reading at random the first ``keys`` keys of the big set; DynConfig: with its cache's
     hit rate."""
     before = cache_lookups(systems) if target == "dynconfig" else {}
-    result = compare.http_load(systems, meter, target, "read", seconds, BIG_PREFIX, keys=keys)
+    result = http_load(systems, meter, target, "read", seconds, BIG_PREFIX, keys=keys)
     if before:
         after = cache_lookups(systems)
         hits, misses = after["hit"] - before["hit"], after["miss"] - before["miss"]
@@ -306,7 +307,7 @@ def listing(
     }
     result: dict[str, Any] = {}
     with meter.measure(result, profile_as=None if target == "etcd" else "scale-listing"):
-        result.update(compare.node_result(compare.node("scale.js", config), 3600))
+        result.update(measure.node_result(measure.node("scale.js", config), 3600))
     return result
 
 
@@ -328,7 +329,7 @@ def subscribe_snapshot(systems: Systems, meter: Meter, target: str, namespace_ke
         result["query_seconds"] = asyncio.run(_snapshot_query(dsn))
     server = systems.procs["etcd" if target == "etcd" else "notifier"].pid
     with memory(server, result), meter.measure(result, profile_as=None if target == "etcd" else "scale-snapshot"):
-        out = compare.node_result(compare.node("scale.js", config), 3600)
+        out = measure.node_result(measure.node("scale.js", config), 3600)
     result.update(out, seconds=statistics.median(out["seconds"]), runs_seconds=out["seconds"])
     return result
 
@@ -366,17 +367,17 @@ def run(systems: Systems, meter: Meter, keys: int, seconds: float) -> dict[str, 
     sets = [KeySet(BIG_PREFIX, keys), KeySet(NAMESPACE, namespace_keys, pad=6)]
     results[f"scale: load {keys:,} + {namespace_keys:,} keys"] = load(systems, meter, sets)
     for target in ("dynconfig", "etcd"):
-        results.setdefault(f"reads, {compare.CONCURRENCY} clients, random over {keys:,} stored keys", {})[target] = (
-            reads(systems, meter, target, seconds, keys)
+        results.setdefault(f"reads, {CONCURRENCY} clients, random over {keys:,} stored keys", {})[target] = reads(
+            systems, meter, target, seconds, keys
         )
-    hot = compare.READ_KEYS  # the working set of the read run, in the same table
+    hot = READ_KEYS  # the working set of the read run, in the same table
     for target in ("dynconfig", "etcd"):
-        results.setdefault(f"reads, {compare.CONCURRENCY} clients, {hot:,} of the {keys:,} keys", {})[target] = reads(
+        results.setdefault(f"reads, {CONCURRENCY} clients, {hot:,} of the {keys:,} keys", {})[target] = reads(
             systems, meter, target, seconds, hot
         )
     for target in ("dynconfig", "etcd"):
-        results.setdefault(f"writes, {compare.CONCURRENCY} clients, distinct keys, {keys:,} stored", {})[target] = (
-            compare.http_load(systems, meter, target, "write", seconds, WRITE_PREFIX)
+        results.setdefault(f"writes, {CONCURRENCY} clients, distinct keys, {keys:,} stored", {})[target] = http_load(
+            systems, meter, target, "write", seconds, WRITE_PREFIX
         )
     pages = namespace_keys // PAGE
     outs = {target: listing(systems, meter, target, namespace_keys) for target in ("dynconfig", "etcd")}

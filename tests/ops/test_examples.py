@@ -120,7 +120,7 @@ def node_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "NODE_PATH"}
     if probe.returncode == 0:
         return env
-    from bench.compare import GEN, ensure_generators
+    from bench.measure import GEN, ensure_generators
 
     ensure_generators()
     return {**env, "NODE_PATH": str(GEN / "node_modules")}
