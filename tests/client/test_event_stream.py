@@ -14,13 +14,12 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from support import Api
+from support import ADMIN, Api
 
 import notifier.watch
 from dynconfig_client.errors import BadRequest, Unauthorized
 from dynconfig_client.stream import EventStream, refresh_delay, token_expiry
 
-ADMIN = "admin-user"
 TIMEOUT = 15.0
 Token = Callable[..., str]
 

@@ -24,7 +24,6 @@ from dynconfig_client.disk_cache import CacheState, DiskCache, Entry
 from dynconfig_client.errors import BadRequest
 from dynconfig_client.live import Change, LiveConfig
 
-ADMIN = "admin-user"
 TIMEOUT = 15.0
 Token = Callable[..., str]
 

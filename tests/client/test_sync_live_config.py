@@ -11,12 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from support import eventually_sync
+from support import ADMIN, eventually_sync
 
 from dynconfig_client.live import Change
 from dynconfig_client.sync import SyncLiveConfig
 
-ADMIN = "admin-user"
 TIMEOUT = 15.0
 THREAD = "dynconfig-live"
 

@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 import psycopg2
 import pytest
-from support import WatchRecorder, process_env
+from support import ADMIN, WatchRecorder, process_env
 
 from devtools.services import free_port
 from dynconfig_admin.backup import SKIP_REVISIONS
@@ -40,7 +40,6 @@ from shared.settings import Settings
 from shared.sql import changelog as changelog_sql
 
 ROOT = Path(__file__).resolve().parents[2]
-ADMIN = "admin-user"
 Token = Callable[..., str]
 Json = dict[str, Any]
 

@@ -17,14 +17,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from playwright.async_api import Browser, Page, async_playwright, expect
-from support import CHROMIUM_LAUNCH
+from support import ADMIN, CHROMIUM_LAUNCH
 from yarl import URL
 
 from dynconfig_client import Client
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
-ADMIN = "admin-user"
 WAIT_MS = 10_000
 expect.set_options(timeout=WAIT_MS)  # assertions wait as long as actions do (a busy CI machine)
 Token = Callable[..., str]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import CHROMIUM_LAUNCH, LineReader, eventually
+from support import ADMIN, CHROMIUM_LAUNCH, LineReader, eventually
 
 from devtools.services import free_port
 
@@ -81,7 +81,6 @@ def test_watch_example_without_a_venv_says_how_to_get_one(tmp_path: Path) -> Non
 # --- the README's snippets, run as shown -------------------------------------------------------------
 
 README = REPO / "README.md"
-ADMIN = "admin-user"
 #: The origin the README's snippets talk to (the dev run's front door), replaced by the test's.
 README_ORIGIN = "localhost:8080"
 

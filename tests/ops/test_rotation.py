@@ -25,7 +25,7 @@ from typing import Any
 
 import aiopg
 import pytest
-from support import eventually, first_health, process_env
+from support import ADMIN, eventually, first_health, process_env
 
 from devtools.services import free_port
 from dynconfig_admin.reencrypt import reencrypt
@@ -34,7 +34,6 @@ from shared.security.crypto import Keyring
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-ADMIN = "admin-user"
 WRITERS = 4
 KEYS_PER_WRITER = 5
 TIMEOUT = 30.0

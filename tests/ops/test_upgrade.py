@@ -19,7 +19,7 @@ import aiohttp
 import psycopg2
 import pytest
 import yaml
-from support import WatchRecorder, process_env
+from support import ADMIN, WatchRecorder, process_env
 
 from dynconfig_admin.migrate import migrate
 from shared.migrations import MIGRATIONS, Migration
@@ -28,7 +28,6 @@ from shared.version import SCHEMA_MAX, SCHEMA_MIN, VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 LAST = MIGRATIONS[-1].version
-ADMIN = "admin-user"
 PROCESSES = ("api_server", "notifier", "expiry_worker")
 
 #: What the next release may do to the schema while this release's processes still run: add-only

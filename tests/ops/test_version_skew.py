@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 import psycopg2
 import pytest
-from support import eventually, process_env
+from support import ADMIN, eventually, process_env
 
 from devtools.services import free_port
 from shared.settings import Settings
@@ -39,7 +39,6 @@ ROOT = Path(__file__).resolve().parents[2]
 #: The previous release's code: the end of step 8 (0.1.0), the last commit before schema 9, whose
 #: processes still migrate at start. Move it to the previous release's tag when a release ships.
 PREVIOUS_RELEASE = "d568c83"
-ADMIN = "admin-user"
 WRITERS = 4
 KEYS_PER_WRITER = 3
 #: How long each phase of the rollout runs with traffic flowing (seconds).

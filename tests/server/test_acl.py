@@ -13,7 +13,7 @@ import aiopg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
-from support import Api, assert_forbidden, assert_not_found, eventually
+from support import ADMIN, Api, assert_forbidden, assert_not_found, eventually
 
 from shared.security.acl import (
     Acl,
@@ -25,7 +25,6 @@ from shared.security.acl import (
     may_create,
 )
 
-ADMIN = "admin-user"
 Client = TestClient[Any, Any]
 Token = Callable[..., str]
 

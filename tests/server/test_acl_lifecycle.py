@@ -21,9 +21,8 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
-from support import Api, assert_error, eventually
+from support import ADMIN, Api, assert_error, eventually
 
-ADMIN = "admin-user"
 TIMEOUT = 10.0
 Client = TestClient[Any, Any]
 Token = Callable[..., str]

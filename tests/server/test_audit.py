@@ -17,9 +17,8 @@ from uuid import uuid4
 import aiopg
 import pytest
 from aiohttp.test_utils import TestClient
-from support import Api, assert_error, eventually
+from support import ADMIN, Api, assert_error, eventually
 
-ADMIN = "admin-user"
 Client = TestClient[Any, Any]
 Token = Callable[..., str]
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")

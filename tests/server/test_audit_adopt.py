@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg2
 import pytest
-from support import drop_database, new_database
+from support import ADMIN, drop_database, new_database
 from test_audit_chain import audit_command, sql, write_traffic
 
 from devtools.services import PostgresServer
@@ -27,7 +27,6 @@ from shared.migrations import MIGRATIONS
 from shared.settings import Settings
 
 Token = Callable[..., str]
-ADMIN = "admin-user"
 #: How a release before the chain wrote an audit row (no seq, no seal).
 UNSEALED_ROW = "INSERT INTO audit_log (id, at, actor, action, key, outcome) VALUES (%s, now(), %s, 'read', 'x', 'ok')"
 #: A version written as a release before the audit existed might have: no audit row for it.

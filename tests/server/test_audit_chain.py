@@ -21,7 +21,7 @@ from typing import Any
 import aiopg
 import psycopg2
 import pytest
-from support import drop_database, eventually, migrated_database, new_database, process_env
+from support import ADMIN, drop_database, eventually, migrated_database, new_database, process_env
 
 from devtools.services import PostgresServer
 from shared.audit.chain import AuditChain
@@ -30,7 +30,6 @@ from shared.settings import Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parents[2]
 Token = Callable[..., str]
-ADMIN = "admin-user"
 
 
 def audit_command(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -23,7 +23,7 @@ import aiohttp
 import psycopg2
 import pytest
 import test_audit_chain
-from support import drop_database, eventually, new_database, process_env
+from support import ADMIN, drop_database, eventually, new_database, process_env
 from test_audit_chain import audit_command, sql, write_traffic
 
 from devtools.services import PostgresServer
@@ -31,7 +31,6 @@ from shared.audit.chain import Entry, derived_keys, seal
 from shared.settings import Settings, SettingsError
 
 Token = Callable[..., str]
-ADMIN = "admin-user"
 trail = test_audit_chain.trail  # the fixture: a private database holding a sealed trail of every kind of row
 CHECKPOINT_LINE = re.compile(r"audit checkpoint (\d+):([0-9a-f]{12})\b")
 

@@ -13,11 +13,10 @@ from uuid import uuid4
 
 import aiopg
 from aiohttp.test_utils import TestClient
-from support import eventually
+from support import ADMIN, eventually
 
 from shared.audit.writer import AUDIT, AuditRecord
 
-ADMIN = "admin-user"
 Client = TestClient[Any, Any]
 Token = Callable[..., str]
 T = TypeVar("T")

@@ -18,12 +18,9 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from jwt.algorithms import ECAlgorithm
-from support import eventually
+from support import ADMIN, eventually
 
 from shared.security.auth import VERIFIER
-
-ADMIN = "admin-user"
-
 
 # --- helpers ------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
+from support import ADMIN
 
 from api_server.domain import Caller
 from api_server.domain import keys as domain
@@ -23,7 +24,6 @@ from shared.redis import RedisLink
 from shared.security.acl import Principal
 from shared.security.ratelimit import Decision, RateLimiter
 
-ADMIN = "admin-user"
 BAD_NAME = "eve\ud800"  # a legal JSON escape; neither redis-py nor psycopg2 can encode it
 Client = TestClient[Any, Any]
 

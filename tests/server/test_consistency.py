@@ -27,7 +27,7 @@ import aiopg
 import psycopg2
 import pytest
 from aiohttp.test_utils import TestClient
-from support import eventually
+from support import ADMIN, eventually
 
 from shared.security.crypto import Keyring
 from shared.settings import Settings
@@ -35,7 +35,6 @@ from shared.timeutil import parse_rfc3339
 
 Client = TestClient[Any, Any]
 Token = Callable[..., str]
-ADMIN = "admin-user"
 EXPIRY_ACTOR = "system:expiry"
 
 _SSL_REQUEST = 80877103

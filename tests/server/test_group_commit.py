@@ -10,9 +10,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
-from support import WatchRecorder
+from support import ADMIN, WatchRecorder
 
-ADMIN = "admin-user"
 Client = TestClient[Any, Any]
 
 

@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient
-from support import eventually, first_health
+from support import ADMIN, eventually, first_health
 
 from shared.settings import Settings
 
 if TYPE_CHECKING:
     from tests.conftest import Proc
 
-ADMIN = "admin-user"
 #: The check period the processes here run with (KEYRING_CHECK_SECONDS).
 PERIOD = 1
 #: How long past one period a process may take to show a change (a loaded CI machine).

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+from support import ADMIN
 
-ADMIN = "admin-user"
 Token = Callable[..., str]
 
 

@@ -8,9 +8,8 @@ from typing import Any
 import aiopg
 import pytest
 from aiohttp.test_utils import TestClient
-from support import assert_error
+from support import ADMIN, assert_error
 
-ADMIN = "admin-user"
 Client = TestClient[Any, Any]
 Token = Callable[..., str]
 

@@ -15,12 +15,11 @@ import aiohttp
 import aiopg
 import pytest
 from aiohttp.test_utils import TestClient
-from support import eventually, expect_error
+from support import ADMIN, eventually, expect_error
 
 from shared.timeutil import parse_rfc3339
 
 Client = TestClient[Any, Any]
-ADMIN = "admin-user"
 EVENT_FIELDS = {
     "update": {"event", "key", "version", "revision", "value", "lastModified"},
     "delete": {"event", "key", "version", "revision", "lastModified"},

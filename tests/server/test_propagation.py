@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import aiopg
 from aiohttp.test_utils import TestClient
-from support import WatchRecorder, eventually, lock_waiters
+from support import ADMIN, WatchRecorder, eventually, lock_waiters
 
 from shared.audit.chain import AuditChain
 from shared.changes.kinds import EventKind
@@ -35,7 +35,6 @@ from shared.timeutil import parse_rfc3339
 
 Client = TestClient[Any, Any]
 Proc = Any  # tests.conftest.Proc (importing conftest again would load a second copy with another keyring)
-ADMIN = "admin-user"
 
 #: Exactly the fields of a change event (SPEC §6): ``value`` on updates only.
 EVENT_FIELDS = {

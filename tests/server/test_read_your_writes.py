@@ -15,12 +15,11 @@ from typing import Any
 import aiohttp
 import aiopg
 import redis.asyncio as aioredis
-from support import eventually
+from support import ADMIN, eventually
 
 from api_server.cache import cache_key
 from devtools.services import free_port
 
-ADMIN = "admin-user"
 Token = Callable[..., str]
 
 

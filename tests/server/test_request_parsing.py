@@ -24,9 +24,8 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
-from support import assert_error
+from support import ADMIN, assert_error
 
-ADMIN = "admin-user"
 TIMEOUT = 10.0
 Client = TestClient[Any, Any]
 Token = Callable[..., str]

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import aiopg
 import pytest
-from support import drop_database, eventually, migrated_database, new_database, process_env
+from support import ADMIN, drop_database, eventually, migrated_database, new_database, process_env
 from test_audit_chain import audit_command, sql, write_traffic
 
 from api_server.retention import RETENTION, RETENTION_LOCK
@@ -32,7 +32,6 @@ from shared.sql import history as history_sql
 from shared.timeutil import utcnow
 
 Token = Callable[..., str]
-ADMIN = "admin-user"
 #: Rows written before a short sleep are past this retention.
 TINY = 0.3
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import aiopg
 from aiohttp.test_utils import TestClient
+from support import ADMIN
 
 from shared.changes.events import key_ranges
 from shared.sql import changelog as changelog_sql
 from shared.sql.changelog import head, snapshot_pages
 from shared.timeutil import utcnow
 
-ADMIN = "admin-user"
 Client = TestClient[Any, Any]
 
 

@@ -22,7 +22,7 @@ import aiopg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
-from support import Api, WatchRecorder, eventually, wait_caught_up
+from support import ADMIN, Api, WatchRecorder, eventually, wait_caught_up
 
 from api_server.cache import cache_key
 from notifier.hub import HUB
@@ -32,7 +32,6 @@ from shared.settings import Settings
 Client = TestClient[Any, Any]
 Token = Callable[..., str]
 Keys = tuple[tuple[str, bytes], ...]
-ADMIN = "admin-user"
 CHANGE_EVENTS = ("update", "delete", "expired")
 TIMEOUT = 10.0
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from support import ADMIN
 
-ADMIN = "admin-user"
 OUTSIDER = "timing-outsider"
 ROUNDS = 300
 WARM_UP = 100

@@ -26,13 +26,12 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
-from support import Api, client_frame, eventually, wait_caught_up
+from support import ADMIN, Api, client_frame, eventually, wait_caught_up
 
 import notifier.watch
 from notifier.hub import HUB
 from notifier.watch import CONNECTIONS
 
-ADMIN = "admin-user"
 ALICE = "alice"
 BOB = "bob"
 TIMEOUT = 10.0
