@@ -25,22 +25,15 @@ def require_admin(caller: Caller) -> None:
 
 @dataclass(frozen=True)
 class AuditRow:
-    """One record as ``GET /audit`` shows it."""
+    """One record as ``GET /audit`` shows it: the stored record and how it is vouched for."""
 
-    id: int
-    at: datetime
-    actor: str | None
-    action: str
-    key: str | None
-    version: int | None
-    outcome: str
-    request_id: str | None
+    record: sql.Record
     seal: str
 
     @classmethod
-    def of(cls, r: sql.Record, adopted_through: int) -> AuditRow:
-        seal = SEALED if r.sealed else ADOPTED if 0 < r.id <= adopted_through else UNSEALED
-        return cls(r.id, r.at, r.actor, r.action, r.key, r.version, r.outcome, r.request_id, seal)
+    def of(cls, record: sql.Record, adopted_through: int) -> AuditRow:
+        seal = SEALED if record.sealed else ADOPTED if 0 < record.id <= adopted_through else UNSEALED
+        return cls(record, seal)
 
 
 async def page(

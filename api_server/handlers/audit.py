@@ -39,23 +39,10 @@ async def list_audit(request: web.Request) -> web.Response:
         limit=limit + 1,
     )
     audit(request, AuditAction.AUDIT_READ, None, "ok")
-    records = [
-        {
-            "id": r.id,
-            "at": rfc3339(r.at),
-            "actor": r.actor,
-            "action": r.action,
-            "key": r.key,
-            **({"version": r.version} if r.version is not None else {}),
-            "outcome": r.outcome,
-            "requestId": r.request_id,
-            "seal": r.seal,
-        }
-        for r in rows[:limit]
-    ]
+    records = [_shown(row) for row in rows[:limit]]
     body: dict[str, object] = {"records": records}
     if len(rows) > limit:
-        last = rows[limit - 1]
+        last = rows[limit - 1].record
         body["next"] = cursors.audit_cursor(last.at, last.id)
     return json_response(body)
 
@@ -68,3 +55,19 @@ async def verify_audit(request: web.Request) -> web.Response:
     report = await verify(request.app[DB_POOL], request.app[AUDIT_CHAIN])
     audit(request, AuditAction.AUDIT_VERIFY, None, "ok" if report.ok else "broken")
     return json_response(report.as_json())
+
+
+def _shown(row: audit_log.AuditRow) -> dict[str, object]:
+    """One record as ``GET /audit`` answers it."""
+    r = row.record
+    return {
+        "id": r.id,
+        "at": rfc3339(r.at),
+        "actor": r.actor,
+        "action": r.action,
+        "key": r.key,
+        **({"version": r.version} if r.version is not None else {}),
+        "outcome": r.outcome,
+        "requestId": r.request_id,
+        "seal": row.seal,
+    }
