@@ -43,7 +43,7 @@ async def list_audit(request: web.Request) -> web.Response:
     body: dict[str, object] = {"records": records}
     if len(rows) > limit:
         last = rows[limit - 1].record
-        body["next"] = cursors.audit_cursor(last.at, last.id)
+        body["next"] = cursors.audit_cursor(last.entry.at, last.id)
     return json_response(body)
 
 
@@ -59,9 +59,9 @@ async def verify_audit(request: web.Request) -> web.Response:
 
 def _shown(row: audit_log.AuditRow) -> dict[str, object]:
     """One record as ``GET /audit`` answers it."""
-    r = row.record
+    r = row.record.entry
     return {
-        "id": r.id,
+        "id": row.record.id,
         "at": rfc3339(r.at),
         "actor": r.actor,
         "action": r.action,

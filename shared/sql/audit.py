@@ -207,13 +207,7 @@ class Record:
     """One audit row as ``GET /audit`` lists it; ``sealed``: it has a seal (a seq)."""
 
     id: int
-    at: datetime
-    actor: str | None
-    action: str
-    key: str | None
-    version: int | None
-    outcome: str
-    request_id: str | None
+    entry: Entry
     sealed: bool
 
 
@@ -238,7 +232,10 @@ async def records_page(
         "limit": limit,
     }
     await cur.execute(PAGE, params)
-    return [Record(*row) for row in await cur.fetchall()]
+    return [
+        Record(id_, Entry(at, actor, action, key, version, outcome, request_id), bool(sealed))
+        for id_, at, actor, action, key, version, outcome, request_id, sealed in await cur.fetchall()
+    ]
 
 
 async def latest_records(cur: aiopg.Cursor, actor: str, action: str, limit: int) -> list[Row]:
