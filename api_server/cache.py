@@ -85,7 +85,7 @@ def cache_key(key: str) -> str:
 
 
 # The scripts take many entries at once: a batch of a write (announce) or the calls of one event-loop
-# turn (get, put; shared.runtime.supervisor.Coalescer) cost one round trip.
+# turn (get, put; shared.runtime.coalescer.Coalescer) cost one round trip.
 
 # KEYS = entries; ARGV = ttl ms, then a version per entry. Raise ``pending`` to the version about to
 # be committed.

@@ -1,5 +1,5 @@
 """Point reads of key states from Postgres (cache misses), batched: the reads of one event-loop turn
-share one query and one pooled connection (:class:`shared.runtime.supervisor.Coalescer`), instead of paying a
+share one query and one pooled connection (:class:`shared.runtime.coalescer.Coalescer`), instead of paying a
 checkout and a round trip each. Each read still sees every write committed before it began: the
 query runs after all of them were asked for. Each row comes with the head revision read in the same
 statement: the state is the key's current one as of that revision (what the value cache needs)."""

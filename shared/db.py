@@ -202,7 +202,7 @@ CONNECTION_ERRORS = (psycopg2.Error, OSError, TimeoutError)
 #: The errors of a Postgres that cannot be reached or serve now (every statement would fail alike), as
 #: opposed to one that refuses one statement's data (``psycopg2.DataError``, an encoding error…): a
 #: batch that fails with one of these fails for all its writers or readers at once; any other failure
-#: is narrowed down to the item that caused it (``shared.runtime.supervisor.Coalescer``, the committer). A request
+#: is narrowed down to the item that caused it (``shared.runtime.coalescer.Coalescer``, the committer). A request
 #: that meets one is answered 503 (``shared.runtime.web.error_middleware``): a statement cancelled by
 #: ``statement_timeout`` is an ``OperationalError`` too, and a server that does not answer in time a
 #: ``TimeoutError``.

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 #: The errors of a Redis that cannot be reached (every call would fail alike), as opposed to one that
 #: refuses one call's data: a batch that fails with one of these fails for all its callers at once
-#: (``shared.runtime.supervisor.Coalescer``); any other failure is narrowed down to the call that caused it.
+#: (``shared.runtime.coalescer.Coalescer``); any other failure is narrowed down to the call that caused it.
 REDIS_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 _RETRY_AFTER_FAILURE = 1.0
 #: Connections per process. A burst beyond this waits for a free connection (back-pressure) instead

@@ -5,7 +5,7 @@ A sliding log in a Redis sorted set, shared by every replica and timed by Redis'
 Redis is unavailable each process falls back to the same algorithm in memory.
 
 The requests a process receives in one turn of its event loop are decided by one script call
-(:class:`shared.runtime.supervisor.Coalescer`): the script takes them one by one, in arrival order, exactly as
+(:class:`shared.runtime.coalescer.Coalescer`): the script takes them one by one, in arrival order, exactly as
 separate calls would, so the limit stays exact across replicas; only the client's per-call cost is
 shared.
 """

@@ -1,4 +1,4 @@
-"""shared.runtime.supervisor.Coalescer: the calls of one event-loop turn go out as one batch (used for Redis)."""
+"""shared.runtime.coalescer.Coalescer: the calls of one event-loop turn go out as one batch (used for Redis)."""
 
 from __future__ import annotations
 
