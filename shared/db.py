@@ -17,6 +17,7 @@ import aiopg
 import psycopg2
 import psycopg2.extensions
 from aiohttp import web
+from aiopg.connection import Transaction
 
 from shared.runtime.supervisor import Backoff
 from shared.settings import PROCESS, SETTINGS, Settings
@@ -149,7 +150,7 @@ def dsn_for(target: Target, role: str, *, dedicated: bool = False) -> str:
     return _as_connector(target, role, dedicated=dedicated).dsn
 
 
-# --- aiopg: a statement the server cancels is an error, not a cancellation ---------------------------
+# --- aiopg: a cancelled statement is an error, not a cancellation; a failed transaction ends ----------------
 
 
 async def _poll(self: aiopg.Connection, waiter: asyncio.Future[None], timeout: float) -> None:  # noqa: ASYNC109
@@ -159,7 +160,7 @@ async def _poll(self: aiopg.Connection, waiter: asyncio.Future[None], timeout: f
     (aio-libs/aiopg#537). Every loop here reads ``CancelledError`` as "stop": one cancelled statement
     stopped the committer's contended lane for good, silently, and the writes of its batch never got
     an answer. Raised as itself (``QueryCanceled`` is an ``OperationalError``), it is a 503 for a
-    request and a logged retry for a loop. tests/test_outage.py holds aiopg to this."""
+    request and a logged retry for a loop. tests/ops/test_outage.py holds aiopg to this."""
     assert waiter is self._waiter, (waiter, self._waiter)
     self._ready(self._weakref)  # type: ignore[attr-defined]
     try:
@@ -176,6 +177,29 @@ async def _poll(self: aiopg.Connection, waiter: asyncio.Future[None], timeout: f
 
 
 aiopg.Connection._poll = _poll  # type: ignore[method-assign]
+
+
+def _ended_on_failure(step: Callable[[Transaction], Awaitable[Any]]) -> Callable[[Transaction], Awaitable[Any]]:
+    """``step`` (``Transaction.begin``/``commit``/``rollback`` of aiopg 1.4), after which a failure
+    leaves no transaction open. aiopg marks one begun before it sends BEGIN and ended only when COMMIT
+    or ROLLBACK answers, so one whose connection was lost at either stayed "open" and warned
+    (ResourceWarning) whenever the garbage collector reached it. Whatever the failure, nothing is open
+    after it: BEGIN never ran, or the server ended the transaction (a failed COMMIT rolls back; a lost
+    or cancelled connection ends it). tests/ops/test_outage.py holds aiopg to this."""
+
+    async def run(self: Transaction) -> Any:
+        try:
+            return await step(self)
+        except BaseException:
+            self._is_begin = False
+            raise
+
+    return run
+
+
+Transaction.begin = _ended_on_failure(Transaction.begin)  # type: ignore[method-assign,assignment]
+Transaction.commit = _ended_on_failure(Transaction.commit)  # type: ignore[method-assign,assignment]
+Transaction.rollback = _ended_on_failure(Transaction.rollback)  # type: ignore[method-assign,assignment]
 
 
 # --- the pool and dedicated connections ---------------------------------------------------------------
