@@ -112,17 +112,41 @@ def _apply(cur: psycopg2.extensions.cursor, migration: Migration, statement_time
     cur.execute(sql.RECORD, record)
 
 
+class LockBusy(Exception):
+    """Another run held the migration lock for all of ``lock_timeout``."""
+
+
+#: How often a run waiting for the migration lock tries it again.
+LOCK_POLL_SECONDS = 0.05
+
+
+def _take_lock(cur: psycopg2.extensions.cursor, lock_timeout: float) -> None:
+    """Take the session's migration lock, trying it again (each try a statement of its own, so no
+    snapshot is held while waiting: see sql.TRY_LOCK) until ``lock_timeout`` has passed."""
+    deadline = time.monotonic() + lock_timeout
+    while True:
+        cur.execute(sql.TRY_LOCK, {"lock": sql.MIGRATION_LOCK})
+        if cur.fetchone()[0]:
+            return
+        if time.monotonic() >= deadline:
+            raise LockBusy
+        time.sleep(LOCK_POLL_SECONDS)
+
+
 def apply_pending(
     dsn: str,
     migrations: Sequence[Migration] = MIGRATIONS,
     *,
     lock_timeout: float = 5.0,
     statement_timeout: float = 60.0,
+    into: list[int] | None = None,
 ) -> list[int]:
     """One attempt: take the migration lock, apply each migration not yet applied (in order, each
     recorded as it completes), return the versions applied. Raises psycopg2's errors as they come
-    (``LockNotAvailable`` when a lock was not had within ``lock_timeout``)."""
-    applied: list[int] = []
+    (``LockNotAvailable`` when a lock was not had within ``lock_timeout``; :class:`LockBusy` when that
+    lock was the migration lock). Each migration applied is appended to ``into`` as it completes, so
+    a caller that tries again still knows what an attempt that failed had done."""
+    applied: list[int] = [] if into is None else into
     conn = _connect(dsn)
     try:
         with conn.cursor() as cur:
@@ -130,7 +154,7 @@ def apply_pending(
                 sql.SET_TIMEOUTS,
                 {"lock_ms": _milliseconds(lock_timeout), "statement_ms": _milliseconds(statement_timeout)},
             )
-            cur.execute(sql.LOCK, {"lock": sql.MIGRATION_LOCK})
+            _take_lock(cur, lock_timeout)
             cur.execute(sql.CREATE)
             done = _applied(cur)
             for migration in migrations:
@@ -158,10 +182,13 @@ def migrate(
     was not had within ``lock_timeout`` or Postgres could not be reached; return the versions applied.
     Raises :class:`MigrationError` (one line) when it could not."""
     backoff = Backoff(first=1.0, cap=15.0)
+    applied: list[int] = []  # across attempts: an attempt that failed may have applied some
     for attempt in range(1, attempts + 1):
         try:
-            return apply_pending(dsn, migrations, lock_timeout=lock_timeout, statement_timeout=statement_timeout)
-        except psycopg2.errors.LockNotAvailable:
+            return apply_pending(
+                dsn, migrations, lock_timeout=lock_timeout, statement_timeout=statement_timeout, into=applied
+            )
+        except (psycopg2.errors.LockNotAvailable, LockBusy):
             why = (
                 f"a lock was not had within lock_timeout ({lock_timeout:g} s): a long transaction, or "
                 "another dynconfig-migrate, holds it"

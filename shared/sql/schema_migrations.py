@@ -28,7 +28,9 @@ SET_TIMEOUTS = (
 )
 SET_STATEMENT_TIMEOUT = "SELECT set_config('statement_timeout', %(statement_ms)s, false)"
 
-LOCK = "SELECT pg_advisory_lock(%(lock)s)"
+#: Tried, not waited for: a run waiting inside ``pg_advisory_lock`` holds a snapshot all the while, and
+#: the other run's ``CREATE INDEX CONCURRENTLY`` waits for every older snapshot to end (a deadlock).
+TRY_LOCK = "SELECT pg_try_advisory_lock(%(lock)s)"
 
 #: Those of ``names`` that exist as INVALID indexes (a ``CREATE INDEX CONCURRENTLY`` that was
 #: interrupted) in the schema the session writes to.

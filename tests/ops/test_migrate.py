@@ -20,6 +20,7 @@ from support import eventually_sync
 from devtools.services import free_port
 from dynconfig_admin.migrate import MigrationError, migrate
 from shared.migrations import MIGRATIONS, Migration
+from shared.sql.schema_migrations import MIGRATION_LOCK
 
 REPO = Path(__file__).resolve().parents[2]
 LAST = MIGRATIONS[-1].version
@@ -129,6 +130,50 @@ def test_several_runs_at_once_apply_each_migration_exactly_once(empty_db: str) -
         == [f"dynconfig-migrate: database schema version {LAST} (applied {ALL})"]
         + [f"dynconfig-migrate: database schema version {LAST} (nothing to apply)"] * 3
     ), said
+
+
+def test_a_run_waiting_for_the_lock_does_not_deadlock_the_concurrent_build(at_9: str) -> None:
+    """Two runs queue while a third session holds the migration lock; when it lets go, one builds the
+    index CONCURRENTLY, which waits for every transaction with an older snapshot. A run that waited in
+    ``pg_advisory_lock`` held its snapshot all the while: Postgres found a deadlock, killed one side,
+    and a killed build left an INVALID index and an output line that hid what that run had applied
+    (the failure of a clean-clone CI run). Each run answers once, with no retry."""
+    holder = psycopg2.connect(at_9)
+    holder.autocommit = True
+    results: list[subprocess.CompletedProcess[str]] = []
+    runners = [
+        threading.Thread(target=lambda: results.append(run_migrate(at_9, LOG_LEVEL="WARNING"))) for _ in range(2)
+    ]
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+            for runner in runners:
+                runner.start()
+            eventually_sync(
+                lambda: (
+                    query(
+                        at_9,
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE application_name LIKE '%%/migrate%%' AND query LIKE '%%advisory_lock%%'",
+                    )
+                    == [(2,)]
+                ),
+                10,
+                "both runs waiting for the lock",
+                interval=0.02,
+            )
+            cur.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+        for runner in runners:
+            runner.join()
+    finally:
+        holder.close()
+    assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+    assert [r.stderr for r in results] == ["", ""], "a run had to try again"
+    assert sorted(line for r in results for line in lines(r.stdout)) == [
+        f"dynconfig-migrate: database schema version {LAST} (applied {LAST})",
+        f"dynconfig-migrate: database schema version {LAST} (nothing to apply)",
+    ]
+    assert index_state(at_9, CONCURRENT.indexes[0]) == [(True,)]
 
 
 @pytest.mark.parametrize(
