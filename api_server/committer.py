@@ -32,7 +32,7 @@ import asyncio
 import logging
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -85,6 +85,8 @@ Decide = Callable[[KeyState | None, dict[str, Acl], datetime], Decision]
 
 @dataclass
 class WriteOp:
+    """One write of one key."""
+
     key: str
     creates: bool  # a PUT: make a placeholder row to lock when the key never existed
     decide: Decide
@@ -95,6 +97,45 @@ class WriteOp:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.key,)
+
+    @property
+    def claims(self) -> tuple[str, ...]:
+        """The keys to make a placeholder row for, to lock, when they never existed."""
+        return (self.key,) if self.creates else ()
+
+
+#: Decides a transaction from the locked states of its keys (as for :data:`Decide`; every key is
+#: there, a key that never existed as a placeholder at version 0), the namespace ACLs above them and
+#: the time of the change: one decision per key it writes, in order; raises a DynConfigError to refuse
+#: it whole.
+DecideTxn = Callable[[dict[str, KeyState], dict[str, Acl], datetime], list[Decision]]
+
+
+@dataclass
+class TxnOp:
+    """A transaction (``POST /txn``): several keys read and written as one, all or nothing. Its changes
+    share one revision (shared/sql/writes.py)."""
+
+    keys: tuple[str, ...]  # every key it compares or writes, each once
+    decide: DecideTxn
+    actor: str
+    request_id: str
+    size: int = 0
+    done: asyncio.Future[list[tuple[KeyState, Decision]]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    @property
+    def claims(self) -> tuple[str, ...]:
+        """Every key: a compare of a key that does not exist holds too (a create waits for the row)."""
+        return self.keys
+
+
+Op = WriteOp | TxnOp
+
 
 class Committer:
     """Collects writes and commits them in batches (see the module docstring)."""
@@ -104,15 +145,22 @@ class Committer:
         self._cache = cache
         self._chain = chain
         self._metrics = metrics
-        self._queue: deque[WriteOp] = deque()
+        self._queue: deque[Op] = deque()
         self._wake = asyncio.Event()
-        self._contended: deque[WriteOp] = deque()  # writes whose row another transaction held
+        self._contended: deque[Op] = deque()  # writes whose row another transaction held
         self._contended_keys: Counter[str] = Counter()  # their keys, until their transaction is over
         self._contended_wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()  # answers being sent
 
     async def write(self, op: WriteOp) -> tuple[KeyState, Decision]:
         """Queue ``op`` for the next batch; its new state and decision once committed, or its error."""
+        self._queue.append(op)
+        self._wake.set()
+        return await op.done
+
+    async def transact(self, op: TxnOp) -> list[tuple[KeyState, Decision]]:
+        """Queue a transaction for the next batch; the new state and decision of each key it writes,
+        in order, once committed, or the error that refused it whole."""
         self._queue.append(op)
         self._wake.set()
         return await op.done
@@ -157,25 +205,25 @@ class Committer:
                 try:
                     await complete_then_cancel(self._commit(batch, wait=True))
                 finally:
-                    self._contended_keys.subtract(op.key for op in batch)
+                    self._contended_keys.subtract(key for op in batch for key in op.keys)
                     self._contended_keys = +self._contended_keys  # drop keys at zero
 
-    def _route(self, batch: list[WriteOp]) -> list[WriteOp]:
+    def _route(self, batch: list[Op]) -> list[Op]:
         """Send writes of keys that have writes in the contended lane after them (arrival order per
         key); return the rest."""
         if not self._contended_keys:
             return batch
-        busy = [op for op in batch if op.key in self._contended_keys]
+        busy = [op for op in batch if any(key in self._contended_keys for key in op.keys)]
         self._contend(busy)
-        return [op for op in batch if op.key not in self._contended_keys]
+        return [op for op in batch if not any(key in self._contended_keys for key in op.keys)]
 
-    def _contend(self, ops: list[WriteOp]) -> None:
+    def _contend(self, ops: list[Op]) -> None:
         if ops:
             self._contended.extend(ops)
-            self._contended_keys.update(op.key for op in ops)
+            self._contended_keys.update(key for op in ops for key in op.keys)
             self._contended_wake.set()
 
-    async def _commit(self, batch: list[WriteOp], *, wait: bool) -> None:
+    async def _commit(self, batch: list[Op], *, wait: bool) -> None:
         """Commit ``batch``; without ``wait``, a write whose row another transaction holds moves to the
         contended lane. A batch Postgres refuses (not an outage) is committed again in halves."""
         for attempt in range(DEADLOCK_RETRIES + 1):
@@ -210,7 +258,7 @@ class Committer:
             return
 
     @staticmethod
-    def _fail(batch: list[WriteOp], exc: BaseException) -> None:
+    def _fail(batch: list[Op], exc: BaseException) -> None:
         for op in batch:
             if not op.done.done():
                 op.done.set_exception(exc)
@@ -220,32 +268,40 @@ class Committer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _answer(self, results: list[tuple[WriteOp, Any]]) -> None:
+    async def _answer(self, results: list[tuple[Op, Any]]) -> None:
         """After COMMIT: store the new states in the cache (one call for the batch), then answer."""
-        written = [outcome for _, outcome in results if not isinstance(outcome, BaseException)]
+        written = [
+            (state, recorded)
+            for _, outcome in results
+            if not isinstance(outcome, BaseException)
+            for state, _, recorded in outcome
+        ]
         try:
-            await self._cache.written([(state, recorded) for state, _, recorded in written])
+            await self._cache.written(written)
         finally:  # committed: answered even if the cache was not updated (its entries stay unclean)
             for op, outcome in results:
                 if op.done.done():  # the request went away
                     continue
                 if isinstance(outcome, BaseException):
                     op.done.set_exception(outcome)
+                elif isinstance(op, TxnOp):
+                    op.done.set_result([(state, decision) for state, decision, _ in outcome])
                 else:
-                    state, decision, _ = outcome
+                    ((state, decision, _),) = outcome
                     op.done.set_result((state, decision))
 
-    async def _transaction(self, batch: list[WriteOp], wait: bool) -> tuple[list[tuple[WriteOp, Any]], list[WriteOp]]:
-        """One batch in one transaction: per write, (new state, decision, recorded?) or its error;
-        and the writes left out because another transaction holds their row (unless ``wait``)."""
+    async def _transaction(self, batch: list[Op], wait: bool) -> tuple[list[tuple[Op, Any]], list[Op]]:
+        """One batch in one transaction: per write, its [(new state, decision, recorded?)] (one per
+        key it writes) or its error; and the writes left out because another transaction holds a row
+        they need (unless ``wait``)."""
         outcomes: dict[int, Any] = {}
         async with self._pool.acquire() as conn, conn.cursor() as cur, cur.begin():
             states, busy = await _lock(cur, batch, wait)
-            contended = [op for op in batch if op.key in busy]
-            batch = [op for op in batch if op.key not in busy]
+            contended = [op for op in batch if any(key in busy for key in op.keys)]
+            batch = [op for op in batch if not any(key in busy for key in op.keys)]
             if not batch:
                 return [], contended
-            ns_acls, clock = await ns_sql.acls_above_and_clock(cur, [op.key for op in batch])
+            ns_acls, clock = await ns_sql.acls_above_and_clock(cur, sorted({key for op in batch for key in op.keys}))
             decided, expiries, refused = _decide(batch, states, ns_acls, clock)
             outcomes.update(refused)
             if decided:
@@ -259,7 +315,7 @@ class Committer:
                     await write_changes(cur, expiries, self._chain)
                 states_after = await write_changes(cur, [made for _, _, made in decided], self._chain)
                 for (op, d, _), state in zip(decided, states_after, strict=True):
-                    outcomes[id(op)] = (state, d, recorded)
+                    outcomes.setdefault(id(op), []).append((state, d, recorded))
             # A create refused in a batch that commits must not leave its placeholder row behind.
             written = {d.before.key for _, d, _ in decided}
             unused = [key for key, state in states.items() if state.version == 0 and key not in written]
@@ -269,37 +325,48 @@ class Committer:
 
 
 def _decide(
-    batch: list[WriteOp], states: dict[str, KeyState], ns_acls: dict[str, Acl], clock: datetime
-) -> tuple[list[tuple[WriteOp, Decision, Change]], list[Change], dict[int, DynConfigError]]:
-    """Decide the writes of a batch in order, each on the state the ones before it leave its key in,
-    and build each one's change once. Returns the writes made (with their decision and change), the
+    batch: list[Op], states: dict[str, KeyState], ns_acls: dict[str, Acl], clock: datetime
+) -> tuple[list[tuple[Op, Decision, Change]], list[Change], dict[int, DynConfigError]]:
+    """Decide the writes of a batch in order, each on the state the ones before it leave its keys in,
+    and build each one's changes once. Returns the changes made (with their write and decision), the
     expiries to record before them, and the refused writes' errors (by ``id`` of the write)."""
-    decided: list[tuple[WriteOp, Decision, Change]] = []
+    decided: list[tuple[Op, Decision, Change]] = []
     expiries: list[Change] = []
     refused: dict[int, DynConfigError] = {}
     current = dict(states)
-    for op in batch:
-        state = current.get(op.key)
-        now = clock if state is None or state.version == 0 else max(clock, state.last_modified)
+    for number, op in enumerate(batch):
+        seen = {key: current.get(key) for key in op.keys}
+        now = max([clock, *(state.last_modified for state in seen.values() if state and state.version)])
         # Past its deadline: readers already see the key gone, so its expiry is recorded first (if
         # the write is made) and the write is decided on the state the expiry leaves.
-        expired = expiry(state, now, ns_acls, op.request_id) if state and state.expired(now) else None
+        expired = {
+            key: expiry(state, now, ns_acls, op.request_id)
+            for key, state in seen.items()
+            if state and state.expired(now)
+        }
+        seen.update((key, made.after) for key, made in expired.items())
         try:
-            decision = op.decide(expired.after if expired else state, ns_acls, now)
+            if isinstance(op, TxnOp):
+                decisions = op.decide({key: state for key, state in seen.items() if state is not None}, ns_acls, now)
+            else:
+                decisions = [op.decide(seen[op.key], ns_acls, now)]
         except DynConfigError as exc:
             refused[id(op)] = exc
             continue
-        made = _change(op, decision, now, ns_acls)
-        decided.append((op, decision, made))
-        if expired:
-            expiries.append(expired)
-        current[op.key] = made.after
+        txn = number if isinstance(op, TxnOp) else None
+        for decision in decisions:
+            made = _change(op, decision, now, ns_acls, txn)
+            decided.append((op, decision, made))
+            key = decision.before.key
+            if key in expired:
+                expiries.append(expired[key])
+            current[key] = made.after
     return decided, expiries, refused
 
 
-def _take(queue: deque[WriteOp]) -> list[WriteOp]:
+def _take(queue: deque[Op]) -> list[Op]:
     """The next batch from ``queue``: up to MAX_BATCH writes and MAX_BATCH_BYTES of values (at least one)."""
-    batch: list[WriteOp] = []
+    batch: list[Op] = []
     size = 0
     while queue and len(batch) < MAX_BATCH and (not batch or size + queue[0].size <= MAX_BATCH_BYTES):
         op = queue.popleft()
@@ -308,8 +375,8 @@ def _take(queue: deque[WriteOp]) -> list[WriteOp]:
     return batch
 
 
-def _change(op: WriteOp, decision: Decision, now: datetime, ns_acls: dict[str, Acl]) -> Change:
-    return change(
+def _change(op: Op, decision: Decision, now: datetime, ns_acls: dict[str, Acl], txn: int | None) -> Change:
+    made = change(
         decision.before,
         decision.new,
         event=decision.event,
@@ -319,25 +386,26 @@ def _change(op: WriteOp, decision: Decision, now: datetime, ns_acls: dict[str, A
         now=now,
         namespace_acls=ns_acls,
     )
+    return made if txn is None else replace(made, txn=txn)
 
 
-async def _lock(cur: aiopg.Cursor, batch: list[WriteOp], wait: bool) -> tuple[dict[str, KeyState], set[str]]:
+async def _lock(cur: aiopg.Cursor, batch: list[Op], wait: bool) -> tuple[dict[str, KeyState], set[str]]:
     """Lock the rows of the batch's keys: existing ones in key order, then placeholders for new keys
-    that a PUT creates. Returns the locked states by key, and (unless ``wait``) the keys whose rows
-    another transaction holds, left unlocked."""
-    keys = sorted({op.key for op in batch})
+    that a write may create (or a transaction compares). Returns the locked states by key, and (unless
+    ``wait``) the keys whose rows another transaction holds, left unlocked."""
+    keys = sorted({key for op in batch for key in op.keys})
     states = await keys_sql.lock_many(cur, keys, wait=wait)
     busy: set[str] = set()
     if not wait and len(states) < len(keys):
         busy = await keys_sql.existing(cur, [key for key in keys if key not in states])
-    new = sorted({op.key for op in batch if op.creates and op.key not in states and op.key not in busy})
+    new = sorted({key for op in batch for key in op.claims if key not in states and key not in busy})
     if new:
         states.update(await keys_sql.claim_many(cur, new, [_creator(batch, key) for key in new]))
     return states, busy
 
 
-def _creator(batch: list[WriteOp], key: str) -> str:
-    return next(op.actor for op in batch if op.key == key and op.creates)
+def _creator(batch: list[Op], key: str) -> str:
+    return next(op.actor for op in batch if key in op.claims)
 
 
 COMMITTER = web.AppKey("committer", Committer)

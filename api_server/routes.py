@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from api_server import console
-from api_server.handlers import audit, health, keys, namespaces
+from api_server.handlers import audit, health, keys, namespaces, txn
 from api_server.openapi import openapi_handler
 from shared.runtime.metrics import metrics_handler
 from shared.runtime.web import live
@@ -44,6 +44,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_patch(f"/keys/{KEY}", keys.patch_key)
     r.add_get(f"/keys/{KEY}", keys.get_key)
     r.add_delete(f"/keys/{KEY}", keys.delete_key)
+    r.add_post("/txn", txn.post_txn)
     r.add_put(f"/namespaces/{NAMESPACE}", namespaces.put_namespace)
     r.add_get(f"/namespaces/{NAMESPACE}", namespaces.get_namespace)
     r.add_delete(f"/namespaces/{NAMESPACE}", namespaces.delete_namespace)

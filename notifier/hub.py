@@ -1,10 +1,16 @@
 """The hub: one per notifier replica. It follows the event stream and fans each event out.
 
-Events arrive from Redis pub/sub in batches. The hub keeps the last revision it fanned out; an event
-that skips ahead makes it backfill the gap from Postgres first, one it has seen is dropped. While
-Redis is down it reads Postgres instead (woken by ``NOTIFY dynconfig_revisions``), and it polls once a
-second regardless, so no event is ever lost on the way. Each event is encoded into one WebSocket frame
-that is written to every entitled subscriber (:mod:`notifier.frames`).
+Events arrive from Redis pub/sub in batches. The hub keeps the last position of the change log it
+fanned out; an event that skips ahead makes it backfill the gap from Postgres first, one it has seen
+is dropped. While Redis is down it reads Postgres instead (woken by ``NOTIFY dynconfig_revisions``),
+and it polls once a second regardless, so no event is ever lost on the way. Each event is encoded into
+one WebSocket frame that is written to every entitled subscriber (:mod:`notifier.frames`).
+
+A transaction's changes (consecutive positions, one revision: shared/sql/writes.py) always travel
+together — in one relay batch, one backfill page — and are fanned out as one: each subscriber gets one
+``txn`` frame of the changes it may read (none: nothing), or those changes as single events when it
+asked for ``"txn": "split"`` (SPEC §6). Positions outside transactions are revisions, so ``last`` is
+always a revision clients have seen.
 """
 
 from __future__ import annotations
@@ -13,14 +19,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import aiopg
 import psycopg2
 from aiohttp import web
 
-from shared.changes.events import ChangeEvent, Readers, may_read_event
+from shared.changes.events import ChangeEvent, Readers, commits, may_read_event, txn_event
 from shared.db import Target, listen, ping, wait_notices
 from shared.redis import REDIS_ERRORS, RedisLink
 from shared.runtime.supervisor import Backoff, Supervisor, cancel_and_wait
@@ -228,8 +234,8 @@ class Hub:
             self._wake.clear()
             try:
                 while self._inbox:
-                    for event in self._inbox[0]:
-                        await self._accept(event)
+                    for commit in commits(self._inbox[0]):
+                        await self._accept(commit)
                     self._inbox.popleft()
                     self._flush()
                 if self._poll_now:
@@ -243,14 +249,16 @@ class Hub:
                 await asyncio.sleep(0.5)
                 self._wake.set()
 
-    async def _accept(self, event: ChangeEvent) -> None:
-        if event.revision <= self.last:
+    async def _accept(self, commit: Sequence[ChangeEvent]) -> None:
+        """One write's change, or one transaction's changes (in the order of the log)."""
+        first = commit[0].revision
+        if first <= self.last:
             return
-        if event.revision > self.last + 1:
-            await self._backfill(through=event.revision - 1)
-            if event.revision != self.last + 1:
+        if first > self.last + 1:
+            await self._backfill(through=first - 1)
+            if first != self.last + 1:
                 return  # the backfill already covered it
-        self._fan_out(event)
+        self._fan_out(commit)
 
     def _flush(self) -> None:
         """Write what this pass fanned out: one write per socket, however many events it got. Called
@@ -276,8 +284,8 @@ class Hub:
                     return
             while through is None or self.last < through:
                 events = await events_after(cur, self.last, through=through, limit=BACKFILL_PAGE)
-                for event in events:
-                    self._fan_out(event)
+                for commit in commits(events):
+                    self._fan_out(commit)
                 self._flush()
                 self._metrics.backfilled.inc(len(events))
                 if len(events) < BACKFILL_PAGE:
@@ -344,20 +352,54 @@ class Hub:
             self._deliveries[(event.key, readers)] = entitled
         return entitled
 
-    def _fan_out(self, event: ChangeEvent) -> None:
-        entitled = self._entitled(event)
-        # Encode before moving on: an event that cannot be encoded (its value cannot be decrypted)
-        # raises here, with ``last`` still before it, so it is retried rather than skipped.
-        frame = json_frame(event.wire(self._keyring)) if entitled else b""
+    def _fan_out(self, commit: Sequence[ChangeEvent]) -> None:
+        """Send a write's event, or a transaction's, to every subscriber entitled to it. Encoded before
+        ``last`` moves: an event that cannot be encoded (its value cannot be decrypted) raises here,
+        with ``last`` still before it, so it is retried rather than skipped."""
+        event = commit[-1]
+        if len(commit) == 1 and event.txn is None:
+            entitled = self._entitled(event)
+            frame = json_frame(event.wire(self._keyring)) if entitled else b""
+            deliveries = [(subscriber, frame) for subscriber in entitled]
+        else:
+            deliveries = self._txn_deliveries(commit)
         self.last = event.revision
         if self._waiters:
             self._advanced()
         self._metrics.hub_revision.set(event.revision)
-        self._metrics.propagation_lag.observe(max(0.0, (utcnow() - event.at).total_seconds()))
-        for subscriber in entitled:
-            if subscriber.deliver(event.revision, frame):
+        now = utcnow()
+        for change in commit:
+            self._metrics.propagation_lag.observe(max(0.0, (now - change.at).total_seconds()))
+        revision = event.shown_revision
+        for subscriber, frame in deliveries:
+            if subscriber.deliver(revision, frame):
                 self._touched.append(subscriber)
-        self._metrics.events_delivered.inc(len(entitled))
+        self._metrics.events_delivered.inc(len(deliveries))
+
+    def _txn_deliveries(self, commit: Sequence[ChangeEvent]) -> list[tuple[Subscriber, bytes]]:
+        """Per subscriber, the frame of the transaction's changes it may read: one ``txn`` frame, or
+        (``split_txn``) their single events' frames; built once per distinct set of changes."""
+        seen: dict[Subscriber, list[int]] = {}
+        for i, change in enumerate(commit):
+            for subscriber in self._entitled(change):
+                seen.setdefault(subscriber, []).append(i)
+        if not seen:
+            return []
+        changes = [change.wire(self._keyring) for change in commit]
+        revision = commit[-1].shown_revision
+        frames: dict[tuple[tuple[int, ...], bool], bytes] = {}
+        deliveries = []
+        for subscriber, picked in seen.items():
+            which = (tuple(picked), subscriber.split_txn)
+            frame = frames.get(which)
+            if frame is None:
+                if subscriber.split_txn:
+                    frame = b"".join(json_frame(changes[i]) for i in picked)
+                else:
+                    frame = json_frame(txn_event(revision, [changes[i] for i in picked]))
+                frames[which] = frame
+            deliveries.append((subscriber, frame))
+        return deliveries
 
 
 HUB = web.AppKey("hub", Hub)

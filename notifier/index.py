@@ -12,10 +12,13 @@ class Subscriber(Protocol):
     """What the hub needs of a watch connection."""
 
     principal: Principal
+    #: A transaction's changes as single events (``"txn": "split"``), not one ``txn`` frame.
+    split_txn: bool
 
     def deliver(self, revision: int, frame: bytes) -> bool:
-        """Take one live event (already encoded) without blocking; True when the hub must call
-        :meth:`flush` after this pass (it queued the first frame since the last flush)."""
+        """Take one live event, or a transaction's (already encoded: its frame, or its single events'
+        frames one after the other) without blocking; True when the hub must call :meth:`flush` after
+        this pass (it queued the first frame since the last flush)."""
         ...
 
     def flush(self) -> None: ...

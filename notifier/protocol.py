@@ -86,12 +86,21 @@ class BadMessage(Exception):
     """A client message we answer with an error event (the connection stays open)."""
 
 
+#: How a subscribe may ask for transactions (SPEC §6): as single events with the transaction's
+#: revision, or as one ``txn`` frame (the default).
+TXN_SPLIT = "split"
+TXN_MODES = (TXN_SPLIT, "frame")
+
+
 class Subscribe(NamedTuple):
     """A ``subscribe`` message, checked."""
 
     patterns: list[str]
     since: int | None
     snapshot: bool
+    #: ``"txn": "split"``: a transaction's changes as single events (True), or as one ``txn`` frame
+    #: (False, ``"txn": "frame"``); None when the message does not say (the connection keeps its mode).
+    split_txn: bool | None = None
 
 
 def pattern_problem(pattern: Any) -> str | None:
@@ -136,7 +145,10 @@ def parse_subscribe(message: dict[str, Any], since_default: int | None) -> Subsc
     snapshot = message.get("snapshot", False)
     if not isinstance(snapshot, bool):
         raise BadMessage("snapshot must be true or false")
-    return Subscribe(patterns, since, snapshot)
+    txn = message.get("txn")
+    if txn not in (None, *TXN_MODES):
+        raise BadMessage(f"txn must be {' or '.join(repr(mode) for mode in TXN_MODES)}")
+    return Subscribe(patterns, since, snapshot, None if txn is None else txn == TXN_SPLIT)
 
 
 def parse_unsubscribe(patterns: Any) -> list[str]:

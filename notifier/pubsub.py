@@ -41,6 +41,7 @@ def _encode(event: ChangeEvent) -> dict[str, Any]:
         "c": event.creator,
         "vr": list(readers.entries) if readers else None,
         "vo": readers.owner if readers else None,
+        "tx": event.txn,
     }
 
 
@@ -56,4 +57,5 @@ def _decode(item: dict[str, Any]) -> ChangeEvent:
         acl=acl,
         creator=item["c"],
         version_readers=stored_audience(item.get("vr"), item.get("vo")),
+        txn=item.get("tx"),  # absent from the previous release's relay: it has no transactions
     )

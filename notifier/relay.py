@@ -94,7 +94,7 @@ class Relay:
                 last_check = time.monotonic()
                 while True:
                     relayed = await complete_then_cancel(self.relay_once())
-                    if len(relayed) == BATCH:
+                    if len(relayed) >= BATCH:
                         continue
                     await self._update_backlog()
                     await wait_notices(conn, POLL_SECONDS)
@@ -117,7 +117,8 @@ class Relay:
             events = await sql.events_after(cur, self.published, through=current, limit=BATCH)
             # Wakes hubs that read Postgres while Redis is down.
             await sql.notify_revisions(cur, events[-1].revision if events else current)
-        self.published = events[-1].revision if len(events) == BATCH else current
+        # A page may run past BATCH (the rest of a transaction the limit cut): it ends one all the same.
+        self.published = events[-1].revision if len(events) >= BATCH else current
         for event in events:
             self._metrics.relay_lag.observe(max(0.0, (now - event.at).total_seconds()))
         await self._publish(events)

@@ -16,14 +16,14 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import aiopg
 from aiohttp import WSMsgType, web
 
 from shared.audit.writer import AuditRecord, AuditWriter
-from shared.changes.events import ChangeEvent, like_patterns
+from shared.changes.events import ChangeEvent, commits, like_patterns, txn_event
 from shared.changes.kinds import AuditAction
 from shared.db import POSTGRES_UNREACHABLE
 from shared.errors import BadRequest, DynConfigError
@@ -113,6 +113,7 @@ class WatchConnection:
         self.principal: Principal = Principal("", False)
         self.authenticated = False
         self.last_sent = 0
+        self.split_txn = False
         self._holding = False
         self._held: list[tuple[int, bytes]] = []
         self._pending: list[bytes] = []  # live events fanned out, not yet written (see deliver)
@@ -277,6 +278,8 @@ class WatchConnection:
         old = set(watched)
         first = not old
         since = request.since
+        if request.split_txn is not None:
+            self.split_txn = request.split_txn
         # Start from everything committed by now, even what the hub has not fanned out yet: a write
         # whose answer the client already has must be in the replay or snapshot, not come later as a
         # change. The hub is normally there within milliseconds; if it is not within 2 s (relay down),
@@ -319,8 +322,8 @@ class WatchConnection:
         ``reset`` and a snapshot. Returns whether it sent a reset instead."""
         try:
             async for page in replay_pages(self._pool, new, since, through):
-                for event in page:  # sent with the connection back in the pool
-                    await self._send_event(event, old)
+                for commit in commits(page):  # sent with the connection back in the pool
+                    await self._send_commit(commit, old)
                 if self._closing:
                     break
         except StartOver:
@@ -350,12 +353,29 @@ class WatchConnection:
             self._release_held()
 
     async def _send_event(self, event: ChangeEvent, old: set[str]) -> None:
-        if old and any(pattern_matches(p, event.key) for p in old):
-            return  # the client gets this key through an earlier subscription
-        message = self._feed.readable(event)
+        message = self._readable(event, old)
         if message is not None:
             await self.send(message)
             self._metrics.events_delivered.inc()
+
+    async def _send_commit(self, commit: Sequence[ChangeEvent], old: set[str]) -> None:
+        """A replayed write's event, or a transaction's changes as the hub sends them live: one ``txn``
+        frame of those this watcher may read, or (``split_txn``) those as single events."""
+        if len(commit) == 1 and commit[0].txn is None:
+            await self._send_event(commit[0], old)
+            return
+        changes = [message for event in commit if (message := self._readable(event, old)) is not None]
+        if not changes:
+            return
+        messages = changes if self.split_txn else [txn_event(commit[-1].shown_revision, changes)]
+        for message in messages:
+            await self.send(message)
+        self._metrics.events_delivered.inc()
+
+    def _readable(self, event: ChangeEvent, old: set[str]) -> dict[str, Any] | None:
+        if old and any(pattern_matches(p, event.key) for p in old):
+            return None  # the client gets this key through an earlier subscription
+        return self._feed.readable(event)
 
 
 CONNECTIONS = web.AppKey("connections", set[WatchConnection])
@@ -391,7 +411,7 @@ async def replay_pages(
         yield events
         if len(events) < REPLAY_PAGE:
             return
-        after = events[-1].revision
+        after = events[-1].shown_revision  # a page ends a transaction: past every change of it
 
 
 async def committed_head(pool: aiopg.Pool) -> int:

@@ -16,12 +16,24 @@ class DynConfigError(Exception):
         self.message = message
         self.fields = fields
         self.headers = headers or {}
+        #: In a transaction (``POST /txn``): the part that failed, ``("compare" | "ops", index)``.
+        self.part: tuple[str, int] | None = None
+        #: What the audit log records was refused, when the refusal knows better than the route (a
+        #: refused PUT is a refused ``create`` or ``replace``, as it would have been recorded).
+        self.audit_action: str | None = None
+
+    def at(self, part: str, index: int) -> DynConfigError:
+        """This error, as the failure of part ``index`` of a transaction's ``compare`` or ``ops``."""
+        self.part = (part, index)
+        return self
 
     def body(self) -> dict[str, Any]:
-        """The JSON error shape of SPEC §4."""
+        """The JSON error shape of SPEC §4 (with ``index`` and ``in`` for a transaction's part)."""
         body: dict[str, Any] = {"error": self.phrase, "message": self.message}
         if self.fields:
             body["fields"] = self.fields
+        if self.part is not None:
+            body["in"], body["index"] = self.part
         return body
 
 

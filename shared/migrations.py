@@ -238,4 +238,17 @@ MIGRATIONS: list[Migration] = [
         transactional=False,
         indexes=("key_history_by_at",),
     ),
+    Migration(
+        11,
+        "transactions: the changes of one POST /txn share the revision clients see",
+        """
+        -- A transaction's changes take consecutive positions in the change log (outbox.revision:
+        -- unique, no gaps, as before) and one revision as clients see it, the last of those
+        -- positions: on each of its outbox rows in txn (NULL for a single write), and in
+        -- keys.revision and key_history.revision. Nullable without a default: no table rewrite. The
+        -- previous release ignores the column and relays a transaction's rows as single events,
+        -- each at its own position: split, but nothing lost or repeated while it runs.
+        ALTER TABLE outbox ADD COLUMN txn bigint;
+        """,
+    ),
 ]

@@ -6,13 +6,14 @@ import json
 import re
 from typing import Any, ClassVar
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from shared.errors import BadRequest, PayloadTooLarge
 
 MAX_KEY_LENGTH = 256
 MAX_VALUE_BYTES = 1_048_576
 MAX_ACL_ENTRIES = 1000
+MAX_TXN_OPS = 128  # ops in one POST /txn (SPEC §4); compares too
 DEFAULT_LIMIT = 100  # a page of a listing, unless ``limit`` says otherwise
 MAX_LIMIT = 1000
 MAX_TTL_SECONDS = 10 * 365 * 86400
@@ -128,6 +129,15 @@ class WholeNumber(fields.Integer):
         return super()._deserialize(value, attr, data, **kwargs)  # type: ignore[no-any-return]
 
 
+class JsonBoolean(fields.Boolean):
+    """``true`` or ``false``, and nothing marshmallow would take for them (``1``, ``"yes"``)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 _TTL = WholeNumber(allow_none=True, validate=validate.Range(min=1, max=MAX_TTL_SECONDS))
 
 
@@ -173,6 +183,48 @@ class RollbackSchema(BodySchema):
     hint = "the version whose value to write again"
 
     version = WholeNumber(required=True, validate=validate.Range(min=1, max=MAX_VERSION))
+
+
+class CompareSchema(BodySchema):
+    """A compare of ``POST /txn``: the key is live at ``version``, or is (not) live (``exists``)."""
+
+    example = '{"key": "app.flag", "version": 3}'
+
+    key = fields.String(required=True)
+    version = WholeNumber(validate=validate.Range(min=1, max=MAX_VERSION))
+    exists = JsonBoolean()
+
+    @validates_schema
+    def _one_test(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("version" in data) == ("exists" in data):
+            raise ValidationError('a compare tests "version" or "exists", one of them')
+
+
+#: The ops of ``POST /txn``; each is checked as its own call's body (PutKeySchema, PatchKeySchema).
+TXN_OPS = ("put", "patch", "delete")
+
+
+class TxnOpSchema(BodySchema):
+    """An op of ``POST /txn``: what it is and its key; the rest is the body of its own call."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    example = '{"op": "put", "key": "app.flag", "value": true}'
+
+    op = fields.String(required=True, validate=validate.OneOf(TXN_OPS))
+    key = fields.String(required=True)
+
+
+class TxnSchema(BodySchema):
+    """Body of ``POST /txn``: compares, then 1–128 ops (each element is checked on its own, so an
+    error can name its index)."""
+
+    example = '{"ops": [{"op": "put", "key": "app.flag", "value": true}]}'
+    hint = 'the writes go in "ops", a list of {"op": "put"|"patch"|"delete", "key", ...}'
+
+    compare = fields.List(fields.Raw(), load_default=list, validate=validate.Length(max=MAX_TXN_OPS))
+    ops = fields.List(fields.Raw(), required=True, validate=validate.Length(min=1, max=MAX_TXN_OPS))
 
 
 class NamespaceSchema(BodySchema):

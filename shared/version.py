@@ -9,9 +9,9 @@ out.
 Expand, then contract (SPEC §1): a release works with the schema of the release before it and the
 release after it, so old and new pods can serve side by side during a rolling upgrade.
 
-- This release ships migrations up to 10 (shared/migrations.py) and needs 9 (the sealed audit head
-  is read and written); 10 only adds an index, so a schema at 9 serves too.
-- The next release may append migrations 11 to :data:`SCHEMA_MAX`, and every one of them must be
+- This release ships migrations up to 11 (shared/migrations.py) and needs 11: transactions write
+  ``outbox.txn`` (and 9's sealed audit head is read and written).
+- The next release may append migrations 12 to :data:`SCHEMA_MAX`, and every one of them must be
   add-only as this release sees it (the rule is in shared/migrations.py): this release keeps working
   on them (tests/test_upgrade.py runs it on a schema with an extra add-only migration).
 - A contract migration (dropping or renaming what this release reads or writes, a NOT NULL on a column
@@ -25,8 +25,8 @@ from __future__ import annotations
 VERSION = "0.2.0"
 
 #: The oldest schema this release's code works with.
-SCHEMA_MIN = 9
-#: The newest: this release's last migration (10) plus the next release's add-only ones (11-19).
+SCHEMA_MIN = 11
+#: The newest: this release's last migration (11) plus the next release's add-only ones (12-19).
 SCHEMA_MAX = 19
 
 

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from api_server.committer import Decision, WriteOp
+from api_server.committer import Decide, Decision, WriteOp
 from api_server.domain import Caller, Store
 from api_server.domain.refusals import Refusal, decided_on_postgres, screen
 from shared.changes import events as changelog
 from shared.changes.kinds import AuditAction, EventKind
 from shared.changes.state import KeyState
 from shared.changes.writes import NewState
-from shared.errors import BadRequest, Forbidden, NotFound, PreconditionFailed
+from shared.errors import BadRequest, DynConfigError, Forbidden, NotFound, PreconditionFailed
 from shared.security.acl import Acl, Principal, governing_namespace, may_access, may_create
 from shared.security.crypto import DecryptionError
 from shared.sql import changelog as changelog_sql
@@ -90,23 +90,39 @@ async def put_key(
     who = caller.principal
     await screen(store, who, key, _put_refusal(who, key), _cannot_create(who, key))
     value_enc = store.seal(key, body["value"])
-
-    def decide(state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> Decision:
-        assert state is not None  # a PUT's row is claimed
-        # Authorization first, then If-Match: a caller without access learns nothing (SPEC §5).
-        if state.version == 0:  # never existed: a create
-            if not may_create(who, key=key, namespace_acls=ns_acls):
-                raise _deny("write", key, ns_acls)
-            new = NewState(value_enc, body.get("ttl"), _acl(body.get("acls")), who.username)
-        else:
-            new = _replacement(who, key, state, ns_acls, value_enc, body)
-        check_if_match(if_match, None if state.deleted else state)
-        action = AuditAction.CREATE if state.deleted else AuditAction.REPLACE
-        return Decision(state, new, EventKind.UPDATE, action, created=state.deleted)
-
+    decide = decide_put(who, key, body, value_enc, if_match)
     op = WriteOp(key, True, decide, who.username, caller.request_id, size=len(value_enc))
     result, decision = await store.committer.write(op)
     return result, decision.created
+
+
+def _put_action(state: KeyState | None) -> AuditAction:
+    """A PUT is a create of a key that is not there (never was, deleted, expired), else a replace;
+    recorded so whether it is written or refused."""
+    return AuditAction.CREATE if state is None or state.deleted else AuditAction.REPLACE
+
+
+def decide_put(who: Principal, key: str, body: dict[str, Any], value_enc: bytes, if_match: IfMatch | None) -> Decide:
+    """How the committer decides a PUT of ``body`` (its value sealed as ``value_enc``) on the locked,
+    claimed row of ``key``."""
+
+    def decide(state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> Decision:
+        assert state is not None  # a PUT's row is claimed
+        try:
+            # Authorization first, then If-Match: a caller without access learns nothing (SPEC §5).
+            if state.version == 0:  # never existed: a create
+                if not may_create(who, key=key, namespace_acls=ns_acls):
+                    raise _deny("write", key, ns_acls)
+                new = NewState(value_enc, body.get("ttl"), _acl(body.get("acls")), who.username)
+            else:
+                new = _replacement(who, key, state, ns_acls, value_enc, body)
+            check_if_match(if_match, None if state.deleted else state)
+        except DynConfigError as exc:
+            exc.audit_action = _put_action(state)
+            raise
+        return Decision(state, new, EventKind.UPDATE, _put_action(state), created=state.deleted)
+
+    return decide
 
 
 def _replacement(
@@ -168,10 +184,25 @@ async def rollback_key(store: Store, caller: Caller, key: str, version: int, if_
 async def patch_key(store: Store, caller: Caller, key: str, body: dict[str, Any], if_match: IfMatch | None) -> KeyState:
     """Change the value (and, for admins, ttl/acls) of a live key."""
     who = caller.principal
-    if not who.is_admin and ("ttl" in body or "acls" in body):
-        raise Forbidden("Only admins may change a key's ttl or acls")
+    check_patch_metadata(who, body)
     await screen(store, who, key, _write_refusal(who, key, live=True), _cannot_see_missing(who, key))
     value_enc = store.seal(key, body["value"]) if "value" in body else None
+    decide = decide_patch(who, key, body, value_enc, if_match)
+    op = WriteOp(key, False, decide, who.username, caller.request_id, size=len(value_enc or b""))
+    result, _ = await store.committer.write(op)
+    return result
+
+
+def check_patch_metadata(who: Principal, body: dict[str, Any]) -> None:
+    """403 for a non-admin's PATCH that sets ``ttl`` or ``acls`` (decided on the body alone)."""
+    if not who.is_admin and ("ttl" in body or "acls" in body):
+        raise Forbidden("Only admins may change a key's ttl or acls")
+
+
+def decide_patch(
+    who: Principal, key: str, body: dict[str, Any], value_enc: bytes | None, if_match: IfMatch | None
+) -> Decide:
+    """How the committer decides a PATCH of ``body`` on ``key`` (None: the key has no row)."""
 
     def decide(state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> Decision:
         state = _writable(who, key, if_match, state, ns_acls, now)
@@ -183,23 +214,27 @@ async def patch_key(store: Store, caller: Caller, key: str, body: dict[str, Any]
         )
         return Decision(state, new, EventKind.UPDATE, AuditAction.PATCH)
 
-    op = WriteOp(key, False, decide, who.username, caller.request_id, size=len(value_enc or b""))
-    result, _ = await store.committer.write(op)
-    return result
+    return decide
 
 
 async def delete_key(store: Store, caller: Caller, key: str, if_match: IfMatch | None) -> KeyState:
     """Soft-delete a live key (version +1, ``delete`` event)."""
     who = caller.principal
     await screen(store, who, key, _write_refusal(who, key, live=True), _cannot_see_missing(who, key))
+    op = WriteOp(key, False, decide_delete(who, key, if_match), who.username, caller.request_id)
+    result, _ = await store.committer.write(op)
+    return result
+
+
+def decide_delete(who: Principal, key: str, if_match: IfMatch | None) -> Decide:
+    """How the committer decides a DELETE of ``key`` (None: the key has no row)."""
 
     def decide(state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> Decision:
         state = _writable(who, key, if_match, state, ns_acls, now)
         tombstone = NewState(None, state.ttl, state.acl, state.creator)
         return Decision(state, tombstone, EventKind.DELETE, AuditAction.DELETE)
 
-    result, _ = await store.committer.write(WriteOp(key, False, decide, who.username, caller.request_id))
-    return result
+    return decide
 
 
 def _write_refusal(who: Principal, key: str, *, live: bool) -> Refusal:
@@ -220,11 +255,14 @@ def _write_refusal(who: Principal, key: str, *, live: bool) -> Refusal:
 
 def _put_refusal(who: Principal, key: str) -> Refusal:
     def refusal(state: KeyState | None, ns_acls: dict[str, Acl]) -> Exception | None:
+        refused = None
         if state is None or state.version == 0:
-            return None if may_create(who, key=key, namespace_acls=ns_acls) else _deny("write", key, ns_acls)
-        if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-            return _deny("write", key, ns_acls)
-        return None
+            refused = None if may_create(who, key=key, namespace_acls=ns_acls) else _deny("write", key, ns_acls)
+        elif not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
+            refused = _deny("write", key, ns_acls)
+        if refused is not None:
+            refused.audit_action = _put_action(state)
+        return refused
 
     return refusal
 
@@ -332,12 +370,14 @@ async def poll_events(
             page = await changelog_sql.events_after(
                 cur, position, through=head_revision, patterns=patterns, limit=limit
             )
-            for event in page:
-                position = event.revision
-                if changelog.may_read_event(who, event.readers(ns_acls)):
-                    events.append(event.wire(store.keyring))
-                    if len(events) == limit:
-                        break
+            for commit in changelog.commits(page):  # a transaction is one event, whole (SPEC §6)
+                position = commit[-1].shown_revision
+                readable = [e.wire(store.keyring) for e in commit if changelog.may_read_event(who, e.readers(ns_acls))]
+                if not readable:
+                    continue
+                events.append(readable[0] if commit[0].txn is None else changelog.txn_event(position, readable))
+                if len(events) == limit:
+                    break
             if len(page) < limit:
                 if len(events) < limit:
                     position = head_revision

@@ -54,11 +54,17 @@ def audit(request: web.Request, action: AuditAction, key: str | None, outcome: s
 
 @asynccontextmanager
 async def audited_failures(request: web.Request, action: AuditAction, key: str | None) -> AsyncIterator[None]:
-    """Audit denials, misses and failed preconditions of ``action`` on ``key``, then re-raise."""
+    """Audit denials, misses and failed preconditions of ``action`` on ``key`` (or of the action the
+    error names: a refused PUT is a refused create or replace), then re-raise."""
     try:
         yield
     except DynConfigError as exc:
-        outcome = _OUTCOMES.get(type(exc))
-        if outcome is not None:
-            audit(request, action, key, outcome)
+        audit_refusal(request, exc, action, key)
         raise
+
+
+def audit_refusal(request: web.Request, exc: DynConfigError, action: AuditAction, key: str | None) -> None:
+    """Queue the audit row of a denial, a miss or a failed precondition (other errors have none)."""
+    outcome = _OUTCOMES.get(type(exc))
+    if outcome is not None:
+        audit(request, AuditAction(exc.audit_action or action), key, outcome)

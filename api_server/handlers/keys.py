@@ -80,7 +80,7 @@ async def put_key(request: web.Request) -> web.Response:
     """Create (201) or replace (200) a key."""
     key = validate_key(request.match_info["key"])
     body = load(_PUT, await read_json(request))
-    async with audited_failures(request, AuditAction.PUT, key):
+    async with audited_failures(request, AuditAction.REPLACE, key):  # a refused create says so itself
         state, created = await store.put_key(store_of(request), caller_of(request), key, body, _if_match(request))
     return _written(state, 201 if created else 200)
 

@@ -126,6 +126,23 @@ SPEC: dict[str, Any] = {
                 "responses": {"200": ok("Rolled back", _WRITTEN, ETAG), **errors(400, 403, 404, 412, 413)},
             },
         },
+        "/txn": {
+            "post": {
+                "summary": "Write several keys at once, all or nothing (a transaction)",
+                "description": (
+                    "Compares first, then ops, in order; each op needs what its own call needs (PUT: create "
+                    "or key write, ttl/acls changes admins only; PATCH and DELETE: key write on a live key). "
+                    "A compare needs read on its key. The first failing compare or op fails the whole "
+                    "transaction with its status and error plus `in` (compare or ops) and `index`; nothing is "
+                    "written. On success every change has the transaction's revision, which no other write "
+                    "shares; watchers get one `txn` frame of the changes they may read (or single events "
+                    'with `"txn": "split"` on subscribe), pollers one `txn` event. Audited one record per op, '
+                    "sharing the request id. The body is at most 4 MiB; If-Match is not used."
+                ),
+                "requestBody": body(ref("Txn")),
+                "responses": {"200": ok("Committed", ref("TxnResult")), **errors(400, 403, 404, 412, 413)},
+            }
+        },
         "/namespaces/{ns}": {
             "parameters": [NS],
             "put": {

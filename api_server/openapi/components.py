@@ -10,7 +10,7 @@ from typing import Any
 
 from api_server.handlers import cursors
 from api_server.handlers.keys import IF_MATCH_PATTERN
-from shared.changes.kinds import EventKind
+from shared.changes.kinds import TXN_EVENT, EventKind
 from shared.validation import (
     ACL_ENTRY_PATTERN,
     DEFAULT_LIMIT,
@@ -18,6 +18,7 @@ from shared.validation import (
     MAX_KEY_LENGTH,
     MAX_LIMIT,
     MAX_TTL_SECONDS,
+    MAX_TXN_OPS,
     MAX_VERSION,
     NAME_PATTERN,
     RESERVED_SUFFIX_PATTERN,
@@ -59,7 +60,7 @@ _ERRORS = {
     401: "Missing or invalid JWT",
     403: "The ACL denies it",
     404: "Absent, deleted or expired",
-    412: "If-Match does not match the current version",
+    412: "If-Match does not match the current version (POST /txn: a compare failed)",
     413: "Value over 1 MiB, or a body over the server's limit",
     429: "Rate limited",
     503: "Not now: Postgres unreachable, a write conflict with another replica, or shutting down",
@@ -145,6 +146,19 @@ _CHANGE = {
 }
 
 
+_TXN_EVENT = {
+    "type": "object",
+    "required": ["event", "revision", "changes"],
+    "description": "a transaction (POST /txn): the changes of it the reader may see, each with its revision",
+    "properties": {
+        "event": {"const": TXN_EVENT},
+        "revision": {"type": "integer"},
+        "changes": {"type": "array", "minItems": 1, "items": _CHANGE},
+    },
+}
+_TXN_KEY = {**_name(NAME_PATTERN), "not": {"pattern": RESERVED_SUFFIX_PATTERN}}
+
+
 def _page(item: str, items: dict[str, Any], next_pattern: str, **more: Any) -> dict[str, Any]:
     """A page of a listing: ``item`` (a list), ``more`` (required too), and ``next`` when there is more."""
     properties = {item: {"type": "array", "items": items}, **more, "next": {"type": "string", "pattern": next_pattern}}
@@ -155,7 +169,13 @@ SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
         "required": ["error", "message"],
-        "properties": {"error": {"type": "string"}, "message": {"type": "string"}, "fields": {"type": "object"}},
+        "properties": {
+            "error": {"type": "string"},
+            "message": {"type": "string"},
+            "fields": {"type": "object"},
+            "in": {"enum": ["compare", "ops"], "description": "POST /txn: the list of the part that failed"},
+            "index": {"type": "integer", "minimum": 0, "description": "POST /txn: its position in that list"},
+        },
     },
     "Acls": {"type": "object", "additionalProperties": False, "properties": {"read": _ACL_LIST, "write": _ACL_LIST}},
     "PutKey": {
@@ -204,7 +224,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["events", "revision", "more"],
         "properties": {
-            "events": {"type": "array", "items": _CHANGE},
+            "events": {"type": "array", "items": {"oneOf": [_CHANGE, _TXN_EVENT]}},
             "revision": {"type": "integer", "description": "poll from here next"},
             "more": {"type": "boolean"},
             "reset": {"const": True, "description": "since_version is older than the change log: start over"},
@@ -268,6 +288,96 @@ SCHEMAS: dict[str, Any] = {
         },
         cursors.AUDIT_PATTERN,
     ),
+    "Txn": {
+        "type": "object",
+        "required": ["ops"],
+        "additionalProperties": False,
+        "properties": {
+            "compare": {
+                "type": "array",
+                "maxItems": MAX_TXN_OPS,
+                "description": "checked in order, before any op; the first that fails refuses the transaction (412)",
+                "items": {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "required": ["key", "version"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "key": _TXN_KEY,
+                                "version": {"type": "integer", "minimum": 1, "maximum": MAX_VERSION},
+                            },
+                            "description": "the key is live at this version",
+                        },
+                        {
+                            "type": "object",
+                            "required": ["key", "exists"],
+                            "additionalProperties": False,
+                            "properties": {"key": _TXN_KEY, "exists": {"type": "boolean"}},
+                            "description": "the key is live (true), or not (false)",
+                        },
+                    ]
+                },
+            },
+            "ops": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_TXN_OPS,
+                "description": "a key at most once; each as its own call (PUT, PATCH, DELETE) would be",
+                "items": {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "required": ["op", "key", "value"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "op": {"const": "put"},
+                                "key": _TXN_KEY,
+                                "value": {},
+                                "ttl": _TTL,
+                                "acls": {"oneOf": [ref("Acls"), {"type": "null"}]},
+                            },
+                        },
+                        {
+                            "type": "object",
+                            "required": ["op", "key"],
+                            "minProperties": 3,
+                            "additionalProperties": False,
+                            "properties": {
+                                "op": {"const": "patch"},
+                                "key": _TXN_KEY,
+                                "value": {},
+                                "ttl": _TTL,
+                                "acls": {"oneOf": [ref("Acls"), {"type": "null"}]},
+                            },
+                        },
+                        {
+                            "type": "object",
+                            "required": ["op", "key"],
+                            "additionalProperties": False,
+                            "properties": {"op": {"const": "delete"}, "key": _TXN_KEY},
+                        },
+                    ]
+                },
+            },
+        },
+    },
+    "TxnResult": {
+        "type": "object",
+        "required": ["revision", "results"],
+        "properties": {
+            "revision": {"type": "integer", "description": "the transaction's revision, shared by all its changes"},
+            "results": {
+                "type": "array",
+                "description": "in the order of ops",
+                "items": {
+                    "type": "object",
+                    "required": ["key", "version"],
+                    "properties": {"key": {"type": "string"}, "version": {"type": "integer"}},
+                },
+            },
+        },
+    },
     "Rollback": {
         "type": "object",
         "required": ["version"],

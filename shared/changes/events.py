@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.changes.kinds import EventKind
+from shared.changes.kinds import TXN_EVENT, EventKind
 from shared.security.acl import Acl, Audience, Principal, audience
 from shared.security.crypto import Keyring
 from shared.sql import like_escape
@@ -33,16 +33,25 @@ class ChangeEvent:
     creator: str
     #: Who could read this version when it was written (None: written before that was recorded).
     version_readers: Audience | None = None
+    #: For a change made by a transaction (``POST /txn``), the transaction's revision: the last of its
+    #: changes' positions. ``revision`` is then this change's own position in the log, which clients
+    #: never see; None for a write of its own.
+    txn: int | None = None
 
     def __post_init__(self) -> None:
         # Rows and pub/sub messages (shared.wire) carry the kind as text: hold it as the enum.
         object.__setattr__(self, "event", EventKind(self.event))
 
+    @property
+    def shown_revision(self) -> int:
+        """The revision clients see: the transaction's, for a change made by one."""
+        return self.txn if self.txn is not None else self.revision
+
     def wire(self, keyring: Keyring) -> dict[str, Any]:
         """The event as clients see it (value decrypted)."""
         value = json.loads(keyring.decrypt(self.value_enc, aad=self.key)) if self.value_enc is not None else None
         return change_event(
-            event=self.event, key=self.key, version=self.version, at=self.at, revision=self.revision, value=value
+            event=self.event, key=self.key, version=self.version, at=self.at, revision=self.shown_revision, value=value
         )
 
     def readers(self, namespace_acls: Mapping[str, Acl]) -> Readers:
@@ -50,6 +59,25 @@ class ChangeEvent:
         of this version when it was written (SPEC §5); a reader must be in both."""
         today = audience("read", key=self.key, key_acl=self.acl, creator=self.creator, namespace_acls=namespace_acls)
         return (today,) if self.version_readers is None else (today, self.version_readers)
+
+
+def commits(events: Sequence[ChangeEvent]) -> list[Sequence[ChangeEvent]]:
+    """``events`` (in log order) cut into what was committed together: a write of its own alone, a
+    transaction's changes together (consecutive, with the same ``txn``). Whoever delivers events
+    delivers each of these whole or not at all (SPEC §6: resume never splits a transaction)."""
+    out: list[Sequence[ChangeEvent]] = []
+    start = 0
+    for i in range(1, len(events) + 1):
+        if i == len(events) or events[i].txn is None or events[i].txn != events[start].txn:
+            out.append(events[start:i])
+            start = i
+    return out
+
+
+def txn_event(revision: int, changes: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"event": "txn", "revision", "changes": [change events]}``: a transaction's changes that one
+    reader may see, as one frame or poll event (SPEC §6)."""
+    return {"event": TXN_EVENT, "revision": revision, "changes": changes}
 
 
 #: Audiences a reader must be admitted by, every one of them.

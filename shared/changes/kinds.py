@@ -21,12 +21,16 @@ class EventKind(enum.StrEnum):
     EXPIRED = "expired"
 
 
+#: The event of a frame (and of a polled event) that holds a transaction's changes (SPEC §6). Not an
+#: :class:`EventKind`: no change is of this kind, and no row stores it.
+TXN_EVENT = "txn"
+
+
 class AuditAction(enum.StrEnum):
     """What an audit row records was done (``GET /audit``'s ``action``). A ``str``, stored as its value.
 
-    A PUT is recorded as ``put`` when it is refused and, when it is written, as ``create`` or
-    ``replace``: these strings are on the wire, where the audit log's readers and the tests expect
-    them, so they are kept; this enum is their one home."""
+    A PUT is recorded as ``create`` or ``replace``, whether it is written or refused (before 0.2.0 a
+    refused one was recorded as ``put``). These strings are on the wire; this enum is their one home."""
 
     # Key writes, recorded with the change (shared.changes.writes)
     CREATE = "create"
@@ -35,8 +39,8 @@ class AuditAction(enum.StrEnum):
     ROLLBACK = "rollback"
     DELETE = "delete"
     EXPIRE = "expire"
-    # A PUT refused (403, 404, 412...): recorded before it could be a create or a replace
-    PUT = "put"
+    # A transaction's compare, refused (403, 412); its writes are recorded as above
+    COMPARE = "compare"
     # Reads
     READ = "read"
     LIST = "list"

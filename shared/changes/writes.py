@@ -51,6 +51,9 @@ class Change:
     readers: Audience
     #: The state it leaves its key in (its revision is given when it is written).
     after: KeyState
+    #: The transaction it belongs to, numbered within the batch written (None: a write of its own).
+    #: A transaction's changes share one revision (shared/sql/writes.py).
+    txn: int | None = None
 
 
 def change(
@@ -118,6 +121,7 @@ async def write_changes(cur: aiopg.Cursor, changes: Sequence[Change], chain: Aud
             "request_id": audit.request_id,
             "read_entries": json.dumps(readers.entries) if readers.owner is None else None,
             "read_owner": readers.owner,
+            "txn": c.txn,
         }
         for name, value in row.items():
             columns[name].append(value)

@@ -17,11 +17,12 @@ from shared.changes.events import ChangeEvent, ResumePoint, key_ranges, stored_a
 from shared.changes.kinds import EventKind
 from shared.security.acl import Acl
 from shared.timeutil import utcnow
+from shared.validation import MAX_TXN_OPS
 
 # Columns of an event row, decoded by _event (below).
 _EVENT_COLUMNS = """
 o.revision, o.key, o.version, o.event, o.at, h.value_enc, k.acl_read, k.acl_write, k.creator,
-h.read_entries, h.read_owner
+h.read_entries, h.read_owner, o.txn
 """
 
 
@@ -67,17 +68,18 @@ SELECT count(*) FROM gone
 # --- change notices (followed by every api_server: api_server/fence.py) ---------------------------
 
 # Every write statement (shared/sql/writes.py) tells, at COMMIT, which keys it changed at which
-# revisions: "<revision> <key> <revision> <key> ..." (keys hold no spaces). Notices are delivered in
-# commit order, which is revision order.
+# positions of the log: "<position> <key> <position> <key> ..." (keys hold no spaces; a position is
+# the change's revision, or for a change in a transaction one at or before the transaction's).
+# Notices are delivered in commit order, which is log order, with no gap.
 CHANGES_CHANNEL = "dynconfig_changes"
 #: Changes per notice: 25 of at most 256 + 21 bytes stay well under Postgres's 8,000-byte payload limit.
 CHANGES_PER_NOTICE = 25
 
-# A WITH query of the write statement, over its changes ``c`` (columns key, revision, n); the notices
-# in order (a follower takes one that skips revisions for a gap, and reads the outbox).
+# A WITH query of the write statement, over its changes ``c`` (columns key, position, n); the notices
+# in order (a follower takes one that skips positions for a gap, and reads the outbox).
 NOTIFY_CHANGES = f"""
 SELECT pg_notify('{CHANGES_CHANNEL}', chunk.changes)
-  FROM (SELECT min(n) AS first, string_agg(revision || ' ' || key, ' ' ORDER BY n) AS changes
+  FROM (SELECT min(n) AS first, string_agg(position || ' ' || key, ' ' ORDER BY n) AS changes
           FROM c GROUP BY (n - 1) / {CHANGES_PER_NOTICE} ORDER BY first) AS chunk
 """
 
@@ -143,11 +145,13 @@ SELECT h.revision, k.key, h.version, h.event, h.at, h.value_enc, k.acl_read, k.a
 
 
 def _event(row: Sequence[Any]) -> ChangeEvent:
-    """An event row (``_EVENT_COLUMNS``, or ``SNAPSHOT_PAGE``'s in the same order)."""
-    revision, key, version, event, at, value_enc, acl_read, acl_write, creator, read_entries, read_owner = row
+    """An event row (``_EVENT_COLUMNS``, or ``SNAPSHOT_PAGE``'s in the same order, without ``txn``)."""
+    revision, key, version, event, at, value_enc, acl_read, acl_write, creator, read_entries, read_owner = row[:11]
     blob = bytes(value_enc) if value_enc is not None and event == EventKind.UPDATE else None
     acl = Acl.from_columns(acl_read, acl_write)
-    return ChangeEvent(revision, key, version, event, at, blob, acl, creator, stored_audience(read_entries, read_owner))
+    txn = row[11] if len(row) > 11 else None
+    audience = stored_audience(read_entries, read_owner)
+    return ChangeEvent(revision, key, version, event, at, blob, acl, creator, audience, txn)
 
 
 async def head(cur: aiopg.Cursor) -> tuple[int, int]:
@@ -169,18 +173,23 @@ async def resume_point(cur: aiopg.Cursor, since: int) -> ResumePoint:
 async def events_after(
     cur: aiopg.Cursor, after: int, *, through: int | None = None, patterns: list[str] | None = None, limit: int = 500
 ) -> list[ChangeEvent]:
-    """Relayed events with ``after < revision <= through`` for keys matching LIKE ``patterns``."""
-    await cur.execute(
-        EVENTS_AFTER,
-        {
-            "after": after,
-            "through": through if through is not None else 2**62,
-            "all": patterns is None,
-            "patterns": patterns or [],
-            "limit": limit,
-        },
-    )
-    return [_event(row) for row in await cur.fetchall()]
+    """Relayed events with ``after < position <= through`` for keys matching LIKE ``patterns``, about
+    ``limit`` of them: never a part of a transaction (the rest of one the limit cut comes too), so
+    every reader of the log gets whole transactions. ``after`` and ``through`` are revisions clients
+    have seen or the head, which never fall inside a transaction."""
+    query = {
+        "after": after,
+        "through": through if through is not None else 2**62,
+        "all": patterns is None,
+        "patterns": patterns or [],
+        "limit": limit,
+    }
+    await cur.execute(EVENTS_AFTER, query)
+    events = [_event(row) for row in await cur.fetchall()]
+    if len(events) == limit and (last := events[-1]).txn is not None and last.txn > last.revision:
+        await cur.execute(EVENTS_AFTER, {**query, "after": last.revision, "through": last.txn, "limit": MAX_TXN_OPS})
+        events.extend(_event(row) for row in await cur.fetchall())
+    return events
 
 
 async def snapshot_pages(

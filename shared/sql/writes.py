@@ -1,10 +1,16 @@
 """Writing changes: one statement writes a batch of key versions across ``keys``, ``key_history``,
 ``outbox`` and ``audit_log`` (one round trip whatever the batch size), inside the caller's transaction.
 
-It also gives each change its global revision: ``relay_state.head`` is the counter, and the row lock
-the statement takes on it is held until COMMIT, so transactions that write commit one after the other
-in revision order — revisions become visible in order, with no gap, and a write's answer can carry
-its revision. Call it last before COMMIT: the lock is everyone's.
+It also gives each change its place in the change log: ``relay_state.head`` is the counter, and the
+row lock the statement takes on it is held until COMMIT, so transactions that write commit one after
+the other in log order — positions become visible in order, with no gap, and a write's answer can
+carry its revision. Call it last before COMMIT: the lock is everyone's.
+
+A change's position (``outbox.revision``) is its revision, except in a transaction (``POST /txn``:
+the changes with the same ``txn`` number in the batch): its changes take consecutive positions and
+share one revision, the last of them, which ``keys``, ``key_history``, the outbox row's ``txn`` and
+the answer carry. The log stays gap-free for those who follow it (the fence, the relay, the hubs);
+clients see one revision for the whole transaction, never shared with another write.
 
 A key may be changed several times in one batch (each change builds on the one before it): history,
 outbox and audit get every change, ``keys`` the last one; every change's state comes back, in order
@@ -57,6 +63,7 @@ COLUMNS = (
     "mac_key",
     "link_seq",
     "link_seal",
+    "txn",
 )
 
 
@@ -73,12 +80,16 @@ WITH input AS (
         %(deleted)s::boolean[], %(created_at)s::timestamptz[], %(now)s::timestamptz[], %(event)s::text[],
         %(actor)s::text[], %(action)s::text[], %(request_id)s::text[], %(read_entries)s::jsonb[],
         %(read_owner)s::text[], %(seq)s::bigint[], %(mac)s::bytea[], %(mac_key)s::text[],
-        %(link_seq)s::bigint[], %(link_seal)s::bytea[]
+        %(link_seq)s::bigint[], %(link_seal)s::bytea[], %(txn)s::integer[]
     ) WITH ORDINALITY AS input({", ".join(COLUMNS)}, n)
 ), counter AS (
     UPDATE relay_state SET head = head + (SELECT count(*) FROM input) RETURNING head
+), placed AS (
+    SELECT input.*, counter.head - (SELECT count(*) FROM input) + input.n AS position FROM input CROSS JOIN counter
 ), c AS (
-    SELECT input.*, counter.head - (SELECT count(*) FROM input) + input.n AS revision FROM input CROSS JOIN counter
+    SELECT placed.*,
+           CASE WHEN txn IS NULL THEN position ELSE max(position) OVER (PARTITION BY txn) END AS revision
+      FROM placed
 ), changed AS (
     UPDATE keys k
        SET version = last.version, value_enc = last.value_enc, ttl = last.ttl, expires_at = last.expires_at,
@@ -92,7 +103,8 @@ WITH input AS (
     SELECT key, version, event, value_enc, actor, now, {_text_array("read_entries")}, read_owner, revision
       FROM c ORDER BY n
 ), outbox AS (
-    INSERT INTO outbox (key, version, event, at, revision) SELECT key, version, event, now, revision FROM c ORDER BY n
+    INSERT INTO outbox (key, version, event, at, revision, txn)
+    SELECT key, version, event, now, position, CASE WHEN txn IS NULL THEN NULL ELSE revision END FROM c ORDER BY n
 ), audit AS (
     INSERT INTO audit_log ({audit_sql.SEALED}, seq, mac, mac_key, link_seq, link_seal)
     SELECT now, actor, action, key, version, 'ok', request_id, seq, mac, mac_key, link_seq, link_seal

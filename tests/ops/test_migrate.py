@@ -27,6 +27,8 @@ LAST = MIGRATIONS[-1].version
 ALL = ", ".join(str(m.version) for m in MIGRATIONS)
 #: The migration built outside a transaction (CREATE INDEX CONCURRENTLY), and its index.
 CONCURRENT = next(m for m in MIGRATIONS if not m.transactional)
+#: What a database left at 9 (the ``at_9`` fixture) lacks: the concurrent build and those after it.
+AFTER_9 = ", ".join(str(m.version) for m in MIGRATIONS if m.version > 9)
 
 
 def run_migrate(url: str | None, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
@@ -106,7 +108,7 @@ def test_it_brings_an_empty_database_to_this_release_with_postgres_url_alone(emp
 def test_status_says_what_is_pending_and_exits_3_until_the_schema_is_current(at_9: str) -> None:
     before = run_migrate(at_9, "--status")
     assert before.returncode == 3, before.stderr
-    assert "database schema version 9;" in before.stdout and f"pending: {LAST}" in before.stdout, before.stdout
+    assert "database schema version 9;" in before.stdout and f"pending: {AFTER_9}" in before.stdout, before.stdout
     assert applied(at_9)[-1] == (9, 1), "--status changed the schema"
 
     assert run_migrate(at_9).returncode == 0
@@ -170,7 +172,7 @@ def test_a_run_waiting_for_the_lock_does_not_deadlock_the_concurrent_build(at_9:
     assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
     assert [r.stderr for r in results] == ["", ""], "a run had to try again"
     assert sorted(line for r in results for line in lines(r.stdout)) == [
-        f"dynconfig-migrate: database schema version {LAST} (applied {LAST})",
+        f"dynconfig-migrate: database schema version {LAST} (applied {AFTER_9})",
         f"dynconfig-migrate: database schema version {LAST} (nothing to apply)",
     ]
     assert index_state(at_9, CONCURRENT.indexes[0]) == [(True,)]
@@ -237,7 +239,7 @@ def test_an_interrupted_concurrent_build_leaves_an_invalid_index_that_the_next_r
     assert again.returncode == 0, again.stderr
     assert f"dropping index {index}, left INVALID by an interrupted build" in again.stderr
     assert index_state(at_9, index) == [(True,)]
-    assert applied(at_9)[-1] == (CONCURRENT.version, 1)
+    assert applied(at_9)[-1] == (LAST, 1)
 
 
 #: A test-only migration that needs an exclusive lock on ``keys`` (as adding a column does).

@@ -305,7 +305,23 @@ async def test_if_match_failure_is_audited_as_precondition_failed(api: AuditApi,
     status, body, _ = await api.traced("PUT", f"/keys/{key}", body={"value": 2}, rid=request_id, **{"If-Match": '"7"'})
     assert_error(status, body, 412, "Precondition Failed")
     record = await api.record_of(key, request_id)
-    assert_record(record, actor=ADMIN, action="put", key=key, outcome="precondition_failed")
+    assert_record(record, actor=ADMIN, action="replace", key=key, outcome="precondition_failed")
+
+
+async def test_a_refused_put_is_recorded_as_the_create_or_replace_it_would_have_been(
+    api: AuditApi, unique_prefix: str
+) -> None:
+    """One name for a PUT whether it is written or refused (before 0.2.0 a refused one said ``put``)."""
+    existing, missing = f"{unique_prefix}.there", f"{unique_prefix}.never"
+    bob = f"{unique_prefix}-bob"
+    await api.traced("PUT", f"/keys/{existing}", body={"value": 1, "acls": {"read": [], "write": []}})
+    replace_id, create_id = rid(), rid()
+    assert (await api.traced("PUT", f"/keys/{existing}", bob, {"value": 2}, rid=replace_id))[0] == 403
+    assert (await api.traced("PUT", f"/keys/{missing}", bob, {"value": 2}, rid=create_id))[0] == 403
+    assert_record(
+        await api.record_of(existing, replace_id), actor=bob, action="replace", key=existing, outcome="denied"
+    )
+    assert_record(await api.record_of(missing, create_id), actor=bob, action="create", key=missing, outcome="denied")
 
 
 async def test_list_is_audited(api: AuditApi, unique_prefix: str) -> None:

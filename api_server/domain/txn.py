@@ -1,0 +1,113 @@
+"""Transactions (``POST /txn``, SPEC §4): compares and writes of several keys, decided together under
+their row locks and written as one, all or nothing, with one revision.
+
+Each write is decided exactly as its own call would be (the same :func:`decide_put`,
+:func:`decide_patch` and :func:`decide_delete`, without ``If-Match``: compares do that), in order,
+after every compare; the first that fails refuses the whole transaction with its error, marked with
+its place (``"in"``, ``"index"``), and nothing is written. A compare reads its key, so it needs
+``read`` on it: without it, the same 403 a GET gives, whether or not the key exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from api_server.committer import Decide, Decision, TxnOp
+from api_server.domain import Caller, Store
+from api_server.domain.keys import _deny, check_patch_metadata, decide_delete, decide_patch, decide_put
+from shared.changes.state import KeyState
+from shared.errors import DynConfigError, PreconditionFailed
+from shared.security.acl import Acl, Principal, may_access
+
+COMPARE = "compare"
+OPS = "ops"
+
+
+@dataclass(frozen=True)
+class Compare:
+    """``{key, version}`` (live at that version) or ``{key, exists}`` (live, or not)."""
+
+    key: str
+    version: int | None = None
+    exists: bool | None = None
+
+    def check(self, who: Principal, state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> None:
+        """403 unless ``who`` may read the key; then 412 unless it passes (``state``: None when the
+        key has no row)."""
+        acl, creator = (state.acl, state.creator) if state else (None, "")
+        if not may_access(who, "read", key=self.key, key_acl=acl, creator=creator, namespace_acls=ns_acls):
+            raise _deny("read", self.key, ns_acls)
+        live = state is not None and state.live(now)
+        if self.exists is not None and live != self.exists:
+            raise PreconditionFailed(f"Key '{self.key}' {'does not exist' if self.exists else 'exists'}")
+        if self.version is not None:
+            if not live:
+                raise PreconditionFailed(f"Key '{self.key}' does not exist, so it is not at version {self.version}")
+            assert state is not None
+            if state.version != self.version:
+                raise PreconditionFailed(f"Key '{self.key}' is at version {state.version}, not {self.version}")
+
+
+@dataclass(frozen=True)
+class Write:
+    """An op: ``put``, ``patch`` or ``delete`` of ``key``, with the body its own call would take."""
+
+    op: str
+    key: str
+    body: dict[str, Any]
+
+
+async def transact(
+    store: Store, caller: Caller, compares: Sequence[Compare], writes: Sequence[Write]
+) -> tuple[int, list[KeyState]]:
+    """Apply ``writes`` if every compare passes and every write is allowed; the transaction's revision
+    and each key's new state, in order. Raises the first failure, with its place (``exc.part``)."""
+    who = caller.principal
+    decides: list[Decide] = []
+    size = 0
+    for index, write in enumerate(writes):
+        try:  # the values are sealed first: one too large is a 413 of the body, before any compare
+            value_enc = store.seal(write.key, write.body["value"]) if "value" in write.body else None
+        except DynConfigError as exc:
+            raise exc.at(OPS, index) from None
+        size += len(value_enc or b"")
+        if write.op == "put":
+            assert value_enc is not None
+            decides.append(decide_put(who, write.key, write.body, value_enc, None))
+        elif write.op == "patch":
+            decides.append(decide_patch(who, write.key, write.body, value_enc, None))
+        else:
+            decides.append(decide_delete(who, write.key, None))
+
+    def decide(states: dict[str, KeyState], ns_acls: dict[str, Acl], now: datetime) -> list[Decision]:
+        for index, compare in enumerate(compares):
+            try:
+                compare.check(who, _stored(states.get(compare.key)), ns_acls, now)
+            except DynConfigError as exc:
+                raise exc.at(COMPARE, index) from None
+        decisions = []
+        for index, (write, decide_write) in enumerate(zip(writes, decides, strict=True)):
+            state = states.get(write.key)
+            try:
+                if write.op == "patch":
+                    check_patch_metadata(who, write.body)
+                # A PUT decides on its claimed row; PATCH and DELETE, as alone, on none for a new key.
+                decisions.append(decide_write(state if write.op == "put" else _stored(state), ns_acls, now))
+            except DynConfigError as exc:
+                raise exc.at(OPS, index) from None
+        return decisions
+
+    keys = tuple(dict.fromkeys([c.key for c in compares] + [w.key for w in writes]))
+    made = await store.committer.transact(TxnOp(keys, decide, who.username, caller.request_id, size=size))
+    states = [state for state, _ in made]
+    revision = states[0].revision
+    assert revision is not None
+    return revision, states
+
+
+def _stored(state: KeyState | None) -> KeyState | None:
+    """The key's state, None for a key that never existed (the placeholder row claimed for it)."""
+    return None if state is None or state.version == 0 else state
