@@ -29,10 +29,25 @@ if TYPE_CHECKING:
         ServerError,
         Unauthorized,
     )
-    from .live import Change, LiveConfig
-    from .models import AuditRecord, EventKind, KeyPage, KeyValue, Namespace, PollResult, Version, WriteResult
+    from .live import Change, LiveConfig, TxnChange
+    from .models import (
+        AuditRecord,
+        ChangeEvent,
+        EventKind,
+        KeyPage,
+        KeyValue,
+        KeyVersion,
+        Namespace,
+        PollResult,
+        TxnEvent,
+        TxnResult,
+        Version,
+        WriteResult,
+        parse_event,
+    )
     from .stream import EventStream
     from .sync import SyncLiveConfig
+    from .txn import Txn
 
 #: Where each exported name lives (module of this package).
 _EXPORTS = {
@@ -54,13 +69,28 @@ _EXPORTS = {
         ],
         "errors",
     ),
-    **dict.fromkeys(["Change", "LiveConfig"], "live"),
+    **dict.fromkeys(["Change", "LiveConfig", "TxnChange"], "live"),
     **dict.fromkeys(
-        ["AuditRecord", "EventKind", "KeyPage", "KeyValue", "Namespace", "PollResult", "Version", "WriteResult"],
+        [
+            "AuditRecord",
+            "ChangeEvent",
+            "EventKind",
+            "KeyPage",
+            "KeyValue",
+            "KeyVersion",
+            "Namespace",
+            "PollResult",
+            "TxnEvent",
+            "TxnResult",
+            "Version",
+            "WriteResult",
+            "parse_event",
+        ],
         "models",
     ),
     "EventStream": "stream",
     "SyncLiveConfig": "sync",
+    "Txn": "txn",
 }
 
 __all__ = [
@@ -69,6 +99,7 @@ __all__ = [
     "AuditRecord",
     "BadRequest",
     "Change",
+    "ChangeEvent",
     "Client",
     "ConnectionFailed",
     "DynConfigClientError",
@@ -77,6 +108,7 @@ __all__ = [
     "Forbidden",
     "KeyPage",
     "KeyValue",
+    "KeyVersion",
     "LiveConfig",
     "Namespace",
     "NotFound",
@@ -87,9 +119,14 @@ __all__ = [
     "ServerError",
     "SyncLiveConfig",
     "TokenSource",
+    "Txn",
+    "TxnChange",
+    "TxnEvent",
+    "TxnResult",
     "Unauthorized",
     "Version",
     "WriteResult",
+    "parse_event",
     "watch_url",
 ]
 

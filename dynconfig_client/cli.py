@@ -5,6 +5,7 @@
     dynconfig put app.feature.enabled true --ttl 3600 --acl-read '*' --acl-write admin-user
     dynconfig get app.feature.enabled            # true
     dynconfig watch 'app.*' --snapshot           # one JSON line per event until Ctrl-C
+    dynconfig txn changes.json                   # a POST /txn body from a file (or - for stdin)
 
 Exit status: 0 success, 1 the server refused or could not be reached (the reason on stderr), 2 usage.
 
@@ -144,6 +145,34 @@ async def cmd_history(args: argparse.Namespace, client: Client) -> None:
         _print({"version": v.version, "value": v.value, "event": v.event, "actor": v.actor, "at": _time(v.at)})
 
 
+def _txn_body(source: str) -> dict[str, Any]:
+    """The ``POST /txn`` body in the file ``source`` (``-``: standard input), sent as it is: the server
+    judges its content (a typo'd field is its 400, never silently dropped here). A file that cannot be
+    read, or holds no JSON object, is a usage error, found before any request."""
+    name = "standard input" if source == "-" else source
+    try:
+        if source == "-":
+            text = sys.stdin.read()
+        else:
+            with open(source, encoding="utf-8") as file:
+                text = file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(f"cannot read {name}: {reason}") from None
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{name} is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise UsageError(f'{name} must hold a JSON object, {{"compare": [...], "ops": [...]}}')
+    return body
+
+
+async def cmd_txn(args: argparse.Namespace, client: Client) -> None:
+    result = await client.commit_txn(args.body)
+    _print({"revision": result.revision, "results": [{"key": k, "version": v} for k, v in result.results]})
+
+
 async def cmd_watch(args: argparse.Namespace, client: Client) -> None:
     import asyncio
     import signal
@@ -256,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     history = command("history", cmd_history, "print every version of a key, newest first, as JSON lines")
     history.add_argument("key", metavar="KEY")
 
+    txn = command("txn", cmd_txn, "write several keys at once, all or nothing (a POST /txn body from FILE)")
+    txn.add_argument(
+        "file",
+        metavar="FILE",
+        help='a JSON file {"compare": [...], "ops": [...]}, or - to read it from standard input',
+    )
+
     return parser
 
 
@@ -280,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("no token: pass --token or set DYNCONFIG_TOKEN (for the local run: ./dev/token)")
         if args.command in ("put", "patch"):
             _value(args)  # a bad VALUE is a usage error, found before any request
+        if args.command == "txn":
+            args.body = _txn_body(args.file)  # likewise a bad FILE
         import asyncio
 
         asyncio.run(_run(args))

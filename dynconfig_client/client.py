@@ -6,6 +6,7 @@ async with Client("http://localhost:8080", token) as client:
     await client.patch(item.key, False, if_match=item.etag)
     async for key in client.list("app"):
         print(key)
+    result = await client.txn().compare_version("app.a", 3).put("app.a", 4).delete("app.b").commit()
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from .models import (
     KeyValue,
     Namespace,
     PollResult,
+    TxnResult,
     Unset,
     Version,
     WriteResult,
     parse_time,
 )
 from .transport import DEFAULT_TIMEOUT_SECONDS, AiohttpTransport, Transport, Unreachable
+from .txn import Txn, txn_result, write_fields
 
 if TYPE_CHECKING:
     import aiohttp
@@ -46,6 +49,8 @@ __all__ = [
     "KeyValue",
     "Namespace",
     "PollResult",
+    "Txn",
+    "TxnResult",
     "Version",
     "WriteResult",
     "watch_url",
@@ -124,7 +129,7 @@ class Client:
         if_match: int | str | None = None,
     ) -> WriteResult:
         """Create or replace ``key``. ``ttl``/``acls`` left UNSET keep the stored ones; ``None`` clears them."""
-        body = _write_body(value, ttl, acls)
+        body = write_fields(value, ttl, acls)
         return _written(*await self._call("PUT", _key_path(key), json_body=body, if_match=if_match))
 
     async def patch(
@@ -137,7 +142,7 @@ class Client:
         if_match: int | str | None = None,
     ) -> WriteResult:
         """Change a live key's value and/or (admins only) its ttl and acls."""
-        body = _write_body(value, ttl, acls)
+        body = write_fields(value, ttl, acls)
         return _written(*await self._call("PATCH", _key_path(key), json_body=body, if_match=if_match))
 
     async def rollback(self, key: str, version: int, *, if_match: int | str | None = None) -> WriteResult:
@@ -151,6 +156,22 @@ class Client:
     async def delete(self, key: str, *, if_match: int | str | None = None) -> None:
         """Delete ``key`` (a soft delete: its version grows by one)."""
         await self._call("DELETE", _key_path(key), if_match=if_match)
+
+    # --- transactions ---------------------------------------------------------------------------
+
+    def txn(self) -> Txn:
+        """A transaction to build, then ``await ….commit()`` (:mod:`dynconfig_client.txn`)::
+
+        await client.txn().compare_version("app.a", 3).put("app.a", 4).delete("app.b").commit()
+        """
+        return Txn(self.commit_txn)
+
+    async def commit_txn(self, body: Mapping[str, Any]) -> TxnResult:
+        """Send a ``POST /txn`` body as it is (``{"compare": [...], "ops": [...]}``, SPEC §4) — from a file,
+        say; :meth:`txn` builds one. A failing compare or op raises its typed error, with ``in_`` and
+        ``index`` (:class:`~dynconfig_client.errors.ApiError`); nothing is written then."""
+        answer, _, _ = await self._call("POST", "/txn", json_body=dict(body))
+        return txn_result(answer)
 
     async def list_page(self, namespace: str | None = None, *, limit: int = 100, cursor: str | None = None) -> KeyPage:
         """One page of the readable keys (of ``namespace``), sorted; pass ``page.next`` as ``cursor``."""
@@ -304,17 +325,6 @@ def _time(text: str) -> datetime:
 
 def _params(**values: object) -> dict[str, str]:
     return {name: str(value) for name, value in values.items() if value is not None}
-
-
-def _write_body(value: Any, ttl: int | Unset | None, acls: Acls | Unset | None) -> dict[str, Any]:
-    body: dict[str, Any] = {}
-    if value is not UNSET:
-        body["value"] = value
-    if ttl is not UNSET:
-        body["ttl"] = ttl
-    if acls is not UNSET:
-        body["acls"] = None if acls is None else {kind: list(entries) for kind, entries in acls.items()}
-    return body
 
 
 def _written(body: Any, headers: Mapping[str, str], status: int) -> WriteResult:

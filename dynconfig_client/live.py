@@ -22,6 +22,14 @@ Rules:
   silently; from then on every applied change fires the callbacks once, in revision order, with the
   state already updated. A callback may be sync or async (awaited before the next change is applied);
   one that raises is logged and the stream goes on.
+- **Transactions** (``POST /txn``) are applied whole, in one step: no read, from this loop or (with
+  ``SyncLiveConfig``) another thread, ever sees some of a transaction's changes without the others
+  (read several keys in one go with :meth:`snapshot`; two ``get`` calls from another thread may fall
+  on either side of a change, as for any two changes). Only then do the callbacks run: the per-key
+  ones (``on_change``, ``on_key``, ``on_pattern``) once per changed key, in the transaction's order,
+  every one of them seeing the whole transaction applied, all with its revision; then ``on_txn``
+  callbacks once, with a :class:`TxnChange` holding all of them, for code that wants one call for
+  a change of several keys.
 - **Reset** (the server no longer has the changes since our revision): the ``reset`` event and the
   snapshot that follows are collected aside, then swapped in at once when the snapshot is complete —
   at the stream's end-of-replay barrier (``synced``), or at the first event with a revision above the
@@ -37,7 +45,7 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import aiohttp
@@ -49,12 +57,15 @@ from .disk_cache import CacheState, DiskCache, Entry
 from .errors import ApiError
 from .stream import EventStream
 from .typed import TypedGetters
-from .view import Change, View, pattern_matches
+from .view import Change, TxnChange, View, pattern_matches
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[Change], Any]
 """A change callback: ``callback(change)``, plain or ``async``."""
+
+TxnCallback = Callable[[TxnChange], Any]
+"""A transaction callback: ``callback(txn_change)``, plain or ``async``."""
 
 
 def to_watch_url(url: str) -> str:
@@ -112,6 +123,7 @@ class LiveConfig(TypedGetters):
         self._stream: EventStream | None = None
         self._view = View(self._changed)
         self._callbacks: list[tuple[str | None, Callback]] = []
+        self._txn_callbacks: list[TxnCallback] = []
         self._ready_event = asyncio.Event()
         self._is_ready = False
         self._failure: Exception | None = None
@@ -238,10 +250,14 @@ class LiveConfig(TypedGetters):
         entry = self._view.entries.get(key)
         return None if entry is None else entry.version
 
-    def snapshot(self) -> dict[str, Any]:
-        """A copy of the view, ``{key: value}`` (the values themselves are shared: do not mutate them)."""
+    def snapshot(self, keys: Iterable[str] | None = None) -> dict[str, Any]:
+        """A copy of the view, ``{key: value}``, or of the ``keys`` of it that it holds: one consistent
+        state, never part of a transaction (the values themselves are shared: do not mutate them)."""
         with self._view.lock:
-            return {key: entry.value for key, entry in self._view.entries.items()}
+            entries = self._view.entries
+            if keys is None:
+                return {key: entry.value for key, entry in entries.items()}
+            return {key: entry.value for key in keys if (entry := entries.get(key)) is not None}
 
     @property
     def is_ready(self) -> bool:
@@ -278,6 +294,16 @@ class LiveConfig(TypedGetters):
         """Call ``callback(change)`` for keys matching ``pattern`` (exact key, or prefix ending in ``*``)."""
         return self._register(pattern, callback)
 
+    def on_txn(self, callback: TxnCallback) -> Callable[[], None]:
+        """Call ``callback(txn_change)`` once per transaction that changed the view, after the per-key
+        callbacks of its changes (see the module docstring); returns a function that unregisters it."""
+        self._txn_callbacks = [*self._txn_callbacks, callback]  # copy on write: safe while dispatching
+
+        def unregister() -> None:
+            self._txn_callbacks = [c for c in self._txn_callbacks if c is not callback]
+
+        return unregister
+
     def _register(self, pattern: str | None, callback: Callback) -> Callable[[], None]:
         item = (pattern, callback)
         self._callbacks = [*self._callbacks, item]  # copy on write: safe while dispatching
@@ -287,17 +313,16 @@ class LiveConfig(TypedGetters):
 
         return unregister
 
-    async def _dispatch(self, change: Change) -> None:
+    async def _dispatch(self, change: Change | TxnChange) -> None:
+        if isinstance(change, TxnChange):  # applied whole already: each change, then the transaction
+            for one in change.changes:
+                await self._dispatch(one)
+            for txn_callback in self._txn_callbacks:
+                await _run_callback(txn_callback, change, f"the transaction at revision {change.revision}")
+            return
         for pattern, callback in self._callbacks:
-            if pattern is not None and not pattern_matches(pattern, change.key):
-                continue
-            try:
-                result = callback(change)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                name = getattr(callback, "__qualname__", repr(callback))
-                log.exception("config callback %s failed for key %s", name, change.key)
+            if pattern is None or pattern_matches(pattern, change.key):
+                await _run_callback(callback, change, f"key {change.key}")
 
     # --- applying the stream -----------------------------------------------------------------------
 
@@ -371,3 +396,14 @@ class LiveConfig(TypedGetters):
             self._unsaved = True
             path = self._cache.path if self._cache is not None else None
             log.warning("cannot write the config cache %s: %s", path, error.__class__.__name__)
+
+
+async def _run_callback(callback: Callable[[Any], Any], argument: Any, what: str) -> None:
+    """Call a plain or async callback; one that raises is logged (naming ``what`` it was called for)."""
+    try:
+        result = callback(argument)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        name = getattr(callback, "__qualname__", repr(callback))
+        log.exception("config callback %s failed for %s", name, what)

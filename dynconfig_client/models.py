@@ -1,4 +1,5 @@
-"""The values the client returns: event kinds, keys, write results, pages, history, poll results, namespaces, audit."""
+"""The values the client returns: event kinds, keys, write results, transaction results, change events,
+pages, history, poll results, namespaces, audit."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Unset(enum.Enum):
@@ -29,6 +30,13 @@ class EventKind(enum.StrEnum):
     DELETE = "delete"
     EXPIRED = "expired"
 
+
+#: The kinds of change events, for membership tests on the text of received events.
+CHANGE_KINDS = frozenset(EventKind)
+
+#: The ``event`` of a frame (and of a polled event) holding one transaction's changes (SPEC §6). Not an
+#: :class:`EventKind`: no change is of this kind (the server's ``shared.changes.kinds.TXN_EVENT``).
+TXN_EVENT = "txn"
 
 Acls = Mapping[str, Sequence[str]]
 
@@ -67,6 +75,86 @@ class WriteResult:
     revision: int | None = None
 
 
+class KeyVersion(NamedTuple):
+    """A key and the version a write gave it (one per op of a transaction)."""
+
+    key: str
+    version: int
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    """A committed transaction (``POST /txn``): its one ``revision`` (feed it to
+    ``LiveConfig.wait_for_revision``) and each op's key and new version, in the order of the ops."""
+
+    revision: int
+    results: list[KeyVersion]
+
+    @property
+    def versions(self) -> dict[str, int]:
+        """``{key: version}`` of every op (a key is in at most one op)."""
+        return dict(self.results)
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """A change event (``update``, ``delete`` or ``expired``) as a type; ``value`` is None unless ``update``."""
+
+    kind: EventKind
+    key: str
+    version: int
+    revision: int
+    value: Any = None
+    last_modified: datetime | None = None
+
+    @classmethod
+    def from_wire(cls, event: Mapping[str, Any], revision: int | None = None) -> ChangeEvent:
+        """From the event's JSON (ValueError for a kind this client does not know); ``revision`` when
+        the event does not carry one itself."""
+        kind = EventKind(event["event"])
+        return cls(
+            kind=kind,
+            key=event["key"],
+            version=event["version"],
+            revision=event["revision"] if revision is None else revision,
+            value=event.get("value") if kind == EventKind.UPDATE else None,
+            last_modified=parse_time(event.get("lastModified")),
+        )
+
+
+@dataclass(frozen=True)
+class TxnEvent:
+    """One transaction's changes that the reader may see, all with the transaction's ``revision``
+    (a ``txn`` frame of ``/watch``, or a ``txn`` event of a poll). Resume after ``revision``: a
+    transaction is never split across a resume."""
+
+    revision: int
+    changes: tuple[ChangeEvent, ...]
+
+    @classmethod
+    def from_wire(cls, event: Mapping[str, Any]) -> TxnEvent:
+        """From the frame's JSON; a change of a kind this client does not know is left out."""
+        revision = event["revision"]
+        changes = []
+        for change in event["changes"]:
+            try:
+                changes.append(ChangeEvent.from_wire(change, revision))
+            except ValueError:
+                continue  # a kind from a newer server: nothing this client could apply
+        return cls(revision, tuple(changes))
+
+
+def parse_event(event: Mapping[str, Any]) -> ChangeEvent | TxnEvent | None:
+    """A change event or ``txn`` event (a dict of ``EventStream`` or ``PollResult.events``) as a type;
+    None for any other event (``reset``, ``synced``, or a kind from a newer server)."""
+    kind = event.get("event")
+    if kind == TXN_EVENT:
+        return TxnEvent.from_wire(event)
+    if kind in CHANGE_KINDS:
+        return ChangeEvent.from_wire(event)
+    return None
+
+
 @dataclass(frozen=True)
 class KeyPage:
     """One page of ``GET /keys``: the keys, how many there are in all, and the cursor of the next page."""
@@ -90,7 +178,8 @@ class Version:
 
 @dataclass(frozen=True)
 class PollResult:
-    """The poll fallback: change events after a revision (dicts shaped like watch events, SPEC §6).
+    """The poll fallback: change events after a revision (dicts shaped like watch events, SPEC §6; a
+    transaction is one ``{"event": "txn", "revision", "changes"}`` among them, never split by a page).
 
     Poll again with ``since_version=revision``; ``more`` means another page is waiting now; ``reset``
     means the revision asked for is older than the change log (re-read everything, then poll on)."""
@@ -99,6 +188,12 @@ class PollResult:
     revision: int
     more: bool
     reset: bool
+
+    @property
+    def typed_events(self) -> list[ChangeEvent | TxnEvent]:
+        """``events`` as :class:`ChangeEvent` and :class:`TxnEvent` (kinds this client does not know left out)."""
+        parsed = (parse_event(event) for event in self.events)
+        return [event for event in parsed if event is not None]
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,20 @@
 
 It reconnects forever (exponential backoff with jitter) and resumes with ``since_version`` set to the
 revision of the last event it yielded, so across reconnects every change arrives exactly once and in
-revision order. Yielded kinds: ``update``, ``delete``, ``expired``, ``reset`` (and, with
-``markers=True``, ``synced``); ``subscribed``, ``unsubscribed`` and ``error`` are handled here.
+revision order. Yielded kinds: ``update``, ``delete``, ``expired``, ``txn``, ``reset`` (and, with
+``markers=True``, ``synced``); ``subscribed``, ``unsubscribed`` and ``error`` are handled here; any other
+kind (from a newer server) is skipped.
+
+A transaction (``POST /txn``) comes as one ``txn`` event, ``{"event": "txn", "revision": R, "changes":
+[change events, each with revision R]}``: the server's default, whole or not at all, and the stream
+resumes after ``R`` like after any event. Only a snapshot sends the keys of one transaction as single
+``update`` events sharing one revision, so the stream tells events apart by revision *and* key: one
+of them is never dropped as a repeat of another. If the connection drops during a snapshot, the
+last revision yielded may be missing some of its keys: the stream resumes after the revision before it
+(all of whose keys came first, the snapshot being in revision order) and yields the rest of that
+transaction as a ``txn`` event holding only the changes not yielded yet, so still every change exactly
+once; when there is no revision before it, it resubscribes with a fresh snapshot and yields a ``reset``
+first, as for an interrupted post-reset snapshot.
 The one exception to "revisions only grow": after a ``reset`` comes the snapshot to replace your state
 with, whose events keep their original (possibly older) revisions; all of them are yielded. If the
 connection drops before that snapshot is complete, the stream resubscribes with a fresh snapshot and
@@ -28,7 +40,7 @@ import logging
 import random
 import time
 from collections import deque
-from typing import Any
+from typing import Any, TypeGuard
 
 import aiohttp
 from aiohttp import WSMsgType
@@ -36,12 +48,10 @@ from aiohttp import WSMsgType
 from .auth import TokenSource, resolve_token
 from .errors import ApiError, BadRequest, Unauthorized
 from .handshake import RefusedHandshake
-from .models import EventKind
+from .models import CHANGE_KINDS, TXN_EVENT
 
 log = logging.getLogger(__name__)
 
-#: The kinds of change events, for membership tests on the text of received events.
-CHANGE_KINDS = frozenset(EventKind)
 CLOSE_UNAUTHORIZED = 4401
 REFRESH_MARGIN_SECONDS = 60.0
 _CONNECT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
@@ -117,10 +127,12 @@ class EventStream:
         self._markers = markers
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._refresher: asyncio.Task[None] | None = None
-        self._revision: int | None = None
+        self._last = _Yielded()  # the resume point: the last revision yielded (or synced), and its keys
+        self._complete = True  # every change of that revision was yielded (not only some snapshot events)
+        self._snapshotting = False  # the subscription asked for a snapshot, and its barrier has not come
         self._reset_through: int | None = None  # inside a post-reset snapshot (ends at the barrier)
-        self._snap_last = -1
-        self._resnapshot = False  # resubscribed with a snapshot to finish an interrupted reset
+        self._snap = _Yielded()  # what was yielded of the post-reset snapshot
+        self._resnapshot = False  # resubscribed with a snapshot to replace an interrupted one (after a reset)
         self._through = 0  # the server's head when the current subscription started
         self._subscribed = False
         self._error: dict[str, Any] | None = None
@@ -136,8 +148,9 @@ class EventStream:
 
     @property
     def revision(self) -> int | None:
-        """The revision the stream would resume after (the last one yielded or synced), or None."""
-        return self._revision
+        """The revision of the last event yielded (or synced), or None. The stream resumes after it (or
+        after the one before it, when the connection dropped between a snapshot's events of one revision)."""
+        return self._last.revision
 
     @property
     def connected(self) -> bool:
@@ -207,16 +220,20 @@ class EventStream:
         kind = event.get("event")
         revision = event.get("revision")
         if kind in CHANGE_KINDS and isinstance(revision, int):
-            self._change(event, revision)
+            self._change(event, revision, [str(event.get("key"))])
+        elif kind == TXN_EVENT and isinstance(revision, int) and _is_changes(changes := event.get("changes")):
+            self._change(event, revision, [str(change.get("key")) for change in changes])
         elif kind == "reset" and isinstance(revision, int):
-            log.warning("the server no longer has the change log after revision %s: reset and snapshot", self._revision)
-            self._reset_through, self._snap_last = revision, -1
+            log.warning(
+                "the server no longer has the change log after revision %s: reset and snapshot", self._last.revision
+            )
+            self._reset_through, self._snap = revision, _Yielded()
             self._pending.append(event)
         elif kind == "subscribed":
             self._subscribed = True
             self._through = revision if isinstance(revision, int) else 0
-            if self._resnapshot:  # a reset snapshot was cut short: this snapshot replaces it
-                self._resnapshot, self._reset_through, self._snap_last = False, self._through, -1
+            if self._resnapshot:  # a snapshot was cut short: this one replaces it, after a reset
+                self._resnapshot, self._reset_through, self._snap = False, self._through, _Yielded()
                 self._pending.append({"event": "reset", "revision": self._through})
             self._delay = self._backoff_initial
             log.info("subscribed to %d pattern(s) at revision %s", len(self.patterns), self._through)
@@ -226,23 +243,28 @@ class EventStream:
             self._error = event
             log.warning("server error: %s: %s", event.get("error"), event.get("message"))
 
-    def _change(self, event: dict[str, Any], revision: int) -> None:
+    def _change(self, event: dict[str, Any], revision: int, keys: list[str]) -> None:
+        """A change event (one key) or a ``txn`` event (its changes' keys): yield what is new of it."""
         through = self._reset_through
         if through is not None:
-            if revision <= through:
-                if revision > self._snap_last:  # part of the post-reset snapshot
-                    self._snap_last = revision
-                    self._pending.append(event)
+            if revision <= through:  # part of the post-reset snapshot
+                if fresh := self._snap.take(revision, keys):
+                    self._pending.append(_only(event, fresh))
                 return
             self._end_reset(through)
-        if self._revision is not None and revision <= self._revision:
-            return
-        self._revision = revision
-        self._pending.append(event)
+        fresh = self._last.take(revision, keys)
+        if event["event"] == TXN_EVENT and revision == self._last.revision:
+            self._complete = True  # a transaction comes whole: nothing more of its revision will come
+        elif fresh:
+            # A snapshot may send more keys with this revision (one transaction's); anything else is whole.
+            self._complete = not self._snapshotting
+        if fresh:
+            self._pending.append(_only(event, fresh))
 
     def _end_reset(self, through: int) -> None:
         self._reset_through = None
-        self._revision = max(self._revision or 0, through)
+        self._last.advance(through)
+        self._complete = self._complete or self._last.revision == through
 
     def _barrier(self) -> None:
         """Everything of the current subscription's replay or snapshot has arrived."""
@@ -254,24 +276,34 @@ class EventStream:
         if self._reset_through is not None:
             self._end_reset(self._reset_through)
         # Nothing matching happened up to the head announced by `subscribed`: resume from there.
-        self._revision = max(self._revision or 0, self._through)
+        self._last.advance(self._through)
+        self._complete, self._snapshotting = True, False
         if self._markers:
-            self._pending.append({"event": "synced", "revision": self._revision})
+            self._pending.append({"event": "synced", "revision": self._last.revision})
 
     # --- connection --------------------------------------------------------------------------------
 
     def _subscribe_message(self) -> dict[str, Any]:
         message: dict[str, Any] = {"subscribe": self.patterns}
-        self._resnapshot = self._reset_through is not None
-        if self._resnapshot:
+        # An interrupted post-reset snapshot, or a snapshot cut inside its first revision: start again.
+        self._resnapshot = self._reset_through is not None or (not self._complete and self._last.previous is None)
+        self._snapshotting = False
+        if self._resnapshot:  # its events are told apart by the reset's revision, not by _snapshotting
             message["snapshot"] = True
             return message
-        since = self._revision if self._revision is not None else self._since
+        since = self._resume_after()
         if since is not None:
             message["since_version"] = since
         elif self._snapshot:
-            message["snapshot"] = True
+            message["snapshot"] = self._snapshotting = True
         return message
+
+    def _resume_after(self) -> int | None:
+        """The ``since_version`` of a resubscription: the last revision yielded, or the one yielded before
+        it while only some snapshot events of it were (the replay brings its transaction whole)."""
+        if self._last.revision is None:
+            return self._since
+        return self._last.revision if self._complete else self._last.previous
 
     async def _connect(self) -> None:
         if self._wake is None:
@@ -369,7 +401,9 @@ class EventStream:
         elif code == CLOSE_UNAUTHORIZED:
             log.warning("the server closed the watch (%s); reconnecting with a fresh token", closed)
         else:
-            log.warning("watch connection lost (close code %s); resuming after revision %s", closed, self._revision)
+            log.warning(
+                "watch connection lost (close code %s); resuming after revision %s", closed, self._resume_after()
+            )
 
     async def _drop_socket(self) -> None:
         ws, self._ws = self._ws, None
@@ -402,3 +436,42 @@ class EventStream:
                 continue
             log.debug("sent a fresh token")
             token = fresh
+
+
+class _Yielded:
+    """The last revision yielded and which keys of it. Events of one revision may come in several frames
+    (a snapshot sends each key of a transaction as its own event), so a repeat is told by both."""
+
+    def __init__(self) -> None:
+        self.revision: int | None = None
+        self.keys: set[str] = set()
+        self.previous: int | None = None  # the revision yielded before ``revision``
+
+    def take(self, revision: int, keys: list[str]) -> list[str]:
+        """The ``keys`` of an event at ``revision`` not yielded yet (all of them past the last revision, none
+        before it), counted as yielded from now on."""
+        if self.revision is not None and revision < self.revision:
+            return []
+        if revision != self.revision:
+            self.previous, self.revision, self.keys = self.revision, revision, set()
+        fresh = [key for key in keys if key not in self.keys]
+        self.keys.update(fresh)
+        return fresh
+
+    def advance(self, revision: int) -> None:
+        """Everything up to ``revision`` counts as yielded."""
+        if self.revision is None or revision > self.revision:
+            self.previous, self.revision, self.keys = self.revision, revision, set()
+
+
+def _is_changes(changes: Any) -> TypeGuard[list[dict[str, Any]]]:
+    return isinstance(changes, list) and all(isinstance(change, dict) for change in changes)
+
+
+def _only(event: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """``event`` as it is, or a ``txn`` event holding only the changes of ``keys`` (the rest was yielded)."""
+    changes = event.get("changes")
+    if event["event"] != TXN_EVENT or not isinstance(changes, list) or len(changes) == len(keys):
+        return event
+    wanted = set(keys)
+    return {**event, "changes": [change for change in changes if str(change.get("key")) in wanted]}

@@ -9,6 +9,10 @@ The same ``LiveConfig`` runs on a private event loop in a daemon thread ("dyncon
 never block on I/O. Callbacks run **on the background thread**, one at a time in revision order: keep
 them short and hand work to your own threads if needed (an ``async def`` callback runs on that loop).
 A token callable is also called on the background thread.
+
+A transaction is applied in one step, as ``LiveConfig`` does: read the keys one transaction writes
+together with ``snapshot(keys)`` (one consistent state) rather than with several ``get`` calls, between
+which the background thread may apply the next change.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ import asyncio
 import concurrent.futures
 import os
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
 from .auth import TokenSource
 from .disk_cache import Entry
-from .live import Callback, LiveConfig
+from .live import Callback, LiveConfig, TxnCallback
 from .typed import TypedGetters
 
 _T = TypeVar("_T")
@@ -157,9 +161,10 @@ class SyncLiveConfig(TypedGetters):
         """The version of ``key`` in the view, or None."""
         return self.live.version(key)
 
-    def snapshot(self) -> dict[str, Any]:
-        """A copy of the view, ``{key: value}``."""
-        return self.live.snapshot()
+    def snapshot(self, keys: Iterable[str] | None = None) -> dict[str, Any]:
+        """A copy of the view, ``{key: value}`` (or of its ``keys``): one consistent state, never part of a
+        transaction."""
+        return self.live.snapshot(keys)
 
     @property
     def is_ready(self) -> bool:
@@ -203,3 +208,8 @@ class SyncLiveConfig(TypedGetters):
     def on_pattern(self, pattern: str, callback: Callback) -> Callable[[], None]:
         """Call ``callback(change)`` (on the background thread) for keys matching ``pattern``."""
         return self.live.on_pattern(pattern, callback)
+
+    def on_txn(self, callback: TxnCallback) -> Callable[[], None]:
+        """Call ``callback(txn_change)`` (on the background thread) once per transaction that changed the
+        view, after its per-key callbacks."""
+        return self.live.on_txn(callback)
