@@ -9,6 +9,9 @@ const PAGE_SIZE = 50;
 const HISTORY_PAGE = 20;
 const AUDIT_PAGE = 50;
 const RECONNECT_MAX_MS = 15000;
+const TXN_MAX_OPS = 128;  // POST /txn takes 1–128 ops
+const PARALLEL_GETS = 8;  // export and the import preview read keys this many at a time
+const PREVIEW_CHARS = 80;
 
 const $ = (id) => document.getElementById(id);
 
@@ -20,6 +23,11 @@ const live = { ws: null, revision: null, attempt: 0, timer: null, wanted: false 
 const history = { cursor: null };
 const audit = { cursor: null, query: null };
 const namespaces = { loaded: null };  // the namespace whose ACL the form shows
+// Changes waiting for "Apply all", by key (a transaction names a key at most once), in staging order. Each is
+// one `op` of POST /txn and the `compare` that pins what the operator saw: {key, version} or {key, exists: false}.
+const staged = new Map();
+// The import file previewed: its put ops, the compares that hold the preview true, and what each key is now.
+const importing = { name: null, entries: null };
 
 // --- HTTP -----------------------------------------------------------------------------------------
 
@@ -69,15 +77,19 @@ async function api(method, path, { body, ifMatch, params } = {}) {
 
 // --- messages -------------------------------------------------------------------------------------
 
-function showError(err) {
-  const box = $("message");
+function errorText(err) {
   let text = err instanceof ApiError ? err.message : String(err.message || err);
   const fields = err instanceof ApiError && err.body.fields;
   if (fields) {
     for (const [name, problems] of Object.entries(fields)) text += `\n• ${name}: ${[].concat(problems).join("; ")}`;
   }
   if (err instanceof ApiError && err.status === 429 && err.body.message) text += " (wait a minute and retry)";
-  box.textContent = text;
+  return text;
+}
+
+function showError(err) {
+  const box = $("message");
+  box.textContent = errorText(err);
   box.className = "message";
   box.hidden = false;
 }
@@ -185,6 +197,9 @@ function signOut(reason) {
   for (const id of ["ns-name", "ns-read", "ns-write", "audit-key", "audit-actor", "audit-since"]) $(id).value = "";
   $("ns-status").textContent = "";
   namespaces.loaded = null;
+  staged.clear();
+  renderStaged();
+  cancelImport();
   setLive("offline", "Offline");
   closeKey();
   $("app").hidden = true;
@@ -327,7 +342,9 @@ function renderKey() {
   $("edit").disabled = open.editing || !!open.gone;
   $("acl-edit").disabled = !!open.gone;
   $("delete").disabled = !!open.gone;
+  $("delete-stage").disabled = open.editing || !!open.gone;
   $("delete-confirm").hidden = true;
+  renderStagedNote();
   renderRemote();
   tickTtl();
 }
@@ -565,12 +582,19 @@ function newKey() {
   $("create-key").focus();
 }
 
-async function create(event) {
-  event.preventDefault();
+// The new-key form as {key, body} (the body of its PUT), once the key is known to be free; null after an error.
+async function readCreateForm() {
   clearMessage();
   const key = $("create-key").value.trim();
+  if (!key) {
+    showError(new Error("Name the key first."));
+    return null;
+  }
   const draft = parseDraft($("create-value").value);
-  if (!draft.ok) return showError(draft.error);
+  if (!draft.ok) {
+    showError(draft.error);
+    return null;
+  }
   const body = { value: draft.value };
   const ttl = $("create-ttl").value.trim();
   if (ttl) body.ttl = Number(ttl);
@@ -579,15 +603,441 @@ async function create(event) {
   }
   try {
     await api("GET", keyPath(key));
-    return showError(new Error(`${key} exists already: open it to edit it.`));
+    showError(new Error(`${key} exists already: open it to edit it.`));
+    return null;
   } catch (err) {
-    if (!(err instanceof ApiError && err.status === 404)) return showError(err);
+    if (!(err instanceof ApiError && err.status === 404)) {
+      showError(err);
+      return null;
+    }
   }
+  return { key, body };
+}
+
+async function create(event) {
+  event.preventDefault();
+  const form = await readCreateForm();
+  if (!form) return;
+  const { key, body } = form;
   const written = await attempt(() => api("PUT", keyPath(key), { body }));
   if (!written) return;
   listAdd(key);
   await openKey(key, { keepMessage: true });
   showInfo(`Created ${key} (version ${written.version}).`);
+}
+
+// --- staged changes: several keys in one transaction ----------------------------------------------
+
+function preview(value) {
+  const text = JSON.stringify(value);
+  return text.length > PREVIEW_CHARS ? text.slice(0, PREVIEW_CHARS - 1) + "…" : text;
+}
+
+function condition(compare) {
+  if (!compare) return "";
+  return compare.exists === false ? "if it does not exist" : `if still version ${compare.version}`;
+}
+
+function checkText(compare) {
+  if ("exists" in compare) return `${compare.key} ${compare.exists ? "exists" : "does not exist"}`;
+  return `${compare.key} is at version ${compare.version}`;
+}
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+function stage(entry) {
+  staged.set(entry.key, entry);  // a key staged again: its new change replaces the old one, in its place
+  renderStaged();
+  const n = staged.size;
+  showInfo(`Staged ${entry.op.op} ${entry.key}. ${plural(n, "staged change")}: “Apply all” writes ` +
+    `${n === 1 ? "it" : "them"} in one transaction.`);
+}
+
+async function stageEdit() {
+  clearMessage();
+  const draft = parseDraft($("draft").value);
+  if (!draft.ok) return showError(draft.error);
+  const key = open.key;
+  // Pinned to what the draft was made from, as Save is: a change in between fails the whole transaction.
+  const compare = open.gone ? { key, exists: false } : { key, version: open.baseVersion };
+  stage({ key, op: { op: "put", key, value: draft.value }, compare, error: null });
+  open.editing = false;
+  open.remote = null;
+  $("conflict").hidden = true;
+  if (open.gone) renderKey();
+  else await openKey(key, { keepMessage: true });
+  $("edit").focus();
+}
+
+async function stageCreate() {
+  const form = await readCreateForm();
+  if (!form) return;
+  const { key, body } = form;
+  stage({ key, op: { op: "put", key, ...body }, compare: { key, exists: false }, error: null });
+  closeKey();
+  $("new-key").focus();
+}
+
+function stageDelete() {
+  clearMessage();
+  const key = open.key;
+  stage({ key, op: { op: "delete", key }, compare: { key, version: open.data.version }, error: null });
+  renderKey();
+}
+
+function unstage(key) {
+  staged.delete(key);
+  renderStaged();
+  showInfo(`Removed ${key} from the staged changes.`);
+}
+
+function discardStaged() {
+  if (!window.confirm(`Discard ${plural(staged.size, "staged change")}?`)) return;
+  staged.clear();
+  renderStaged();
+  clearMessage();
+}
+
+function renderStaged() {
+  const list = $("staged-list");
+  list.replaceChildren();
+  for (const entry of staged.values()) list.append(opItem(entry, entry.op.op, () => unstage(entry.key)));
+  $("staged-title").textContent = `Staged changes (${staged.size})`;
+  $("staged").hidden = !staged.size;
+  if (open.data) renderStagedNote();
+}
+
+// One change of a transaction as a list item: what it does, to which key, on which condition, and why it failed.
+function opItem(entry, tag, remove) {
+  const item = document.createElement("li");
+  item.dataset.key = entry.key;
+  if (entry.error) item.classList.add("failed");
+  const head = document.createElement("div");
+  head.className = "op-head";
+  const kind = document.createElement("span");
+  kind.className = `op ${entry.op.op}`;
+  kind.textContent = tag;
+  const name = document.createElement("code");
+  name.className = "op-key";
+  name.textContent = entry.key;
+  const when = document.createElement("span");
+  when.className = "op-when muted";
+  when.textContent = condition(entry.compare);
+  const label = document.createElement("div");
+  label.className = "op-label";
+  label.append(name, when);
+  head.append(kind, label);
+  if (remove) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = "Remove";
+    button.setAttribute("aria-label", `Remove ${entry.key} from the staged changes`);
+    button.addEventListener("click", remove);
+    head.append(button);
+  }
+  item.append(head);
+  if (entry.op.op !== "delete") {
+    const value = document.createElement("pre");
+    value.className = "op-value";
+    const extra = [entry.op.ttl ? `ttl ${entry.op.ttl} s` : "", entry.op.acls ? "own ACL" : ""].filter(Boolean);
+    value.textContent = preview(entry.op.value) + (extra.length ? `  (${extra.join(", ")})` : "");
+    item.append(value);
+  }
+  if (entry.error) {
+    const why = document.createElement("p");
+    why.className = "op-error";
+    why.textContent = entry.error;
+    item.append(why);
+  }
+  return item;
+}
+
+// A staged key changed on the server after it was staged: its check will fail, so say so before "Apply all".
+function noteStagedChange(event) {
+  const entry = staged.get(event.key);
+  if (!entry || !entry.compare) return;
+  const stale = entry.compare.exists === false ? event.event === "update" : event.version > entry.compare.version;
+  if (!stale) return;
+  entry.error = `Changed on the server since you staged it (${event.event}, now version ${event.version}): ` +
+    "applying would fail. Remove it, or open the key and stage it again.";
+  renderStaged();
+}
+
+function renderStagedNote() {
+  const entry = open.key ? staged.get(open.key) : undefined;
+  const note = $("key-staged");
+  note.hidden = !entry;
+  if (!entry) return;
+  const what = entry.op.op === "delete" ? "delete" : `put ${preview(entry.op.value)}`;
+  note.textContent = `Staged, not written yet: ${what}, ${condition(entry.compare)}. “Apply all” writes it with the ` +
+    "other staged changes; staging this key again replaces it.";
+}
+
+function txnBody(entries) {
+  const body = { ops: entries.map((entry) => entry.op) };
+  const compare = entries.map((entry) => entry.compare).filter(Boolean);
+  if (compare.length) body.compare = compare;
+  return body;
+}
+
+// Why POST /txn refused `body`: the compare or op it names (by `in` and `index`) and the server's reason.
+// `key` is the key of that part, when the refusal names one.
+async function explainTxnFailure(err, body, nothing) {
+  if (!(err instanceof ApiError) || err.status === 0) {
+    return { key: null, reason: null, text: `${errorText(err)}. Whether the transaction was written is not known: ` +
+      "look at the keys before applying it again." };
+  }
+  const where = err.body.in;
+  const parts = where === "compare" || where === "ops" ? body[where] : undefined;
+  const part = parts && Number.isInteger(err.body.index) ? parts[err.body.index] : undefined;
+  if (!part) return { key: null, reason: null, text: `${nothing}: ${errorText(err)}` };
+  const what = where === "compare" ? `the check that ${checkText(part)}` : `${part.op} ${part.key}`;
+  const position = `${where === "compare" ? "check" : "change"} ${err.body.index + 1} of ${parts.length}`;
+  let reason = errorText(err);
+  if (err.status === 412) reason = `${reason.replace(/[\s.]*$/, ".")}${await currentState(part.key)}`;
+  return { key: part.key, reason, text: `${nothing}: ${what} (${position}) failed. ${reason}` };
+}
+
+async function currentState(key) {
+  try {
+    const now = await api("GET", keyPath(key));
+    return ` It is at version ${now.version} now.`;
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 404) return " It does not exist now.";
+    return "";
+  }
+}
+
+// After a transaction: the list and the open key as the server has them now (the live frame follows too).
+async function refreshAfterTxn(body) {
+  await loadPage(browse.page);
+  const mine = body.ops.find((op) => op.key === open.key);
+  if (!mine || open.editing) return;
+  if (mine.op === "delete") closeKey();
+  else await openKey(open.key, { keepMessage: true });
+}
+
+async function applyStaged() {
+  const entries = [...staged.values()];
+  if (!entries.length) return;
+  clearMessage();
+  if (entries.length > TXN_MAX_OPS) {
+    return showError(new Error(`${entries.length} staged changes, and one transaction takes at most ${TXN_MAX_OPS}. ` +
+      "Remove some and apply them in two steps."));
+  }
+  for (const entry of entries) entry.error = null;
+  const body = txnBody(entries);
+  const button = $("staged-apply");
+  button.disabled = true;
+  let answer;
+  try {
+    answer = await api("POST", "/txn", { body });
+  } catch (err) {
+    const failure = await explainTxnFailure(err, body, "Nothing was written");
+    const culprit = failure.key && staged.get(failure.key);
+    if (culprit) culprit.error = failure.reason;
+    renderStaged();
+    showError(new Error(`${failure.text}\nYour ${plural(entries.length, "staged change")} are kept: remove or ` +
+      "stage again what failed, then apply again."));
+    return;
+  } finally {
+    button.disabled = false;
+  }
+  staged.clear();  // only now: a refused transaction keeps every staged change
+  renderStaged();
+  await refreshAfterTxn(body);
+  const ops = new Map(body.ops.map((op) => [op.key, op.op]));
+  const done = answer.results.map((r) =>
+    ops.get(r.key) === "delete" ? `${r.key} deleted (version ${r.version})` : `${r.key} is version ${r.version}`);
+  showInfo(`Applied ${plural(entries.length, "change")} in one transaction (revision ${answer.revision}): ` +
+    `${done.join(", ")}.`);
+}
+
+// --- import and export ----------------------------------------------------------------------------
+
+// fn over every item, at most `limit` at a time, the answers in the items' order.
+async function mapLimited(items, limit, fn) {
+  const answers = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const at = next++;
+      answers[at] = await fn(items[at]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return answers;
+}
+
+// A key name the preview can GET safely (the server decides the rest): the SPEC's characters, no empty
+// segment (a `..` would be resolved away by the browser's URL), no /history or /rollback suffix.
+function keyProblem(key) {
+  if (!key || key.length > 256) return "must be 1–256 characters";
+  if (!/^[A-Za-z0-9](?:[A-Za-z0-9_:-]|[./](?=[A-Za-z0-9_:-]))*$/.test(key)) {
+    return "must start with a letter or digit and hold only A–Z a–z 0–9 . _ - : / with no empty segment";
+  }
+  if (/\/(history|rollback)$/.test(key)) return "may not end in /history or /rollback";
+  return null;
+}
+
+async function keyState(key) {
+  try {
+    return { kind: "replace", version: (await api("GET", keyPath(key))).version };
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 404) return { kind: "create" };
+    if (err instanceof ApiError && err.status === 403) return { kind: "unreadable" };
+    throw new Error(`${key}: ${errorText(err)}`);
+  }
+}
+
+function cancelImport() {
+  importing.name = null;
+  importing.entries = null;
+  $("import-preview").hidden = true;
+  $("import-keys").replaceChildren();
+}
+
+async function chooseImport() {
+  const input = $("import-file");
+  const file = input.files && input.files[0];
+  if (!file) return;
+  clearMessage();
+  cancelImport();
+  let doc;
+  try {
+    doc = JSON.parse(await file.text());
+  } catch (err) {
+    return showError(new Error(`${file.name} is not valid JSON (${err.message}). Nothing was imported.`));
+  } finally {
+    input.value = "";  // choosing the same file again (after a fix, or a failure) previews it again
+  }
+  if (doc === null || typeof doc !== "object" || Array.isArray(doc)) {
+    return showError(new Error(`${file.name} must hold one JSON object of full key names and their values, ` +
+      'like {"app.timeout": 30}. Nothing was imported.'));
+  }
+  const pairs = Object.entries(doc);
+  if (!pairs.length) return showError(new Error(`${file.name} holds no keys. Nothing was imported.`));
+  if (pairs.length > TXN_MAX_OPS) {
+    return showError(new Error(`${file.name} holds ${pairs.length} keys, and one transaction takes at most ` +
+      `${TXN_MAX_OPS}. Nothing was imported: split the file into parts of at most ${TXN_MAX_OPS} keys.`));
+  }
+  const bad = pairs.map(([key]) => [key, keyProblem(key)]).filter(([, problem]) => problem);
+  if (bad.length) {
+    return showError(new Error(`${file.name}: ${bad.map(([key, problem]) => `“${key}” ${problem}`).join("; ")}. ` +
+      "Nothing was imported."));
+  }
+  // What each key is now: the preview's creates and replaces, and the compares that hold the import to them.
+  let states;
+  try {
+    states = await mapLimited(pairs, PARALLEL_GETS, ([key]) => keyState(key));
+  } catch (err) {
+    return showError(new Error(`${file.name}: ${err.message}. Nothing was imported.`));
+  }
+  importing.name = file.name;
+  importing.entries = pairs.map(([key, value], at) => {
+    const state = states[at];
+    const compare = state.kind === "replace" ? { key, version: state.version }
+      : state.kind === "create" ? { key, exists: false } : null;  // unreadable: the server decides
+    return { key, op: { op: "put", key, value }, compare, state, error: null };
+  });
+  renderImport();
+  $("import-apply").focus();
+}
+
+function importCounts() {
+  const count = (kind) => importing.entries.filter((entry) => entry.state.kind === kind).length;
+  const parts = [`${count("create")} new`, `${count("replace")} replaced`];
+  if (count("unreadable")) parts.push(`${count("unreadable")} you may not read (the server decides)`);
+  return parts.join(", ");
+}
+
+function renderImport() {
+  const entries = importing.entries;
+  const n = entries.length;
+  $("import-summary").textContent = `${importing.name}: ${plural(n, "key")} in one transaction: ${importCounts()}.`;
+  const tag = { create: "new", replace: "replace", unreadable: "put" };
+  $("import-keys").replaceChildren(...entries.map((entry) => opItem(entry, tag[entry.state.kind], null)));
+  $("import-apply").textContent = `Import ${plural(n, "key")}`;
+  $("import-preview").hidden = false;
+}
+
+async function applyImport() {
+  const entries = importing.entries;
+  if (!entries) return;
+  clearMessage();
+  for (const entry of entries) entry.error = null;
+  const body = txnBody(entries);
+  const button = $("import-apply");
+  button.disabled = true;
+  let answer;
+  try {
+    answer = await api("POST", "/txn", { body });
+  } catch (err) {
+    const failure = await explainTxnFailure(err, body, "Nothing was imported");
+    const culprit = failure.key && entries.find((entry) => entry.key === failure.key);
+    if (culprit) culprit.error = failure.reason;
+    renderImport();
+    const again = err instanceof ApiError && err.status === 412
+      ? "\nThe keys changed since the preview: choose the file again to see them as they are now." : "";
+    showError(new Error(failure.text + again));
+    return;
+  } finally {
+    button.disabled = false;
+  }
+  const name = importing.name;
+  const counts = importCounts();
+  cancelImport();
+  await refreshAfterTxn(body);
+  showInfo(`Imported ${plural(entries.length, "key")} from ${name} in one transaction (revision ${answer.revision}): ` +
+    `${counts}.`);
+}
+
+function download(name, text) {
+  const url = URL.createObjectURL(new Blob([text], { type: "application/json" }));
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = name;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+// The shown namespace (or every key the user may read) as the object an import takes. The list names keys
+// only, so each value is read on its own: a key deleted meanwhile is left out, and the file is not one
+// snapshot of a single revision.
+async function exportKeys() {
+  clearMessage();
+  const ns = browse.namespace;
+  const button = $("export");
+  button.disabled = true;
+  try {
+    const names = [];
+    let cursor = null;
+    do {
+      const page = await api("GET", "/keys", { params: { namespace: ns, limit: 1000, cursor } });
+      names.push(...page.keys);
+      cursor = page.next || null;
+    } while (cursor);
+    const found = await mapLimited(names, PARALLEL_GETS, async (key) => {
+      try {
+        return [key, (await api("GET", keyPath(key))).value];
+      } catch (err) {
+        if (err instanceof ApiError && err.status === 404) return null;
+        throw err;
+      }
+    });
+    const doc = Object.fromEntries(found.filter(Boolean));
+    const name = `${(ns || "all-keys").replace(/[^A-Za-z0-9._-]/g, "_")}.json`;
+    download(name, JSON.stringify(doc, null, 2) + "\n");
+    showInfo(`Exported ${plural(Object.keys(doc).length, "key")}${ns ? ` of ${ns}` : ""} to ${name}.`);
+  } catch (err) {
+    showError(err);
+  } finally {
+    button.disabled = false;
+  }
 }
 
 // --- namespaces -----------------------------------------------------------------------------------
@@ -763,6 +1213,11 @@ function onWatchMessage(msg) {
       live.revision = Math.max(live.revision || 0, msg.revision);
       onChange(msg);
       break;
+    case "txn":
+      // One transaction, one frame: its changes share one revision.
+      live.revision = Math.max(live.revision || 0, msg.revision);
+      for (const change of msg.changes || []) onChange(change);
+      break;
     case "reset":
       // The server could not replay from our revision: start from its state again.
       live.revision = msg.revision;
@@ -778,6 +1233,7 @@ function onWatchMessage(msg) {
 }
 
 function onChange(event) {
+  noteStagedChange(event);
   if (event.event === "update") listAdd(event.key);
   else listRemove(event.key);
   if (event.key !== open.key) {
@@ -825,6 +1281,17 @@ function wire() {
   $("create-cancel").addEventListener("click", closeKey);
   $("edit").addEventListener("click", startEdit);
   $("edit-cancel").addEventListener("click", cancelEdit);
+  $("edit-stage").addEventListener("click", stageEdit);
+  $("create-stage").addEventListener("click", stageCreate);
+  $("delete-stage").addEventListener("click", stageDelete);
+  $("staged-apply").addEventListener("click", applyStaged);
+  $("staged-discard").addEventListener("click", discardStaged);
+  $("export").addEventListener("click", exportKeys);
+  $("import-file").addEventListener("change", chooseImport);
+  $("import-apply").addEventListener("click", applyImport);
+  $("import-cancel").addEventListener("click", () => { cancelImport(); clearMessage(); });
+  // Staged changes live in this page only: leaving it would lose them.
+  window.addEventListener("beforeunload", (e) => { if (staged.size) e.preventDefault(); });
   $("editor").addEventListener("submit", (e) => save(e));
   $("conflict-overwrite").addEventListener("click", () => save(null, { overwrite: true }));
   $("conflict-discard").addEventListener("click", takeTheirs);
