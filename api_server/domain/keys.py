@@ -168,9 +168,10 @@ async def rollback_key(store: Store, caller: Caller, key: str, version: int, if_
         if not (may_read_now and (who.is_admin or readers is None or readers.admits(who.username))):
             raise Forbidden(f"You may not read version {version} of key '{key}', so you may not roll back to it")
         if value_enc is None:
+            what = "an expiry" if past.event == EventKind.EXPIRED else f"a {past.event}"
             raise BadRequest(
-                f"Version {version} of '{key}' is a {past.event} and holds no value: roll back to an update",
-                fields={"version": [f"version {version} is a {past.event}, not an update"]},
+                f"Version {version} of '{key}' is {what} and holds no value: roll back to an update",
+                fields={"version": [f"version {version} is {what}, not an update"]},
             )
         new = _replacement(who, key, state, ns_acls, value_enc, {})
         check_if_match(if_match, None if state.deleted else state)

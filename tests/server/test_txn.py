@@ -272,16 +272,22 @@ async def test_resume_and_polling_never_split_a_transaction(
         resumed = await TxnRecorder.open(session, url, token(ADMIN), [f"{ns}.*"], since_version=before)
         # From the transaction's revision: nothing of it again.
         past = await TxnRecorder.open(session, url, token(ADMIN), [f"{ns}.*"], since_version=revision)
+        # Split: its changes one by one, with its revision, in the replay too.
+        split = await TxnRecorder.open(session, url, token(ADMIN), [f"{ns}.*"], since_version=before, txn="split")
         try:
             assert await resumed.holds(lambda: len(resumed.events) >= 2, 10), resumed.messages
             assert await past.holds(lambda: len(past.events) >= 1, 10), past.messages
+            assert await split.holds(lambda: len(split.events) >= 41, 10), split.messages
             frame, last = resumed.events
             assert frame["event"] == "txn" and frame["revision"] == revision and len(frame["changes"]) == 40
             assert last["revision"] == after
             assert [e["revision"] for e in past.events] == [after]
+            assert [(e["event"], e["revision"]) for e in split.events] == [("update", revision)] * 40 + [
+                ("update", after)
+            ]
         finally:
-            await resumed.close()
-            await past.close()
+            for watcher in (resumed, past, split):
+                await watcher.close()
     # Polling: one txn event, never cut by the limit.
     for limit in ("1", "2", "100"):
         polled = await api.ok("GET", f"/keys?since_version={before}&namespace={ns}&limit={limit}")
@@ -291,3 +297,28 @@ async def test_resume_and_polling_never_split_a_transaction(
             assert polled["more"] is True and len(polled["events"]) == 1
     polled = await api.ok("GET", f"/keys?since_version={revision}&namespace={ns}")
     assert [e["revision"] for e in polled["events"]] == [after]
+
+
+async def test_ttls_expiry_and_the_rate_limit_behave_as_for_single_writes(
+    api: Api, make_client: Callable[..., Any], settings: Any, token: Callable[..., str], unique_prefix: str
+) -> None:
+    short, kept = f"{unique_prefix}.short", f"{unique_prefix}.kept"
+    status, body = await txn(api, {"ops": [{"op": "put", "key": short, "value": 1, "ttl": 1}, *puts((kept, 1))]})
+    assert status == 200, body
+    got = await api.ok("GET", f"/keys/{short}")
+    assert got["ttl"] == 1 and got["expiresAt"] is not None, got
+    await asyncio.sleep(1.2)
+    assert (await api.call("GET", f"/keys/{short}"))[0] == 404  # gone at its deadline, as for a PUT
+    # Written again past its deadline: its expiry is recorded first (version 2), then the write.
+    status, body = await txn(api, {"compare": [{"key": short, "exists": False}], "ops": puts((short, 2))})
+    assert status == 200 and body["results"] == [{"key": short, "version": 3}], body
+    history = await api.ok("GET", f"/keys/{short}/history")
+    assert [(v["version"], v["event"]) for v in history["versions"]] == [(3, "update"), (2, "expired"), (1, "update")]
+    # One request of the rate limit, however many ops.
+    limited = await make_client(settings.replace(rate_limit=5))
+    auth = {"Authorization": f"Bearer {token(f'{unique_prefix}-limited')}"}
+    await grant(api, unique_prefix, ["*"], [f"{unique_prefix}-limited"])
+    ops = puts(*((f"{unique_prefix}.rl{i}", i) for i in range(20)))
+    async with limited.post("/txn", json={"ops": ops}, headers=auth) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["X-RateLimit-Remaining"] == "4"
