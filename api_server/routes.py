@@ -45,6 +45,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_get(f"/keys/{KEY}", keys.get_key)
     r.add_delete(f"/keys/{KEY}", keys.delete_key)
     r.add_post("/txn", txn.post_txn)
+    r.add_get("/namespaces", namespaces.list_namespaces)
     r.add_put(f"/namespaces/{NAMESPACE}", namespaces.put_namespace)
     r.add_get(f"/namespaces/{NAMESPACE}", namespaces.get_namespace)
     r.add_delete(f"/namespaces/{NAMESPACE}", namespaces.delete_namespace)

@@ -45,12 +45,16 @@ async def page(
     since: datetime | None,
     before: tuple[datetime, int] | None,
     limit: int,
+    action: str | None = None,
+    outcome: str | None = None,
 ) -> list[AuditRow]:
     """Up to ``limit`` records matching the filters, older than ``before`` (the (at, id) of the last
     record of the previous page). Rows without a seal count as adopted only as far as the head's seal,
     checked here, says adoptions reach: moving that mark in the database takes the key."""
     async with pool.acquire() as conn, conn.cursor() as cur:
         head, _ = await sql.read_head(cur)
-        records = await sql.records_page(cur, key=key, actor=actor, since=since, before=before, limit=limit)
+        records = await sql.records_page(
+            cur, key=key, actor=actor, since=since, before=before, limit=limit, action=action, outcome=outcome
+        )
     adopted_through = (head.adopted_through or 0) if head.seal_verifies(chain.keys) else 0
     return [AuditRow.of(record, adopted_through) for record in records]

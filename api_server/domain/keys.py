@@ -320,18 +320,36 @@ async def get_key(store: Store, caller: Caller, key: str, *, cached: bool = True
         return await get_key(store, caller, key, cached=False)
 
 
+async def key_access(store: Store, caller: Caller, state: KeyState) -> dict[str, Any]:
+    """What the caller (who may read the key: it has just been read) may do with it, and the ACL that
+    decides that: the key's own (its entries for admins alone, as ``?include=acls``), the nearest
+    namespace's (public: ``GET /namespaces/{ns}`` shows it to anyone), or none (its creator and admins)."""
+    who = caller.principal
+    key = state.key
+    ns_acls = await store.namespaces.for_key(key)
+    write = may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls)
+    governing = None if state.acl is not None else governing_namespace(key, ns_acls)
+    if state.acl is not None:
+        governed = {"source": "key", "namespace": None, "acls": state.acl.as_json() if who.is_admin else None}
+    elif governing is not None:
+        governed = {"source": "namespace", "namespace": governing[0], "acls": governing[1].as_json()}
+    else:
+        governed = {"source": "none", "namespace": None, "acls": None}
+    return {"access": {"read": True, "write": write, "admin": who.is_admin}, "governedBy": governed}
+
+
 async def list_keys(
-    store: Store, caller: Caller, namespace: str | None, after: str, limit: int, total: int | None
-) -> tuple[list[str], int, bool]:
-    """Readable live keys in ``namespace`` after ``after``: (page, total readable, more pages?).
+    store: Store, caller: Caller, live: keys_sql.LiveRange, after: str, limit: int, total: int | None
+) -> tuple[list[keys_sql.ListedKey], int, bool]:
+    """Readable live keys of ``live`` (a namespace, or a search) after ``after``: (page, total
+    readable, more pages?).
 
     A page reads about a page of rows (keyset on the key, within the namespace's key range).
     ``total`` is counted by Postgres for an admin; for anyone else by groups of keys that share what
     decides access (ACL, creator, parent namespace), on the first page, and carried in the cursor
     (pass it back as ``total``)."""
     who = caller.principal
-    live = keys_sql.LiveRange(namespace, utcnow())
-    page: list[str] = []
+    page: list[keys_sql.ListedKey] = []
     async with store.pool.acquire() as conn, conn.cursor() as cur:
         ns_acls = await store.namespaces.all(cur) if not who.is_admin else {}
 
@@ -345,7 +363,7 @@ async def list_keys(
         position, chunk = after, limit + 1
         while len(page) <= limit:
             rows = await keys_sql.list_page(cur, live, position, chunk)
-            page.extend(row.key for row in rows if who.is_admin or readable(row))
+            page.extend(row for row in rows if who.is_admin or readable(row.access))
             if len(rows) < chunk:
                 break
             position, chunk = rows[-1].key, min(chunk * 2, 5000)

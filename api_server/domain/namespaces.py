@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 import aiopg
 
@@ -50,13 +49,19 @@ async def put_acl(
     return created, now
 
 
-async def get_acl(pool: aiopg.Pool, namespace: str) -> dict[str, Any]:
+async def get_acl(pool: aiopg.Pool, namespace: str) -> sql.NamespaceAcl:
     """``namespace``'s ACL with who set it and when (anyone may read it), or 404."""
     async with pool.acquire() as conn, conn.cursor() as cur:
         found = await sql.get_one(cur, namespace)
     if found is None:
         raise NotFound(f"Namespace '{namespace}' has no ACL")
-    return {"acls": found.acl.as_json(), "updated_by": found.updated_by, "updated_at": found.updated_at}
+    return found
+
+
+async def list_acls(pool: aiopg.Pool) -> list[sql.NamespaceAcl]:
+    """Every namespace ACL (anyone may read them, as one by one)."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        return await sql.list_all(cur)
 
 
 async def delete_acl(pool: aiopg.Pool, chain: AuditChain, held: NamespaceAcls, caller: Caller, namespace: str) -> None:

@@ -18,7 +18,7 @@ from shared.validation import parse_limit, text_filter
 
 
 async def list_audit(request: web.Request) -> web.Response:
-    """Filter by ``key``, ``actor`` and ``since`` (RFC 3339); page with ``cursor``."""
+    """Filter by ``key``, ``actor``, ``action``, ``outcome`` and ``since`` (RFC 3339); page with ``cursor``."""
     async with audited_failures(request, AuditAction.AUDIT_READ, None):
         audit_log.require_admin(caller_of(request))
     query = request.query
@@ -34,6 +34,8 @@ async def list_audit(request: web.Request) -> web.Response:
         request.app[AUDIT_CHAIN],
         key=text_filter(query.get("key"), "key"),
         actor=text_filter(query.get("actor"), "actor"),
+        action=text_filter(query.get("action"), "action"),
+        outcome=text_filter(query.get("outcome"), "outcome"),
         since=since,
         before=cursors.read_audit_cursor(query.get("cursor")),
         limit=limit + 1,

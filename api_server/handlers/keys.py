@@ -13,7 +13,8 @@ from api_server.handlers.common import audit, audited_failures, caller_of, store
 from shared.changes.kinds import AuditAction
 from shared.errors import BadRequest
 from shared.runtime.web import json_response, read_json
-from shared.timeutil import rfc3339
+from shared.sql.keys import ListedKey, LiveRange
+from shared.timeutil import rfc3339, utcnow
 from shared.validation import (
     PatchKeySchema,
     PutKeySchema,
@@ -21,6 +22,7 @@ from shared.validation import (
     load,
     parse_limit,
     parse_since_version,
+    text_filter,
     validate_key,
     validate_namespace,
 )
@@ -108,7 +110,7 @@ async def rollback_key(request: web.Request) -> web.Response:
 async def get_key(request: web.Request) -> web.Response:
     """A live key's value and metadata, with its version as the ETag."""
     key = validate_key(request.match_info["key"])
-    include_acls = _include_acls(request)
+    include = _include(request)
     async with audited_failures(request, AuditAction.READ, key):
         state, value = await store.get_key(store_of(request), caller_of(request), key)
     audit(request, AuditAction.READ, key, "ok")
@@ -121,18 +123,28 @@ async def get_key(request: web.Request) -> web.Response:
         "ttl": state.ttl,
         "expiresAt": rfc3339(state.expires_at),
     }
-    if include_acls and caller_of(request).principal.is_admin:
+    if "acls" in include and caller_of(request).principal.is_admin:
         # Who may read and write it, for those who may change that (the console asks; others never see it).
         body["acls"] = state.acl.as_json() if state.acl is not None else None
+    if "access" in include:
+        body.update(await store.key_access(store_of(request), caller_of(request), state))
     return json_response(body, headers={"ETag": f'"{state.version}"'})
 
 
-def _include_acls(request: web.Request) -> bool:
-    """``?include=acls`` (the only thing that can be included); 400 for anything else."""
-    include = request.query.get("include")
-    if include not in (None, "acls"):
-        raise BadRequest("include may only be 'acls'", fields={"include": ["unknown"]})
-    return include is not None
+#: What ``GET /keys/{key}?include=`` can add (comma-separated), and that list as /openapi.json has it.
+INCLUDES = ("acls", "access")
+INCLUDE_PATTERN = f"^(?:{'|'.join(INCLUDES)})(?:,(?:{'|'.join(INCLUDES)}))*$"
+
+
+def _include(request: web.Request) -> set[str]:
+    """``?include=acls,access``: a comma-separated list of :data:`INCLUDES`; 400 for anything else."""
+    raw = request.query.get("include")
+    if raw is None:
+        return set()
+    asked = set(raw.split(","))
+    if not asked <= set(INCLUDES):
+        raise BadRequest(f"include lists {' and '.join(INCLUDES)}, comma-separated", fields={"include": ["unknown"]})
+    return asked
 
 
 async def delete_key(request: web.Request) -> web.Response:
@@ -144,19 +156,42 @@ async def delete_key(request: web.Request) -> web.Response:
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    """Readable keys, sorted, a page at a time."""
+    """Readable keys, sorted, a page at a time: of a namespace, or those a search finds (``prefix``, a
+    raw key prefix; ``q``, text in the name, either case); with ``detail=true`` each with its version,
+    last change and ttl."""
     query = request.query
     namespace = validate_namespace(query["namespace"]) if "namespace" in query else None
     limit = parse_limit(query.get("limit"))
     after, total = cursors.read_list_cursor(query.get("cursor"))  # read (so 400 when bad) even for a poll
     if "since_version" in query:
         return await _poll(request, namespace, limit)
-    keys, total, more = await store.list_keys(store_of(request), caller_of(request), namespace, after, limit, total)
-    audit(request, AuditAction.LIST, namespace, "ok")
+    prefix, contains = text_filter(query.get("prefix"), "prefix"), text_filter(query.get("q"), "q")
+    live = LiveRange(namespace, utcnow(), prefix=prefix, contains=contains)
+    detail = _flag(query.get("detail"), "detail")
+    rows, total, more = await store.list_keys(store_of(request), caller_of(request), live, after, limit, total)
+    audit(request, AuditAction.LIST, namespace or live.prefix, "ok")
+    keys: list[object] = [_listed(row) if detail else row.key for row in rows]
     body: dict[str, object] = {"keys": keys, "total": total}
     if more:
-        body["next"] = cursors.list_cursor(keys[-1], total)
+        body["next"] = cursors.list_cursor(rows[-1].key, total)
     return json_response(body)
+
+
+def _listed(row: ListedKey) -> dict[str, object]:
+    return {
+        "key": row.key,
+        "version": row.version,
+        "lastModified": rfc3339(row.last_modified),
+        "ttl": row.ttl,
+        "expiresAt": rfc3339(row.expires_at),
+    }
+
+
+def _flag(raw: str | None, name: str) -> bool:
+    """A boolean query parameter: ``true`` or ``false`` (absent: false); 400 for anything else."""
+    if raw not in (None, "true", "false"):
+        raise BadRequest(f"{name} must be true or false", fields={name: ["not true or false"]})
+    return raw == "true"
 
 
 async def _poll(request: web.Request, namespace: str | None, limit: int) -> web.Response:

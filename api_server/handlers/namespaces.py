@@ -11,6 +11,7 @@ from shared.changes.kinds import AuditAction
 from shared.db import DB_POOL
 from shared.runtime.web import json_response, read_json
 from shared.security.nsacls import NAMESPACE_ACLS
+from shared.sql.namespaces import NamespaceAcl
 from shared.timeutil import rfc3339
 from shared.validation import NamespaceSchema, load, validate_namespace
 
@@ -31,19 +32,29 @@ async def put_namespace(request: web.Request) -> web.Response:
     return json_response(body, status=201 if created else 200)
 
 
+async def list_namespaces(request: web.Request) -> web.Response:
+    """Every namespace ACL, by name (any authenticated caller, as for one)."""
+    found = await namespaces.list_acls(request.app[DB_POOL])
+    audit(request, AuditAction.NAMESPACE_READ, None, "ok")
+    return json_response({"namespaces": [_shown(ns) for ns in found]})
+
+
+def _shown(found: NamespaceAcl) -> dict[str, object]:
+    return {
+        "namespace": found.namespace,
+        "acls": found.acl.as_json(),
+        "updatedBy": found.updated_by,
+        "updatedAt": rfc3339(found.updated_at),
+    }
+
+
 async def get_namespace(request: web.Request) -> web.Response:
     """A namespace's ACL (any authenticated caller)."""
     namespace = validate_namespace(request.match_info["ns"])
     async with audited_failures(request, AuditAction.NAMESPACE_READ, namespace):
         found = await namespaces.get_acl(request.app[DB_POOL], namespace)
     audit(request, AuditAction.NAMESPACE_READ, namespace, "ok")
-    body = {
-        "namespace": namespace,
-        "acls": found["acls"],
-        "updatedBy": found["updated_by"],
-        "updatedAt": rfc3339(found["updated_at"]),
-    }
-    return json_response(body)
+    return json_response(_shown(found))
 
 
 async def delete_namespace(request: web.Request) -> web.Response:

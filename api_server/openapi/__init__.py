@@ -14,6 +14,7 @@ from aiohttp import web
 
 from api_server.console import asset_names
 from api_server.handlers import cursors
+from api_server.handlers.keys import INCLUDE_PATTERN
 from api_server.openapi.components import (
     ETAG,
     IF_MATCH,
@@ -69,8 +70,10 @@ SPEC: dict[str, Any] = {
                 "parameters": [
                     query(
                         "include",
-                        {"type": "string", "enum": ["acls"]},
-                        "`acls`: admins also get the key's own ACL (null: the namespace's applies)",
+                        {"type": "string", "pattern": INCLUDE_PATTERN},
+                        "comma-separated: `acls`: admins also get the key's own ACL (null: the namespace's "
+                        "applies); `access`: what the caller may do with the key (`access`) and the ACL that "
+                        "decides it (`governedBy`)",
                     )
                 ],
                 "responses": {"200": ok("The key", ref("Key"), ETAG), **errors(400, 403, 404)},
@@ -88,6 +91,17 @@ SPEC: dict[str, Any] = {
                     query("namespace", NAMESPACE, NAMESPACE_TEXT),
                     LIMIT,
                     cursor(cursors.LIST_PATTERN),
+                    query("prefix", {"type": "string", "pattern": TEXT_FILTER_PATTERN}, "search: keys starting so"),
+                    query(
+                        "q",
+                        {"type": "string", "pattern": TEXT_FILTER_PATTERN},
+                        "search: keys whose name holds this text, either case",
+                    ),
+                    query(
+                        "detail",
+                        {"type": "string", "enum": ["true", "false"]},
+                        "true: each key as {key, version, lastModified, ttl, expiresAt}",
+                    ),
                     query(
                         "since_version",
                         {"type": "integer", "minimum": 0, "maximum": LARGEST_WHOLE_NUMBER},
@@ -143,6 +157,12 @@ SPEC: dict[str, Any] = {
                 "responses": {"200": ok("Committed", ref("TxnResult")), **errors(400, 403, 404, 412, 413)},
             }
         },
+        "/namespaces": {
+            "get": {
+                "summary": "Every namespace ACL, by name",
+                "responses": {"200": ok("The ACLs", ref("Namespaces")), **errors()},
+            }
+        },
         "/namespaces/{ns}": {
             "parameters": [NS],
             "put": {
@@ -169,6 +189,12 @@ SPEC: dict[str, Any] = {
                 "parameters": [
                     query("key", {"type": "string", "pattern": TEXT_FILTER_PATTERN}),
                     query("actor", {"type": "string", "pattern": TEXT_FILTER_PATTERN}),
+                    query("action", {"type": "string", "pattern": TEXT_FILTER_PATTERN}, "e.g. create, read, compare"),
+                    query(
+                        "outcome",
+                        {"type": "string", "pattern": TEXT_FILTER_PATTERN},
+                        "ok, denied, not_found, precondition_failed",
+                    ),
                     query("since", TIME),
                     LIMIT,
                     cursor(cursors.AUDIT_PATTERN),

@@ -217,9 +217,47 @@ SCHEMAS: dict[str, Any] = {
             "ttl": {"type": ["integer", "null"]},
             "expiresAt": _NULLABLE_TIME,
             "acls": {"oneOf": [ref("Acls"), {"type": "null"}], "description": "?include=acls, admins only"},
+            "access": {
+                "type": "object",
+                "description": "?include=access: what the caller may do with the key",
+                "required": ["read", "write", "admin"],
+                "properties": {"read": {"type": "boolean"}, "write": {"type": "boolean"}, "admin": {"type": "boolean"}},
+            },
+            "governedBy": {
+                "type": "object",
+                "description": "?include=access: the ACL that decides who may read and write the key: its own "
+                "(entries for admins only), the nearest namespace's, or none (its creator and admins)",
+                "required": ["source", "namespace", "acls"],
+                "properties": {
+                    "source": {"enum": ["key", "namespace", "none"]},
+                    "namespace": {"type": ["string", "null"]},
+                    "acls": {"oneOf": [ref("Acls"), {"type": "null"}]},
+                },
+            },
         },
     },
-    "KeyList": _page("keys", {"type": "string"}, cursors.LIST_PATTERN, total={"type": "integer"}),
+    "KeyList": _page(
+        "keys",
+        {
+            "oneOf": [
+                {"type": "string"},
+                {
+                    "type": "object",
+                    "description": "with detail=true",
+                    "required": ["key", "version", "lastModified", "ttl", "expiresAt"],
+                    "properties": {
+                        "key": {"type": "string"},
+                        "version": {"type": "integer"},
+                        "lastModified": TIME,
+                        "ttl": {"type": ["integer", "null"]},
+                        "expiresAt": _NULLABLE_TIME,
+                    },
+                },
+            ]
+        },
+        cursors.LIST_PATTERN,
+        total={"type": "integer"},
+    ),
     "Poll": {
         "type": "object",
         "required": ["events", "revision", "more"],
@@ -251,6 +289,11 @@ SCHEMAS: dict[str, Any] = {
         "required": ["acls"],
         "additionalProperties": False,
         "properties": {"acls": ref("Acls")},
+    },
+    "Namespaces": {
+        "type": "object",
+        "required": ["namespaces"],
+        "properties": {"namespaces": {"type": "array", "items": ref("Namespace")}},
     },
     "Namespace": {
         "type": "object",

@@ -95,6 +95,8 @@ PAGE = """
 SELECT id, at, actor, action, key, version, outcome, request_id, seq IS NOT NULL FROM audit_log
  WHERE (%(key)s::text IS NULL OR key = %(key)s)
    AND (%(actor)s::text IS NULL OR actor = %(actor)s)
+   AND (%(action)s::text IS NULL OR action = %(action)s)
+   AND (%(outcome)s::text IS NULL OR outcome = %(outcome)s)
    AND (%(since)s::timestamptz IS NULL OR at >= %(since)s)
    AND (%(before_at)s::timestamptz IS NULL OR (at, id) < (%(before_at)s, %(before_id)s::bigint))
  ORDER BY at DESC, id DESC
@@ -219,6 +221,8 @@ async def records_page(
     since: datetime | None,
     before: tuple[datetime, int] | None,
     limit: int,
+    action: str | None = None,
+    outcome: str | None = None,
 ) -> list[Record]:
     """Up to ``limit`` records matching the filters (None: any), newest first, older than ``before``
     (the (at, id) of the last record of the previous page)."""
@@ -226,6 +230,8 @@ async def records_page(
     params = {
         "key": key,
         "actor": actor,
+        "action": action,
+        "outcome": outcome,
         "since": since,
         "before_at": before_at,
         "before_id": before_id,

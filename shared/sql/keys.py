@@ -47,14 +47,18 @@ ON CONFLICT (key) DO UPDATE SET version = keys.version WHERE false
 # ``ns/``: in byte order ('.' 0x2E, '/' 0x2F, '0' 0x30) exactly the range [ns + '.', ns + '0'), which
 # the index of migration 5 (COLLATE "C", byte order as Python compares strings) scans directly, so
 # a page costs the same wherever the namespace sorts among all keys.
+# A search narrows the range to a raw key prefix the same way, and may keep only the keys that hold
+# %(contains)s (lower case) in their lower-cased name: a filter on the range's rows, so a page of a
+# search reads up to the whole range (100,000 keys: bench/search.py).
 _LIVE_IN_NAMESPACE = """
  WHERE NOT deleted AND (expires_at IS NULL OR expires_at > %(now)s)
    AND (%(all)s OR (key COLLATE "C" >= %(low)s AND key COLLATE "C" < %(high)s))
+   AND (%(contains)s::text IS NULL OR strpos(lower(key), %(contains)s) > 0)
 """
 
 # One keyset page: the next %(limit)s live keys after %(after)s, in key order.
 LIST_PAGE = f"""
-SELECT key, acl_read, acl_write, creator FROM keys {_LIVE_IN_NAMESPACE}
+SELECT key, acl_read, acl_write, creator, version, last_modified, ttl, expires_at FROM keys {_LIVE_IN_NAMESPACE}
    AND key COLLATE "C" > %(after)s
  ORDER BY key COLLATE "C"
  LIMIT %(limit)s
@@ -88,19 +92,46 @@ class KeyAccess:
 
 
 @dataclass(frozen=True)
+class ListedKey:
+    """A key of a listing page: who may read it, and what the console shows beside its name."""
+
+    access: KeyAccess
+    version: int
+    last_modified: datetime
+    ttl: int | None
+    expires_at: datetime | None
+
+    @property
+    def key(self) -> str:
+        return self.access.key
+
+
+#: Past every printable ASCII character: a raw prefix's keys are [prefix, prefix + this).
+_AFTER_PREFIX = "\x7f"
+
+
+@dataclass(frozen=True)
 class LiveRange:
-    """The live keys of one namespace (``namespace`` None: of all), as of ``now``."""
+    """The live keys of one namespace (``namespace`` None: of all), as of ``now``; a search also names
+    a raw key ``prefix`` they start with and a text they ``contain`` (either case)."""
 
     namespace: str | None
     now: datetime
+    prefix: str | None = None
+    contains: str | None = None
 
     def params(self) -> dict[str, Any]:
-        ns = self.namespace
+        ranges = []
+        if self.namespace is not None:
+            ranges.append((f"{self.namespace}.", f"{self.namespace}0"))
+        if self.prefix is not None:
+            ranges.append((self.prefix, self.prefix + _AFTER_PREFIX))
         return {
             "now": self.now,
-            "all": ns is None,
-            "low": "" if ns is None else f"{ns}.",
-            "high": "" if ns is None else f"{ns}0",
+            "all": not ranges,
+            "low": max((low for low, _ in ranges), default=""),
+            "high": min((high for _, high in ranges), default=""),
+            "contains": self.contains.lower() if self.contains else None,
         }
 
 
@@ -155,7 +186,7 @@ async def count_live_by_access(cur: aiopg.Cursor, live: LiveRange) -> list[tuple
     return [(KeyAccess.from_columns(*row[:4]), int(row[4])) for row in await cur.fetchall()]
 
 
-async def list_page(cur: aiopg.Cursor, live: LiveRange, after: str, limit: int) -> list[KeyAccess]:
+async def list_page(cur: aiopg.Cursor, live: LiveRange, after: str, limit: int) -> list[ListedKey]:
     """The next ``limit`` live keys of ``live`` after ``after``, in key order."""
     await cur.execute(LIST_PAGE, {**live.params(), "after": after, "limit": limit})
-    return [KeyAccess.from_columns(*row) for row in await cur.fetchall()]
+    return [ListedKey(KeyAccess.from_columns(*row[:4]), *row[4:]) for row in await cur.fetchall()]

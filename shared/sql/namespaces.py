@@ -26,6 +26,9 @@ SELECT clock_timestamp(),
 
 SELECT_ONE = "SELECT namespace, acl_read, acl_write, updated_by, updated_at FROM namespaces WHERE namespace = %(ns)s"
 
+# Every namespace ACL with who set it and when, by name (one per team or app: a few hundred at most).
+LIST = 'SELECT namespace, acl_read, acl_write, updated_by, updated_at FROM namespaces ORDER BY namespace COLLATE "C"'
+
 UPSERT = """
 INSERT INTO namespaces (namespace, acl_read, acl_write, updated_by, updated_at)
 VALUES (%(ns)s, %(read)s, %(write)s, %(actor)s, %(now)s)
@@ -86,8 +89,16 @@ async def get_one(cur: aiopg.Cursor, namespace: str) -> NamespaceAcl | None:
     """``namespace``'s ACL with who set it and when, or None."""
     await cur.execute(SELECT_ONE, {"ns": namespace})
     row = await cur.fetchone()
-    if row is None:
-        return None
+    return None if row is None else _namespace_acl(row)
+
+
+async def list_all(cur: aiopg.Cursor) -> list[NamespaceAcl]:
+    """Every namespace ACL with who set it and when, by name."""
+    await cur.execute(LIST)
+    return [_namespace_acl(row) for row in await cur.fetchall()]
+
+
+def _namespace_acl(row: Sequence[Any]) -> NamespaceAcl:
     ns, read, write, updated_by, updated_at = row
     return NamespaceAcl(ns, Acl.from_lists(read, write), updated_by, updated_at)
 

@@ -895,7 +895,7 @@ async def test_list_page_reads_only_the_namespace_range(
 
     early, ns = f"{unique_prefix}.aaa", f"{unique_prefix}.zzz"
     await create(client, f"{ns}.k", admin, value=1)
-    params = {"now": utcnow(), "all": False, "low": f"{ns}.", "high": f"{ns}0", "after": "", "limit": 101}
+    params = {**keys_sql.LiveRange(ns, utcnow()).params(), "after": "", "limit": 101}
     async with pg.acquire() as conn, conn.cursor() as cur:
         try:  # 20,000 rows just before the namespace, 3,000 more in it (a big namespace, sorting late)
             for prefix, count in ((early, 20_000), (ns, 3_000)):
