@@ -1,7 +1,7 @@
 """DynConfig beside etcd on this machine, same generators, same run (see bench/README.md).
 
-    python -m bench.compare [--quick] [--only writes,reads,propagation,scale] [--seconds 10] [--json FILE]
-                            [--profile DIR]
+    python -m bench.compare [--quick] [--only writes,txn,reads,propagation,scale] [--seconds 10] [--json FILE]
+                            [--targets dynconfig,etcd] [--profile DIR]
 
 Starts, on loopback and in a temporary directory: Postgres (fsync on), Redis, ``api_server`` and
 ``notifier`` as ``./dev/up`` would, and Debian's ``etcd`` (3.4, fsync on); then runs the Node.js
@@ -22,7 +22,7 @@ from typing import Any
 from . import scale
 from .measure import Meter, ensure_generators
 from .stack import private_folder
-from .systems import Systems, http_load, preload, propagation
+from .systems import TXN_SIZES, Systems, http_load, preload, propagation, txn_load
 
 # --- the table ------------------------------------------------------------------------------------
 
@@ -42,7 +42,12 @@ def table(results: dict[str, Any]) -> str:
     for name, pair in results.items():
         dyn, etcd = pair.get("dynconfig", {}), pair.get("etcd", {})
         shape = dyn or etcd
-        if "ops" in shape:
+        if "txn_per_s" in shape:
+            cell = lambda r: (  # noqa: E731
+                f"{r['txn_per_s']:,.0f} txn/s = {r['ops_per_s']:,.0f} puts/s, p50 {_ms(r['p50_ms'])}, "
+                f"p99 {_ms(r['p99_ms'])}, {r['errors']:,} errors"
+            )
+        elif "ops" in shape:
             cell = lambda r: f"{r['ops']:,.0f}/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms"  # noqa: E731
         elif "kind" in shape:
             cell = scale.cell
@@ -57,11 +62,17 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter runs, propagation at 1,000 watchers only")
-    parser.add_argument("--only", default="writes,reads,propagation", help="comma list of scenario groups (and: scale)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each read/write run")
+    parser.add_argument(
+        "--only", default="writes,txn,reads,propagation", help="comma list of scenario groups (and: scale)"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each read/write/txn run")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--watchers", help="comma list of watcher counts for propagation (default 1000,10000)")
     parser.add_argument("--targets", default="dynconfig,etcd", help="comma list: dynconfig, etcd")
@@ -87,6 +98,11 @@ def main() -> None:
                 results.setdefault("writes, 64 clients, one hot key", {})[target] = http_load(
                     systems, meter, target, "write-hot", seconds, "bench.h"
                 )
+            if "txn" in groups:
+                for ops in TXN_SIZES:
+                    results.setdefault(f"txn of {ops} puts, 64 clients, distinct keys", {})[target] = txn_load(
+                        systems, meter, target, ops, seconds
+                    )
         if "reads" in groups:
             preload(systems, "bench.r", targets)
             for target in targets:

@@ -1,5 +1,5 @@
 """The systems under test of ``bench.compare`` (DynConfig and etcd on loopback) and the scenarios run
-against them: HTTP load, the read preload, propagation to watchers."""
+against them: HTTP load, transactions, the read preload, propagation to watchers."""
 
 from __future__ import annotations
 
@@ -131,6 +131,42 @@ def http_load(
     result: dict[str, Any] = {}
     with meter.measure(result, profile_as=None if target == "etcd" else mode):
         result.update(node_result(node("http_load.js", config), seconds + 60))
+    return result
+
+
+#: Puts per transaction of the txn runs; 128 is both DynConfig's limit (SPEC §4) and etcd's default
+#: ``--max-txn-ops`` (129 puts → 400 "too many operations in txn request").
+TXN_SIZES = (2, 16, 128)
+
+
+def txn_load(systems: Systems, meter: Meter, target: str, ops: int, seconds: float) -> dict[str, Any]:
+    """``CONCURRENCY`` clients sending transactions of ``ops`` puts on keys of their own (DynConfig
+    ``POST /txn``, etcd ``/v3/kv/txn``) for ``seconds``: transactions/s, puts/s, p50/p99 of the
+    successful transactions, errors."""
+    config = {
+        "target": target,
+        "mode": "txn",
+        "url": systems.etcd if target == "etcd" else systems.api,
+        "token": systems.token,
+        "prefix": f"{NAMESPACE}.t{ops}",
+        "ops": ops,
+        "concurrency": CONCURRENCY,
+        "seconds": seconds,
+    }
+    result: dict[str, Any] = {}
+    with meter.measure(result, profile_as=None if target == "etcd" else f"txn-{ops}"):
+        out = node_result(node("http_load.js", config), seconds + 60)
+    result.update(
+        ops_per_txn=ops,
+        txn_per_s=out["ops"],
+        ops_per_s=out["ops"] * ops,
+        p50_ms=out["p50_ms"],
+        p99_ms=out["p99_ms"],
+        errors=out["errors"],
+        statuses=out["statuses"],
+        error_sample=out["error_sample"],
+        seconds=out["seconds"],
+    )
     return result
 
 

@@ -5,7 +5,12 @@
 //                       "token":"…","prefix":"bench.r","keys":1000,"concurrency":64,"seconds":10}'
 //
 // mode: "read" (GET a random one of `keys` keys), "write" (each client PUTs its own keys in turn),
-// "write-hot" (every client PUTs the same key), "fill" (PUT prefix.0 … prefix.keys-1 once, then stop).
+// "write-hot" (every client PUTs the same key), "fill" (PUT prefix.0 … prefix.keys-1 once, then stop),
+// "txn" (each client sends transactions of `ops` puts on its own keys: POST /txn, etcd POST /v3/kv/txn;
+// the client's n-th transaction writes prefix.c<client>.<(n·ops + j) mod max(50, ops)>, j < ops, so no
+// key repeats within a transaction and no two clients share a key; a 200 counts only when its body has
+// one result per op — etcd: succeeded and one response per op). "ops" in the output is always requests
+// (here: transactions) per second; txn mode adds `error_sample`, the first failure's status and body.
 'use strict';
 const http = require('http');
 
@@ -19,25 +24,58 @@ let stop = false;
 
 function b64(text) { return Buffer.from(text).toString('base64'); }
 
-function request(method, path, body, headers) {
+// Resolves to the status (0: no answer); with `check`, to check(status, body text) instead.
+function request(method, path, body, headers, check) {
   return new Promise((resolve) => {
     const data = body === undefined ? undefined : Buffer.from(body);
     const req = http.request({
       agent, host: url.hostname, port: url.port, method, path,
       headers: { ...headers, ...(data ? { 'Content-Type': 'application/json', 'Content-Length': data.length } : {}) },
     }, (res) => {
-      res.on('data', () => {});
-      res.on('end', () => resolve(res.statusCode));
+      const chunks = check ? [] : null;
+      res.on('data', (chunk) => { if (chunks) chunks.push(chunk); });
+      res.on('end', () => resolve(chunks ? check(res.statusCode, Buffer.concat(chunks).toString()) : res.statusCode));
     });
-    req.on('error', () => resolve(0));
+    req.on('error', (err) => resolve(check ? check(0, String(err)) : 0));
     if (data) req.write(data);
     req.end();
   });
 }
 
+let errorSample = null;
+
+// A transaction's answer: its status if the body holds one result per op, 'bad-body' otherwise.
+function checkTxn(status, text) {
+  let ok = status === 200;
+  if (ok) {
+    try {
+      const answer = JSON.parse(text);
+      ok = cfg.target === 'etcd'
+        ? answer.succeeded === true && (answer.responses || []).length === cfg.ops
+        : Array.isArray(answer.results) && answer.results.length === cfg.ops;
+    } catch (err) { ok = false; }
+    if (!ok) status = 'bad-body';
+  }
+  if (!ok && errorSample === null) errorSample = `${status} ${text.slice(0, 300)}`;
+  return status;
+}
+
+function txn(client, n) {
+  const pool = Math.max(50, cfg.ops);
+  const keys = Array.from({ length: cfg.ops }, (_, j) => `${cfg.prefix}.c${client}.${(n * cfg.ops + j) % pool}`);
+  if (cfg.target === 'etcd') {
+    const value = b64(JSON.stringify({ n }));
+    const success = keys.map((key) => ({ requestPut: { key: b64(key), value } }));
+    return request('POST', '/v3/kv/txn', JSON.stringify({ success }), {}, checkTxn);
+  }
+  const ops = keys.map((key) => ({ op: 'put', key, value: { n } }));
+  return request('POST', '/txn', JSON.stringify({ ops }), { Authorization: `Bearer ${cfg.token}` }, checkTxn);
+}
+
 let filled = 0;
 
 function call(client, n) {
+  if (cfg.mode === 'txn') return txn(client, n);
   const key = cfg.mode === 'fill' ? `${cfg.prefix}.${filled++}`
     : cfg.mode === 'read' ? `${cfg.prefix}.${Math.floor(Math.random() * cfg.keys)}`
     : cfg.mode === 'write-hot' ? `${cfg.prefix}.hot` : `${cfg.prefix}.c${client}.${n % 50}`;
@@ -76,6 +114,7 @@ function percentile(sorted, p) {
   console.log(JSON.stringify({
     ops: latencies.length / seconds, seconds, p50_ms: percentile(latencies, 0.5),
     p99_ms: percentile(latencies, 0.99), errors, statuses,
+    ...(cfg.mode === 'txn' ? { error_sample: errorSample } : {}),
   }));
   if (timer) clearTimeout(timer);
   agent.destroy();
