@@ -159,6 +159,21 @@ _TXN_EVENT = {
 _TXN_KEY = {**_name(NAME_PATTERN), "not": {"pattern": RESERVED_SUFFIX_PATTERN}}
 
 
+def _txn_write(op: str) -> dict[str, Any]:
+    """An op of ``POST /txn`` that writes a value: its own call's body, with ``op`` and ``key``."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "op": {"const": op},
+            "key": _TXN_KEY,
+            "value": {},
+            "ttl": _TTL,
+            "acls": {"oneOf": [ref("Acls"), {"type": "null"}]},
+        },
+    }
+
+
 def _page(item: str, items: dict[str, Any], next_pattern: str, **more: Any) -> dict[str, Any]:
     """A page of a listing: ``item`` (a list), ``more`` (required too), and ``next`` when there is more."""
     properties = {item: {"type": "array", "items": items}, **more, "next": {"type": "string", "pattern": next_pattern}}
@@ -369,31 +384,8 @@ SCHEMAS: dict[str, Any] = {
                 "description": "a key at most once; each as its own call (PUT, PATCH, DELETE) would be",
                 "items": {
                     "oneOf": [
-                        {
-                            "type": "object",
-                            "required": ["op", "key", "value"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "op": {"const": "put"},
-                                "key": _TXN_KEY,
-                                "value": {},
-                                "ttl": _TTL,
-                                "acls": {"oneOf": [ref("Acls"), {"type": "null"}]},
-                            },
-                        },
-                        {
-                            "type": "object",
-                            "required": ["op", "key"],
-                            "minProperties": 3,
-                            "additionalProperties": False,
-                            "properties": {
-                                "op": {"const": "patch"},
-                                "key": _TXN_KEY,
-                                "value": {},
-                                "ttl": _TTL,
-                                "acls": {"oneOf": [ref("Acls"), {"type": "null"}]},
-                            },
-                        },
+                        {**_txn_write("put"), "required": ["op", "key", "value"]},
+                        {**_txn_write("patch"), "required": ["op", "key"], "minProperties": 3},
                         {
                             "type": "object",
                             "required": ["op", "key"],

@@ -181,71 +181,60 @@ class Tally:
     refused: list[str] = field(default_factory=list)  # 4xx: the test's own mistake
 
 
+async def until_acknowledged(
+    session: aiohttp.ClientSession, method: str, url: str, body: Any, auth: dict[str, str], tally: Tally
+) -> Any:
+    """Send until a 2xx (its body), retrying a refused connection (a process being replaced) or a 5xx
+    (counted) with backoff; None for a 4xx (the test's own mistake, counted)."""
+    delay = 0.05
+    while True:
+        try:
+            async with session.request(method, url, json=body, headers=auth) as resp:
+                answer = await resp.json(content_type=None)
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError):
+            tally.retries += 1
+        else:
+            if 200 <= status < 300:
+                return answer
+            if status < 500:
+                tally.refused.append(f"{status} {answer}")
+                return None
+            tally.retries += 1
+            if status == 503:
+                tally.unavailable += 1
+            else:
+                tally.other_5xx.append(f"{status} {answer}")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
 async def writer(session: aiohttp.ClientSession, api: str, keys: list[str], auth: dict[str, str], tally: Tally,
                  stop: asyncio.Event) -> None:  # fmt: skip
-    """Writes its keys in turn until ``stop``; a write is retried (connection refused while a process
-    is replaced, a 503) until it is acknowledged, and remembered once it is."""
+    """Writes its keys in turn until ``stop``, each write until acknowledged, remembered once it is."""
     n = 0
     while not stop.is_set():
         key = keys[n % len(keys)]
         n += 1
-        delay = 0.05
-        while True:
-            try:
-                async with session.put(f"{api}/keys/{key}", json={"value": {"n": n}}, headers=auth) as resp:
-                    body = await resp.json(content_type=None)
-                    status = resp.status
-            except (aiohttp.ClientError, TimeoutError):
-                tally.retries += 1
-            else:
-                if status in (200, 201):
-                    tally.acknowledged.append((key, body["version"], body["revision"]))
-                    break
-                if status == 503:
-                    tally.unavailable += 1
-                    tally.retries += 1
-                elif status >= 500:
-                    tally.other_5xx.append(f"{status} {body}")
-                    tally.retries += 1
-                else:
-                    tally.refused.append(f"{status} {body}")
-                    return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+        body = await until_acknowledged(session, "PUT", f"{api}/keys/{key}", {"value": {"n": n}}, auth, tally)
+        if body is None:
+            return
+        tally.acknowledged.append((key, body["version"], body["revision"]))
         await asyncio.sleep(0.02)
 
 
 async def txn_writer(session: aiohttp.ClientSession, api: str, keys: list[str], auth: dict[str, str], tally: Tally,
                      stop: asyncio.Event) -> None:  # fmt: skip
-    """Writes all of ``keys`` in one transaction (``POST /txn``, this release's) until ``stop``; retried as
+    """Writes all of ``keys`` in one transaction (``POST /txn``, this release's) until ``stop``, as
     :func:`writer` does, each change remembered once acknowledged."""
     n = 0
     while not stop.is_set():
         n += 1
         body = {"ops": [{"op": "put", "key": key, "value": {"n": n}} for key in keys]}
-        delay = 0.05
-        while True:
-            try:
-                async with session.post(f"{api}/txn", json=body, headers=auth) as resp:
-                    answer = await resp.json(content_type=None)
-                    status = resp.status
-            except (aiohttp.ClientError, TimeoutError):
-                tally.retries += 1
-            else:
-                if status == 200:
-                    revision = answer["revision"]
-                    tally.acknowledged.extend((r["key"], r["version"], revision) for r in answer["results"])
-                    break
-                tally.retries += 1
-                if status == 503:
-                    tally.unavailable += 1
-                elif status >= 500:
-                    tally.other_5xx.append(f"{status} {answer}")
-                else:
-                    tally.refused.append(f"{status} {answer}")
-                    return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+        answer = await until_acknowledged(session, "POST", f"{api}/txn", body, auth, tally)
+        if answer is None:
+            return
+        tally.acknowledged.extend((r["key"], r["version"], answer["revision"]) for r in answer["results"])
         await asyncio.sleep(0.05)
 
 
