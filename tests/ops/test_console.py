@@ -225,6 +225,7 @@ async def test_roll_back_to_an_earlier_version_from_the_history(
     rows = page.locator("#history-rows tr")
     await expect(rows).to_have_count(3)
     await page.get_by_role("button", name="Roll back to v1").click()
+    await page.get_by_role("button", name="Roll back now").click()  # it asks first (step 13)
     await expect(page.locator("#message")).to_contain_text("back to the value of version 1 (now version 4)")
     await expect(page.locator("#key-value")).to_have_text("8")
     await expect(rows).to_have_count(4)
@@ -236,15 +237,18 @@ async def test_an_edit_without_write_permission_is_refused_with_the_servers_mess
     sign_in: SignIn, origin: str, token: Token, other: Client, unique_prefix: str
 ) -> None:
     key = f"{unique_prefix}.readonly"
-    await other.put(key, "v1", acls={"read": ["bob"], "write": [ADMIN]})
+    await other.put(key, "v1", acls={"read": ["bob"], "write": ["bob"]})
     page, _ = await sign_in(token("bob"))
     await expect(page.locator("#who")).to_have_text("bob")
     await expect(page.get_by_role("button", name="Audit", exact=True)).to_be_hidden()
     await show_namespace(page, unique_prefix)
     await open_key(page, key)
-    await expect(page.locator("#key-acls")).to_have_text("visible to admins")
+    await expect(page.locator("#key-acls")).to_have_text("its own ACL (only admins see its entries)")
     await page.get_by_role("button", name="Edit", exact=True).click()
     await page.fill("#draft", '"mine"')
+    # An admin takes bob's write away while he edits (since step 13 a reader is not offered Edit at all).
+    await other.patch(key, acls={"read": ["bob"], "write": [ADMIN]})
+    await expect(page.locator("#remote-change")).to_contain_text("now version 2")
     await page.get_by_role("button", name="Save", exact=True).click()
     message = page.locator("#message")
     await expect(message).to_contain_text("403 Forbidden: ")

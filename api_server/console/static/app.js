@@ -12,17 +12,28 @@ const RECONNECT_MAX_MS = 15000;
 const TXN_MAX_OPS = 128;  // POST /txn takes 1–128 ops
 const PARALLEL_GETS = 8;  // export and the import preview read keys this many at a time
 const PREVIEW_CHARS = 80;
+const LONG_VALUE_CHARS = 400;  // a longer value shows shortened in the history, with "Show all" and "Download"
+const WARN_BEFORE_EXPIRY_S = 120;  // the token's renewal prompt opens this long before its `exp`
+const SEARCH_DELAY_MS = 250;
+const DIFF_CONTEXT = 3;  // unchanged lines shown around each change
+const DIFF_MAX_CELLS = 4_000_000;  // beyond this many line pairs, the changed middle is shown whole
 
 const $ = (id) => document.getElementById(id);
 
-const session = { token: null, username: null, exp: null, admin: false };
-const browse = { namespace: "", cursors: [null], page: 0, keys: [], total: null, next: null };
+const session = { token: null, username: null, exp: null, admin: false, expired: null };
+// The list: one page of {key, version, lastModified, ttl, expiresAt}, found by namespace and search text `q`.
+const browse = { namespace: "", q: "", cursors: [null], page: 0, keys: [], total: null, next: null, sort: "name", timer: null };
+// What the server can tell (it may be older than this page): `include=access` on GET /keys/{key}.
+const server = { access: true };
+// Where the URL's hash points (#key=…, #view=…, &ns=…), kept across a reload (the token is not).
+let route = parseHash();
 // The open key: its last answer from GET, whether it is being edited, and what the draft started from.
 const open = { key: null, data: null, gone: null, editing: false, baseVersion: null, remote: null, conflictVersion: null };
 const live = { ws: null, revision: null, attempt: 0, timer: null, wanted: false };
-const history = { cursor: null };
+const history = { cursor: null, versions: new Map(), rollback: null };
 const audit = { cursor: null, query: null };
-const namespaces = { loaded: null };  // the namespace whose ACL the form shows
+// The namespace whose ACL the form shows (`current`: that ACL, null for none), and a load on its way.
+const namespaces = { loaded: null, current: null, loading: null };
 // Changes waiting for "Apply all", by key (a transaction names a key at most once), in staging order. Each is
 // one `op` of POST /txn and the `compare` that pins what the operator saw: {key, version} or {key, exists: false}.
 const staged = new Map();
@@ -45,7 +56,8 @@ function keyPath(key) {
   return "/keys/" + key.split("/").map(encodeURIComponent).join("/");
 }
 
-async function api(method, path, { body, ifMatch, params } = {}) {
+// `verifying`: a token being tried at sign-in or renewal, whose 401 is its own answer, not the session's expiry.
+async function api(method, path, { body, ifMatch, params, verifying = false } = {}) {
   const headers = { Accept: "application/json", Authorization: `Bearer ${session.token}` };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (ifMatch !== undefined && ifMatch !== null) headers["If-Match"] = `"${ifMatch}"`;
@@ -69,7 +81,7 @@ async function api(method, path, { body, ifMatch, params } = {}) {
     try { data = JSON.parse(text); } catch { data = null; }
   }
   if (!response.ok) {
-    if (response.status === 401) expired(data && data.message);
+    if (response.status === 401 && !verifying) expired(data && data.message);
     throw new ApiError(response.status, data);
   }
   return data;
@@ -81,7 +93,11 @@ function errorText(err) {
   let text = err instanceof ApiError ? err.message : String(err.message || err);
   const fields = err instanceof ApiError && err.body.fields;
   if (fields) {
-    for (const [name, problems] of Object.entries(fields)) text += `\n• ${name}: ${[].concat(problems).join("; ")}`;
+    // Only what the message does not say already (a 400's message often is its one field's problem).
+    for (const [name, problems] of Object.entries(fields)) {
+      const fresh = [].concat(problems).map(String).filter((problem) => !text.includes(problem));
+      if (fresh.length) text += `\n• ${name}: ${fresh.join("; ")}`;
+    }
   }
   if (err instanceof ApiError && err.status === 429 && err.body.message) text += " (wait a minute and retry)";
   return text;
@@ -128,6 +144,8 @@ function decodeClaims(token) {
   }
 }
 
+// Sign in, or (signed in already) go on with a fresh token: the same user keeps the page as it is (the open
+// key, the draft, staged changes) and the open /watch socket is sent the token; another user starts afresh.
 async function signIn(event) {
   event.preventDefault();
   clearMessage();
@@ -139,35 +157,50 @@ async function signIn(event) {
     showError(err);
     return;
   }
+  const username = claims.username || claims.sub || "?";
+  const renewing = session.username !== null && session.username === username;
+  const previous = session.token;
   session.token = token;
-  session.username = claims.username || claims.sub || "?";
-  session.exp = typeof claims.exp === "number" ? claims.exp : null;
-  const submit = $("signin-form").querySelector("button[type=submit]");
+  const submit = $("signin-submit");
   submit.disabled = true;
+  let admin = session.admin;
   try {
-    await api("GET", "/keys", { params: { limit: 1 } });  // the server's verdict on the token
-    session.admin = await isAdmin();
+    await api("GET", "/keys", { params: { limit: 1 }, verifying: true });  // the server's verdict on the token
+    if (!renewing) admin = await isAdmin();
   } catch (err) {
-    session.token = null;
+    session.token = previous;
     showError(err);
     return;
   } finally {
     submit.disabled = false;
   }
+  if (session.username !== null && !renewing) signOut();  // another user: nothing of the last one stays
+  session.token = token;
+  session.admin = admin;
+  session.username = username;
+  session.exp = typeof claims.exp === "number" ? claims.exp : null;
+  session.expired = null;
   $("token").value = "";
   $("signin").hidden = true;
+  $("signin").classList.remove("renew");
+  if (renewing) {
+    const ws = live.ws;
+    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ token }));
+    else connect();  // closed at expiry: resume from the last revision seen, nothing missed
+    showInfo("Token renewed: you stay signed in, and the page is as you left it.");
+    return;
+  }
   $("app").hidden = false;
   $("signout").hidden = false;
   for (const el of document.querySelectorAll(".admin-only")) el.hidden = !session.admin;
   $("who").textContent = `${session.username}${session.admin ? " (admin)" : ""}`;
-  showView("keys");
-  await loadPage(0);
+  await followRoute(route);
   connect();
 }
 
 async function isAdmin() {
   try {
-    await api("GET", "/audit", { params: { limit: 1 } });
+    await api("GET", "/audit", { params: { limit: 1 }, verifying: true });
     return true;
   } catch (err) {
     if (err instanceof ApiError && err.status === 403) return false;
@@ -179,6 +212,8 @@ function signOut(reason) {
   session.token = null;
   session.username = null;
   session.admin = false;
+  session.exp = null;
+  session.expired = null;
   live.wanted = false;
   const ws = live.ws;
   live.ws = null;
@@ -190,11 +225,16 @@ function signOut(reason) {
   browse.keys = [];
   browse.total = null;
   $("key-list").replaceChildren();
+  $("folders").replaceChildren();
+  $("crumbs").replaceChildren();
   $("total").textContent = "";
   $("audit-rows").replaceChildren();
   $("audit-more").hidden = true;
+  $("audit-empty").hidden = true;
   $("verify-result").hidden = true;
-  for (const id of ["ns-name", "ns-read", "ns-write", "audit-key", "audit-actor", "audit-since"]) $(id).value = "";
+  $("ns-rows").replaceChildren();
+  for (const id of ["ns-name", "ns-read", "ns-write", "audit-key", "audit-actor", "audit-since", "audit-action",
+    "audit-outcome", "filter"]) $(id).value = "";
   $("ns-status").textContent = "";
   namespaces.loaded = null;
   staged.clear();
@@ -204,82 +244,282 @@ function signOut(reason) {
   closeKey();
   $("app").hidden = true;
   $("signout").hidden = true;
-  $("signin").hidden = false;
+  showSignIn(false);
   $("who").textContent = "";
   if (reason) showError(new Error(reason));
   $("token").focus();
 }
 
-function expired(message) {
-  if (session.token) signOut(`Signed out: ${message || "the token is no longer valid"}. Paste a fresh token to go on.`);
+const SIGNIN_TEXT = [...$("signin-text").childNodes].map((node) => node.cloneNode(true));  // the page's own words
+
+// The sign-in box, as the first sign-in or (renew) as the prompt for a fresh token above the kept page.
+function showSignIn(renew, text) {
+  const box = $("signin");
+  box.classList.toggle("renew", renew);
+  $("signin-title").textContent = renew ? "Renew your token" : "Sign in";
+  $("signin-submit").textContent = renew ? "Use this token" : "Sign in";
+  if (renew) $("signin-text").textContent = text;
+  else $("signin-text").replaceChildren(...SIGNIN_TEXT.map((node) => node.cloneNode(true)));
+  box.hidden = false;
 }
 
-// --- views ----------------------------------------------------------------------------------------
+// The token is no longer accepted: the page stays (the open key, a draft, staged changes) until a fresh one comes.
+function expired(message) {
+  if (!session.token || session.username === null || session.expired) return;
+  session.expired = message || "the token is no longer valid";
+  live.wanted = false;
+  const ws = live.ws;
+  live.ws = null;
+  if (ws) ws.close(1000, "token expired");
+  clearTimeout(live.timer);
+  setLive("offline", "Offline", "Paste a fresh token to follow changes again");
+  showSignIn(true, `Signed in as ${session.username} until the token expired. Paste a fresh token for ` +
+    `${session.username}: this page, your draft and staged changes are kept, and live updates resume where they stopped.`);
+  showError(new Error(`Signed out: ${session.expired}. Paste a fresh token above to go on.`));
+  $("token").focus();
+}
+
+// Once a second: the renewal prompt from WARN_BEFORE_EXPIRY_S before the token's `exp` (the page knows it).
+function tickSession() {
+  if (!session.token || session.expired || !session.exp) return;
+  const left = Math.round(session.exp - Date.now() / 1000);
+  if (left > WARN_BEFORE_EXPIRY_S) return;
+  const text = left > 0
+    ? `Your token expires in ${clock(left)}. Paste a fresh token for ${session.username} to stay signed in: ` +
+      "this page, your draft and staged changes are kept."
+    : `Your token has expired. Paste a fresh token for ${session.username} to go on: this page, your draft and ` +
+      "staged changes are kept.";
+  if ($("signin").hidden || $("signin-text").textContent !== text) showSignIn(true, text);
+}
+
+function clock(seconds) {
+  const h = Math.floor(seconds / 3600), m = Math.floor((seconds % 3600) / 60), s = seconds % 60;
+  return h ? `${h} h ${m} min ${s} s` : m ? `${m} min ${s} s` : `${s} s`;
+}
+
+// Times as UTC, the zone named (the audit log and the server speak UTC).
+function formatTime(iso) {
+  if (!iso) return "—";
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return String(iso);
+  return date.toISOString().replace("T", " ").slice(0, 19) + " UTC";
+}
+
+// --- views and the URL --------------------------------------------------------------------------
 
 function showView(name) {
   for (const tab of document.querySelectorAll(".tab")) tab.setAttribute("aria-pressed", String(tab.dataset.view === name));
   for (const view of ["keys", "namespaces", "audit"]) $(`view-${view}`).hidden = view !== name;
+  if (name === "namespaces") listNamespaces();
+  setHash(name === "keys" ? { key: open.key, ns: browse.namespace } : { view: name });
+}
+
+function parseHash() {
+  const params = new URLSearchParams(location.hash.replace(/^#/, ""));
+  return { key: params.get("key") || "", view: params.get("view") || "", ns: params.get("ns") || "" };
+}
+
+// The hash names the view or the open key (and the namespace shown), so a link or a reload lands there.
+function setHash({ key = null, view = null, ns = "" }) {
+  const params = new URLSearchParams();
+  if (key) params.set("key", key);
+  else if (view && view !== "keys") params.set("view", view);
+  if (ns && !view) params.set("ns", ns);
+  const hash = [...params].length ? "#" + params.toString().replace(/%2F/g, "/") : "";
+  if (hash === location.hash) return;
+  window.history.replaceState(null, "", location.pathname + location.search + hash);
+  route = parseHash();
+}
+
+async function followRoute(target) {
+  const view = ["namespaces", "audit"].includes(target.view) && session.admin ? target.view : "keys";
+  if (view === "keys") {
+    const ns = target.ns || (target.key ? parentOf(target.key) : "");
+    if (ns !== browse.namespace || !browse.total) {
+      browse.namespace = ns;
+      $("namespace").value = ns;
+      browse.cursors = [null];
+      await loadPage(0);
+    }
+  }
+  showView(view);
+  if (view === "keys" && target.key && target.key !== open.key) await openKey(target.key, { keepMessage: true });
+  if (view === "keys" && target.key) setHash({ key: target.key, ns: browse.namespace });
+}
+
+function parentOf(key) {
+  const cut = Math.max(key.lastIndexOf("."), key.lastIndexOf("/"));
+  return cut > 0 ? key.slice(0, cut) : "";
 }
 
 // --- the key list ---------------------------------------------------------------------------------
 
 function inNamespace(key) {
   const ns = browse.namespace;
+  if (browse.q && !key.toLowerCase().includes(browse.q.toLowerCase())) return false;
   return !ns || key.startsWith(ns + ".") || key.startsWith(ns + "/");
+}
+
+function asEntry(item) {
+  return typeof item === "string" ? { key: item, version: null, lastModified: null, ttl: null, expiresAt: null } : item;
 }
 
 async function loadPage(page) {
   const cursor = browse.cursors[page];
-  const data = await attempt(() =>
-    api("GET", "/keys", { params: { namespace: browse.namespace, limit: PAGE_SIZE, cursor } }));
+  const data = await attempt(() => api("GET", "/keys", {
+    params: { namespace: browse.namespace, q: browse.q, detail: "true", limit: PAGE_SIZE, cursor },
+  }));
   if (!data) return;
   browse.page = page;
-  browse.keys = data.keys;
+  browse.keys = data.keys.map(asEntry);
   browse.total = data.total;
   browse.next = data.next || null;
   browse.cursors[page + 1] = browse.next;
   renderList();
 }
 
+function browseTo(namespace) {
+  browse.namespace = namespace;
+  $("namespace").value = namespace;
+  browse.cursors = [null];
+  if (!open.key) setHash({ ns: namespace });
+  return loadPage(0);
+}
+
+// Search on the server (the whole namespace, not this page), a moment after the last keystroke.
+function onSearchInput() {
+  clearTimeout(browse.timer);
+  browse.timer = setTimeout(() => {
+    const q = $("filter").value.trim();
+    if (q === browse.q) return;
+    browse.q = q;
+    browse.cursors = [null];
+    loadPage(0);
+  }, SEARCH_DELAY_MS);
+}
+
+const SORTS = {
+  name: (a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0),
+  version: (a, b) => (b.version || 0) - (a.version || 0),
+  modified: (a, b) => Date.parse(b.lastModified || 0) - Date.parse(a.lastModified || 0),
+  // The soonest to expire first; keys without a TTL last.
+  ttl: (a, b) => (a.expiresAt ? Date.parse(a.expiresAt) : Infinity) - (b.expiresAt ? Date.parse(b.expiresAt) : Infinity),
+};
+
+function sortedKeys() {
+  const order = SORTS[browse.sort] || SORTS.name;
+  return [...browse.keys].sort((a, b) => order(a, b) || SORTS.name(a, b));
+}
+
+function keyMeta(entry) {
+  const parts = [];
+  if (entry.version) parts.push(`v${entry.version}`);
+  if (entry.lastModified) parts.push(formatTime(entry.lastModified).slice(0, 16) + " UTC");
+  if (entry.ttl) parts.push(`TTL ${entry.ttl} s`);
+  return parts.join(" · ");
+}
+
 function renderList() {
-  const filter = $("filter").value.trim().toLowerCase();
   const list = $("key-list");
   list.replaceChildren();
-  const shown = browse.keys.filter((k) => !filter || k.toLowerCase().includes(filter));
-  for (const key of shown) {
+  for (const entry of sortedKeys()) {
+    const key = entry.key;
     const item = document.createElement("li");
     item.dataset.key = key;
+    // The columns are the item's data-meta, drawn by CSS: the item's text and its button's name stay the key.
+    item.dataset.meta = keyMeta(entry);
     const button = document.createElement("button");
     button.type = "button";
     button.textContent = key;
+    if (entry.version) button.title = `${key}: ${keyMeta(entry)}`;
     if (key === open.key) button.setAttribute("aria-current", "true");
-    button.addEventListener("click", () => openKey(key));
+    button.addEventListener("click", () => openKey(key, { reveal: true }));
     item.append(button);
     list.append(item);
   }
+  for (const button of $("sort").querySelectorAll("button")) {
+    button.setAttribute("aria-pressed", String(button.dataset.sort === browse.sort));
+  }
+  renderFolders();
   const where = browse.namespace ? ` in ${browse.namespace}` : "";
   const total = browse.total;
-  const count = typeof total === "number" ? `${total} key${total === 1 ? "" : "s"}${where}` : "";
-  const page = `page ${browse.page + 1}`;
-  $("total").textContent = [count, page, filter ? `${shown.length} match “${filter}”` : ""].filter(Boolean).join(" · ");
+  let count = "";
+  if (typeof total === "number") {
+    count = browse.q ? `${total} match “${browse.q}”${where}` : `${total} key${total === 1 ? "" : "s"}${where}`;
+  }
+  $("total").textContent = [count, `page ${browse.page + 1}`].filter(Boolean).join(" · ");
   $("prev-page").disabled = browse.page === 0;
   $("next-page").disabled = !browse.next;
 }
 
-function listAdd(key) {
-  if (!inNamespace(key) || browse.keys.includes(key)) return;
-  const last = browse.keys[browse.keys.length - 1];
+// The namespace path as breadcrumbs, and the folders (next path segments) among the keys of this page.
+function renderFolders() {
+  const ns = browse.namespace;
+  const crumbs = $("crumbs");
+  crumbs.replaceChildren();
+  const path = [""];
+  if (ns) {
+    for (let at = 0; at < ns.length; at++) if (ns[at] === "." || ns[at] === "/") path.push(ns.slice(0, at));
+    path.push(ns);
+  }
+  path.forEach((prefix, i) => {
+    const last = i === path.length - 1;
+    const el = document.createElement(last ? "span" : "button");
+    el.textContent = prefix || "All keys";
+    if (last) el.setAttribute("aria-current", "page");
+    else {
+      el.type = "button";
+      el.addEventListener("click", () => browseTo(prefix));
+    }
+    if (i) crumbs.append(" › ");
+    crumbs.append(el);
+  });
+  const folders = new Map();
+  for (const { key } of browse.keys) {
+    const rest = ns ? key.slice(ns.length + 1) : key;
+    const match = /[./]/.exec(rest);
+    if (!match) continue;
+    const folder = (ns ? key.slice(0, ns.length + 1) : "") + rest.slice(0, match.index);
+    folders.set(folder, (folders.get(folder) || 0) + 1);
+  }
+  const list = $("folders");
+  list.replaceChildren();
+  for (const [folder, n] of [...folders].sort(([a], [b]) => (a < b ? -1 : 1))) {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = folder;
+    button.title = `${n} key${n === 1 ? "" : "s"} on this page`;
+    button.addEventListener("click", () => browseTo(folder));
+    item.append(button);
+    list.append(item);
+  }
+}
+
+function listAdd(key, event) {
+  if (!inNamespace(key)) return;
+  const known = browse.keys.find((entry) => entry.key === key);
+  if (known) {
+    if (event) Object.assign(known, { version: event.version, lastModified: event.lastModified || known.lastModified });
+    renderList();
+    return;
+  }
+  const last = sortedByName()[browse.keys.length - 1];
   // Only where it belongs on this page: a key past a full page's end shows up on a later page.
-  if (browse.next && last !== undefined && key > last) return;
-  browse.keys.push(key);
-  browse.keys.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  if (browse.next && last !== undefined && key > last.key) return;
+  browse.keys.push({ key, version: event ? event.version : null, lastModified: event ? event.lastModified : null,
+    ttl: null, expiresAt: null });
   if (typeof browse.total === "number") browse.total += 1;
   renderList();
   flash(key);
 }
 
+function sortedByName() {
+  return [...browse.keys].sort(SORTS.name);
+}
+
 function listRemove(key) {
-  const at = browse.keys.indexOf(key);
+  const at = browse.keys.findIndex((entry) => entry.key === key);
   if (at < 0) return;
   browse.keys.splice(at, 1);
   if (typeof browse.total === "number") browse.total -= 1;
@@ -304,27 +544,64 @@ function closeKey() {
   $("key").hidden = true;
   $("create").hidden = true;
   $("detail-empty").hidden = false;
+  hideRollback();
+  if (!$("view-keys").hidden) setHash({ ns: browse.namespace });
 }
 
-async function openKey(key, { keepMessage = false } = {}) {
+function narrow() {
+  return window.matchMedia("(max-width: 799px)").matches;
+}
+
+// GET /keys/{key} with what the page shows beside the value: the caller's access and the governing ACL
+// (`include=access`), and for admins the key's own ACL. A server without `access` is asked the old way.
+async function getKey(key) {
+  const include = [session.admin ? "acls" : null, server.access ? "access" : null].filter(Boolean).join(",");
+  try {
+    return await api("GET", keyPath(key), { params: include ? { include } : undefined });
+  } catch (err) {
+    if (server.access && err instanceof ApiError && err.status === 400 && err.body.fields && err.body.fields.include) {
+      server.access = false;
+      return getKey(key);
+    }
+    throw err;
+  }
+}
+
+async function openKey(key, { keepMessage = false, reveal = false } = {}) {
   if (open.editing && open.key !== key && !window.confirm("Leave your unsaved draft?")) return;
   if (!keepMessage) clearMessage();
   let data;
   try {
-    data = await api("GET", keyPath(key), { params: session.admin ? { include: "acls" } : undefined });
+    data = await getKey(key);
   } catch (err) {
     showError(err);
     return;
   }
   if (open.editing && open.key === key) return;  // Edit was pressed while this answer was on its way
+  const other = open.key !== key;
   Object.assign(open, { key, data, gone: null, editing: false, baseVersion: null, remote: null, conflictVersion: null });
   $("create").hidden = true;
   $("detail-empty").hidden = true;
   $("key").hidden = false;
-  $("history-pane").hidden = true;
+  if (other) {
+    $("history-pane").hidden = true;
+    hideRollback();
+  }
   $("acl-form").hidden = true;
   renderKey();
   renderList();
+  if (!$("view-keys").hidden) setHash({ key, ns: browse.namespace });
+  if (reveal && narrow()) {
+    // On a phone the detail follows the list: bring it to the top of the screen.
+    $("key").scrollIntoView({ block: "start" });
+    $("key-name").focus({ preventScroll: true });
+  }
+}
+
+function may(action) {
+  const access = open.data && open.data.access;
+  if (!access) return true;  // the server does not say: offer it, and let it decide
+  return !!access[action];
 }
 
 function renderKey() {
@@ -332,28 +609,73 @@ function renderKey() {
   $("key-name").textContent = open.key;
   $("key-version").textContent = String(d.version);
   $("key-revision").textContent = String(d.revision);
-  $("key-modified").textContent = new Date(d.lastModified).toLocaleString();
+  $("key-modified").textContent = formatTime(d.lastModified);
+  $("key-modified").title = new Date(d.lastModified).toLocaleString();
+  $("key-access").textContent = describeAccess(d);
   $("key-acls").textContent = describeAcls(d);
+  $("key-governed").textContent = describeGoverning(d);
+  $("key-readers").textContent = describeReaders(d);
   $("key-value").textContent = pretty(d.value);
   $("key-gone").hidden = !open.gone;
   $("key-gone").textContent = open.gone || "";
   $("editor").hidden = !open.editing;
   $("key-value").hidden = open.editing;
+  const write = may("write");
+  $("edit").hidden = !write;
+  $("delete").hidden = !write;
+  $("delete-stage").hidden = !write;
   $("edit").disabled = open.editing || !!open.gone;
   $("acl-edit").disabled = !!open.gone;
   $("delete").disabled = !!open.gone;
   $("delete-stage").disabled = open.editing || !!open.gone;
+  $("copy").disabled = !!open.gone;
   $("delete-confirm").hidden = true;
+  $("delete-cancel").hidden = true;
   renderStagedNote();
   renderRemote();
   tickTtl();
 }
 
-function describeAcls(d) {
-  if (!("acls" in d)) return "visible to admins";
-  if (d.acls === null) return "none of its own: the namespace's ACL applies";
+function describeAccess(d) {
+  if (!d.access) return session.admin ? "admin: you may do everything" : "not told by the server";
+  if (d.access.admin) return "You may read and change this key, and its ACL (admin).";
+  return d.access.write ? "You may read and change this key." : "You may read this key, not change it.";
+}
+
+function aclText(acls) {
   const list = (entries) => (entries.length ? entries.join(", ") : "nobody");
-  return `read: ${list(d.acls.read)} · write: ${list(d.acls.write)}`;
+  return `read: ${list(acls.read)} · write: ${list(acls.write)}`;
+}
+
+// The key's own ACL. Only admins are told its entries (include=acls); others learn from `governedBy`
+// whether it has one.
+function describeAcls(d) {
+  if ("acls" in d) return d.acls === null ? "none of its own: the namespace's ACL applies" : aclText(d.acls);
+  const source = d.governedBy && d.governedBy.source;
+  if (source === "key") return "its own ACL (only admins see its entries)";
+  if (source === "namespace" || source === "none") return "none of its own";
+  return "only admins are shown it";
+}
+
+function describeGoverning(d) {
+  const g = d.governedBy;
+  if (!g) return "acls" in d && d.acls ? "its own ACL" : "not told by the server";
+  if (g.source === "key") return g.acls ? `its own ACL: ${aclText(g.acls)}` : "its own ACL";
+  if (g.source === "namespace") return `the namespace ${g.namespace}: ${g.acls ? aclText(g.acls) : "(entries not shown)"}`;
+  return "no ACL anywhere above it: only its creator and admins may use it";
+}
+
+// Who may read, in words, from the governing ACL's read entries (admins always may).
+function describeReaders(d) {
+  const g = d.governedBy;
+  let acls = g ? g.acls : null;
+  if (!g && "acls" in d && d.acls) acls = d.acls;
+  if (g && g.source === "none") return "its creator and admins";
+  if (!acls) return g || "acls" in d ? "only admins are shown who" : "not told by the server";
+  const who = acls.read.map((entry) =>
+    entry === "*" ? "anyone signed in" : entry.endsWith("*") ? `anyone matching ${entry}` : entry);
+  if (!who.length) return "admins only";
+  return `${who.join(", ")}, and admins`;
 }
 
 function tickTtl() {
@@ -365,9 +687,7 @@ function tickTtl() {
     $("key-ttl").textContent = "none (never expires)";
   } else {
     const left = Math.max(0, Math.round((Date.parse(d.expiresAt) - Date.now()) / 1000));
-    const h = Math.floor(left / 3600), m = Math.floor((left % 3600) / 60), s = left % 60;
-    const clock = h ? `${h} h ${m} min ${s} s` : m ? `${m} min ${s} s` : `${s} s`;
-    $("key-ttl").textContent = left ? `${d.ttl} s, expires in ${clock}` : `${d.ttl} s, expiring now`;
+    $("key-ttl").textContent = left ? `${d.ttl} s, expires in ${clock(left)}` : `${d.ttl} s, expiring now`;
   }
 }
 
@@ -378,7 +698,26 @@ function startEdit() {
   $("draft").value = pretty(open.data.value);
   $("conflict").hidden = true;
   renderKey();
+  checkJson("draft");
   $("draft").focus();
+}
+
+// The JSON editor checks as you type: the field is marked, the reason shown, and saving waits for valid JSON.
+const JSON_FIELDS = {
+  draft: { check: "draft-check", buttons: ["save", "edit-stage"] },
+  "create-value": { check: "create-check", buttons: ["create-submit", "create-stage"] },
+};
+
+function checkJson(id) {
+  const field = JSON_FIELDS[id];
+  const text = $(id).value;
+  const parsed = text.trim() ? parseDraft(text) : { ok: false, error: new Error("Empty: type a JSON value.") };
+  const note = $(field.check);
+  note.textContent = parsed.ok ? "Valid JSON" : parsed.error.message.replace(/^The value is not valid JSON/, "Not valid JSON");
+  note.className = `json-check ${parsed.ok ? "ok" : "bad"}`;
+  $(id).setAttribute("aria-invalid", String(!parsed.ok));
+  for (const button of field.buttons) $(button).disabled = !parsed.ok;
+  return parsed.ok;
 }
 
 async function cancelEdit() {
@@ -474,6 +813,7 @@ function renderRemote() {
 }
 
 async function deleteKey() {
+  $("delete-cancel").hidden = true;
   const key = open.key;
   const done = await attempt(() => api("DELETE", keyPath(key), { ifMatch: open.data.version }));
   if (done === undefined) return;  // the error is shown (a 204 answers null)
@@ -488,40 +828,203 @@ async function deleteKey() {
 async function showHistory(more = false) {
   if (!more) {
     history.cursor = null;
+    history.versions = new Map();
     $("history-rows").replaceChildren();
+    $("diff-pane").hidden = true;
+    hideRollback();
   }
   const data = await attempt(() =>
     api("GET", keyPath(open.key) + "/history", { params: { limit: HISTORY_PAGE, cursor: history.cursor } }));
   if (!data) return;
   $("history-pane").hidden = false;
   for (const v of data.versions) {
-    const row = document.createElement("tr");
-    const cells = [String(v.version), v.event, v.event === "update" ? JSON.stringify(v.value) : "—", v.actor || "",
-      new Date(v.at).toLocaleString()];
-    cells.forEach((text, i) => {
-      const td = document.createElement("td");
-      td.textContent = text;
-      if (i === 2) td.className = "json";
-      row.append(td);
-    });
-    const action = document.createElement("td");
-    if (v.event === "update" && open.data && (open.gone || v.version !== open.data.version)) {
-      const button = document.createElement("button");
-      button.type = "button";
-      button.textContent = `Roll back to v${v.version}`;
-      button.addEventListener("click", () => rollback(v.version));
-      action.append(button);
-    }
-    row.append(action);
-    $("history-rows").append(row);
+    history.versions.set(v.version, v);
+    $("history-rows").append(historyRow(v));
   }
   history.cursor = data.next || null;
   $("history-more").hidden = !history.cursor;
+  fillDiffChoices();
+}
+
+function cell(label, content, className) {
+  const td = document.createElement("td");
+  td.dataset.label = label;
+  if (className) td.className = className;
+  if (typeof content === "string") td.textContent = content;
+  else td.append(...content);
+  return td;
+}
+
+function historyRow(v) {
+  const row = document.createElement("tr");
+  row.dataset.version = String(v.version);
+  row.append(cell("Version", String(v.version)), cell("Event", v.event),
+    cell("Value", v.event === "update" ? valueView(v.value, `v${v.version}`, `${open.key}.v${v.version}.json`) : "—", "json"),
+    cell("By", v.actor || ""), cell("At", formatTime(v.at)));
+  const action = cell("", "", "action");
+  if (v.event === "update" && open.data && may("write") && (open.gone || v.version !== open.data.version)) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = `Roll back to v${v.version}`;
+    button.addEventListener("click", () => askRollback(v.version));
+    action.append(button);
+  }
+  row.append(action);
+  return row;
+}
+
+// A value as text: whole when short; a long one shortened, with its size, "Show all" (scrolling inside a box)
+// and "Download", so one big version cannot stretch the table.
+function valueView(value, label, filename) {
+  const text = JSON.stringify(value);
+  if (text.length <= LONG_VALUE_CHARS) return [document.createTextNode(text)];
+  const short = document.createElement("span");
+  short.textContent = text.slice(0, LONG_VALUE_CHARS) + "…";
+  const size = document.createElement("span");
+  size.className = "muted size";
+  size.textContent = ` (${text.length.toLocaleString("en-US")} characters)`;
+  const full = document.createElement("pre");
+  full.className = "value";
+  full.hidden = true;
+  const toggle = document.createElement("button");
+  toggle.type = "button";
+  toggle.className = "small";
+  toggle.textContent = "Show all";
+  toggle.setAttribute("aria-label", `Show all of ${label}`);
+  toggle.addEventListener("click", () => {
+    const showing = full.hidden;
+    if (showing && !full.textContent) full.textContent = pretty(value);
+    full.hidden = !showing;
+    short.hidden = showing;
+    toggle.textContent = showing ? "Show less" : "Show all";
+    toggle.setAttribute("aria-label", `${showing ? "Show less" : "Show all"} of ${label}`);
+  });
+  const save = document.createElement("button");
+  save.type = "button";
+  save.className = "small";
+  save.textContent = "Download";
+  save.setAttribute("aria-label", `Download ${label}`);
+  save.addEventListener("click", () => download(filename.replace(/[^A-Za-z0-9._-]/g, "_"), pretty(value) + "\n"));
+  const buttons = document.createElement("span");
+  buttons.className = "row inline";
+  buttons.append(toggle, save);
+  return [short, size, full, buttons];
+}
+
+// --- diffs ----------------------------------------------------------------------------------------
+
+// Line diff of two texts (longest common subsequence, after trimming the common start and end): a list of
+// [" "|"-"|"+", line].
+function diffLines(before, after) {
+  const a = before.split("\n"), b = after.split("\n");
+  let start = 0;
+  while (start < a.length && start < b.length && a[start] === b[start]) start++;
+  let endA = a.length, endB = b.length;
+  while (endA > start && endB > start && a[endA - 1] === b[endB - 1]) { endA--; endB--; }
+  const midA = a.slice(start, endA), midB = b.slice(start, endB);
+  const middle = [];
+  if (midA.length * midB.length > DIFF_MAX_CELLS) {
+    for (const line of midA) middle.push(["-", line]);
+    for (const line of midB) middle.push(["+", line]);
+  } else {
+    const n = midA.length, m = midB.length;
+    const lcs = Array.from({ length: n + 1 }, () => new Uint32Array(m + 1));
+    for (let i = n - 1; i >= 0; i--) {
+      for (let j = m - 1; j >= 0; j--) {
+        lcs[i][j] = midA[i] === midB[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+      }
+    }
+    let i = 0, j = 0;
+    while (i < n || j < m) {
+      if (i < n && j < m && midA[i] === midB[j]) { middle.push([" ", midA[i]]); i++; j++; }
+      else if (i < n && (j === m || lcs[i + 1][j] >= lcs[i][j + 1])) { middle.push(["-", midA[i]]); i++; }  // removals first
+      else { middle.push(["+", midB[j]]); j++; }
+    }
+  }
+  return [...a.slice(0, start).map((l) => [" ", l]), ...middle, ...a.slice(endA).map((l) => [" ", l])];
+}
+
+// The diff into `pre`: changed lines and DIFF_CONTEXT lines around them; the rest folded into one line.
+function renderDiff(pre, before, after) {
+  const lines = diffLines(before, after);
+  const near = new Uint8Array(lines.length);
+  lines.forEach(([mark], i) => {
+    if (mark === " ") return;
+    for (let k = Math.max(0, i - DIFF_CONTEXT); k <= Math.min(lines.length - 1, i + DIFF_CONTEXT); k++) near[k] = 1;
+  });
+  pre.replaceChildren();
+  let skipped = 0;
+  const fold = () => {
+    if (!skipped) return;
+    const span = document.createElement("span");
+    span.className = "skip";
+    span.textContent = `  … ${skipped} unchanged line${skipped === 1 ? "" : "s"}\n`;
+    pre.append(span);
+    skipped = 0;
+  };
+  lines.forEach(([mark, line], i) => {
+    if (!near[i]) { skipped++; return; }
+    fold();
+    const span = document.createElement("span");
+    span.className = mark === "+" ? "add" : mark === "-" ? "del" : "same";
+    span.textContent = `${mark} ${line}\n`;
+    pre.append(span);
+  });
+  fold();
+  if (!lines.some(([mark]) => mark !== " ")) pre.textContent = "No difference: the two values are equal.";
+}
+
+function fillDiffChoices() {
+  const versions = [...history.versions.values()].filter((v) => v.event === "update");
+  for (const [id, pick] of [["diff-from", 1], ["diff-to", 0]]) {
+    const select = $(id);
+    const was = select.value;
+    select.replaceChildren(...versions.map((v) => {
+      const option = document.createElement("option");
+      option.value = String(v.version);
+      option.textContent = `${v.version}${open.data && v.version === open.data.version && !open.gone ? " (current)" : ""}`;
+      return option;
+    }));
+    if (was && versions.some((v) => String(v.version) === was)) select.value = was;
+    else if (versions.length) select.value = String(versions[Math.min(pick, versions.length - 1)].version);
+  }
+  $("diff-form").hidden = versions.length < 2;
+}
+
+function compareVersions(event) {
+  event.preventDefault();
+  const from = history.versions.get(Number($("diff-from").value));
+  const to = history.versions.get(Number($("diff-to").value));
+  if (!from || !to) return;
+  $("diff-title").textContent = `Version ${from.version} → version ${to.version}`;
+  renderDiff($("diff-view"), pretty(from.value), pretty(to.value));
+  $("diff-pane").hidden = false;
+}
+
+// --- rollback -------------------------------------------------------------------------------------
+
+// Roll back asks first, showing what would change: the current value against the chosen version's.
+function askRollback(version) {
+  const chosen = history.versions.get(version);
+  if (!chosen) return;
+  history.rollback = version;
+  const current = open.gone ? "" : pretty(open.data.value);
+  const now = open.gone ? `Version ${open.data.version} (${open.gone.replace(/\.$/, "")})` : `Version ${open.data.version} (current)`;
+  $("rollback-text").textContent = `Roll back to version ${version}? ${now} → version ${version}:`;
+  renderDiff($("rollback-diff"), current, pretty(chosen.value));
+  $("rollback-confirm").hidden = false;
+  $("rollback-now").focus();
+}
+
+function hideRollback() {
+  history.rollback = null;
+  $("rollback-confirm").hidden = true;
 }
 
 async function rollback(version) {
   if (open.editing && !window.confirm("Roll back and discard your unsaved draft?")) return;
   clearMessage();
+  hideRollback();
   const ifMatch = open.gone ? undefined : open.data.version;
   try {
     const written = await api("POST", keyPath(open.key) + "/rollback", { body: { version }, ifMatch });
@@ -578,7 +1081,11 @@ function newKey() {
   closeKey();
   $("detail-empty").hidden = true;
   $("create").hidden = false;
+  // A new key starts from nothing: no value, TTL or ACL carried over from the last one made.
   $("create-key").value = browse.namespace ? browse.namespace + "." : "";
+  for (const id of ["create-value", "create-ttl", "create-read", "create-write"]) $(id).value = "";
+  checkJson("create-value");
+  $("create-check").textContent = "";
   $("create-key").focus();
 }
 
@@ -994,6 +1501,23 @@ async function applyImport() {
     `${counts}.`);
 }
 
+async function copyValue() {
+  const text = pretty(open.data.value);
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    // No clipboard API (an insecure origin): select the shown value for Ctrl/⌘+C.
+    const range = document.createRange();
+    range.selectNodeContents($("key-value"));
+    const selection = window.getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+    showInfo("The value is selected: press Ctrl/⌘+C to copy it.");
+    return;
+  }
+  showInfo(`Copied the value of ${open.key} (version ${open.data.version}).`);
+}
+
 function download(name, text) {
   const url = URL.createObjectURL(new Blob([text], { type: "application/json" }));
   const link = document.createElement("a");
@@ -1042,44 +1566,109 @@ async function exportKeys() {
 
 // --- namespaces -----------------------------------------------------------------------------------
 
+// Every namespace with an ACL (GET /namespaces), each one click from the form.
+async function listNamespaces() {
+  if (!session.admin) return;
+  const data = await attempt(() => api("GET", "/namespaces"));
+  if (!data) return;
+  const rows = data.namespaces.map((n) => {
+    const row = document.createElement("tr");
+    row.dataset.namespace = n.namespace;
+    const edit = document.createElement("button");
+    edit.type = "button";
+    edit.textContent = "Edit";
+    edit.setAttribute("aria-label", `Edit the ACL of ${n.namespace}`);
+    edit.addEventListener("click", () => {
+      $("ns-name").value = n.namespace;
+      loadNamespace();
+      $("ns-read").focus();
+    });
+    row.append(cell("Namespace", n.namespace), cell("Read", n.acls.read.join(", ") || "nobody"),
+      cell("Write", n.acls.write.join(", ") || "nobody"), cell("Changed by", n.updatedBy || ""),
+      cell("At", formatTime(n.updatedAt)), cell("", [edit], "action"));
+    return row;
+  });
+  $("ns-rows").replaceChildren(...rows);
+  $("ns-none").hidden = rows.length > 0;
+}
+
+// The form shows the namespace's ACL as the server has it. A load never overwrites what the user typed
+// while it was on its way.
 async function loadNamespace() {
   const ns = $("ns-name").value.trim();
   if (!ns) return;
+  if (namespaces.loading && namespaces.loading.ns === ns) return namespaces.loading.promise;
   clearMessage();
-  try {
-    const data = await api("GET", "/namespaces/" + encodeURIComponent(ns));
-    $("ns-read").value = data.acls.read.join(", ");
-    $("ns-write").value = data.acls.write.join(", ");
-    $("ns-status").textContent = `${ns} has an ACL.`;
-    namespaces.loaded = ns;
-  } catch (err) {
-    if (err instanceof ApiError && err.status === 404) {
-      $("ns-read").value = "";
-      $("ns-write").value = "";
-      $("ns-status").textContent = `${ns} has no ACL of its own.`;
-      namespaces.loaded = ns;
-      return;
+  $("ns-delete-box").hidden = true;
+  const typed = [$("ns-read").value, $("ns-write").value];
+  const promise = (async () => {
+    let acls = null;
+    try {
+      acls = (await api("GET", "/namespaces/" + encodeURIComponent(ns))).acls;
+    } catch (err) {
+      if (!(err instanceof ApiError && err.status === 404)) {
+        showError(err);
+        return;
+      }
     }
-    showError(err);
+    namespaces.current = acls;
+    namespaces.loaded = ns;
+    const untouched = $("ns-read").value === typed[0] && $("ns-write").value === typed[1];
+    if (untouched) {
+      $("ns-read").value = acls ? acls.read.join(", ") : "";
+      $("ns-write").value = acls ? acls.write.join(", ") : "";
+      $("ns-status").textContent = acls ? `${ns} has an ACL.` : `${ns} has no ACL of its own.`;
+    } else {
+      $("ns-status").textContent = acls
+        ? `${ns} has an ACL (${aclText(acls)}); the form holds what you typed: Save replaces it.`
+        : `${ns} has no ACL of its own.`;
+    }
+  })();
+  namespaces.loading = { ns, promise };
+  try {
+    await promise;
+  } finally {
+    namespaces.loading = null;
   }
 }
 
 async function saveNamespace(event) {
   event.preventDefault();
   const ns = $("ns-name").value.trim();
-  if (namespaces.loaded !== ns) {
-    // Enter in the name field, or Save before Load: never replace an ACL the user has not seen.
-    await loadNamespace();
-    return;
-  }
+  if (!ns) return;
   const acls = { read: entries($("ns-read").value), write: entries($("ns-write").value) };
+  if (namespaces.loaded !== ns || namespaces.loading) {
+    // Never replace an ACL the user has not seen: load it first; with none, there is nothing unseen to replace.
+    const typed = [$("ns-read").value, $("ns-write").value];
+    await loadNamespace();
+    if (namespaces.loaded !== ns) return;
+    if (namespaces.current && $("ns-read").value === typed[0] && $("ns-write").value === typed[1] &&
+        aclText(namespaces.current) !== aclText(acls)) {
+      $("ns-status").textContent = `${ns} has an ACL (${aclText(namespaces.current)}), not replaced: the form holds ` +
+        "yours. Save again to replace it.";
+      return;
+    }
+  }
   if (!acls.read.length && !acls.write.length && !window.confirm(`Nobody but admins could use keys under ${ns}. Save?`)) return;
   const ok = await attempt(() => api("PUT", "/namespaces/" + encodeURIComponent(ns), { body: { acls } }));
-  if (ok !== undefined) $("ns-status").textContent = `Saved the ACL of ${ns}.`;
+  if (ok === undefined) return;
+  namespaces.current = acls;
+  $("ns-status").textContent = `Saved the ACL of ${ns}.`;
+  listNamespaces();
+}
+
+function askDeleteNamespace() {
+  const ns = $("ns-name").value.trim();
+  if (!ns) return;
+  $("ns-delete-text").textContent = `Really remove the ACL of ${ns}? Its keys without an ACL of their own then follow ` +
+    "the nearest namespace ACL above it, or, with none, only their creator and admins may use them.";
+  $("ns-delete-box").hidden = false;
+  $("ns-delete-cancel").focus();
 }
 
 async function deleteNamespace() {
   const ns = $("ns-name").value.trim();
+  $("ns-delete-box").hidden = true;
   if (!ns) return;
   clearMessage();
   try {
@@ -1087,6 +1676,9 @@ async function deleteNamespace() {
     $("ns-status").textContent = `Removed the ACL of ${ns}.`;
     $("ns-read").value = "";
     $("ns-write").value = "";
+    namespaces.current = null;
+    namespaces.loaded = ns;
+    listNamespaces();
   } catch (err) {
     showError(err);
   }
@@ -1101,28 +1693,32 @@ async function searchAudit(event, more = false) {
     audit.query = {
       key: $("audit-key").value.trim(),
       actor: $("audit-actor").value.trim(),
-      since: since ? new Date(since).toISOString() : "",
+      action: $("audit-action").value,
+      outcome: $("audit-outcome").value,
+      since: since ? new Date(since + "Z").toISOString() : "",  // the field is UTC, as the table
     };
     audit.cursor = null;
     $("audit-rows").replaceChildren();
+    $("audit-empty").hidden = true;
   }
   const data = await attempt(() =>
     api("GET", "/audit", { params: { ...audit.query, limit: AUDIT_PAGE, cursor: audit.cursor } }));
   if (!data) return;
+  const labels = ["At", "Actor", "Action", "Key", "Version", "Outcome", "Request id"];
   for (const r of data.records) {
     const row = document.createElement("tr");
     // A record without its own seal says what vouches for it (GET /audit `seal`; verify proves it).
     const seal = { adopted: " (adopted, no seal)", none: " (NO SEAL: nothing vouches for it)" }[r.seal] || "";
-    for (const text of [new Date(r.at).toLocaleString(), r.actor || "", r.action, r.key || "",
-      r.version === undefined ? "" : String(r.version), r.outcome + seal]) {
-      const td = document.createElement("td");
-      td.textContent = text;
-      row.append(td);
-    }
+    [formatTime(r.at), r.actor || "", r.action, r.key || "", r.version === undefined || r.version === null ? "" : String(r.version),
+      r.outcome + seal, r.requestId || ""].forEach((text, i) => {
+      row.append(cell(labels[i], text, i === 6 ? "request-id" : ""));
+    });
+    if (r.outcome !== "ok") row.classList.add(`outcome-${r.outcome}`);
     $("audit-rows").append(row);
   }
   audit.cursor = data.next || null;
   $("audit-more").hidden = !audit.cursor;
+  $("audit-empty").hidden = $("audit-rows").children.length > 0;
 }
 
 async function verifyChain() {
@@ -1234,7 +1830,7 @@ function onWatchMessage(msg) {
 
 function onChange(event) {
   noteStagedChange(event);
-  if (event.event === "update") listAdd(event.key);
+  if (event.event === "update") listAdd(event.key, event);
   else listRemove(event.key);
   if (event.key !== open.key) {
     if (event.event === "update") flash(event.key);
@@ -1263,17 +1859,59 @@ function onChange(event) {
 
 // --- wiring ---------------------------------------------------------------------------------------
 
+// Esc cancels what is open (a confirmation, an edit, the new-key or ACL form); Ctrl/⌘+S saves the draft.
+function onKey(event) {
+  if (!session.token) return;
+  if ((event.ctrlKey || event.metaKey) && !event.altKey && event.key.toLowerCase() === "s") {
+    event.preventDefault();  // never the browser's "save page"
+    if (open.editing && !$("save").disabled) save(null);
+    else if (!$("create").hidden && !$("create-submit").disabled) $("create").requestSubmit();
+    else if (!$("acl-form").hidden) $("acl-form").requestSubmit();
+    return;
+  }
+  if (event.key !== "Escape") return;
+  if (!$("rollback-confirm").hidden) hideRollback();
+  else if (!$("delete-confirm").hidden) $("delete-cancel").click();
+  else if (!$("ns-delete-box").hidden) $("ns-delete-cancel").click();
+  else if (open.editing) cancelEdit();
+  else if (!$("acl-form").hidden) $("acl-form").hidden = true;
+  else if (!$("create").hidden) closeKey();
+  else return;
+  event.preventDefault();
+}
+
 function wire() {
   $("signin-form").addEventListener("submit", signIn);
   $("signout").addEventListener("click", () => signOut());
   for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showView(tab.dataset.view));
   $("browse").addEventListener("submit", (e) => {
     e.preventDefault();
-    browse.namespace = $("namespace").value.trim();
-    browse.cursors = [null];
-    loadPage(0);
+    clearTimeout(browse.timer);
+    browse.q = $("filter").value.trim();
+    browseTo($("namespace").value.trim());
   });
-  $("filter").addEventListener("input", renderList);
+  $("filter").addEventListener("input", onSearchInput);
+  for (const button of $("sort").querySelectorAll("button")) {
+    button.addEventListener("click", () => { browse.sort = button.dataset.sort; renderList(); });
+  }
+  $("back-to-list").addEventListener("click", () => {
+    const item = open.key && [...$("key-list").children].find((li) => li.dataset.key === open.key);
+    (item ? item.querySelector("button") : $("filter")).focus();
+  });
+  $("copy").addEventListener("click", copyValue);
+  $("download-value").addEventListener("click", () =>
+    download(`${open.key.replace(/[^A-Za-z0-9._-]/g, "_")}.json`, pretty(open.data.value) + "\n"));
+  $("draft").addEventListener("input", () => checkJson("draft"));
+  $("create-value").addEventListener("input", () => checkJson("create-value"));
+  $("diff-form").addEventListener("submit", compareVersions);
+  $("rollback-now").addEventListener("click", () => { if (history.rollback !== null) rollback(history.rollback); });
+  $("rollback-cancel").addEventListener("click", hideRollback);
+  document.addEventListener("keydown", onKey);
+  window.addEventListener("hashchange", () => {
+    const target = parseHash();
+    route = target;
+    if (session.token && !session.expired) followRoute(target);
+  });
   $("prev-page").addEventListener("click", () => loadPage(Math.max(0, browse.page - 1)));
   $("next-page").addEventListener("click", () => loadPage(browse.page + 1));
   $("new-key").addEventListener("click", newKey);
@@ -1298,7 +1936,16 @@ function wire() {
   $("remote-show").addEventListener("click", () => { $("remote-value").hidden = false; });
   $("remote-take").addEventListener("click", takeTheirs);
   $("remote-keep").addEventListener("click", () => { $("remote-change").hidden = true; $("draft").focus(); });
-  $("delete").addEventListener("click", () => { $("delete-confirm").hidden = false; $("delete-confirm").focus(); });
+  $("delete").addEventListener("click", () => {
+    $("delete-confirm").hidden = false;
+    $("delete-cancel").hidden = false;
+    $("delete-confirm").focus();
+  });
+  $("delete-cancel").addEventListener("click", () => {
+    $("delete-confirm").hidden = true;
+    $("delete-cancel").hidden = true;
+    $("delete").focus();
+  });
   $("delete-confirm").addEventListener("click", deleteKey);
   $("history").addEventListener("click", () => showHistory());
   $("history-more").addEventListener("click", () => showHistory(true));
@@ -1311,11 +1958,18 @@ function wire() {
   $("acl-cancel").addEventListener("click", () => { $("acl-form").hidden = true; });
   $("ns-load").addEventListener("click", loadNamespace);
   $("ns-form").addEventListener("submit", saveNamespace);
-  $("ns-delete").addEventListener("click", deleteNamespace);
+  $("ns-delete").addEventListener("click", askDeleteNamespace);
+  $("ns-delete-confirm").addEventListener("click", deleteNamespace);
+  $("ns-delete-cancel").addEventListener("click", () => { $("ns-delete-box").hidden = true; $("ns-delete").focus(); });
+  $("ns-name").addEventListener("change", loadNamespace);
+  $("ns-name").addEventListener("keydown", (e) => {
+    // Enter in the name loads its ACL: it never saves one the user has not seen.
+    if (e.key === "Enter") { e.preventDefault(); loadNamespace(); }
+  });
   $("audit-form").addEventListener("submit", (e) => searchAudit(e));
   $("audit-more").addEventListener("click", () => searchAudit(null, true));
   $("audit-verify").addEventListener("click", verifyChain);
-  setInterval(tickTtl, 1000);
+  setInterval(() => { tickTtl(); tickSession(); }, 1000);
   $("token").focus();
 }
 
