@@ -650,7 +650,7 @@ function aclText(acls) {
 // The key's own ACL. Only admins are told its entries (include=acls); others learn from `governedBy`
 // whether it has one.
 function describeAcls(d) {
-  if ("acls" in d) return d.acls === null ? "none of its own: the namespace's ACL applies" : aclText(d.acls);
+  if ("acls" in d) return d.acls === null ? "none of its own" : aclText(d.acls); // "Governed by" says which applies
   const source = d.governedBy && d.governedBy.source;
   if (source === "key") return "its own ACL (only admins see its entries)";
   if (source === "namespace" || source === "none") return "none of its own";
