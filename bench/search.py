@@ -8,7 +8,8 @@ Postgres, as bench.scale does: the API would take minutes), one in a thousand of
 ``…readonly…``, and a namespace ACL that lets a plain user read half of the groups. Then it times, as
 an admin and as that user, the first page (100 keys, the default) of: a substring found in a
 thousandth of the keys (``q=readonly``), one found in none (``q=nothing``), a prefix
-(``prefix=bench.search.g7.``) and the plain listing, ``--runs`` times each, and prints the median and
+(``prefix=bench.search.g7.``), the plain listing and the listing newest first
+(``sort=-lastModified``), ``--runs`` times each, and prints the median and
 the slowest. Everything it starts is stopped by pid when it ends.
 """
 
@@ -89,6 +90,7 @@ def main() -> None:
             "q=nothing (no match)": f"namespace={NAMESPACE}&q=nothing",
             "prefix (one group)": f"prefix={NAMESPACE}.g7.",
             "listing, page 1": f"namespace={NAMESPACE}",
+            "listing, sort=-lastModified": f"namespace={NAMESPACE}&sort=-lastModified",
         }
         print(f"{args.keys:,} keys in {NAMESPACE}; first page (limit 100), {args.runs} runs each")
         print(f"{'search':<28} {'who':<14} {'median ms':>10} {'max ms':>8} {'keys':>5}")

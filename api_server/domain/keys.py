@@ -4,7 +4,7 @@ returns states; HTTP concerns (parsing, status codes) stay in ``api_server/handl
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -339,12 +339,13 @@ async def key_access(store: Store, caller: Caller, state: KeyState) -> dict[str,
 
 
 async def list_keys(
-    store: Store, caller: Caller, live: keys_sql.LiveRange, after: str, limit: int, total: int | None
+    store: Store, caller: Caller, live: keys_sql.LiveRange, after: keys_sql.Position, limit: int, total: int | None
 ) -> tuple[list[keys_sql.ListedKey], int, bool]:
-    """Readable live keys of ``live`` (a namespace, or a search) after ``after``: (page, total
-    readable, more pages?).
+    """Readable live keys of ``live`` (a namespace, or a search) after ``after`` (which also says the
+    order): (page, total readable, more pages?).
 
-    A page reads about a page of rows (keyset on the key, within the namespace's key range).
+    A page reads about a page of rows (keyset on the key, or on the sort column and the key, within
+    the namespace's key range).
     ``total`` is counted by Postgres for an admin; for anyone else by groups of keys that share what
     decides access (ACL, creator, parent namespace), on the first page, and carried in the cursor
     (pass it back as ``total``)."""
@@ -366,7 +367,10 @@ async def list_keys(
             page.extend(row for row in rows if who.is_admin or readable(row.access))
             if len(rows) < chunk:
                 break
-            position, chunk = rows[-1].key, min(chunk * 2, 5000)
+            last = rows[-1]
+            value = None if after.sort == "name" else last.sorted_by(after.sort)
+            position = replace(position, key=last.key, value=value)
+            chunk = min(chunk * 2, 5000)
     return page[:limit], total, len(page) > limit
 
 

@@ -19,11 +19,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.errors import BadRequest
+from shared.sql.keys import Position
 from shared.validation import MAX_KEY_LENGTH
 
 _AFTER_KEY = rf"[A-Za-z0-9._:/-]{{0,{MAX_KEY_LENGTH}}}"  # key characters: any such string sorts somewhere
-#: ``GET /keys``: ``<total>~<last key of the previous page>`` (the total is counted on the first page).
-LIST_PATTERN = rf"^[0-9]{{1,18}}~{_AFTER_KEY}$"
+#: The orders of ``GET /keys?sort=`` besides by name; ``-`` in front: descending.
+SORTS = ("lastModified", "version", "expiresAt")
+SORT_PATTERN = rf"^(?:name|-?(?:{'|'.join(SORTS)}))$"
+#: ``GET /keys``: ``<total>~<last key of the previous page>`` (the total is counted on the first page);
+#: in another order than by name, ``<total>~<sort>~<its value in the last key>~<last key>`` (a version,
+#: or microseconds since 1970 UTC, or ``inf`` for a key without a ttl).
+LIST_PATTERN = rf"^[0-9]{{1,18}}~(?:-?(?:{'|'.join(SORTS)})~(?:[0-9]{{1,18}}|inf)~)?{_AFTER_KEY}$"
 #: ``GET /keys/{key}/history``: the version the next page starts below.
 HISTORY_PATTERN = r"^[0-9]{1,18}$"
 #: ``GET /audit``: ``<microseconds since 1970 (UTC)>~<id>`` of the last record of the previous page.
@@ -37,22 +43,47 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def list_cursor(last_key: str, total: int) -> str:
-    """The cursor of the listing page after ``last_key``."""
-    return f"{total}~{last_key}"
+def list_cursor(after: Position, total: int) -> str:
+    """The cursor of the listing page after ``after``."""
+    if after.sort == "name":
+        return f"{total}~{after.key}"
+    sort = ("-" if after.descending else "") + after.sort
+    value = after.value or ""
+    if after.sort != "version":
+        value = "inf" if value == "infinity" else str((datetime.fromisoformat(value) - _EPOCH) // _MICROSECOND)
+    return f"{total}~{sort}~{value}~{after.key}"
 
 
-def read_list_cursor(raw: str | None) -> tuple[str, int | None]:
-    """(last key of the previous page, total counted on the first page); ``("", None)`` without a cursor."""
+def parse_sort(raw: str | None) -> Position:
+    """``sort``: ``name`` (the default) or one of SORTS, ``-`` in front for descending; 400 else."""
+    if raw is None or raw == "name":
+        return Position()
+    if not re.fullmatch(SORT_PATTERN, raw):
+        choices = ", ".join(f"{name}, -{name}" for name in SORTS)
+        raise BadRequest(f"sort is name, {choices}", fields={"sort": ["unknown"]})
+    return Position(sort=raw.lstrip("-"), descending=raw.startswith("-"))
+
+
+def read_list_cursor(raw: str | None, order: Position) -> tuple[Position, int | None]:
+    """(where the page starts, in the cursor's order; total counted on the first page); ``(order,
+    None)`` without a cursor. A cursor keeps the order of its first page, whatever ``sort`` says now."""
     if raw is None:
-        return "", None
+        return order, None
     if _LIST.fullmatch(raw):
-        total, last_key = raw.split("~", 1)
-        return last_key, int(total)
+        total, *sorted_by, last_key = raw.split("~")
+        if not sorted_by:
+            after = Position(last_key)
+        else:
+            sort, value = sorted_by
+            name = sort.lstrip("-")
+            if name != "version":
+                value = "infinity" if value == "inf" else (_EPOCH + int(value) * _MICROSECOND).isoformat()
+            after = Position(last_key, name, sort.startswith("-"), value)
+        return after, int(total)
     old = _previous_release(raw)
     if isinstance(old, list) and len(old) == 2 and isinstance(old[0], str) and _bigint(old[1]):
         if _PREVIOUS_AFTER_KEY.fullmatch(old[0]):
-            return old[0], old[1]
+            return Position(old[0]), old[1]
     raise _invalid()
 
 

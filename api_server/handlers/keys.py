@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from aiohttp import web
 
@@ -156,13 +157,14 @@ async def delete_key(request: web.Request) -> web.Response:
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    """Readable keys, sorted, a page at a time: of a namespace, or those a search finds (``prefix``, a
-    raw key prefix; ``q``, text in the name, either case); with ``detail=true`` each with its version,
-    last change and ttl."""
+    """Readable keys, a page at a time, by name or in another order (``sort``): of a namespace, or
+    those a search finds (``prefix``, a raw key prefix; ``q``, text in the name, either case); with
+    ``detail=true`` each with its version, last change and ttl."""
     query = request.query
     namespace = validate_namespace(query["namespace"]) if "namespace" in query else None
     limit = parse_limit(query.get("limit"))
-    after, total = cursors.read_list_cursor(query.get("cursor"))  # read (so 400 when bad) even for a poll
+    order = cursors.parse_sort(query.get("sort"))
+    after, total = cursors.read_list_cursor(query.get("cursor"), order)  # read (so 400 when bad) even for a poll
     if "since_version" in query:
         return await _poll(request, namespace, limit)
     prefix, contains = text_filter(query.get("prefix"), "prefix"), text_filter(query.get("q"), "q")
@@ -173,7 +175,9 @@ async def list_keys(request: web.Request) -> web.Response:
     keys: list[object] = [_listed(row) if detail else row.key for row in rows]
     body: dict[str, object] = {"keys": keys, "total": total}
     if more:
-        body["next"] = cursors.list_cursor(rows[-1].key, total)
+        last = rows[-1]
+        value = None if after.sort == "name" else last.sorted_by(after.sort)
+        body["next"] = cursors.list_cursor(replace(after, key=last.key, value=value), total)
     return json_response(body)
 
 

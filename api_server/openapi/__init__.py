@@ -98,6 +98,12 @@ SPEC: dict[str, Any] = {
                         "search: keys whose name holds this text, either case",
                     ),
                     query(
+                        "sort",
+                        {"type": "string", "pattern": cursors.SORT_PATTERN, "default": "name"},
+                        "name (the default), or lastModified, version, expiresAt (no ttl: never), each with a "
+                        "leading - for descending; the cursor keeps the order",
+                    ),
+                    query(
                         "detail",
                         {"type": "string", "enum": ["true", "false"]},
                         "true: each key as {key, version, lastModified, ttl, expiresAt}",

@@ -64,6 +64,34 @@ SELECT key, acl_read, acl_write, creator, version, last_modified, ttl, expires_a
  LIMIT %(limit)s
 """
 
+#: Orders of a listing other than by name: the column (no ttl sorts as never expiring), the type its
+#: value takes in a cursor. Each is a keyset on (column, key), so a page costs a sort of the range.
+SORTED_BY = {
+    "lastModified": ("last_modified", "timestamptz"),
+    "version": ("version", "bigint"),
+    "expiresAt": ("coalesce(expires_at, 'infinity'::timestamptz)", "timestamptz"),
+}
+
+
+def _sorted_page(column: str, kind: str, descending: bool) -> str:
+    """LIST_PAGE in the order of ``column`` (then key), after the position (%(after_value)s, %(after)s)
+    unless %(first)s."""
+    direction, beyond = ("DESC", "<") if descending else ("ASC", ">")
+    return f"""
+SELECT key, acl_read, acl_write, creator, version, last_modified, ttl, expires_at FROM keys {_LIVE_IN_NAMESPACE}
+   AND (%(first)s OR ({column}, key COLLATE "C") {beyond} (%(after_value)s::{kind}, %(after)s COLLATE "C"))
+ ORDER BY {column} {direction}, key COLLATE "C" {direction}
+ LIMIT %(limit)s
+"""
+
+
+#: (sort, descending) -> its page statement.
+SORTED_PAGES = {
+    (name, descending): _sorted_page(column, kind, descending)
+    for name, (column, kind) in SORTED_BY.items()
+    for descending in (False, True)
+}
+
 COUNT_LIVE = f"SELECT count(*) FROM keys {_LIVE_IN_NAMESPACE}"
 
 # The live keys counted by what decides who may read them: their ACL, their creator and their parent
@@ -104,6 +132,25 @@ class ListedKey:
     @property
     def key(self) -> str:
         return self.access.key
+
+    def sorted_by(self, name: str) -> str:
+        """Its value in the order ``name`` (a key of SORTED_BY), as a cursor holds it and the page
+        statement reads it back."""
+        if name == "version":
+            return str(self.version)
+        moment = self.last_modified if name == "lastModified" else self.expires_at
+        return "infinity" if moment is None else moment.isoformat()
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a listing page starts: after ``key`` or, in another order than by name, after
+    (``value``, ``key``) in the order ``sort`` (descending with ``descending``)."""
+
+    key: str = ""
+    sort: str = "name"
+    descending: bool = False
+    value: str | None = None
 
 
 #: Past every printable ASCII character: a raw prefix's keys are [prefix, prefix + this).
@@ -186,7 +233,13 @@ async def count_live_by_access(cur: aiopg.Cursor, live: LiveRange) -> list[tuple
     return [(KeyAccess.from_columns(*row[:4]), int(row[4])) for row in await cur.fetchall()]
 
 
-async def list_page(cur: aiopg.Cursor, live: LiveRange, after: str, limit: int) -> list[ListedKey]:
-    """The next ``limit`` live keys of ``live`` after ``after``, in key order."""
-    await cur.execute(LIST_PAGE, {**live.params(), "after": after, "limit": limit})
+async def list_page(cur: aiopg.Cursor, live: LiveRange, after: Position, limit: int) -> list[ListedKey]:
+    """The next ``limit`` live keys of ``live`` after ``after``, in its order."""
+    params = {**live.params(), "after": after.key, "limit": limit}
+    if after.sort == "name":
+        await cur.execute(LIST_PAGE, params)
+    else:
+        first = after.value is None
+        statement = SORTED_PAGES[(after.sort, after.descending)]
+        await cur.execute(statement, {**params, "first": first, "after_value": None if first else after.value})
     return [ListedKey(KeyAccess.from_columns(*row[:4]), *row[4:]) for row in await cur.fetchall()]

@@ -124,3 +124,40 @@ async def test_every_namespace_acl_is_listed_for_anyone(api: Api, unique_prefix:
     assert [ns["namespace"] for ns in mine] == [f"{unique_prefix}.a", f"{unique_prefix}.b"]
     assert mine[0]["acls"] == {"read": ["*"], "write": [ADMIN]} and mine[0]["updatedBy"] == ADMIN
     assert set(mine[0]) == {"namespace", "acls", "updatedBy", "updatedAt"}
+
+
+@pytest.mark.parametrize("user", [ADMIN, "sort-reader"])
+async def test_keys_list_in_other_orders_page_by_page(api: Api, unique_prefix: str, user: str) -> None:
+    ns = unique_prefix
+    await api.ok("PUT", f"/namespaces/{ns}", body={"acls": {"read": ["sort-reader"], "write": []}})
+    # Written in this order; versions 3, 1, 2, 1; ttls 600, none, 60, none.
+    names = [f"{ns}.{n}" for n in ("b", "d", "a", "c")]
+    for name, extra in zip(names, ({"ttl": 600}, {}, {"ttl": 60}, {}), strict=True):
+        await api.put(name, 0, **extra)
+    await api.put(names[0], 1, ttl=600)
+    await api.put(names[0], 2, ttl=600)
+    await api.put(names[2], 1, ttl=60)
+    own = f"{ns}.z.private"  # not readable by the reader: left out, and never breaks the paging
+    await api.put(own, 0, acls={"read": [], "write": []})
+    readable = [n for n in [*names, own] if user == ADMIN or n != own]
+
+    async def listed(sort: str) -> list[str]:
+        return [
+            k if isinstance(k, str) else k["key"] for k in await all_pages(api, user, f"namespace={ns}&sort={sort}")
+        ]
+
+    modified = [names[1], names[3], names[0], names[2], own]  # by last change: d, c, b (3rd write), a, own
+    assert await listed("lastModified") == [n for n in modified if n in readable]
+    assert await listed("-lastModified") == [n for n in reversed(modified) if n in readable]
+    by_version = sorted(readable, key=lambda n: ({names[0]: 3, names[2]: 2}.get(n, 1), n))
+    assert await listed("version") == by_version
+    assert await listed("-version") == list(reversed(by_version))
+    expiring = [names[2], names[0], *sorted(n for n in readable if n not in (names[0], names[2]))]
+    assert await listed("expiresAt") == expiring
+    assert await listed("name") == sorted(readable)
+    # A cursor keeps the order of its first page, whatever sort says with it; an unknown sort is a 400.
+    page = await api.ok("GET", f"/keys?namespace={ns}&sort=version&limit=2", user)
+    rest = await api.ok("GET", f"/keys?namespace={ns}&sort=-version&cursor={page['next']}", user)
+    assert page["keys"] + rest["keys"] == by_version[: len(page["keys"]) + len(rest["keys"])]
+    status, body = await api.call("GET", f"/keys?namespace={ns}&sort=size", user)
+    assert_error(status, body, 400)
