@@ -1,6 +1,6 @@
 """The operators' web console at ``/ui/``: static files served by api_server, no build step.
 
-The page is plain HTML, CSS and an ES module (``static/``). It holds the JWT the operator pastes in
+The page is plain HTML, CSS and ES modules (``static/``, ``app.js`` the entry). It holds the JWT the operator pastes in
 memory only, and calls the same HTTP API and ``/watch`` as any client, so it never sees more than its
 user may. Every asset comes from here (no CDN: it works in an air-gapped cluster), under a strict
 Content-Security-Policy: scripts and styles from this origin only, no inline code, no framing.
