@@ -510,3 +510,31 @@ async def test_f_dark_theme_follows_the_system(
     phone = await sign_in(token(ADMIN), viewport=PHONE)
     await show_namespace(phone, unique_prefix)
     await screenshot(phone, "console-ops-phone.png")
+
+
+async def test_f_sorting_covers_the_whole_namespace_and_a_search_ending_in_a_star_is_a_prefix(
+    sign_in: SignIn, token: Token, other: Client, unique_prefix: str
+) -> None:
+    """The columns sort the namespace on the server (GET /keys?sort=), not the 50 keys on screen: the key
+    with the most versions, the newest and the one expiring first all sort past page 1 by name."""
+    ns = unique_prefix
+    await other.commit_txn({"ops": [{"op": "put", "key": f"{ns}.k{n:03d}", "value": n} for n in range(60)]})
+    late = f"{ns}.k059"
+    for n in range(3):
+        await other.put(late, n, ttl=600)
+    page = await sign_in(token(ADMIN))
+    await show_namespace(page, ns)
+    items = page.locator("#key-list li")
+    await expect(items).to_have_count(50)
+    await expect(items.first).to_have_attribute("data-key", f"{ns}.k000")
+    for sort in ("Sort by version", "Sort by last change", "Sort by TTL"):
+        await page.get_by_role("button", name=sort).click()
+        await expect(items.first).to_have_attribute("data-key", late)
+        await expect(items).to_have_count(50)
+    await page.get_by_role("button", name="Sort by name").click()
+    await expect(items.first).to_have_attribute("data-key", f"{ns}.k000")
+    await page.fill("#filter", f"{ns}.k05*")
+    await expect(items).to_have_count(10)
+    await expect(page.locator("#total")).to_contain_text(f"10 match “{ns}.k05*”")
+    await page.fill("#filter", "k05*")  # a prefix is a prefix of the whole key
+    await expect(items).to_have_count(0)

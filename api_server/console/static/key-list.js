@@ -1,5 +1,6 @@
-// The key list: one page of keys at a time, found on the server by namespace and search text, shown with
-// breadcrumbs and folders, sorted on the page, and kept current by live changes.
+// The key list: one page of keys at a time, found on the server by namespace and search text (a name
+// part, or a prefix ending in *), in the order the server sorts the whole namespace in, shown with
+// breadcrumbs and folders, and kept current by live changes.
 
 import { api } from "./api.js";
 import { $, formatTime } from "./dom.js";
@@ -18,9 +19,18 @@ export function parentOf(key) {
   return cut > 0 ? key.slice(0, cut) : "";
 }
 
+// The search box's text as the server takes it: a prefix when it ends in *, else text in the name.
+function searchParams() {
+  const q = browse.q;
+  if (!q) return {};
+  return q.endsWith("*") ? { prefix: q.slice(0, -1) } : { q };
+}
+
 function inNamespace(key) {
   const ns = browse.namespace;
-  if (browse.q && !key.toLowerCase().includes(browse.q.toLowerCase())) return false;
+  const { prefix, q } = searchParams();
+  if (prefix !== undefined && !key.startsWith(prefix)) return false;
+  if (q && !key.toLowerCase().includes(q.toLowerCase())) return false;
   return !ns || key.startsWith(ns + ".") || key.startsWith(ns + "/");
 }
 
@@ -31,7 +41,10 @@ function asEntry(item) {
 async function loadPage(page) {
   const cursor = browse.cursors[page];
   const data = await attempt(() => api("GET", "/keys", {
-    params: { namespace: browse.namespace, q: browse.q, detail: "true", limit: PAGE_SIZE, cursor },
+    params: {
+      namespace: browse.namespace, ...searchParams(), sort: SORTS[browse.sort].server, detail: "true", limit: PAGE_SIZE,
+      cursor,
+    },
   }));
   if (!data) return;
   browse.page = page;
@@ -76,17 +89,27 @@ function onSearchInput() {
   }, SEARCH_DELAY_MS);
 }
 
+const byName = (a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
+// Each order as the server sorts the whole namespace (`sort`), and the same order on the page (for
+// keys that arrive live): ties by name, in the same direction (the server's keyset is (column, key)).
 const SORTS = {
-  name: (a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0),
-  version: (a, b) => (b.version || 0) - (a.version || 0),
-  modified: (a, b) => Date.parse(b.lastModified || 0) - Date.parse(a.lastModified || 0),
+  name: { server: "name", compare: byName },
+  version: { server: "-version", compare: (a, b) => (b.version || 0) - (a.version || 0) || byName(b, a) },
+  modified: {
+    server: "-lastModified",
+    compare: (a, b) => Date.parse(b.lastModified || 0) - Date.parse(a.lastModified || 0) || byName(b, a),
+  },
   // The soonest to expire first; keys without a TTL last.
-  ttl: (a, b) => (a.expiresAt ? Date.parse(a.expiresAt) : Infinity) - (b.expiresAt ? Date.parse(b.expiresAt) : Infinity),
+  ttl: {
+    server: "expiresAt",
+    compare: (a, b) =>
+      (a.expiresAt ? Date.parse(a.expiresAt) : Infinity) - (b.expiresAt ? Date.parse(b.expiresAt) : Infinity) ||
+      byName(a, b),
+  },
 };
 
 function sortedKeys() {
-  const order = SORTS[browse.sort] || SORTS.name;
-  return [...browse.keys].sort((a, b) => order(a, b) || SORTS.name(a, b));
+  return [...browse.keys].sort((SORTS[browse.sort] || SORTS.name).compare);
 }
 
 function keyMeta(entry) {
@@ -184,11 +207,12 @@ export function listAdd(key, event) {
     renderList();
     return;
   }
-  const last = [...browse.keys].sort(SORTS.name)[browse.keys.length - 1];
+  const last = sortedKeys()[browse.keys.length - 1];
+  const entry = { key, version: event ? event.version : null, lastModified: event ? event.lastModified : null,
+    ttl: null, expiresAt: null };
   // Only where it belongs on this page: a key past a full page's end shows up on a later page.
-  if (browse.next && last !== undefined && key > last.key) return;
-  browse.keys.push({ key, version: event ? event.version : null, lastModified: event ? event.lastModified : null,
-    ttl: null, expiresAt: null });
+  if (browse.next && last !== undefined && SORTS[browse.sort].compare(entry, last) > 0) return;
+  browse.keys.push(entry);
   if (typeof browse.total === "number") browse.total += 1;
   renderList();
   flash(key);
@@ -229,7 +253,10 @@ export function wireKeyList() {
   });
   $("filter").addEventListener("input", onSearchInput);
   for (const button of $("sort").querySelectorAll("button")) {
-    button.addEventListener("click", () => { browse.sort = button.dataset.sort; renderList(); });
+    button.addEventListener("click", () => {
+      browse.sort = button.dataset.sort;
+      firstPage(); // the server sorts the whole namespace: back to its first page
+    });
   }
   $("back-to-list").addEventListener("click", () => {
     const item = open.key && [...$("key-list").children].find((li) => li.dataset.key === open.key);
