@@ -271,9 +271,8 @@ def _restore_shared_services() -> Iterator[None]:
 # --- settings and clients -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def settings(pg_server: PostgresServer, redis_server: RedisServer, jwks: JwksServer) -> Settings:
-    """Settings pointing at the session services; ``settings.replace(...)`` for variations."""
+def default_settings(pg_server: PostgresServer, redis_server: RedisServer, jwks: JwksServer) -> Settings:
+    """The default test settings on the session services (for fixtures of a wider scope, too)."""
     return Settings(
         postgres_url=pg_server.url,
         redis_url=redis_server.url,
@@ -282,6 +281,12 @@ def settings(pg_server: PostgresServer, redis_server: RedisServer, jwks: JwksSer
         rate_limit=100_000,
         admin_users=frozenset({ADMIN}),
     )
+
+
+@pytest.fixture
+def settings(pg_server: PostgresServer, redis_server: RedisServer, jwks: JwksServer) -> Settings:
+    """Settings pointing at the session services; ``settings.replace(...)`` for variations."""
+    return default_settings(pg_server, redis_server, jwks)
 
 
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,13 @@ def _base(server: Any) -> str:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as launched:
+        yield launched
+
+
+@asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    """Debian's Chromium, headless, closed on the way out (every console test module's browser)."""
     async with async_playwright() as pw:
         launched = await pw.chromium.launch(**CHROMIUM_LAUNCH)
         try:

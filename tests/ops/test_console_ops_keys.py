@@ -21,9 +21,9 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
-from support import ADMIN, CHROMIUM_LAUNCH, eventually
-from test_console import open_key, screenshot, show_namespace
+from playwright.async_api import Browser, Page, ViewportSize, expect
+from support import ADMIN, eventually
+from test_console import chromium, open_key, screenshot, show_namespace
 
 from dynconfig_client import Client
 
@@ -39,7 +39,7 @@ Token = Callable[..., str]
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def origin(pg_server: Any, redis_server: Any, jwks: Any) -> AsyncIterator[str]:
     """The front door's URL over an api_server and a notifier that live as long as the module."""
-    from conftest import TEST_ENCRYPTION_KEYS
+    from conftest import default_settings
 
     import api_server.console
     from api_server.main import create_app
@@ -47,16 +47,8 @@ async def origin(pg_server: Any, redis_server: Any, jwks: Any) -> AsyncIterator[
     from notifier.hub import HUB
     from notifier.main import create_app as notifier_app
     from notifier.relay import RELAY
-    from shared.settings import Settings
 
-    settings = Settings(
-        postgres_url=pg_server.url,
-        redis_url=redis_server.url,
-        jwks_url=jwks.url,
-        encryption_keys=TEST_ENCRYPTION_KEYS,
-        rate_limit=100_000,
-        admin_users=frozenset({ADMIN}),
-    )
+    settings = default_settings(pg_server, redis_server, jwks)
     with pytest.MonkeyPatch.context() as patch:
         if os.environ.get("CONSOLE_STATIC"):
             patch.setattr(api_server.console, "STATIC", Path(os.environ["CONSOLE_STATIC"]))
@@ -80,12 +72,8 @@ def _base(server: TestServer) -> str:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        launched = await pw.chromium.launch(**CHROMIUM_LAUNCH)
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with chromium() as launched:
+        yield launched
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
