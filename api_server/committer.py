@@ -297,10 +297,10 @@ class Committer:
         outcomes: dict[int, Any] = {}
         async with self._pool.acquire() as conn, conn.cursor() as cur, cur.begin():
             states, busy = await _lock(cur, batch, wait)
-            contended = [op for op in batch if any(key in busy for key in op.keys)]
-            batch = [op for op in batch if not any(key in busy for key in op.keys)]
+            batch, contended = _split(batch, busy)
             if not batch:
                 return [], contended
+            await _claim(cur, batch, states)
             ns_acls, clock = await ns_sql.acls_above_and_clock(cur, sorted({key for op in batch for key in op.keys}))
             decided, expiries, refused = _decide(batch, states, ns_acls, clock)
             outcomes.update(refused)
@@ -390,18 +390,39 @@ def _change(op: Op, decision: Decision, now: datetime, ns_acls: dict[str, Acl], 
 
 
 async def _lock(cur: aiopg.Cursor, batch: list[Op], wait: bool) -> tuple[dict[str, KeyState], set[str]]:
-    """Lock the rows of the batch's keys: existing ones in key order, then placeholders for new keys
-    that a write may create (or a transaction compares). Returns the locked states by key, and (unless
-    ``wait``) the keys whose rows another transaction holds, left unlocked."""
+    """Lock the existing rows of the batch's keys, in key order. Returns the locked states by key, and
+    (unless ``wait``) the keys whose rows another transaction holds, left unlocked."""
     keys = sorted({key for op in batch for key in op.keys})
     states = await keys_sql.lock_many(cur, keys, wait=wait)
     busy: set[str] = set()
     if not wait and len(states) < len(keys):
         busy = await keys_sql.existing(cur, [key for key in keys if key not in states])
-    new = sorted({key for op in batch for key in op.claims if key not in states and key not in busy})
+    return states, busy
+
+
+def _split(batch: list[Op], busy: set[str]) -> tuple[list[Op], list[Op]]:
+    """The writes this transaction makes, and those that move to the contended lane: every write with
+    a key whose row another transaction holds, and every later write of a key one of those moves with
+    (a key's writes stay in arrival order: a write never overtakes a transaction it came after)."""
+    moved = set(busy)
+    kept: list[Op] = []
+    contended: list[Op] = []
+    for op in batch:
+        if moved.intersection(op.keys):
+            contended.append(op)
+            moved.update(op.keys)
+        else:
+            kept.append(op)
+    return kept, contended
+
+
+async def _claim(cur: aiopg.Cursor, batch: list[Op], states: dict[str, KeyState]) -> None:
+    """Lock placeholders for the keys the batch's writes may create (or a transaction compares) that
+    have no row yet, into ``states``; only for writes this transaction makes, so no placeholder of a
+    write that waits in the contended lane is committed (every unused one is dropped before COMMIT)."""
+    new = sorted({key for op in batch for key in op.claims if key not in states})
     if new:
         states.update(await keys_sql.claim_many(cur, new, [_creator(batch, key) for key in new]))
-    return states, busy
 
 
 def _creator(batch: list[Op], key: str) -> str:

@@ -5,7 +5,8 @@ Each write is decided exactly as its own call would be (the same :func:`decide_p
 :func:`decide_patch` and :func:`decide_delete`, without ``If-Match``: compares do that), in order,
 after every compare; the first that fails refuses the whole transaction with its error, marked with
 its place (``"in"``, ``"index"``), and nothing is written. A compare reads its key, so it needs
-``read`` on it: without it, the same 403 a GET gives, whether or not the key exists.
+``read`` on it: without it, the same 403 a GET gives, whether or not the key exists. A caller who may
+not touch a part at all is refused before anything is queued, as a single write is (:func:`_screen`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,18 @@ from typing import Any
 
 from api_server.committer import Decide, Decision, TxnOp
 from api_server.domain import Caller, Store
-from api_server.domain.keys import _deny, check_patch_metadata, decide_delete, decide_patch, decide_put
+from api_server.domain.keys import (
+    _cannot_create,
+    _cannot_see_missing,
+    _deny,
+    _put_refusal,
+    _write_refusal,
+    check_patch_metadata,
+    decide_delete,
+    decide_patch,
+    decide_put,
+)
+from api_server.domain.refusals import Refusal, screen
 from shared.changes.state import KeyState
 from shared.errors import DynConfigError, PreconditionFailed
 from shared.security.acl import Acl, Principal, may_access
@@ -66,6 +78,7 @@ async def transact(
     """Apply ``writes`` if every compare passes and every write is allowed; the transaction's revision
     and each key's new state, in order. Raises the first failure, with its place (``exc.part``)."""
     who = caller.principal
+    await _screen(store, who, compares, writes)
     decides: list[Decide] = []
     size = 0
     for index, write in enumerate(writes):
@@ -106,6 +119,44 @@ async def transact(
     revision = states[0].revision
     assert revision is not None
     return revision, states
+
+
+async def _screen(store: Store, who: Principal, compares: Sequence[Compare], writes: Sequence[Write]) -> None:
+    """Refuse here, before anything is queued or locked, a part ``who`` may not touch at all, as its
+    own call would be refused (api_server/domain/refusals.py): for a caller who would get 403 for the
+    key if it did not exist, the answer must not depend on whether it does — not even by waiting for
+    a row another transaction holds. Parts in order; a refusal found here comes before a failing
+    compare of an earlier part that only the locked state can show (a 412), which it would have met
+    anyway."""
+    for index, compare in enumerate(compares):
+        key = compare.key
+        try:
+            await screen(store, who, key, _read_refusal(who, key), _cannot_see_missing(who, key))
+        except DynConfigError as exc:
+            raise exc.at(COMPARE, index) from None
+    for index, write in enumerate(writes):
+        key = write.key
+        if write.op == "put":
+            refusal, outsider = _put_refusal(who, key), _cannot_create(who, key)
+        else:
+            refusal, outsider = _write_refusal(who, key, live=True), _cannot_see_missing(who, key)
+        try:
+            await screen(store, who, key, refusal, outsider)
+        except DynConfigError as exc:
+            raise exc.at(OPS, index) from None
+
+
+def _read_refusal(who: Principal, key: str) -> Refusal:
+    """What a compare of ``key`` is refused for on the state alone: no read right (403, the same
+    whether or not the key exists)."""
+
+    def refusal(state: KeyState | None, ns_acls: dict[str, Acl]) -> Exception | None:
+        acl, creator = (state.acl, state.creator) if state and state.version else (None, "")
+        if may_access(who, "read", key=key, key_acl=acl, creator=creator, namespace_acls=ns_acls):
+            return None
+        return _deny("read", key, ns_acls)
+
+    return refusal
 
 
 def _stored(state: KeyState | None) -> KeyState | None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import aiopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from support import ADMIN, Api, WatchRecorder, assert_error, eventually
@@ -322,3 +323,59 @@ async def test_ttls_expiry_and_the_rate_limit_behave_as_for_single_writes(
     async with limited.post("/txn", json={"ops": ops}, headers=auth) as resp:
         assert resp.status == 200, await resp.text()
         assert resp.headers["X-RateLimit-Remaining"] == "4"
+
+
+# --- rows held by another transaction (another replica, the expiry worker) ------------------------------
+
+
+async def hold_row(pg: aiopg.Pool, key: str) -> Any:
+    """A connection inside a transaction that holds ``key``'s row (close it to let go)."""
+    holder = await aiopg.connect(pg._dsn)
+    cur = await holder.cursor()
+    await cur.execute("BEGIN")
+    await cur.execute("SELECT 1 FROM keys WHERE key = %s FOR UPDATE", (key,))
+    return holder
+
+
+async def key_row(pg: aiopg.Pool, key: str) -> Any:
+    async with pg.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("SELECT version FROM keys WHERE key = %s", (key,))
+        return await cur.fetchone()
+
+
+async def test_an_outsider_learns_nothing_from_a_transaction_not_even_from_a_held_row(
+    api: Api, pg: aiopg.Pool, unique_prefix: str
+) -> None:
+    """A caller with no rights gets the same immediate 403 whether the key exists (its row held by another
+    transaction) or not, as for a single write; before, the transaction waited for the row and
+    answered 503 after the statement timeout for a key that exists."""
+    secret, missing = f"{unique_prefix}.secret", f"{unique_prefix}.missing"
+    outsider = f"{unique_prefix}-outsider"
+    await api.put(secret, 1)
+    holder = await hold_row(pg, secret)
+    try:
+        for key in (secret, missing):
+            for body, part in (
+                ({"ops": puts((key, 2))}, "ops"),
+                ({"compare": [{"key": key, "exists": True}], "ops": puts((f"{unique_prefix}.other", 1))}, "compare"),
+            ):
+                status, answer = await asyncio.wait_for(txn(api, body, outsider), 3)
+                assert_failed_at(status, answer, 403, part, 0)
+    finally:
+        holder.close()
+
+
+async def test_a_transaction_that_waits_for_a_held_row_leaves_no_placeholder_behind(
+    api: Api, pg: aiopg.Pool, unique_prefix: str
+) -> None:
+    held, new = f"{unique_prefix}.held", f"{unique_prefix}.new"
+    await api.put(held, 0)
+    holder = await hold_row(pg, held)
+    try:
+        waiting = asyncio.ensure_future(txn(api, {"ops": puts((held, 1), (new, 1))}))
+        await asyncio.sleep(0.5)  # moved to the contended lane, waiting for the row
+        assert await key_row(pg, new) is None, "a placeholder of the new key was committed while waiting"
+    finally:
+        holder.close()
+    status, body = await asyncio.wait_for(waiting, 10)
+    assert status == 200 and body["results"] == [{"key": held, "version": 2}, {"key": new, "version": 1}], body
