@@ -258,6 +258,13 @@ class Hub:
             await self._backfill(through=first - 1)
             if first != self.last + 1:
                 return  # the backfill already covered it
+        end = commit[-1]
+        if end.txn is not None and end.revision < end.txn:
+            # Part of a transaction: the previous release's relay cuts batches anywhere. Fanned out
+            # whole from Postgres (its rows are committed: the relay read them); the rest is dropped
+            # when it arrives.
+            await self._backfill(through=end.txn)
+            return
         self._fan_out(commit)
 
     def _flush(self) -> None:

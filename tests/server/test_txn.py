@@ -379,3 +379,46 @@ async def test_a_transaction_that_waits_for_a_held_row_leaves_no_placeholder_beh
         holder.close()
     status, body = await asyncio.wait_for(waiting, 10)
     assert status == 200 and body["results"] == [{"key": held, "version": 2}, {"key": new, "version": 1}], body
+
+
+async def test_a_transaction_cut_between_two_relay_messages_reaches_a_watcher_whole(
+    api: Api,
+    make_notifier: Callable[..., Any],
+    pg: aiopg.Pool,
+    redis_client: Any,
+    token: Callable[..., str],
+    unique_prefix: str,
+) -> None:
+    """The previous release's relay may publish a transaction's changes in two messages (its batches end
+    anywhere). The hub reads a cut transaction whole from Postgres before fanning it out; before, it sent
+    the first part as a txn frame, and the rest, with the same revision, never reached the watcher."""
+    from notifier.pubsub import CHANNEL, encode_batch
+    from notifier.relay import RELAY_LOCK
+    from shared.sql.changelog import events_after
+
+    a, b = f"{unique_prefix}.a", f"{unique_prefix}.b"
+    async with pg.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,))  # no notifier relays: we do
+        assert (await cur.fetchone())[0], "another relay holds the lock"
+        try:
+            notifier = await make_notifier(relay=False)
+            async with aiohttp.ClientSession() as session:
+                watcher = await TxnRecorder.open(
+                    session, notifier.make_url("/watch"), token(ADMIN), [f"{unique_prefix}.*"]
+                )
+                try:
+                    status, body = await txn(api, {"ops": puts((a, 1), (b, 1))})
+                    assert status == 200, body
+                    revision = body["revision"]
+                    first_part = await events_after(cur, revision - 2, through=revision - 1)
+                    assert [e.key for e in first_part] == [a]
+                    await redis_client.publish(CHANNEL, encode_batch(first_part))
+                    assert await watcher.holds(lambda: len(watcher.events) >= 1, 10), watcher.messages
+                    await asyncio.sleep(1.5)  # the hub's safety poll reads what it missed from Postgres
+                    assert [(e["event"], e["revision"], [c["key"] for c in e["changes"]]) for e in watcher.events] == [
+                        ("txn", revision, [a, b])
+                    ]
+                finally:
+                    await watcher.close()
+        finally:
+            await cur.execute("SELECT pg_advisory_unlock(%s)", (RELAY_LOCK,))
