@@ -32,7 +32,7 @@ import asyncio
 import logging
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -376,7 +376,7 @@ def _take(queue: deque[Op]) -> list[Op]:
 
 
 def _change(op: Op, decision: Decision, now: datetime, ns_acls: dict[str, Acl], txn: int | None) -> Change:
-    made = change(
+    return change(
         decision.before,
         decision.new,
         event=decision.event,
@@ -385,8 +385,8 @@ def _change(op: Op, decision: Decision, now: datetime, ns_acls: dict[str, Acl], 
         request_id=op.request_id,
         now=now,
         namespace_acls=ns_acls,
+        txn=txn,
     )
-    return made if txn is None else replace(made, txn=txn)
 
 
 async def _lock(cur: aiopg.Cursor, batch: list[Op], wait: bool) -> tuple[dict[str, KeyState], set[str]]:

@@ -26,7 +26,7 @@ import aiopg
 import psycopg2
 from aiohttp import web
 
-from shared.changes.events import ChangeEvent, Readers, commits, may_read_event, txn_event
+from shared.changes.events import ChangeEvent, Readers, commit_events, commits, may_read_event
 from shared.db import Target, listen, ping, wait_notices
 from shared.redis import REDIS_ERRORS, RedisLink
 from shared.runtime.supervisor import Backoff, Supervisor, cancel_and_wait
@@ -393,18 +393,14 @@ class Hub:
         if not seen:
             return []
         changes = [change.wire(self._keyring) for change in commit]
-        revision = commit[-1].shown_revision
         frames: dict[tuple[tuple[int, ...], bool], bytes] = {}
         deliveries = []
         for subscriber, picked in seen.items():
             which = (tuple(picked), subscriber.split_txn)
             frame = frames.get(which)
             if frame is None:
-                if subscriber.split_txn:
-                    frame = b"".join(json_frame(changes[i]) for i in picked)
-                else:
-                    frame = json_frame(txn_event(revision, [changes[i] for i in picked]))
-                frames[which] = frame
+                sent = commit_events(commit, [changes[i] for i in picked], split=subscriber.split_txn)
+                frame = frames[which] = b"".join(json_frame(message) for message in sent)
             deliveries.append((subscriber, frame))
         return deliveries
 

@@ -23,7 +23,7 @@ import aiopg
 from aiohttp import WSMsgType, web
 
 from shared.audit.writer import AuditRecord, AuditWriter
-from shared.changes.events import ChangeEvent, commits, like_patterns, txn_event
+from shared.changes.events import ChangeEvent, commit_events, commits, like_patterns
 from shared.changes.kinds import AuditAction
 from shared.db import POSTGRES_UNREACHABLE
 from shared.errors import BadRequest, DynConfigError
@@ -361,16 +361,12 @@ class WatchConnection:
     async def _send_commit(self, commit: Sequence[ChangeEvent], old: set[str]) -> None:
         """A replayed write's event, or a transaction's changes as the hub sends them live: one ``txn``
         frame of those this watcher may read, or (``split_txn``) those as single events."""
-        if len(commit) == 1 and commit[0].txn is None:
-            await self._send_event(commit[0], old)
-            return
         changes = [message for event in commit if (message := self._readable(event, old)) is not None]
-        if not changes:
-            return
-        messages = changes if self.split_txn else [txn_event(commit[-1].shown_revision, changes)]
+        messages = commit_events(commit, changes, split=self.split_txn)
         for message in messages:
             await self.send(message)
-        self._metrics.events_delivered.inc()
+        if messages:
+            self._metrics.events_delivered.inc()
 
     def _readable(self, event: ChangeEvent, old: set[str]) -> dict[str, Any] | None:
         if old and any(pattern_matches(p, event.key) for p in old):

@@ -4,7 +4,7 @@ returns states; HTTP concerns (parsing, status codes) stay in ``api_server/handl
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -367,9 +367,7 @@ async def list_keys(
             page.extend(row for row in rows if who.is_admin or readable(row.access))
             if len(rows) < chunk:
                 break
-            last = rows[-1]
-            value = None if after.sort == "name" else last.sorted_by(after.sort)
-            position = replace(position, key=last.key, value=value)
+            position = position.past(rows[-1])
             chunk = min(chunk * 2, 5000)
     return page[:limit], total, len(page) > limit
 
@@ -396,9 +394,7 @@ async def poll_events(
             for commit in changelog.commits(page):  # a transaction is one event, whole (SPEC §6)
                 position = commit[-1].shown_revision
                 readable = [e.wire(store.keyring) for e in commit if changelog.may_read_event(who, e.readers(ns_acls))]
-                if not readable:
-                    continue
-                events.append(readable[0] if commit[0].txn is None else changelog.txn_event(position, readable))
+                events.extend(changelog.commit_events(commit, readable))
                 if len(events) == limit:
                     break
             if len(page) < limit:

@@ -49,9 +49,9 @@ class Compare:
     def check(self, who: Principal, state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> None:
         """403 unless ``who`` may read the key; then 412 unless it passes (``state``: None when the
         key has no row)."""
-        acl, creator = (state.acl, state.creator) if state else (None, "")
-        if not may_access(who, "read", key=self.key, key_acl=acl, creator=creator, namespace_acls=ns_acls):
-            raise _deny("read", self.key, ns_acls)
+        refused = _read_refusal(who, self.key)(state, ns_acls)
+        if refused is not None:
+            raise refused
         live = state is not None and state.live(now)
         if self.exists is not None and live != self.exists:
             raise PreconditionFailed(f"Key '{self.key}' {'does not exist' if self.exists else 'exists'}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 
 from aiohttp import web
 
@@ -175,9 +174,7 @@ async def list_keys(request: web.Request) -> web.Response:
     keys: list[object] = [_listed(row) if detail else row.key for row in rows]
     body: dict[str, object] = {"keys": keys, "total": total}
     if more:
-        last = rows[-1]
-        value = None if after.sort == "name" else last.sorted_by(after.sort)
-        body["next"] = cursors.list_cursor(replace(after, key=last.key, value=value), total)
+        body["next"] = cursors.list_cursor(after.past(rows[-1]), total)
     return json_response(body)
 
 

@@ -80,6 +80,17 @@ def txn_event(revision: int, changes: list[dict[str, Any]]) -> dict[str, Any]:
     return {"event": TXN_EVENT, "revision": revision, "changes": changes}
 
 
+def commit_events(
+    commit: Sequence[ChangeEvent], changes: list[dict[str, Any]], *, split: bool = False
+) -> list[dict[str, Any]]:
+    """What a reader is sent of one of :func:`commits`, given the ``changes`` of it it may read (as
+    :meth:`ChangeEvent.wire` encodes them): a write's event; a transaction's as one ``txn`` event, or
+    (``split``) as single events; nothing when it may read none."""
+    if not changes or split or commit[0].txn is None:
+        return changes
+    return [txn_event(commit[-1].shown_revision, changes)]
+
+
 #: Audiences a reader must be admitted by, every one of them.
 Readers = tuple[Audience, ...]
 

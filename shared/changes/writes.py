@@ -66,11 +66,13 @@ def change(
     request_id: str | None,
     now: datetime,
     namespace_acls: Mapping[str, Acl],
+    txn: int | None = None,
 ) -> Change:
     """A :class:`Change`, with the readers of the new version decided now (SPEC §5: a past version is
-    served only to readers it had then as well as now)."""
+    served only to readers it had then as well as now); ``txn`` numbers its transaction in the batch."""
     readers = audience("read", key=before.key, key_acl=new.acl, creator=new.creator, namespace_acls=namespace_acls)
-    return Change(before, new, event, AuditAction(action), actor, request_id, now, readers, _after(before, new, now))
+    after = _after(before, new, now)
+    return Change(before, new, event, AuditAction(action), actor, request_id, now, readers, after, txn)
 
 
 def _after(before: KeyState, new: NewState, now: datetime) -> KeyState:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -151,6 +151,10 @@ class Position:
     sort: str = "name"
     descending: bool = False
     value: str | None = None
+
+    def past(self, row: ListedKey) -> Position:
+        """The position just past ``row``, in this order."""
+        return replace(self, key=row.key, value=None if self.sort == "name" else row.sorted_by(self.sort))
 
 
 #: Past every printable ASCII character: a raw prefix's keys are [prefix, prefix + this).
