@@ -3,8 +3,10 @@
 
 A refusal (403, or 404 for a key the caller could read if it existed) is decided on Postgres's state,
 never on the cache's: when the cached state would refuse, Postgres is read before answering
-(:func:`decided_on_postgres`). So every refusal costs one cache lookup and one Postgres read, whether
-the key exists, existed or never did, cached or not. What is left between them is decoding the states
+(:func:`decided_on_postgres`) — the key's row and the namespace ACLs above it, for the process's
+copy of those can lag a grant made through another replica by the NOTIFY's delivery. So every
+refusal costs one cache lookup and two Postgres reads (the row, the ACLs), whether the key exists,
+existed or never did, cached or not. What is left between them is decoding the states
 that were found; a stand-in state is decoded in place of each one that was not
 (:func:`decode_what_was_not_found`) — the idea of Django's ModelBackend, which hashes a password for a
 user that does not exist. Measured over real HTTP (tests/test_timing.py), P(a missing key's 403 comes
@@ -33,9 +35,10 @@ from shared.security.acl import Acl, Principal
 Refusal = Callable[[KeyState | None, dict[str, Acl]], Exception | None]
 
 
-async def namespace_acls(store: Store, who: Principal, key: str) -> dict[str, Acl]:
-    """The namespace ACLs above ``key`` (none needed for an admin)."""
-    return {} if who.is_admin else await store.namespaces.for_key(key)
+async def namespace_acls(store: Store, who: Principal, key: str, *, fresh: bool = False) -> dict[str, Acl]:
+    """The namespace ACLs above ``key`` (none needed for an admin); ``fresh``: from Postgres, not the
+    process's copy."""
+    return {} if who.is_admin else await store.namespaces.for_key(key, fresh=fresh)
 
 
 async def decided_on_postgres(
@@ -50,7 +53,7 @@ async def decided_on_postgres(
         return state, None
     read = await store.reader.get(key)
     state = read[0] if read is not None else None
-    refused = refusal(state, await namespace_acls(store, who, key))
+    refused = refusal(state, await namespace_acls(store, who, key, fresh=True))
     if refused is not None:
         decode_what_was_not_found(cached=cached_state is not None, stored=read is not None)
         raise refused

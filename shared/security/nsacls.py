@@ -80,9 +80,10 @@ class NamespaceAcls:
         async with self._pool.acquire() as conn, conn.cursor() as pooled:
             return await sql.all_acls(pooled)
 
-    async def for_key(self, key: str, cur: aiopg.Cursor | None = None) -> dict[str, Acl]:
-        """The ACLs of the namespaces above ``key``: from the copy when trusted, else from Postgres."""
-        if self.trusted:
+    async def for_key(self, key: str, cur: aiopg.Cursor | None = None, *, fresh: bool = False) -> dict[str, Acl]:
+        """The ACLs of the namespaces above ``key``: from the copy when trusted (and not ``fresh``), else
+        from Postgres."""
+        if self.trusted and not fresh:
             acls = self.last
             return {ns: acls[ns] for ns in namespaces_of(key) if ns in acls}
         if cur is not None:
