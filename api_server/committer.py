@@ -34,7 +34,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 import aiopg
 from aiohttp import web
@@ -152,15 +152,13 @@ class Committer:
         self._contended_wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()  # answers being sent
 
-    async def write(self, op: WriteOp) -> tuple[KeyState, Decision]:
-        """Queue ``op`` for the next batch; its new state and decision once committed, or its error."""
-        self._queue.append(op)
-        self._wake.set()
-        return await op.done
-
-    async def transact(self, op: TxnOp) -> list[tuple[KeyState, Decision]]:
-        """Queue a transaction for the next batch; the new state and decision of each key it writes,
-        in order, once committed, or the error that refused it whole."""
+    @overload
+    async def submit(self, op: WriteOp) -> tuple[KeyState, Decision]: ...
+    @overload
+    async def submit(self, op: TxnOp) -> list[tuple[KeyState, Decision]]: ...
+    async def submit(self, op: Op) -> Any:
+        """Queue ``op`` for the next batch; once committed, the new state and decision of its key (a
+        write) or of each key it writes, in order (a transaction); or the error that refused it whole."""
         self._queue.append(op)
         self._wake.set()
         return await op.done

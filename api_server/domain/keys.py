@@ -3,14 +3,23 @@ returns states; HTTP concerns (parsing, status codes) stay in ``api_server/handl
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from api_server.committer import Decide, Decision, WriteOp
 from api_server.domain import Caller, Store
-from api_server.domain.refusals import Refusal, decided_on_postgres, screen
+from api_server.domain.refusals import (
+    Refusal,
+    cannot_create,
+    cannot_see_missing,
+    decided_on_postgres,
+    deny,
+    missing_or_denied,
+    read_refusal,
+    screen,
+    write_refusal,
+)
 from shared.changes import events as changelog
 from shared.changes.kinds import AuditAction, EventKind
 from shared.changes.state import KeyState
@@ -22,8 +31,6 @@ from shared.sql import changelog as changelog_sql
 from shared.sql import history as history_sql
 from shared.sql import keys as keys_sql
 from shared.sql import like_escape
-from shared.timeutil import utcnow
-from shared.validation import namespaces_of
 
 
 @dataclass(frozen=True)
@@ -48,55 +55,20 @@ def check_if_match(if_match: IfMatch | None, state: KeyState | None) -> None:
         if_match.check(state)
 
 
-def _deny(action: str, key: str, ns_acls: dict[str, Acl]) -> Forbidden:
-    """403 for ``action`` on ``key``; for a write, with how write is granted (a new user's first create
-    meets it). The text depends only on the key's name and the namespace ACLs above it (readable by
-    anyone), never on the key's own state: it reads the same whether the key exists, existed or never
-    did, so it reveals nothing (SPEC §5)."""
-    if action != "write":
-        return Forbidden(f"You may not {action} key '{key}'")
-    takes = f"You may not write key '{key}': writing takes 'write' in the key's own ACL"
-    namespaces = namespaces_of(key)
-    if not namespaces:
-        return Forbidden(f"{takes}; a key outside every namespace is created by admins only")
-    governing = governing_namespace(key, ns_acls)
-    takes += ", or for a new key or one without its own ACL, in the ACL of its nearest namespace that has one"
-    if governing is not None:
-        name = governing[0]
-        return Forbidden(f"{takes}: here namespace '{name}' (an admin grants it with PUT /namespaces/{name})")
-    nearest = namespaces[0]
-    return Forbidden(
-        f"{takes}, and no namespace above it has an ACL, so only admins create keys here"
-        f" (an admin adds one with PUT /namespaces/{nearest})"
-    )
-
-
-def _missing_or_denied(
-    who: Principal, key: str, state: KeyState | None, ns_acls: dict[str, Acl], action: str = "read"
-) -> Exception:
-    """404 for a key the caller could read if it existed; otherwise the same 403 an existing key would
-    give for ``action`` (never reveal existence, not even through the message)."""
-    acl = state.acl if state else None
-    creator = state.creator if state else ""
-    if may_access(who, "read", key=key, key_acl=acl, creator=creator, namespace_acls=ns_acls):
-        return NotFound("Key does not exist")
-    return _deny(action, key, ns_acls)
-
-
 async def put_key(
     store: Store, caller: Caller, key: str, body: dict[str, Any], if_match: IfMatch | None
 ) -> tuple[KeyState, bool]:
     """Create or replace ``key``; return the new state and whether it was created."""
     who = caller.principal
-    await screen(store, who, key, _put_refusal(who, key), _cannot_create(who, key))
+    await screen(store, who, key, put_refusal(who, key), cannot_create(who, key))
     value_enc = store.seal(key, body["value"])
     decide = decide_put(who, key, body, value_enc, if_match)
     op = WriteOp(key, True, decide, who.username, caller.request_id, size=len(value_enc))
-    result, decision = await store.committer.write(op)
+    result, decision = await store.committer.submit(op)
     return result, decision.created
 
 
-def _put_action(state: KeyState | None) -> AuditAction:
+def put_action(state: KeyState | None) -> AuditAction:
     """A PUT is a create of a key that is not there (never was, deleted, expired), else a replace;
     recorded so whether it is written or refused."""
     return AuditAction.CREATE if state is None or state.deleted else AuditAction.REPLACE
@@ -112,15 +84,15 @@ def decide_put(who: Principal, key: str, body: dict[str, Any], value_enc: bytes,
             # Authorization first, then If-Match: a caller without access learns nothing (SPEC §5).
             if state.version == 0:  # never existed: a create
                 if not may_create(who, key=key, namespace_acls=ns_acls):
-                    raise _deny("write", key, ns_acls)
+                    raise deny("write", key, ns_acls)
                 new = NewState(value_enc, body.get("ttl"), _acl(body.get("acls")), who.username)
             else:
                 new = _replacement(who, key, state, ns_acls, value_enc, body)
             check_if_match(if_match, None if state.deleted else state)
         except DynConfigError as exc:
-            exc.audit_action = _put_action(state)
+            exc.audit_action = put_action(state)
             raise
-        return Decision(state, new, EventKind.UPDATE, _put_action(state), created=state.deleted)
+        return Decision(state, new, EventKind.UPDATE, put_action(state), created=state.deleted)
 
     return decide
 
@@ -134,7 +106,7 @@ def _replacement(
     §5). A ttl belongs to a live value: writing a deleted key again starts without one unless the
     body sets it, as a create does."""
     if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-        raise _deny("write", key, ns_acls)
+        raise deny("write", key, ns_acls)
     ttl = body["ttl"] if "ttl" in body else None if state.deleted else state.ttl
     acl = _acl(body["acls"]) if "acls" in body else state.acl
     if not who.is_admin and (acl != state.acl or (ttl != state.ttl and not state.deleted)):
@@ -147,7 +119,7 @@ async def rollback_key(store: Store, caller: Caller, key: str, version: int, if_
     caller, who must also be allowed to read that version (as in its history), so a rollback never
     shows an old value to anyone the caller could not have shown it to by hand."""
     who = caller.principal
-    await screen(store, who, key, _write_refusal(who, key, live=False), _cannot_see_missing(who, key))
+    await screen(store, who, key, write_refusal(who, key, live=False), cannot_see_missing(who, key))
     async with store.pool.acquire() as conn, conn.cursor() as cur:  # history is append-only: it stays true
         past = await history_sql.one_version(cur, key, version)
     # Re-sealed with the active key, the bytes as stored (no decode and encode again).
@@ -155,10 +127,10 @@ async def rollback_key(store: Store, caller: Caller, key: str, version: int, if_
 
     def decide(state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> Decision:
         if state is None or state.version == 0:
-            raise _missing_or_denied(who, key, None, ns_acls, "write")
+            raise missing_or_denied(who, key, None, ns_acls, "write")
         # Authorization first (write now, then read of that version), then the version, then If-Match.
         if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-            raise _deny("write", key, ns_acls)
+            raise deny("write", key, ns_acls)
         if past is None:
             raise NotFound(f"Key '{key}' has no version {version}")
         readers = past.readers
@@ -178,7 +150,7 @@ async def rollback_key(store: Store, caller: Caller, key: str, version: int, if_
         return Decision(state, new, EventKind.UPDATE, AuditAction.ROLLBACK)
 
     op = WriteOp(key, False, decide, who.username, caller.request_id, size=len(value_enc or b""))
-    result, _ = await store.committer.write(op)
+    result, _ = await store.committer.submit(op)
     return result
 
 
@@ -186,11 +158,11 @@ async def patch_key(store: Store, caller: Caller, key: str, body: dict[str, Any]
     """Change the value (and, for admins, ttl/acls) of a live key."""
     who = caller.principal
     check_patch_metadata(who, body)
-    await screen(store, who, key, _write_refusal(who, key, live=True), _cannot_see_missing(who, key))
+    await screen(store, who, key, write_refusal(who, key, live=True), cannot_see_missing(who, key))
     value_enc = store.seal(key, body["value"]) if "value" in body else None
     decide = decide_patch(who, key, body, value_enc, if_match)
     op = WriteOp(key, False, decide, who.username, caller.request_id, size=len(value_enc or b""))
-    result, _ = await store.committer.write(op)
+    result, _ = await store.committer.submit(op)
     return result
 
 
@@ -221,9 +193,9 @@ def decide_patch(
 async def delete_key(store: Store, caller: Caller, key: str, if_match: IfMatch | None) -> KeyState:
     """Soft-delete a live key (version +1, ``delete`` event)."""
     who = caller.principal
-    await screen(store, who, key, _write_refusal(who, key, live=True), _cannot_see_missing(who, key))
+    await screen(store, who, key, write_refusal(who, key, live=True), cannot_see_missing(who, key))
     op = WriteOp(key, False, decide_delete(who, key, if_match), who.username, caller.request_id)
-    result, _ = await store.committer.write(op)
+    result, _ = await store.committer.submit(op)
     return result
 
 
@@ -238,43 +210,18 @@ def decide_delete(who: Principal, key: str, if_match: IfMatch | None) -> Decide:
     return decide
 
 
-def _write_refusal(who: Principal, key: str, *, live: bool) -> Refusal:
-    """What the committer would refuse a write of ``key`` for, on the state alone (``live``: the key must
-    be live, as for PATCH and DELETE; else it must have existed, as for a rollback)."""
-
-    def refusal(state: KeyState | None, ns_acls: dict[str, Acl]) -> Exception | None:
-        gone = state is None or state.version == 0 or (live and not state.live(utcnow()))
-        if gone:
-            return _missing_or_denied(who, key, state if live else None, ns_acls, "write")
-        assert state is not None
-        if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-            return _deny("write", key, ns_acls)
-        return None
-
-    return refusal
-
-
-def _put_refusal(who: Principal, key: str) -> Refusal:
+def put_refusal(who: Principal, key: str) -> Refusal:
     def refusal(state: KeyState | None, ns_acls: dict[str, Acl]) -> Exception | None:
         refused = None
         if state is None or state.version == 0:
-            refused = None if may_create(who, key=key, namespace_acls=ns_acls) else _deny("write", key, ns_acls)
+            refused = None if may_create(who, key=key, namespace_acls=ns_acls) else deny("write", key, ns_acls)
         elif not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-            refused = _deny("write", key, ns_acls)
+            refused = deny("write", key, ns_acls)
         if refused is not None:
-            refused.audit_action = _put_action(state)
+            refused.audit_action = put_action(state)
         return refused
 
     return refusal
-
-
-def _cannot_create(who: Principal, key: str) -> Callable[[dict[str, Acl]], bool]:
-    return lambda ns_acls: not may_create(who, key=key, namespace_acls=ns_acls)
-
-
-def _cannot_see_missing(who: Principal, key: str) -> Callable[[dict[str, Acl]], bool]:
-    """Would ``who`` get 403 (not 404) for ``key`` if it did not exist?"""
-    return lambda ns_acls: not may_access(who, "read", key=key, key_acl=None, creator="", namespace_acls=ns_acls)
 
 
 def _writable(
@@ -283,29 +230,18 @@ def _writable(
     """The locked state of a live key the caller may write and whose version matches ``If-Match``;
     else the error (404 or the same 403 an existing key would give; then 412)."""
     if state is None or not state.live(now):  # expired while we waited for the lock: gone, as for readers
-        raise _missing_or_denied(who, key, state, ns_acls, "write")
+        raise missing_or_denied(who, key, state, ns_acls, "write")
     if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-        raise _deny("write", key, ns_acls)
+        raise deny("write", key, ns_acls)
     check_if_match(if_match, state)
     return state
-
-
-def _read_refusal(who: Principal, key: str) -> Refusal:
-    def refusal(state: KeyState | None, ns_acls: dict[str, Acl]) -> Exception | None:
-        if state is None or not state.live(utcnow()):
-            return _missing_or_denied(who, key, state, ns_acls)
-        if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-            return _deny("read", key, ns_acls)
-        return None
-
-    return refusal
 
 
 async def get_key(store: Store, caller: Caller, key: str, *, cached: bool = True) -> tuple[KeyState, Any]:
     """A live key's state and decrypted value, if the caller may read it; a refusal is decided on
     Postgres's state (``refusals``: its timing tells nothing), and only a state served fills the cache."""
     state, as_of = await decided_on_postgres(
-        store, caller.principal, key, _read_refusal(caller.principal, key), cached=cached
+        store, caller.principal, key, read_refusal(caller.principal, key), cached=cached
     )
     assert state is not None and state.value_enc is not None
     if as_of is not None:
@@ -417,9 +353,9 @@ async def key_history(
         state = await keys_sql.get(cur, key)
         ns_acls = await store.namespaces.for_key(key, cur)
         if state is None or state.version == 0:
-            raise _missing_or_denied(who, key, None, ns_acls)
+            raise missing_or_denied(who, key, None, ns_acls)
         if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
-            raise _deny("read", key, ns_acls)
+            raise deny("read", key, ns_acls)
         # Leave out versions the caller could not read when they were written (SPEC §5); read on
         # until the page is full, so paging stays exact.
         rows: list[history_sql.HistoryRow] = []

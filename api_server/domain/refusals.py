@@ -19,6 +19,10 @@ DELETE and rollback). The committer cannot refuse them at equal cost — for a m
 drops a placeholder row, or looks for rows other transactions hold. Other callers are not screened
 and pay nothing: for them a missing key answers differently (201 or 404) anyway. The committer still
 decides every write under the row lock; the screen only refuses early.
+
+The refusals themselves (:func:`read_refusal`, :func:`write_refusal`, :func:`deny`, ...) live here too,
+for every caller that decides one: the key operations (``keys.py``), a transaction's parts
+(``txn.py``), and the committer's decisions.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from datetime import UTC, datetime
 
 from api_server.domain import Store
 from shared.changes.state import KeyState
-from shared.security.acl import Acl, Principal
+from shared.errors import Forbidden, NotFound
+from shared.security.acl import Acl, Principal, governing_namespace, may_access, may_create
+from shared.timeutil import utcnow
+from shared.validation import namespaces_of
 
 #: Why ``who`` may not do something with a key in ``state`` (None: it never existed), given the
 #: namespace ACLs above it; None when it may.
@@ -83,3 +90,80 @@ def decode_what_was_not_found(*, cached: bool, stored: bool) -> None:
         KeyState.from_cache(_STAND_IN_ENTRY)
     if not stored:
         KeyState.from_row(_STAND_IN_ROW)
+
+
+# --- why a caller may not read or write a key (the same answer whether it exists or not) -----------
+
+
+def deny(action: str, key: str, ns_acls: dict[str, Acl]) -> Forbidden:
+    """403 for ``action`` on ``key``; for a write, with how write is granted (a new user's first create
+    meets it). The text depends only on the key's name and the namespace ACLs above it (readable by
+    anyone), never on the key's own state: it reads the same whether the key exists, existed or never
+    did, so it reveals nothing (SPEC §5)."""
+    if action != "write":
+        return Forbidden(f"You may not {action} key '{key}'")
+    takes = f"You may not write key '{key}': writing takes 'write' in the key's own ACL"
+    namespaces = namespaces_of(key)
+    if not namespaces:
+        return Forbidden(f"{takes}; a key outside every namespace is created by admins only")
+    governing = governing_namespace(key, ns_acls)
+    takes += ", or for a new key or one without its own ACL, in the ACL of its nearest namespace that has one"
+    if governing is not None:
+        name = governing[0]
+        return Forbidden(f"{takes}: here namespace '{name}' (an admin grants it with PUT /namespaces/{name})")
+    nearest = namespaces[0]
+    return Forbidden(
+        f"{takes}, and no namespace above it has an ACL, so only admins create keys here"
+        f" (an admin adds one with PUT /namespaces/{nearest})"
+    )
+
+
+def missing_or_denied(
+    who: Principal, key: str, state: KeyState | None, ns_acls: dict[str, Acl], action: str = "read"
+) -> Exception:
+    """404 for a key the caller could read if it existed; otherwise the same 403 an existing key would
+    give for ``action`` (never reveal existence, not even through the message)."""
+    acl = state.acl if state else None
+    creator = state.creator if state else ""
+    if may_access(who, "read", key=key, key_acl=acl, creator=creator, namespace_acls=ns_acls):
+        return NotFound("Key does not exist")
+    return deny(action, key, ns_acls)
+
+
+def read_refusal(who: Principal, key: str) -> Refusal:
+    """Why ``who`` may not read ``key``: 404 for a key it could read if it were live, else 403."""
+
+    def refusal(state: KeyState | None, ns_acls: dict[str, Acl]) -> Exception | None:
+        if state is None or not state.live(utcnow()):
+            return missing_or_denied(who, key, state, ns_acls)
+        if not may_access(who, "read", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
+            return deny("read", key, ns_acls)
+        return None
+
+    return refusal
+
+
+def write_refusal(who: Principal, key: str, *, live: bool) -> Refusal:
+    """What the committer would refuse a write of ``key`` for, on the state alone (``live``: the key must
+    be live, as for PATCH and DELETE; else it must have existed, as for a rollback)."""
+
+    def refusal(state: KeyState | None, ns_acls: dict[str, Acl]) -> Exception | None:
+        gone = state is None or state.version == 0 or (live and not state.live(utcnow()))
+        if gone:
+            return missing_or_denied(who, key, state if live else None, ns_acls, "write")
+        assert state is not None
+        if not may_access(who, "write", key=key, key_acl=state.acl, creator=state.creator, namespace_acls=ns_acls):
+            return deny("write", key, ns_acls)
+        return None
+
+    return refusal
+
+
+def cannot_create(who: Principal, key: str) -> Callable[[dict[str, Acl]], bool]:
+    """Would ``who`` be refused the creation of ``key``?"""
+    return lambda ns_acls: not may_create(who, key=key, namespace_acls=ns_acls)
+
+
+def cannot_see_missing(who: Principal, key: str) -> Callable[[dict[str, Acl]], bool]:
+    """Would ``who`` get 403 (not 404) for ``key`` if it did not exist?"""
+    return lambda ns_acls: not may_access(who, "read", key=key, key_acl=None, creator="", namespace_acls=ns_acls)

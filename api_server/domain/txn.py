@@ -18,18 +18,8 @@ from typing import Any
 
 from api_server.committer import Decide, Decision, TxnOp
 from api_server.domain import Caller, Store
-from api_server.domain.keys import (
-    _cannot_create,
-    _cannot_see_missing,
-    _deny,
-    _put_refusal,
-    _write_refusal,
-    check_patch_metadata,
-    decide_delete,
-    decide_patch,
-    decide_put,
-)
-from api_server.domain.refusals import Refusal, screen
+from api_server.domain.keys import check_patch_metadata, decide_delete, decide_patch, decide_put, put_refusal
+from api_server.domain.refusals import Refusal, cannot_create, cannot_see_missing, deny, screen, write_refusal
 from shared.changes.state import KeyState
 from shared.errors import DynConfigError, PreconditionFailed
 from shared.security.acl import Acl, Principal, may_access
@@ -49,7 +39,7 @@ class Compare:
     def check(self, who: Principal, state: KeyState | None, ns_acls: dict[str, Acl], now: datetime) -> None:
         """403 unless ``who`` may read the key; then 412 unless it passes (``state``: None when the
         key has no row)."""
-        refused = _read_refusal(who, self.key)(state, ns_acls)
+        refused = _compare_refusal(who, self.key)(state, ns_acls)
         if refused is not None:
             raise refused
         live = state is not None and state.live(now)
@@ -114,7 +104,7 @@ async def transact(
         return decisions
 
     keys = tuple(dict.fromkeys([c.key for c in compares] + [w.key for w in writes]))
-    made = await store.committer.transact(TxnOp(keys, decide, who.username, caller.request_id, size=size))
+    made = await store.committer.submit(TxnOp(keys, decide, who.username, caller.request_id, size=size))
     states = [state for state, _ in made]
     revision = states[0].revision
     assert revision is not None
@@ -131,22 +121,22 @@ async def _screen(store: Store, who: Principal, compares: Sequence[Compare], wri
     for index, compare in enumerate(compares):
         key = compare.key
         try:
-            await screen(store, who, key, _read_refusal(who, key), _cannot_see_missing(who, key))
+            await screen(store, who, key, _compare_refusal(who, key), cannot_see_missing(who, key))
         except DynConfigError as exc:
             raise exc.at(COMPARE, index) from None
     for index, write in enumerate(writes):
         key = write.key
         if write.op == "put":
-            refusal, outsider = _put_refusal(who, key), _cannot_create(who, key)
+            refusal, outsider = put_refusal(who, key), cannot_create(who, key)
         else:
-            refusal, outsider = _write_refusal(who, key, live=True), _cannot_see_missing(who, key)
+            refusal, outsider = write_refusal(who, key, live=True), cannot_see_missing(who, key)
         try:
             await screen(store, who, key, refusal, outsider)
         except DynConfigError as exc:
             raise exc.at(OPS, index) from None
 
 
-def _read_refusal(who: Principal, key: str) -> Refusal:
+def _compare_refusal(who: Principal, key: str) -> Refusal:
     """What a compare of ``key`` is refused for on the state alone: no read right (403, the same
     whether or not the key exists)."""
 
@@ -154,7 +144,7 @@ def _read_refusal(who: Principal, key: str) -> Refusal:
         acl, creator = (state.acl, state.creator) if state and state.version else (None, "")
         if may_access(who, "read", key=key, key_acl=acl, creator=creator, namespace_acls=ns_acls):
             return None
-        return _deny("read", key, ns_acls)
+        return deny("read", key, ns_acls)
 
     return refusal
 
