@@ -418,13 +418,14 @@ async def _claim(cur: aiopg.Cursor, batch: list[Op], states: dict[str, KeyState]
     """Lock placeholders for the keys the batch's writes may create (or a transaction compares) that
     have no row yet, into ``states``; only for writes this transaction makes, so no placeholder of a
     write that waits in the contended lane is committed (every unused one is dropped before COMMIT)."""
-    new = sorted({key for op in batch for key in op.claims if key not in states})
-    if new:
-        states.update(await keys_sql.claim_many(cur, new, [_creator(batch, key) for key in new]))
-
-
-def _creator(batch: list[Op], key: str) -> str:
-    return next(op.actor for op in batch if key in op.claims)
+    creators: dict[str, str] = {}  # each new key's creator: the first write in the batch to claim it
+    for op in batch:
+        for key in op.claims:
+            if key not in states:
+                creators.setdefault(key, op.actor)
+    if creators:
+        new = sorted(creators)
+        states.update(await keys_sql.claim_many(cur, new, [creators[key] for key in new]))
 
 
 COMMITTER = web.AppKey("committer", Committer)
