@@ -208,12 +208,12 @@ class Committer:
 
     def _route(self, batch: list[Op]) -> list[Op]:
         """Send writes of keys that have writes in the contended lane after them (arrival order per
-        key); return the rest."""
+        key: :func:`_split`); return the rest."""
         if not self._contended_keys:
             return batch
-        busy = [op for op in batch if any(key in self._contended_keys for key in op.keys)]
+        kept, busy = _split(batch, set(self._contended_keys))
         self._contend(busy)
-        return [op for op in batch if not any(key in self._contended_keys for key in op.keys)]
+        return kept
 
     def _contend(self, ops: list[Op]) -> None:
         if ops:
@@ -399,9 +399,10 @@ async def _lock(cur: aiopg.Cursor, batch: list[Op], wait: bool) -> tuple[dict[st
 
 
 def _split(batch: list[Op], busy: set[str]) -> tuple[list[Op], list[Op]]:
-    """The writes this transaction makes, and those that move to the contended lane: every write with
-    a key whose row another transaction holds, and every later write of a key one of those moves with
-    (a key's writes stay in arrival order: a write never overtakes a transaction it came after)."""
+    """The writes to make now, and those that move to the contended lane: every write of a ``busy``
+    key (its row another transaction holds, or a write of it waits in that lane), and every later
+    write of a key one of those moves with (a key's writes stay in arrival order: a write never
+    overtakes a transaction it came after)."""
     moved = set(busy)
     kept: list[Op] = []
     contended: list[Op] = []

@@ -16,6 +16,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from support import ADMIN, Api, WatchRecorder, assert_error, eventually
 
+from shared.sql import audit as audit_sql
+
 Client = TestClient[Any, Any]
 
 
@@ -393,6 +395,40 @@ async def test_a_transaction_that_waits_for_a_held_row_leaves_no_placeholder_beh
         holder.close()
     status, body = await asyncio.wait_for(waiting, 10)
     assert status == 200 and body["results"] == [{"key": held, "version": 2}, {"key": new, "version": 1}], body
+
+
+async def test_a_write_queued_behind_a_transaction_that_meets_a_contended_key_is_answered(
+    api: Api, pg: aiopg.Pool, unique_prefix: str
+) -> None:
+    """A write of a key whose earlier write waits in the contended lane goes there too (arrival order
+    per key), and so does every later write of a key such a transaction also writes. Here a batch holds
+    a transaction of ``held`` (contended) and ``free``, then a PUT of ``free``: the PUT must follow the
+    transaction into the contended lane. Before, it was sent to neither lane and never answered."""
+    held, free, other = f"{unique_prefix}.held", f"{unique_prefix}.free", f"{unique_prefix}.other"
+    await api.put(held, 0)
+    row = await hold_row(pg, held)
+    head = await aiopg.connect(pg._dsn)
+    try:
+        first = asyncio.ensure_future(api.call("PUT", f"/keys/{held}", ADMIN, {"value": 1}))
+        await asyncio.sleep(0.5)  # in the contended lane, waiting for the row
+        cur = await head.cursor()
+        await cur.execute("BEGIN")
+        await cur.execute(audit_sql.HEAD_FOR_UPDATE)  # the main lane's next commit waits for the chain
+        stalled = asyncio.ensure_future(api.call("PUT", f"/keys/{other}", ADMIN, {"value": 1}))
+        await asyncio.sleep(0.5)  # that batch is in its transaction: what comes now is the next batch
+        both = asyncio.ensure_future(txn(api, {"ops": puts((held, 2), (free, 1))}))
+        after = asyncio.ensure_future(api.call("PUT", f"/keys/{free}", ADMIN, {"value": 2}))
+        await asyncio.sleep(0.5)
+        head.close()
+        assert (await asyncio.wait_for(stalled, 10))[0] == 201
+    finally:
+        head.close()
+        row.close()
+    assert (await asyncio.wait_for(first, 10))[0] == 200
+    status, body = await asyncio.wait_for(both, 10)
+    assert status == 200 and body["results"] == [{"key": held, "version": 3}, {"key": free, "version": 1}], body
+    status, body = await asyncio.wait_for(after, 10)
+    assert (status, body["version"]) == (200, 2), body
 
 
 async def test_a_transaction_cut_between_two_relay_messages_reaches_a_watcher_whole(
