@@ -297,19 +297,18 @@ class LiveConfig(TypedGetters):
     def on_txn(self, callback: TxnCallback) -> Callable[[], None]:
         """Call ``callback(txn_change)`` once per transaction that changed the view, after the per-key
         callbacks of its changes (see the module docstring); returns a function that unregisters it."""
-        self._txn_callbacks = [*self._txn_callbacks, callback]  # copy on write: safe while dispatching
-
-        def unregister() -> None:
-            self._txn_callbacks = [c for c in self._txn_callbacks if c is not callback]
-
-        return unregister
+        return self._add("_txn_callbacks", callback)
 
     def _register(self, pattern: str | None, callback: Callback) -> Callable[[], None]:
-        item = (pattern, callback)
-        self._callbacks = [*self._callbacks, item]  # copy on write: safe while dispatching
+        return self._add("_callbacks", (pattern, callback))
+
+    def _add(self, registry: str, item: Any) -> Callable[[], None]:
+        """Add ``item`` to the list ``registry`` names, copied on write (safe while dispatching); a
+        function that removes it."""
+        setattr(self, registry, [*getattr(self, registry), item])
 
         def unregister() -> None:
-            self._callbacks = [c for c in self._callbacks if c is not item]
+            setattr(self, registry, [c for c in getattr(self, registry) if c is not item])
 
         return unregister
 
