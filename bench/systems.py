@@ -118,20 +118,36 @@ def _pid(pid: int | None) -> int:
 def http_load(
     systems: Systems, meter: Meter, target: str, mode: str, seconds: float, prefix: str, keys: int = READ_KEYS
 ) -> dict[str, Any]:
+    result, out = _http_load_run(systems, meter, target, mode, seconds, prefix, mode, keys=keys)
+    return {**out, **result}
+
+
+def _http_load_run(
+    systems: Systems,
+    meter: Meter,
+    target: str,
+    mode: str,
+    seconds: float,
+    prefix: str,
+    profile_as: str,
+    **extra: Any,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One run of ``bench/gen/http_load.js`` against ``target`` (DynConfig profiled as ``profile_as``):
+    the meter's figures (CPU) and the generator's output."""
     config = {
         "target": target,
         "mode": mode,
         "url": systems.etcd if target == "etcd" else systems.api,
         "token": systems.token,
         "prefix": prefix,
-        "keys": keys,
         "concurrency": CONCURRENCY,
         "seconds": seconds,
+        **extra,
     }
     result: dict[str, Any] = {}
-    with meter.measure(result, profile_as=None if target == "etcd" else mode):
-        result.update(node_result(node("http_load.js", config), seconds + 60))
-    return result
+    with meter.measure(result, profile_as=None if target == "etcd" else profile_as):
+        out = node_result(node("http_load.js", config), seconds + 60)
+    return result, out
 
 
 #: Puts per transaction of the txn runs; 128 is both DynConfig's limit (SPEC §4) and etcd's default
@@ -143,19 +159,7 @@ def txn_load(systems: Systems, meter: Meter, target: str, ops: int, seconds: flo
     """``CONCURRENCY`` clients sending transactions of ``ops`` puts on keys of their own (DynConfig
     ``POST /txn``, etcd ``/v3/kv/txn``) for ``seconds``: transactions/s, puts/s, p50/p99 of the
     successful transactions, errors."""
-    config = {
-        "target": target,
-        "mode": "txn",
-        "url": systems.etcd if target == "etcd" else systems.api,
-        "token": systems.token,
-        "prefix": f"{NAMESPACE}.t{ops}",
-        "ops": ops,
-        "concurrency": CONCURRENCY,
-        "seconds": seconds,
-    }
-    result: dict[str, Any] = {}
-    with meter.measure(result, profile_as=None if target == "etcd" else f"txn-{ops}"):
-        out = node_result(node("http_load.js", config), seconds + 60)
+    result, out = _http_load_run(systems, meter, target, "txn", seconds, f"{NAMESPACE}.t{ops}", f"txn-{ops}", ops=ops)
     result.update(
         ops_per_txn=ops,
         txn_per_s=out["ops"],
