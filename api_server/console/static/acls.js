@@ -7,9 +7,13 @@ import { open, openKey } from "./key-view.js";
 import { clearMessage, showError, showInfo } from "./messages.js";
 import { session } from "./session.js";
 
+// One list of an ACL in words: its entries, or "nobody" (besides admins).
+export function aclList(entries) {
+  return entries.length ? entries.join(", ") : "nobody";
+}
+
 export function aclText(acls) {
-  const list = (entries) => (entries.length ? entries.join(", ") : "nobody");
-  return `read: ${list(acls.read)} · write: ${list(acls.write)}`;
+  return `read: ${aclList(acls.read)} · write: ${aclList(acls.write)}`;
 }
 
 function entries(text) {

@@ -17,6 +17,10 @@ export function keyPath(key) {
   return "/keys/" + key.split("/").map(encodeURIComponent).join("/");
 }
 
+export function nsPath(ns) {
+  return "/namespaces/" + encodeURIComponent(ns);
+}
+
 // `verifying`: a token being tried at sign-in or renewal, whose 401 is its own answer, not the session's expiry.
 export async function api(method, path, { body, ifMatch, params, verifying = false } = {}) {
   const headers = { Accept: "application/json", Authorization: `Bearer ${session.token}` };

@@ -1,5 +1,7 @@
 // Line diffs of two JSON texts, as the history's "Compare" and the rollback confirmation show them.
 
+import { plural } from "./dom.js";
+
 const DIFF_CONTEXT = 3;  // unchanged lines shown around each change
 const DIFF_MAX_CELLS = 4_000_000;  // beyond this many line pairs, the changed middle is shown whole
 
@@ -48,7 +50,7 @@ export function renderDiff(pre, before, after) {
     if (!skipped) return;
     const span = document.createElement("span");
     span.className = "skip";
-    span.textContent = `  … ${skipped} unchanged line${skipped === 1 ? "" : "s"}\n`;
+    span.textContent = `  … ${plural(skipped, "unchanged line")}\n`;
     pre.append(span);
     skipped = 0;
   };

@@ -3,7 +3,7 @@
 // breadcrumbs and folders, and kept current by live changes.
 
 import { api } from "./api.js";
-import { $, formatTime } from "./dom.js";
+import { $, formatTime, plural } from "./dom.js";
 import { open, openKey } from "./key-view.js";
 import { attempt } from "./messages.js";
 import { setHash } from "./routing.js";
@@ -146,7 +146,7 @@ export function renderList() {
   const total = browse.total;
   let count = "";
   if (typeof total === "number") {
-    count = browse.q ? `${total} match “${browse.q}”${where}` : `${total} key${total === 1 ? "" : "s"}${where}`;
+    count = browse.q ? `${total} match “${browse.q}”${where}` : `${plural(total, "key")}${where}`;
   }
   $("total").textContent = [count, `page ${browse.page + 1}`].filter(Boolean).join(" · ");
   $("prev-page").disabled = browse.page === 0;
@@ -190,7 +190,7 @@ function renderFolders() {
     const button = document.createElement("button");
     button.type = "button";
     button.textContent = folder;
-    button.title = `${n} key${n === 1 ? "" : "s"} on this page`;
+    button.title = `${plural(n, "key")} on this page`;
     button.addEventListener("click", () => browseTo(folder));
     item.append(button);
     list.append(item);

@@ -1,8 +1,8 @@
 // Namespace ACLs (admins): every namespace with one, and a form that never replaces an ACL its user has
 // not seen.
 
-import { ApiError, api } from "./api.js";
-import { aclText, readAclFields, showAclFields } from "./acls.js";
+import { ApiError, api, nsPath } from "./api.js";
+import { aclList, aclText, readAclFields, showAclFields } from "./acls.js";
 import { $, cell, formatTime } from "./dom.js";
 import { attempt, clearMessage, showError } from "./messages.js";
 import { session } from "./session.js";
@@ -27,8 +27,8 @@ export async function listNamespaces() {
       loadNamespace();
       $("ns-read").focus();
     });
-    row.append(cell("Namespace", n.namespace), cell("Read", n.acls.read.join(", ") || "nobody"),
-      cell("Write", n.acls.write.join(", ") || "nobody"), cell("Changed by", n.updatedBy || ""),
+    row.append(cell("Namespace", n.namespace), cell("Read", aclList(n.acls.read)),
+      cell("Write", aclList(n.acls.write)), cell("Changed by", n.updatedBy || ""),
       cell("At", formatTime(n.updatedAt)), cell("", [edit], "action"));
     return row;
   });
@@ -48,7 +48,7 @@ async function loadNamespace() {
   const promise = (async () => {
     let acls = null;
     try {
-      acls = (await api("GET", "/namespaces/" + encodeURIComponent(ns))).acls;
+      acls = (await api("GET", nsPath(ns))).acls;
     } catch (err) {
       if (!(err instanceof ApiError && err.status === 404)) {
         showError(err);
@@ -93,7 +93,7 @@ async function saveNamespace(event) {
     }
   }
   if (!acls.read.length && !acls.write.length && !window.confirm(`Nobody but admins could use keys under ${ns}. Save?`)) return;
-  const ok = await attempt(() => api("PUT", "/namespaces/" + encodeURIComponent(ns), { body: { acls } }));
+  const ok = await attempt(() => api("PUT", nsPath(ns), { body: { acls } }));
   if (ok === undefined) return;
   namespaces.current = acls;
   $("ns-status").textContent = `Saved the ACL of ${ns}.`;
@@ -113,17 +113,13 @@ async function deleteNamespace() {
   const ns = $("ns-name").value.trim();
   $("ns-delete-box").hidden = true;
   if (!ns) return;
-  clearMessage();
-  try {
-    await api("DELETE", "/namespaces/" + encodeURIComponent(ns));
-    $("ns-status").textContent = `Removed the ACL of ${ns}.`;
-    showAclFields("ns-read", "ns-write", null);
-    namespaces.current = null;
-    namespaces.loaded = ns;
-    listNamespaces();
-  } catch (err) {
-    showError(err);
-  }
+  const ok = await attempt(() => api("DELETE", nsPath(ns)));
+  if (ok === undefined) return;
+  $("ns-status").textContent = `Removed the ACL of ${ns}.`;
+  showAclFields("ns-read", "ns-write", null);
+  namespaces.current = null;
+  namespaces.loaded = ns;
+  listNamespaces();
 }
 
 // Signed out: no namespace of this user's stays on the page.

@@ -7,8 +7,6 @@ import { open, openKey } from "./key-view.js";
 import { listNamespaces } from "./namespaces.js";
 import { session } from "./session.js";
 
-let route = parseHash();
-
 function showView(name) {
   for (const tab of document.querySelectorAll(".tab")) tab.setAttribute("aria-pressed", String(tab.dataset.view === name));
   for (const view of ["keys", "namespaces", "audit"]) $(`view-${view}`).hidden = view !== name;
@@ -30,12 +28,11 @@ export function setHash({ key = null, view = null, ns = "" }) {
   const hash = [...params].length ? "#" + params.toString().replace(/%2F/g, "/") : "";
   if (hash === location.hash) return;
   window.history.replaceState(null, "", location.pathname + location.search + hash);
-  route = parseHash();
 }
 
-// Where the hash pointed when the page was signed in to (or last set).
+// Where the hash points (as the page was loaded, followed or last set), once signed in.
 export function followCurrentRoute() {
-  return followRoute(route);
+  return followRoute(parseHash());
 }
 
 async function followRoute(target) {
@@ -52,8 +49,6 @@ async function followRoute(target) {
 export function wireRouting() {
   for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showView(tab.dataset.view));
   window.addEventListener("hashchange", () => {
-    const target = parseHash();
-    route = target;
-    if (session.token && !session.expired) followRoute(target);
+    if (session.token && !session.expired) followRoute(parseHash());
   });
 }

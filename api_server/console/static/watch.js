@@ -125,6 +125,11 @@ function onWatchMessage(msg) {
   }
 }
 
+// What the open key's view says once the server deleted or expired it.
+function goneText(event) {
+  return `${event.event === "expired" ? "Expired" : "Deleted"} on the server (version ${event.version}).`;
+}
+
 function onChange(event) {
   noteStagedChange(event);
   if (event.event === "update") listAdd(event.key, event);
@@ -138,7 +143,7 @@ function onChange(event) {
   if (open.editing) {
     // Never touch the draft: say what happened and let the user choose.
     open.remote = { event: event.event, version: event.version, value: event.value };
-    open.gone = event.event === "update" ? null : `${event.event === "expired" ? "Expired" : "Deleted"} on the server (version ${event.version}).`;
+    open.gone = event.event === "update" ? null : goneText(event);
     if (!$("conflict").hidden) {
       showConflict();  // the conflict box must show what an overwrite would replace now
       return;
@@ -149,7 +154,7 @@ function onChange(event) {
   if (event.event === "update") {
     openKey(event.key, { keepMessage: true });
   } else {
-    open.gone = `${event.event === "expired" ? "Expired" : "Deleted"} on the server (version ${event.version}).`;
+    open.gone = goneText(event);
     renderKey();
   }
 }
