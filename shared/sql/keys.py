@@ -56,9 +56,14 @@ _LIVE_IN_NAMESPACE = """
    AND (%(contains)s::text IS NULL OR strpos(lower(key), %(contains)s) > 0)
 """
 
+# What a listing page reads of each key, as :class:`ListedKey` takes it (its access, then the rest).
+_LISTED = f"""
+SELECT key, acl_read, acl_write, creator, version, last_modified, ttl, expires_at
+  FROM keys {_LIVE_IN_NAMESPACE}""".strip()
+
 # One keyset page: the next %(limit)s live keys after %(after)s, in key order.
 LIST_PAGE = f"""
-SELECT key, acl_read, acl_write, creator, version, last_modified, ttl, expires_at FROM keys {_LIVE_IN_NAMESPACE}
+{_LISTED}
    AND key COLLATE "C" > %(after)s
  ORDER BY key COLLATE "C"
  LIMIT %(limit)s
@@ -78,7 +83,7 @@ def _sorted_page(column: str, kind: str, descending: bool) -> str:
     unless %(first)s."""
     direction, beyond = ("DESC", "<") if descending else ("ASC", ">")
     return f"""
-SELECT key, acl_read, acl_write, creator, version, last_modified, ttl, expires_at FROM keys {_LIVE_IN_NAMESPACE}
+{_LISTED}
    AND (%(first)s OR ({column}, key COLLATE "C") {beyond} (%(after_value)s::{kind}, %(after)s COLLATE "C"))
  ORDER BY {column} {direction}, key COLLATE "C" {direction}
  LIMIT %(limit)s
